@@ -1,0 +1,401 @@
+//! The fuse-overlayfs command line: `[-f] [-d] -o OPTS[,...] [-o OPTS] MOUNTPOINT`.
+//!
+//! Parsing only: no I/O, so every case is unit-tested.
+
+use std::path::PathBuf;
+
+/// Parsed mount request.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct OverlayArgs {
+    /// Lower layers, top first (leftmost in `lowerdir=`).
+    pub lowers: Vec<PathBuf>,
+    pub upper: Option<PathBuf>,
+    pub work: Option<PathBuf>,
+    pub mountpoint: PathBuf,
+    pub foreground: bool,
+    pub debug: bool,
+    /// `volatile` or `fsync=0`: skip fsync (throwaway containers).
+    pub volatile: bool,
+    pub read_only: bool,
+    /// Explicit `passthrough=on|off`; `None` means automatic.
+    pub passthrough: Option<bool>,
+    pub threads: Option<usize>,
+    /// Entry/attribute timeout in seconds for objects that may change.
+    pub timeout: Option<f64>,
+    pub writeback: bool,
+    pub noexec: bool,
+    pub nodev: bool,
+    pub nosuid: bool,
+    pub fsname: Option<String>,
+    pub uid_map: Vec<IdMapping>,
+    pub gid_map: Vec<IdMapping>,
+    pub squash_uid: Option<u32>,
+    pub squash_gid: Option<u32>,
+    /// Options accepted for compatibility that change nothing for us.
+    pub ignored: Vec<String>,
+    pub show_version: bool,
+    pub show_help: bool,
+}
+
+/// One contiguous range of an id mapping: ids `inside..inside+len` in the mount are
+/// `outside..outside+len` on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdMapping {
+    pub inside: u32,
+    pub outside: u32,
+    pub len: u32,
+}
+
+/// Options fuse-overlayfs accepts that do not change what we do (or that we always do).
+const ACCEPTED_NOOPS: &[&str] = &[
+    "rw",
+    "dev",
+    "suid",
+    "exec",
+    "async",
+    "atime",
+    "noatime",
+    "relatime",
+    "allow_other",
+    "allow_root",
+    "default_permissions",
+    "auto_unmount",
+    "noacl",
+    "acl",
+    "static_nlink",
+    "redirect_dir",
+    "index",
+    "metacopy",
+    "context",
+    "fscontext",
+    "defcontext",
+    "rootcontext",
+    "xattr_permissions",
+    "noxattrs",
+    "fast_ino",
+    "plugins",
+    "subtype",
+    "max_write",
+    "userxattr",
+    "xino",
+    "nfs_export",
+    "uuid",
+    "squash_to_root_is_root",
+];
+
+/// Split a `lowerdir=` value on unescaped `:`; `\:` `\,` `\\` are escapes.
+pub fn split_layers(v: &str) -> Result<Vec<PathBuf>, String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut chars = v.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => match chars.next() {
+                Some(n) => cur.push(n),
+                None => cur.push('\\'),
+            },
+            ':' => {
+                if cur.is_empty() {
+                    return Err(format!("lowerdir has an empty layer in {v:?}"));
+                }
+                out.push(PathBuf::from(std::mem::take(&mut cur)));
+            }
+            c => cur.push(c),
+        }
+    }
+    if cur.is_empty() {
+        return Err(format!("lowerdir has an empty layer in {v:?}"));
+    }
+    out.push(PathBuf::from(cur));
+    Ok(out)
+}
+
+/// Split an `-o` string on unescaped commas.
+fn split_opts(s: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                cur.push('\\');
+                if let Some(n) = chars.next() {
+                    cur.push(n);
+                }
+            }
+            ',' => out.push(std::mem::take(&mut cur)),
+            c => cur.push(c),
+        }
+    }
+    out.push(cur);
+    out
+}
+
+/// Parse `uidmapping=` values: `IN:OUT:LEN[:IN:OUT:LEN...]`, with podman's optional
+/// leading `:`.
+pub fn parse_mapping(v: &str) -> Result<Vec<IdMapping>, String> {
+    let v = v.strip_prefix(':').unwrap_or(v);
+    let nums: Result<Vec<u32>, _> = v.split(':').map(|x| x.trim().parse::<u32>()).collect();
+    let nums = nums.map_err(|_| format!("bad id mapping {v:?} (want IN:OUT:LEN[:...])"))?;
+    if nums.is_empty() || nums.len() % 3 != 0 {
+        return Err(format!("bad id mapping {v:?} (want IN:OUT:LEN[:...])"));
+    }
+    let maps: Vec<IdMapping> = nums
+        .chunks(3)
+        .map(|c| IdMapping {
+            inside: c[0],
+            outside: c[1],
+            len: c[2],
+        })
+        .collect();
+    if maps.iter().any(|m| m.len == 0) {
+        return Err(format!("bad id mapping {v:?}: a range has length 0"));
+    }
+    Ok(maps)
+}
+
+fn bool_value(key: &str, v: &str) -> Result<bool, String> {
+    match v {
+        "1" | "on" | "yes" | "true" => Ok(true),
+        "0" | "off" | "no" | "false" => Ok(false),
+        _ => Err(format!("option {key}: expected on/off, got {v:?}")),
+    }
+}
+
+/// Apply one `key[=value]` option.
+fn apply_opt(a: &mut OverlayArgs, opt: &str) -> Result<(), String> {
+    if opt.is_empty() {
+        return Ok(()); // podman passes ",,"
+    }
+    let (key, val) = match opt.split_once('=') {
+        Some((k, v)) => (k, Some(v)),
+        None => (opt, None),
+    };
+    let need = |v: Option<&str>| -> Result<String, String> {
+        match v {
+            Some(x) if !x.is_empty() => Ok(x.to_string()),
+            _ => Err(format!("option {key} needs a value")),
+        }
+    };
+    match key {
+        "lowerdir" => {
+            let v = val.unwrap_or("");
+            if v.is_empty() {
+                return Err("lowerdir is empty".into());
+            }
+            a.lowers = split_layers(v)?;
+        }
+        "upperdir" => a.upper = Some(PathBuf::from(unescape(&need(val)?))),
+        "workdir" => a.work = Some(PathBuf::from(unescape(&need(val)?))),
+        "volatile" => a.volatile = true,
+        "fsync" => a.volatile = !bool_value(key, &need(val)?)?,
+        "ro" => a.read_only = true,
+        "passthrough" => a.passthrough = Some(bool_value(key, &need(val)?)?),
+        "writeback" => a.writeback = bool_value(key, &need(val)?)?,
+        "threads" | "threaded" => {
+            let v = need(val)?;
+            let n: usize = v
+                .parse()
+                .map_err(|_| format!("option {key}: not a number: {v:?}"))?;
+            a.threads = Some(n.clamp(1, 256));
+        }
+        "timeout" => {
+            let v = need(val)?;
+            let t: f64 = v
+                .parse()
+                .map_err(|_| format!("option timeout: not a number: {v:?}"))?;
+            if !(0.0..=1e9).contains(&t) {
+                return Err(format!("option timeout out of range: {v}"));
+            }
+            a.timeout = Some(t);
+        }
+        "noexec" => a.noexec = true,
+        "nodev" => a.nodev = true,
+        "nosuid" => a.nosuid = true,
+        "fsname" => a.fsname = Some(need(val)?),
+        "debug" => a.debug = true,
+        "uidmapping" => a.uid_map = parse_mapping(&need(val)?)?,
+        "gidmapping" => a.gid_map = parse_mapping(&need(val)?)?,
+        "squash_to_root" => {
+            a.squash_uid = Some(0);
+            a.squash_gid = Some(0);
+        }
+        "squash_to_uid" => {
+            let v = need(val)?;
+            a.squash_uid = Some(v.parse().map_err(|_| format!("squash_to_uid: bad id {v:?}"))?);
+        }
+        "squash_to_gid" => {
+            let v = need(val)?;
+            a.squash_gid = Some(v.parse().map_err(|_| format!("squash_to_gid: bad id {v:?}"))?);
+        }
+        k if ACCEPTED_NOOPS.contains(&k) => a.ignored.push(opt.to_string()),
+        _ => return Err(format!("unknown option {opt:?}")),
+    }
+    Ok(())
+}
+
+fn unescape(s: &str) -> String {
+    let mut out = String::new();
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\\' {
+            if let Some(n) = chars.next() {
+                out.push(n);
+                continue;
+            }
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Parse the arguments after the program name.
+pub fn parse(args: &[String]) -> Result<OverlayArgs, String> {
+    let mut a = OverlayArgs::default();
+    let mut mountpoint: Option<PathBuf> = None;
+    let mut i = 0;
+    let mut saw_o = false;
+    while i < args.len() {
+        let arg = &args[i];
+        match arg.as_str() {
+            "-f" | "--foreground" => a.foreground = true,
+            "-d" | "--debug" => {
+                a.debug = true;
+                a.foreground = true;
+            }
+            "-h" | "--help" => a.show_help = true,
+            "-V" | "--version" => a.show_version = true,
+            "-o" => {
+                i += 1;
+                let v = args.get(i).ok_or("-o needs an argument")?;
+                for o in split_opts(v) {
+                    apply_opt(&mut a, &o)?;
+                }
+                saw_o = true;
+            }
+            s if s.starts_with("-o") => {
+                for o in split_opts(&s[2..]) {
+                    apply_opt(&mut a, &o)?;
+                }
+                saw_o = true;
+            }
+            s if s.starts_with('-') && s.len() > 1 => {
+                return Err(format!("unknown argument {s:?}"));
+            }
+            s => {
+                if mountpoint.is_some() {
+                    return Err(format!("unexpected argument {s:?} (mountpoint given twice?)"));
+                }
+                mountpoint = Some(PathBuf::from(s));
+            }
+        }
+        i += 1;
+    }
+    if a.show_help || a.show_version {
+        return Ok(a);
+    }
+    if !saw_o || a.lowers.is_empty() {
+        return Err("missing lowerdir= (usage: -o lowerdir=TOP:...:BOTTOM[,upperdir=U,workdir=W] MOUNTPOINT)".into());
+    }
+    if a.upper.is_some() != a.work.is_some() {
+        return Err("upperdir and workdir must be given together".into());
+    }
+    if a.read_only {
+        a.upper = None;
+        a.work = None;
+    }
+    a.mountpoint = mountpoint.ok_or("missing mountpoint")?;
+    Ok(a)
+}
+
+pub const USAGE: &str = "usage: layerfs overlay [-f] [-d] -o lowerdir=TOP:...:BOTTOM[,upperdir=DIR,workdir=DIR][,OPTIONS] MOUNTPOINT
+
+Options (fuse-overlayfs compatible):
+  lowerdir=A:B:C     read-only layers, leftmost on top (escape ':' as '\\:')
+  upperdir=DIR       writable layer (with workdir=); without it the mount is read-only
+  workdir=DIR        scratch dir on the same filesystem as upperdir
+  volatile, fsync=0  never fsync (throwaway containers)
+  ro                 mount read-only even if upperdir is given
+  threads=N          request threads (default: number of CPUs)
+  passthrough=on|off FUSE passthrough for open files (default: on when root and supported)
+  writeback=on|off   kernel writeback cache (when passthrough is off)
+  timeout=SECONDS    attribute/entry cache time for writable objects
+  uidmapping=IN:OUT:LEN[:...], gidmapping=...  map ids between the mount and the layers
+  squash_to_root, squash_to_uid=N, squash_to_gid=N  report every file as owned by N
+  noexec, nodev, nosuid, fsname=NAME
+  accepted and ignored: rw dev suid exec atime noatime relatime allow_other allow_root
+    default_permissions auto_unmount noacl acl static_nlink redirect_dir index metacopy
+    context fscontext defcontext rootcontext xattr_permissions noxattrs fast_ino plugins
+    subtype max_write userxattr xino nfs_export uuid
+  -f  stay in the foreground      -d  debug log, implies -f";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(args: &[&str]) -> Result<OverlayArgs, String> {
+        parse(&args.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn basic() {
+        let a = p(&["-o", "lowerdir=/a:/b,upperdir=/u,workdir=/w", "/m"]).unwrap();
+        assert_eq!(a.lowers, vec![PathBuf::from("/a"), PathBuf::from("/b")]);
+        assert_eq!(a.upper, Some(PathBuf::from("/u")));
+        assert_eq!(a.work, Some(PathBuf::from("/w")));
+        assert_eq!(a.mountpoint, PathBuf::from("/m"));
+        assert!(!a.foreground);
+    }
+
+    #[test]
+    fn podman_style() {
+        // Several -o, an empty option and volatile, mountpoint last.
+        let a = p(&[
+            "-o",
+            "lowerdir=l/A:l/B,upperdir=C/diff,workdir=C/work,,volatile",
+            "-o",
+            "uidmapping=:0:100000:65536,gidmapping=:0:100000:65536",
+            "C/merged",
+        ])
+        .unwrap();
+        assert!(a.volatile);
+        assert_eq!(a.uid_map, vec![IdMapping { inside: 0, outside: 100000, len: 65536 }]);
+        assert_eq!(a.mountpoint, PathBuf::from("C/merged"));
+    }
+
+    #[test]
+    fn escapes() {
+        assert_eq!(
+            split_layers(r"/a\:b:/c").unwrap(),
+            vec![PathBuf::from("/a:b"), PathBuf::from("/c")]
+        );
+        let a = p(&["-o", r"lowerdir=/x\,y", "/m"]).unwrap();
+        assert_eq!(a.lowers, vec![PathBuf::from("/x,y")]);
+    }
+
+    #[test]
+    fn errors() {
+        assert!(p(&["/m"]).unwrap_err().contains("lowerdir"));
+        assert!(p(&["-o", "lowerdir=", "/m"]).unwrap_err().contains("empty"));
+        assert!(p(&["-o", "lowerdir=/a::/b", "/m"]).unwrap_err().contains("empty layer"));
+        assert!(p(&["-o", "lowerdir=/a:", "/m"]).unwrap_err().contains("empty layer"));
+        assert!(p(&["-o", "lowerdir=/a,bogus", "/m"]).unwrap_err().contains("unknown option"));
+        assert!(p(&["-o", "lowerdir=/a,upperdir=/u", "/m"]).unwrap_err().contains("together"));
+        assert!(p(&["-o", "lowerdir=/a"]).unwrap_err().contains("mountpoint"));
+        assert!(p(&["-x", "-o", "lowerdir=/a", "/m"]).unwrap_err().contains("unknown argument"));
+        assert!(p(&["-o", "lowerdir=/a", "/m", "/n"]).unwrap_err().contains("twice"));
+        assert!(p(&["-o", "lowerdir=/a,uidmapping=1:2", "/m"]).is_err());
+        assert!(p(&["-o", "lowerdir=/a,threads=x", "/m"]).is_err());
+    }
+
+    #[test]
+    fn flags() {
+        let a = p(&["-d", "-olowerdir=/a,fsync=0,ro,upperdir=/u,workdir=/w", "/m"]).unwrap();
+        assert!(a.debug && a.foreground && a.volatile && a.read_only);
+        assert_eq!(a.upper, None, "ro drops the upper layer");
+        let a = p(&["-o", "lowerdir=/a,squash_to_uid=1000,squash_to_gid=100,xattr_permissions=2", "/m"]).unwrap();
+        assert_eq!((a.squash_uid, a.squash_gid), (Some(1000), Some(100)));
+        assert_eq!(a.ignored, vec!["xattr_permissions=2".to_string()]);
+        assert!(p(&["--version"]).unwrap().show_version);
+    }
+}

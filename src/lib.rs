@@ -1,0 +1,7 @@
+//! layerfs: container image layers stored once by digest, mounted as a live root
+//! filesystem through FUSE with a private writable layer per container.
+
+pub mod cli;
+pub mod daemon;
+pub mod overlay;
+pub mod sys;

@@ -1,0 +1,352 @@
+//! Copy-up: bring a lower object into the upper layer before its first change.
+//!
+//! The copy is built in the work directory (same filesystem as the upper layer) with its
+//! data, owner, mode, xattrs and timestamps, then renamed into place: a crash at any
+//! point leaves either the untouched lower object or the complete copy, and leftovers in
+//! the work dir are removed at the next mount. Parents are copied up first, and their
+//! timestamps are restored afterwards so a copy-up is invisible.
+
+use std::ffi::OsStr;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::sync::Arc;
+
+use super::fs::OverlayFs;
+use super::inode_table::{Kind, Node, NodeState};
+use super::layers::{RealDir, UPPER};
+use super::whiteout::{self, ORIGIN_INO};
+use crate::sys::{self, Errno, OFlags, Stat, SysResult, TimeSpec};
+
+/// Saved timestamps of a directory, restored after we add an entry to it internally.
+pub(crate) struct SavedTimes {
+    atime: TimeSpec,
+    mtime: TimeSpec,
+}
+
+impl SavedTimes {
+    pub(crate) fn of(st: &Stat) -> Self {
+        SavedTimes {
+            atime: TimeSpec::Set(st.st_atime, st.st_atime_nsec as i64),
+            mtime: TimeSpec::Set(st.st_mtime, st.st_mtime_nsec as i64),
+        }
+    }
+
+    pub(crate) fn capture(dir: &RealDir) -> SysResult<Self> {
+        Ok(Self::of(&sys::stat_fd(dir.fd())?))
+    }
+
+    pub(crate) fn restore(&self, dir: &RealDir) {
+        let _ = sys::utimens_at(dir.fd(), None, self.atime, self.mtime);
+    }
+}
+
+impl OverlayFs {
+    /// The work directory; only called on writable mounts.
+    pub(crate) fn work(&self) -> SysResult<BorrowedFd<'_>> {
+        self.layers().work_fd().ok_or(Errno::ROFS)
+    }
+
+    /// Make sure a directory node has an upper directory, copying up parents first.
+    pub(crate) fn upper_dir(&self, node: &Arc<Node>) -> SysResult<Arc<RealDir>> {
+        if let NodeState::Dir(d) = &*node.state.read() {
+            if let Some(u) = &d.upper {
+                return Ok(u.clone());
+            }
+        } else {
+            return Err(Errno::NOTDIR);
+        }
+        if !self.is_writable() {
+            return Err(Errno::ROFS);
+        }
+        let _guard = node.copy_up_lock.lock();
+        let (parent, name, src) = match &*node.state.read() {
+            NodeState::Dir(d) => {
+                if let Some(u) = &d.upper {
+                    return Ok(u.clone());
+                }
+                let parent = d.parent.clone().ok_or(Errno::ROFS)?;
+                (parent, d.name.clone(), d.lowers[0].clone())
+            }
+            NodeState::File(_) => return Err(Errno::NOTDIR),
+        };
+        let parent_upper = self.upper_dir(&parent)?;
+        let st = sys::stat_fd(src.fd())?;
+        let work = self.work()?;
+        let tmp = self.tmp_name();
+        sys::mkdir_at(work, &tmp, 0o700)?;
+        let built = (|| {
+            copy_xattrs(src.fd(), None, work, Some(&tmp))?;
+            sys::chown_at(work, Some(&tmp), Some(st.st_uid), Some(st.st_gid))?;
+            sys::chmod_at(work, Some(&tmp), st.st_mode & 0o7777)?;
+            sys::utimens_at(
+                work,
+                Some(&tmp),
+                TimeSpec::Set(st.st_atime, st.st_atime_nsec as i64),
+                TimeSpec::Set(st.st_mtime, st.st_mtime_nsec as i64),
+            )
+        })();
+        if let Err(e) = built {
+            let _ = sys::rmdir_at(work, &tmp);
+            return Err(e);
+        }
+        let saved = SavedTimes::capture(&parent_upper)?;
+        if let Err(e) = sys::rename_at(work, &tmp, parent_upper.fd(), &name, sys::RenameFlags::NOREPLACE) {
+            let _ = sys::rmdir_at(work, &tmp);
+            return Err(e);
+        }
+        saved.restore(&parent_upper);
+        let fd = sys::open_dir_path(parent_upper.fd(), &name)?;
+        let rd = RealDir::new(UPPER, fd);
+        if let NodeState::Dir(d) = &mut *node.state.write() {
+            d.upper = Some(rd.clone());
+        }
+        Ok(rd)
+    }
+
+    /// Copy a node up (full data).
+    pub(crate) fn copy_up(&self, node: &Arc<Node>) -> SysResult<()> {
+        self.copy_up_limited(node, None)
+    }
+
+    /// Copy a node up, copying at most `data_len` bytes of a regular file's data (a
+    /// truncate to that size follows anyway, so the rest need not be copied).
+    pub(crate) fn copy_up_limited(&self, node: &Arc<Node>, data_len: Option<u64>) -> SysResult<()> {
+        if node.is_dir() {
+            return self.upper_dir(node).map(|_| ());
+        }
+        if self.file_layer(node) == UPPER {
+            return Ok(());
+        }
+        if !self.is_writable() {
+            return Err(Errno::ROFS);
+        }
+        let _guard = node.copy_up_lock.lock();
+        let aliases = match &*node.state.read() {
+            NodeState::File(f) if f.layer == UPPER => return Ok(()),
+            NodeState::File(f) => f.aliases.clone(),
+            NodeState::Dir(_) => return Err(Errno::ISDIR),
+        };
+        let primary = aliases.first().ok_or(Errno::STALE)?;
+        let parent_upper = self.upper_dir(&primary.parent)?;
+        let st = sys::stat_at(primary.real.fd(), &primary.name)?;
+        let work = self.work()?;
+        let tmp = self.tmp_name();
+        if let Err(e) = self.build_copy(primary.real.fd(), &primary.name, &st, work, &tmp, node, data_len) {
+            let _ = sys::unlink_at(work, &tmp);
+            return Err(e);
+        }
+        let saved = SavedTimes::capture(&parent_upper)?;
+        if let Err(e) = sys::rename_at(
+            work,
+            &tmp,
+            parent_upper.fd(),
+            &primary.name,
+            sys::RenameFlags::NOREPLACE,
+        ) {
+            let _ = sys::unlink_at(work, &tmp);
+            return Err(e);
+        }
+        saved.restore(&parent_upper);
+        self.mark_impure(&primary.parent, &parent_upper);
+
+        // Other known names of a lower hard link become links to the same upper file.
+        let mut new_aliases = Vec::with_capacity(aliases.len());
+        let mut first = primary.clone();
+        first.real = parent_upper.clone();
+        new_aliases.push(first);
+        for a in aliases.iter().skip(1) {
+            let pu = self.upper_dir(&a.parent)?;
+            let saved = SavedTimes::capture(&pu)?;
+            match sys::link_at(parent_upper.fd(), &primary.name, pu.fd(), &a.name) {
+                Ok(()) => {
+                    saved.restore(&pu);
+                    self.mark_impure(&a.parent, &pu);
+                    let mut na = a.clone();
+                    na.real = pu;
+                    new_aliases.push(na);
+                }
+                Err(e) => log::warn!("copy-up: could not link alias {:?}: {}", a.name, e),
+            }
+        }
+        if let NodeState::File(f) = &mut *node.state.write() {
+            f.aliases = new_aliases;
+            f.layer = UPPER;
+        }
+        Ok(())
+    }
+
+    /// Build the copy of one non-directory in the work dir under `tmp`.
+    #[allow(clippy::too_many_arguments)]
+    fn build_copy(
+        &self,
+        srcdir: BorrowedFd<'_>,
+        name: &OsStr,
+        st: &Stat,
+        work: BorrowedFd<'_>,
+        tmp: &OsStr,
+        node: &Node,
+        data_len: Option<u64>,
+    ) -> SysResult<()> {
+        let kind = Kind::from_mode(st.st_mode);
+        let mut file = None;
+        match kind {
+            Kind::File => {
+                let src = sys::open_at(srcdir, name, OFlags::RDONLY, 0)?;
+                let dst = sys::open_at(
+                    work,
+                    tmp,
+                    OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY,
+                    0o600,
+                )?;
+                let len = data_len.map_or(st.st_size as u64, |l| l.min(st.st_size as u64));
+                copy_data(src.as_fd(), dst.as_fd(), len)?;
+                file = Some(dst);
+            }
+            Kind::Symlink => {
+                let target = sys::readlink_at(srcdir, name)?;
+                sys::symlink_at(OsStr::from_bytes(&target), work, tmp)?;
+            }
+            Kind::Dir => return Err(Errno::ISDIR),
+            _ => sys::mknod_at(work, tmp, st.st_mode, st.st_rdev)?,
+        }
+        sys::chown_at(work, Some(tmp), Some(st.st_uid), Some(st.st_gid))?;
+        if kind != Kind::Symlink {
+            sys::chmod_at(work, Some(tmp), st.st_mode & 0o7777)?;
+        }
+        // After chown: chown clears security.capability.
+        copy_xattrs(srcdir, Some(name), work, Some(tmp))?;
+        if let Some(w) = &self.writer {
+            // Keeps the inode number across remounts; optional where xattrs are refused
+            // (user.* on symlinks and devices when unprivileged).
+            let _ = w.set_xattr(work, Some(tmp), ORIGIN_INO, node.ino.to_string().as_bytes());
+        }
+        sys::utimens_at(
+            work,
+            Some(tmp),
+            TimeSpec::Set(st.st_atime, st.st_atime_nsec as i64),
+            TimeSpec::Set(st.st_mtime, st.st_mtime_nsec as i64),
+        )?;
+        if let Some(f) = file {
+            if self.opts.fsync {
+                sys::fsync(f.as_fd())?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Record that a directory holds children whose inode numbers are not their real
+    /// ones (copied-up files, redirected dirs), as the kernel's `impure` marker does.
+    pub(crate) fn mark_impure(&self, dir: &Arc<Node>, upper: &RealDir) {
+        let already = matches!(&*dir.state.read(), NodeState::Dir(d) if d.impure);
+        if already {
+            return;
+        }
+        if let Some(w) = &self.writer {
+            let saved = SavedTimes::capture(upper).ok();
+            let _ = w.set_xattr(upper.fd(), None, "impure", b"y");
+            if let Some(s) = saved {
+                s.restore(upper);
+            }
+        }
+        if let NodeState::Dir(d) = &mut *dir.state.write() {
+            d.impure = true;
+        }
+    }
+}
+
+/// Copy `len` bytes of data, keeping holes: reflink if the filesystem can, else copy
+/// only the data extents (`SEEK_DATA`/`SEEK_HOLE`) with `copy_file_range`.
+pub(crate) fn copy_data(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, len: u64) -> SysResult<()> {
+    let src_len = sys::stat_fd(src)?.st_size as u64;
+    if len == src_len && len > 0 && sys::ficlone(dst, src).is_ok() {
+        return Ok(());
+    }
+    let mut off = 0u64;
+    while off < len {
+        let data = match sys::lseek(src, off as i64, sys::Whence::Data) {
+            Ok(d) => d,
+            Err(Errno::NXIO) => break, // only a hole is left
+            Err(Errno::INVAL) | Err(Errno::NOTSUP) => off, // no hole support: all data
+            Err(e) => return Err(e),
+        };
+        if data >= len {
+            break;
+        }
+        let hole = match sys::lseek(src, data as i64, sys::Whence::Hole) {
+            Ok(h) => h.min(len),
+            Err(_) => len,
+        };
+        copy_range(src, dst, data, hole)?;
+        off = hole;
+    }
+    sys::ftruncate(dst, len)
+}
+
+/// Copy bytes `[from, to)` at the same offsets.
+fn copy_range(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, from: u64, to: u64) -> SysResult<()> {
+    let mut pos = from;
+    let mut use_cfr = true;
+    let mut buf = Vec::new();
+    while pos < to {
+        let want = ((to - pos) as usize).min(1 << 30);
+        if use_cfr {
+            match sys::copy_file_range(src, pos, dst, pos, want) {
+                Ok(0) => return Ok(()),
+                Ok(n) => {
+                    pos += n as u64;
+                    continue;
+                }
+                Err(Errno::XDEV) | Err(Errno::NOSYS) | Err(Errno::INVAL) | Err(Errno::OPNOTSUPP) => {
+                    use_cfr = false;
+                }
+                Err(Errno::INTR) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        if buf.is_empty() {
+            buf = vec![0u8; 1 << 20];
+        }
+        let n = want.min(buf.len());
+        let r = sys::pread(src, &mut buf[..n], pos)?;
+        if r == 0 {
+            return Ok(());
+        }
+        let mut w = 0;
+        while w < r {
+            w += sys::pwrite(dst, &buf[w..r], pos + w as u64)?;
+        }
+        pos += r as u64;
+    }
+    Ok(())
+}
+
+/// Copy every xattr except the overlay's own from one object to another.
+pub(crate) fn copy_xattrs(
+    srcdir: BorrowedFd<'_>,
+    src: Option<&OsStr>,
+    dstdir: BorrowedFd<'_>,
+    dst: Option<&OsStr>,
+) -> SysResult<()> {
+    let list = match sys::list_xattr(srcdir, src) {
+        Ok(l) => l,
+        Err(Errno::NOTSUP) => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for name in sys::split_xattr_names(&list) {
+        if whiteout::is_internal_xattr(name.as_bytes()) {
+            continue;
+        }
+        let Some(value) = sys::get_xattr(srcdir, src, name)? else {
+            continue;
+        };
+        match sys::set_xattr(dstdir, dst, name, &value, 0) {
+            Ok(()) => {}
+            // Not every namespace is writable everywhere (e.g. user.* on symlinks).
+            Err(Errno::PERM) | Err(Errno::NOTSUP) => {
+                log::debug!("copy-up: xattr {:?} not copied", name);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,689 @@
+//! The union filesystem core: every operation on plain types, drivable without a mount.
+//!
+//! Read-side operations live here; copy-up is in `copy_up.rs` and the mutating
+//! operations in `mutate.rs`. All methods take `&self`: the object is shared by every
+//! request thread, with per-node locks only.
+
+use std::cell::RefCell;
+use std::ffi::{OsStr, OsString};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::handles::{DirEntryOut, DirHandle, FileHandle, HandleTable};
+use super::inode_table::{Alias, DirState, FileState, InodeTable, Kind, Node, NodeState};
+use super::layers::{LayerId, Layers, RealDir, UPPER};
+use super::lookup::{Detail, DirView, Resolved, Resolver};
+use super::types::{Attr, Ctx, Entry, Opened, StatFs};
+use super::whiteout::{self, MarkerWriter};
+use crate::sys::{self, Errno, OFlags, Stat, SysResult};
+
+/// Inode number of the root directory (fixed by FUSE).
+pub const ROOT_INO: u64 = 1;
+
+/// How the union is put together.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Lower layers, top first.
+    pub lowers: Vec<PathBuf>,
+    pub upper: Option<PathBuf>,
+    pub work: Option<PathBuf>,
+    /// `fsync` calls and copy-ups reach the disk (off with `volatile` / `fsync=0`).
+    pub fsync: bool,
+    /// Directory-index entries kept in memory over all directories.
+    pub index_budget: usize,
+}
+
+impl Options {
+    pub fn new(lowers: Vec<PathBuf>, upper: Option<PathBuf>, work: Option<PathBuf>) -> Self {
+        Options {
+            lowers,
+            upper,
+            work,
+            fsync: true,
+            index_budget: 400_000,
+        }
+    }
+}
+
+/// The union filesystem.
+pub struct OverlayFs {
+    pub(crate) res: Resolver,
+    pub(crate) table: InodeTable,
+    pub(crate) files: HandleTable<FileHandle>,
+    pub(crate) dirs: HandleTable<DirHandle>,
+    pub(crate) root: Arc<Node>,
+    /// Present when there is an upper layer.
+    pub(crate) writer: Option<MarkerWriter>,
+    pub(crate) opts: Options,
+    tmp_counter: AtomicU64,
+}
+
+/// Error opening the layers, naming the path at fault.
+#[derive(Debug)]
+pub struct OpenError {
+    pub path: PathBuf,
+    pub errno: Errno,
+}
+
+impl std::fmt::Display for OpenError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}: {}",
+            self.path.display(),
+            std::io::Error::from_raw_os_error(self.errno.raw_os_error())
+        )
+    }
+}
+
+impl OverlayFs {
+    pub fn new(opts: Options) -> Result<Self, OpenError> {
+        let layers = Layers::open(&opts.lowers, opts.upper.as_deref(), opts.work.as_deref())
+            .map_err(|(path, errno)| OpenError { path, errno })?;
+        let layers = Arc::new(layers);
+        let writer = layers.work_fd().map(MarkerWriter::probe);
+        if let Some(work) = layers.work_fd() {
+            clean_work_dir(work).map_err(|errno| OpenError {
+                path: opts.work.clone().unwrap_or_default().join("work"),
+                errno,
+            })?;
+        }
+        let upper = layers.upper.as_ref().map(|u| u.root.clone());
+        let impure = match &upper {
+            Some(u) => whiteout::read_markers(u.fd(), None).map(|m| m.impure).unwrap_or(false),
+            None => false,
+        };
+        let lowers: Arc<[Arc<RealDir>]> = layers.lowers.iter().map(|l| l.root.clone()).collect();
+        let table = InodeTable::new();
+        let root = table.insert_new(
+            ROOT_INO,
+            Kind::Dir,
+            NodeState::Dir(DirState {
+                parent: None,
+                name: OsString::new(),
+                upper,
+                lowers,
+                redirect: None,
+                impure,
+            }),
+        );
+        // The kernel never forgets the root: keep it pinned.
+        root.inc_lookup(1);
+        Ok(OverlayFs {
+            res: Resolver::new(layers, opts.index_budget),
+            table,
+            files: HandleTable::default(),
+            dirs: HandleTable::default(),
+            root,
+            writer,
+            opts,
+            tmp_counter: AtomicU64::new(0),
+        })
+    }
+
+    pub fn layers(&self) -> &Layers {
+        &self.res.layers
+    }
+
+    pub fn is_writable(&self) -> bool {
+        self.writer.is_some()
+    }
+
+    /// Live nodes (for memory reports and tests).
+    pub fn node_count(&self) -> usize {
+        self.table.len()
+    }
+
+    pub(crate) fn node(&self, ino: u64) -> SysResult<Arc<Node>> {
+        if ino == ROOT_INO {
+            return Ok(self.root.clone());
+        }
+        self.table.get(ino).ok_or(Errno::STALE)
+    }
+
+    pub(crate) fn dir_view(&self, node: &Node) -> SysResult<DirView> {
+        match &*node.state.read() {
+            NodeState::Dir(d) => Ok(DirView {
+                serial: node.serial,
+                upper: d.upper.clone(),
+                lowers: d.lowers.clone(),
+                impure: d.impure,
+            }),
+            NodeState::File(_) => Err(Errno::NOTDIR),
+        }
+    }
+
+    /// A fresh unique name for a scratch object in the work dir.
+    pub(crate) fn tmp_name(&self) -> OsString {
+        let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
+        OsString::from(format!("#lfs.{}.{}", std::process::id(), n))
+    }
+
+    // ---------------------------------------------------------------- lookup
+
+    /// Look up `name` in directory `parent`; on success the node's lookup count rises.
+    pub fn lookup(&self, parent: u64, name: &OsStr) -> SysResult<Entry> {
+        let p = self.node(parent)?;
+        let (node, st) = self.lookup_node(&p, name)?.ok_or(Errno::NOENT)?;
+        let attr = self.attr_of(&node, &st);
+        node.inc_lookup(1);
+        Ok(Entry {
+            immutable: self.is_lower_only(&node),
+            attr,
+            generation: 0,
+        })
+    }
+
+    /// Resolve and register a node, without touching lookup counts.
+    pub(crate) fn lookup_node(
+        &self,
+        parent: &Arc<Node>,
+        name: &OsStr,
+    ) -> SysResult<Option<(Arc<Node>, Stat)>> {
+        if name.len() > 255 {
+            return Err(Errno::NAMETOOLONG);
+        }
+        if name == "." || name == ".." {
+            return Err(Errno::INVAL);
+        }
+        let view = self.dir_view(parent)?;
+        let Some(r) = self.res.resolve(&view, name)? else {
+            return Ok(None);
+        };
+        let st = r.stat;
+        Ok(Some((self.node_for(parent, name, r), st)))
+    }
+
+    /// The node for a resolved name: the live one for its inode number, updated with
+    /// what the resolution found, or a new one.
+    pub(crate) fn node_for(&self, parent: &Arc<Node>, name: &OsStr, r: Resolved) -> Arc<Node> {
+        let Resolved { kind, ino, detail, .. } = r;
+        match detail {
+            Detail::Dir {
+                upper,
+                lowers,
+                redirect,
+                impure,
+            } => {
+                let lowers: Arc<[Arc<RealDir>]> = lowers.into();
+                let node = self.table.get_or_insert(
+                    ino,
+                    Kind::Dir,
+                    |_| true,
+                    || {
+                        NodeState::Dir(DirState {
+                            parent: Some(parent.clone()),
+                            name: name.to_os_string(),
+                            upper: upper.clone(),
+                            lowers: lowers.clone(),
+                            redirect: redirect.clone(),
+                            impure,
+                        })
+                    },
+                );
+                {
+                    let mut st = node.state.write();
+                    if let NodeState::Dir(d) = &mut *st {
+                        let same_place = d
+                            .parent
+                            .as_ref()
+                            .is_some_and(|pp| pp.ino == parent.ino)
+                            && d.name == name;
+                        if !same_place {
+                            d.parent = Some(parent.clone());
+                            d.name = name.to_os_string();
+                        }
+                        if d.upper.is_none() && upper.is_some() {
+                            d.upper = upper;
+                            d.redirect = redirect;
+                            d.impure = impure;
+                        }
+                    }
+                }
+                node
+            }
+            Detail::File { real, layer } => {
+                let node = self.table.get_or_insert(
+                    ino,
+                    kind,
+                    |_| true,
+                    || {
+                        NodeState::File(FileState {
+                            aliases: vec![Alias {
+                                parent: parent.clone(),
+                                name: name.to_os_string(),
+                                real: real.clone(),
+                            }],
+                            layer,
+                            orphan: None,
+                        })
+                    },
+                );
+                {
+                    let mut st = node.state.write();
+                    if let NodeState::File(f) = &mut *st {
+                        if f.layer != layer {
+                            f.aliases.clear();
+                            f.layer = layer;
+                        }
+                        let known = f
+                            .aliases
+                            .iter()
+                            .any(|a| a.parent.ino == parent.ino && a.name == name);
+                        if !known {
+                            f.aliases.push(Alias {
+                                parent: parent.clone(),
+                                name: name.to_os_string(),
+                                real,
+                            });
+                        }
+                    }
+                }
+                node
+            }
+        }
+    }
+
+    pub fn forget(&self, ino: u64, n: u64) {
+        if ino == ROOT_INO {
+            return;
+        }
+        if let Some(node) = self.table.get(ino) {
+            node.forget(n);
+        }
+    }
+
+    /// Whether a node lives only in lower layers (its attributes cannot change).
+    pub(crate) fn is_lower_only(&self, node: &Node) -> bool {
+        match &*node.state.read() {
+            NodeState::Dir(d) => d.upper.is_none(),
+            NodeState::File(f) => f.layer != UPPER,
+        }
+    }
+
+    // ---------------------------------------------------------------- attributes
+
+    pub(crate) fn attr_of(&self, node: &Node, st: &Stat) -> Attr {
+        let mut a = Attr::from_stat(node.ino, st);
+        if let NodeState::Dir(d) = &*node.state.read() {
+            if d.is_merged() {
+                a.nlink = 1;
+            }
+        }
+        a
+    }
+
+    /// Stat the real object behind a node.
+    pub(crate) fn stat_node(&self, node: &Node) -> SysResult<Stat> {
+        match &*node.state.read() {
+            NodeState::Dir(d) => sys::stat_fd(d.top().fd()),
+            NodeState::File(f) => {
+                for a in &f.aliases {
+                    match sys::stat_at(a.real.fd(), &a.name) {
+                        Ok(st) => return Ok(st),
+                        Err(Errno::NOENT) => continue,
+                        Err(e) => return Err(e),
+                    }
+                }
+                match &f.orphan {
+                    Some(fd) => sys::stat_fd(fd.as_fd()),
+                    None => Err(Errno::STALE),
+                }
+            }
+        }
+    }
+
+    pub fn getattr(&self, ino: u64, fh: Option<u64>) -> SysResult<Attr> {
+        let node = self.node(ino)?;
+        if let Some(h) = fh.and_then(|fh| self.files.get(fh)) {
+            if h.node.ino == ino {
+                let st = sys::stat_fd(h.fd())?;
+                return Ok(self.attr_of(&node, &st));
+            }
+        }
+        let st = self.stat_node(&node)?;
+        Ok(self.attr_of(&node, &st))
+    }
+
+    pub fn readlink(&self, ino: u64) -> SysResult<Vec<u8>> {
+        let node = self.node(ino)?;
+        if node.kind != Kind::Symlink {
+            return Err(Errno::INVAL);
+        }
+        let (real, name) = self.first_alias(&node)?;
+        sys::readlink_at(real.fd(), &name)
+    }
+
+    /// The real directory and name of a non-directory's first reachable alias.
+    pub(crate) fn first_alias(&self, node: &Node) -> SysResult<(Arc<RealDir>, OsString)> {
+        match &*node.state.read() {
+            NodeState::File(f) => f
+                .aliases
+                .first()
+                .map(|a| (a.real.clone(), a.name.clone()))
+                .ok_or(Errno::STALE),
+            NodeState::Dir(_) => Err(Errno::ISDIR),
+        }
+    }
+
+    /// Layer holding a non-directory's data.
+    pub(crate) fn file_layer(&self, node: &Node) -> LayerId {
+        match &*node.state.read() {
+            NodeState::File(f) => f.layer,
+            NodeState::Dir(d) => d.top().layer,
+        }
+    }
+
+    // ---------------------------------------------------------------- files
+
+    /// Open a regular file. Writing opens copy the file up first.
+    pub fn open(&self, ctx: Ctx, ino: u64, flags: i32) -> SysResult<Opened> {
+        let _ = ctx;
+        let node = self.node(ino)?;
+        if node.is_dir() {
+            return Err(Errno::ISDIR);
+        }
+        let acc = flags & libc::O_ACCMODE;
+        let writable = acc == libc::O_WRONLY || acc == libc::O_RDWR;
+        if writable || flags & libc::O_TRUNC != 0 {
+            if !self.is_writable() {
+                return Err(Errno::ROFS);
+            }
+            self.copy_up(&node)?;
+        }
+        let file = self.open_real(&node, real_open_flags(flags))?;
+        if flags & libc::O_TRUNC != 0 {
+            sys::ftruncate(file.as_fd(), 0)?;
+        }
+        let layer = self.file_layer(&node);
+        let keep_cache = layer != UPPER;
+        let fh = self.files.insert(FileHandle {
+            node,
+            file,
+            layer,
+            writable,
+        });
+        Ok(Opened { fh, keep_cache })
+    }
+
+    /// Open the real file behind a node with the given flags.
+    pub(crate) fn open_real(&self, node: &Node, flags: OFlags) -> SysResult<OwnedFd> {
+        let st = node.state.read();
+        let NodeState::File(f) = &*st else {
+            return Err(Errno::ISDIR);
+        };
+        let mut last = Errno::STALE;
+        for a in &f.aliases {
+            match sys::open_at(a.real.fd(), &a.name, flags, 0) {
+                Ok(fd) => return Ok(fd),
+                Err(e) => last = e,
+            }
+        }
+        if let Some(o) = &f.orphan {
+            return sys::reopen(o.as_fd(), flags);
+        }
+        Err(last)
+    }
+
+    /// Read from an open file into `buf`; returns the bytes read.
+    pub fn read(&self, fh: u64, offset: u64, buf: &mut [u8]) -> SysResult<usize> {
+        let h = self.files.get(fh).ok_or(Errno::BADF)?;
+        let mut done = 0;
+        while done < buf.len() {
+            match sys::pread(h.fd(), &mut buf[done..], offset + done as u64) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(Errno::INTR) => continue,
+                Err(e) if done == 0 => return Err(e),
+                Err(_) => break,
+            }
+        }
+        Ok(done)
+    }
+
+    /// Read with a per-thread buffer and hand the bytes to `f` (no allocation per read).
+    pub fn read_with<R>(
+        &self,
+        fh: u64,
+        offset: u64,
+        size: usize,
+        f: impl FnOnce(SysResult<&[u8]>) -> R,
+    ) -> R {
+        thread_local! {
+            static BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+        }
+        BUF.with(|b| {
+            let mut b = b.borrow_mut();
+            if b.len() < size {
+                b.resize(size, 0);
+            }
+            match self.read(fh, offset, &mut b[..size]) {
+                Ok(n) => f(Ok(&b[..n])),
+                Err(e) => f(Err(e)),
+            }
+        })
+    }
+
+    pub fn release(&self, fh: u64) {
+        self.files.remove(fh);
+    }
+
+    pub fn flush(&self, fh: u64) -> SysResult<()> {
+        self.files.get(fh).map(|_| ()).ok_or(Errno::BADF)
+    }
+
+    pub fn fsync(&self, fh: u64, datasync: bool) -> SysResult<()> {
+        let h = self.files.get(fh).ok_or(Errno::BADF)?;
+        if !self.opts.fsync {
+            return Ok(());
+        }
+        if datasync {
+            sys::fdatasync(h.fd())
+        } else {
+            sys::fsync(h.fd())
+        }
+    }
+
+    /// The open real file of a handle (for passthrough).
+    pub fn handle_file(&self, fh: u64) -> Option<Arc<FileHandle>> {
+        self.files.get(fh)
+    }
+
+    // ---------------------------------------------------------------- directories
+
+    pub fn opendir(&self, ino: u64) -> SysResult<u64> {
+        let node = self.node(ino)?;
+        if !node.is_dir() {
+            return Err(Errno::NOTDIR);
+        }
+        Ok(self.dirs.insert(DirHandle {
+            node,
+            listing: parking_lot::Mutex::new(None),
+        }))
+    }
+
+    /// The listing of an open directory, with `.` and `..` first. Offset `k` in FUSE
+    /// terms is entry index `k`; the snapshot is rebuilt when reading from offset 0.
+    pub fn readdir(&self, fh: u64, offset: u64) -> SysResult<Arc<Vec<DirEntryOut>>> {
+        let h = self.dirs.get(fh).ok_or(Errno::BADF)?;
+        let mut l = h.listing.lock();
+        if offset == 0 || l.is_none() {
+            *l = Some(Arc::new(self.list_dir(&h.node)?));
+        }
+        Ok(l.clone().unwrap_or_default())
+    }
+
+    fn list_dir(&self, node: &Arc<Node>) -> SysResult<Vec<DirEntryOut>> {
+        let view = self.dir_view(node)?;
+        let parent_ino = match &*node.state.read() {
+            NodeState::Dir(d) => d.parent.as_ref().map_or(ROOT_INO, |p| p.ino),
+            NodeState::File(_) => return Err(Errno::NOTDIR),
+        };
+        let entries = self.res.list(&view)?;
+        let mut out = Vec::with_capacity(entries.len() + 2);
+        out.push(DirEntryOut {
+            name: ".".into(),
+            ino: node.ino,
+            dtype: libc::DT_DIR,
+        });
+        out.push(DirEntryOut {
+            name: "..".into(),
+            ino: parent_ino,
+            dtype: libc::DT_DIR,
+        });
+        for mut e in entries {
+            if e.needs_resolve {
+                match self.res.resolve(&view, &e.name) {
+                    Ok(Some(r)) => {
+                        e.ino = r.ino;
+                        e.dtype = sys::dtype_of_mode(r.stat.st_mode);
+                    }
+                    Ok(None) => continue,
+                    Err(err) => return Err(err),
+                }
+            }
+            out.push(e.into());
+        }
+        Ok(out)
+    }
+
+    pub fn releasedir(&self, fh: u64) {
+        self.dirs.remove(fh);
+    }
+
+    // ---------------------------------------------------------------- misc
+
+    pub fn statfs(&self) -> SysResult<StatFs> {
+        let l = self.layers();
+        let fd = match &l.upper {
+            Some(u) => u.root.fd(),
+            None => l.lowers[0].root.fd(),
+        };
+        let s = sys::statfs_fd(fd)?;
+        Ok(StatFs {
+            blocks: s.f_blocks,
+            bfree: s.f_bfree,
+            bavail: s.f_bavail,
+            files: s.f_files,
+            ffree: s.f_ffree,
+            bsize: s.f_bsize as u32,
+            namelen: 255,
+            frsize: s.f_frsize as u32,
+        })
+    }
+
+    /// Where a node's xattrs live: a real directory and optional name in it.
+    pub(crate) fn xattr_target(&self, node: &Node) -> SysResult<(Arc<RealDir>, Option<OsString>)> {
+        match &*node.state.read() {
+            NodeState::Dir(d) => Ok((d.top().clone(), None)),
+            NodeState::File(f) => f
+                .aliases
+                .first()
+                .map(|a| (a.real.clone(), Some(a.name.clone())))
+                .ok_or(Errno::STALE),
+        }
+    }
+
+    /// `getxattr`: with an empty `buf`, returns the size only.
+    pub fn getxattr(&self, ino: u64, name: &OsStr, buf: &mut [u8]) -> SysResult<usize> {
+        if whiteout::is_internal_xattr(name.as_bytes()) {
+            return Err(Errno::NODATA);
+        }
+        let node = self.node(ino)?;
+        let (real, n) = self.xattr_target(&node)?;
+        sys::get_xattr_into(real.fd(), n.as_deref(), name, buf)
+    }
+
+    /// `listxattr`: NUL-separated names, internal ones removed.
+    pub fn listxattr(&self, ino: u64) -> SysResult<Vec<u8>> {
+        let node = self.node(ino)?;
+        let (real, n) = self.xattr_target(&node)?;
+        let list = match sys::list_xattr(real.fd(), n.as_deref()) {
+            Ok(l) => l,
+            Err(Errno::NOTSUP) => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        let mut out = Vec::with_capacity(list.len());
+        for name in sys::split_xattr_names(&list) {
+            if !whiteout::is_internal_xattr(name.as_bytes()) {
+                out.extend_from_slice(name.as_bytes());
+                out.push(0);
+            }
+        }
+        Ok(out)
+    }
+
+    /// `access(2)`: the kernel checks permissions itself under `default_permissions`;
+    /// this answers for existence and write access to a read-only mount.
+    pub fn access(&self, ctx: Ctx, ino: u64, mask: i32) -> SysResult<()> {
+        let attr = self.getattr(ino, None)?;
+        if mask & libc::W_OK != 0 && !self.is_writable() {
+            return Err(Errno::ROFS);
+        }
+        if mask == libc::F_OK || ctx.uid == 0 {
+            return Ok(());
+        }
+        let bits = if attr.uid == ctx.uid {
+            (attr.mode >> 6) & 7
+        } else if attr.gid == ctx.gid {
+            (attr.mode >> 3) & 7
+        } else {
+            attr.mode & 7
+        };
+        if (mask as u32) & !bits != 0 {
+            return Err(Errno::ACCESS);
+        }
+        Ok(())
+    }
+}
+
+/// Flags for opening the real file: access mode and sync flags only. `O_APPEND` is
+/// dropped because the kernel already sends the right offset, and Linux `pwrite` on an
+/// `O_APPEND` fd would ignore it.
+fn real_open_flags(flags: i32) -> OFlags {
+    let keep = libc::O_ACCMODE | libc::O_SYNC | libc::O_DSYNC | libc::O_NONBLOCK;
+    OFlags::from_bits_retain((flags & keep) as u32)
+}
+
+/// Remove everything left in the work dir by an earlier, interrupted daemon.
+fn clean_work_dir(work: std::os::fd::BorrowedFd<'_>) -> SysResult<()> {
+    for e in sys::read_dir_all(work)? {
+        remove_tree(work, &e.name)?;
+    }
+    Ok(())
+}
+
+/// Recursively remove `name` in `dirfd`, never following symlinks.
+pub(crate) fn remove_tree(dirfd: std::os::fd::BorrowedFd<'_>, name: &OsStr) -> SysResult<()> {
+    match sys::unlink_at(dirfd, name) {
+        Ok(()) | Err(Errno::NOENT) => return Ok(()),
+        Err(Errno::ISDIR) | Err(Errno::PERM) => {}
+        Err(e) => return Err(e),
+    }
+    let sub = sys::open_dir_path(dirfd, name)?;
+    for e in sys::read_dir_all(sub.as_fd())? {
+        remove_tree(sub.as_fd(), &e.name)?;
+    }
+    drop(sub);
+    match sys::rmdir_at(dirfd, name) {
+        Ok(()) | Err(Errno::NOENT) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+impl std::fmt::Debug for OverlayFs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OverlayFs")
+            .field("lowers", &self.opts.lowers)
+            .field("upper", &self.opts.upper)
+            .finish()
+    }
+}
+
+/// Helper for the adapter and tests: the name bytes of a listing entry.
+pub fn entry_name(e: &DirEntryOut) -> &[u8] {
+    e.name.as_bytes()
+}

@@ -1,0 +1,751 @@
+//! `fuser::Filesystem` over the core: decode, call `fs.rs`/`mutate.rs`, reply. Nothing
+//! else: no overlay rules live here.
+
+use std::ffi::OsStr;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fuser::{
+    AccessFlags, BsdFileFlags, CopyFileRangeFlags, Errno as FErrno, FileAttr, FileHandle,
+    FileType, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags,
+    RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
+    ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request,
+    TimeOrNow, WriteFlags,
+};
+use parking_lot::Mutex;
+
+use super::fs::OverlayFs;
+use super::types::{Attr, Ctx, Entry, SetAttr, Time};
+use crate::sys::{Errno, TimeSpec};
+
+/// Tunables of the FUSE side.
+#[derive(Debug, Clone)]
+pub struct FuseOptions {
+    /// Entry and attribute validity for objects that may change (upper layer).
+    pub ttl: Duration,
+    /// Validity for objects only in lower layers (immutable).
+    pub lower_ttl: Duration,
+    /// Try FUSE passthrough for open files.
+    pub passthrough: bool,
+    /// Cache writes in the kernel (not together with passthrough).
+    pub writeback: bool,
+}
+
+impl Default for FuseOptions {
+    fn default() -> Self {
+        FuseOptions {
+            ttl: Duration::from_secs(86400),
+            lower_ttl: Duration::from_secs(86400 * 365),
+            passthrough: false,
+            writeback: false,
+        }
+    }
+}
+
+pub struct FuseAdapter {
+    fs: Arc<OverlayFs>,
+    opts: FuseOptions,
+    passthrough_on: AtomicBool,
+    backing: Mutex<std::collections::HashMap<u64, Arc<fuser::BackingId>>>,
+}
+
+impl FuseAdapter {
+    pub fn new(fs: Arc<OverlayFs>, opts: FuseOptions) -> Self {
+        FuseAdapter {
+            fs,
+            opts,
+            passthrough_on: AtomicBool::new(false),
+            backing: Mutex::new(Default::default()),
+        }
+    }
+
+    fn ctx(req: &Request) -> Ctx {
+        Ctx {
+            uid: req.uid(),
+            gid: req.gid(),
+            pid: req.pid(),
+        }
+    }
+
+    fn ttl_for(&self, immutable: bool) -> Duration {
+        if immutable {
+            self.opts.lower_ttl
+        } else {
+            self.opts.ttl
+        }
+    }
+
+    fn reply_entry(&self, reply: ReplyEntry, e: Entry) {
+        reply.entry(
+            &self.ttl_for(e.immutable),
+            &to_fuse_attr(&e.attr),
+            Generation(e.generation),
+        );
+    }
+}
+
+fn err(e: Errno) -> FErrno {
+    FErrno::from_i32(e.raw_os_error())
+}
+
+fn to_system_time(t: Time) -> SystemTime {
+    if t.sec >= 0 {
+        UNIX_EPOCH + Duration::new(t.sec as u64, t.nsec)
+    } else {
+        UNIX_EPOCH - Duration::new((-t.sec) as u64, 0) + Duration::new(0, t.nsec)
+    }
+}
+
+fn file_type(mode: u32) -> FileType {
+    match mode & libc::S_IFMT {
+        libc::S_IFDIR => FileType::Directory,
+        libc::S_IFLNK => FileType::Symlink,
+        libc::S_IFIFO => FileType::NamedPipe,
+        libc::S_IFSOCK => FileType::Socket,
+        libc::S_IFCHR => FileType::CharDevice,
+        libc::S_IFBLK => FileType::BlockDevice,
+        _ => FileType::RegularFile,
+    }
+}
+
+fn dtype_to_file_type(dtype: u8) -> FileType {
+    match dtype {
+        libc::DT_DIR => FileType::Directory,
+        libc::DT_LNK => FileType::Symlink,
+        libc::DT_FIFO => FileType::NamedPipe,
+        libc::DT_SOCK => FileType::Socket,
+        libc::DT_CHR => FileType::CharDevice,
+        libc::DT_BLK => FileType::BlockDevice,
+        _ => FileType::RegularFile,
+    }
+}
+
+fn to_fuse_attr(a: &Attr) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(a.ino),
+        size: a.size,
+        blocks: a.blocks,
+        atime: to_system_time(a.atime),
+        mtime: to_system_time(a.mtime),
+        ctime: to_system_time(a.ctime),
+        crtime: to_system_time(a.ctime),
+        kind: file_type(a.mode),
+        perm: (a.mode & 0o7777) as u16,
+        nlink: a.nlink,
+        uid: a.uid,
+        gid: a.gid,
+        rdev: a.rdev as u32,
+        blksize: a.blksize,
+        flags: 0,
+    }
+}
+
+fn time_spec(t: Option<TimeOrNow>) -> Option<TimeSpec> {
+    t.map(|t| match t {
+        TimeOrNow::Now => TimeSpec::Now,
+        TimeOrNow::SpecificTime(st) => match st.duration_since(UNIX_EPOCH) {
+            Ok(d) => TimeSpec::Set(d.as_secs() as i64, d.subsec_nanos() as i64),
+            Err(e) => {
+                let d = e.duration();
+                let mut sec = -(d.as_secs() as i64);
+                let mut nsec = -(d.subsec_nanos() as i64);
+                if nsec < 0 {
+                    sec -= 1;
+                    nsec += 1_000_000_000;
+                }
+                TimeSpec::Set(sec, nsec)
+            }
+        },
+    })
+}
+
+impl fuser::Filesystem for FuseAdapter {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
+        let caps = config.capabilities();
+        let mut want = InitFlags::FUSE_DO_READDIRPLUS
+            | InitFlags::FUSE_READDIRPLUS_AUTO
+            | InitFlags::FUSE_PARALLEL_DIROPS
+            | InitFlags::FUSE_CACHE_SYMLINKS
+            | InitFlags::FUSE_EXPORT_SUPPORT
+            | InitFlags::FUSE_ASYNC_DIO;
+        if self.opts.passthrough && caps.contains(InitFlags::FUSE_PASSTHROUGH) {
+            want |= InitFlags::FUSE_PASSTHROUGH;
+        } else if self.opts.writeback {
+            want |= InitFlags::FUSE_WRITEBACK_CACHE;
+        }
+        want &= caps;
+        let _ = config.add_capabilities(want);
+        if want.contains(InitFlags::FUSE_PASSTHROUGH) && config.set_max_stack_depth(1).is_ok() {
+            self.passthrough_on.store(true, Ordering::Relaxed);
+            log::info!("FUSE passthrough enabled");
+        } else {
+            log::info!("FUSE passthrough not in use");
+        }
+        let _ = config.set_max_write(1 << 20);
+        let _ = config.set_max_readahead(1 << 20);
+        let _ = config.set_max_background(64);
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        match self.fs.lookup(parent.0, name) {
+            Ok(e) => self.reply_entry(reply, e),
+            Err(Errno::NOENT) => {
+                // A negative entry the kernel may cache: every creation goes through us.
+                let ttl = if self.fs.is_writable() {
+                    self.opts.ttl
+                } else {
+                    self.opts.lower_ttl
+                };
+                let mut attr = to_fuse_attr(&Attr {
+                    ino: 0,
+                    size: 0,
+                    blocks: 0,
+                    atime: Time::default(),
+                    mtime: Time::default(),
+                    ctime: Time::default(),
+                    mode: libc::S_IFREG,
+                    nlink: 0,
+                    uid: 0,
+                    gid: 0,
+                    rdev: 0,
+                    blksize: 4096,
+                });
+                attr.ino = INodeNo(0);
+                reply.entry(&ttl, &attr, Generation(0));
+            }
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.fs.forget(ino.0, nlookup);
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.fs.getattr(ino.0, fh.map(|f| f.0)) {
+            Ok(a) => {
+                let immutable = !self.fs.is_writable();
+                reply.attr(&self.ttl_for(immutable), &to_fuse_attr(&a))
+            }
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn setattr(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let set = SetAttr {
+            mode,
+            uid,
+            gid,
+            size,
+            atime: time_spec(atime),
+            mtime: time_spec(mtime),
+            fh: fh.map(|f| f.0),
+        };
+        match self.fs.setattr(Self::ctx(req), ino.0, set) {
+            Ok(a) => reply.attr(&self.opts.ttl, &to_fuse_attr(&a)),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.fs.readlink(ino.0) {
+            Ok(t) => reply.data(&t),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        match self.fs.mknod(Self::ctx(req), parent.0, name, mode, rdev as u64) {
+            Ok(e) => self.reply_entry(reply, e),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
+        match self.fs.mkdir(Self::ctx(req), parent.0, name, mode) {
+            Ok(e) => self.reply_entry(reply, e),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self.fs.unlink(parent.0, name) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self.fs.rmdir(parent.0, name) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        match self
+            .fs
+            .symlink(Self::ctx(req), parent.0, link_name, target.as_os_str())
+        {
+            Ok(e) => self.reply_entry(reply, e),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        match self
+            .fs
+            .rename(parent.0, name, newparent.0, newname, flags.bits())
+        {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        match self.fs.link(ino.0, newparent.0, newname) {
+            Ok(e) => self.reply_entry(reply, e),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        match self.fs.open(Self::ctx(req), ino.0, flags.0) {
+            Ok(o) => {
+                if self.passthrough_on.load(Ordering::Relaxed) {
+                    if let Some(h) = self.fs.handle_file(o.fh) {
+                        match reply.open_backing(&h.file) {
+                            Ok(id) => {
+                                let id = Arc::new(id);
+                                reply.opened_passthrough(FileHandle(o.fh), FopenFlags::empty(), &id);
+                                self.backing.lock().insert(o.fh, id);
+                                return;
+                            }
+                            Err(e) => log::debug!("passthrough open failed: {e}"),
+                        }
+                    }
+                }
+                let f = if o.keep_cache {
+                    FopenFlags::FOPEN_KEEP_CACHE
+                } else {
+                    FopenFlags::empty()
+                };
+                reply.opened(FileHandle(o.fh), f)
+            }
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        self.fs
+            .read_with(fh.0, offset, size as usize, |r| match r {
+                Ok(d) => reply.data(d),
+                Err(e) => reply.error(err(e)),
+            });
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        match self.fs.write(fh.0, offset, data) {
+            Ok(n) => reply.written(n as u32),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        match self.fs.flush(fh.0) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.fs.release(fh.0);
+        self.backing.lock().remove(&fh.0);
+        reply.ok();
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        match self.fs.fsync(fh.0, datasync) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.fs.opendir(ino.0) {
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let list = match self.fs.readdir(fh.0, offset) {
+            Ok(l) => l,
+            Err(e) => return reply.error(err(e)),
+        };
+        for (i, e) in list.iter().enumerate().skip(offset as usize) {
+            if reply.add(
+                INodeNo(e.ino),
+                (i + 1) as u64,
+                dtype_to_file_type(e.dtype),
+                &e.name,
+            ) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let list = match self.fs.readdir(fh.0, offset) {
+            Ok(l) => l,
+            Err(e) => return reply.error(err(e)),
+        };
+        for (i, e) in list.iter().enumerate().skip(offset as usize) {
+            let name = e.name.as_bytes();
+            if name == b"." || name == b".." {
+                // The kernel takes no reference for these.
+                let a = self.fs.getattr(e.ino, None);
+                let Ok(a) = a else { continue };
+                if reply.add(
+                    INodeNo(e.ino),
+                    (i + 1) as u64,
+                    &e.name,
+                    &Duration::ZERO,
+                    &to_fuse_attr(&a),
+                    Generation(0),
+                ) {
+                    break;
+                }
+                continue;
+            }
+            let entry = match self.fs.lookup(ino.0, &e.name) {
+                Ok(en) => en,
+                Err(_) => continue,
+            };
+            if reply.add(
+                INodeNo(entry.attr.ino),
+                (i + 1) as u64,
+                &e.name,
+                &self.ttl_for(entry.immutable),
+                &to_fuse_attr(&entry.attr),
+                Generation(entry.generation),
+            ) {
+                // Not sent: give the reference back.
+                self.fs.forget(entry.attr.ino, 1);
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.fs.releasedir(fh.0);
+        reply.ok();
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        match self.fs.fsyncdir(fh.0) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        match self.fs.statfs() {
+            Ok(s) => reply.statfs(
+                s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize,
+            ),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        match self.fs.setxattr(ino.0, name, value, flags) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        if size == 0 {
+            match self.fs.getxattr(ino.0, name, &mut []) {
+                Ok(n) => reply.size(n as u32),
+                Err(e) => reply.error(err(e)),
+            }
+        } else {
+            let mut buf = vec![0u8; size as usize];
+            match self.fs.getxattr(ino.0, name, &mut buf) {
+                Ok(n) => reply.data(&buf[..n]),
+                Err(e) => reply.error(err(e)),
+            }
+        }
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        match self.fs.listxattr(ino.0) {
+            Ok(list) => {
+                if size == 0 {
+                    reply.size(list.len() as u32)
+                } else if list.len() > size as usize {
+                    reply.error(FErrno::ERANGE)
+                } else {
+                    reply.data(&list)
+                }
+            }
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self.fs.removexattr(ino.0, name) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        match self.fs.access(Self::ctx(req), ino.0, mask.bits()) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        match self.fs.create(Self::ctx(req), parent.0, name, mode, flags) {
+            Ok((e, o)) => {
+                let ttl = self.opts.ttl;
+                if self.passthrough_on.load(Ordering::Relaxed) {
+                    if let Some(h) = self.fs.handle_file(o.fh) {
+                        if let Ok(id) = reply.open_backing(&h.file) {
+                            let id = Arc::new(id);
+                            reply.created_passthrough(
+                                &ttl,
+                                &to_fuse_attr(&e.attr),
+                                Generation(e.generation),
+                                FileHandle(o.fh),
+                                FopenFlags::empty(),
+                                &id,
+                            );
+                            self.backing.lock().insert(o.fh, id);
+                            return;
+                        }
+                    }
+                }
+                reply.created(
+                    &ttl,
+                    &to_fuse_attr(&e.attr),
+                    Generation(e.generation),
+                    FileHandle(o.fh),
+                    FopenFlags::empty(),
+                )
+            }
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        match self.fs.fallocate(fh.0, offset, length, mode) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn lseek(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
+        match self.fs.lseek(fh.0, offset, whence) {
+            Ok(o) => reply.offset(o as i64),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+
+    fn copy_file_range(
+        &self,
+        _req: &Request,
+        _ino_in: INodeNo,
+        fh_in: FileHandle,
+        offset_in: u64,
+        _ino_out: INodeNo,
+        fh_out: FileHandle,
+        offset_out: u64,
+        len: u64,
+        _flags: CopyFileRangeFlags,
+        reply: ReplyWrite,
+    ) {
+        match self
+            .fs
+            .copy_file_range(fh_in.0, offset_in, fh_out.0, offset_out, len)
+        {
+            Ok(n) => reply.written(n as u32),
+            Err(e) => reply.error(err(e)),
+        }
+    }
+}

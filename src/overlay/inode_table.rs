@@ -1,0 +1,344 @@
+//! Inode numbers to nodes, with kernel lookup counts.
+//!
+//! The table holds weak references; a node stays alive while the kernel has looked it up
+//! (a self-reference "pin" while `nlookup > 0`), while a child or hard-link alias names
+//! it as parent, or while a file handle uses it. When the last strong reference goes,
+//! the node removes its own table entry. The table is sharded so lookups on different
+//! inodes never contend.
+
+use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+
+use parking_lot::{Mutex, RwLock};
+
+use super::layers::{LayerId, RealDir};
+
+const SHARDS: usize = 64;
+
+/// Kind of a node; fixed for its life (a name that changes type gets a new node).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Dir,
+    File,
+    Symlink,
+    Fifo,
+    Socket,
+    CharDev,
+    BlockDev,
+}
+
+impl Kind {
+    pub fn from_mode(mode: u32) -> Kind {
+        match mode & libc::S_IFMT {
+            libc::S_IFDIR => Kind::Dir,
+            libc::S_IFLNK => Kind::Symlink,
+            libc::S_IFIFO => Kind::Fifo,
+            libc::S_IFSOCK => Kind::Socket,
+            libc::S_IFCHR => Kind::CharDev,
+            libc::S_IFBLK => Kind::BlockDev,
+            _ => Kind::File,
+        }
+    }
+}
+
+/// One name of a non-directory: the merged parent, the name, and the real directory
+/// (in the layer holding the data) where that name lives.
+#[derive(Debug, Clone)]
+pub struct Alias {
+    pub parent: Arc<Node>,
+    pub name: OsString,
+    pub real: Arc<RealDir>,
+}
+
+#[derive(Debug)]
+pub struct DirState {
+    /// `None` only for the root.
+    pub parent: Option<Arc<Node>>,
+    pub name: OsString,
+    pub upper: Option<Arc<RealDir>>,
+    /// Lower real directories merged into this one, top first (empty if opaque).
+    pub lowers: Arc<[Arc<RealDir>]>,
+    /// Absolute path in the lower layers this directory comes from, if it was renamed.
+    pub redirect: Option<Vec<u8>>,
+    /// The upper dir holds children whose inode number differs from the real one.
+    pub impure: bool,
+}
+
+impl DirState {
+    /// More than one real directory: the kernel reports `st_nlink = 1` for these.
+    pub fn is_merged(&self) -> bool {
+        self.lowers.len() + usize::from(self.upper.is_some()) > 1
+    }
+
+    /// The topmost real directory.
+    pub fn top(&self) -> &Arc<RealDir> {
+        self.upper
+            .as_ref()
+            .unwrap_or_else(|| &self.lowers[0])
+    }
+}
+
+#[derive(Debug)]
+pub struct FileState {
+    /// Known names of this inode; all in layer `layer`.
+    pub aliases: Vec<Alias>,
+    pub layer: LayerId,
+    /// An `O_PATH` handle kept when the last known name was removed, so an unlinked but
+    /// still referenced file keeps answering `getattr`.
+    pub orphan: Option<OwnedFd>,
+}
+
+#[derive(Debug)]
+pub enum NodeState {
+    Dir(DirState),
+    File(FileState),
+}
+
+pub struct Node {
+    pub ino: u64,
+    /// Never reused, unlike inode numbers: a key for caches.
+    pub serial: u64,
+    pub kind: Kind,
+    nlookup: AtomicU64,
+    pin: Mutex<Option<Arc<Node>>>,
+    pub state: RwLock<NodeState>,
+    /// Serialises copy-up of this node.
+    pub copy_up_lock: Mutex<()>,
+    table: Weak<TableInner>,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("ino", &self.ino)
+            .field("kind", &self.kind)
+            .field("nlookup", &self.nlookup.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+impl Node {
+    pub fn is_dir(&self) -> bool {
+        self.kind == Kind::Dir
+    }
+
+    pub fn nlookup(&self) -> u64 {
+        self.nlookup.load(Ordering::Relaxed)
+    }
+
+    /// The kernel took `n` more references.
+    pub fn inc_lookup(self: &Arc<Self>, n: u64) {
+        if self.nlookup.fetch_add(n, Ordering::AcqRel) == 0 {
+            let mut pin = self.pin.lock();
+            if self.nlookup.load(Ordering::Acquire) > 0 && pin.is_none() {
+                *pin = Some(self.clone());
+            }
+        }
+    }
+
+    /// The kernel dropped `n` references.
+    pub fn forget(&self, n: u64) {
+        let mut cur = self.nlookup.load(Ordering::Acquire);
+        loop {
+            let new = cur.saturating_sub(n);
+            match self
+                .nlookup
+                .compare_exchange(cur, new, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => {
+                    if new == 0 {
+                        let taken = {
+                            let mut pin = self.pin.lock();
+                            if self.nlookup.load(Ordering::Acquire) == 0 {
+                                pin.take()
+                            } else {
+                                None
+                            }
+                        };
+                        // Dropped outside the lock: this may be the last reference.
+                        drop(taken);
+                    }
+                    return;
+                }
+                Err(actual) => cur = actual,
+            }
+        }
+    }
+
+    /// Name and parent of a directory (for building upper paths).
+    pub fn dir_parent_name(&self) -> Option<(Arc<Node>, OsString)> {
+        match &*self.state.read() {
+            NodeState::Dir(d) => d.parent.clone().map(|p| (p, d.name.clone())),
+            NodeState::File(f) => f.aliases.first().map(|a| (a.parent.clone(), a.name.clone())),
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(table) = self.table.upgrade() {
+            let shard = &table.shards[shard_of(self.ino)];
+            let mut map = shard.write();
+            if let Some(w) = map.get(&self.ino) {
+                if std::ptr::eq(w.as_ptr(), self as *const Node) {
+                    map.remove(&self.ino);
+                }
+            }
+        }
+    }
+}
+
+struct TableInner {
+    shards: Vec<RwLock<HashMap<u64, Weak<Node>>>>,
+}
+
+#[inline]
+fn shard_of(ino: u64) -> usize {
+    // Inode numbers of neighbouring files are sequential: spread them.
+    (ino.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 58) as usize % SHARDS
+}
+
+/// The inode table.
+pub struct InodeTable {
+    inner: Arc<TableInner>,
+    serial: AtomicU64,
+}
+
+impl Default for InodeTable {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl InodeTable {
+    pub fn new() -> Self {
+        InodeTable {
+            inner: Arc::new(TableInner {
+                shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
+            }),
+            serial: AtomicU64::new(1),
+        }
+    }
+
+    pub fn get(&self, ino: u64) -> Option<Arc<Node>> {
+        self.inner.shards[shard_of(ino)]
+            .read()
+            .get(&ino)
+            .and_then(Weak::upgrade)
+    }
+
+    /// Return the live node for `ino`, or insert the one `make` builds. `keep` decides
+    /// whether an existing node still describes the same object (else it is replaced).
+    pub fn get_or_insert(
+        &self,
+        ino: u64,
+        kind: Kind,
+        keep: impl Fn(&Arc<Node>) -> bool,
+        make: impl FnOnce() -> NodeState,
+    ) -> Arc<Node> {
+        let shard = &self.inner.shards[shard_of(ino)];
+        if let Some(n) = shard.read().get(&ino).and_then(Weak::upgrade) {
+            if n.kind == kind && keep(&n) {
+                return n;
+            }
+        }
+        let mut map = shard.write();
+        if let Some(n) = map.get(&ino).and_then(Weak::upgrade) {
+            if n.kind == kind && keep(&n) {
+                return n;
+            }
+        }
+        let node = Arc::new(Node {
+            ino,
+            serial: self.serial.fetch_add(1, Ordering::Relaxed),
+            kind,
+            nlookup: AtomicU64::new(0),
+            pin: Mutex::new(None),
+            state: RwLock::new(make()),
+            copy_up_lock: Mutex::new(()),
+            table: Arc::downgrade(&self.inner),
+        });
+        map.insert(ino, Arc::downgrade(&node));
+        node
+    }
+
+    /// Insert a node for a brand-new object, replacing any stale entry.
+    pub fn insert_new(&self, ino: u64, kind: Kind, state: NodeState) -> Arc<Node> {
+        let node = Arc::new(Node {
+            ino,
+            serial: self.serial.fetch_add(1, Ordering::Relaxed),
+            kind,
+            nlookup: AtomicU64::new(0),
+            pin: Mutex::new(None),
+            state: RwLock::new(state),
+            copy_up_lock: Mutex::new(()),
+            table: Arc::downgrade(&self.inner),
+        });
+        self.inner.shards[shard_of(ino)]
+            .write()
+            .insert(ino, Arc::downgrade(&node));
+        node
+    }
+
+    /// Number of live nodes (for tests and memory reports).
+    pub fn len(&self) -> usize {
+        self.inner
+            .shards
+            .iter()
+            .map(|s| s.read().values().filter(|w| w.strong_count() > 0).count())
+            .sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Find the alias with this parent and name.
+pub fn find_alias<'a>(aliases: &'a [Alias], parent: &Node, name: &OsStr) -> Option<&'a Alias> {
+    aliases
+        .iter()
+        .find(|a| a.parent.ino == parent.ino && a.name == name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file_state() -> NodeState {
+        NodeState::File(FileState {
+            aliases: Vec::new(),
+            layer: 1,
+            orphan: None,
+        })
+    }
+
+    #[test]
+    fn lookup_counts_pin_and_release() {
+        let t = InodeTable::new();
+        let n = t.get_or_insert(42, Kind::File, |_| true, file_state);
+        n.inc_lookup(2);
+        drop(n);
+        let n = t.get(42).expect("pinned by lookups");
+        n.forget(1);
+        drop(n);
+        assert!(t.get(42).is_some());
+        t.get(42).unwrap().forget(1);
+        assert!(t.get(42).is_none(), "forgotten node is gone");
+        assert_eq!(t.len(), 0);
+    }
+
+    #[test]
+    fn kind_change_replaces_node() {
+        let t = InodeTable::new();
+        let a = t.get_or_insert(7, Kind::File, |_| true, file_state);
+        let b = t.get_or_insert(7, Kind::Symlink, |_| true, file_state);
+        assert!(!Arc::ptr_eq(&a, &b));
+        assert_eq!(t.get(7).unwrap().kind, Kind::Symlink);
+        drop(a); // the old node's drop must not remove the new entry
+        assert!(t.get(7).is_some());
+    }
+}

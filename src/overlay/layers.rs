@@ -1,0 +1,176 @@
+//! The layer stack: one directory handle per layer, upper (if any) first.
+
+use std::ffi::OsStr;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::sys::{self, Errno};
+
+/// Index of a layer: 0 is the upper layer, 1..=N the lower layers, top first.
+pub type LayerId = u16;
+pub const UPPER: LayerId = 0;
+
+/// An open directory in one real layer (`O_PATH` handle).
+#[derive(Debug)]
+pub struct RealDir {
+    pub layer: LayerId,
+    pub fd: OwnedFd,
+    /// Entries may be xattr whiteouts (the dir carries `overlay.opaque=x`).
+    pub xattr_whiteouts: bool,
+}
+
+impl RealDir {
+    pub fn new(layer: LayerId, fd: OwnedFd) -> Arc<Self> {
+        Arc::new(Self {
+            layer,
+            fd,
+            xattr_whiteouts: false,
+        })
+    }
+
+    pub fn with_markers(layer: LayerId, fd: OwnedFd, xattr_whiteouts: bool) -> Arc<Self> {
+        Arc::new(Self {
+            layer,
+            fd,
+            xattr_whiteouts,
+        })
+    }
+
+    #[inline]
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    pub fn is_upper(&self) -> bool {
+        self.layer == UPPER
+    }
+}
+
+/// One layer directory.
+#[derive(Debug)]
+pub struct Layer {
+    pub id: LayerId,
+    pub path: PathBuf,
+    pub root: Arc<RealDir>,
+    pub dev: u64,
+}
+
+/// The whole stack plus the work directory.
+#[derive(Debug)]
+pub struct Layers {
+    pub upper: Option<Layer>,
+    /// `WORKDIR/work`: scratch space on the upper filesystem for atomic copy-up.
+    pub work: Option<OwnedFd>,
+    pub lowers: Vec<Layer>,
+    /// Distinct devices in layer order (upper first); the position is the `fsidx`
+    /// mixed into the high bits of inode numbers of every layer but the first fs.
+    devs: Vec<u64>,
+}
+
+/// Bits of the inode number left for the real inode when layers span several filesystems.
+const INO_BITS: u32 = 56;
+const INO_MASK: u64 = (1 << INO_BITS) - 1;
+
+impl Layers {
+    /// Open every layer. `lowers` is top first, as in `lowerdir=`.
+    pub fn open(
+        lowers: &[PathBuf],
+        upper: Option<&Path>,
+        workdir: Option<&Path>,
+    ) -> Result<Self, (PathBuf, Errno)> {
+        let open_layer = |id: LayerId, path: &Path| -> Result<Layer, (PathBuf, Errno)> {
+            let fd = sys::open_root_dir(path).map_err(|e| (path.to_path_buf(), e))?;
+            let st = sys::stat_fd(fd.as_fd()).map_err(|e| (path.to_path_buf(), e))?;
+            Ok(Layer {
+                id,
+                path: path.to_path_buf(),
+                root: RealDir::new(id, fd),
+                dev: st.st_dev,
+            })
+        };
+        let upper = match upper {
+            Some(p) => Some(open_layer(UPPER, p)?),
+            None => None,
+        };
+        let mut lower_layers = Vec::with_capacity(lowers.len());
+        for (i, p) in lowers.iter().enumerate() {
+            lower_layers.push(open_layer((i + 1) as LayerId, p)?);
+        }
+        let work = match workdir {
+            Some(w) => {
+                let wfd = sys::open_root_dir(w).map_err(|e| (w.to_path_buf(), e))?;
+                match sys::mkdir_at(wfd.as_fd(), OsStr::new("work"), 0o700) {
+                    Ok(()) | Err(Errno::EXIST) => {}
+                    Err(e) => return Err((w.join("work"), e)),
+                }
+                Some(
+                    sys::open_dir_path(wfd.as_fd(), OsStr::new("work"))
+                        .map_err(|e| (w.join("work"), e))?,
+                )
+            }
+            None => None,
+        };
+        let mut devs = Vec::new();
+        for l in upper.iter().chain(lower_layers.iter()) {
+            if !devs.contains(&l.dev) {
+                devs.push(l.dev);
+            }
+        }
+        Ok(Layers {
+            upper,
+            work,
+            lowers: lower_layers,
+            devs,
+        })
+    }
+
+    pub fn get(&self, id: LayerId) -> &Layer {
+        if id == UPPER {
+            self.upper.as_ref().expect("upper layer")
+        } else {
+            &self.lowers[id as usize - 1]
+        }
+    }
+
+    pub fn has_upper(&self) -> bool {
+        self.upper.is_some()
+    }
+
+    pub fn num_lowers(&self) -> usize {
+        self.lowers.len()
+    }
+
+    pub fn work_fd(&self) -> Option<BorrowedFd<'_>> {
+        self.work.as_ref().map(|w| w.as_fd())
+    }
+
+    /// The inode number we report for a real inode: the real one when every layer is
+    /// on one filesystem (as the kernel's overlayfs does), otherwise with the index of
+    /// the filesystem in the top bits so numbers never collide across layers.
+    #[inline]
+    pub fn map_ino(&self, dev: u64, ino: u64) -> u64 {
+        let idx = self.devs.iter().position(|d| *d == dev).unwrap_or(0) as u64;
+        let v = if idx == 0 {
+            ino
+        } else {
+            (idx << INO_BITS) | (ino & INO_MASK)
+        };
+        fix_reserved_ino(v)
+    }
+}
+
+/// FUSE reserves 0 and uses 1 for the root: move any real inode with those numbers away.
+#[inline]
+pub fn fix_reserved_ino(ino: u64) -> u64 {
+    if ino <= 1 { ino | (1 << 63) } else { ino }
+}
+
+/// Sanity check that a path is a usable directory, for friendly mount-time errors.
+pub fn check_dir(path: &Path) -> Result<(), String> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => Err(format!("{} is not a directory", path.display())),
+        Err(e) => Err(format!("{}: {}", path.display(), e)),
+    }
+}

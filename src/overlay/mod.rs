@@ -1,0 +1,17 @@
+//! The union filesystem: a core on plain types (`fs`, `copy_up`, `mutate`) with a thin
+//! FUSE adapter on top.
+
+pub mod copy_up;
+pub mod fs;
+pub mod fuse_adapter;
+pub mod handles;
+pub mod inode_table;
+pub mod layers;
+pub mod lookup;
+pub mod mutate;
+pub mod readdir;
+pub mod types;
+pub mod whiteout;
+
+pub use fs::{Options, OverlayFs, ROOT_INO};
+pub use types::{Attr, Ctx, Entry, SetAttr};
