@@ -9,6 +9,7 @@ use std::sync::Arc;
 use fuser::{Config, MountOption, SessionACL};
 
 use crate::cli::overlay_opts::OverlayArgs;
+use crate::error::describe;
 use crate::overlay::fs::{OverlayFs, Options};
 use crate::overlay::fuse_adapter::{FuseAdapter, FuseOptions};
 use crate::sys;
@@ -24,12 +25,13 @@ impl std::fmt::Display for MountError {
 }
 
 fn abs(p: &Path) -> Result<PathBuf, MountError> {
-    std::fs::canonicalize(p).map_err(|e| MountError(format!("{}: {}", p.display(), e)))
+    std::fs::canonicalize(p).map_err(|e| MountError(format!("{}: {}", p.display(), describe(&e))))
 }
 
 fn check_dir(p: &Path, what: &str) -> Result<PathBuf, MountError> {
     let c = abs(p).map_err(|e| MountError(format!("{what} {e}")))?;
-    let md = std::fs::metadata(&c).map_err(|e| MountError(format!("{what} {}: {e}", p.display())))?;
+    let md = std::fs::metadata(&c)
+        .map_err(|e| MountError(format!("{what} {}: {}", p.display(), describe(&e))))?;
     if !md.is_dir() {
         return Err(MountError(format!("{what} {} is not a directory", p.display())));
     }
@@ -51,7 +53,7 @@ pub fn plan(a: &OverlayArgs) -> Result<MountPlan, MountError> {
     for l in &a.lowers {
         let c = check_dir(l, "lowerdir")?;
         if let Err(e) = std::fs::read_dir(&c) {
-            return Err(MountError(format!("lowerdir {}: {e}", l.display())));
+            return Err(MountError(format!("lowerdir {}: {}", l.display(), describe(&e))));
         }
         lowers.push(c);
     }
@@ -194,7 +196,11 @@ pub fn serve(cfg: DaemonConfig, ready: impl FnOnce(Result<(), &MountError>)) -> 
     let session = match fuser::Session::new(adapter, &cfg.plan.mountpoint, &config) {
         Ok(s) => s,
         Err(e) => {
-            let err = MountError(format!("cannot mount {}: {}", cfg.plan.mountpoint.display(), e));
+            let err = MountError(format!(
+                "cannot mount {}: {}",
+                cfg.plan.mountpoint.display(),
+                describe(&e)
+            ));
             ready(Err(&err));
             return Err(err);
         }

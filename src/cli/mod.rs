@@ -1,10 +1,68 @@
 //! Command-line front end: argument definitions and output, no logic.
+//!
+//! Each area has its own file with a clap `Subcommand` enum flattened into the top level.
 
 pub mod overlay_opts;
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
+use clap::{Parser, Subcommand};
+
 use crate::daemon;
+
+/// Options every command sees.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Globals {
+    /// Store directory [default: /var/lib/layerfs as root, else $XDG_DATA_HOME/layerfs]
+    #[arg(long, global = true, env = "LAYERFS_ROOT", value_name = "DIR")]
+    pub root: Option<PathBuf>,
+    /// More log output (repeat for more)
+    #[arg(short = 'v', long = "verbose", global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+impl Globals {
+    /// The store root: `--root`, `$LAYERFS_ROOT`, or the per-user default.
+    pub fn store_root(&self) -> PathBuf {
+        if let Some(r) = &self.root {
+            return r.clone();
+        }
+        if crate::sys::is_privileged() {
+            return PathBuf::from("/var/lib/layerfs");
+        }
+        let data = std::env::var_os("XDG_DATA_HOME")
+            .map(PathBuf::from)
+            .filter(|p| p.is_absolute())
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+            .unwrap_or_else(|| PathBuf::from("/tmp"));
+        data.join("layerfs")
+    }
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "layerfs",
+    version,
+    about = "Container image layers stored once by digest, mounted through FUSE",
+    after_help = "A fuse-overlayfs style call (layerfs -o lowerdir=... MOUNTPOINT) mounts directly."
+)]
+struct Cli {
+    #[command(flatten)]
+    globals: Globals,
+    #[command(subcommand)]
+    cmd: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Mount a layer stack: -o lowerdir=TOP:...:BOTTOM[,upperdir=U,workdir=W] MOUNTPOINT
+    #[command(disable_help_flag = true)]
+    Overlay {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
 
 /// Print a one-line error and return the failure exit code.
 pub fn fail(msg: impl std::fmt::Display) -> ExitCode {
@@ -55,6 +113,8 @@ fn is_overlay_invocation(prog: &str, rest: &[String]) -> bool {
 
 /// Program entry.
 pub fn main() -> ExitCode {
+    // Behave like other Unix tools when output goes to a closed pipe (`| head`).
+    crate::sys::default_sigpipe();
     let argv: Vec<String> = std::env::args_os()
         .map(|a| a.to_string_lossy().into_owned())
         .collect();
@@ -67,13 +127,17 @@ pub fn main() -> ExitCode {
     if is_overlay_invocation(&prog, rest) {
         return run_overlay_cli(rest);
     }
-    if rest.first().is_some_and(|a| a == "overlay") {
-        return run_overlay_cli(&rest[1..]);
+    let cli = Cli::parse();
+    init_logging(cli.globals.verbose > 0);
+    match cli.cmd {
+        Command::Overlay { args } => run_overlay_cli(&args),
     }
-    if rest.first().is_some_and(|a| a == "--version" || a == "-V") {
-        println!("layerfs version {}", env!("CARGO_PKG_VERSION"));
-        return ExitCode::SUCCESS;
+}
+
+/// Exit code for a command's result, printing the error on one line.
+pub fn finish(res: crate::error::Result<()>) -> ExitCode {
+    match res {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(e),
     }
-    eprintln!("usage: layerfs overlay -o lowerdir=...[,upperdir=...,workdir=...] MOUNTPOINT");
-    ExitCode::from(2)
 }

@@ -800,6 +800,15 @@ pub fn read_to_end_fd(fd: BorrowedFd<'_>) -> SysResult<Vec<u8>> {
     }
 }
 
+/// Restore the default `SIGPIPE` action (Rust ignores it, which turns `| head` into
+/// write errors).
+pub fn default_sigpipe() {
+    // SAFETY: setting a signal disposition to SIG_DFL has no memory-safety effects.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 /// Block the given signals in this thread (and threads it starts later).
 pub fn block_signals(signals: &[i32]) {
     // SAFETY: sigset manipulation on a local, zero-initialised set; pthread_sigmask
