@@ -10,8 +10,8 @@ use fuser::{Config, MountOption, SessionACL};
 
 use crate::cli::overlay_opts::OverlayArgs;
 use crate::error::describe;
-use crate::overlay::fs::{OverlayFs, Options};
-use crate::overlay::fuse_adapter::{FuseAdapter, FuseOptions};
+use crate::overlay::fs::{Options, OverlayFs};
+use crate::overlay::fuse_adapter::{FuseAdapter, FuseOptions, PassthroughMode};
 use crate::sys;
 
 /// A mount failure with a one-line message.
@@ -33,7 +33,10 @@ fn check_dir(p: &Path, what: &str) -> Result<PathBuf, MountError> {
     let md = std::fs::metadata(&c)
         .map_err(|e| MountError(format!("{what} {}: {}", p.display(), describe(&e))))?;
     if !md.is_dir() {
-        return Err(MountError(format!("{what} {} is not a directory", p.display())));
+        return Err(MountError(format!(
+            "{what} {} is not a directory",
+            p.display()
+        )));
     }
     Ok(c)
 }
@@ -53,12 +56,24 @@ pub fn plan(a: &OverlayArgs) -> Result<MountPlan, MountError> {
     for l in &a.lowers {
         let c = check_dir(l, "lowerdir")?;
         if let Err(e) = std::fs::read_dir(&c) {
-            return Err(MountError(format!("lowerdir {}: {}", l.display(), describe(&e))));
+            return Err(MountError(format!(
+                "lowerdir {}: {}",
+                l.display(),
+                describe(&e)
+            )));
         }
         lowers.push(c);
     }
-    let upper = a.upper.as_deref().map(|u| check_dir(u, "upperdir")).transpose()?;
-    let work = a.work.as_deref().map(|w| check_dir(w, "workdir")).transpose()?;
+    let upper = a
+        .upper
+        .as_deref()
+        .map(|u| check_dir(u, "upperdir"))
+        .transpose()?;
+    let work = a
+        .work
+        .as_deref()
+        .map(|w| check_dir(w, "workdir"))
+        .transpose()?;
     let mountpoint = check_dir(&a.mountpoint, "mountpoint")?;
     for l in lowers.iter().chain(upper.iter()).chain(work.iter()) {
         if mountpoint.starts_with(l) {
@@ -103,10 +118,15 @@ pub fn plan(a: &OverlayArgs) -> Result<MountPlan, MountError> {
                 u.display()
             )));
         }
-        if std::fs::metadata(u).map(|m| m.permissions().readonly()).unwrap_or(false)
+        if std::fs::metadata(u)
+            .map(|m| m.permissions().readonly())
+            .unwrap_or(false)
             && !sys::is_privileged()
         {
-            return Err(MountError(format!("upperdir {} is not writable", u.display())));
+            return Err(MountError(format!(
+                "upperdir {} is not writable",
+                u.display()
+            )));
         }
     }
     if !Path::new("/dev/fuse").exists() {
@@ -133,7 +153,11 @@ fn fuse_options(a: &OverlayArgs) -> FuseOptions {
     if let Some(t) = a.timeout {
         o.ttl = std::time::Duration::from_secs_f64(t);
     }
-    o.passthrough = a.passthrough.unwrap_or(false) && sys::is_privileged();
+    o.passthrough = if !sys::is_privileged() {
+        PassthroughMode::Off
+    } else {
+        a.passthrough.unwrap_or(PassthroughMode::Upper)
+    };
     o.writeback = a.writeback;
     o
 }
@@ -176,9 +200,16 @@ fn mount_config(a: &OverlayArgs, writable: bool) -> Config {
 
 /// Mount and serve. Returns once the filesystem is unmounted. `ready` is called once
 /// the mount is usable (or with the error that prevented it).
-pub fn serve(cfg: DaemonConfig, ready: impl FnOnce(Result<(), &MountError>)) -> Result<(), MountError> {
+pub fn serve(
+    cfg: DaemonConfig,
+    ready: impl FnOnce(Result<(), &MountError>),
+) -> Result<(), MountError> {
     let a = &cfg.args;
-    let mut opts = Options::new(cfg.plan.lowers.clone(), cfg.plan.upper.clone(), cfg.plan.work.clone());
+    let mut opts = Options::new(
+        cfg.plan.lowers.clone(),
+        cfg.plan.upper.clone(),
+        cfg.plan.work.clone(),
+    );
     opts.fsync = !a.volatile;
     let fs = match OverlayFs::new(opts) {
         Ok(fs) => Arc::new(fs),
@@ -265,7 +296,9 @@ fn parent_wait(rd: OwnedFd) -> Result<(), MountError> {
     let line = msg.lines().next().unwrap_or("");
     match line {
         "ok" => Ok(()),
-        "" => Err(MountError("the mount daemon exited before the mount was ready".into())),
+        "" => Err(MountError(
+            "the mount daemon exited before the mount was ready".into(),
+        )),
         l => Err(MountError(l.to_string())),
     }
 }

@@ -2,7 +2,7 @@
 //! filesystem through FUSE with a private writable layer per container.
 
 pub mod cli;
-pub mod error;
 pub mod daemon;
+pub mod error;
 pub mod overlay;
 pub mod sys;

@@ -45,14 +45,33 @@ fn bad_arguments_fail_with_one_line() {
     let m = t.path().join("m");
     fs::create_dir_all(&m).unwrap();
     let cases: Vec<Vec<String>> = vec![
-        vec!["-o".into(), "lowerdir=/nonexistent/layer".into(), m.display().to_string()],
+        vec![
+            "-o".into(),
+            "lowerdir=/nonexistent/layer".into(),
+            m.display().to_string(),
+        ],
         vec!["-o".into(), "lowerdir=".into(), m.display().to_string()],
-        vec!["-o".into(), "lowerdir=/etc/passwd".into(), m.display().to_string()],
-        vec!["-o".into(), format!("lowerdir={},bogus", t.path().display()), m.display().to_string()],
-        vec!["-o".into(), format!("lowerdir={}", t.path().display()), m.display().to_string()],
+        vec![
+            "-o".into(),
+            "lowerdir=/etc/passwd".into(),
+            m.display().to_string(),
+        ],
+        vec![
+            "-o".into(),
+            format!("lowerdir={},bogus", t.path().display()),
+            m.display().to_string(),
+        ],
+        vec![
+            "-o".into(),
+            format!("lowerdir={}", t.path().display()),
+            m.display().to_string(),
+        ],
     ];
     for args in cases {
-        let out = std::process::Command::new(layerfs_bin()).args(&args).output().unwrap();
+        let out = std::process::Command::new(layerfs_bin())
+            .args(&args)
+            .output()
+            .unwrap();
         assert!(!out.status.success(), "{args:?} succeeded");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.starts_with("layerfs: "), "{args:?}: {err}");

@@ -17,8 +17,8 @@ pub struct OverlayArgs {
     /// `volatile` or `fsync=0`: skip fsync (throwaway containers).
     pub volatile: bool,
     pub read_only: bool,
-    /// Explicit `passthrough=on|off`; `None` means automatic.
-    pub passthrough: Option<bool>,
+    /// Explicit `passthrough=off|upper|all` (`on` = `upper`); `None` means automatic.
+    pub passthrough: Option<crate::overlay::fuse_adapter::PassthroughMode>,
     pub threads: Option<usize>,
     /// Entry/attribute timeout in seconds for objects that may change.
     pub timeout: Option<f64>,
@@ -190,7 +190,20 @@ fn apply_opt(a: &mut OverlayArgs, opt: &str) -> Result<(), String> {
         "volatile" => a.volatile = true,
         "fsync" => a.volatile = !bool_value(key, &need(val)?)?,
         "ro" => a.read_only = true,
-        "passthrough" => a.passthrough = Some(bool_value(key, &need(val)?)?),
+        "passthrough" => {
+            use crate::overlay::fuse_adapter::PassthroughMode as P;
+            a.passthrough = Some(match need(val)?.as_str() {
+                "upper" => P::Upper,
+                "all" => P::All,
+                v => {
+                    if bool_value(key, v)? {
+                        P::Upper
+                    } else {
+                        P::Off
+                    }
+                }
+            })
+        }
         "writeback" => a.writeback = bool_value(key, &need(val)?)?,
         "threads" | "threaded" => {
             let v = need(val)?;
@@ -222,11 +235,17 @@ fn apply_opt(a: &mut OverlayArgs, opt: &str) -> Result<(), String> {
         }
         "squash_to_uid" => {
             let v = need(val)?;
-            a.squash_uid = Some(v.parse().map_err(|_| format!("squash_to_uid: bad id {v:?}"))?);
+            a.squash_uid = Some(
+                v.parse()
+                    .map_err(|_| format!("squash_to_uid: bad id {v:?}"))?,
+            );
         }
         "squash_to_gid" => {
             let v = need(val)?;
-            a.squash_gid = Some(v.parse().map_err(|_| format!("squash_to_gid: bad id {v:?}"))?);
+            a.squash_gid = Some(
+                v.parse()
+                    .map_err(|_| format!("squash_to_gid: bad id {v:?}"))?,
+            );
         }
         k if ACCEPTED_NOOPS.contains(&k) => a.ignored.push(opt.to_string()),
         _ => return Err(format!("unknown option {opt:?}")),
@@ -284,7 +303,9 @@ pub fn parse(args: &[String]) -> Result<OverlayArgs, String> {
             }
             s => {
                 if mountpoint.is_some() {
-                    return Err(format!("unexpected argument {s:?} (mountpoint given twice?)"));
+                    return Err(format!(
+                        "unexpected argument {s:?} (mountpoint given twice?)"
+                    ));
                 }
                 mountpoint = Some(PathBuf::from(s));
             }
@@ -317,7 +338,8 @@ Options (fuse-overlayfs compatible):
   volatile, fsync=0  never fsync (throwaway containers)
   ro                 mount read-only even if upperdir is given
   threads=N          request threads (default: number of CPUs)
-  passthrough=on|off FUSE passthrough for open files (default: on when root and supported)
+  passthrough=MODE   FUSE passthrough: upper (default as root; =on), all (lower files
+                     too; a write-open of a lower file open elsewhere gets EBUSY), off
   writeback=on|off   kernel writeback cache (when passthrough is off)
   timeout=SECONDS    attribute/entry cache time for writable objects
   uidmapping=IN:OUT:LEN[:...], gidmapping=...  map ids between the mount and the layers
@@ -359,7 +381,14 @@ mod tests {
         ])
         .unwrap();
         assert!(a.volatile);
-        assert_eq!(a.uid_map, vec![IdMapping { inside: 0, outside: 100000, len: 65536 }]);
+        assert_eq!(
+            a.uid_map,
+            vec![IdMapping {
+                inside: 0,
+                outside: 100000,
+                len: 65536
+            }]
+        );
         assert_eq!(a.mountpoint, PathBuf::from("C/merged"));
     }
 
@@ -377,23 +406,61 @@ mod tests {
     fn errors() {
         assert!(p(&["/m"]).unwrap_err().contains("lowerdir"));
         assert!(p(&["-o", "lowerdir=", "/m"]).unwrap_err().contains("empty"));
-        assert!(p(&["-o", "lowerdir=/a::/b", "/m"]).unwrap_err().contains("empty layer"));
-        assert!(p(&["-o", "lowerdir=/a:", "/m"]).unwrap_err().contains("empty layer"));
-        assert!(p(&["-o", "lowerdir=/a,bogus", "/m"]).unwrap_err().contains("unknown option"));
-        assert!(p(&["-o", "lowerdir=/a,upperdir=/u", "/m"]).unwrap_err().contains("together"));
-        assert!(p(&["-o", "lowerdir=/a"]).unwrap_err().contains("mountpoint"));
-        assert!(p(&["-x", "-o", "lowerdir=/a", "/m"]).unwrap_err().contains("unknown argument"));
-        assert!(p(&["-o", "lowerdir=/a", "/m", "/n"]).unwrap_err().contains("twice"));
+        assert!(
+            p(&["-o", "lowerdir=/a::/b", "/m"])
+                .unwrap_err()
+                .contains("empty layer")
+        );
+        assert!(
+            p(&["-o", "lowerdir=/a:", "/m"])
+                .unwrap_err()
+                .contains("empty layer")
+        );
+        assert!(
+            p(&["-o", "lowerdir=/a,bogus", "/m"])
+                .unwrap_err()
+                .contains("unknown option")
+        );
+        assert!(
+            p(&["-o", "lowerdir=/a,upperdir=/u", "/m"])
+                .unwrap_err()
+                .contains("together")
+        );
+        assert!(
+            p(&["-o", "lowerdir=/a"])
+                .unwrap_err()
+                .contains("mountpoint")
+        );
+        assert!(
+            p(&["-x", "-o", "lowerdir=/a", "/m"])
+                .unwrap_err()
+                .contains("unknown argument")
+        );
+        assert!(
+            p(&["-o", "lowerdir=/a", "/m", "/n"])
+                .unwrap_err()
+                .contains("twice")
+        );
         assert!(p(&["-o", "lowerdir=/a,uidmapping=1:2", "/m"]).is_err());
         assert!(p(&["-o", "lowerdir=/a,threads=x", "/m"]).is_err());
     }
 
     #[test]
     fn flags() {
-        let a = p(&["-d", "-olowerdir=/a,fsync=0,ro,upperdir=/u,workdir=/w", "/m"]).unwrap();
+        let a = p(&[
+            "-d",
+            "-olowerdir=/a,fsync=0,ro,upperdir=/u,workdir=/w",
+            "/m",
+        ])
+        .unwrap();
         assert!(a.debug && a.foreground && a.volatile && a.read_only);
         assert_eq!(a.upper, None, "ro drops the upper layer");
-        let a = p(&["-o", "lowerdir=/a,squash_to_uid=1000,squash_to_gid=100,xattr_permissions=2", "/m"]).unwrap();
+        let a = p(&[
+            "-o",
+            "lowerdir=/a,squash_to_uid=1000,squash_to_gid=100,xattr_permissions=2",
+            "/m",
+        ])
+        .unwrap();
         assert_eq!((a.squash_uid, a.squash_gid), (Some(1000), Some(100)));
         assert_eq!(a.ignored, vec!["xattr_permissions=2".to_string()]);
         assert!(p(&["--version"]).unwrap().show_version);

@@ -90,7 +90,13 @@ impl OverlayFs {
             return Err(e);
         }
         let saved = SavedTimes::capture(&parent_upper)?;
-        if let Err(e) = sys::rename_at(work, &tmp, parent_upper.fd(), &name, sys::RenameFlags::NOREPLACE) {
+        if let Err(e) = sys::rename_at(
+            work,
+            &tmp,
+            parent_upper.fd(),
+            &name,
+            sys::RenameFlags::NOREPLACE,
+        ) {
             let _ = sys::rmdir_at(work, &tmp);
             return Err(e);
         }
@@ -131,7 +137,15 @@ impl OverlayFs {
         let st = sys::stat_at(primary.real.fd(), &primary.name)?;
         let work = self.work()?;
         let tmp = self.tmp_name();
-        if let Err(e) = self.build_copy(primary.real.fd(), &primary.name, &st, work, &tmp, node, data_len) {
+        if let Err(e) = self.build_copy(
+            primary.real.fd(),
+            &primary.name,
+            &st,
+            work,
+            &tmp,
+            node,
+            data_len,
+        ) {
             let _ = sys::unlink_at(work, &tmp);
             return Err(e);
         }
@@ -296,7 +310,10 @@ fn copy_range(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, from: u64, to: u64) -> S
                     pos += n as u64;
                     continue;
                 }
-                Err(Errno::XDEV) | Err(Errno::NOSYS) | Err(Errno::INVAL) | Err(Errno::OPNOTSUPP) => {
+                Err(Errno::XDEV)
+                | Err(Errno::NOSYS)
+                | Err(Errno::INVAL)
+                | Err(Errno::OPNOTSUPP) => {
                     use_cfr = false;
                 }
                 Err(Errno::INTR) => continue,

@@ -12,10 +12,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::handles::{DirEntryOut, DirHandle, FileHandle, HandleTable};
+use super::handles::{FileHandle, HandleTable};
 use super::inode_table::{Alias, DirState, FileState, InodeTable, Kind, Node, NodeState};
 use super::layers::{LayerId, Layers, RealDir, UPPER};
 use super::lookup::{Detail, DirView, Resolved, Resolver};
+use super::readdir::{DirEntryOut, ListingCache, start_after};
 use super::types::{Attr, Ctx, Entry, Opened, StatFs};
 use super::whiteout::{self, MarkerWriter};
 use crate::sys::{self, Errno, OFlags, Stat, SysResult};
@@ -53,7 +54,7 @@ pub struct OverlayFs {
     pub(crate) res: Resolver,
     pub(crate) table: InodeTable,
     pub(crate) files: HandleTable<FileHandle>,
-    pub(crate) dirs: HandleTable<DirHandle>,
+    pub(crate) listings: ListingCache,
     pub(crate) root: Arc<Node>,
     /// Present when there is an upper layer.
     pub(crate) writer: Option<MarkerWriter>,
@@ -93,7 +94,9 @@ impl OverlayFs {
         }
         let upper = layers.upper.as_ref().map(|u| u.root.clone());
         let impure = match &upper {
-            Some(u) => whiteout::read_markers(u.fd(), None).map(|m| m.impure).unwrap_or(false),
+            Some(u) => whiteout::read_markers(u.fd(), None)
+                .map(|m| m.impure)
+                .unwrap_or(false),
             None => false,
         };
         let lowers: Arc<[Arc<RealDir>]> = layers.lowers.iter().map(|l| l.root.clone()).collect();
@@ -116,7 +119,7 @@ impl OverlayFs {
             res: Resolver::new(layers, opts.index_budget),
             table,
             files: HandleTable::default(),
-            dirs: HandleTable::default(),
+            listings: ListingCache::new(opts.index_budget / 2),
             root,
             writer,
             opts,
@@ -200,7 +203,9 @@ impl OverlayFs {
     /// The node for a resolved name: the live one for its inode number, updated with
     /// what the resolution found, or a new one.
     pub(crate) fn node_for(&self, parent: &Arc<Node>, name: &OsStr, r: Resolved) -> Arc<Node> {
-        let Resolved { kind, ino, detail, .. } = r;
+        let Resolved {
+            kind, ino, detail, ..
+        } = r;
         match detail {
             Detail::Dir {
                 upper,
@@ -227,10 +232,7 @@ impl OverlayFs {
                 {
                     let mut st = node.state.write();
                     if let NodeState::Dir(d) = &mut *st {
-                        let same_place = d
-                            .parent
-                            .as_ref()
-                            .is_some_and(|pp| pp.ino == parent.ino)
+                        let same_place = d.parent.as_ref().is_some_and(|pp| pp.ino == parent.ino)
                             && d.name == name;
                         if !same_place {
                             d.parent = Some(parent.clone());
@@ -494,26 +496,34 @@ impl OverlayFs {
 
     // ---------------------------------------------------------------- directories
 
-    pub fn opendir(&self, ino: u64) -> SysResult<u64> {
+    /// Check that a directory can be listed. Listing needs no per-stream state.
+    pub fn opendir(&self, ino: u64) -> SysResult<()> {
         let node = self.node(ino)?;
         if !node.is_dir() {
             return Err(Errno::NOTDIR);
         }
-        Ok(self.dirs.insert(DirHandle {
-            node,
-            listing: parking_lot::Mutex::new(None),
-        }))
+        Ok(())
     }
 
-    /// The listing of an open directory, with `.` and `..` first. Offset `k` in FUSE
-    /// terms is entry index `k`; the snapshot is rebuilt when reading from offset 0.
-    pub fn readdir(&self, fh: u64, offset: u64) -> SysResult<Arc<Vec<DirEntryOut>>> {
-        let h = self.dirs.get(fh).ok_or(Errno::BADF)?;
-        let mut l = h.listing.lock();
-        if offset == 0 || l.is_none() {
-            *l = Some(Arc::new(self.list_dir(&h.node)?));
-        }
-        Ok(l.clone().unwrap_or_default())
+    /// The merged listing of a directory in offset order (`.` and `..` first), and the
+    /// index of the first entry after `offset`. Reading from offset 0 rebuilds it.
+    pub fn readdir(&self, ino: u64, offset: u64) -> SysResult<(Arc<Vec<DirEntryOut>>, usize)> {
+        let node = self.node(ino)?;
+        let cached = if offset == 0 {
+            None
+        } else {
+            self.listings.get(node.serial)
+        };
+        let list = match cached {
+            Some(l) => l,
+            None => {
+                let l = Arc::new(self.list_dir(&node)?);
+                self.listings.put(node.serial, l.clone());
+                l
+            }
+        };
+        let start = start_after(&list, offset);
+        Ok((list, start))
     }
 
     fn list_dir(&self, node: &Arc<Node>) -> SysResult<Vec<DirEntryOut>> {
@@ -528,11 +538,13 @@ impl OverlayFs {
             name: ".".into(),
             ino: node.ino,
             dtype: libc::DT_DIR,
+            off: 1,
         });
         out.push(DirEntryOut {
             name: "..".into(),
             ino: parent_ino,
             dtype: libc::DT_DIR,
+            off: 2,
         });
         for mut e in entries {
             if e.needs_resolve {
@@ -545,13 +557,15 @@ impl OverlayFs {
                     Err(err) => return Err(err),
                 }
             }
-            out.push(e.into());
+            out.push(DirEntryOut {
+                off: self.listings.offset_of(e.name.as_bytes()),
+                name: e.name,
+                ino: e.ino,
+                dtype: e.dtype,
+            });
         }
+        ListingCache::order(&mut out);
         Ok(out)
-    }
-
-    pub fn releasedir(&self, fh: u64) {
-        self.dirs.remove(fh);
     }
 
     // ---------------------------------------------------------------- misc
@@ -681,9 +695,4 @@ impl std::fmt::Debug for OverlayFs {
             .field("upper", &self.opts.upper)
             .finish()
     }
-}
-
-/// Helper for the adapter and tests: the name bytes of a listing entry.
-pub fn entry_name(e: &DirEntryOut) -> &[u8] {
-    e.name.as_bytes()
 }

@@ -10,11 +10,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
-    AccessFlags, BsdFileFlags, CopyFileRangeFlags, Errno as FErrno, FileAttr, FileHandle,
-    FileType, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags,
-    RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
-    ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request,
-    TimeOrNow, WriteFlags,
+    AccessFlags, BsdFileFlags, CopyFileRangeFlags, Errno as FErrno, FileAttr, FileHandle, FileType,
+    FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags,
+    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry,
+    ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use parking_lot::Mutex;
 
@@ -29,8 +28,8 @@ pub struct FuseOptions {
     pub ttl: Duration,
     /// Validity for objects only in lower layers (immutable).
     pub lower_ttl: Duration,
-    /// Try FUSE passthrough for open files.
-    pub passthrough: bool,
+    /// FUSE passthrough for open files.
+    pub passthrough: PassthroughMode,
     /// Cache writes in the kernel (not together with passthrough).
     pub writeback: bool,
 }
@@ -40,17 +39,42 @@ impl Default for FuseOptions {
         FuseOptions {
             ttl: Duration::from_secs(86400),
             lower_ttl: Duration::from_secs(86400 * 365),
-            passthrough: false,
+            passthrough: PassthroughMode::Off,
             writeback: false,
         }
     }
 }
 
+/// Which files go through FUSE passthrough.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PassthroughMode {
+    Off,
+    /// Files in the upper layer only: lower files use the page cache. Opens never fail.
+    Upper,
+    /// Lower files too. Opening a lower file for writing while it is open read-only
+    /// elsewhere fails with EBUSY (the kernel allows one backing file per inode).
+    All,
+}
+
+/// How the open handles of one inode do I/O. The kernel allows either cached opens or
+/// passthrough opens of an inode at a time, and one backing file for all of the latter.
+#[derive(Default)]
+struct InodeIo {
+    cached: u32,
+    passthrough: u32,
+    backing: Option<Arc<fuser::BackingId>>,
+    backing_layer: u16,
+}
+
+const IO_SHARDS: usize = 16;
+
 pub struct FuseAdapter {
     fs: Arc<OverlayFs>,
     opts: FuseOptions,
     passthrough_on: AtomicBool,
-    backing: Mutex<std::collections::HashMap<u64, Arc<fuser::BackingId>>>,
+    io: Vec<Mutex<std::collections::HashMap<u64, InodeIo>>>,
+    /// Per handle: (inode, used passthrough).
+    handle_io: Mutex<std::collections::HashMap<u64, (u64, bool)>>,
 }
 
 impl FuseAdapter {
@@ -59,7 +83,84 @@ impl FuseAdapter {
             fs,
             opts,
             passthrough_on: AtomicBool::new(false),
-            backing: Mutex::new(Default::default()),
+            io: (0..IO_SHARDS)
+                .map(|_| Mutex::new(Default::default()))
+                .collect(),
+            handle_io: Mutex::new(Default::default()),
+        }
+    }
+
+    /// Decide the I/O mode of a new handle and register it. Returns the backing id to
+    /// send for passthrough, `None` for cached I/O, or an errno when neither is allowed.
+    fn attach_io(
+        &self,
+        ino: u64,
+        fh: u64,
+        open_backing: impl FnOnce(&std::fs::File) -> io::Result<fuser::BackingId>,
+    ) -> Result<Option<Arc<fuser::BackingId>>, Errno> {
+        let Some(h) = self.fs.handle_file(fh) else {
+            return Err(Errno::BADF);
+        };
+        let want_pt = self.passthrough_on.load(Ordering::Relaxed)
+            && match self.opts.passthrough {
+                PassthroughMode::Off => false,
+                PassthroughMode::Upper => h.layer == crate::overlay::layers::UPPER,
+                PassthroughMode::All => true,
+            };
+        let mut shard = self.io[(ino as usize) % IO_SHARDS].lock();
+        let st = shard.entry(ino).or_default();
+        let use_pt = if st.passthrough > 0 {
+            // Every open of an inode in passthrough mode must share its backing file.
+            if st.backing_layer != h.layer {
+                return Err(Errno::BUSY);
+            }
+            true
+        } else {
+            want_pt && st.cached == 0
+        };
+        let backing = if use_pt {
+            if st.backing.is_none() {
+                let f = std::fs::File::from(h.file.try_clone().map_err(|_| Errno::MFILE)?);
+                match open_backing(&f) {
+                    Ok(id) => {
+                        st.backing = Some(Arc::new(id));
+                        st.backing_layer = h.layer;
+                    }
+                    Err(e) => {
+                        log::debug!("passthrough unavailable for inode {ino}: {e}");
+                        st.cached += 1;
+                        self.handle_io.lock().insert(fh, (ino, false));
+                        return Ok(None);
+                    }
+                }
+            }
+            st.passthrough += 1;
+            st.backing.clone()
+        } else {
+            st.cached += 1;
+            None
+        };
+        self.handle_io.lock().insert(fh, (ino, backing.is_some()));
+        Ok(backing)
+    }
+
+    fn detach_io(&self, fh: u64) {
+        let Some((ino, pt)) = self.handle_io.lock().remove(&fh) else {
+            return;
+        };
+        let mut shard = self.io[(ino as usize) % IO_SHARDS].lock();
+        if let Some(st) = shard.get_mut(&ino) {
+            if pt {
+                st.passthrough = st.passthrough.saturating_sub(1);
+                if st.passthrough == 0 {
+                    st.backing = None;
+                }
+            } else {
+                st.cached = st.cached.saturating_sub(1);
+            }
+            if st.passthrough == 0 && st.cached == 0 {
+                shard.remove(&ino);
+            }
         }
     }
 
@@ -172,7 +273,9 @@ impl fuser::Filesystem for FuseAdapter {
             | InitFlags::FUSE_CACHE_SYMLINKS
             | InitFlags::FUSE_EXPORT_SUPPORT
             | InitFlags::FUSE_ASYNC_DIO;
-        if self.opts.passthrough && caps.contains(InitFlags::FUSE_PASSTHROUGH) {
+        if self.opts.passthrough != PassthroughMode::Off
+            && caps.contains(InitFlags::FUSE_PASSTHROUGH)
+        {
             want |= InitFlags::FUSE_PASSTHROUGH;
         } else if self.opts.writeback {
             want |= InitFlags::FUSE_WRITEBACK_CACHE;
@@ -286,7 +389,10 @@ impl fuser::Filesystem for FuseAdapter {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        match self.fs.mknod(Self::ctx(req), parent.0, name, mode, rdev as u64) {
+        match self
+            .fs
+            .mknod(Self::ctx(req), parent.0, name, mode, rdev as u64)
+        {
             Ok(e) => self.reply_entry(reply, e),
             Err(e) => reply.error(err(e)),
         }
@@ -372,29 +478,20 @@ impl fuser::Filesystem for FuseAdapter {
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        match self.fs.open(Self::ctx(req), ino.0, flags.0) {
-            Ok(o) => {
-                if self.passthrough_on.load(Ordering::Relaxed) {
-                    if let Some(h) = self.fs.handle_file(o.fh) {
-                        match reply.open_backing(&h.file) {
-                            Ok(id) => {
-                                let id = Arc::new(id);
-                                reply.opened_passthrough(FileHandle(o.fh), FopenFlags::empty(), &id);
-                                self.backing.lock().insert(o.fh, id);
-                                return;
-                            }
-                            Err(e) => log::debug!("passthrough open failed: {e}"),
-                        }
-                    }
-                }
-                let f = if o.keep_cache {
-                    FopenFlags::FOPEN_KEEP_CACHE
-                } else {
-                    FopenFlags::empty()
-                };
-                reply.opened(FileHandle(o.fh), f)
+        let o = match self.fs.open(Self::ctx(req), ino.0, flags.0) {
+            Ok(o) => o,
+            Err(e) => return reply.error(err(e)),
+        };
+        match self.attach_io(ino.0, o.fh, |f| reply.open_backing(f)) {
+            Ok(Some(id)) => reply.opened_passthrough(FileHandle(o.fh), FopenFlags::empty(), &id),
+            Ok(None) => {
+                // Every write goes through us, so cached pages stay valid across opens.
+                reply.opened(FileHandle(o.fh), FopenFlags::FOPEN_KEEP_CACHE)
             }
-            Err(e) => reply.error(err(e)),
+            Err(e) => {
+                self.fs.release(o.fh);
+                reply.error(err(e))
+            }
         }
     }
 
@@ -409,11 +506,10 @@ impl fuser::Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        self.fs
-            .read_with(fh.0, offset, size as usize, |r| match r {
-                Ok(d) => reply.data(d),
-                Err(e) => reply.error(err(e)),
-            });
+        self.fs.read_with(fh.0, offset, size as usize, |r| match r {
+            Ok(d) => reply.data(d),
+            Err(e) => reply.error(err(e)),
+        });
     }
 
     fn write(
@@ -458,8 +554,8 @@ impl fuser::Filesystem for FuseAdapter {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        self.detach_io(fh.0);
         self.fs.release(fh.0);
-        self.backing.lock().remove(&fh.0);
         reply.ok();
     }
 
@@ -479,7 +575,11 @@ impl fuser::Filesystem for FuseAdapter {
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         match self.fs.opendir(ino.0) {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            // ENOSYS turns on zero-message opendir: the kernel then opens directories
+            // without asking and caches their listings (FOPEN_CACHE_DIR|KEEP_CACHE),
+            // which is safe because every change to a directory goes through the kernel.
+            // Offsets need no per-stream state (see readdir.rs).
+            Ok(()) => reply.error(FErrno::ENOSYS),
             Err(e) => reply.error(err(e)),
         }
     }
@@ -487,22 +587,17 @@ impl fuser::Filesystem for FuseAdapter {
     fn readdir(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
+        ino: INodeNo,
+        _fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let list = match self.fs.readdir(fh.0, offset) {
+        let (list, start) = match self.fs.readdir(ino.0, offset) {
             Ok(l) => l,
             Err(e) => return reply.error(err(e)),
         };
-        for (i, e) in list.iter().enumerate().skip(offset as usize) {
-            if reply.add(
-                INodeNo(e.ino),
-                (i + 1) as u64,
-                dtype_to_file_type(e.dtype),
-                &e.name,
-            ) {
+        for e in &list[start..] {
+            if reply.add(INodeNo(e.ino), e.off, dtype_to_file_type(e.dtype), &e.name) {
                 break;
             }
         }
@@ -513,23 +608,24 @@ impl fuser::Filesystem for FuseAdapter {
         &self,
         _req: &Request,
         ino: INodeNo,
-        fh: FileHandle,
+        _fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let list = match self.fs.readdir(fh.0, offset) {
+        let (list, start) = match self.fs.readdir(ino.0, offset) {
             Ok(l) => l,
             Err(e) => return reply.error(err(e)),
         };
-        for (i, e) in list.iter().enumerate().skip(offset as usize) {
+        for e in &list[start..] {
             let name = e.name.as_bytes();
             if name == b"." || name == b".." {
                 // The kernel takes no reference for these.
-                let a = self.fs.getattr(e.ino, None);
-                let Ok(a) = a else { continue };
+                let Ok(a) = self.fs.getattr(e.ino, None) else {
+                    continue;
+                };
                 if reply.add(
                     INodeNo(e.ino),
-                    (i + 1) as u64,
+                    e.off,
                     &e.name,
                     &Duration::ZERO,
                     &to_fuse_attr(&a),
@@ -541,11 +637,14 @@ impl fuser::Filesystem for FuseAdapter {
             }
             let entry = match self.fs.lookup(ino.0, &e.name) {
                 Ok(en) => en,
-                Err(_) => continue,
+                Err(er) => {
+                    log::warn!("readdirplus: lookup of {:?} failed: {}", e.name, er);
+                    continue;
+                }
             };
             if reply.add(
                 INodeNo(entry.attr.ino),
-                (i + 1) as u64,
+                e.off,
                 &e.name,
                 &self.ttl_for(entry.immutable),
                 &to_fuse_attr(&entry.attr),
@@ -563,23 +662,22 @@ impl fuser::Filesystem for FuseAdapter {
         &self,
         _req: &Request,
         _ino: INodeNo,
-        fh: FileHandle,
+        _fh: FileHandle,
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
-        self.fs.releasedir(fh.0);
         reply.ok();
     }
 
     fn fsyncdir(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
+        ino: INodeNo,
+        _fh: FileHandle,
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        match self.fs.fsyncdir(fh.0) {
+        match self.fs.fsyncdir(ino.0) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(err(e)),
         }
@@ -664,35 +762,34 @@ impl fuser::Filesystem for FuseAdapter {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        match self.fs.create(Self::ctx(req), parent.0, name, mode, flags) {
-            Ok((e, o)) => {
-                let ttl = self.opts.ttl;
-                if self.passthrough_on.load(Ordering::Relaxed) {
-                    if let Some(h) = self.fs.handle_file(o.fh) {
-                        if let Ok(id) = reply.open_backing(&h.file) {
-                            let id = Arc::new(id);
-                            reply.created_passthrough(
-                                &ttl,
-                                &to_fuse_attr(&e.attr),
-                                Generation(e.generation),
-                                FileHandle(o.fh),
-                                FopenFlags::empty(),
-                                &id,
-                            );
-                            self.backing.lock().insert(o.fh, id);
-                            return;
-                        }
-                    }
-                }
-                reply.created(
-                    &ttl,
-                    &to_fuse_attr(&e.attr),
-                    Generation(e.generation),
-                    FileHandle(o.fh),
-                    FopenFlags::empty(),
-                )
+        let (e, o) = match self.fs.create(Self::ctx(req), parent.0, name, mode, flags) {
+            Ok(r) => r,
+            Err(e) => return reply.error(err(e)),
+        };
+        let ttl = self.opts.ttl;
+        let attr = to_fuse_attr(&e.attr);
+        match self.attach_io(e.attr.ino, o.fh, |f| reply.open_backing(f)) {
+            Ok(Some(id)) => reply.created_passthrough(
+                &ttl,
+                &attr,
+                Generation(e.generation),
+                FileHandle(o.fh),
+                FopenFlags::empty(),
+                &id,
+            ),
+            Ok(None) => reply.created(
+                &ttl,
+                &attr,
+                Generation(e.generation),
+                FileHandle(o.fh),
+                FopenFlags::FOPEN_KEEP_CACHE,
+            ),
+            Err(er) => {
+                // The file exists now; the kernel will look it up again.
+                self.fs.release(o.fh);
+                self.fs.forget(e.attr.ino, 1);
+                reply.error(err(er))
             }
-            Err(e) => reply.error(err(e)),
         }
     }
 

@@ -5,11 +5,10 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use parking_lot::{Mutex, RwLock};
+use parking_lot::RwLock;
 
 use super::inode_table::Node;
 use super::layers::LayerId;
-use super::readdir::ListEntry;
 
 /// An open regular file: the real file in the layer that held it at open time.
 #[derive(Debug)]
@@ -24,31 +23,6 @@ impl FileHandle {
     pub fn fd(&self) -> BorrowedFd<'_> {
         self.file.as_fd()
     }
-}
-
-/// One entry of a directory listing, as served.
-#[derive(Debug, Clone)]
-pub struct DirEntryOut {
-    pub name: std::ffi::OsString,
-    pub ino: u64,
-    pub dtype: u8,
-}
-
-impl From<ListEntry> for DirEntryOut {
-    fn from(e: ListEntry) -> Self {
-        DirEntryOut {
-            name: e.name,
-            ino: e.ino,
-            dtype: e.dtype,
-        }
-    }
-}
-
-/// An open directory stream with its snapshot.
-#[derive(Debug)]
-pub struct DirHandle {
-    pub node: Arc<Node>,
-    pub listing: Mutex<Option<Arc<Vec<DirEntryOut>>>>,
 }
 
 const SHARDS: usize = 32;

@@ -75,9 +75,7 @@ impl DirState {
 
     /// The topmost real directory.
     pub fn top(&self) -> &Arc<RealDir> {
-        self.upper
-            .as_ref()
-            .unwrap_or_else(|| &self.lowers[0])
+        self.upper.as_ref().unwrap_or_else(|| &self.lowers[0])
     }
 }
 
@@ -172,7 +170,10 @@ impl Node {
     pub fn dir_parent_name(&self) -> Option<(Arc<Node>, OsString)> {
         match &*self.state.read() {
             NodeState::Dir(d) => d.parent.clone().map(|p| (p, d.name.clone())),
-            NodeState::File(f) => f.aliases.first().map(|a| (a.parent.clone(), a.name.clone())),
+            NodeState::File(f) => f
+                .aliases
+                .first()
+                .map(|a| (a.parent.clone(), a.name.clone())),
         }
     }
 }

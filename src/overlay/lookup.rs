@@ -18,9 +18,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::sync::Arc;
 
-use lru::LruCache;
-use parking_lot::Mutex;
-
+use super::cache::{ShardedLru, Weighted};
 use super::inode_table::Kind;
 use super::layers::{LayerId, Layers, RealDir, UPPER};
 use super::whiteout::{self, OCI_OPAQUE};
@@ -87,57 +85,17 @@ impl DirIndex {
     pub fn get(&self, name: &[u8]) -> Option<&IndexEntry> {
         self.entries.get(name)
     }
-
-    fn weight(&self) -> usize {
-        self.entries.len() + 1
-    }
 }
 
 /// Directories with more lower entries than this are not indexed (probed per layer).
 pub const INDEX_MAX_ENTRIES: usize = 200_000;
 
 /// Bounded cache of directory indexes, keyed by node serial.
-pub struct IndexCache {
-    shards: Vec<Mutex<(LruCache<u64, Arc<DirIndex>>, usize)>>,
-    budget_per_shard: usize,
-}
+pub type IndexCache = ShardedLru<DirIndex>;
 
-const INDEX_SHARDS: usize = 16;
-
-impl IndexCache {
-    /// `budget` is the total number of entries kept over all cached directories.
-    pub fn new(budget: usize) -> Self {
-        IndexCache {
-            shards: (0..INDEX_SHARDS)
-                .map(|_| Mutex::new((LruCache::unbounded(), 0)))
-                .collect(),
-            budget_per_shard: (budget / INDEX_SHARDS).max(1024),
-        }
-    }
-
-    fn get(&self, key: u64) -> Option<Arc<DirIndex>> {
-        let mut s = self.shards[(key as usize) % INDEX_SHARDS].lock();
-        s.0.get(&key).cloned()
-    }
-
-    fn put(&self, key: u64, idx: Arc<DirIndex>) {
-        let mut s = self.shards[(key as usize) % INDEX_SHARDS].lock();
-        let w = idx.weight();
-        if let Some(old) = s.0.put(key, idx) {
-            s.1 -= old.weight();
-        }
-        s.1 += w;
-        while s.1 > self.budget_per_shard && s.0.len() > 1 {
-            match s.0.pop_lru() {
-                Some((_, old)) => s.1 -= old.weight(),
-                None => break,
-            }
-        }
-    }
-
-    /// Total cached entries (for memory reports).
-    pub fn entries(&self) -> usize {
-        self.shards.iter().map(|s| s.lock().1).sum()
+impl Weighted for DirIndex {
+    fn weight(&self) -> usize {
+        self.entries.len() + 1
     }
 }
 
@@ -168,7 +126,7 @@ impl Resolver {
     pub fn new(layers: Arc<Layers>, index_budget: usize) -> Self {
         Resolver {
             layers,
-            index: IndexCache::new(index_budget),
+            index: IndexCache::new(index_budget, 16),
         }
     }
 
@@ -475,7 +433,10 @@ impl Resolver {
     /// Walk an absolute redirect path from a layer's root.
     fn walk_abs(&self, layer: LayerId, path: &[u8]) -> SysResult<Found> {
         let root = &self.layers.get(layer).root;
-        let comps: Vec<&[u8]> = path.split(|c| *c == b'/').filter(|c| !c.is_empty()).collect();
+        let comps: Vec<&[u8]> = path
+            .split(|c| *c == b'/')
+            .filter(|c| !c.is_empty())
+            .collect();
         let Some((last, inner)) = comps.split_last() else {
             return Ok(Found::Missing);
         };
@@ -553,7 +514,11 @@ impl Resolver {
                             dtype,
                             pos: pos as u16,
                             whiteout: is_wh,
-                            dirs: if is_dir { Box::new([pos as u16]) } else { Box::new([]) },
+                            dirs: if is_dir {
+                                Box::new([pos as u16])
+                            } else {
+                                Box::new([])
+                            },
                             closed: !is_dir,
                         });
                     }

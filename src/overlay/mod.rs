@@ -1,6 +1,7 @@
 //! The union filesystem: a core on plain types (`fs`, `copy_up`, `mutate`) with a thin
 //! FUSE adapter on top.
 
+pub mod cache;
 pub mod copy_up;
 pub mod fs;
 pub mod fuse_adapter;

@@ -261,7 +261,14 @@ impl OverlayFs {
         ))
     }
 
-    pub fn mknod(&self, ctx: Ctx, parent: u64, name: &OsStr, mode: u32, rdev: u64) -> SysResult<Entry> {
+    pub fn mknod(
+        &self,
+        ctx: Ctx,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        rdev: u64,
+    ) -> SysResult<Entry> {
         let obj = match mode & libc::S_IFMT {
             libc::S_IFREG | 0 => NewObj::File {
                 flags: libc::O_RDONLY,
@@ -520,7 +527,8 @@ impl OverlayFs {
     ) -> SysResult<()> {
         let noreplace = flags & libc::RENAME_NOREPLACE != 0;
         let exchange = flags & libc::RENAME_EXCHANGE != 0;
-        if flags & !(libc::RENAME_NOREPLACE | libc::RENAME_EXCHANGE) != 0 || (noreplace && exchange) {
+        if flags & !(libc::RENAME_NOREPLACE | libc::RENAME_EXCHANGE) != 0 || (noreplace && exchange)
+        {
             return Err(Errno::INVAL);
         }
         if !exchange {
@@ -559,7 +567,14 @@ impl OverlayFs {
             return Err(Errno::INVAL);
         }
         if exchange {
-            return self.rename_exchange(&pnode, name, &src, &npnode, newname, dst.as_ref().ok_or(Errno::NOENT)?);
+            return self.rename_exchange(
+                &pnode,
+                name,
+                &src,
+                &npnode,
+                newname,
+                dst.as_ref().ok_or(Errno::NOENT)?,
+            );
         }
 
         let pu = self.upper_dir(&pnode)?;
@@ -580,7 +595,8 @@ impl OverlayFs {
         let mut dst_in_upper_dir = false;
         if let Some(d) = &dst {
             if d.is_dir() {
-                dst_in_upper_dir = matches!(&*d.state.read(), NodeState::Dir(s) if s.upper.is_some());
+                dst_in_upper_dir =
+                    matches!(&*d.state.read(), NodeState::Dir(s) if s.upper.is_some());
                 if dst_in_upper_dir {
                     // Merged-empty: its upper dir holds only whiteouts.
                     self.empty_upper_dir(d)?;
@@ -702,7 +718,9 @@ impl OverlayFs {
         newname: &OsStr,
         dst: &Arc<Node>,
     ) -> SysResult<()> {
-        if src.is_dir() && self.is_ancestor(src, npnode) || dst.is_dir() && self.is_ancestor(dst, pnode) {
+        if src.is_dir() && self.is_ancestor(src, npnode)
+            || dst.is_dir() && self.is_ancestor(dst, pnode)
+        {
             return Err(Errno::INVAL);
         }
         let pu = self.upper_dir(pnode)?;
@@ -726,7 +744,11 @@ impl OverlayFs {
             (dst, &pu, name, r2.is_some()),
         ] {
             if node.is_dir() && !redirected {
-                let view = self.dir_view(if std::ptr::eq(dir_upper.as_ref(), npu.as_ref()) { npnode } else { pnode })?;
+                let view = self.dir_view(if std::ptr::eq(dir_upper.as_ref(), npu.as_ref()) {
+                    npnode
+                } else {
+                    pnode
+                })?;
                 if self.res.lower_has(&view, n)? {
                     if let Some(w) = &self.writer {
                         w.set_opaque(dir_upper.fd(), Some(n))?;
@@ -790,7 +812,10 @@ impl OverlayFs {
             }
         }
         if let Some(size) = set.size {
-            let h = set.fh.and_then(|fh| self.files.get(fh)).filter(|h| h.layer == UPPER && h.writable);
+            let h = set
+                .fh
+                .and_then(|fh| self.files.get(fh))
+                .filter(|h| h.layer == UPPER && h.writable);
             match h {
                 Some(h) => sys::ftruncate(h.fd(), size)?,
                 None => {
@@ -894,12 +919,12 @@ impl OverlayFs {
         sys::remove_xattr(real.fd(), n.as_deref(), name)
     }
 
-    pub fn fsyncdir(&self, fh: u64) -> SysResult<()> {
-        let h = self.dirs.get(fh).ok_or(Errno::BADF)?;
+    pub fn fsyncdir(&self, ino: u64) -> SysResult<()> {
+        let node = self.node(ino)?;
         if !self.opts.fsync {
             return Ok(());
         }
-        let up = match &*h.node.state.read() {
+        let up = match &*node.state.read() {
             NodeState::Dir(d) => d.upper.clone(),
             NodeState::File(_) => None,
         };

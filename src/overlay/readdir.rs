@@ -1,13 +1,19 @@
 //! Merged directory listings.
 //!
-//! A listing is built once per open directory stream (at offset 0) and served from that
-//! snapshot, so offsets are stable: a reader that stops and resumes (`telldir`/`seekdir`,
-//! or a large directory read over several calls) sees each name exactly once.
+//! Directory offsets are keyed hashes of the names (63 bits, per-mount random key), and
+//! a listing is served in offset order: "continue after offset X" means "names whose
+//! hash is above X". A reader that stops and resumes (`telldir`/`seekdir`, a large
+//! directory read over several calls, even while other names come and go) sees every
+//! name that stayed in the directory exactly once, with no per-stream state in the daemon.
+//! That lets the kernel open directories without asking us and cache their listings.
 
 use std::collections::HashSet;
 use std::ffi::{OsStr, OsString};
+use std::hash::{BuildHasher, Hasher};
 use std::os::unix::ffi::OsStrExt;
+use std::sync::Arc;
 
+use super::cache::ShardedLru;
 use super::layers::UPPER;
 use super::lookup::{DirView, Resolver};
 use super::whiteout::{self, OCI_OPAQUE};
@@ -170,5 +176,96 @@ impl Resolver {
             },
         }
         Ok(out)
+    }
+}
+
+/// One entry of a directory listing, as served: `off` continues after it.
+#[derive(Debug, Clone)]
+pub struct DirEntryOut {
+    pub name: OsString,
+    pub ino: u64,
+    pub dtype: u8,
+    pub off: u64,
+}
+
+/// Offsets 1 and 2 belong to `.` and `..`.
+const FIRST_NAME_OFFSET: u64 = 3;
+
+/// Hash-ordered listings cached per directory (bounded, least recently used out).
+pub struct ListingCache {
+    lists: ShardedLru<Vec<DirEntryOut>>,
+    hasher: std::collections::hash_map::RandomState,
+}
+
+impl ListingCache {
+    pub fn new(budget_entries: usize) -> Self {
+        ListingCache {
+            lists: ShardedLru::new(budget_entries, 16),
+            hasher: Default::default(),
+        }
+    }
+
+    /// The offset of a name: a keyed 63-bit hash above the reserved offsets.
+    pub fn offset_of(&self, name: &[u8]) -> u64 {
+        let mut h = self.hasher.build_hasher();
+        h.write(name);
+        (h.finish() >> 1).max(FIRST_NAME_OFFSET)
+    }
+
+    pub fn get(&self, key: u64) -> Option<Arc<Vec<DirEntryOut>>> {
+        self.lists.get(key)
+    }
+
+    pub fn put(&self, key: u64, list: Arc<Vec<DirEntryOut>>) {
+        self.lists.put(key, list)
+    }
+
+    /// Sort a listing by offset, making colliding offsets distinct.
+    pub fn order(entries: &mut [DirEntryOut]) {
+        entries.sort_by(|a, b| a.off.cmp(&b.off).then_with(|| a.name.cmp(&b.name)));
+        for i in 1..entries.len() {
+            if entries[i].off <= entries[i - 1].off {
+                entries[i].off = entries[i - 1].off + 1;
+            }
+        }
+    }
+}
+
+/// Index of the first entry after `offset` in an ordered listing.
+pub fn start_after(list: &[DirEntryOut], offset: u64) -> usize {
+    list.partition_point(|e| e.off <= offset)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ent(name: &str, off: u64) -> DirEntryOut {
+        DirEntryOut {
+            name: name.into(),
+            ino: 1,
+            dtype: libc::DT_REG,
+            off,
+        }
+    }
+
+    #[test]
+    fn offsets_are_stable_and_resumable() {
+        let c = ListingCache::new(1000);
+        let a = c.offset_of(b"a");
+        assert_eq!(a, c.offset_of(b"a"));
+        assert!((FIRST_NAME_OFFSET..(1 << 63)).contains(&a));
+        let mut l = vec![ent("x", 10), ent("y", 10), ent(".", 1), ent("z", 5)];
+        ListingCache::order(&mut l);
+        let offs: Vec<u64> = l.iter().map(|e| e.off).collect();
+        assert_eq!(offs, vec![1, 5, 10, 11]);
+        assert_eq!(start_after(&l, 0), 0);
+        assert_eq!(start_after(&l, 5), 2);
+        assert_eq!(start_after(&l, 11), 4);
+        // A name added after a reader passed offset 5 does not shift what it sees next.
+        let mut l2 = l.clone();
+        l2.push(ent("new", 2));
+        ListingCache::order(&mut l2);
+        assert_eq!(l2[start_after(&l2, 5)].name, "x");
     }
 }

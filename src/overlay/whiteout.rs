@@ -246,7 +246,10 @@ mod tests {
         assert!(is_marker_name(b".wh..wh..opq"));
         assert!(is_marker_name(b".wh.x"));
         assert!(!is_marker_name(b"wh.x"));
-        assert_eq!(oci_whiteout_name(OsStr::new("a b")), OsString::from(".wh.a b"));
+        assert_eq!(
+            oci_whiteout_name(OsStr::new("a b")),
+            OsString::from(".wh.a b")
+        );
     }
 
     #[test]

@@ -51,7 +51,12 @@ pub fn open_root_dir(path: &Path) -> SysResult<OwnedFd> {
 }
 
 /// `openat` with `O_NOFOLLOW | O_CLOEXEC` always added.
-pub fn open_at(dirfd: BorrowedFd<'_>, name: &OsStr, flags: OFlags, mode: u32) -> SysResult<OwnedFd> {
+pub fn open_at(
+    dirfd: BorrowedFd<'_>,
+    name: &OsStr,
+    flags: OFlags,
+    mode: u32,
+) -> SysResult<OwnedFd> {
     rustix::fs::openat(
         dirfd,
         name,
@@ -460,7 +465,11 @@ fn at_args(name: Option<&OsStr>) -> SysResult<(CString, libc::c_uint)> {
 }
 
 fn last_errno() -> Errno {
-    Errno::from_raw_os_error(std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO))
+    Errno::from_raw_os_error(
+        std::io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO),
+    )
 }
 
 /// Read an xattr into `buf`; returns the value length. `buf` empty asks only for the size.
@@ -697,7 +706,7 @@ pub fn raise_nofile_limit() -> u64 {
     // Unprivileged: the soft limit can go up to the hard one.
     if let Some(max) = lim.maximum {
         lim.current = Some(max);
-        let _ = setrlimit(Resource::Nofile, lim.clone());
+        let _ = setrlimit(Resource::Nofile, lim);
     }
     getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX)
 }

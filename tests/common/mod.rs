@@ -36,7 +36,9 @@ fn unescape_mountinfo(s: &str) -> Vec<u8> {
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'\\' && i + 3 < b.len() {
-            if let Ok(v) = u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 4]).unwrap_or("x"), 8) {
+            if let Ok(v) =
+                u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 4]).unwrap_or("x"), 8)
+            {
                 out.push(v);
                 i += 4;
                 continue;
@@ -117,7 +119,11 @@ pub fn try_mount_layerfs(stack: &Stack, mnt: &Path, extra: &[&str]) -> Result<Mo
     fs::create_dir_all(mnt).unwrap();
     let mut opts = format!("lowerdir={}", stack.lowerdir());
     if let (Some(u), Some(w)) = (&stack.upper, &stack.work) {
-        opts.push_str(&format!(",upperdir={},workdir={}", u.display(), w.display()));
+        opts.push_str(&format!(
+            ",upperdir={},workdir={}",
+            u.display(),
+            w.display()
+        ));
     }
     for e in extra {
         opts.push(',');
@@ -132,7 +138,11 @@ pub fn try_mount_layerfs(stack: &Stack, mnt: &Path, extra: &[&str]) -> Result<Mo
     if !out.status.success() {
         return Err(String::from_utf8_lossy(&out.stderr).into_owned());
     }
-    assert!(is_mounted(mnt), "layerfs returned success but {} is not mounted", mnt.display());
+    assert!(
+        is_mounted(mnt),
+        "layerfs returned success but {} is not mounted",
+        mnt.display()
+    );
     Ok(MountGuard::new(mnt))
 }
 
@@ -199,16 +209,25 @@ pub fn list_xattrs(p: &Path) -> BTreeMap<OsString, Vec<u8>> {
     let c = CString::new(p.as_os_str().as_bytes()).unwrap();
     let mut buf = vec![0u8; 65536];
     // SAFETY: llistxattr writes at most buf.len() bytes.
-    let n = unsafe { libc::llistxattr(c.as_ptr(), buf.as_mut_ptr() as *mut libc::c_char, buf.len()) };
+    let n =
+        unsafe { libc::llistxattr(c.as_ptr(), buf.as_mut_ptr() as *mut libc::c_char, buf.len()) };
     if n <= 0 {
         return out;
     }
-    for name in buf[..n as usize].split(|b| *b == 0).filter(|s| !s.is_empty()) {
+    for name in buf[..n as usize]
+        .split(|b| *b == 0)
+        .filter(|s| !s.is_empty())
+    {
         let cn = CString::new(name).unwrap();
         let mut val = vec![0u8; 65536];
         // SAFETY: lgetxattr writes at most val.len() bytes.
         let m = unsafe {
-            libc::lgetxattr(c.as_ptr(), cn.as_ptr(), val.as_mut_ptr() as *mut libc::c_void, val.len())
+            libc::lgetxattr(
+                c.as_ptr(),
+                cn.as_ptr(),
+                val.as_mut_ptr() as *mut libc::c_void,
+                val.len(),
+            )
         };
         if m >= 0 {
             val.truncate(m as usize);
@@ -267,8 +286,16 @@ pub fn snapshot(root: &Path, o: &SnapOpts) -> Tree {
             uid: md.uid(),
             gid: md.gid(),
             size: if kind == 'd' { 0 } else { md.size() },
-            nlink: if kind == 'd' && !o.dir_nlink { 0 } else { md.nlink() },
-            rdev: if kind == 'c' || kind == 'b' { md.rdev() } else { 0 },
+            nlink: if kind == 'd' && !o.dir_nlink {
+                0
+            } else {
+                md.nlink()
+            },
+            rdev: if kind == 'c' || kind == 'b' {
+                md.rdev()
+            } else {
+                0
+            },
             content: if kind == 'f' { hash_file(&full) } else { 0 },
             link: if kind == 'l' {
                 Some(fs::read_link(&full).unwrap().into_os_string())
@@ -293,7 +320,12 @@ pub fn snapshot(root: &Path, o: &SnapOpts) -> Tree {
                 .collect();
             names.sort();
             let uniq: BTreeSet<&OsString> = names.iter().collect();
-            assert_eq!(uniq.len(), names.len(), "duplicate names in {}", full.display());
+            assert_eq!(
+                uniq.len(),
+                names.len(),
+                "duplicate names in {}",
+                full.display()
+            );
             for n in names {
                 stack.push(rel.join(n));
             }
@@ -319,7 +351,10 @@ pub fn diff_trees(a: &Tree, b: &Tree) -> Vec<String> {
     for (p, sa) in &a.entries {
         match b.entries.get(p) {
             None => out.push(format!("only in first: {}", p.display())),
-            Some(sb) if sa != sb => out.push(format!("differs: {}\n  first:  {sa:?}\n  second: {sb:?}", p.display())),
+            Some(sb) if sa != sb => out.push(format!(
+                "differs: {}\n  first:  {sa:?}\n  second: {sb:?}",
+                p.display()
+            )),
             _ => {}
         }
     }
@@ -339,7 +374,12 @@ pub fn diff_trees(a: &Tree, b: &Tree) -> Vec<String> {
 
 pub fn assert_same_tree(a: &Tree, b: &Tree, what: &str) {
     let d = diff_trees(a, b);
-    assert!(d.is_empty(), "{what}: {} differences:\n{}", d.len(), d.join("\n"));
+    assert!(
+        d.is_empty(),
+        "{what}: {} differences:\n{}",
+        d.len(),
+        d.join("\n")
+    );
 }
 
 /// Write a file, creating parents.
@@ -363,16 +403,34 @@ pub fn set_xattr(p: &Path, name: &str, value: &[u8]) {
     let n = CString::new(name).unwrap();
     // SAFETY: lsetxattr reads the two strings and value.len() bytes.
     let r = unsafe {
-        libc::lsetxattr(c.as_ptr(), n.as_ptr(), value.as_ptr() as *const libc::c_void, value.len(), 0)
+        libc::lsetxattr(
+            c.as_ptr(),
+            n.as_ptr(),
+            value.as_ptr() as *const libc::c_void,
+            value.len(),
+            0,
+        )
     };
-    assert_eq!(r, 0, "setxattr {name} on {}: {}", p.display(), std::io::Error::last_os_error());
+    assert_eq!(
+        r,
+        0,
+        "setxattr {name} on {}: {}",
+        p.display(),
+        std::io::Error::last_os_error()
+    );
 }
 
 pub fn mknod(p: &Path, mode: u32, dev: u64) {
     let c = CString::new(p.as_os_str().as_bytes()).unwrap();
     // SAFETY: mknod with a NUL-terminated path.
     let r = unsafe { libc::mknod(c.as_ptr(), mode, dev) };
-    assert_eq!(r, 0, "mknod {}: {}", p.display(), std::io::Error::last_os_error());
+    assert_eq!(
+        r,
+        0,
+        "mknod {}: {}",
+        p.display(),
+        std::io::Error::last_os_error()
+    );
 }
 
 pub fn os(s: &[u8]) -> &OsStr {
@@ -381,6 +439,11 @@ pub fn os(s: &[u8]) -> &OsStr {
 
 /// Copy a directory tree exactly (cp -a), for identical copies of layers.
 pub fn copy_tree(src: &Path, dst: &Path) {
-    let st = Command::new("cp").arg("-a").arg(src).arg(dst).status().unwrap();
+    let st = Command::new("cp")
+        .arg("-a")
+        .arg(src)
+        .arg(dst)
+        .status()
+        .unwrap();
     assert!(st.success(), "cp -a {} {}", src.display(), dst.display());
 }

@@ -1,0 +1,90 @@
+//! A sharded LRU cache bounded by the total weight of its values (e.g. entries held),
+//! so memory stays flat however many directories a walk touches.
+
+use std::sync::Arc;
+
+use lru::LruCache;
+use parking_lot::Mutex;
+
+/// How much a cached value counts against the budget.
+pub trait Weighted {
+    fn weight(&self) -> usize;
+}
+
+struct Shard<V> {
+    lru: LruCache<u64, Arc<V>>,
+    weight: usize,
+}
+
+pub struct ShardedLru<V> {
+    shards: Vec<Mutex<Shard<V>>>,
+    budget_per_shard: usize,
+}
+
+impl<V: Weighted> ShardedLru<V> {
+    /// `budget`: total weight over all shards (each shard keeps at least one value).
+    pub fn new(budget: usize, shards: usize) -> Self {
+        ShardedLru {
+            shards: (0..shards)
+                .map(|_| {
+                    Mutex::new(Shard {
+                        lru: LruCache::unbounded(),
+                        weight: 0,
+                    })
+                })
+                .collect(),
+            budget_per_shard: (budget / shards).max(256),
+        }
+    }
+
+    fn shard(&self, key: u64) -> &Mutex<Shard<V>> {
+        &self.shards[(key as usize) % self.shards.len()]
+    }
+
+    pub fn get(&self, key: u64) -> Option<Arc<V>> {
+        self.shard(key).lock().lru.get(&key).cloned()
+    }
+
+    pub fn put(&self, key: u64, value: Arc<V>) {
+        let mut s = self.shard(key).lock();
+        let w = value.weight();
+        if let Some(old) = s.lru.put(key, value) {
+            s.weight -= old.weight();
+        }
+        s.weight += w;
+        while s.weight > self.budget_per_shard && s.lru.len() > 1 {
+            match s.lru.pop_lru() {
+                Some((_, old)) => s.weight -= old.weight(),
+                None => break,
+            }
+        }
+    }
+
+    /// Total weight currently held.
+    pub fn weight(&self) -> usize {
+        self.shards.iter().map(|s| s.lock().weight).sum()
+    }
+}
+
+impl<T> Weighted for Vec<T> {
+    fn weight(&self) -> usize {
+        self.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn evicts_by_weight() {
+        let c: ShardedLru<Vec<u8>> = ShardedLru::new(256, 1);
+        c.put(1, Arc::new(vec![0; 200]));
+        c.put(2, Arc::new(vec![0; 100]));
+        assert!(c.get(1).is_none(), "oldest value evicted once over budget");
+        assert!(c.get(2).is_some());
+        assert_eq!(c.weight(), 100);
+        c.put(2, Arc::new(vec![0; 10]));
+        assert_eq!(c.weight(), 10, "replacing a value replaces its weight");
+    }
+}
