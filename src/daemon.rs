@@ -211,6 +211,12 @@ pub fn serve(
         cfg.plan.work.clone(),
     );
     opts.fsync = !a.volatile;
+    opts.idmap = crate::overlay::idmap::IdMap {
+        uids: a.uid_map.clone(),
+        gids: a.gid_map.clone(),
+        squash_uid: a.squash_uid,
+        squash_gid: a.squash_gid,
+    };
     let fs = match OverlayFs::new(opts) {
         Ok(fs) => Arc::new(fs),
         Err(e) => {

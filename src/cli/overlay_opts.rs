@@ -37,14 +37,7 @@ pub struct OverlayArgs {
     pub show_help: bool,
 }
 
-/// One contiguous range of an id mapping: ids `inside..inside+len` in the mount are
-/// `outside..outside+len` on disk.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct IdMapping {
-    pub inside: u32,
-    pub outside: u32,
-    pub len: u32,
-}
+pub use crate::overlay::idmap::IdRange as IdMapping;
 
 /// Options fuse-overlayfs accepts that do not change what we do (or that we always do).
 const ACCEPTED_NOOPS: &[&str] = &[
@@ -131,8 +124,8 @@ fn split_opts(s: &str) -> Vec<String> {
     out
 }
 
-/// Parse `uidmapping=` values: `IN:OUT:LEN[:IN:OUT:LEN...]`, with podman's optional
-/// leading `:`.
+/// Parse `uidmapping=` values: `HOST:TO:LEN[:HOST:TO:LEN...]` (on-disk ids `HOST..`
+/// are shown as `TO..`), with podman's optional leading `:`.
 pub fn parse_mapping(v: &str) -> Result<Vec<IdMapping>, String> {
     let v = v.strip_prefix(':').unwrap_or(v);
     let nums: Result<Vec<u32>, _> = v.split(':').map(|x| x.trim().parse::<u32>()).collect();
@@ -143,8 +136,8 @@ pub fn parse_mapping(v: &str) -> Result<Vec<IdMapping>, String> {
     let maps: Vec<IdMapping> = nums
         .chunks(3)
         .map(|c| IdMapping {
-            inside: c[0],
-            outside: c[1],
+            host: c[0],
+            to: c[1],
             len: c[2],
         })
         .collect();
@@ -342,7 +335,7 @@ Options (fuse-overlayfs compatible):
                      too; a write-open of a lower file open elsewhere gets EBUSY), off
   writeback=on|off   kernel writeback cache (when passthrough is off)
   timeout=SECONDS    attribute/entry cache time for writable objects
-  uidmapping=IN:OUT:LEN[:...], gidmapping=...  map ids between the mount and the layers
+  uidmapping=HOST:TO:LEN[:...], gidmapping=...  on-disk ids HOST.. are shown as TO..
   squash_to_root, squash_to_uid=N, squash_to_gid=N  report every file as owned by N
   noexec, nodev, nosuid, fsname=NAME
   accepted and ignored: rw dev suid exec atime noatime relatime allow_other allow_root
@@ -384,8 +377,8 @@ mod tests {
         assert_eq!(
             a.uid_map,
             vec![IdMapping {
-                inside: 0,
-                outside: 100000,
+                host: 0,
+                to: 100000,
                 len: 65536
             }]
         );

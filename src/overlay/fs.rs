@@ -35,6 +35,8 @@ pub struct Options {
     pub fsync: bool,
     /// Directory-index entries kept in memory over all directories.
     pub index_budget: usize,
+    /// Owner mapping between the layers and the mount.
+    pub idmap: super::idmap::IdMap,
 }
 
 impl Options {
@@ -45,6 +47,7 @@ impl Options {
             work,
             fsync: true,
             index_budget: 400_000,
+            idmap: Default::default(),
         }
     }
 }
@@ -310,6 +313,9 @@ impl OverlayFs {
 
     pub(crate) fn attr_of(&self, node: &Node, st: &Stat) -> Attr {
         let mut a = Attr::from_stat(node.ino, st);
+        let m = &self.opts.idmap;
+        a.uid = m.uid_shown(a.uid);
+        a.gid = m.gid_shown(a.gid);
         if let NodeState::Dir(d) = &*node.state.read() {
             if d.is_merged() {
                 a.nlink = 1;

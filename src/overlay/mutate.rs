@@ -72,8 +72,15 @@ impl OverlayFs {
         }
     }
 
-    /// Owner and mode for a new object, following the setgid-directory rules.
+    /// On-disk owner and mode for a new object, following the setgid-directory rules.
     fn new_owner(&self, ctx: Ctx, parent_upper: &RealDir, mode: u32) -> SysResult<(u32, u32, u32)> {
+        let m = &self.opts.idmap;
+        let caller_gid = ctx.gid;
+        let ctx = Ctx {
+            uid: m.uid_stored(ctx.uid),
+            gid: m.gid_stored(ctx.gid),
+            pid: ctx.pid,
+        };
         let pst = sys::stat_fd(parent_upper.fd())?;
         let mut mode = mode;
         let gid = if pst.st_mode & libc::S_ISGID != 0 {
@@ -88,7 +95,9 @@ impl OverlayFs {
             && !sys::is_dir_mode(mode)
             && ctx.uid != 0
             && gid != ctx.gid
-            && !sys::process_groups(ctx.pid).contains(&gid)
+            && !sys::process_groups(ctx.pid)
+                .iter()
+                .any(|g| *g == caller_gid || m.gid_stored(*g) == gid)
         {
             mode &= !libc::S_ISGID;
         }
@@ -804,7 +813,13 @@ impl OverlayFs {
         let (real, name) = self.upper_target(&node)?;
         let name = name.as_deref();
         if set.uid.is_some() || set.gid.is_some() {
-            sys::chown_at(real.fd(), name, set.uid, set.gid)?;
+            let m = &self.opts.idmap;
+            sys::chown_at(
+                real.fd(),
+                name,
+                set.uid.map(|u| m.uid_stored(u)),
+                set.gid.map(|g| m.gid_stored(g)),
+            )?;
         }
         if let Some(mode) = set.mode {
             if node.kind != Kind::Symlink {
