@@ -6,13 +6,13 @@
 //! the work dir are removed at the next mount. Parents are copied up first, and their
 //! timestamps are restored afterwards so a copy-up is invisible.
 
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 
 use super::fs::OverlayFs;
-use super::inode_table::{Kind, Node, NodeState};
+use super::inode_table::{Alias, Kind, Node, NodeState};
 use super::layers::{RealDir, UPPER};
 use super::whiteout::{self, ORIGIN_INO};
 use crate::sys::{self, Errno, OFlags, Stat, SysResult, TimeSpec};
@@ -163,30 +163,110 @@ impl OverlayFs {
         saved.restore(&parent_upper);
         self.mark_impure(&primary.parent, &parent_upper);
 
-        // Other known names of a lower hard link become links to the same upper file.
-        let mut new_aliases = Vec::with_capacity(aliases.len());
         let mut first = primary.clone();
         first.real = parent_upper.clone();
-        new_aliases.push(first);
-        for a in aliases.iter().skip(1) {
-            let pu = self.upper_dir(&a.parent)?;
-            let saved = SavedTimes::capture(&pu)?;
-            match sys::link_at(parent_upper.fd(), &primary.name, pu.fd(), &a.name) {
-                Ok(()) => {
-                    saved.restore(&pu);
-                    self.mark_impure(&a.parent, &pu);
-                    let mut na = a.clone();
-                    na.real = pu;
-                    new_aliases.push(na);
-                }
-                Err(e) => log::warn!("copy-up: could not link alias {:?}: {}", a.name, e),
-            }
-        }
         if let NodeState::File(f) = &mut *node.state.write() {
-            f.aliases = new_aliases;
+            f.aliases = vec![first];
             f.layer = UPPER;
         }
+        self.retarget_handles(node, &parent_upper, &primary.name);
+        // Every other visible name of a lower hard link becomes a link to the copy.
+        let mut others: Vec<(Arc<Node>, OsString)> = aliases
+            .iter()
+            .skip(1)
+            .map(|a| (a.parent.clone(), a.name.clone()))
+            .collect();
+        if st.st_nlink > 1 {
+            for path in self
+                .links
+                .paths(self.layers(), primary.real.layer, st.st_ino)
+            {
+                if let Some((p, n)) = self.visible_alias(&path, node.ino) {
+                    let dup = (p.ino == primary.parent.ino && n == primary.name)
+                        || others.iter().any(|(q, m)| q.ino == p.ino && *m == n);
+                    if !dup {
+                        others.push((p, n));
+                    }
+                }
+            }
+        }
+        for (parent, name) in others {
+            if let Err(e) = self.link_up(node, &parent, &name) {
+                log::warn!("copy-up: could not link {name:?} to the copy: {e}");
+            }
+        }
         Ok(())
+    }
+
+    /// Move read-only handles still on the lower file to the new upper copy.
+    fn retarget_handles(&self, node: &Arc<Node>, dir: &RealDir, name: &OsStr) {
+        if node.kind != Kind::File {
+            return;
+        }
+        self.files.for_each(|h| {
+            if Arc::ptr_eq(&h.node, node) && h.layer() != UPPER {
+                match sys::open_at(dir.fd(), name, OFlags::RDONLY, 0) {
+                    Ok(f) => h.retarget(f, UPPER),
+                    Err(e) => log::warn!("copy-up: cannot move an open handle to the copy: {e}"),
+                }
+            }
+        });
+    }
+
+    /// Give a copied-up node one more name: a hard link in `parent`'s upper dir.
+    pub(crate) fn link_up(
+        &self,
+        node: &Arc<Node>,
+        parent: &Arc<Node>,
+        name: &OsStr,
+    ) -> SysResult<()> {
+        let (real, existing) = self.first_alias(node)?;
+        let pu = self.upper_dir(parent)?;
+        let saved = SavedTimes::capture(&pu)?;
+        match sys::link_at(real.fd(), &existing, pu.fd(), name) {
+            Ok(()) => saved.restore(&pu),
+            Err(Errno::EXIST) => {
+                // Linked already (a lookup raced with the copy-up): fine if it is ours.
+                let a = sys::stat_at(real.fd(), &existing)?;
+                let b = sys::stat_at(pu.fd(), name)?;
+                if (a.st_dev, a.st_ino) != (b.st_dev, b.st_ino) {
+                    return Err(Errno::EXIST);
+                }
+            }
+            Err(e) => return Err(e),
+        }
+        self.mark_impure(parent, &pu);
+        if let NodeState::File(f) = &mut *node.state.write() {
+            if f.aliases
+                .iter()
+                .any(|a| a.parent.ino == parent.ino && a.name == name)
+            {
+                return Ok(());
+            }
+            f.aliases.push(Alias {
+                parent: parent.clone(),
+                name: name.to_os_string(),
+                real: pu,
+            });
+        }
+        Ok(())
+    }
+
+    /// If the layer path `path` shows inode `ino` in the merged view, its parent and name.
+    fn visible_alias(&self, path: &[u8], ino: u64) -> Option<(Arc<Node>, OsString)> {
+        let comps: Vec<&OsStr> = super::hardlinks::components(path).collect();
+        let (last, dirs) = comps.split_last()?;
+        let mut cur = self.root.clone();
+        for c in dirs {
+            let (n, _) = self.lookup_node(&cur, c).ok()??;
+            if !n.is_dir() {
+                return None;
+            }
+            cur = n;
+        }
+        let view = self.dir_view(&cur).ok()?;
+        let r = self.res.resolve(&view, last).ok()??;
+        (r.ino == ino).then(|| (cur, last.to_os_string()))
     }
 
     /// Build the copy of one non-directory in the work dir under `tmp`.

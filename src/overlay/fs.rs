@@ -58,6 +58,7 @@ pub struct OverlayFs {
     pub(crate) table: InodeTable,
     pub(crate) files: HandleTable<FileHandle>,
     pub(crate) listings: ListingCache,
+    pub(crate) links: super::hardlinks::LinkMaps,
     pub(crate) root: Arc<Node>,
     /// Present when there is an upper layer.
     pub(crate) writer: Option<MarkerWriter>,
@@ -123,6 +124,7 @@ impl OverlayFs {
             table,
             files: HandleTable::default(),
             listings: ListingCache::new(opts.index_budget / 2),
+            links: super::hardlinks::LinkMaps::new(opts.lowers.len()),
             root,
             writer,
             opts,
@@ -267,24 +269,28 @@ impl OverlayFs {
                         })
                     },
                 );
-                {
-                    let mut st = node.state.write();
-                    if let NodeState::File(f) = &mut *st {
-                        if f.layer != layer {
-                            f.aliases.clear();
-                            f.layer = layer;
-                        }
-                        let known = f
-                            .aliases
+                let (known, node_layer) = match &*node.state.read() {
+                    NodeState::File(f) => (
+                        f.aliases
                             .iter()
-                            .any(|a| a.parent.ino == parent.ino && a.name == name);
-                        if !known {
-                            f.aliases.push(Alias {
-                                parent: parent.clone(),
-                                name: name.to_os_string(),
-                                real,
-                            });
+                            .any(|a| a.parent.ino == parent.ino && a.name == name),
+                        f.layer,
+                    ),
+                    NodeState::Dir(_) => (true, layer),
+                };
+                if !known {
+                    if node_layer == UPPER && layer != UPPER {
+                        // Another name of a lower hard link whose data was copied up:
+                        // it must show (and share) the copy.
+                        if let Err(e) = self.link_up(&node, parent, name) {
+                            log::warn!("could not link {name:?} to its copied-up inode: {e}");
                         }
+                    } else if let NodeState::File(f) = &mut *node.state.write() {
+                        f.aliases.push(Alias {
+                            parent: parent.clone(),
+                            name: name.to_os_string(),
+                            real,
+                        });
                     }
                 }
                 node
@@ -348,7 +354,7 @@ impl OverlayFs {
         let node = self.node(ino)?;
         if let Some(h) = fh.and_then(|fh| self.files.get(fh)) {
             if h.node.ino == ino {
-                let st = sys::stat_fd(h.fd())?;
+                let st = sys::stat_fd(h.file().as_fd())?;
                 return Ok(self.attr_of(&node, &st));
             }
         }
@@ -408,12 +414,9 @@ impl OverlayFs {
         }
         let layer = self.file_layer(&node);
         let keep_cache = layer != UPPER;
-        let fh = self.files.insert(FileHandle {
-            node,
-            file,
-            layer,
-            writable,
-        });
+        let fh = self
+            .files
+            .insert(FileHandle::new(node, file, layer, writable));
         Ok(Opened { fh, keep_cache })
     }
 
@@ -439,9 +442,10 @@ impl OverlayFs {
     /// Read from an open file into `buf`; returns the bytes read.
     pub fn read(&self, fh: u64, offset: u64, buf: &mut [u8]) -> SysResult<usize> {
         let h = self.files.get(fh).ok_or(Errno::BADF)?;
+        let file = h.file();
         let mut done = 0;
         while done < buf.len() {
-            match sys::pread(h.fd(), &mut buf[done..], offset + done as u64) {
+            match sys::pread(file.as_fd(), &mut buf[done..], offset + done as u64) {
                 Ok(0) => break,
                 Ok(n) => done += n,
                 Err(Errno::INTR) => continue,
@@ -488,10 +492,11 @@ impl OverlayFs {
         if !self.opts.fsync {
             return Ok(());
         }
+        let file = h.file();
         if datasync {
-            sys::fdatasync(h.fd())
+            sys::fdatasync(file.as_fd())
         } else {
-            sys::fsync(h.fd())
+            sys::fsync(file.as_fd())
         }
     }
 

@@ -104,14 +104,14 @@ impl FuseAdapter {
         let want_pt = self.passthrough_on.load(Ordering::Relaxed)
             && match self.opts.passthrough {
                 PassthroughMode::Off => false,
-                PassthroughMode::Upper => h.layer == crate::overlay::layers::UPPER,
+                PassthroughMode::Upper => h.layer() == crate::overlay::layers::UPPER,
                 PassthroughMode::All => true,
             };
         let mut shard = self.io[(ino as usize) % IO_SHARDS].lock();
         let st = shard.entry(ino).or_default();
         let use_pt = if st.passthrough > 0 {
             // Every open of an inode in passthrough mode must share its backing file.
-            if st.backing_layer != h.layer {
+            if st.backing_layer != h.layer() {
                 return Err(Errno::BUSY);
             }
             true
@@ -120,11 +120,11 @@ impl FuseAdapter {
         };
         let backing = if use_pt {
             if st.backing.is_none() {
-                let f = std::fs::File::from(h.file.try_clone().map_err(|_| Errno::MFILE)?);
+                let f = std::fs::File::from(h.file().try_clone().map_err(|_| Errno::MFILE)?);
                 match open_backing(&f) {
                     Ok(id) => {
                         st.backing = Some(Arc::new(id));
-                        st.backing_layer = h.layer;
+                        st.backing_layer = h.layer();
                     }
                     Err(e) => {
                         log::debug!("passthrough unavailable for inode {ino}: {e}");

@@ -1,27 +1,49 @@
 //! Open file and directory handles.
 
 use std::collections::HashMap;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 
 use parking_lot::RwLock;
 
 use super::inode_table::Node;
 use super::layers::LayerId;
 
-/// An open regular file: the real file in the layer that held it at open time.
+/// An open regular file: the real file in the layer that holds it. A read-only handle
+/// opened on a lower file moves to the upper copy when the file is copied up, so it
+/// sees later writes as the kernel's overlayfs does.
 #[derive(Debug)]
 pub struct FileHandle {
     pub node: Arc<Node>,
-    pub file: OwnedFd,
-    pub layer: LayerId,
+    file: RwLock<Arc<OwnedFd>>,
+    layer: AtomicU16,
     pub writable: bool,
 }
 
 impl FileHandle {
-    pub fn fd(&self) -> BorrowedFd<'_> {
-        self.file.as_fd()
+    pub fn new(node: Arc<Node>, file: OwnedFd, layer: LayerId, writable: bool) -> Self {
+        FileHandle {
+            node,
+            file: RwLock::new(Arc::new(file)),
+            layer: AtomicU16::new(layer),
+            writable,
+        }
+    }
+
+    /// The real open file (kept alive by the returned reference during a call).
+    pub fn file(&self) -> Arc<OwnedFd> {
+        self.file.read().clone()
+    }
+
+    pub fn layer(&self) -> LayerId {
+        self.layer.load(Ordering::Acquire)
+    }
+
+    /// Point the handle at another real file (the upper copy of its file).
+    pub fn retarget(&self, file: OwnedFd, layer: LayerId) {
+        *self.file.write() = Arc::new(file);
+        self.layer.store(layer, Ordering::Release);
     }
 }
 

@@ -6,6 +6,7 @@ pub mod copy_up;
 pub mod fs;
 pub mod fuse_adapter;
 pub mod handles;
+pub mod hardlinks;
 pub mod idmap;
 pub mod inode_table;
 pub mod layers;

@@ -255,12 +255,10 @@ impl OverlayFs {
         let file = fd.ok_or(Errno::IO)?;
         let entry = self.entry_for(&node)?;
         let acc = flags & libc::O_ACCMODE;
-        let fh = self.files.insert(FileHandle {
-            node,
-            file,
-            layer: UPPER,
-            writable: acc == libc::O_WRONLY || acc == libc::O_RDWR,
-        });
+        let writable = acc == libc::O_WRONLY || acc == libc::O_RDWR;
+        let fh = self
+            .files
+            .insert(FileHandle::new(node, file, UPPER, writable));
         Ok((
             entry,
             Opened {
@@ -830,9 +828,9 @@ impl OverlayFs {
             let h = set
                 .fh
                 .and_then(|fh| self.files.get(fh))
-                .filter(|h| h.layer == UPPER && h.writable);
+                .filter(|h| h.layer() == UPPER && h.writable);
             match h {
-                Some(h) => sys::ftruncate(h.fd(), size)?,
+                Some(h) => sys::ftruncate(h.file().as_fd(), size)?,
                 None => {
                     let f = self.open_real(&node, OFlags::WRONLY)?;
                     sys::ftruncate(f.as_fd(), size)?;
@@ -853,7 +851,7 @@ impl OverlayFs {
 
     fn writable_handle(&self, fh: u64) -> SysResult<Arc<FileHandle>> {
         let h = self.files.get(fh).ok_or(Errno::BADF)?;
-        if !h.writable || h.layer != UPPER {
+        if !h.writable || h.layer() != UPPER {
             return Err(Errno::BADF);
         }
         Ok(h)
@@ -861,9 +859,10 @@ impl OverlayFs {
 
     pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> SysResult<usize> {
         let h = self.writable_handle(fh)?;
+        let file = h.file();
         let mut done = 0;
         while done < data.len() {
-            match sys::pwrite(h.fd(), &data[done..], offset + done as u64) {
+            match sys::pwrite(file.as_fd(), &data[done..], offset + done as u64) {
                 Ok(n) => done += n,
                 Err(Errno::INTR) => continue,
                 Err(e) if done == 0 => return Err(e),
@@ -875,7 +874,7 @@ impl OverlayFs {
 
     pub fn fallocate(&self, fh: u64, offset: u64, len: u64, mode: i32) -> SysResult<()> {
         let h = self.writable_handle(fh)?;
-        sys::fallocate(h.fd(), mode, offset, len)
+        sys::fallocate(h.file().as_fd(), mode, offset, len)
     }
 
     pub fn copy_file_range(
@@ -888,7 +887,13 @@ impl OverlayFs {
     ) -> SysResult<usize> {
         let hi = self.files.get(fh_in).ok_or(Errno::BADF)?;
         let ho = self.writable_handle(fh_out)?;
-        sys::copy_file_range(hi.fd(), off_in, ho.fd(), off_out, len.min(1 << 30) as usize)
+        sys::copy_file_range(
+            hi.file().as_fd(),
+            off_in,
+            ho.file().as_fd(),
+            off_out,
+            len.min(1 << 30) as usize,
+        )
     }
 
     pub fn lseek(&self, fh: u64, offset: i64, whence: i32) -> SysResult<u64> {
@@ -900,7 +905,7 @@ impl OverlayFs {
             libc::SEEK_END => sys::Whence::End,
             _ => return Err(Errno::INVAL),
         };
-        sys::lseek(h.fd(), offset, w)
+        sys::lseek(h.file().as_fd(), offset, w)
     }
 
     pub fn setxattr(&self, ino: u64, name: &OsStr, value: &[u8], flags: i32) -> SysResult<()> {
