@@ -205,6 +205,12 @@ pub fn serve(
     ready: impl FnOnce(Result<(), &MountError>),
 ) -> Result<(), MountError> {
     let a = &cfg.args;
+    // The kernel applies the caller's umask before asking us to create anything: ours
+    // must not mask the mode again.
+    sys::set_umask(0);
+    // Directory nodes hold O_PATH handles to their layers: allow plenty.
+    let nofile = sys::raise_nofile_limit();
+    log::debug!("open file limit: {nofile}");
     let mut opts = Options::new(
         cfg.plan.lowers.clone(),
         cfg.plan.upper.clone(),
