@@ -85,11 +85,8 @@ pub enum Format {
 
 #[derive(Debug, Subcommand)]
 pub enum SystemCommand {
-    /// Show how much space images, layers and containers use
+    /// Show how much space images, layers and containers use (-v: per image and per layer)
     Df {
-        /// Per image and per layer detail
-        #[arg(short, long)]
-        verbose: bool,
         #[arg(long, value_enum, default_value = "table")]
         format: Format,
     },
@@ -123,7 +120,7 @@ pub fn run(cmd: StoreCommand, g: &Globals) -> Result<()> {
         StoreCommand::Inspect { images } => inspect(&store, &images),
         StoreCommand::Rmi { force, images } => rmi(&store, &images, force),
         StoreCommand::System { cmd } => match cmd {
-            SystemCommand::Df { verbose, format } => df(&store, verbose, format),
+            SystemCommand::Df { format } => df(&store, g.verbose > 0, format),
             SystemCommand::Prune { all } => prune(&store, all),
             SystemCommand::Check { repair } => check(&store, repair),
         },

@@ -29,6 +29,7 @@ use crate::store::archive::{
 use crate::store::digest::{Digest, Hasher};
 use crate::store::extract::{self, ExtractOptions, Extracted, remove_tree_at};
 use crate::store::images::{ImageIndex, ImageRecord, LayerRef, Reference};
+use crate::store::layout::sync_dir;
 use crate::store::lock::StoreLock;
 use crate::store::{LayerRecord, Store, now_secs};
 use crate::sys::{self, Errno, RenameFlags};
@@ -142,8 +143,9 @@ impl Drop for Stage {
 enum PumpError {
     /// Reading the source failed.
     Source(io::Error),
-    /// The blob did not decompress.
-    Decode(io::Error),
+    /// The blob did not decompress; with the digest of the whole blob when it could be
+    /// read to its end (a damaged blob says "digest mismatch" rather than "corrupt").
+    Decode(io::Error, Option<Digest>),
     /// The extracting side stopped (it has its own error).
     Gone,
 }
@@ -263,6 +265,7 @@ struct Streamed {
 /// extract it into `extract_to` when given. `what` names the layer in errors.
 fn stream_blob(
     what: &str,
+    expected: Option<Digest>,
     reader: Box<dyn Read + Send>,
     comp: Compression,
     blob_out: Option<File>,
@@ -282,36 +285,36 @@ fn stream_blob(
             last: 0,
         };
         let tx = if extracting { Some(&tx) } else { None };
-        let classify = |e: io::Error, tee_failed: Option<io::Error>| match tee_failed {
-            Some(src) => PumpError::Source(src),
-            None if e.kind() == io::ErrorKind::BrokenPipe => PumpError::Gone,
-            None => PumpError::Decode(e),
-        };
+        let classify =
+            |e: io::Error, mut tee: Tee<'_, Box<dyn Read + Send>>| match tee.failed.take() {
+                Some(src) => PumpError::Source(src),
+                None if e.kind() == io::ErrorKind::BrokenPipe => PumpError::Gone,
+                None => {
+                    let whole = io::copy(&mut tee, &mut io::sink())
+                        .ok()
+                        .map(|_| tee.hasher.clone().finish());
+                    PumpError::Decode(e, whole)
+                }
+            };
         let (diff, mut tee) = match comp {
             Compression::None => match pump(&mut tee, tx, &back_rx) {
                 Ok(r) => (r, tee),
-                Err(e) => return Err(classify(e, tee.failed.take())),
+                Err(e) => return Err(classify(e, tee)),
             },
             Compression::Gzip => {
                 let mut d =
                     flate2::bufread::MultiGzDecoder::new(BufReader::with_capacity(1 << 20, tee));
                 match pump(&mut d, tx, &back_rx) {
                     Ok(r) => (r, d.into_inner().into_inner()),
-                    Err(e) => {
-                        let mut tee = d.into_inner().into_inner();
-                        return Err(classify(e, tee.failed.take()));
-                    }
+                    Err(e) => return Err(classify(e, d.into_inner().into_inner())),
                 }
             }
             Compression::Zstd => {
                 let mut d = zstd::Decoder::with_buffer(BufReader::with_capacity(1 << 20, tee))
-                    .map_err(PumpError::Decode)?;
+                    .map_err(|e| PumpError::Decode(e, None))?;
                 match pump(&mut d, tx, &back_rx) {
                     Ok(r) => (r, d.finish().into_inner()),
-                    Err(e) => {
-                        let mut tee = d.finish().into_inner();
-                        return Err(classify(e, tee.failed.take()));
-                    }
+                    Err(e) => return Err(classify(e, d.finish().into_inner())),
                 }
             }
         };
@@ -362,7 +365,14 @@ fn stream_blob(
     let (blob, blob_size, diff_id) = match pumped {
         Ok(v) => v,
         Err(PumpError::Source(e)) => return Err(Error::io(format!("{what}: reading the blob"), e)),
-        Err(PumpError::Decode(e)) => {
+        Err(PumpError::Decode(e, whole)) => {
+            if let (Some(want), Some(got)) = (expected, whole)
+                && want != got
+            {
+                return Err(Error::new(format!(
+                    "{what}: blob digest mismatch: the blob hashes to {got} (damaged or altered)"
+                )));
+            }
             let why = if e.kind() == io::ErrorKind::UnexpectedEof {
                 format!("truncated {} stream", comp.name())
             } else {
@@ -550,6 +560,7 @@ impl Store {
         };
         let res = stream_blob(
             &what,
+            l.blob.map(|b| b.0),
             reader,
             l.compression,
             Some(blob_file),
@@ -690,6 +701,7 @@ impl Store {
                 let what = format!("{}: layer", path.display());
                 let s = stream_blob(
                     &what,
+                    Some(blob),
                     Box::new(f),
                     comp,
                     Some(blob_file),
@@ -773,7 +785,7 @@ impl Store {
         if stage.blobs.is_empty() && stage.layers.is_empty() {
             return Ok(());
         }
-        let sd = sys::open_root_dir(&stage.dir).ctx(format!("opening {}", stage.dir.display()))?;
+        let sd = File::open(&stage.dir).ctx(format!("opening {}", stage.dir.display()))?;
         sys::syncfs(sd.as_fd()).ctx("syncing the store")?;
         let blobs_src =
             sys::open_root_dir(&stage.dir.join("blobs")).ctx("opening the staged blobs")?;
@@ -788,8 +800,8 @@ impl Store {
         for l in stage.layers.keys() {
             place(layers_src.as_fd(), layers_dst.as_fd(), &l.hex())?;
         }
-        sys::fsync(blobs_dst.as_fd()).ctx("syncing the blob dir")?;
-        sys::fsync(layers_dst.as_fd()).ctx("syncing the layer dir")?;
+        sync_dir(&self.layout.blobs_dir())?;
+        sync_dir(&self.layout.layers_dir())?;
         Ok(())
     }
 
@@ -805,6 +817,7 @@ impl Store {
         fs::create_dir_all(work.join("diff")).ctx(format!("creating {}", work.display()))?;
         let s = stream_blob(
             "new layer",
+            None,
             Box::new(reader),
             Compression::None,
             Some(blob_file),
