@@ -743,14 +743,14 @@ pub fn scan_tree(root: BorrowedFd<'_>, known: &HashMap<u64, Digest>) -> sys::Sys
     let st = sys::stat_fd(root)?;
     scan.entries
         .push(record(root, None, Vec::new(), &st, known)?);
-    walk(root, &mut Vec::new(), known, &mut scan, &mut seen)?;
+    walk(root, &[], known, &mut scan, &mut seen)?;
     scan.entries.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(scan)
 }
 
 fn walk(
     dir: BorrowedFd<'_>,
-    prefix: &mut Vec<u8>,
+    prefix: &[u8],
     known: &HashMap<u64, Digest>,
     scan: &mut Scan,
     seen: &mut std::collections::HashSet<u64>,
@@ -759,7 +759,7 @@ fn walk(
     names.sort_by(|a, b| a.name.cmp(&b.name));
     for e in names {
         let st = sys::stat_at(dir, &e.name)?;
-        let mut path = prefix.clone();
+        let mut path = prefix.to_vec();
         if !path.is_empty() {
             path.push(b'/');
         }
@@ -771,7 +771,7 @@ fn walk(
         scan.entries.push(rec);
         if sys::is_dir_mode(st.st_mode) {
             let sub = sys::open_dir_path(dir, &e.name)?;
-            walk(sub.as_fd(), &mut path, known, scan, seen)?;
+            walk(sub.as_fd(), &path, known, scan, seen)?;
         }
     }
     Ok(())
@@ -832,7 +832,7 @@ fn record(
         gid: st.st_gid,
         size: if kind == 'f' { st.st_size as u64 } else { 0 },
         mtime: st.st_mtime,
-        mtime_ns: st.st_mtime_nsec as u64,
+        mtime_ns: st.st_mtime_nsec,
         sha256,
         link,
         rdev: if kind == 'c' || kind == 'b' {

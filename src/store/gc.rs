@@ -279,7 +279,7 @@ impl Store {
     pub fn prune(&self, all: bool, containers: &[ContainerUse]) -> Result<PruneReport> {
         let lock = StoreLock::acquire(&self.layout, &*self.on_wait)?;
         let mut report = PruneReport {
-            leftovers: remove_leftovers(&self.layout, &lock)?,
+            leftovers: self.leftovers_removed + remove_leftovers(&self.layout, &lock)?,
             ..Default::default()
         };
         let mut idx = self.images()?;

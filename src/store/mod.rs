@@ -59,6 +59,8 @@ pub struct Store {
     layout: Layout,
     extract: ExtractOptions,
     on_wait: Box<dyn Fn() + Send + Sync>,
+    /// Leftovers removed when the store was opened.
+    leftovers_removed: usize,
 }
 
 impl std::fmt::Debug for Store {
@@ -83,13 +85,14 @@ impl Store {
         let layout = Layout::new(root);
         layout.create()?;
         crate::sys::raise_nofile_limit();
-        let store = Store {
+        let mut store = Store {
             layout,
             extract: ExtractOptions::for_this_process(),
             on_wait: Box::new(|| {}),
+            leftovers_removed: 0,
         };
         if let Some(lock) = StoreLock::try_acquire(&store.layout)? {
-            gc::remove_leftovers(&store.layout, &lock)?;
+            store.leftovers_removed = gc::remove_leftovers(&store.layout, &lock)?;
         }
         Ok(store)
     }
