@@ -19,20 +19,24 @@ fn inspect(root: &Path, name: &str) -> serde_json::Value {
 }
 
 fn three_layer_image() -> Image {
+    three_layers_compressed([Comp::Gzip, Comp::Zstd, Comp::None])
+}
+
+fn three_layers_compressed(c: [Comp; 3]) -> Image {
     let l1 = Layer::new(
         LayerBuilder::new()
             .dir("etc", 0o755)
             .file("etc/a", b"from layer 1")
             .build(),
-        Comp::Gzip,
+        c[0],
     );
     let l2 = Layer::new(
         LayerBuilder::new().file("etc/b", b"from layer 2").build(),
-        Comp::Zstd,
+        c[1],
     );
     let l3 = Layer::new(
         LayerBuilder::new().file("etc/c", b"from layer 3").build(),
-        Comp::None,
+        c[2],
     );
     image(vec![l1, l2, l3])
 }
@@ -111,6 +115,8 @@ fn oci_archive_docker_archive_and_layer_tars() {
     assert_three_layers(&fresh, &img);
     let v = inspect(&fresh, "three:dock");
     assert_eq!(v["Id"], img.config_digest.as_str());
+    let again = ok(&fresh, &["import", docker.to_str().unwrap()]);
+    assert_eq!(again.matches(": already exists\n").count(), 3, "{again}");
     // An unpacked docker archive directory works too.
     let unpacked = t.path().join("unpacked");
     fs::create_dir(&unpacked).unwrap();
@@ -525,4 +531,57 @@ fn inspect_shows_ids_digests_layers_and_config() {
         assert_eq!(l["Digest"], want.digest.as_str());
         assert_eq!(l["MediaType"], want.comp.media_type());
     }
+}
+
+#[test]
+fn archives_written_by_skopeo() {
+    if std::process::Command::new("skopeo")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("skipped: skopeo is not installed (scripts/deps installs it)");
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    // Docker images cannot hold zstd layers.
+    let img = three_layers_compressed([Comp::Gzip; 3]);
+    let src = t.path().join("oci");
+    write_oci_layout(&src, &[(&img, Some("three"))], false);
+    let docker = t.path().join("docker.tar");
+    let oci = t.path().join("oci.tar");
+    for dest in [
+        format!("docker-archive:{}:skopeo/three:d", docker.display()),
+        format!("oci-archive:{}:skopeo/three:o", oci.display()),
+    ] {
+        let o = std::process::Command::new("skopeo")
+            .args([
+                "copy",
+                "--quiet",
+                &format!("oci:{}:three", src.display()),
+                &dest,
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "skopeo: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    let root = t.path().join("store");
+    let out = ok(&root, &["import", docker.to_str().unwrap()]);
+    assert!(out.contains("Loaded image: skopeo/three:d"), "{out}");
+    assert_three_layers(&root, &img);
+    assert_eq!(
+        inspect(&root, "skopeo/three:d")["Id"],
+        img.config_digest.as_str()
+    );
+    let out = ok(&root, &["import", oci.to_str().unwrap()]);
+    assert!(out.contains("Loaded image: skopeo/three:o"), "{out}");
+    assert_eq!(
+        inspect(&root, "skopeo/three:o")["Id"],
+        img.config_digest.as_str()
+    );
+    ok(&root, &["system", "check"]);
 }

@@ -854,7 +854,10 @@ pub fn docker_plans(src: &Source) -> Result<Vec<ImagePlan>> {
                 )));
             }
             let compression = Compression::sniff(&src.container.head(name)?);
-            let blob = digest_in_name(name).map(|d| (d, 0));
+            // An uncompressed layer tar is its own diff-id: known without reading it.
+            let blob = digest_in_name(name)
+                .or((compression == Compression::None).then_some(diff_id))
+                .map(|d| (d, 0));
             layers.push(LayerPlan {
                 member: name.clone(),
                 blob,

@@ -595,15 +595,21 @@ impl Store {
             )));
         }
         let blob_path = stage.blob(&s.blob);
-        if self.blob_path(&s.blob).is_file() || stage.blobs.contains(&s.blob) {
-            let _ = fs::remove_file(&incoming);
-        } else {
+        let blob_new = !(self.blob_path(&s.blob).is_file() || stage.blobs.contains(&s.blob));
+        if blob_new {
             fs::rename(&incoming, &blob_path).ctx(format!("renaming {}", incoming.display()))?;
             stage.blobs.insert(s.blob);
+        } else {
+            let _ = fs::remove_file(&incoming);
         }
         let size = match (existing, s.extracted) {
             (Some(size), _) => {
-                obs.layer(&l.diff_id, LayerEvent::BlobStored);
+                let ev = if blob_new {
+                    LayerEvent::BlobStored
+                } else {
+                    LayerEvent::Exists
+                };
+                obs.layer(&l.diff_id, ev);
                 out.layers_existing += 1;
                 size
             }
