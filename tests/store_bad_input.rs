@@ -319,3 +319,19 @@ fn bad_arguments() {
         &["invalid platform \"linux\""],
     );
 }
+
+#[test]
+fn compressed_image_archive_is_not_taken_for_a_layer() {
+    let t = tempfile::tempdir().unwrap();
+    let img = two_layers();
+    let docker = t.path().join("img.tar");
+    write_docker_archive(&docker, &[(&img, &["x:1"])]);
+    let gz = t.path().join("img.tar.gz");
+    fs::write(&gz, compress(&fs::read(&docker).unwrap(), Comp::Gzip)).unwrap();
+    refused(
+        t.path(),
+        &gz,
+        &[],
+        &["img.tar.gz", "compressed image archive", "gzip -d"],
+    );
+}

@@ -721,6 +721,22 @@ impl Store {
                     )));
                 }
                 let x = s.extracted.expect("extracted");
+                let diff = work.join("diff");
+                if (diff.join("oci-layout").is_file() && diff.join("index.json").is_file())
+                    || (diff.join("manifest.json").is_file()
+                        && x.entries < 10_000
+                        && has_json_config(&diff))
+                {
+                    return Err(Error::new(format!(
+                        "{}: this is a compressed image archive, not a layer; decompress it first ({} -d)",
+                        path.display(),
+                        if comp == Compression::Zstd {
+                            "zstd"
+                        } else {
+                            "gzip"
+                        }
+                    )));
+                }
                 let size = if self.layer_exists(&s.diff_id) || stage.layers.contains_key(&s.diff_id)
                 {
                     obs.layer(&s.diff_id, LayerEvent::Exists);
@@ -1019,4 +1035,20 @@ fn hash_file(path: &Path) -> Result<Digest> {
         h.update(&buf[..n]);
     }
     Ok(h.finish())
+}
+
+/// Whether a directory holds what a docker archive has next to `manifest.json`: a
+/// `<64 hex>.json` config or a `blobs/sha256` dir.
+fn has_json_config(dir: &Path) -> bool {
+    if dir.join("blobs/sha256").is_dir() {
+        return true;
+    }
+    fs::read_dir(dir).is_ok_and(|rd| {
+        rd.flatten().any(|e| {
+            e.file_name()
+                .to_str()
+                .and_then(|n| n.strip_suffix(".json"))
+                .is_some_and(|h| Digest::from_hex(h).is_some())
+        })
+    })
 }
