@@ -585,3 +585,62 @@ fn archives_written_by_skopeo() {
     );
     ok(&root, &["system", "check"]);
 }
+
+#[test]
+fn docker_archive_with_symlinked_layer_members() {
+    // Older `docker save` output shares a layer between images with a symlink member.
+    let t = tempfile::tempdir().unwrap();
+    let (a, b) = sample_pair();
+    let p = t.path().join("two.tar");
+    let mut tb = tar::Builder::new(fs::File::create(&p).unwrap());
+    let mut add = |name: &str, data: &[u8]| {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(MTIME);
+        tb.append_data(&mut h, name, data).unwrap();
+    };
+    let base = &a.layers[0].tar;
+    add("base/layer.tar", base);
+    add("app1/layer.tar", &a.layers[1].tar);
+    add("app2/layer.tar", &b.layers[1].tar);
+    let ca = format!("{}.json", hex_of(&a.config_digest));
+    let cb = format!("{}.json", hex_of(&b.config_digest));
+    add(&ca, &a.config);
+    add(&cb, &b.config);
+    let manifest = serde_json::json!([
+        {"Config": ca, "RepoTags": ["sym:a"], "Layers": ["base/layer.tar", "app1/layer.tar"]},
+        {"Config": cb, "RepoTags": ["sym:b"], "Layers": ["shared/layer.tar", "app2/layer.tar"]},
+    ]);
+    add("manifest.json", &serde_json::to_vec(&manifest).unwrap());
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Symlink);
+    h.set_size(0);
+    h.set_mode(0o777);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(MTIME);
+    tb.append_link(&mut h, "shared/layer.tar", "../base/layer.tar")
+        .unwrap();
+    tb.into_inner().unwrap();
+
+    let root = t.path().join("store");
+    let out = ok(&root, &["import", p.to_str().unwrap()]);
+    assert!(
+        out.contains("Loaded image: sym:a") && out.contains("Loaded image: sym:b"),
+        "{out}"
+    );
+    assert_eq!(out.matches(": extracted").count(), 3, "{out}");
+    assert_eq!(out.matches(": already exists").count(), 1, "{out}");
+    assert_eq!(inspect(&root, "sym:b")["Id"], b.config_digest.as_str());
+    assert!(
+        layer_dir(&root, &b.layers[0].diff_id)
+            .join("usr/lib/libbase.so")
+            .is_file()
+    );
+    // --tag needs a source with one image.
+    let err = fails(&root, &["import", p.to_str().unwrap(), "--tag", "x"]);
+    assert!(err.contains("holds 2 images"), "{err}");
+}

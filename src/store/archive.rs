@@ -121,6 +121,28 @@ fn canonical(name: &str) -> Option<String> {
     String::from_utf8(joined).ok()
 }
 
+/// A relative symlink target seen from the member's directory, as a member name; `None`
+/// if it leaves the archive.
+fn resolve_link(dir: &str, target: &str) -> Option<String> {
+    if target.starts_with('/') {
+        return None;
+    }
+    let mut parts: Vec<&str> = dir
+        .split('/')
+        .filter(|c| !c.is_empty() && *c != ".")
+        .collect();
+    for c in target.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => {
+                parts.pop()?;
+            }
+            c => parts.push(c),
+        }
+    }
+    (!parts.is_empty()).then(|| parts.join("/"))
+}
+
 impl Container {
     fn index_tar(path: &Path) -> Result<Container> {
         let f = File::open(path).ctx(format!("opening {}", path.display()))?;
@@ -153,7 +175,7 @@ impl Container {
                     .unwrap_or_default();
                 let resolved = if kind.is_symlink() {
                     let dir = name.rsplit_once('/').map(|(d, _)| d).unwrap_or("");
-                    canonical(&format!("{dir}/{target}"))
+                    resolve_link(dir, &target)
                 } else {
                     canonical(&target)
                 };
@@ -908,6 +930,13 @@ mod tests {
     fn names() {
         assert_eq!(canonical("./a//b"), Some("a/b".into()));
         assert_eq!(canonical("../a"), None);
+        assert_eq!(
+            resolve_link("shared", "../base/layer.tar"),
+            Some("base/layer.tar".into())
+        );
+        assert_eq!(resolve_link("a/b", "./c"), Some("a/b/c".into()));
+        assert_eq!(resolve_link("a", "../../x"), None);
+        assert_eq!(resolve_link("a", "/etc/passwd"), None);
         assert_eq!(
             normalize_tag("docker.io/library/alpine:3"),
             Some("alpine:3".into())
