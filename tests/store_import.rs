@@ -634,7 +634,18 @@ fn docker_archive_with_symlinked_layer_members() {
     );
     assert_eq!(out.matches(": extracted").count(), 3, "{out}");
     assert_eq!(out.matches(": already exists").count(), 1, "{out}");
-    assert_eq!(inspect(&root, "sym:b")["Id"], b.config_digest.as_str());
+    let v = inspect(&root, "sym:b");
+    assert_eq!(v["Id"], b.config_digest.as_str());
+    // The manifest made for it lists every layer blob with its real size.
+    for (l, want) in v["Manifest"]["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(&b.layers)
+    {
+        assert_eq!(l["size"], want.tar.len(), "{l}");
+        assert_eq!(l["digest"], want.diff_id.as_str(), "{l}");
+    }
     assert!(
         layer_dir(&root, &b.layers[0].diff_id)
             .join("usr/lib/libbase.so")

@@ -529,6 +529,7 @@ impl Store {
             out.layers_existing += 1;
             let bsize = if *bsize == 0 {
                 fs::metadata(self.blob_path(blob))
+                    .or_else(|_| fs::metadata(stage.blob(blob)))
                     .map(|m| m.len())
                     .unwrap_or(0)
             } else {
