@@ -5,4 +5,5 @@ pub mod cli;
 pub mod daemon;
 pub mod error;
 pub mod overlay;
+pub mod store;
 pub mod sys;

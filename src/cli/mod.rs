@@ -3,6 +3,7 @@
 //! Each area has its own file with a clap `Subcommand` enum flattened into the top level.
 
 pub mod overlay_opts;
+pub mod store_cmds;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -62,6 +63,8 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    #[command(flatten)]
+    Store(store_cmds::StoreCommand),
 }
 
 /// Print a one-line error and return the failure exit code.
@@ -131,6 +134,7 @@ pub fn main() -> ExitCode {
     init_logging(cli.globals.verbose > 0);
     match cli.cmd {
         Command::Overlay { args } => run_overlay_cli(&args),
+        Command::Store(c) => finish(store_cmds::run(c, &cli.globals)),
     }
 }
 

@@ -1,0 +1,190 @@
+//! Space accounting, as `docker system df` shows it: per image its size, the part it
+//! shares with other images and the part only it uses; totals for images, layers, blobs
+//! and containers; the sum of image sizes next to what the store really uses on disk.
+
+use std::collections::{HashMap, HashSet};
+
+use crate::error::Result;
+use crate::store::digest::Digest;
+use crate::store::gc::disk_usage;
+use crate::store::images::ImageRecord;
+use crate::store::{ContainerUse, Store};
+
+/// One image's share of the space.
+#[derive(Debug, Clone)]
+pub struct ImageUsage {
+    pub record: ImageRecord,
+    /// All its layers.
+    pub size: u64,
+    /// Layers that other images use too.
+    pub shared: u64,
+    /// Layers only this image uses.
+    pub unique: u64,
+    pub containers: usize,
+}
+
+/// One layer's use.
+#[derive(Debug, Clone)]
+pub struct LayerUsage {
+    pub diff_id: Digest,
+    pub size: u64,
+    /// Images that list it.
+    pub images: usize,
+    /// Whether a container needs it (directly or through its image).
+    pub in_use: bool,
+}
+
+/// A row of the summary table.
+#[derive(Debug, Clone, Default)]
+pub struct Totals {
+    pub total: usize,
+    pub active: usize,
+    pub size: u64,
+    pub reclaimable: u64,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct DfReport {
+    pub images: Vec<ImageUsage>,
+    pub layers: Vec<LayerUsage>,
+    pub image_totals: Totals,
+    pub layer_totals: Totals,
+    pub blob_totals: Totals,
+    pub container_totals: Totals,
+    /// Sum of every image's size, shared layers counted once per image.
+    pub sum_of_image_sizes: u64,
+    /// Bytes of layers used by more than one image (each counted once).
+    pub shared_size: u64,
+    /// Disk blocks under the store root.
+    pub disk_usage: u64,
+}
+
+impl Store {
+    /// The space report. `containers` comes from the caller (the store knows none).
+    pub fn df(&self, containers: &[ContainerUse]) -> Result<DfReport> {
+        let idx = self.images()?;
+        let mut sizes: HashMap<Digest, u64> = HashMap::new();
+        for d in self.layer_ids()? {
+            let size = self
+                .layer_record(&d)
+                .ok()
+                .flatten()
+                .map(|r| r.size)
+                .unwrap_or(0);
+            sizes.insert(d, size);
+        }
+        let mut users: HashMap<Digest, usize> = HashMap::new();
+        for r in idx.images.values() {
+            let distinct: HashSet<Digest> = r.layers.iter().map(|l| l.diff_id).collect();
+            for d in distinct {
+                *users.entry(d).or_default() += 1;
+            }
+        }
+        let active_images: HashSet<Digest> = containers.iter().filter_map(|c| c.image).collect();
+        let mut active_layers: HashSet<Digest> = containers
+            .iter()
+            .flat_map(|c| c.layers.iter().copied())
+            .collect();
+        for r in idx.images.values() {
+            if active_images.contains(&r.id) {
+                active_layers.extend(r.layers.iter().map(|l| l.diff_id));
+            }
+        }
+        let size_of = |d: &Digest| sizes.get(d).copied().unwrap_or(0);
+
+        let mut rep = DfReport::default();
+        for r in idx.sorted() {
+            let distinct: HashSet<Digest> = r.layers.iter().map(|l| l.diff_id).collect();
+            let size: u64 = distinct.iter().map(size_of).sum();
+            let shared: u64 = distinct
+                .iter()
+                .filter(|d| users.get(d).copied().unwrap_or(0) > 1)
+                .map(size_of)
+                .sum();
+            rep.sum_of_image_sizes += size;
+            rep.images.push(ImageUsage {
+                record: r.clone(),
+                size,
+                shared,
+                unique: size - shared,
+                containers: containers.iter().filter(|c| c.image == Some(r.id)).count(),
+            });
+        }
+        let mut ids: Vec<&Digest> = sizes.keys().collect();
+        ids.sort();
+        for d in ids {
+            let n = users.get(d).copied().unwrap_or(0);
+            rep.layers.push(LayerUsage {
+                diff_id: *d,
+                size: size_of(d),
+                images: n,
+                in_use: active_layers.contains(d),
+            });
+        }
+        rep.shared_size = rep
+            .layers
+            .iter()
+            .filter(|l| l.images > 1)
+            .map(|l| l.size)
+            .sum();
+
+        let image_layers: HashSet<Digest> = users.keys().copied().collect();
+        rep.image_totals = Totals {
+            total: idx.images.len(),
+            active: idx
+                .images
+                .values()
+                .filter(|r| active_images.contains(&r.id))
+                .count(),
+            size: image_layers.iter().map(size_of).sum(),
+            reclaimable: image_layers
+                .iter()
+                .filter(|d| !active_layers.contains(d))
+                .map(size_of)
+                .sum(),
+        };
+        rep.layer_totals = Totals {
+            total: rep.layers.len(),
+            active: rep
+                .layers
+                .iter()
+                .filter(|l| l.images > 0 || l.in_use)
+                .count(),
+            size: rep.layers.iter().map(|l| l.size).sum(),
+            reclaimable: rep
+                .layers
+                .iter()
+                .filter(|l| l.images == 0 && !l.in_use)
+                .map(|l| l.size)
+                .sum(),
+        };
+        let mut used_blobs = HashSet::new();
+        for r in idx.images.values() {
+            used_blobs.insert(r.manifest_digest);
+            used_blobs.insert(r.config_digest);
+            used_blobs.extend(r.layers.iter().map(|l| l.blob));
+        }
+        let mut bt = Totals::default();
+        for b in self.blob_ids()? {
+            let size = std::fs::metadata(self.blob_path(&b))
+                .map(|m| m.len())
+                .unwrap_or(0);
+            bt.total += 1;
+            bt.size += size;
+            if used_blobs.contains(&b) {
+                bt.active += 1;
+            } else {
+                bt.reclaimable += size;
+            }
+        }
+        rep.blob_totals = bt;
+        rep.container_totals = Totals {
+            total: containers.len(),
+            active: containers.len(),
+            size: containers.iter().map(|c| c.size).sum(),
+            reclaimable: 0,
+        };
+        rep.disk_usage = disk_usage(self.root());
+        Ok(rep)
+    }
+}

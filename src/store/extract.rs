@@ -1,0 +1,1027 @@
+//! Safe extraction of a layer tar stream into a directory, and the record of a layer tree
+//! that `system check` verifies later.
+//!
+//! Everything is created relative to directory fds with `O_NOFOLLOW`: every parent of an
+//! entry is opened one component at a time without following symlinks, so no entry can
+//! land outside the layer dir. Entries with `..`, absolute paths, a symlinked parent, or a
+//! hard link to something not in the layer are refused with an error naming the entry.
+//!
+//! OCI whiteouts become the kernel's forms when privileged (`.wh.NAME` → char device 0/0,
+//! `.wh..wh..opq` → `trusted.overlay.opaque=y` on the directory) and stay as they are
+//! otherwise. Overlay xattrs found in the tar are dropped: an image must not forge markers.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::OsStr;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use tar::EntryType;
+
+use crate::error::{Error, Result};
+use crate::overlay::whiteout::{OCI_OPAQUE, OCI_WH_PREFIX, is_internal_xattr};
+use crate::store::digest::{Digest, Hasher};
+use crate::sys::{self, Errno, OFlags, TimeSpec};
+
+/// How to extract.
+#[derive(Debug, Clone, Copy)]
+pub struct ExtractOptions {
+    /// Keep owners, create device nodes, write kernel-form whiteouts and `trusted.*` xattrs.
+    pub privileged: bool,
+}
+
+impl ExtractOptions {
+    pub fn for_this_process() -> Self {
+        ExtractOptions {
+            privileged: sys::is_privileged(),
+        }
+    }
+}
+
+/// What one extraction did.
+#[derive(Debug, Default)]
+pub struct Extracted {
+    /// Entries read from the tar.
+    pub entries: u64,
+    /// sha256 of each regular file written, by inode number.
+    pub file_hashes: HashMap<u64, Digest>,
+    /// Device nodes that could not be created (unprivileged).
+    pub skipped_devices: u64,
+}
+
+/// Directories kept open while extracting, by path; bounded so huge layers don't run out
+/// of descriptors.
+const DIR_CACHE_MAX: usize = 2048;
+
+struct Extractor<'a> {
+    root: BorrowedFd<'a>,
+    opts: ExtractOptions,
+    dirs: HashMap<Vec<u8>, OwnedFd>,
+    /// Directory metadata applied at the end (children change a dir's mtime, and a
+    /// read-only mode would stop an unprivileged extraction from creating children).
+    deferred_dirs: BTreeMap<Vec<u8>, DirMeta>,
+    out: Extracted,
+    buf: Vec<u8>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct DirMeta {
+    mode: u32,
+    mtime: TimeSpec,
+}
+
+/// Metadata of one tar entry.
+struct Meta {
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    mtime: TimeSpec,
+    xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+fn entry_err(name: &[u8], what: impl std::fmt::Display) -> Error {
+    Error::new(format!("entry {}: {what}", String::from_utf8_lossy(name)))
+}
+
+fn sys_err(name: &[u8], what: &str, e: Errno) -> Error {
+    Error::with_errno(
+        format!(
+            "entry {}: {what}: {}",
+            String::from_utf8_lossy(name),
+            crate::error::describe(&std::io::Error::from_raw_os_error(e.raw_os_error()))
+        ),
+        e.raw_os_error(),
+    )
+}
+
+/// Split an entry path into its components, refusing anything that could leave the root.
+/// `./a//b/` gives `[a, b]`; the root itself gives `[]`.
+pub fn safe_components(path: &[u8]) -> std::result::Result<Vec<&[u8]>, &'static str> {
+    if path.first() == Some(&b'/') {
+        return Err("absolute path refused");
+    }
+    let mut out = Vec::new();
+    for c in path.split(|b| *b == b'/') {
+        match c {
+            b"" | b"." => continue,
+            b".." => return Err("path with \"..\" refused"),
+            c => out.push(c),
+        }
+    }
+    Ok(out)
+}
+
+/// Extract a whole tar stream into the directory `root`.
+pub fn extract<R: Read>(
+    reader: R,
+    root: BorrowedFd<'_>,
+    opts: ExtractOptions,
+) -> Result<Extracted> {
+    let mut archive = tar::Archive::new(reader);
+    let mut x = Extractor {
+        root,
+        opts,
+        dirs: HashMap::new(),
+        deferred_dirs: BTreeMap::new(),
+        out: Extracted::default(),
+        buf: vec![0u8; 1 << 20],
+    };
+    let entries = archive
+        .entries()
+        .map_err(|e| Error::io("reading the layer tar", e))?;
+    for entry in entries {
+        let mut entry = entry.map_err(|e| tar_err(&x, e))?;
+        x.out.entries += 1;
+        x.one(&mut entry)?;
+    }
+    x.finish_dirs()?;
+    Ok(x.out)
+}
+
+fn tar_err(x: &Extractor<'_>, e: std::io::Error) -> Error {
+    Error::io(
+        format!("reading the layer tar after {} entries", x.out.entries),
+        e,
+    )
+}
+
+impl<'a> Extractor<'a> {
+    fn one<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>) -> Result<()> {
+        let path = entry.path_bytes().into_owned();
+        let comps = safe_components(&path).map_err(|m| entry_err(&path, m))?;
+        let meta = self.meta(entry, &path)?;
+        let kind = entry.header().entry_type();
+        if comps.is_empty() {
+            // The layer root itself ("./"): keep its metadata.
+            if kind.is_dir() {
+                self.set_dir_meta_now(None, &path, &meta)?;
+                self.deferred_dirs.insert(Vec::new(), meta.dir());
+            }
+            return Ok(());
+        }
+        let (name, parents) = comps.split_last().expect("non-empty");
+        let name = OsStr::from_bytes(name);
+        let parent_key = parents.join(&b'/');
+        let parent = self.open_parent(&parent_key, parents, &path)?;
+        let parent = parent.as_fd();
+
+        if kind.is_file() || kind == EntryType::Continuous {
+            let n = name.as_bytes();
+            if n == OCI_OPAQUE && self.opts.privileged {
+                return sys::set_xattr(parent, None, OsStr::new("trusted.overlay.opaque"), b"y", 0)
+                    .map_err(|e| sys_err(&path, "marking the directory opaque", e));
+            }
+            if self.opts.privileged
+                && let Some(target) = n.strip_prefix(OCI_WH_PREFIX)
+                && n != OCI_OPAQUE
+            {
+                if target.is_empty() || target == b"." || target == b".." {
+                    return Err(entry_err(&path, "whiteout for an invalid name"));
+                }
+                let target = OsStr::from_bytes(target);
+                self.clear(parent, target, &path, &parent_key)?;
+                return sys::mknod_at(parent, target, libc::S_IFCHR, 0)
+                    .map_err(|e| sys_err(&path, "creating the whiteout", e));
+            }
+            return self.file(entry, parent, name, &path, &parent_key, &meta);
+        }
+        match kind {
+            EntryType::Directory => {
+                match sys::stat_at(parent, name) {
+                    Ok(st) if sys::is_dir_mode(st.st_mode) => {}
+                    Ok(_) => {
+                        self.clear(parent, name, &path, &parent_key)?;
+                        self.mkdir(parent, name, &path)?;
+                    }
+                    Err(Errno::NOENT) => self.mkdir(parent, name, &path)?,
+                    Err(e) => return Err(sys_err(&path, "stat", e)),
+                }
+                self.set_dir_meta_now(Some((parent, name)), &path, &meta)?;
+                self.deferred_dirs.insert(comps.join(&b'/'), meta.dir());
+                Ok(())
+            }
+            EntryType::Symlink => {
+                let target = entry
+                    .link_name_bytes()
+                    .ok_or_else(|| entry_err(&path, "symlink without a target"))?
+                    .into_owned();
+                self.clear(parent, name, &path, &parent_key)?;
+                sys::symlink_at(OsStr::from_bytes(&target), parent, name)
+                    .map_err(|e| sys_err(&path, "creating the symlink", e))?;
+                self.set_meta(parent, name, &path, &meta, false)
+            }
+            EntryType::Link => {
+                let target = entry
+                    .link_name_bytes()
+                    .ok_or_else(|| entry_err(&path, "hard link without a target"))?
+                    .into_owned();
+                self.hard_link(parent, name, &path, &parent_key, &target)
+            }
+            EntryType::Char | EntryType::Block | EntryType::Fifo => {
+                let h = entry.header();
+                let (ftype, rdev) = match kind {
+                    EntryType::Fifo => (libc::S_IFIFO, 0),
+                    _ => {
+                        let major = h.device_major().ok().flatten().unwrap_or(0);
+                        let minor = h.device_minor().ok().flatten().unwrap_or(0);
+                        let t = if kind == EntryType::Char {
+                            libc::S_IFCHR
+                        } else {
+                            libc::S_IFBLK
+                        };
+                        (t, libc::makedev(major, minor))
+                    }
+                };
+                self.clear(parent, name, &path, &parent_key)?;
+                match sys::mknod_at(parent, name, ftype | (meta.mode & 0o7777), rdev) {
+                    Ok(()) => {}
+                    Err(Errno::PERM) if !self.opts.privileged && ftype != libc::S_IFIFO => {
+                        log::warn!(
+                            "entry {}: device node skipped (needs root)",
+                            String::from_utf8_lossy(&path)
+                        );
+                        self.out.skipped_devices += 1;
+                        return Ok(());
+                    }
+                    Err(e) => return Err(sys_err(&path, "creating the node", e)),
+                }
+                self.set_meta(parent, name, &path, &meta, true)
+            }
+            // PAX/GNU extension headers are consumed by the reader; anything else
+            // (sockets do not exist in tar) carries nothing for a rootfs.
+            _ => {
+                log::debug!(
+                    "entry {}: type {:?} ignored",
+                    String::from_utf8_lossy(&path),
+                    kind
+                );
+                Ok(())
+            }
+        }
+    }
+
+    fn meta<R: Read>(&self, entry: &mut tar::Entry<'_, R>, path: &[u8]) -> Result<Meta> {
+        let h = entry.header();
+        let bad = |what: &str| entry_err(path, format!("invalid {what} in the tar header"));
+        let mode = h.mode().map_err(|_| bad("mode"))?;
+        let mut uid = h.uid().map_err(|_| bad("uid"))?;
+        let mut gid = h.gid().map_err(|_| bad("gid"))?;
+        let mut mtime = TimeSpec::Set(h.mtime().map_err(|_| bad("mtime"))? as i64, 0);
+        let mut xattrs = Vec::new();
+        if let Some(pax) = entry
+            .pax_extensions()
+            .map_err(|e| entry_err(path, format!("invalid PAX header: {e}")))?
+        {
+            for ext in pax {
+                let ext = ext.map_err(|e| entry_err(path, format!("invalid PAX header: {e}")))?;
+                let key = ext.key_bytes();
+                if let Some(attr) = key.strip_prefix(b"SCHILY.xattr.") {
+                    if is_internal_xattr(attr) {
+                        log::debug!(
+                            "entry {}: overlay xattr {} dropped",
+                            String::from_utf8_lossy(path),
+                            String::from_utf8_lossy(attr)
+                        );
+                        continue;
+                    }
+                    xattrs.push((attr.to_vec(), ext.value_bytes().to_vec()));
+                    continue;
+                }
+                let val = ext.value().unwrap_or("");
+                match key {
+                    b"uid" => uid = val.parse().map_err(|_| bad("PAX uid"))?,
+                    b"gid" => gid = val.parse().map_err(|_| bad("PAX gid"))?,
+                    b"mtime" => mtime = parse_pax_time(val).ok_or_else(|| bad("PAX mtime"))?,
+                    _ => {}
+                }
+            }
+        }
+        let uid = u32::try_from(uid).map_err(|_| bad("uid"))?;
+        let gid = u32::try_from(gid).map_err(|_| bad("gid"))?;
+        Ok(Meta {
+            mode: mode & 0o7777,
+            uid,
+            gid,
+            mtime,
+            xattrs,
+        })
+    }
+
+    /// The directory that holds an entry, created (0755, root) where the tar did not list it.
+    fn open_parent(&mut self, key: &[u8], comps: &[&[u8]], path: &[u8]) -> Result<OwnedFd> {
+        if let Some(fd) = self.dirs.get(key) {
+            return fd.try_clone().map_err(|e| Error::io("dup", e));
+        }
+        let mut cur = self
+            .root
+            .try_clone_to_owned()
+            .map_err(|e| Error::io("dup", e))?;
+        for (i, c) in comps.iter().enumerate() {
+            let name = OsStr::from_bytes(c);
+            let next = match sys::open_dir_path(cur.as_fd(), name) {
+                Ok(fd) => fd,
+                Err(Errno::NOENT) => {
+                    self.mkdir(cur.as_fd(), name, path)?;
+                    sys::open_dir_path(cur.as_fd(), name)
+                        .map_err(|e| sys_err(path, "opening a parent directory", e))?
+                }
+                Err(Errno::LOOP) | Err(Errno::NOTDIR) => {
+                    let parent = comps[..=i].join(&b'/');
+                    let what = match sys::stat_at(cur.as_fd(), name) {
+                        Ok(st) if sys::mode_type(st.st_mode) == libc::S_IFLNK => "is a symlink",
+                        _ => "is not a directory",
+                    };
+                    return Err(entry_err(
+                        path,
+                        format!(
+                            "parent {} {what}; refused (nothing may be written through it)",
+                            String::from_utf8_lossy(&parent)
+                        ),
+                    ));
+                }
+                Err(e) => return Err(sys_err(path, "opening a parent directory", e)),
+            };
+            cur = next;
+        }
+        if self.dirs.len() >= DIR_CACHE_MAX {
+            self.dirs.clear();
+        }
+        let keep = cur.try_clone().map_err(|e| Error::io("dup", e))?;
+        self.dirs.insert(key.to_vec(), keep);
+        Ok(cur)
+    }
+
+    fn mkdir(&mut self, parent: BorrowedFd<'_>, name: &OsStr, path: &[u8]) -> Result<()> {
+        match sys::mkdir_at(parent, name, 0o755) {
+            Ok(()) | Err(Errno::EXIST) => Ok(()),
+            Err(e) => Err(sys_err(path, "creating a directory", e)),
+        }
+    }
+
+    /// Remove whatever is at `name` before a new entry takes its place (a later entry
+    /// replaces an earlier one, as in tar).
+    fn clear(
+        &mut self,
+        parent: BorrowedFd<'_>,
+        name: &OsStr,
+        path: &[u8],
+        parent_key: &[u8],
+    ) -> Result<()> {
+        match sys::stat_at(parent, name) {
+            Err(Errno::NOENT) => Ok(()),
+            Err(e) => Err(sys_err(path, "stat", e)),
+            Ok(st) if sys::is_dir_mode(st.st_mode) => {
+                // Cached fds may point into the tree about to go.
+                self.dirs.clear();
+                let mut key = parent_key.to_vec();
+                if !key.is_empty() {
+                    key.push(b'/');
+                }
+                key.extend_from_slice(name.as_bytes());
+                let prefix = [key.as_slice(), b"/"].concat();
+                self.deferred_dirs
+                    .retain(|k, _| k != &key && !k.starts_with(&prefix));
+                remove_tree_at(parent, name).map_err(|e| sys_err(path, "replacing a directory", e))
+            }
+            Ok(_) => sys::unlink_at(parent, name).map_err(|e| sys_err(path, "replacing a file", e)),
+        }
+    }
+
+    fn file<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<'_, R>,
+        parent: BorrowedFd<'_>,
+        name: &OsStr,
+        path: &[u8],
+        parent_key: &[u8],
+        meta: &Meta,
+    ) -> Result<()> {
+        self.clear(parent, name, path, parent_key)?;
+        let fd = sys::open_at(
+            parent,
+            name,
+            OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY,
+            0o600,
+        )
+        .map_err(|e| sys_err(path, "creating the file", e))?;
+        let mut f = File::from(fd);
+        let mut h = Hasher::new();
+        loop {
+            let n = match entry.read(&mut self.buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    return Err(Error::io(
+                        format!(
+                            "reading the layer tar at entry {}",
+                            String::from_utf8_lossy(path)
+                        ),
+                        e,
+                    ));
+                }
+            };
+            h.update(&self.buf[..n]);
+            f.write_all(&self.buf[..n]).map_err(|e| {
+                Error::io(
+                    format!("entry {}: writing", String::from_utf8_lossy(path)),
+                    e,
+                )
+            })?;
+        }
+        let fd = f.as_fd();
+        if self.opts.privileged {
+            sys::fchown(fd, Some(meta.uid), Some(meta.gid))
+                .map_err(|e| sys_err(path, "chown", e))?;
+        }
+        sys::fchmod(fd, meta.mode).map_err(|e| sys_err(path, "chmod", e))?;
+        for (k, v) in &meta.xattrs {
+            self.set_xattr(parent, Some(name), path, k, v, true)?;
+        }
+        sys::futimens(fd, TimeSpec::Omit, meta.mtime)
+            .map_err(|e| sys_err(path, "setting times", e))?;
+        let st = sys::stat_fd(fd).map_err(|e| sys_err(path, "stat", e))?;
+        self.out.file_hashes.insert(st.st_ino, h.finish());
+        Ok(())
+    }
+
+    fn hard_link(
+        &mut self,
+        parent: BorrowedFd<'_>,
+        name: &OsStr,
+        path: &[u8],
+        parent_key: &[u8],
+        target: &[u8],
+    ) -> Result<()> {
+        let tcomps = safe_components(target).map_err(|m| {
+            entry_err(
+                path,
+                format!(
+                    "hard link to {}: {m} (it must point inside the layer)",
+                    String::from_utf8_lossy(target)
+                ),
+            )
+        })?;
+        let Some((tname, tparents)) = tcomps.split_last() else {
+            return Err(entry_err(path, "hard link to the layer root refused"));
+        };
+        let tkey = tparents.join(&b'/');
+        let tparent = match self.lookup_parent(&tkey, tparents) {
+            Some(fd) => fd,
+            None => {
+                return Err(entry_err(
+                    path,
+                    format!(
+                        "hard link to {}, which is not in the layer",
+                        String::from_utf8_lossy(target)
+                    ),
+                ));
+            }
+        };
+        let tname = OsStr::from_bytes(tname);
+        let st = match sys::stat_at(tparent.as_fd(), tname) {
+            Ok(st) => st,
+            Err(_) => {
+                return Err(entry_err(
+                    path,
+                    format!(
+                        "hard link to {}, which is not in the layer",
+                        String::from_utf8_lossy(target)
+                    ),
+                ));
+            }
+        };
+        if sys::is_dir_mode(st.st_mode) {
+            return Err(entry_err(path, "hard link to a directory refused"));
+        }
+        if let Ok(cur) = sys::stat_at(parent, name)
+            && cur.st_ino == st.st_ino
+            && cur.st_dev == st.st_dev
+        {
+            return Ok(());
+        }
+        self.clear(parent, name, path, parent_key)?;
+        sys::link_at(tparent.as_fd(), tname, parent, name)
+            .map_err(|e| sys_err(path, "creating the hard link", e))
+    }
+
+    /// Open an existing directory (no creation) for a hard-link target.
+    fn lookup_parent(&mut self, key: &[u8], comps: &[&[u8]]) -> Option<OwnedFd> {
+        if let Some(fd) = self.dirs.get(key) {
+            return fd.try_clone().ok();
+        }
+        let mut cur = self.root.try_clone_to_owned().ok()?;
+        for c in comps {
+            cur = sys::open_dir_path(cur.as_fd(), OsStr::from_bytes(c)).ok()?;
+        }
+        Some(cur)
+    }
+
+    /// Owner and xattrs of a directory now; mode and mtime at the end.
+    fn set_dir_meta_now(
+        &mut self,
+        at: Option<(BorrowedFd<'_>, &OsStr)>,
+        path: &[u8],
+        meta: &Meta,
+    ) -> Result<()> {
+        let (dirfd, name) = match at {
+            Some((p, n)) => (p, Some(n)),
+            None => (self.root, None),
+        };
+        if self.opts.privileged {
+            sys::chown_at(dirfd, name, Some(meta.uid), Some(meta.gid))
+                .map_err(|e| sys_err(path, "chown", e))?;
+        }
+        for (k, v) in &meta.xattrs {
+            self.set_xattr(dirfd, name, path, k, v, true)?;
+        }
+        Ok(())
+    }
+
+    /// Owner, mode, xattrs and times of a non-directory that is not a regular file.
+    fn set_meta(
+        &mut self,
+        parent: BorrowedFd<'_>,
+        name: &OsStr,
+        path: &[u8],
+        meta: &Meta,
+        chmod: bool,
+    ) -> Result<()> {
+        if self.opts.privileged {
+            sys::chown_at(parent, Some(name), Some(meta.uid), Some(meta.gid))
+                .map_err(|e| sys_err(path, "chown", e))?;
+        }
+        if chmod {
+            sys::chmod_at(parent, Some(name), meta.mode).map_err(|e| sys_err(path, "chmod", e))?;
+        }
+        for (k, v) in &meta.xattrs {
+            self.set_xattr(parent, Some(name), path, k, v, chmod)?;
+        }
+        sys::utimens_at(parent, Some(name), TimeSpec::Omit, meta.mtime)
+            .map_err(|e| sys_err(path, "setting times", e))
+    }
+
+    fn set_xattr(
+        &mut self,
+        dirfd: BorrowedFd<'_>,
+        name: Option<&OsStr>,
+        path: &[u8],
+        attr: &[u8],
+        value: &[u8],
+        user_ok: bool,
+    ) -> Result<()> {
+        if !user_ok && attr.starts_with(b"user.") {
+            // The kernel allows user.* xattrs only on files and directories.
+            return Ok(());
+        }
+        match sys::set_xattr(dirfd, name, OsStr::from_bytes(attr), value, 0) {
+            Ok(()) => Ok(()),
+            Err(e @ (Errno::PERM | Errno::NOTSUP | Errno::ACCESS)) => {
+                log::warn!(
+                    "entry {}: xattr {} not kept: {}",
+                    String::from_utf8_lossy(path),
+                    String::from_utf8_lossy(attr),
+                    crate::error::describe(&std::io::Error::from_raw_os_error(e.raw_os_error()))
+                );
+                Ok(())
+            }
+            Err(e) => Err(sys_err(path, "setting an xattr", e)),
+        }
+    }
+
+    /// Apply directory modes and times, deepest first.
+    fn finish_dirs(&mut self) -> Result<()> {
+        self.dirs.clear();
+        let dirs = std::mem::take(&mut self.deferred_dirs);
+        for (key, m) in dirs.iter().rev() {
+            let comps: Vec<&[u8]> = key
+                .split(|b| *b == b'/')
+                .filter(|c| !c.is_empty())
+                .collect();
+            let fd = match self.lookup_parent(key, &comps) {
+                Some(fd) => fd,
+                // Replaced by a later non-directory entry.
+                None => continue,
+            };
+            sys::chmod_at(fd.as_fd(), None, m.mode).map_err(|e| sys_err(key, "chmod", e))?;
+            sys::utimens_at(fd.as_fd(), None, TimeSpec::Omit, m.mtime)
+                .map_err(|e| sys_err(key, "setting times", e))?;
+        }
+        Ok(())
+    }
+}
+
+impl Meta {
+    fn dir(&self) -> DirMeta {
+        DirMeta {
+            mode: self.mode,
+            mtime: self.mtime,
+        }
+    }
+}
+
+/// `"1700000000.5"` → seconds and nanoseconds.
+fn parse_pax_time(s: &str) -> Option<TimeSpec> {
+    let (sec, frac) = match s.split_once('.') {
+        Some((a, b)) => (a, b),
+        None => (s, ""),
+    };
+    let sec: i64 = sec.parse().ok()?;
+    let mut ns: i64 = 0;
+    let digits: String = frac.chars().take(9).collect();
+    if !digits.is_empty() {
+        if !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        ns = format!("{digits:0<9}").parse().ok()?;
+    }
+    if sec < 0 && ns > 0 {
+        return Some(TimeSpec::Set(sec - 1, 1_000_000_000 - ns));
+    }
+    Some(TimeSpec::Set(sec, ns))
+}
+
+/// Remove `name` in `dir` and everything below it, never following symlinks.
+pub fn remove_tree_at(dir: BorrowedFd<'_>, name: &OsStr) -> sys::SysResult<()> {
+    let st = match sys::stat_at(dir, name) {
+        Ok(st) => st,
+        Err(Errno::NOENT) => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    if !sys::is_dir_mode(st.st_mode) {
+        return sys::unlink_at(dir, name);
+    }
+    let sub = sys::open_dir_path(dir, name)?;
+    if !sys::is_privileged() && st.st_mode & 0o700 != 0o700 {
+        let _ = sys::chmod_at(dir, Some(name), 0o700);
+    }
+    for e in sys::read_dir_all(sub.as_fd())? {
+        remove_tree_at(sub.as_fd(), &e.name)?;
+    }
+    match sys::rmdir_at(dir, name) {
+        Ok(()) | Err(Errno::NOENT) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The record of a layer tree, for `system check`.
+
+/// A byte string in JSON: the plain string when it is UTF-8, else `"\0hex:<hex>"` (a real
+/// name can never contain NUL, so the two forms cannot collide).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Bytes(pub Vec<u8>);
+
+impl Serialize for Bytes {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        match std::str::from_utf8(&self.0) {
+            Ok(t) => s.serialize_str(t),
+            Err(_) => s.serialize_str(&format!("\0hex:{}", hex::encode(&self.0))),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Bytes {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Bytes, D::Error> {
+        let s = String::deserialize(d)?;
+        match s.strip_prefix("\0hex:") {
+            Some(h) => hex::decode(h).map(Bytes).map_err(serde::de::Error::custom),
+            None => Ok(Bytes(s.into_bytes())),
+        }
+    }
+}
+
+impl std::fmt::Display for Bytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&String::from_utf8_lossy(&self.0))
+    }
+}
+
+/// One object of a layer tree as extraction left it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TreeEntry {
+    pub path: Bytes,
+    /// `f` file, `d` dir, `l` symlink, `c`/`b` device, `p` fifo, `s` socket.
+    pub kind: char,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub size: u64,
+    pub mtime: i64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub mtime_ns: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<Digest>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link: Option<Bytes>,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub rdev: u64,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub xattrs: BTreeMap<Bytes, String>,
+}
+
+fn is_zero<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
+}
+
+/// A scanned tree: entries sorted by path, plus totals.
+#[derive(Debug, Default)]
+pub struct Scan {
+    pub entries: Vec<TreeEntry>,
+    /// Sum of regular file sizes (hard links counted once).
+    pub size: u64,
+}
+
+/// Walk the tree below `root`. File contents are hashed only where `known` has no hash
+/// for the inode (extraction already hashed what it wrote).
+pub fn scan_tree(root: BorrowedFd<'_>, known: &HashMap<u64, Digest>) -> sys::SysResult<Scan> {
+    let mut scan = Scan::default();
+    let mut seen = std::collections::HashSet::new();
+    let st = sys::stat_fd(root)?;
+    scan.entries
+        .push(record(root, None, Vec::new(), &st, known)?);
+    walk(root, &[], known, &mut scan, &mut seen)?;
+    scan.entries.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(scan)
+}
+
+fn walk(
+    dir: BorrowedFd<'_>,
+    prefix: &[u8],
+    known: &HashMap<u64, Digest>,
+    scan: &mut Scan,
+    seen: &mut std::collections::HashSet<u64>,
+) -> sys::SysResult<()> {
+    let mut names = sys::read_dir_all(dir)?;
+    names.sort_by(|a, b| a.name.cmp(&b.name));
+    for e in names {
+        let st = sys::stat_at(dir, &e.name)?;
+        let mut path = prefix.to_vec();
+        if !path.is_empty() {
+            path.push(b'/');
+        }
+        path.extend_from_slice(e.name.as_bytes());
+        let rec = record(dir, Some(&e.name), path.clone(), &st, known)?;
+        if rec.kind == 'f' && seen.insert(st.st_ino) {
+            scan.size += st.st_size as u64;
+        }
+        scan.entries.push(rec);
+        if sys::is_dir_mode(st.st_mode) {
+            let sub = sys::open_dir_path(dir, &e.name)?;
+            walk(sub.as_fd(), &path, known, scan, seen)?;
+        }
+    }
+    Ok(())
+}
+
+fn record(
+    dir: BorrowedFd<'_>,
+    name: Option<&OsStr>,
+    path: Vec<u8>,
+    st: &sys::Stat,
+    known: &HashMap<u64, Digest>,
+) -> sys::SysResult<TreeEntry> {
+    let kind = match sys::mode_type(st.st_mode) {
+        libc::S_IFREG => 'f',
+        libc::S_IFDIR => 'd',
+        libc::S_IFLNK => 'l',
+        libc::S_IFCHR => 'c',
+        libc::S_IFBLK => 'b',
+        libc::S_IFIFO => 'p',
+        _ => 's',
+    };
+    let sha256 = if kind == 'f' {
+        match known.get(&st.st_ino) {
+            Some(d) => Some(*d),
+            None => Some(hash_file_at(dir, name.unwrap_or(OsStr::new(".")))?),
+        }
+    } else {
+        None
+    };
+    let link = if kind == 'l' {
+        Some(Bytes(sys::readlink_at(
+            dir,
+            name.unwrap_or(OsStr::new("")),
+        )?))
+    } else {
+        None
+    };
+    let mut xattrs = BTreeMap::new();
+    let list = match sys::list_xattr(dir, name) {
+        Ok(l) => l,
+        Err(Errno::NOTSUP) | Err(Errno::PERM) | Err(Errno::ACCESS) => Vec::new(),
+        Err(e) => return Err(e),
+    };
+    for attr in sys::split_xattr_names(&list) {
+        let a = attr.as_bytes();
+        if is_internal_xattr(a) && !a.ends_with(b".overlay.opaque") {
+            continue;
+        }
+        if let Ok(Some(v)) = sys::get_xattr(dir, name, attr) {
+            xattrs.insert(Bytes(a.to_vec()), hex::encode(v));
+        }
+    }
+    Ok(TreeEntry {
+        path: Bytes(path),
+        kind,
+        mode: st.st_mode & 0o7777,
+        uid: st.st_uid,
+        gid: st.st_gid,
+        size: if kind == 'f' { st.st_size as u64 } else { 0 },
+        mtime: st.st_mtime,
+        mtime_ns: st.st_mtime_nsec,
+        sha256,
+        link,
+        rdev: if kind == 'c' || kind == 'b' {
+            st.st_rdev
+        } else {
+            0
+        },
+        xattrs,
+    })
+}
+
+fn hash_file_at(dir: BorrowedFd<'_>, name: &OsStr) -> sys::SysResult<Digest> {
+    let fd = sys::open_at(dir, name, OFlags::RDONLY, 0)?;
+    let mut f = File::from(fd);
+    let mut h = Hasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        match f.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => h.update(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(Errno::from_io_error(&e).unwrap_or(Errno::IO)),
+        }
+    }
+    Ok(h.finish())
+}
+
+/// Differences between a recorded tree and a scanned one, one line each.
+pub fn compare_trees(expected: &[TreeEntry], actual: &[TreeEntry]) -> Vec<String> {
+    let exp: BTreeMap<&Bytes, &TreeEntry> = expected.iter().map(|e| (&e.path, e)).collect();
+    let act: BTreeMap<&Bytes, &TreeEntry> = actual.iter().map(|e| (&e.path, e)).collect();
+    let mut out = Vec::new();
+    let show = |p: &Bytes| {
+        if p.0.is_empty() {
+            "/".to_string()
+        } else {
+            p.to_string()
+        }
+    };
+    for (p, e) in &exp {
+        match act.get(p) {
+            None => out.push(format!("{}: missing", show(p))),
+            Some(a) if a != e => {
+                let what = if a.kind != e.kind {
+                    "type changed"
+                } else if a.sha256 != e.sha256 {
+                    "content differs"
+                } else if a.size != e.size {
+                    "size differs"
+                } else if a.link != e.link {
+                    "symlink target differs"
+                } else if (a.mode, a.uid, a.gid) != (e.mode, e.uid, e.gid) {
+                    "owner or mode differs"
+                } else if a.xattrs != e.xattrs {
+                    "xattrs differ"
+                } else if a.rdev != e.rdev {
+                    "device number differs"
+                } else {
+                    "timestamps differ"
+                };
+                out.push(format!("{}: {what}", show(p)));
+            }
+            _ => {}
+        }
+    }
+    for p in act.keys() {
+        if !exp.contains_key(p) {
+            out.push(format!("{}: unexpected entry", show(p)));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn components() {
+        assert_eq!(safe_components(b"./a//b/").unwrap(), vec![&b"a"[..], b"b"]);
+        assert!(safe_components(b"./").unwrap().is_empty());
+        assert!(safe_components(b"/etc/passwd").is_err());
+        assert!(safe_components(b"a/../../x").is_err());
+        assert!(safe_components(b"..").is_err());
+        assert_eq!(safe_components(b"a/..b").unwrap(), vec![&b"a"[..], b"..b"]);
+    }
+
+    #[test]
+    fn pax_times() {
+        assert_eq!(parse_pax_time("12"), Some(TimeSpec::Set(12, 0)));
+        assert_eq!(parse_pax_time("12.5"), Some(TimeSpec::Set(12, 500_000_000)));
+        assert_eq!(parse_pax_time("12.0000000019"), Some(TimeSpec::Set(12, 1)));
+        assert_eq!(parse_pax_time("x"), None);
+        assert_eq!(parse_pax_time("1.x"), None);
+    }
+
+    #[test]
+    fn bytes_round_trip() {
+        for b in [&b"plain/name"[..], b"\xff\xfe odd", b""] {
+            let j = serde_json::to_string(&Bytes(b.to_vec())).unwrap();
+            assert_eq!(serde_json::from_str::<Bytes>(&j).unwrap().0, b);
+        }
+    }
+
+    fn tar_of(build: impl FnOnce(&mut tar::Builder<Vec<u8>>)) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        build(&mut b);
+        b.into_inner().unwrap()
+    }
+
+    fn header(kind: EntryType, size: u64) -> tar::Header {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(kind);
+        h.set_size(size);
+        h.set_mode(0o644);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(1_600_000_000);
+        h
+    }
+
+    fn extract_bytes(data: &[u8]) -> (tempfile::TempDir, Result<Extracted>) {
+        let t = tempfile::tempdir().unwrap();
+        let root = sys::open_root_dir(t.path()).unwrap();
+        let r = extract(data, root.as_fd(), ExtractOptions::for_this_process());
+        (t, r)
+    }
+
+    #[test]
+    fn refuses_escapes_naming_the_entry() {
+        let cases: Vec<(Vec<u8>, &str)> = vec![
+            (
+                tar_of(|b| {
+                    let mut h = header(EntryType::Regular, 1);
+                    h.as_gnu_mut().unwrap().name[..9].copy_from_slice(b"../escape");
+                    h.set_cksum();
+                    b.append(&h, &b"x"[..]).unwrap();
+                }),
+                "../escape",
+            ),
+            (
+                tar_of(|b| {
+                    let mut h = header(EntryType::Symlink, 0);
+                    b.append_link(&mut h, "lnk", "/tmp").unwrap();
+                    let mut h = header(EntryType::Regular, 1);
+                    b.append_data(&mut h, "lnk/owned", &b"x"[..]).unwrap();
+                }),
+                "lnk/owned",
+            ),
+            (
+                tar_of(|b| {
+                    let mut h = header(EntryType::Link, 0);
+                    h.as_gnu_mut().unwrap().linkname[..11].copy_from_slice(b"/etc/passwd");
+                    b.append_data(&mut h, "pw", &b""[..]).unwrap();
+                }),
+                "pw",
+            ),
+        ];
+        for (data, name) in cases {
+            let (t, r) = extract_bytes(&data);
+            let msg = r.expect_err("must be refused").to_string();
+            assert!(msg.contains(name), "{msg}");
+            assert!(!t.path().join("owned").exists());
+        }
+    }
+
+    #[test]
+    fn scan_records_and_compares() {
+        let data = tar_of(|b| {
+            let mut h = header(EntryType::Regular, 3);
+            b.append_data(&mut h, "d/f", &b"abc"[..]).unwrap();
+            let mut h = header(EntryType::Link, 0);
+            b.append_link(&mut h, "d/g", "d/f").unwrap();
+        });
+        let (t, r) = extract_bytes(&data);
+        let x = r.unwrap();
+        let root = sys::open_root_dir(t.path()).unwrap();
+        let scan = scan_tree(root.as_fd(), &x.file_hashes).unwrap();
+        assert_eq!(scan.size, 3);
+        let f = scan.entries.iter().find(|e| e.path.0 == b"d/f").unwrap();
+        assert_eq!(f.sha256, Some(Digest::of(b"abc")));
+        let again = scan_tree(root.as_fd(), &HashMap::new()).unwrap();
+        assert!(compare_trees(&scan.entries, &again.entries).is_empty());
+        std::fs::write(t.path().join("d/g"), b"abd").unwrap();
+        let damaged = scan_tree(root.as_fd(), &HashMap::new()).unwrap();
+        let d = compare_trees(&scan.entries, &damaged.entries);
+        assert!(
+            d.iter().any(|l| l.contains("d/f") && l.contains("content")),
+            "{d:?}"
+        );
+    }
+}

@@ -1,0 +1,406 @@
+//! Removing things: images (`rmi`), unused layers and blobs (`system prune`), leftovers
+//! of interrupted commands, and damaged layers (`system check --repair`).
+//!
+//! A layer dir is deleted only when no image and no container needs it; a blob only when
+//! no image refers to it.
+
+use std::collections::{BTreeSet, HashSet};
+use std::ffi::OsStr;
+use std::os::fd::AsFd;
+
+use crate::error::{Error, IoContext, Result};
+use crate::store::digest::{Digest, Hasher};
+use crate::store::extract::{self, TreeEntry, remove_tree_at};
+use crate::store::images::{ImageIndex, Reference};
+use crate::store::layout::{Layout, read_json};
+use crate::store::lock::StoreLock;
+use crate::store::{ContainerUse, Store};
+use crate::sys;
+
+/// Remove everything under `tmp/` (only ever called with the lock held, so nothing there
+/// belongs to a live command).
+pub fn remove_leftovers(layout: &Layout, _lock: &StoreLock) -> Result<usize> {
+    let tmp = layout.tmp_dir();
+    let fd = match sys::open_root_dir(&tmp) {
+        Ok(fd) => fd,
+        Err(sys::Errno::NOENT) => return Ok(0),
+        Err(e) => return Err(Error::from(e).context(format!("opening {}", tmp.display()))),
+    };
+    let entries = sys::read_dir_all(fd.as_fd()).ctx(format!("reading {}", tmp.display()))?;
+    for e in &entries {
+        remove_tree_at(fd.as_fd(), &e.name).ctx(format!(
+            "removing the leftover {}",
+            tmp.join(&e.name).display()
+        ))?;
+    }
+    Ok(entries.len())
+}
+
+/// What `rmi` did, in order, for the caller to print.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RmiEvent {
+    Untagged(String),
+    /// An image record removed.
+    Deleted(Digest),
+    /// A layer dir removed.
+    DeletedLayer(Digest),
+}
+
+/// What `system prune` removed.
+#[derive(Debug, Default, Clone)]
+pub struct PruneReport {
+    pub images: Vec<Digest>,
+    pub layers: Vec<Digest>,
+    pub blobs: Vec<Digest>,
+    pub leftovers: usize,
+    /// Bytes freed (disk blocks).
+    pub reclaimed: u64,
+}
+
+/// What `system check` found.
+#[derive(Debug, Default, Clone)]
+pub struct CheckReport {
+    pub layers_checked: usize,
+    pub blobs_checked: usize,
+    /// Damaged layers with what is wrong, one line each.
+    pub damaged_layers: Vec<(Digest, Vec<String>)>,
+    pub damaged_blobs: Vec<Digest>,
+    /// Images that need a layer or blob that is missing or damaged.
+    pub broken_images: Vec<(Digest, Vec<String>)>,
+    pub repaired: bool,
+}
+
+impl CheckReport {
+    pub fn is_clean(&self) -> bool {
+        self.damaged_layers.is_empty()
+            && self.damaged_blobs.is_empty()
+            && self.broken_images.is_empty()
+    }
+}
+
+/// Layers and blobs that images or containers need.
+fn in_use(idx: &ImageIndex, containers: &[ContainerUse]) -> (HashSet<Digest>, HashSet<Digest>) {
+    let mut layers = HashSet::new();
+    let mut blobs = HashSet::new();
+    for r in idx.images.values() {
+        blobs.insert(r.manifest_digest);
+        blobs.insert(r.config_digest);
+        for l in &r.layers {
+            layers.insert(l.diff_id);
+            blobs.insert(l.blob);
+        }
+    }
+    for c in containers {
+        layers.extend(c.layers.iter().copied());
+    }
+    (layers, blobs)
+}
+
+/// Disk blocks used below a path (hard links counted once).
+pub fn disk_usage(path: &std::path::Path) -> u64 {
+    fn walk(dir: std::os::fd::BorrowedFd<'_>, seen: &mut HashSet<(u64, u64)>) -> u64 {
+        let Ok(entries) = sys::read_dir_all(dir) else {
+            return 0;
+        };
+        let mut total = 0;
+        for e in entries {
+            let Ok(st) = sys::stat_at(dir, &e.name) else {
+                continue;
+            };
+            if st.st_nlink > 1
+                && !sys::is_dir_mode(st.st_mode)
+                && !seen.insert((st.st_dev, st.st_ino))
+            {
+                continue;
+            }
+            total += st.st_blocks as u64 * 512;
+            if sys::is_dir_mode(st.st_mode)
+                && let Ok(sub) = sys::open_dir_path(dir, &e.name)
+            {
+                total += walk(sub.as_fd(), seen);
+            }
+        }
+        total
+    }
+    let Ok(fd) = sys::open_root_dir(path) else {
+        return std::fs::symlink_metadata(path)
+            .map(|m| std::os::unix::fs::MetadataExt::blocks(&m) * 512)
+            .unwrap_or(0);
+    };
+    let own = sys::stat_fd(fd.as_fd())
+        .map(|s| s.st_blocks as u64 * 512)
+        .unwrap_or(0);
+    own + walk(fd.as_fd(), &mut HashSet::new())
+}
+
+impl Store {
+    fn remove_layer(&self, d: &Digest) -> Result<u64> {
+        let p = self.layout.layer(d);
+        let used = disk_usage(&p);
+        let parent = sys::open_root_dir(&self.layout.layers_dir()).ctx("opening the layer dir")?;
+        // Renamed aside first: a crash mid-removal leaves a leftover, not half a layer.
+        let aside = crate::store::layout::unique_name("rm-layer");
+        let tmp = sys::open_root_dir(&self.layout.tmp_dir()).ctx("opening the tmp dir")?;
+        match sys::rename_at(
+            parent.as_fd(),
+            OsStr::new(&d.hex()),
+            tmp.as_fd(),
+            OsStr::new(&aside),
+            sys::RenameFlags::empty(),
+        ) {
+            Ok(()) => {}
+            Err(sys::Errno::NOENT) => return Ok(0),
+            Err(e) => return Err(Error::from(e).context(format!("removing layer {d}"))),
+        }
+        remove_tree_at(tmp.as_fd(), OsStr::new(&aside)).ctx(format!("removing layer {d}"))?;
+        Ok(used)
+    }
+
+    fn remove_blob(&self, d: &Digest) -> Result<u64> {
+        let p = self.layout.blob(d);
+        let used = std::fs::symlink_metadata(&p)
+            .map(|m| std::os::unix::fs::MetadataExt::blocks(&m) * 512)
+            .unwrap_or(0);
+        match std::fs::remove_file(&p) {
+            Ok(()) => Ok(used),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+            Err(e) => Err(Error::io(format!("removing blob {d}"), e)),
+        }
+    }
+
+    /// Remove layers and blobs among `candidates_*` that nothing needs any more.
+    fn collect(
+        &self,
+        idx: &ImageIndex,
+        containers: &[ContainerUse],
+        layers: &BTreeSet<Digest>,
+        blobs: &BTreeSet<Digest>,
+        report: &mut PruneReport,
+    ) -> Result<()> {
+        let (used_layers, used_blobs) = in_use(idx, containers);
+        for l in layers {
+            if !used_layers.contains(l) && self.layout.layer(l).exists() {
+                report.reclaimed += self.remove_layer(l)?;
+                report.layers.push(*l);
+            }
+        }
+        for b in blobs {
+            if !used_blobs.contains(b) && self.layout.blob(b).exists() {
+                report.reclaimed += self.remove_blob(b)?;
+                report.blobs.push(*b);
+            }
+        }
+        Ok(())
+    }
+
+    /// `rmi`: untag or delete images. `containers` says what containers use (they keep
+    /// their image unless `force`, and always keep their layers).
+    pub fn remove_images(
+        &self,
+        names: &[String],
+        force: bool,
+        containers: &[ContainerUse],
+    ) -> Result<Vec<RmiEvent>> {
+        let lock = self.lock()?;
+        let mut idx = self.images()?;
+        let mut events = Vec::new();
+        let mut freed_layers = BTreeSet::new();
+        let mut freed_blobs = BTreeSet::new();
+        // Check every name first: a refused name changes nothing.
+        let mut plan = Vec::new();
+        for name in names {
+            let rec = idx.resolve(name)?.clone();
+            let by_tag = match Reference::parse(name) {
+                Ok(Reference::Tag(t)) if rec.tags.contains(&t) => Some(t),
+                _ => None,
+            };
+            let last = by_tag.is_none() || rec.tags.len() <= 1;
+            if last {
+                let users: Vec<&str> = containers
+                    .iter()
+                    .filter(|c| c.image == Some(rec.id))
+                    .map(|c| c.name.as_str())
+                    .collect();
+                if !users.is_empty() && !force {
+                    return Err(Error::new(format!(
+                        "image {name} ({}) is used by container {}; remove the container first or use --force",
+                        rec.id.short(),
+                        users.join(", ")
+                    )));
+                }
+                let repos: BTreeSet<&str> = rec.repositories().collect();
+                if by_tag.is_none() && repos.len() > 1 && !force {
+                    return Err(Error::new(format!(
+                        "image {} is tagged in several repositories ({}); remove the tags or use --force",
+                        rec.id.short(),
+                        rec.tags.join(", ")
+                    )));
+                }
+            }
+            plan.push((rec.id, by_tag, last));
+        }
+        for (id, by_tag, last) in plan {
+            let Some(rec) = idx.get(&id).cloned() else {
+                continue;
+            };
+            if !last {
+                let t = by_tag.expect("untag by tag");
+                idx.images
+                    .get_mut(&id.hex())
+                    .expect("present")
+                    .tags
+                    .retain(|x| *x != t);
+                events.push(RmiEvent::Untagged(t));
+                continue;
+            }
+            for t in &rec.tags {
+                events.push(RmiEvent::Untagged(t.clone()));
+            }
+            idx.images.remove(&id.hex());
+            events.push(RmiEvent::Deleted(id));
+            freed_blobs.insert(rec.manifest_digest);
+            freed_blobs.insert(rec.config_digest);
+            for l in &rec.layers {
+                freed_layers.insert(l.diff_id);
+                freed_blobs.insert(l.blob);
+            }
+        }
+        // Records first: a crash after this leaves unused layers for prune, never an
+        // image whose layers are gone.
+        self.write_images(&idx, &lock)?;
+        let mut report = PruneReport::default();
+        self.collect(&idx, containers, &freed_layers, &freed_blobs, &mut report)?;
+        events.extend(report.layers.into_iter().map(RmiEvent::DeletedLayer));
+        Ok(events)
+    }
+
+    /// `system prune`: remove leftovers, untagged images (all unused images with `all`)
+    /// that no container uses, and every layer and blob nothing needs.
+    pub fn prune(&self, all: bool, containers: &[ContainerUse]) -> Result<PruneReport> {
+        let lock = StoreLock::acquire(&self.layout, &*self.on_wait)?;
+        let mut report = PruneReport {
+            leftovers: self.leftovers_removed + remove_leftovers(&self.layout, &lock)?,
+            ..Default::default()
+        };
+        let mut idx = self.images()?;
+        let used: HashSet<Digest> = containers.iter().filter_map(|c| c.image).collect();
+        let doomed: Vec<Digest> = idx
+            .images
+            .values()
+            .filter(|r| !used.contains(&r.id) && (all || r.tags.is_empty()))
+            .map(|r| r.id)
+            .collect();
+        for d in &doomed {
+            idx.images.remove(&d.hex());
+        }
+        if !doomed.is_empty() {
+            self.write_images(&idx, &lock)?;
+        }
+        report.images = doomed;
+        let layers: BTreeSet<Digest> = self.layer_ids()?.into_iter().collect();
+        let blobs: BTreeSet<Digest> = self.blob_ids()?.into_iter().collect();
+        self.collect(&idx, containers, &layers, &blobs, &mut report)?;
+        Ok(report)
+    }
+
+    /// `system check`: verify every layer dir against the tree recorded when it was
+    /// extracted, and every blob against its digest. With `repair`, remove what is
+    /// damaged (the images that need it must be imported again).
+    pub fn check(&self, repair: bool) -> Result<CheckReport> {
+        let lock = if repair { Some(self.lock()?) } else { None };
+        let mut report = CheckReport::default();
+        let mut bad_layers = HashSet::new();
+        let mut bad_blobs = HashSet::new();
+        for d in self.layer_ids()? {
+            report.layers_checked += 1;
+            let problems = self.check_layer(&d);
+            if !problems.is_empty() {
+                bad_layers.insert(d);
+                report.damaged_layers.push((d, problems));
+            }
+        }
+        for d in self.blob_ids()? {
+            report.blobs_checked += 1;
+            let p = self.layout.blob(&d);
+            let ok = std::fs::File::open(&p)
+                .and_then(|mut f| {
+                    let mut h = Hasher::new();
+                    let mut buf = vec![0u8; 1 << 20];
+                    loop {
+                        let n = std::io::Read::read(&mut f, &mut buf)?;
+                        if n == 0 {
+                            break;
+                        }
+                        h.update(&buf[..n]);
+                    }
+                    Ok(h.finish() == d)
+                })
+                .unwrap_or(false);
+            if !ok {
+                bad_blobs.insert(d);
+                report.damaged_blobs.push(d);
+            }
+        }
+        let idx = self.images()?;
+        for r in idx.images.values() {
+            let mut why = Vec::new();
+            for l in &r.layers {
+                if bad_layers.contains(&l.diff_id) {
+                    why.push(format!("layer {} is damaged", l.diff_id));
+                } else if !self.layer_exists(&l.diff_id) {
+                    why.push(format!("layer {} is missing", l.diff_id));
+                }
+                if bad_blobs.contains(&l.blob) {
+                    why.push(format!("blob {} is damaged", l.blob));
+                } else if !self.layout.blob(&l.blob).is_file() {
+                    why.push(format!("blob {} is missing", l.blob));
+                }
+            }
+            for b in [r.manifest_digest, r.config_digest] {
+                if bad_blobs.contains(&b) || !self.layout.blob(&b).is_file() {
+                    why.push(format!("blob {b} is missing or damaged"));
+                }
+            }
+            if !why.is_empty() {
+                report.broken_images.push((r.id, why));
+            }
+        }
+        if let Some(_lock) = lock {
+            for (d, _) in &report.damaged_layers {
+                self.remove_layer(d)?;
+            }
+            for d in &report.damaged_blobs {
+                self.remove_blob(d)?;
+            }
+            report.repaired = true;
+        }
+        Ok(report)
+    }
+
+    /// What is wrong with one layer dir (empty when it is intact).
+    pub fn check_layer(&self, d: &Digest) -> Vec<String> {
+        let dir = self.layout.layer(d);
+        let tree: Vec<TreeEntry> = match read_json(&dir.join("tree.json")) {
+            Ok(Some(t)) => t,
+            Ok(None) => return vec!["tree.json is missing".into()],
+            Err(e) => return vec![e.to_string()],
+        };
+        let diff = dir.join("diff");
+        let fd = match sys::open_root_dir(&diff) {
+            Ok(fd) => fd,
+            Err(e) => return vec![format!("diff: {}", Error::from(e))],
+        };
+        match extract::scan_tree(fd.as_fd(), &Default::default()) {
+            Ok(scan) => {
+                let mut d = extract::compare_trees(&tree, &scan.entries);
+                let n = d.len();
+                if n > 20 {
+                    d.truncate(20);
+                    d.push(format!("… and {} more", n - 20));
+                }
+                d
+            }
+            Err(e) => vec![format!("reading the tree: {}", Error::from(e))],
+        }
+    }
+}

@@ -1,0 +1,355 @@
+//! Image records and references.
+//!
+//! All records live in one file, `images/index.json`, replaced atomically: a tag moving
+//! from one image to another is one write, so no crash can leave a tag on two images.
+//!
+//! References follow docker: `NAME` means `NAME:latest`, `NAME@sha256:<hex>` selects by
+//! manifest digest, and an image id (the config digest, with or without `sha256:`) or a
+//! unique prefix of its hex works wherever an image is named.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::store::digest::Digest;
+
+/// One layer of an image, base first in `ImageRecord::layers`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerRef {
+    /// sha256 of the uncompressed tar: names the layer dir.
+    pub diff_id: Digest,
+    /// The blob as the manifest lists it (compressed or not).
+    pub blob: Digest,
+    pub media_type: String,
+    pub blob_size: u64,
+    /// Bytes of file data in the extracted layer.
+    pub size: u64,
+}
+
+/// One image in the store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageRecord {
+    /// The config digest: the image id.
+    pub id: Digest,
+    pub manifest_digest: Digest,
+    pub manifest_media_type: String,
+    pub config_digest: Digest,
+    pub layers: Vec<LayerRef>,
+    /// `name:tag` references, sorted.
+    pub tags: Vec<String>,
+    /// From the config (RFC 3339), when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created: Option<String>,
+    /// When it was imported (seconds since the epoch).
+    pub imported: u64,
+    /// Sum of the layer sizes.
+    pub size: u64,
+    /// `os/arch[/variant]`.
+    pub platform: String,
+}
+
+impl ImageRecord {
+    /// Repository names of the tags (`a` for `a:1`).
+    pub fn repositories(&self) -> impl Iterator<Item = &str> {
+        self.tags.iter().map(|t| split_tag(t).0)
+    }
+}
+
+/// The whole `images/index.json`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ImageIndex {
+    pub version: u32,
+    /// Keyed by the id's hex.
+    pub images: BTreeMap<String, ImageRecord>,
+}
+
+/// A parsed image name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reference {
+    /// `name:tag` (normalized, `:latest` added).
+    Tag(String),
+    /// `name@sha256:…`.
+    Digest { name: String, digest: Digest },
+}
+
+impl fmt::Display for Reference {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Reference::Tag(t) => f.write_str(t),
+            Reference::Digest { name, digest } => write!(f, "{name}@{digest}"),
+        }
+    }
+}
+
+/// Split `name:tag` at the tag's colon (a registry port is not a tag).
+pub fn split_tag(s: &str) -> (&str, &str) {
+    let last_slash = s.rfind('/').map(|i| i + 1).unwrap_or(0);
+    match s[last_slash..].rfind(':') {
+        Some(i) => (&s[..last_slash + i], &s[last_slash + i + 1..]),
+        None => (s, ""),
+    }
+}
+
+fn valid_name(name: &str) -> bool {
+    if name.is_empty() || name.len() > 255 {
+        return false;
+    }
+    let comps: Vec<&str> = name.split('/').collect();
+    for (i, c) in comps.iter().enumerate() {
+        if c.is_empty() {
+            return false;
+        }
+        // The first component may be a registry host: `localhost:5000`, `Example.com`.
+        let host =
+            i == 0 && comps.len() > 1 && (c.contains('.') || c.contains(':') || *c == "localhost");
+        let ok = if host {
+            c.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b':')
+        } else {
+            c.bytes().all(|b| {
+                b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'_' || b == b'-'
+            }) && c.as_bytes()[0].is_ascii_alphanumeric()
+                && c.as_bytes()[c.len() - 1].is_ascii_alphanumeric()
+        };
+        if !ok {
+            return false;
+        }
+    }
+    true
+}
+
+fn valid_tag(tag: &str) -> bool {
+    !tag.is_empty()
+        && tag.len() <= 128
+        && (tag.as_bytes()[0].is_ascii_alphanumeric() || tag.as_bytes()[0] == b'_')
+        && tag
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-')
+}
+
+impl Reference {
+    /// Parse `NAME[:TAG]` or `NAME@sha256:HEX`.
+    pub fn parse(s: &str) -> Result<Reference> {
+        let bad = |why: &str| Error::new(format!("invalid image reference \"{s}\": {why}"));
+        if let Some((name, digest)) = s.split_once('@') {
+            if !valid_name(name) {
+                return Err(bad(
+                    "invalid repository name (lowercase letters, digits, . _ - and /)",
+                ));
+            }
+            let digest: Digest = digest.parse().map_err(|e: Error| bad(e.message()))?;
+            return Ok(Reference::Digest {
+                name: name.to_string(),
+                digest,
+            });
+        }
+        let (name, tag) = split_tag(s);
+        let tag = if s.ends_with(':') {
+            return Err(bad("empty tag"));
+        } else if tag.is_empty() {
+            "latest"
+        } else {
+            tag
+        };
+        if !valid_name(name) {
+            return Err(bad(
+                "invalid repository name (lowercase letters, digits, . _ - and /)",
+            ));
+        }
+        if !valid_tag(tag) {
+            return Err(bad("invalid tag (letters, digits, _ . -; at most 128)"));
+        }
+        Ok(Reference::Tag(format!("{name}:{tag}")))
+    }
+
+    /// A name for tagging: `NAME[:TAG]` only.
+    pub fn parse_tag(s: &str) -> Result<String> {
+        match Reference::parse(s)? {
+            Reference::Tag(t) => Ok(t),
+            Reference::Digest { .. } => Err(Error::new(format!(
+                "invalid tag \"{s}\": a tag cannot contain a digest"
+            ))),
+        }
+    }
+}
+
+impl ImageIndex {
+    pub fn get(&self, id: &Digest) -> Option<&ImageRecord> {
+        self.images.get(&id.hex())
+    }
+
+    pub fn by_tag(&self, tag: &str) -> Option<&ImageRecord> {
+        self.images
+            .values()
+            .find(|r| r.tags.iter().any(|t| t == tag))
+    }
+
+    /// Find the image a user named. Errors say what was looked for.
+    pub fn resolve(&self, s: &str) -> Result<&ImageRecord> {
+        let s = s.trim();
+        if s.is_empty() {
+            return Err(Error::new("empty image name"));
+        }
+        // A full id, with or without the algorithm.
+        let full = s.strip_prefix("sha256:").unwrap_or(s);
+        if let Some(d) = Digest::from_hex(full) {
+            if let Some(r) = self.get(&d) {
+                return Ok(r);
+            }
+            if let Some(r) = self.images.values().find(|r| r.manifest_digest == d) {
+                return Ok(r);
+            }
+            return Err(Error::new(format!("no such image: {s}")));
+        }
+        if let Ok(reference) = Reference::parse(s) {
+            let hit = match &reference {
+                Reference::Tag(t) => self.by_tag(t),
+                Reference::Digest { name, digest } => self.images.values().find(|r| {
+                    r.manifest_digest == *digest
+                        && (r.tags.is_empty() || r.repositories().any(|n| n == name))
+                }),
+            };
+            if let Some(r) = hit {
+                return Ok(r);
+            }
+        }
+        // A prefix of an id.
+        if full.len() <= 64
+            && full
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
+            let hits: Vec<&ImageRecord> = self
+                .images
+                .values()
+                .filter(|r| r.id.hex().starts_with(full))
+                .collect();
+            match hits.len() {
+                1 => return Ok(hits[0]),
+                0 => {}
+                n => {
+                    return Err(Error::new(format!(
+                        "image id prefix \"{s}\" is ambiguous: it matches {n} images"
+                    )));
+                }
+            }
+        }
+        Err(Error::new(format!("no such image: {s}")))
+    }
+
+    /// Give `tag` to the image `id`, taking it from whichever image had it.
+    pub fn set_tag(&mut self, id: &Digest, tag: &str) {
+        for r in self.images.values_mut() {
+            r.tags.retain(|t| t != tag);
+        }
+        if let Some(r) = self.images.get_mut(&id.hex()) {
+            r.tags.push(tag.to_string());
+            r.tags.sort();
+        }
+    }
+
+    /// Records sorted newest import first, as `images` lists them.
+    pub fn sorted(&self) -> Vec<&ImageRecord> {
+        let mut v: Vec<&ImageRecord> = self.images.values().collect();
+        v.sort_by(|a, b| b.imported.cmp(&a.imported).then(a.id.cmp(&b.id)));
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(first: u8, tags: &[&str]) -> ImageRecord {
+        let mut b = [0u8; 32];
+        b[0] = 0xab;
+        b[1] = first;
+        let id = Digest::from_bytes(b);
+        ImageRecord {
+            id,
+            manifest_digest: Digest::of(&b),
+            manifest_media_type: String::new(),
+            config_digest: id,
+            layers: vec![],
+            tags: tags.iter().map(|s| s.to_string()).collect(),
+            created: None,
+            imported: 0,
+            size: 0,
+            platform: "linux/amd64".into(),
+        }
+    }
+
+    #[test]
+    fn parse_references() {
+        assert_eq!(
+            Reference::parse("alpine").unwrap(),
+            Reference::Tag("alpine:latest".into())
+        );
+        assert_eq!(
+            Reference::parse("a/b:1.0").unwrap(),
+            Reference::Tag("a/b:1.0".into())
+        );
+        assert_eq!(
+            Reference::parse("localhost:5000/x").unwrap(),
+            Reference::Tag("localhost:5000/x:latest".into())
+        );
+        let d = Digest::of(b"m");
+        assert_eq!(
+            Reference::parse(&format!("x@{d}")).unwrap(),
+            Reference::Digest {
+                name: "x".into(),
+                digest: d
+            }
+        );
+        for bad in [
+            "UPPER",
+            "a:",
+            "a::b",
+            "a/:b",
+            "-a",
+            "a:b@c",
+            "a b",
+            "x@sha256:12",
+        ] {
+            assert!(Reference::parse(bad).is_err(), "{bad} parsed");
+        }
+        assert!(Reference::parse_tag(&format!("x@{d}")).is_err());
+    }
+
+    #[test]
+    fn resolve_names_ids_prefixes() {
+        let mut idx = ImageIndex::default();
+        let a = rec(1, &["one:latest", "one:2"]);
+        let b = rec(2, &["two:latest"]);
+        idx.images.insert(a.id.hex(), a.clone());
+        idx.images.insert(b.id.hex(), b.clone());
+        assert_eq!(idx.resolve("one").unwrap().id, a.id);
+        assert_eq!(idx.resolve("one:2").unwrap().id, a.id);
+        assert_eq!(idx.resolve(&a.id.to_string()).unwrap().id, a.id);
+        assert_eq!(idx.resolve("ab01").unwrap().id, a.id);
+        assert!(
+            idx.resolve("ab0")
+                .unwrap_err()
+                .to_string()
+                .contains("ambiguous")
+        );
+        assert_eq!(
+            idx.resolve(&format!("one@{}", a.manifest_digest))
+                .unwrap()
+                .id,
+            a.id
+        );
+        assert!(idx.resolve(&format!("two@{}", a.manifest_digest)).is_err());
+        assert!(
+            idx.resolve("three")
+                .unwrap_err()
+                .to_string()
+                .contains("no such image: three")
+        );
+        idx.set_tag(&b.id, "one:2");
+        assert_eq!(idx.resolve("one:2").unwrap().id, b.id);
+        assert_eq!(idx.get(&a.id).unwrap().tags, vec!["one:latest".to_string()]);
+    }
+}

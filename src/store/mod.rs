@@ -1,0 +1,219 @@
+//! The layer store: blobs and extracted layers kept once by digest, image records with
+//! tags, space accounting and cleanup. See `layout` for the on-disk shape.
+//!
+//! The API is plain-typed and UI-free: the CLI and tests call it directly. Every method
+//! that changes the store takes the store lock for its duration; readers take none.
+//! Store code never calls container code: callers that know about containers pass what
+//! they use as `ContainerUse` values.
+
+pub mod archive;
+pub mod df;
+pub mod digest;
+pub mod extract;
+pub mod gc;
+pub mod images;
+pub mod import;
+pub mod layout;
+pub mod lock;
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub use digest::Digest;
+pub use images::{ImageIndex, ImageRecord, LayerRef, Reference};
+pub use import::{ImportObserver, ImportOptions, Imported, LayerEvent};
+
+use crate::error::{Error, Result};
+use extract::ExtractOptions;
+use layout::{Layout, read_json};
+use lock::StoreLock;
+
+/// Summary of one layer, `layers/sha256/<hex>/layer.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerRecord {
+    pub diff_id: Digest,
+    /// Bytes of file data (hard links counted once).
+    pub size: u64,
+    /// Objects in the tree, the root included.
+    pub entries: u64,
+    /// When it was extracted (seconds since the epoch).
+    pub created: u64,
+}
+
+/// What a container needs from the store, as the container code reports it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ContainerUse {
+    /// Name (or id) shown in messages.
+    pub name: String,
+    /// The image it was created from, when that is known.
+    pub image: Option<Digest>,
+    /// The layers its mount uses: kept even when the image record goes.
+    pub layers: Vec<Digest>,
+    /// Bytes in its writable layer.
+    pub size: u64,
+}
+
+/// An open store.
+pub struct Store {
+    layout: Layout,
+    extract: ExtractOptions,
+    on_wait: Box<dyn Fn() + Send + Sync>,
+    /// Leftovers removed when the store was opened.
+    leftovers_removed: usize,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("root", &self.layout.root)
+            .finish()
+    }
+}
+
+pub(crate) fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl Store {
+    /// Open (creating if needed) the store at `root`. When no other command holds the
+    /// lock, leftovers of interrupted commands are removed on the way.
+    pub fn open(root: &Path) -> Result<Store> {
+        let layout = Layout::new(root);
+        layout.create()?;
+        crate::sys::raise_nofile_limit();
+        let mut store = Store {
+            layout,
+            extract: ExtractOptions::for_this_process(),
+            on_wait: Box::new(|| {}),
+            leftovers_removed: 0,
+        };
+        if let Some(lock) = StoreLock::try_acquire(&store.layout)? {
+            store.leftovers_removed = gc::remove_leftovers(&store.layout, &lock)?;
+        }
+        Ok(store)
+    }
+
+    /// Called once when a command has to wait for another one's lock.
+    pub fn set_lock_wait_notice(&mut self, f: impl Fn() + Send + Sync + 'static) {
+        self.on_wait = Box::new(f);
+    }
+
+    /// Extract as if unprivileged (OCI whiteouts kept, owners not set): for tests.
+    pub fn set_extract_options(&mut self, opts: ExtractOptions) {
+        self.extract = opts;
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.layout.root
+    }
+
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// Take the store lock, then clear what interrupted commands left.
+    pub fn lock(&self) -> Result<StoreLock> {
+        let lock = StoreLock::acquire(&self.layout, &*self.on_wait)?;
+        gc::remove_leftovers(&self.layout, &lock)?;
+        Ok(lock)
+    }
+
+    /// All image records.
+    pub fn images(&self) -> Result<ImageIndex> {
+        Ok(read_json(&self.layout.images_index())?.unwrap_or_default())
+    }
+
+    pub(crate) fn write_images(&self, idx: &ImageIndex, _lock: &StoreLock) -> Result<()> {
+        let mut idx = idx.clone();
+        idx.version = 1;
+        self.layout
+            .write_json_atomic(&self.layout.images_index(), &idx)
+    }
+
+    /// The image a user named (tag, `name@digest`, id or id prefix).
+    pub fn image(&self, name: &str) -> Result<ImageRecord> {
+        self.images()?.resolve(name).cloned()
+    }
+
+    pub fn layer_exists(&self, diff_id: &Digest) -> bool {
+        self.layout.layer(diff_id).join("layer.json").is_file()
+    }
+
+    pub fn layer_record(&self, diff_id: &Digest) -> Result<Option<LayerRecord>> {
+        read_json(&self.layout.layer(diff_id).join("layer.json"))
+    }
+
+    /// Every layer dir in the store.
+    pub fn layer_ids(&self) -> Result<Vec<Digest>> {
+        list_hex_dir(&self.layout.layers_dir())
+    }
+
+    /// Every blob in the store.
+    pub fn blob_ids(&self) -> Result<Vec<Digest>> {
+        list_hex_dir(&self.layout.blobs_dir())
+    }
+
+    /// The lower dirs to mount an image with: top layer first (as `lowerdir=` wants;
+    /// manifests list the base first). Fails naming the first missing layer.
+    pub fn layer_dirs(&self, image: &ImageRecord) -> Result<Vec<PathBuf>> {
+        let mut out = Vec::with_capacity(image.layers.len());
+        for l in image.layers.iter().rev() {
+            if !self.layer_exists(&l.diff_id) {
+                return Err(Error::new(format!(
+                    "layer {} of image {} is missing from the store; import the image again",
+                    l.diff_id,
+                    image.id.short()
+                )));
+            }
+            out.push(self.layout.layer_diff(&l.diff_id));
+        }
+        Ok(out)
+    }
+
+    /// The extracted tree of one layer.
+    pub fn layer_dir(&self, diff_id: &Digest) -> PathBuf {
+        self.layout.layer_diff(diff_id)
+    }
+
+    /// A stored blob, whole (manifests and configs).
+    pub fn read_blob(&self, d: &Digest) -> Result<Vec<u8>> {
+        let p = self.layout.blob(d);
+        std::fs::read(&p).map_err(|e| Error::io(format!("blob {d} ({})", p.display()), e))
+    }
+
+    pub fn blob_path(&self, d: &Digest) -> PathBuf {
+        self.layout.blob(d)
+    }
+
+    /// Give an image another tag (taking it from the image that had it).
+    pub fn tag(&self, src: &str, new: &str) -> Result<ImageRecord> {
+        let tag = Reference::parse_tag(new)?;
+        let lock = self.lock()?;
+        let mut idx = self.images()?;
+        let id = idx.resolve(src)?.id;
+        idx.set_tag(&id, &tag);
+        self.write_images(&idx, &lock)?;
+        Ok(idx.get(&id).cloned().expect("just tagged"))
+    }
+}
+
+fn list_hex_dir(dir: &Path) -> Result<Vec<Digest>> {
+    let rd = match std::fs::read_dir(dir) {
+        Ok(r) => r,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io(format!("reading {}", dir.display()), e)),
+    };
+    let mut out = Vec::new();
+    for e in rd {
+        let e = e.map_err(|e| Error::io(format!("reading {}", dir.display()), e))?;
+        if let Some(d) = e.file_name().to_str().and_then(Digest::from_hex) {
+            out.push(d);
+        }
+    }
+    out.sort();
+    Ok(out)
+}
