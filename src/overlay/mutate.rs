@@ -276,6 +276,12 @@ impl OverlayFs {
         mode: u32,
         rdev: u64,
     ) -> SysResult<Entry> {
+        if mode & libc::S_IFMT == libc::S_IFCHR && rdev == 0 {
+            // A 0/0 device is a whiteout in the upper dir: it would vanish from the
+            // merged view (and hide what a later lower layer has). The kernel's
+            // overlayfs refuses it too, even to root.
+            return Err(Errno::PERM);
+        }
         let obj = match mode & libc::S_IFMT {
             libc::S_IFREG | 0 => NewObj::File {
                 flags: libc::O_RDONLY,
