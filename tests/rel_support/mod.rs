@@ -443,21 +443,11 @@ impl Drop for Watchdog {
 pub const NOBODY: u32 = 65534;
 pub const NOGROUP: u32 = 65534;
 
-/// Run `sh -c script` as uid/gid (no supplementary groups).
+/// Run `sh -c script` as uid/gid (std drops the supplementary groups when root
+/// changes uid).
 pub fn sh_as(uid: u32, gid: u32, script: &str) -> Output {
     let mut c = Command::new("sh");
     c.arg("-c").arg(script).uid(uid).gid(gid).current_dir("/");
-    if uid != 0 {
-        // SAFETY: setgroups is async-signal-safe; runs in the child before exec.
-        unsafe {
-            c.pre_exec(|| {
-                if libc::setgroups(0, std::ptr::null()) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-    }
     c.output().expect("run sh")
 }
 
