@@ -205,6 +205,9 @@ pub fn serve(
     ready: impl FnOnce(Result<(), &MountError>),
 ) -> Result<(), MountError> {
     let a = &cfg.args;
+    // The kernel applies the caller's umask to every mode it sends us (we do not ask
+    // for FUSE_DONT_MASK): our own umask must not mask them a second time.
+    sys::set_umask(0);
     let mut opts = Options::new(
         cfg.plan.lowers.clone(),
         cfg.plan.upper.clone(),
