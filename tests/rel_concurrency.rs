@@ -39,6 +39,8 @@ fn expected_race_error(e: &std::io::Error) -> bool {
 }
 
 type Problems = Arc<Mutex<Vec<String>>>;
+/// Files written and fsynced by one thread, never touched by the others.
+type Precious = Arc<Mutex<Vec<(PathBuf, Vec<u8>)>>>;
 
 fn problem(p: &Problems, s: String) {
     let mut v = p.lock().unwrap();
@@ -110,6 +112,7 @@ fn first_writers_race_on_lower_files() {
     const THREADS: usize = 4;
     const PROCS: usize = 2;
     let block = 4096;
+    #[allow(clippy::needless_range_loop)]
     for k in 0..nfiles {
         let path = mnt.join(format!("d{}/f{k}", k % 3));
         let barrier = Arc::new(Barrier::new(THREADS));
@@ -190,11 +193,9 @@ fn first_writers_race_on_lower_files() {
     report.ok("daemon alive", pid_alive(daemon.pid()), || {
         "daemon died".into()
     });
-    drop(daemon.child.take().map(|mut c| {
-        let _ = umount(&mnt, false);
-        let _ = c.wait();
-    }));
+    daemon.stop();
     // Exactly one upper copy per file, nothing left in the work dir, lowers untouched.
+    #[allow(clippy::needless_range_loop)]
     for k in 0..nfiles {
         let up = stack
             .upper
@@ -295,7 +296,7 @@ fn random_operations_in_shared_dirs() {
     let mut rng = Rng::new(seed);
     for d in 0..DIRS {
         for f in 0..20 {
-            let layer = &stack.lowers[(f % 2) as usize];
+            let layer = &stack.lowers[f % 2];
             write(
                 &layer.join(format!("d{d}/f{f}")),
                 &rng.bytes(100 + f * 1000),
@@ -312,7 +313,7 @@ fn random_operations_in_shared_dirs() {
     let wd = Watchdog::new("random ops", 600 + ops / 10, vec![mnt.clone()]);
     let problems: Problems = Default::default();
     // (path, content) of files written and fsynced, never touched by churn.
-    let precious: Arc<Mutex<Vec<(PathBuf, Vec<u8>)>>> = Default::default();
+    let precious: Precious = Default::default();
     let stop = Arc::new(AtomicBool::new(false));
 
     let reader = {
@@ -384,7 +385,7 @@ fn random_operations_in_shared_dirs() {
     let workers: Vec<_> = (0..threads)
         .map(|tid| {
             let (mnt, precious, problems) = (mnt.clone(), precious.clone(), problems.clone());
-            let mut rng = Rng::new(seed ^ (tid as u64 + 1) * 0x1234_5678);
+            let mut rng = Rng::new(seed ^ ((tid as u64 + 1) * 0x1234_5678));
             std::thread::spawn(move || {
                 let mut n = 0u64;
                 for i in 0..ops {
@@ -435,10 +436,7 @@ fn random_operations_in_shared_dirs() {
     report.ok("daemon alive", pid_alive(daemon.pid()), || {
         "daemon died".into()
     });
-    drop(daemon.child.take().map(|mut c| {
-        let _ = umount(&mnt, false);
-        let _ = c.wait();
-    }));
+    daemon.stop();
     report.ok("work dir empty", work_leftovers(&stack).is_empty(), || {
         format!("{:?}", work_leftovers(&stack))
     });
@@ -566,10 +564,7 @@ fn readdir_during_creates_and_deletes() {
     report.ok("daemon alive", pid_alive(daemon.pid()), || {
         "daemon died".into()
     });
-    drop(daemon.child.take().map(|mut c| {
-        let _ = umount(&mnt, false);
-        let _ = c.wait();
-    }));
+    daemon.stop();
     report.finish();
 }
 
@@ -656,10 +651,7 @@ fn renames_race_lookups() {
     report.ok("daemon alive", pid_alive(daemon.pid()), || {
         "daemon died".into()
     });
-    drop(daemon.child.take().map(|mut c| {
-        let _ = umount(&mnt, false);
-        let _ = c.wait();
-    }));
+    daemon.stop();
     std::thread::sleep(Duration::from_millis(10));
     kernel_agrees(t.path(), &stack, &mut report);
     report.finish();

@@ -283,6 +283,14 @@ impl Daemon {
         }
     }
 
+    /// Unmount and wait for the daemon to exit.
+    pub fn stop(&mut self) {
+        let _ = umount(&self.mnt, false);
+        if self.wait_exit(Duration::from_secs(10)).is_none() {
+            self.kill9();
+        }
+    }
+
     /// Wait for the daemon to exit on its own.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
         let deadline = Instant::now() + timeout;
@@ -510,7 +518,7 @@ pub fn daemons_for(mnt: &Path) -> Vec<u32> {
         let is_layerfs = args
             .first()
             .is_some_and(|a| a.ends_with(b"layerfs") || a.ends_with(b"/layerfs"));
-        if is_layerfs && args.iter().any(|a| *a == want) && pid_alive(pid) {
+        if is_layerfs && args.contains(&want) && pid_alive(pid) {
             out.push(pid);
         }
     }
