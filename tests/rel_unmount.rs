@@ -52,20 +52,28 @@ fn umount_busy_then_lazy() {
         .open(mnt.join("dir/file"))
         .unwrap();
     // Load: a reader thread keeps the mount busy.
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let stop = Arc::new(AtomicBool::new(false));
+    let reads = Arc::new(AtomicU64::new(0));
     let loader = {
-        let (m, s) = (mnt.clone(), stop.clone());
+        let (m, s, n) = (mnt.clone(), stop.clone(), reads.clone());
         std::thread::spawn(move || {
-            let mut n = 0u64;
-            while !s.load(std::sync::atomic::Ordering::Acquire) {
-                if fs::read(m.join("dir/file")).is_err() {
-                    break;
+            while !s.load(Ordering::Acquire) {
+                if let Err(e) = fs::read(m.join("dir/file")) {
+                    return Err(e);
                 }
-                n += 1;
+                n.fetch_add(1, Ordering::AcqRel);
             }
-            n
+            Ok(())
         })
     };
+    for _ in 0..1000 {
+        if reads.load(Ordering::Acquire) > 0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let res = umount(&mnt, false);
     r.ok(
         "umount with open files gives EBUSY",
@@ -86,9 +94,15 @@ fn umount_busy_then_lazy() {
     r.ok("new files can be created", new.is_ok(), || {
         format!("{new:?}")
     });
-    stop.store(true, std::sync::atomic::Ordering::Release);
-    let reads = loader.join().unwrap();
-    r.ok("the loader kept reading", reads > 0, || "no reads".into());
+    let before = reads.load(Ordering::Acquire);
+    std::thread::sleep(Duration::from_millis(100));
+    stop.store(true, Ordering::Release);
+    let res = loader.join().unwrap();
+    r.ok(
+        "a reader keeps reading through the refused umount",
+        res.is_ok() && reads.load(Ordering::Acquire) > before,
+        || format!("{res:?}, {before} reads before"),
+    );
     // Lazy: gone from the namespace at once, the open file keeps working.
     let res = umount(&mnt, true);
     r.ok("umount -l succeeds", res.is_ok(), || format!("{res:?}"));
