@@ -337,8 +337,10 @@ impl OverlayFs {
             NodeState::File(f) => {
                 for a in &f.aliases {
                     match sys::stat_at(a.real.fd(), &a.name) {
-                        Ok(st) => return Ok(st),
-                        Err(Errno::NOENT) => continue,
+                        // A name being removed may briefly hold a whiteout (or another
+                        // object): that is not this node.
+                        Ok(st) if Kind::from_mode(st.st_mode) == node.kind => return Ok(st),
+                        Ok(_) | Err(Errno::NOENT) => continue,
                         Err(e) => return Err(e),
                     }
                 }

@@ -276,6 +276,12 @@ impl OverlayFs {
         mode: u32,
         rdev: u64,
     ) -> SysResult<Entry> {
+        if mode & libc::S_IFMT == libc::S_IFCHR && rdev == 0 {
+            // A 0/0 device is a whiteout in the upper dir: it would vanish from the
+            // merged view (and hide what a later lower layer has). The kernel's
+            // overlayfs refuses it too, even to root.
+            return Err(Errno::PERM);
+        }
         let obj = match mode & libc::S_IFMT {
             libc::S_IFREG | 0 => NewObj::File {
                 flags: libc::O_RDONLY,
@@ -623,16 +629,38 @@ impl OverlayFs {
         }
         let device_wh = self.writer.as_ref().is_some_and(|w| w.device_whiteouts);
         let mut wh_done = false;
-        if src_needs_wh && device_wh {
-            match sys::rename_at(pu.fd(), name, npu.fd(), newname, RenameFlags::WHITEOUT) {
-                Ok(()) => wh_done = true,
-                Err(Errno::INVAL) | Err(Errno::PERM) => {
-                    sys::rename_at(pu.fd(), name, npu.fd(), newname, RenameFlags::empty())?
+        {
+            // getattr and open follow a file's aliases by name without the kernel's
+            // directory locks: the real rename and the alias update must look atomic
+            // to them, or in between they would find the whiteout left at the old
+            // name, or the replaced file at the new one.
+            let (mut src_st, dst_st) = lock_states(&src, dst.as_ref());
+            if src_needs_wh && device_wh {
+                match sys::rename_at(pu.fd(), name, npu.fd(), newname, RenameFlags::WHITEOUT) {
+                    Ok(()) => wh_done = true,
+                    Err(Errno::INVAL) | Err(Errno::PERM) => {
+                        sys::rename_at(pu.fd(), name, npu.fd(), newname, RenameFlags::empty())?
+                    }
+                    Err(e) => return Err(e),
                 }
-                Err(e) => return Err(e),
+            } else {
+                sys::rename_at(pu.fd(), name, npu.fd(), newname, RenameFlags::empty())?;
             }
-        } else {
-            sys::rename_at(pu.fd(), name, npu.fd(), newname, RenameFlags::empty())?;
+            if let Some(mut d) = dst_st {
+                if let NodeState::File(f) = &mut *d {
+                    f.aliases
+                        .retain(|a| !(a.parent.ino == npnode.ino && a.name == newname));
+                }
+            }
+            record_move(
+                &mut src_st,
+                &pnode,
+                name,
+                &npnode,
+                newname,
+                &npu,
+                redirect.clone(),
+            );
         }
         if src_needs_wh && !wh_done {
             let w = self.writer.as_ref().ok_or(Errno::ROFS)?;
@@ -691,26 +719,15 @@ impl OverlayFs {
         to_upper: &Arc<RealDir>,
         redirect: Option<Vec<u8>>,
     ) {
-        let origin = match &mut *node.state.write() {
-            NodeState::Dir(d) => {
-                d.parent = Some(to.clone());
-                d.name = newname.to_os_string();
-                if redirect.is_some() {
-                    d.redirect = redirect;
-                }
-                d.redirect.is_some()
-            }
-            NodeState::File(f) => {
-                for a in f.aliases.iter_mut() {
-                    if a.parent.ino == from.ino && a.name == name {
-                        a.parent = to.clone();
-                        a.name = newname.to_os_string();
-                        a.real = to_upper.clone();
-                    }
-                }
-                true
-            }
-        };
+        let origin = record_move(
+            &mut node.state.write(),
+            from,
+            name,
+            to,
+            newname,
+            to_upper,
+            redirect,
+        );
         if origin {
             self.mark_impure(to, to_upper);
         }
@@ -953,6 +970,60 @@ impl OverlayFs {
             sys::fsync(f.as_fd())?;
         }
         Ok(())
+    }
+}
+
+/// Record in a node's state that it moved from `from`/`name` to `to`/`newname`.
+/// Returns whether the new parent now holds an object with an origin (impure).
+fn record_move(
+    st: &mut NodeState,
+    from: &Node,
+    name: &OsStr,
+    to: &Arc<Node>,
+    newname: &OsStr,
+    to_upper: &Arc<RealDir>,
+    redirect: Option<Vec<u8>>,
+) -> bool {
+    match st {
+        NodeState::Dir(d) => {
+            d.parent = Some(to.clone());
+            d.name = newname.to_os_string();
+            if redirect.is_some() {
+                d.redirect = redirect;
+            }
+            d.redirect.is_some()
+        }
+        NodeState::File(f) => {
+            for a in f.aliases.iter_mut() {
+                if a.parent.ino == from.ino && a.name == name {
+                    a.parent = to.clone();
+                    a.name = newname.to_os_string();
+                    a.real = to_upper.clone();
+                }
+            }
+            true
+        }
+    }
+}
+
+type StateGuard<'a> = parking_lot::RwLockWriteGuard<'a, NodeState>;
+
+/// Write-lock the states of a rename's source and (optional, distinct) target, in a
+/// fixed order. No other path holds two node states at once.
+fn lock_states<'a>(
+    src: &'a Arc<Node>,
+    dst: Option<&'a Arc<Node>>,
+) -> (StateGuard<'a>, Option<StateGuard<'a>>) {
+    match dst {
+        Some(d) if d.serial < src.serial => {
+            let dg = d.state.write();
+            (src.state.write(), Some(dg))
+        }
+        Some(d) => {
+            let sg = src.state.write();
+            (sg, Some(d.state.write()))
+        }
+        None => (src.state.write(), None),
     }
 }
 

@@ -124,7 +124,7 @@ pub fn read_markers(dirfd: BorrowedFd<'_>, name: Option<&OsStr>) -> SysResult<Di
                 Some(b"x") => m.xattr_whiteouts = true,
                 _ => {}
             },
-            REDIRECT => m.redirect = get(),
+            REDIRECT => m.redirect = get().filter(|r| valid_redirect(r)),
             IMPURE => m.impure = matches!(get().as_deref(), Some(b"y")),
             s if s == ORIGIN_INO.as_bytes() => {
                 m.origin_ino = get().and_then(|v| std::str::from_utf8(&v).ok()?.parse().ok());
@@ -133,6 +133,20 @@ pub fn read_markers(dirfd: BorrowedFd<'_>, name: Option<&OsStr>) -> SysResult<Di
         }
     }
     Ok(m)
+}
+
+/// Whether a redirect stays inside the layers: a relative one is a single name, an
+/// absolute one a path from the layer roots; neither may use `.` or `..` (which would
+/// let a planted xattr lead lookups out of the layer, e.g. to the host's `/etc`).
+pub fn valid_redirect(r: &[u8]) -> bool {
+    if r.is_empty() || r.contains(&0) {
+        return false;
+    }
+    let bad = |c: &[u8]| c == b"." || c == b"..";
+    match r.strip_prefix(b"/") {
+        Some(abs) => !abs.split(|b| *b == b'/').any(bad),
+        None => !r.contains(&b'/') && !bad(r),
+    }
 }
 
 /// Whether a zero-size regular file is an xattr whiteout.
@@ -250,6 +264,18 @@ mod tests {
             oci_whiteout_name(OsStr::new("a b")),
             OsString::from(".wh.a b")
         );
+    }
+
+    #[test]
+    fn redirects_stay_in_the_layers() {
+        assert!(valid_redirect(b"name"));
+        assert!(valid_redirect(b"/a/b"));
+        assert!(!valid_redirect(b"../host"));
+        assert!(!valid_redirect(b"a/b"));
+        assert!(!valid_redirect(b".."));
+        assert!(!valid_redirect(b"/a/../../etc"));
+        assert!(!valid_redirect(b"/./a"));
+        assert!(!valid_redirect(b""));
     }
 
     #[test]
