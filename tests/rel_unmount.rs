@@ -60,12 +60,10 @@ fn umount_busy_then_lazy() {
         let (m, s, n) = (mnt.clone(), stop.clone(), reads.clone());
         std::thread::spawn(move || {
             while !s.load(Ordering::Acquire) {
-                if let Err(e) = fs::read(m.join("dir/file")) {
-                    return Err(e);
-                }
+                fs::read(m.join("dir/file"))?;
                 n.fetch_add(1, Ordering::AcqRel);
             }
-            Ok(())
+            Ok::<(), std::io::Error>(())
         })
     };
     for _ in 0..1000 {
