@@ -261,9 +261,25 @@ pub fn serve(
             }
         })
         .map_err(|e| MountError(format!("cannot start signal thread: {e}")))?;
-    session
-        .run()
-        .map_err(|e| MountError(format!("session ended with error: {e}")))
+    // Serve in fuser's background thread and wait for it here, so that the end of the
+    // session does not drop fuser's mount handle: that drop unmounts the mount point by
+    // path, and fuser 0.18 does so even after the filesystem was unmounted from outside
+    // (its "still mounted" check is inverted). By then a new mount may sit at the same
+    // path (unmount, then mount again at once), and it would be the one unmounted.
+    let mut bg = session
+        .spawn()
+        .map_err(|e| MountError(format!("cannot start the session: {e}")))?;
+    let worker = std::mem::replace(&mut bg.guard, std::thread::spawn(|| Ok(())));
+    match worker.join() {
+        // Ended by an unmount: nothing is left to unmount.
+        Ok(Ok(())) => {
+            std::mem::forget(bg);
+            Ok(())
+        }
+        // Ended by an error while perhaps still mounted: let fuser unmount.
+        Ok(Err(e)) => Err(MountError(format!("session ended with error: {e}"))),
+        Err(_) => Err(MountError("session thread panicked".into())),
+    }
 }
 
 /// Run the overlay command: foreground, or daemonize once the mount is ready.
