@@ -14,7 +14,7 @@
 use std::collections::HashMap;
 use std::collections::hash_map::Entry as MapEntry;
 use std::ffi::{OsStr, OsString};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::sync::Arc;
 
@@ -369,21 +369,22 @@ impl Resolver {
                     let Some(pd) = dir.lowers.iter().find(|l| l.layer == layer) else {
                         continue;
                     };
-                    self.find_dir_in(pd, n)?
+                    self.find_dir_in(pd.fd(), n)?
                 }
                 Key::Abs(p) => self.walk_abs(layer, p)?,
             };
-            let fd = match found {
+            let (fd, stop_below) = match found {
                 Found::Missing => continue,
                 Found::Blocked => break,
-                Found::Dir(fd) => fd,
+                Found::Dir(fd) => (fd, false),
+                Found::DirThenStop(fd) => (fd, true),
             };
             let m = whiteout::read_markers(fd.as_fd(), None)?;
             let last = layer as usize == self.layers.num_lowers();
             let oci_opaque =
                 !last && sys::stat_at(fd.as_fd(), OsStr::from_bytes(OCI_OPAQUE)).is_ok();
             out.push(RealDir::with_markers(layer, fd, m.xattr_whiteouts));
-            if m.opaque || oci_opaque {
+            if m.opaque || oci_opaque || stop_below {
                 break;
             }
             if let Some(r) = m.redirect {
@@ -414,11 +415,11 @@ impl Resolver {
     }
 
     /// Look for a directory `name` in one real directory.
-    fn find_dir_in(&self, real: &RealDir, name: &OsStr) -> SysResult<Found> {
-        match sys::open_dir_path(real.fd(), name) {
+    fn find_dir_in(&self, dir: BorrowedFd<'_>, name: &OsStr) -> SysResult<Found> {
+        match sys::open_dir_path(dir, name) {
             Ok(fd) => Ok(Found::Dir(fd)),
             Err(Errno::NOENT) => {
-                if sys::stat_at(real.fd(), &whiteout::oci_whiteout_name(name)).is_ok() {
+                if sys::stat_at(dir, &whiteout::oci_whiteout_name(name)).is_ok() {
                     Ok(Found::Blocked)
                 } else {
                     Ok(Found::Missing)
@@ -430,7 +431,10 @@ impl Resolver {
         }
     }
 
-    /// Walk an absolute redirect path from a layer's root.
+    /// Walk an absolute redirect path from a layer's root, with the rules of a merged
+    /// lookup: a whiteout or a non-directory on the way ends the search in this layer and
+    /// every layer below; an opaque directory on the way lets this layer answer but ends
+    /// the search below it.
     fn walk_abs(&self, layer: LayerId, path: &[u8]) -> SysResult<Found> {
         let root = &self.layers.get(layer).root;
         let comps: Vec<&[u8]> = path
@@ -441,22 +445,27 @@ impl Resolver {
             return Ok(Found::Missing);
         };
         let mut cur: Option<OwnedFd> = None;
+        let mut opaque_above = false;
         for c in inner {
             let base = cur.as_ref().map(|f| f.as_fd()).unwrap_or(root.fd());
-            match sys::open_dir_path(base, OsStr::from_bytes(c)) {
-                Ok(fd) => cur = Some(fd),
-                Err(Errno::NOENT) => return Ok(Found::Missing),
-                Err(Errno::NOTDIR) | Err(Errno::LOOP) => return Ok(Found::Missing),
-                Err(e) => return Err(e),
+            let fd = match self.find_dir_in(base, OsStr::from_bytes(c))? {
+                Found::Dir(fd) | Found::DirThenStop(fd) => fd,
+                Found::Missing if opaque_above => return Ok(Found::Blocked),
+                other => return Ok(other),
+            };
+            if whiteout::read_markers(fd.as_fd(), None)?.opaque
+                || sys::stat_at(fd.as_fd(), OsStr::from_bytes(OCI_OPAQUE)).is_ok()
+            {
+                opaque_above = true;
             }
+            cur = Some(fd);
         }
         let base = cur.as_ref().map(|f| f.as_fd()).unwrap_or(root.fd());
-        match sys::open_dir_path(base, OsStr::from_bytes(last)) {
-            Ok(fd) => Ok(Found::Dir(fd)),
-            Err(Errno::NOENT) => Ok(Found::Missing),
-            Err(Errno::NOTDIR) | Err(Errno::LOOP) => Ok(Found::Blocked),
-            Err(e) => Err(e),
-        }
+        Ok(match self.find_dir_in(base, OsStr::from_bytes(last))? {
+            Found::Dir(fd) if opaque_above => Found::DirThenStop(fd),
+            Found::Missing if opaque_above => Found::Blocked,
+            other => other,
+        })
     }
 
     /// The index of a directory with two or more lower layers (`None`: too large).
@@ -568,4 +577,6 @@ enum Found {
     /// A non-directory or whiteout: the merge ends.
     Blocked,
     Dir(OwnedFd),
+    /// A directory under an opaque one: the merge ends after it.
+    DirThenStop(OwnedFd),
 }
