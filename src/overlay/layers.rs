@@ -82,10 +82,13 @@ impl Layers {
         let open_layer = |id: LayerId, path: &Path| -> Result<Layer, (PathBuf, Errno)> {
             let fd = sys::open_root_dir(path).map_err(|e| (path.to_path_buf(), e))?;
             let st = sys::stat_fd(fd.as_fd()).map_err(|e| (path.to_path_buf(), e))?;
+            // The root of a layer may hold xattr whiteouts like any other dir.
+            let markers = super::whiteout::read_markers(fd.as_fd(), None)
+                .map_err(|e| (path.to_path_buf(), e))?;
             Ok(Layer {
                 id,
                 path: path.to_path_buf(),
-                root: RealDir::new(id, fd),
+                root: RealDir::with_markers(id, fd, markers.xattr_whiteouts),
                 dev: st.st_dev,
             })
         };
