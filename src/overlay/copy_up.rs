@@ -252,6 +252,19 @@ impl OverlayFs {
         Ok(())
     }
 
+    /// Copy up a lower file that has several names before one of them is removed, so the
+    /// names left stay one file and its link count goes down (as with the kernel's
+    /// index): otherwise they would keep the lower file's count.
+    pub(crate) fn copy_up_if_linked(&self, node: &Arc<Node>) -> SysResult<()> {
+        if node.is_dir() || self.file_layer(node) == UPPER {
+            return Ok(());
+        }
+        if self.stat_node(node)?.st_nlink > 1 {
+            self.copy_up(node)?;
+        }
+        Ok(())
+    }
+
     /// If the layer path `path` shows inode `ino` in the merged view, its parent and name.
     fn visible_alias(&self, path: &[u8], ino: u64) -> Option<(Arc<Node>, OsString)> {
         let comps: Vec<&OsStr> = super::hardlinks::components(path).collect();

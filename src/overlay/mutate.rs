@@ -430,6 +430,7 @@ impl OverlayFs {
             return Err(Errno::ISDIR);
         }
         let pu = self.upper_dir(&pnode)?;
+        self.copy_up_if_linked(&node)?;
         let in_upper = self.file_layer(&node) == UPPER;
         if in_upper {
             self.keep_orphan_if_last(&node, &pnode, &pu, name);
@@ -607,6 +608,7 @@ impl OverlayFs {
         // Clear what is in the upper dir at the destination.
         let mut dst_in_upper_dir = false;
         if let Some(d) = &dst {
+            self.copy_up_if_linked(d)?;
             if d.is_dir() {
                 dst_in_upper_dir =
                     matches!(&*d.state.read(), NodeState::Dir(s) if s.upper.is_some());
