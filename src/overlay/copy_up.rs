@@ -177,11 +177,17 @@ impl OverlayFs {
             .map(|a| (a.parent.clone(), a.name.clone()))
             .collect();
         if st.st_nlink > 1 {
+            let mut renamed = None;
             for path in self
                 .links
                 .paths(self.layers(), primary.real.layer, st.st_ino)
             {
-                if let Some((p, n)) = self.visible_alias(&path, node.ino) {
+                let found = self.visible_alias(&path, node.ino).or_else(|| {
+                    // Not at its own path: a directory on the way may have been renamed.
+                    let renamed = renamed.get_or_insert_with(|| self.renamed_dirs());
+                    self.visible_alias(&moved_path(renamed, &path)?, node.ino)
+                });
+                if let Some((p, n)) = found {
                     let dup = (p.ino == primary.parent.ino && n == primary.name)
                         || others.iter().any(|(q, m)| q.ino == p.ino && *m == n);
                     if !dup {
@@ -263,6 +269,51 @@ impl OverlayFs {
             self.copy_up(node)?;
         }
         Ok(())
+    }
+
+    /// Every upper directory whose lower part lives at another path (it, or a directory
+    /// above it, was renamed): pairs of (lower path, merged path), without leading `/`.
+    fn renamed_dirs(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let mut out = Vec::new();
+        let Some(up) = &self.layers().upper else {
+            return out;
+        };
+        let Ok(root) = sys::open_dir_path(up.root.fd(), OsStr::new(".")) else {
+            return out;
+        };
+        let join = |base: &[u8], name: &[u8]| {
+            let mut p = base.to_vec();
+            if !p.is_empty() {
+                p.push(b'/');
+            }
+            p.extend_from_slice(name);
+            p
+        };
+        let mut stack = vec![(root, Vec::new(), Vec::new())];
+        while let Some((dir, merged, lower)) = stack.pop() {
+            let Ok(entries) = sys::read_dir_all(dir.as_fd()) else {
+                continue;
+            };
+            for e in entries {
+                if e.dtype != libc::DT_DIR || whiteout::is_marker_name(e.name.as_bytes()) {
+                    continue;
+                }
+                let Ok(fd) = sys::open_dir_path(dir.as_fd(), &e.name) else {
+                    continue;
+                };
+                let child_merged = join(&merged, e.name.as_bytes());
+                let child_lower = match whiteout::read_markers(fd.as_fd(), None).map(|m| m.redirect) {
+                    Ok(Some(r)) if r.first() == Some(&b'/') => r[1..].to_vec(),
+                    Ok(Some(r)) => join(&lower, &r),
+                    _ => join(&lower, e.name.as_bytes()),
+                };
+                if child_lower != child_merged {
+                    out.push((child_lower.clone(), child_merged.clone()));
+                }
+                stack.push((fd, child_merged, child_lower));
+            }
+        }
+        out
     }
 
     /// If the layer path `path` shows inode `ino` in the merged view, its parent and name.
@@ -359,6 +410,19 @@ impl OverlayFs {
             d.impure = true;
         }
     }
+}
+
+/// Where a layer path shows in the merged view if a directory on it was renamed: the
+/// longest renamed prefix (from `renamed`, see `renamed_dirs`) replaced by its new path.
+fn moved_path(renamed: &[(Vec<u8>, Vec<u8>)], path: &[u8]) -> Option<Vec<u8>> {
+    let path = path.strip_prefix(b"/").unwrap_or(path);
+    let (lower, merged) = renamed
+        .iter()
+        .filter(|(lower, _)| path.starts_with(lower) && path.get(lower.len()) == Some(&b'/'))
+        .max_by_key(|(lower, _)| lower.len())?;
+    let mut moved = merged.clone();
+    moved.extend_from_slice(&path[lower.len()..]);
+    Some(moved)
 }
 
 /// Copy `len` bytes of data, keeping holes: reflink if the filesystem can, else copy
