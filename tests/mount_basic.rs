@@ -28,7 +28,7 @@ fn readonly_merge_matches_kernel() {
     let lm = t.path().join("m");
     let kg = mount_kernel(&stack, &km);
     let lg = mount_layerfs(&stack, &lm, &[]);
-    let a = snapshot(&km, &SnapOpts::default());
+    let a = snapshot(&km, &SnapOpts::default().kernel());
     let b = snapshot(&lm, &SnapOpts::default());
     assert_same_tree(&a, &b, "kernel vs layerfs");
     assert!(b.entries.contains_key(std::path::Path::new("opq/visible")));

@@ -70,6 +70,7 @@ fn kernel_agrees(t: &Path, stack: &Stack, report: &mut Report) {
         &SnapOpts {
             dir_nlink: false,
             mtimes: false,
+            ..SnapOpts::default()
         },
     );
     drop(lg);
@@ -79,6 +80,7 @@ fn kernel_agrees(t: &Path, stack: &Stack, report: &mut Report) {
         &SnapOpts {
             dir_nlink: false,
             mtimes: false,
+            ..SnapOpts::default()
         },
     );
     drop(kg);

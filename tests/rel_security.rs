@@ -98,6 +98,7 @@ fn run(mode: &str, extra: &[&str]) {
     let snap_opts = SnapOpts {
         dir_nlink: true,
         mtimes: true,
+        ..SnapOpts::default()
     };
     let host_before = snapshot(&host, &snap_opts);
     // Symlinks in the layers pointing out to the "host", shadowing a real lower dir.
