@@ -302,7 +302,8 @@ impl OverlayFs {
                     continue;
                 };
                 let child_merged = join(&merged, e.name.as_bytes());
-                let child_lower = match whiteout::read_markers(fd.as_fd(), None).map(|m| m.redirect) {
+                let child_lower = match whiteout::read_markers(fd.as_fd(), None).map(|m| m.redirect)
+                {
                     Ok(Some(r)) if r.first() == Some(&b'/') => r[1..].to_vec(),
                     Ok(Some(r)) => join(&lower, &r),
                     _ => join(&lower, e.name.as_bytes()),
