@@ -19,7 +19,7 @@ fn env_u64(name: &str) -> Option<u64> {
 #[test]
 fn random_operations_match_kernel() {
     let cases = env_u64("LAYERFS_PROPTEST_CASES").unwrap_or(60) as u32;
-    let seed = env_u64("LAYERFS_PROPTEST_SEED").unwrap_or(0x1a7e_f5);
+    let seed = env_u64("LAYERFS_PROPTEST_SEED").unwrap_or(0x001a_7ef5);
     let config = Config {
         cases,
         rng_seed: RngSeed::Fixed(seed),

@@ -726,7 +726,7 @@ fn unlinked_open_files_keep_working() {
     let mut g = fs::OpenOptions::new()
         .read(true)
         .write(true)
-        .create(true)
+        .create_new(true)
         .open(e.p("new"))
         .unwrap();
     g.write_all(b"new").unwrap();

@@ -846,7 +846,7 @@ pub fn daemon_pid(mnt: &Path) -> Option<i32> {
         };
         let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
         let is_ours = fs::read_link(e.path().join("exe")).is_ok_and(|x| x == bin);
-        if is_ours && args.iter().any(|a| *a == want) {
+        if is_ours && args.contains(&want) {
             return Some(pid);
         }
     }
