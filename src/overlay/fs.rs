@@ -323,7 +323,11 @@ impl OverlayFs {
         a.uid = m.uid_shown(a.uid);
         a.gid = m.gid_shown(a.gid);
         if let NodeState::Dir(d) = &*node.state.read() {
-            if d.is_merged() {
+            // Merged directories report one link, as with the kernel's overlayfs. On a
+            // writable mount so does a directory still only in lower layers: a copy-up
+            // inside it makes it merged without any request about it, while the kernel
+            // keeps the attributes it cached for it.
+            if d.is_merged() || (self.is_writable() && !d.lowers.is_empty()) {
                 a.nlink = 1;
             }
         }
