@@ -189,11 +189,11 @@ fn copy_up_links_names_in_renamed_dirs() {
     );
 }
 
-/// The kernel caches attributes of lower-only objects; a copy-up that changes them as a
-/// side effect (a directory becomes merged when a file in it is written) must make the
-/// kernel forget them, or it keeps showing the old link count.
+/// The kernel caches attributes of lower-only objects for long; a copy-up that changes
+/// them as a side effect (a directory becomes merged when a file in it is written, the
+/// names of a lower hard link are relinked) must not leave it showing stale link counts.
 #[test]
-fn copy_up_side_effects_reach_the_kernels_cache() {
+fn copy_up_side_effects_leave_no_stale_link_counts() {
     run(
         vec![base_layer()],
         Form::Kernel,

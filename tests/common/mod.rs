@@ -460,19 +460,20 @@ pub fn diff_trees(a: &Tree, b: &Tree) -> Vec<String> {
     out
 }
 
-/// Accept the known differences in link counts that come from how lower hard links are
-/// copied up (returns a copy of `ours` with the kernel's counts adopted there).
-///
-/// The kernel's overlayfs copies up one name of a lower file with several names into its
-/// index dir and links the other names lazily; layerfs links every visible name to the
-/// upper copy at once. Hence:
-/// - the kernel keeps counting names the lower layer has that are hidden in the mount
-///   (whited out, under a file or an opaque dir of a higher layer); layerfs reports the
-///   names there are. Accepted where the layerfs count is lower and equals the number of
-///   names the tree shows for that file (the hard-link groups are compared exactly);
-/// - the parent dirs of those other names are copied up at once, so they are merged
-///   directories, for which both report 1, where the kernel's are still lower-only and
-///   show their real count. Accepted where layerfs reports 1 for a directory.
+/// Accept the known differences in link counts (returns a copy of `ours` with the
+/// kernel's counts adopted where the difference is one of these):
+/// - the kernel's overlayfs copies up one name of a lower file with several names into
+///   its index dir and links the other names lazily; layerfs links every visible name to
+///   the upper copy at once. The kernel keeps counting names the lower layer has that
+///   are hidden in the mount (whited out, under a file or an opaque dir of a higher
+///   layer); layerfs reports the names there are. Accepted where the layerfs count is
+///   lower and equals the number of names the tree shows for that file (the hard-link
+///   groups are compared exactly);
+/// - on a writable mount every directory with a lower part reports one link, as merged
+///   ones do (any copy-up inside it can make it merged behind the kernel's attribute
+///   cache), where the kernel shows the real count of a lower-only directory; and
+///   parents of all names of a lower hard link are copied up at once. Accepted where
+///   layerfs reports 1 for a directory.
 pub fn accept_visible_link_counts(kernel: &Tree, ours: &Tree) -> Tree {
     let mut out = ours.clone();
     let mut group_len: BTreeMap<&PathBuf, u64> = BTreeMap::new();
