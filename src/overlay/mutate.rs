@@ -227,6 +227,7 @@ impl OverlayFs {
             })
         };
         let node = self.table.insert_new(ino, kind, state);
+        pnode.entries_changed();
         Ok((node, fd))
     }
 
@@ -352,6 +353,7 @@ impl OverlayFs {
                 real: pu,
             });
         }
+        np.entries_changed();
         self.entry_for(&node)
     }
 
@@ -434,7 +436,9 @@ impl OverlayFs {
         if in_upper {
             self.keep_orphan_if_last(&node, &pnode, &pu, name);
         }
-        self.remove_name(&pnode, &pu, name, in_upper, false)?;
+        let r = self.remove_name(&pnode, &pu, name, in_upper, false);
+        pnode.entries_changed();
+        r?;
         self.drop_alias(&node, &pnode, name);
         Ok(())
     }
@@ -487,7 +491,9 @@ impl OverlayFs {
         }
         let pu = self.upper_dir(&pnode)?;
         let in_upper = matches!(&*node.state.read(), NodeState::Dir(d) if d.upper.is_some());
-        self.remove_name(&pnode, &pu, name, in_upper, true)
+        let r = self.remove_name(&pnode, &pu, name, in_upper, true);
+        pnode.entries_changed();
+        r
     }
 
     /// The path a directory's lower part lives at in every lower layer (absolute).
@@ -531,6 +537,24 @@ impl OverlayFs {
 
     /// `rename` with `RENAME_NOREPLACE` / `RENAME_EXCHANGE` support.
     pub fn rename(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        newparent: u64,
+        newname: &OsStr,
+        flags: u32,
+    ) -> SysResult<()> {
+        let r = self.rename_inner(parent, name, newparent, newname, flags);
+        // Listings of both directories are stale whatever happened.
+        for p in [parent, newparent] {
+            if let Ok(n) = self.node(p) {
+                n.entries_changed();
+            }
+        }
+        r
+    }
+
+    fn rename_inner(
         &self,
         parent: u64,
         name: &OsStr,
@@ -604,13 +628,20 @@ impl OverlayFs {
         let dst_view = self.dir_view(&npnode)?;
         let dst_lower = self.res.lower_has(&dst_view, newname)?;
 
+        // A plain upper directory moved over a lower one must not merge with it: mark it
+        // opaque before it moves (it hides nothing where it is), so no crash can leave
+        // it merged at its new place.
+        let make_opaque = src.is_dir() && redirect.is_none() && dst_lower;
+        if make_opaque {
+            if let Some(w) = &self.writer {
+                w.set_opaque(pu.fd(), Some(name))?;
+            }
+        }
         // Clear what is in the upper dir at the destination.
-        let mut dst_in_upper_dir = false;
         if let Some(d) = &dst {
             if d.is_dir() {
-                dst_in_upper_dir =
-                    matches!(&*d.state.read(), NodeState::Dir(s) if s.upper.is_some());
-                if dst_in_upper_dir {
+                let in_upper = matches!(&*d.state.read(), NodeState::Dir(s) if s.upper.is_some());
+                if in_upper {
                     // Merged-empty: its upper dir holds only whiteouts.
                     self.empty_upper_dir(d)?;
                 }
@@ -666,16 +697,11 @@ impl OverlayFs {
             let w = self.writer.as_ref().ok_or(Errno::ROFS)?;
             w.make_whiteout(pu.fd(), name)?;
         }
-        // A plain upper directory moved over a lower one must not merge with it.
-        if src.is_dir() && redirect.is_none() && dst_lower {
-            if let Some(w) = &self.writer {
-                w.set_opaque(npu.fd(), Some(newname))?;
-            }
+        if make_opaque {
             if let NodeState::Dir(s) = &mut *src.state.write() {
                 s.lowers = Arc::from(Vec::new());
             }
         }
-        let _ = dst_in_upper_dir;
 
         // Update the nodes.
         if let Some(d) = &dst {
