@@ -201,6 +201,11 @@ impl<'a> Containers<'a> {
         }
         let lock = self.store.lock()?;
         let rec = self.store.image(image)?;
+        if rec.layers.is_empty() {
+            return Err(Error::new(format!(
+                "image {image} has no layers: nothing to mount"
+            )));
+        }
         // Check the layers now, not at the first mount.
         self.store.layer_dirs(&rec)?;
         let all = self.list()?;
