@@ -485,8 +485,8 @@ fn inspect(store: &Store, names: &[String]) -> Result<()> {
 // rmi, system
 
 fn rmi(store: &Store, names: &[String], force: bool) -> Result<()> {
-    let containers = containers_in_use(store);
-    let events = store.remove_images(names, force, &containers)?;
+    // Asked under the store lock: a container created meanwhile keeps its image.
+    let events = store.remove_images_with(names, force, &|| containers_in_use(store))?;
     let mut out = String::new();
     for e in events {
         match e {
@@ -621,8 +621,7 @@ fn df(store: &Store, verbose: bool, format: Format) -> Result<()> {
 }
 
 fn prune(store: &Store, all: bool) -> Result<()> {
-    let containers = containers_in_use(store);
-    let r = store.prune(all, &containers)?;
+    let r = store.prune_with(all, &|| containers_in_use(store))?;
     let mut out = String::new();
     for d in &r.images {
         out.push_str(&format!("Deleted image: {d}\n"));
