@@ -342,3 +342,38 @@ fn busy_mount_needs_force() {
     );
     env.ok(&["umount", rel_parent.join("here").to_str().unwrap()]);
 }
+
+#[test]
+fn container_outlives_its_image() {
+    let env = Env::new();
+    env.import(&sample_image(), "sample:1");
+    let id = env.create("sample:1", "c1");
+    let m = env.mount("c1");
+    fs::write(m.join("mine"), b"kept").unwrap();
+    env.ok(&["umount", "c1"]);
+    // rmi -f removes the image record; the layers stay for the container.
+    env.ok(&["rmi", "-f", "sample:1"]);
+    assert!(
+        env.fails(&["inspect", "sample:1"])
+            .contains("no such image")
+    );
+    let c = &env.ps()[0];
+    assert_eq!(
+        c["Image"],
+        c["ImageID"].as_str().unwrap()[7..19],
+        "short id shown"
+    );
+    let prune = env.ok(&["system", "prune", "-a"]);
+    assert!(!prune.contains("Deleted layer"), "{prune}");
+    let m = env.mount("c1");
+    assert_eq!(fs::read(m.join("mine")).unwrap(), b"kept");
+    assert_eq!(fs::read(m.join("srv/app/version")).unwrap(), b"v2\n");
+    assert_eq!(env.ok(&["diff", "c1"]), "A /mine\n");
+    // Commit needs the image's config: one clear line.
+    let err = env.fails(&["commit", "c1", "x:1"]);
+    assert!(err.contains("no longer in the store"), "{err}");
+    // Once the container is gone, prune frees the layers.
+    env.ok(&["rm", "-f", &id]);
+    let prune = env.ok(&["system", "prune", "-a"]);
+    assert_eq!(prune.matches("Deleted layer").count(), 2, "{prune}");
+}
