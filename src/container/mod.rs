@@ -316,17 +316,66 @@ impl<'a> Containers<'a> {
     }
 
     /// What containers need from the store, for `rmi`, `system df` and `system prune`.
+    ///
+    /// Read leniently, so that nothing a container may need is ever deleted: every dir
+    /// under `containers/` whose record names an image or layers counts, even a record
+    /// this version would not list (missing fields, another id form); the name falls
+    /// back to the id, then to the dir name, and the layers to the image's.
     pub fn uses(&self) -> Result<Vec<ContainerUse>> {
-        Ok(self
-            .list()?
-            .into_iter()
-            .map(|c| ContainerUse {
-                size: self.rw_size(&c),
-                name: c.name,
-                image: Some(c.image),
-                layers: c.layers,
-            })
-            .collect())
+        #[derive(Deserialize)]
+        struct Lenient {
+            #[serde(default)]
+            id: String,
+            #[serde(default)]
+            name: String,
+            #[serde(default)]
+            image: Option<String>,
+            #[serde(default)]
+            layers: Vec<String>,
+        }
+        let dir = self.dir();
+        let rd = match fs::read_dir(&dir) {
+            Ok(r) => r,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(Error::io(format!("reading {}", dir.display()), e)),
+        };
+        let images = self.store.images()?;
+        let mut out = Vec::new();
+        for e in rd {
+            let e = e.ctx(format!("reading {}", dir.display()))?;
+            let p = e.path().join("container.json");
+            let c: Lenient = match read_json(&p) {
+                Ok(Some(c)) => c,
+                Ok(None) => continue,
+                Err(err) => {
+                    log::warn!("{err}");
+                    continue;
+                }
+            };
+            let name = [c.name, c.id]
+                .into_iter()
+                .find(|n| !n.is_empty())
+                .unwrap_or_else(|| e.file_name().to_string_lossy().into_owned());
+            let image = c.image.as_deref().and_then(|s| {
+                s.parse::<Digest>()
+                    .ok()
+                    .or_else(|| images.resolve(s).ok().map(|r| r.id))
+            });
+            let mut layers: Vec<Digest> = c.layers.iter().filter_map(|l| l.parse().ok()).collect();
+            if layers.is_empty()
+                && let Some(r) = image.and_then(|id| images.get(&id))
+            {
+                layers = r.layers.iter().map(|l| l.diff_id).collect();
+            }
+            out.push(ContainerUse {
+                size: tree_size(&e.path().join("upper")),
+                name,
+                image,
+                layers,
+            });
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
     }
 }
 
