@@ -341,9 +341,11 @@ fn ps(cs: &Containers<'_>, a: PsArgs) -> Result<()> {
             }
         }
     }
-    let all_mounts: HashMap<String, Vec<ContainerMount>> = mounts::all_mounts()?;
+    let containers = cs.list()?;
+    let all_mounts: HashMap<String, Vec<ContainerMount>> =
+        mounts::mounts_for(containers.iter().map(|c| c.id.as_str()))?;
     let mut rows = Vec::new();
-    for c in cs.list()? {
+    for c in containers {
         let ms = all_mounts.get(&c.id).cloned().unwrap_or_default();
         let mounted = ms.iter().find(|m| m.live).map(|m| m.path.clone());
         let dead: Vec<PathBuf> = ms

@@ -97,17 +97,39 @@ fn is_live(path: &Path) -> bool {
     )
 }
 
-/// The mounts of every container, by id.
-pub fn all_mounts() -> Result<HashMap<String, Vec<ContainerMount>>> {
-    let mut out: HashMap<String, Vec<ContainerMount>> = HashMap::new();
+/// The mountpoints of container mounts, by container id (no liveness check: that
+/// touches the mount, so it is done only for the containers a command cares about).
+pub fn mountpoints() -> Result<HashMap<String, Vec<PathBuf>>> {
+    let mut out: HashMap<String, Vec<PathBuf>> = HashMap::new();
     for m in mount_table()? {
         if let Some(id) = m.source.strip_prefix(SOURCE_PREFIX)
             && m.fstype.starts_with("fuse")
         {
-            out.entry(id.to_string()).or_default().push(ContainerMount {
-                live: is_live(&m.path),
-                path: m.path,
-            });
+            out.entry(id.to_string()).or_default().push(m.path);
+        }
+    }
+    Ok(out)
+}
+
+fn with_liveness(paths: Vec<PathBuf>) -> Vec<ContainerMount> {
+    paths
+        .into_iter()
+        .map(|path| ContainerMount {
+            live: is_live(&path),
+            path,
+        })
+        .collect()
+}
+
+/// The mounts of the given containers, by id, with their liveness.
+pub fn mounts_for<'a>(
+    ids: impl IntoIterator<Item = &'a str>,
+) -> Result<HashMap<String, Vec<ContainerMount>>> {
+    let mut all = mountpoints()?;
+    let mut out = HashMap::new();
+    for id in ids {
+        if let Some(paths) = all.remove(id) {
+            out.insert(id.to_string(), with_liveness(paths));
         }
     }
     Ok(out)
@@ -115,7 +137,10 @@ pub fn all_mounts() -> Result<HashMap<String, Vec<ContainerMount>>> {
 
 /// The mounts of one container.
 pub fn mounts_of(id: &str) -> Result<Vec<ContainerMount>> {
-    Ok(all_mounts()?.remove(id).unwrap_or_default())
+    Ok(mountpoints()?
+        .remove(id)
+        .map(with_liveness)
+        .unwrap_or_default())
 }
 
 /// The first live mount of a container.
@@ -140,6 +165,21 @@ pub fn clean_dead(id: &str) -> Result<usize> {
     Ok(n)
 }
 
+/// `umount`, retried for a moment while it says busy: a passing `stat` or `statfs` of
+/// the mountpoint (another command listing mounts, a shell prompt) holds it for an
+/// instant; open files and working directories do not go away by waiting.
+fn umount_patiently(path: &Path) -> sys::SysResult<()> {
+    let mut delay = std::time::Duration::from_millis(5);
+    for _ in 0..6 {
+        match sys::umount(path) {
+            Err(Errno::BUSY) => std::thread::sleep(delay),
+            other => return other,
+        }
+        delay *= 2;
+    }
+    sys::umount(path)
+}
+
 /// Unmount every mount of a container (dead ones are detached). A busy mount fails
 /// unless `force`, which detaches it (processes using it keep their files; it goes away
 /// when they are done). Returns the paths unmounted.
@@ -151,7 +191,7 @@ pub fn unmount_all(id: &str, name: &str, force: bool) -> Result<Vec<PathBuf>> {
             done.push(m.path);
             continue;
         }
-        match sys::umount(&m.path) {
+        match umount_patiently(&m.path) {
             Ok(()) | Err(Errno::INVAL) | Err(Errno::NOENT) => {}
             Err(Errno::BUSY) if force => {
                 sys::umount_detach(&m.path).ctx(format!("detaching {}", m.path.display()))?
