@@ -3,7 +3,7 @@
 //! `crate::store` for save).
 
 use std::collections::HashMap;
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -196,14 +196,13 @@ pub fn run(cmd: ContainerCommand, g: &Globals) -> ExitCode {
                                 "refusing to write a tar to a terminal: use -o FILE or a pipe",
                             ));
                         }
-                        let w = export::export(&cs, &c, std::io::BufWriter::new(out.lock()))?;
-                        drop(w);
+                        // The writer is flushed (errors reported) when the tar ends.
+                        export::export(&cs, &c, std::io::BufWriter::new(out.lock()))?;
                     }
                 }
             }
             ContainerCommand::Rm { force, containers } => {
-                let removed = cs.remove(&containers, force)?;
-                let _ = removed;
+                cs.remove(&containers, force)?;
                 print(
                     &containers
                         .iter()
@@ -469,7 +468,6 @@ fn ps(cs: &Containers<'_>, a: PsArgs) -> Result<()> {
                 }
                 out.push(row);
             }
-            let _ = std::io::stdout().flush();
             print(&table(&out))
         }
     }
