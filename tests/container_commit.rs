@@ -89,6 +89,14 @@ fn tar_entries(blob: &Path) -> Vec<TarItem> {
     out
 }
 
+/// More: a lower dir renamed over a path where the image has a dir (the committed layer
+/// needs an opaque marker there), after one of its files was hard-linked elsewhere.
+fn change_more(m: &Path) {
+    fs::remove_dir_all(m.join("home/user")).unwrap();
+    fs::rename(m.join("usr/lib"), m.join("home/user")).unwrap();
+    fs::write(m.join("home/user/added-after-move"), "later").unwrap();
+}
+
 fn blob_of_top_layer(env: &Env, image: &str) -> PathBuf {
     let v = env.inspect(image);
     let top = v["Layers"].as_array().unwrap().last().unwrap().clone();
@@ -237,8 +245,17 @@ fn round_trip_commit_save_import_mount() {
     env.create("sample:1", "c1");
     let m = env.mount("c1");
     change_everything(&m);
+    change_more(&m);
     let original = merged_tree(&m);
+    assert!(
+        original.link_groups.iter().any(|g| g.len() == 3),
+        "{:?}",
+        original.link_groups
+    );
     env.ok(&["commit", "c1", "rt/out:1"]);
+    let entries = tar_entries(&blob_of_top_layer(&env, "rt/out:1"));
+    let i = entries.iter().position(|e| e.0 == "home/user/").unwrap();
+    assert_eq!(entries[i + 1].0, "home/user/.wh..wh..opq");
     let manifest = env.inspect("rt/out:1")["ManifestDigest"].clone();
 
     for format in ["oci-archive", "docker-archive", "oci-dir"] {
@@ -295,6 +312,7 @@ fn export_is_the_merged_tree() {
     env.create("sample:1", "c1");
     let m = env.mount("c1");
     change_everything(&m);
+    change_more(&m);
     let original = merged_tree(&m);
     let tar = env.path("c1.tar");
     env.ok(&["export", "c1", "-o", tar.to_str().unwrap()]);
