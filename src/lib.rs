@@ -2,6 +2,7 @@
 //! filesystem through FUSE with a private writable layer per container.
 
 pub mod cli;
+pub mod container;
 pub mod daemon;
 pub mod error;
 pub mod overlay;

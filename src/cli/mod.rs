@@ -2,6 +2,7 @@
 //!
 //! Each area has its own file with a clap `Subcommand` enum flattened into the top level.
 
+pub mod container_cmds;
 pub mod overlay_opts;
 pub mod store_cmds;
 
@@ -65,6 +66,8 @@ enum Command {
     },
     #[command(flatten)]
     Store(store_cmds::StoreCommand),
+    #[command(flatten)]
+    Container(container_cmds::ContainerCommand),
 }
 
 /// Print a one-line error and return the failure exit code.
@@ -135,6 +138,7 @@ pub fn main() -> ExitCode {
     match cli.cmd {
         Command::Overlay { args } => run_overlay_cli(&args),
         Command::Store(c) => finish(store_cmds::run(c, &cli.globals)),
+        Command::Container(c) => container_cmds::run(c, &cli.globals),
     }
 }
 

@@ -15,6 +15,7 @@ pub mod images;
 pub mod import;
 pub mod layout;
 pub mod lock;
+pub mod save;
 
 use std::path::{Path, PathBuf};
 

@@ -887,3 +887,29 @@ pub fn flock_exclusive(fd: BorrowedFd<'_>, wait: bool) -> SysResult<()> {
 pub fn syncfs(fd: BorrowedFd<'_>) -> SysResult<()> {
     rustix::fs::syncfs(fd)
 }
+
+// ---------------------------------------------------------------------------------------
+// Container helpers.
+
+/// `statfs` of a command-line path. On a FUSE mount it always reaches the daemon (no
+/// cache answers it), so it fails with `ENOTCONN` when the daemon is gone.
+pub fn statfs_path(path: &Path) -> SysResult<StatFs> {
+    rustix::fs::statfs(path)
+}
+
+/// Make `cmd` run chrooted at `root`, with `/` as its working directory.
+pub fn chroot_command(cmd: &mut std::process::Command, root: &Path) -> std::io::Result<()> {
+    use std::os::unix::process::CommandExt;
+    let root = CString::new(root.as_os_str().as_bytes())?;
+    // SAFETY: the closure runs in the child between fork and exec; it makes only the
+    // chroot and chdir syscalls (async-signal-safe) on memory allocated before the fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::chroot(root.as_ptr()) != 0 || libc::chdir(c"/".as_ptr()) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    Ok(())
+}
