@@ -5,5 +5,6 @@ pub mod cli;
 pub mod daemon;
 pub mod error;
 pub mod overlay;
+pub mod registry;
 pub mod store;
 pub mod sys;
