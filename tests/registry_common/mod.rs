@@ -498,6 +498,14 @@ fn handle(sh: &Shared, mut client: TcpStream) {
     } else {
         None
     };
+    // Offsets in the faults count from the blob's start, also for a resumed download.
+    let base: u64 = header(&head, "range")
+        .and_then(|r| r.strip_prefix("bytes="))
+        .and_then(|r| r.split('-').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    let corrupt_at = faults.corrupt_at.and_then(|c| c.checked_sub(base));
+    let stall_after = faults.stall_after.map(|n| n.saturating_sub(base));
     let mut pending = rrest;
     let mut buf = vec![0u8; 64 << 10];
     loop {
@@ -520,7 +528,7 @@ fn handle(sh: &Shared, mut client: TcpStream) {
             thread::sleep(Duration::from_millis(50));
         }
         if applies
-            && let Some(at) = faults.corrupt_at
+            && let Some(at) = corrupt_at
             && at >= sent
             && at < sent + data.len() as u64
         {
@@ -530,7 +538,7 @@ fn handle(sh: &Shared, mut client: TcpStream) {
         if let Some(n) = cut {
             limit = Some(n);
         }
-        if applies && let Some(n) = faults.stall_after {
+        if applies && let Some(n) = stall_after {
             limit = Some(limit.map_or(n, |l: u64| l.min(n)));
         }
         if let Some(n) = limit
@@ -540,7 +548,7 @@ fn handle(sh: &Shared, mut client: TcpStream) {
             let _ = client.write_all(&data);
             sent += data.len() as u64;
             sh.body_total.fetch_add(data.len() as u64, Ordering::SeqCst);
-            if applies && faults.stall_after == Some(n) && cut.is_none_or(|c| c > n) {
+            if applies && stall_after == Some(n) && cut.is_none_or(|c| c > n) {
                 // Hang with the connection open, until the client gives up.
                 let deadline = Instant::now() + Duration::from_secs(60);
                 while Instant::now() < deadline && !sh.outage.load(Ordering::SeqCst) {
@@ -565,4 +573,77 @@ fn handle(sh: &Shared, mut client: TcpStream) {
     let _ = client.shutdown(Shutdown::Both);
     let _ = up.shutdown(Shutdown::Both);
     record(sent);
+}
+
+/// One raw HTTP/1.1 request to 127.0.0.1; returns the status and the head.
+fn raw_http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    let mut resp = Vec::new();
+    let _ = s.read_to_end(&mut resp);
+    let text = String::from_utf8_lossy(&resp).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, text)
+}
+
+/// Upload a blob to a registry directly (for content layerfs would not push).
+pub fn put_blob(addr: &str, repo: &str, data: &[u8]) {
+    let (status, head) = raw_http(
+        addr,
+        "POST",
+        &format!("/v2/{repo}/blobs/uploads/"),
+        &[],
+        b"",
+    );
+    assert_eq!(status, 202, "{head}");
+    let loc = header(&head, "location").unwrap().to_string();
+    let path = loc
+        .strip_prefix(&format!("http://{addr}"))
+        .unwrap_or(&loc)
+        .to_string();
+    let digest = format!(
+        "sha256%3A{}",
+        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(data))
+    );
+    let sep = if path.contains('?') { '&' } else { '?' };
+    let (status, head) = raw_http(
+        addr,
+        "PUT",
+        &format!("{path}{sep}digest={digest}"),
+        &[("Content-Type", "application/octet-stream")],
+        data,
+    );
+    assert_eq!(status, 201, "{head}");
+}
+
+/// Put an OCI manifest under a tag directly.
+pub fn put_manifest(addr: &str, repo: &str, tag: &str, manifest: &[u8]) {
+    let (status, head) = raw_http(
+        addr,
+        "PUT",
+        &format!("/v2/{repo}/manifests/{tag}"),
+        &[("Content-Type", "application/vnd.oci.image.manifest.v1+json")],
+        manifest,
+    );
+    assert_eq!(status, 201, "{head}");
 }
