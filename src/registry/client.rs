@@ -324,10 +324,10 @@ impl Client {
         opts: Options,
         creds: Option<Credentials>,
     ) -> Result<Client> {
-        let plain_http_ok =
-            opts.insecure || is_local(host) || listed_insecure(host, &configured_insecure());
+        let marked = opts.insecure || listed_insecure(host, &configured_insecure());
+        let plain_http_ok = marked || is_local(host);
         let tls = ureq::tls::TlsConfig::builder()
-            .disable_verification(opts.insecure || listed_insecure(host, &configured_insecure()))
+            .disable_verification(marked)
             .build();
         let agent: Agent = Agent::config_builder()
             .http_status_as_error(false)
