@@ -82,7 +82,15 @@ impl Registry {
         let cfg_path = self.dir.join("config.yml");
         fs::write(&cfg_path, cfg).unwrap();
         let log = fs::File::create(self.dir.join("registry.log")).unwrap();
-        let child = Command::new("docker-registry")
+        let mut cmd = Command::new("docker-registry");
+        // It takes REGISTRY_* variables as configuration (REGISTRY_AUTH_FILE would be
+        // read as an auth provider): give it none.
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("REGISTRY_") {
+                cmd.env_remove(k);
+            }
+        }
+        let child = cmd
             .arg("serve")
             .arg(&cfg_path)
             .stdin(Stdio::null())
