@@ -539,3 +539,54 @@ fn skopeo_interoperates_both_ways() {
         "{err}"
     );
 }
+
+#[test]
+fn layer_present_under_another_compression_fetches_only_the_blob() {
+    let t = tempfile::tempdir().unwrap();
+    let auth = t.path().join("auth.json");
+    let reg = Registry::start(&t.path().join("reg"), None);
+    let proxy = Proxy::start(reg.port);
+    let host = proxy.addr();
+    let (a, _) = sample_pair();
+    // The same base tar, zstd instead of gzip, listed twice (as empty layers often are).
+    let base_zstd = Layer::new(a.layers[0].tar.clone(), Comp::Zstd);
+    let z = store_common::image(vec![
+        base_zstd.clone(),
+        a.layers[1].clone(),
+        base_zstd.clone(),
+    ]);
+    write_oci_layout(&t.path().join("z"), &[(&z, Some("demo/z:1"))], false);
+    let src = t.path().join("src");
+    ok(&src, &["import", t.path().join("z").to_str().unwrap()]);
+    lf_ok(
+        &src,
+        &auth,
+        &["push", "demo/z:1", &format!("{host}/demo/z:1")],
+    );
+
+    // The destination has the gzip form of the base (and the app layer).
+    write_oci_layout(&t.path().join("a"), &[(&a, Some("demo/a:1"))], false);
+    let dst = t.path().join("dst");
+    ok(&dst, &["import", t.path().join("a").to_str().unwrap()]);
+    proxy.clear();
+    let out = lf_ok(&dst, &auth, &["pull", &format!("{host}/demo/z:1")]);
+    let short = &hex_of(&base_zstd.digest)[..12];
+    assert_eq!(
+        out.matches(&format!("{short}: Already exists (blob downloaded)"))
+            .count(),
+        1,
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "{}: Already exists",
+            &hex_of(&a.layers[1].digest)[..12]
+        )),
+        "{out}"
+    );
+    assert_eq!(proxy.count("GET", &base_zstd.digest), 1);
+    assert_eq!(proxy.count("GET", &a.layers[1].digest), 0);
+    let v = inspect(&dst, &format!("{host}/demo/z:1"));
+    assert_eq!(v["Layers"].as_array().unwrap().len(), 3);
+    ok(&dst, &["system", "check"]);
+}

@@ -12,7 +12,7 @@
 //! Progress is reported by blob digest (what a registry names a layer by), not by diff-id
 //! as `import` does.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
 use std::io::{self, Read};
 use std::path::PathBuf;
@@ -204,14 +204,15 @@ impl Store {
         // Decide per layer: here already, or fetched (once per blob; extracted once per
         // diff-id).
         let mut jobs: Vec<Job> = Vec::new();
-        let mut job_of_blob: HashMap<Digest, usize> = HashMap::new();
-        let mut extracting: std::collections::HashSet<Digest> = Default::default();
+        let mut seen: HashSet<Digest> = HashSet::new();
+        let mut extracting: HashSet<Digest> = HashSet::new();
         let mut existing = 0;
         for (i, l) in plan.layers.iter().enumerate() {
             let (blob, _) = l
                 .blob
                 .ok_or_else(|| Error::new(format!("{what}: layer {} has no digest", l.diff_id)))?;
-            if job_of_blob.contains_key(&blob) {
+            // A blob listed twice (empty layers often are) is handled once.
+            if !seen.insert(blob) {
                 continue;
             }
             let layer_here = self.layer_exists(&l.diff_id);
@@ -221,7 +222,6 @@ impl Store {
                 continue;
             }
             let extract = !layer_here && extracting.insert(l.diff_id);
-            job_of_blob.insert(blob, jobs.len());
             jobs.push(Job { layer: i, extract });
         }
 
