@@ -341,6 +341,68 @@ fn basic_auth_login_logout() {
         out.contains(&format!("Removed login credentials for {host}")),
         "{out}"
     );
+
+    // On a terminal (script(1) gives it one) the password is asked for and not echoed.
+    let cmd = format!(
+        "REGISTRY_AUTH_FILE={} {} login -u alice {host}",
+        auth.display(),
+        store_common::bin().display()
+    );
+    let mut ch = Command::new("script")
+        .args(["-qefc", &cmd, "/dev/null"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = ch.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let reader = std::thread::spawn(move || {
+        use std::io::Read;
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 256];
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            seen.extend_from_slice(&buf[..n]);
+            let _ = tx.send(String::from_utf8_lossy(&seen).into_owned());
+        }
+        String::from_utf8_lossy(&seen).into_owned()
+    });
+    // Wait for `want` in the terminal output (bounded).
+    let wait_for = |want: &str| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while std::time::Instant::now() < deadline {
+            if let Ok(s) = rx.recv_timeout(std::time::Duration::from_millis(100))
+                && s.contains(want)
+            {
+                return;
+            }
+        }
+        panic!("no \"{want}\" on the terminal");
+    };
+    let mut stdin = ch.stdin.take().unwrap();
+    // Type only once the prompt is there (echo is off by then).
+    wait_for("Password:");
+    {
+        use std::io::Write;
+        stdin.write_all(b"s3cret\n").unwrap();
+    }
+    wait_for("Login Succeeded");
+    drop(stdin);
+    assert!(ch.wait().unwrap().success());
+    let shown = reader.join().unwrap();
+    assert!(
+        shown.contains("Password:") && shown.contains("Login Succeeded"),
+        "{shown}"
+    );
+    assert!(
+        !shown.contains("s3cret"),
+        "the password was echoed: {shown}"
+    );
+    let saved: serde_json::Value = serde_json::from_slice(&std::fs::read(&auth).unwrap()).unwrap();
+    assert!(saved["auths"][&host]["auth"].is_string(), "{saved}");
+    lf_ok(&src, &auth, &["logout", &host]);
     let err = lf_fails(&t.path().join("dst4"), &auth, &["pull", &target]);
     assert!(err.contains("authentication required"), "{err}");
     let out = lf_ok(&src, &auth, &["logout", &host]);
