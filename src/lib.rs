@@ -6,5 +6,6 @@ pub mod container;
 pub mod daemon;
 pub mod error;
 pub mod overlay;
+pub mod registry;
 pub mod store;
 pub mod sys;

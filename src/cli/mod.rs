@@ -4,6 +4,7 @@
 
 pub mod container_cmds;
 pub mod overlay_opts;
+pub mod registry_cmds;
 pub mod store_cmds;
 
 use std::path::PathBuf;
@@ -68,6 +69,8 @@ enum Command {
     Store(store_cmds::StoreCommand),
     #[command(flatten)]
     Container(container_cmds::ContainerCommand),
+    #[command(flatten)]
+    Registry(registry_cmds::RegistryCommand),
 }
 
 /// Print a one-line error and return the failure exit code.
@@ -139,6 +142,7 @@ pub fn main() -> ExitCode {
         Command::Overlay { args } => run_overlay_cli(&args),
         Command::Store(c) => finish(store_cmds::run(c, &cli.globals)),
         Command::Container(c) => container_cmds::run(c, &cli.globals),
+        Command::Registry(c) => finish(registry_cmds::run(c, &cli.globals)),
     }
 }
 

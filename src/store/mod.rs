@@ -13,6 +13,7 @@ pub mod extract;
 pub mod gc;
 pub mod images;
 pub mod import;
+pub mod ingest;
 pub mod layout;
 pub mod lock;
 pub mod save;
