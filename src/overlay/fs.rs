@@ -90,6 +90,7 @@ impl OverlayFs {
             .map_err(|(path, errno)| OpenError { path, errno })?;
         let layers = Arc::new(layers);
         let writer = layers.work_fd().map(MarkerWriter::probe);
+        let upper_oci_whiteouts = writer.is_some_and(|w| !w.device_whiteouts);
         if let Some(work) = layers.work_fd() {
             clean_work_dir(work).map_err(|errno| OpenError {
                 path: opts.work.clone().unwrap_or_default().join("work"),
@@ -120,7 +121,10 @@ impl OverlayFs {
         // The kernel never forgets the root: keep it pinned.
         root.inc_lookup(1);
         Ok(OverlayFs {
-            res: Resolver::new(layers, opts.index_budget),
+            res: Resolver {
+                upper_oci_whiteouts,
+                ..Resolver::new(layers, opts.index_budget)
+            },
             table,
             files: HandleTable::default(),
             listings: ListingCache::new(opts.index_budget / 2),

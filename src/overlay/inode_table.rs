@@ -107,6 +107,8 @@ pub struct Node {
     pub copy_up_lock: Mutex<()>,
     /// For directories: goes up after every completed change to the entries.
     version: AtomicU64,
+    /// Open file handles on this node.
+    pub open_files: AtomicU64,
     table: Weak<TableInner>,
 }
 
@@ -273,6 +275,7 @@ impl InodeTable {
             state: RwLock::new(make()),
             copy_up_lock: Mutex::new(()),
             version: AtomicU64::new(0),
+            open_files: AtomicU64::new(0),
             table: Arc::downgrade(&self.inner),
         });
         map.insert(ino, Arc::downgrade(&node));
@@ -290,6 +293,7 @@ impl InodeTable {
             state: RwLock::new(state),
             copy_up_lock: Mutex::new(()),
             version: AtomicU64::new(0),
+            open_files: AtomicU64::new(0),
             table: Arc::downgrade(&self.inner),
         });
         self.inner.shards[shard_of(ino)]

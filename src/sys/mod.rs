@@ -719,6 +719,10 @@ pub fn geteuid() -> u32 {
     rustix::process::geteuid().as_raw()
 }
 
+pub fn getegid() -> u32 {
+    rustix::process::getegid().as_raw()
+}
+
 /// Supplementary groups of a process, from `/proc/PID/status`.
 pub fn process_groups(pid: u32) -> Vec<u32> {
     let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
