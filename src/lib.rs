@@ -2,8 +2,10 @@
 //! filesystem through FUSE with a private writable layer per container.
 
 pub mod cli;
+pub mod container;
 pub mod daemon;
 pub mod error;
 pub mod overlay;
+pub mod registry;
 pub mod store;
 pub mod sys;

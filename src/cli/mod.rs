@@ -2,7 +2,9 @@
 //!
 //! Each area has its own file with a clap `Subcommand` enum flattened into the top level.
 
+pub mod container_cmds;
 pub mod overlay_opts;
+pub mod registry_cmds;
 pub mod store_cmds;
 
 use std::path::PathBuf;
@@ -65,6 +67,10 @@ enum Command {
     },
     #[command(flatten)]
     Store(store_cmds::StoreCommand),
+    #[command(flatten)]
+    Container(container_cmds::ContainerCommand),
+    #[command(flatten)]
+    Registry(registry_cmds::RegistryCommand),
 }
 
 /// Print a one-line error and return the failure exit code.
@@ -135,6 +141,8 @@ pub fn main() -> ExitCode {
     match cli.cmd {
         Command::Overlay { args } => run_overlay_cli(&args),
         Command::Store(c) => finish(store_cmds::run(c, &cli.globals)),
+        Command::Container(c) => container_cmds::run(c, &cli.globals),
+        Command::Registry(c) => finish(registry_cmds::run(c, &cli.globals)),
     }
 }
 

@@ -8,7 +8,6 @@ use std::sync::Mutex;
 
 use clap::{Args, Subcommand};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
-use serde::Deserialize;
 use serde_json::json;
 
 use crate::cli::Globals;
@@ -130,66 +129,15 @@ pub fn run(cmd: StoreCommand, g: &Globals) -> Result<()> {
 // ---------------------------------------------------------------------------------------
 // Containers as the store sees them.
 
-/// The fields of a container record the store cares about; the container code owns the
-/// rest of `containers/<id>/container.json`.
-#[derive(Debug, Deserialize)]
-struct ContainerFile {
-    #[serde(default)]
-    id: String,
-    #[serde(default)]
-    name: String,
-    #[serde(default)]
-    image: Option<String>,
-    #[serde(default)]
-    layers: Vec<String>,
-}
-
-/// What containers use: read from `containers/*/container.json` where they exist. The
-/// container code may replace this with its own list.
+/// What containers use, from the container records (an unreadable container dir is
+/// logged and skipped: it must not block rmi/df/prune).
 pub fn containers_in_use(store: &Store) -> Vec<ContainerUse> {
-    let dir = store.layout().containers_dir();
-    let Ok(rd) = std::fs::read_dir(&dir) else {
-        return Vec::new();
-    };
-    let mut out = Vec::new();
-    for e in rd.flatten() {
-        let p = e.path().join("container.json");
-        let Ok(data) = std::fs::read(&p) else {
-            continue;
-        };
-        let Ok(c) = serde_json::from_slice::<ContainerFile>(&data) else {
-            log::warn!("{}: unreadable container record", p.display());
-            continue;
-        };
-        let name = if !c.name.is_empty() {
-            c.name
-        } else if !c.id.is_empty() {
-            c.id
-        } else {
-            e.file_name().to_string_lossy().into_owned()
-        };
-        let image = c.image.as_deref().and_then(|s| {
-            s.parse::<Digest>()
-                .ok()
-                .or_else(|| store.image(s).ok().map(|r| r.id))
-        });
-        let mut layers: Vec<Digest> = c.layers.iter().filter_map(|l| l.parse().ok()).collect();
-        if layers.is_empty()
-            && let Some(id) = &image
-            && let Ok(r) = store.image(&id.to_string())
-        {
-            layers = r.layers.iter().map(|l| l.diff_id).collect();
-        }
-        let size = crate::store::gc::disk_usage(&e.path());
-        out.push(ContainerUse {
-            name,
-            image,
-            layers,
-            size,
-        });
-    }
-    out.sort_by(|a, b| a.name.cmp(&b.name));
-    out
+    crate::container::Containers::new(store)
+        .uses()
+        .unwrap_or_else(|e| {
+            log::warn!("listing containers: {e}");
+            Vec::new()
+        })
 }
 
 // ---------------------------------------------------------------------------------------
@@ -233,7 +181,7 @@ fn created_ago(r: &ImageRecord) -> String {
     ago(crate::store::now_secs() as i64 - secs)
 }
 
-fn ago(d: i64) -> String {
+pub(crate) fn ago(d: i64) -> String {
     if d < 0 {
         return "in the future".into();
     }
@@ -256,7 +204,7 @@ fn ago(d: i64) -> String {
 }
 
 /// Print rows as aligned columns (3 spaces between, as docker does).
-fn table(rows: &[Vec<String>]) -> String {
+pub(crate) fn table(rows: &[Vec<String>]) -> String {
     let mut widths = Vec::new();
     for r in rows {
         for (i, c) in r.iter().enumerate() {
@@ -282,7 +230,7 @@ fn table(rows: &[Vec<String>]) -> String {
     out
 }
 
-fn print(s: &str) -> Result<()> {
+pub(crate) fn print(s: &str) -> Result<()> {
     let mut o = std::io::stdout().lock();
     o.write_all(s.as_bytes())
         .and_then(|_| o.flush())
@@ -537,8 +485,8 @@ fn inspect(store: &Store, names: &[String]) -> Result<()> {
 // rmi, system
 
 fn rmi(store: &Store, names: &[String], force: bool) -> Result<()> {
-    let containers = containers_in_use(store);
-    let events = store.remove_images(names, force, &containers)?;
+    // Asked under the store lock: a container created meanwhile keeps its image.
+    let events = store.remove_images_with(names, force, &|| containers_in_use(store))?;
     let mut out = String::new();
     for e in events {
         match e {
@@ -673,8 +621,7 @@ fn df(store: &Store, verbose: bool, format: Format) -> Result<()> {
 }
 
 fn prune(store: &Store, all: bool) -> Result<()> {
-    let containers = containers_in_use(store);
-    let r = store.prune(all, &containers)?;
+    let r = store.prune_with(all, &|| containers_in_use(store))?;
     let mut out = String::new();
     for d in &r.images {
         out.push_str(&format!("Deleted image: {d}\n"));

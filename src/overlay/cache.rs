@@ -46,7 +46,15 @@ impl<V: Weighted> ShardedLru<V> {
     }
 
     pub fn put(&self, key: u64, value: Arc<V>) {
+        self.put_unless(key, value, |_| false)
+    }
+
+    /// Insert unless the value already there should stay (`keep_old` says so).
+    pub fn put_unless(&self, key: u64, value: Arc<V>, keep_old: impl Fn(&V) -> bool) {
         let mut s = self.shard(key).lock();
+        if s.lru.peek(&key).is_some_and(|old| keep_old(old)) {
+            return;
+        }
         let w = value.weight();
         if let Some(old) = s.lru.put(key, value) {
             s.weight -= old.weight();

@@ -16,7 +16,7 @@ use super::handles::{FileHandle, HandleTable};
 use super::inode_table::{Alias, DirState, FileState, InodeTable, Kind, Node, NodeState};
 use super::layers::{LayerId, Layers, RealDir, UPPER};
 use super::lookup::{Detail, DirView, Resolved, Resolver};
-use super::readdir::{DirEntryOut, ListingCache, start_after};
+use super::readdir::{DirEntryOut, Listing, ListingCache, start_after};
 use super::types::{Attr, Ctx, Entry, Opened, StatFs};
 use super::whiteout::{self, MarkerWriter};
 use crate::sys::{self, Errno, OFlags, Stat, SysResult};
@@ -90,6 +90,7 @@ impl OverlayFs {
             .map_err(|(path, errno)| OpenError { path, errno })?;
         let layers = Arc::new(layers);
         let writer = layers.work_fd().map(MarkerWriter::probe);
+        let upper_oci_whiteouts = writer.is_some_and(|w| !w.device_whiteouts);
         if let Some(work) = layers.work_fd() {
             clean_work_dir(work).map_err(|errno| OpenError {
                 path: opts.work.clone().unwrap_or_default().join("work"),
@@ -120,7 +121,10 @@ impl OverlayFs {
         // The kernel never forgets the root: keep it pinned.
         root.inc_lookup(1);
         Ok(OverlayFs {
-            res: Resolver::new(layers, opts.index_budget),
+            res: Resolver {
+                upper_oci_whiteouts,
+                ..Resolver::new(layers, opts.index_budget)
+            },
             table,
             files: HandleTable::default(),
             listings: ListingCache::new(opts.index_budget / 2),
@@ -236,13 +240,9 @@ impl OverlayFs {
                 );
                 {
                     let mut st = node.state.write();
+                    // Where a directory is comes from our own records (every rename
+                    // goes through us), never from a resolution that may predate one.
                     if let NodeState::Dir(d) = &mut *st {
-                        let same_place = d.parent.as_ref().is_some_and(|pp| pp.ino == parent.ino)
-                            && d.name == name;
-                        if !same_place {
-                            d.parent = Some(parent.clone());
-                            d.name = name.to_os_string();
-                        }
                         if d.upper.is_none() && upper.is_some() {
                             d.upper = upper;
                             d.redirect = redirect;
@@ -524,22 +524,26 @@ impl OverlayFs {
 
     /// The merged listing of a directory in offset order (`.` and `..` first), and the
     /// index of the first entry after `offset`. Reading from offset 0 rebuilds it.
-    pub fn readdir(&self, ino: u64, offset: u64) -> SysResult<(Arc<Vec<DirEntryOut>>, usize)> {
+    pub fn readdir(&self, ino: u64, offset: u64) -> SysResult<(Arc<Listing>, usize)> {
         let node = self.node(ino)?;
+        let version = node.version();
         let cached = if offset == 0 {
             None
         } else {
-            self.listings.get(node.serial)
+            self.listings.get(node.serial, version)
         };
         let list = match cached {
             Some(l) => l,
             None => {
-                let l = Arc::new(self.list_dir(&node)?);
+                let l = Arc::new(Listing {
+                    version,
+                    entries: self.list_dir(&node)?,
+                });
                 self.listings.put(node.serial, l.clone());
                 l
             }
         };
-        let start = start_after(&list, offset);
+        let start = start_after(&list.entries, offset);
         Ok((list, start))
     }
 
@@ -570,8 +574,13 @@ impl OverlayFs {
                         e.ino = r.ino;
                         e.dtype = sys::dtype_of_mode(r.stat.st_mode);
                     }
+                    // Gone or changed since the directory was read (a concurrent
+                    // rename or unlink): leave that one name out, not the listing.
                     Ok(None) => continue,
-                    Err(err) => return Err(err),
+                    Err(err) => {
+                        log::debug!("readdir: {:?} vanished while listing: {err}", e.name);
+                        continue;
+                    }
                 }
             }
             out.push(DirEntryOut {

@@ -21,8 +21,15 @@ pub struct FileHandle {
     pub writable: bool,
 }
 
+impl Drop for FileHandle {
+    fn drop(&mut self) {
+        self.node.open_files.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 impl FileHandle {
     pub fn new(node: Arc<Node>, file: OwnedFd, layer: LayerId, writable: bool) -> Self {
+        node.open_files.fetch_add(1, Ordering::AcqRel);
         FileHandle {
             node,
             file: RwLock::new(Arc::new(file)),

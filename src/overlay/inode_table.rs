@@ -105,6 +105,10 @@ pub struct Node {
     pub state: RwLock<NodeState>,
     /// Serialises copy-up of this node.
     pub copy_up_lock: Mutex<()>,
+    /// For directories: goes up after every completed change to the entries.
+    version: AtomicU64,
+    /// Open file handles on this node.
+    pub open_files: AtomicU64,
     table: Weak<TableInner>,
 }
 
@@ -121,6 +125,16 @@ impl std::fmt::Debug for Node {
 impl Node {
     pub fn is_dir(&self) -> bool {
         self.kind == Kind::Dir
+    }
+
+    /// Version of a directory's entries (see `entries_changed`).
+    pub fn version(&self) -> u64 {
+        self.version.load(Ordering::Acquire)
+    }
+
+    /// A change to this directory's entries has completed.
+    pub fn entries_changed(&self) {
+        self.version.fetch_add(1, Ordering::AcqRel);
     }
 
     pub fn nlookup(&self) -> u64 {
@@ -260,6 +274,8 @@ impl InodeTable {
             pin: Mutex::new(None),
             state: RwLock::new(make()),
             copy_up_lock: Mutex::new(()),
+            version: AtomicU64::new(0),
+            open_files: AtomicU64::new(0),
             table: Arc::downgrade(&self.inner),
         });
         map.insert(ino, Arc::downgrade(&node));
@@ -276,6 +292,8 @@ impl InodeTable {
             pin: Mutex::new(None),
             state: RwLock::new(state),
             copy_up_lock: Mutex::new(()),
+            version: AtomicU64::new(0),
+            open_files: AtomicU64::new(0),
             table: Arc::downgrade(&self.inner),
         });
         self.inner.shards[shard_of(ino)]

@@ -3,7 +3,7 @@
 use std::ffi::OsStr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use crate::sys::{self, Errno};
 
@@ -18,15 +18,13 @@ pub struct RealDir {
     pub fd: OwnedFd,
     /// Entries may be xattr whiteouts (the dir carries `overlay.opaque=x`).
     pub xattr_whiteouts: bool,
+    /// For upper dirs: whether any `.wh.NAME` file was in it when first asked.
+    oci_whiteouts: OnceLock<bool>,
 }
 
 impl RealDir {
     pub fn new(layer: LayerId, fd: OwnedFd) -> Arc<Self> {
-        Arc::new(Self {
-            layer,
-            fd,
-            xattr_whiteouts: false,
-        })
+        Self::with_markers(layer, fd, false)
     }
 
     pub fn with_markers(layer: LayerId, fd: OwnedFd, xattr_whiteouts: bool) -> Arc<Self> {
@@ -34,6 +32,21 @@ impl RealDir {
             layer,
             fd,
             xattr_whiteouts,
+            oci_whiteouts: OnceLock::new(),
+        })
+    }
+
+    /// Whether this directory held OCI whiteout files when first asked (one listing).
+    /// Only meaningful for an upper dir into which this mount writes no OCI whiteouts.
+    pub fn had_oci_whiteouts(&self) -> bool {
+        *self.oci_whiteouts.get_or_init(|| {
+            let mut found = false;
+            let r = sys::read_dir_each(self.fd(), |e| {
+                found = super::whiteout::oci_whiteout_target(e.name.as_encoded_bytes()).is_some();
+                !found
+            });
+            // If it cannot be read, assume the worst: probe for every name.
+            found || r.is_err()
         })
     }
 

@@ -103,6 +103,9 @@ impl Weighted for DirIndex {
 pub struct Resolver {
     pub layers: Arc<Layers>,
     pub index: IndexCache,
+    /// This mount writes OCI `.wh.` whiteouts into the upper layer (no device
+    /// whiteouts allowed): probe for them on every lookup.
+    pub upper_oci_whiteouts: bool,
 }
 
 /// A lower-layer hit for a name.
@@ -111,6 +114,8 @@ struct LowerHit {
     dtype: u8,
     /// Candidate positions of merging lower dirs (from the index), if known.
     dirs: Option<Box<[u16]>>,
+    /// The stat of the entry, when finding it took one.
+    stat: Option<Stat>,
 }
 
 /// Where the lower part of a directory lookup is looked for.
@@ -127,6 +132,7 @@ impl Resolver {
         Resolver {
             layers,
             index: IndexCache::new(index_budget, 16),
+            upper_oci_whiteouts: false,
         }
     }
 
@@ -146,9 +152,11 @@ impl Resolver {
             return Ok(None);
         };
         if let Some(up) = &dir.upper {
-            // An upper written in the OCI form (by an unprivileged mount) hides names
-            // with `.wh.NAME` files.
-            if sys::stat_at(up.fd(), &whiteout::oci_whiteout_name(name)).is_ok() {
+            // An upper written in the OCI form (by an unprivileged mount, or another
+            // tool) hides names with `.wh.NAME` files.
+            if (self.upper_oci_whiteouts || up.had_oci_whiteouts())
+                && sys::stat_at(up.fd(), &whiteout::oci_whiteout_name(name)).is_ok()
+            {
                 return Ok(None);
             }
         }
@@ -172,7 +180,10 @@ impl Resolver {
                 },
             }));
         }
-        let st = sys::stat_at(real.fd(), name)?;
+        let st = match hit.stat {
+            Some(st) => st,
+            None => sys::stat_at(real.fd(), name)?,
+        };
         if sys::is_dir_mode(st.st_mode) {
             // Raced with nothing (lower layers are immutable): the index was wrong.
             return Err(Errno::IO);
@@ -286,6 +297,7 @@ impl Resolver {
                             pos: 0,
                             dtype: sys::dtype_of_mode(st.st_mode),
                             dirs: None,
+                            stat: Some(st),
                         }))
                     }
                     Err(Errno::NOENT) => Ok(None),
@@ -298,6 +310,7 @@ impl Resolver {
                         pos: e.pos,
                         dtype: e.dtype,
                         dirs: Some(e.dirs.clone()),
+                        stat: None,
                     })
                 })),
                 None => self.probe_layers(dir, name),
@@ -326,6 +339,7 @@ impl Resolver {
                         pos: pos as u16,
                         dtype: sys::dtype_of_mode(st.st_mode),
                         dirs: None,
+                        stat: Some(st),
                     }));
                 }
                 Err(Errno::NOENT) => {}

@@ -15,7 +15,10 @@ use super::inode_table::{Alias, DirState, FileState, Kind, Node, NodeState};
 use super::layers::{RealDir, UPPER};
 use super::types::{Attr, Ctx, Entry, Opened, SetAttr};
 use super::whiteout;
-use crate::sys::{self, Errno, OFlags, RenameFlags, SysResult};
+use crate::sys::{self, Errno, OFlags, RenameFlags, Stat, SysResult};
+
+/// A (uid, gid) pair.
+type Owner = (u32, u32);
 
 /// What occupies a name in the upper directory before we create there.
 enum Slot {
@@ -62,7 +65,9 @@ impl OverlayFs {
             }
             Ok(_) => Err(Errno::EXIST),
             Err(Errno::NOENT) => {
-                if sys::stat_at(upper.fd(), &whiteout::oci_whiteout_name(name)).is_ok() {
+                let may_have = self.res.upper_oci_whiteouts || upper.had_oci_whiteouts();
+                if may_have && sys::stat_at(upper.fd(), &whiteout::oci_whiteout_name(name)).is_ok()
+                {
                     Ok(Slot::OciWhiteout)
                 } else {
                     Ok(Slot::Empty)
@@ -72,8 +77,15 @@ impl OverlayFs {
         }
     }
 
-    /// On-disk owner and mode for a new object, following the setgid-directory rules.
-    fn new_owner(&self, ctx: Ctx, parent_upper: &RealDir, mode: u32) -> SysResult<(u32, u32, u32)> {
+    /// On-disk owner and mode for a new object, following the setgid-directory rules,
+    /// and the owner the object gets when the daemon creates it in `parent_upper` (when
+    /// that is certain without looking).
+    fn new_owner(
+        &self,
+        ctx: Ctx,
+        parent_upper: &RealDir,
+        mode: u32,
+    ) -> SysResult<(u32, u32, u32, Option<Owner>)> {
         let m = &self.opts.idmap;
         let caller_gid = ctx.gid;
         let ctx = Ctx {
@@ -101,10 +113,16 @@ impl OverlayFs {
         {
             mode &= !libc::S_ISGID;
         }
-        Ok((ctx.uid, gid, mode))
+        // The daemon's own ids, or the directory's group under setgid (or `grpid`): the
+        // same whenever the directory's group is the daemon's.
+        let egid = sys::getegid();
+        let created = (pst.st_gid == egid).then(|| (sys::geteuid(), egid));
+        Ok((ctx.uid, gid, mode, created))
     }
 
     /// Create an object in `dirfd` under `name` with the final owner and mode.
+    /// `created_as`: the owner creation gives it, if known (else it is looked up).
+    #[allow(clippy::too_many_arguments)]
     fn make_obj(
         &self,
         dirfd: std::os::fd::BorrowedFd<'_>,
@@ -113,6 +131,7 @@ impl OverlayFs {
         mode: u32,
         uid: u32,
         gid: u32,
+        created_as: Option<Owner>,
     ) -> SysResult<Option<OwnedFd>> {
         let perm = mode & 0o7777;
         let fd = match obj {
@@ -135,9 +154,12 @@ impl OverlayFs {
                 None
             }
         };
-        let (cur_uid, cur_gid) = {
-            let st = sys::stat_at(dirfd, name)?;
-            (st.st_uid, st.st_gid)
+        let (cur_uid, cur_gid) = match created_as {
+            Some(ids) => ids,
+            None => {
+                let st = sys::stat_at(dirfd, name)?;
+                (st.st_uid, st.st_gid)
+            }
         };
         if cur_uid != uid || cur_gid != gid {
             sys::chown_at(dirfd, Some(name), Some(uid), Some(gid))?;
@@ -159,16 +181,16 @@ impl OverlayFs {
         name: &OsStr,
         mode: u32,
         obj: NewObj<'_>,
-    ) -> SysResult<(Arc<Node>, Option<OwnedFd>)> {
+    ) -> SysResult<(Arc<Node>, Option<OwnedFd>, Stat)> {
         self.check_new_name(name)?;
         let pnode = self.node(parent)?;
         let pu = self.upper_dir(&pnode)?;
         let slot = self.slot(&pu, name)?;
-        let (uid, gid, mode) = self.new_owner(ctx, &pu, mode)?;
+        let (uid, gid, mode, created_as) = self.new_owner(ctx, &pu, mode)?;
         let is_dir = matches!(obj, NewObj::Dir);
         let fd = match slot {
             Slot::Empty | Slot::OciWhiteout => {
-                let fd = self.make_obj(pu.fd(), name, &obj, mode, uid, gid)?;
+                let fd = self.make_obj(pu.fd(), name, &obj, mode, uid, gid, created_as)?;
                 if matches!(slot, Slot::OciWhiteout) {
                     let _ = sys::unlink_at(pu.fd(), &whiteout::oci_whiteout_name(name));
                     if is_dir {
@@ -183,7 +205,7 @@ impl OverlayFs {
                 // Build the object in the work dir, then swap it with the whiteout.
                 let work = self.work()?;
                 let tmp = self.tmp_name();
-                let fd = self.make_obj(work, &tmp, &obj, mode, uid, gid)?;
+                let fd = self.make_obj(work, &tmp, &obj, mode, uid, gid, None)?;
                 let res = (|| {
                     if is_dir {
                         if let Some(w) = &self.writer {
@@ -227,18 +249,24 @@ impl OverlayFs {
             })
         };
         let node = self.table.insert_new(ino, kind, state);
-        Ok((node, fd))
+        pnode.entries_changed();
+        Ok((node, fd, st))
     }
 
     fn entry_for(&self, node: &Arc<Node>) -> SysResult<Entry> {
         let st = self.stat_node(node)?;
-        let attr = self.attr_of(node, &st);
+        Ok(self.entry_from(node, &st))
+    }
+
+    /// An entry for a node whose current stat is at hand; the lookup count rises.
+    fn entry_from(&self, node: &Arc<Node>, st: &Stat) -> Entry {
+        let attr = self.attr_of(node, st);
         node.inc_lookup(1);
-        Ok(Entry {
+        Entry {
             attr,
             generation: 0,
             immutable: false,
-        })
+        }
     }
 
     /// `create`: make and open a regular file.
@@ -251,9 +279,9 @@ impl OverlayFs {
         flags: i32,
     ) -> SysResult<(Entry, Opened)> {
         let mode = libc::S_IFREG | (mode & 0o7777);
-        let (node, fd) = self.create_common(ctx, parent, name, mode, NewObj::File { flags })?;
+        let (node, fd, st) = self.create_common(ctx, parent, name, mode, NewObj::File { flags })?;
         let file = fd.ok_or(Errno::IO)?;
-        let entry = self.entry_for(&node)?;
+        let entry = self.entry_from(&node, &st);
         let acc = flags & libc::O_ACCMODE;
         let writable = acc == libc::O_WRONLY || acc == libc::O_RDWR;
         let fh = self
@@ -294,25 +322,25 @@ impl OverlayFs {
         } else {
             mode
         };
-        let (node, _fd) = self.create_common(ctx, parent, name, mode, obj)?;
-        self.entry_for(&node)
+        let (node, _fd, st) = self.create_common(ctx, parent, name, mode, obj)?;
+        Ok(self.entry_from(&node, &st))
     }
 
     pub fn mkdir(&self, ctx: Ctx, parent: u64, name: &OsStr, mode: u32) -> SysResult<Entry> {
         let mode = libc::S_IFDIR | (mode & 0o7777);
-        let (node, _) = self.create_common(ctx, parent, name, mode, NewObj::Dir)?;
-        self.entry_for(&node)
+        let (node, _, st) = self.create_common(ctx, parent, name, mode, NewObj::Dir)?;
+        Ok(self.entry_from(&node, &st))
     }
 
     pub fn symlink(&self, ctx: Ctx, parent: u64, name: &OsStr, target: &OsStr) -> SysResult<Entry> {
-        let (node, _) = self.create_common(
+        let (node, _, st) = self.create_common(
             ctx,
             parent,
             name,
             libc::S_IFLNK | 0o777,
             NewObj::Symlink { target },
         )?;
-        self.entry_for(&node)
+        Ok(self.entry_from(&node, &st))
     }
 
     /// `link`: a new name for an existing non-directory.
@@ -352,7 +380,35 @@ impl OverlayFs {
                 real: pu,
             });
         }
+        np.entries_changed();
         self.entry_for(&node)
+    }
+
+    /// Create a whiteout at `name` in `dirfd`. Device whiteouts are hard links to one
+    /// shared whiteout in the work dir (as the kernel's overlayfs does since 5.8): no
+    /// new inode per deleted name.
+    fn make_whiteout(&self, dirfd: std::os::fd::BorrowedFd<'_>, name: &OsStr) -> SysResult<()> {
+        let w = self.writer.as_ref().ok_or(Errno::ROFS)?;
+        if !w.device_whiteouts {
+            return w.make_whiteout(dirfd, name);
+        }
+        let work = self.work()?;
+        let shared = OsStr::new("#whiteout");
+        for _ in 0..3 {
+            match sys::link_at(work, shared, dirfd, name) {
+                Ok(()) => return Ok(()),
+                Err(Errno::NOENT) => match w.make_whiteout(work, shared) {
+                    Ok(()) | Err(Errno::EXIST) => {}
+                    Err(e) => return Err(e),
+                },
+                // Link count exhausted: start a new shared whiteout.
+                Err(Errno::MLINK) => {
+                    let _ = sys::unlink_at(work, shared);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        w.make_whiteout(dirfd, name)
     }
 
     /// Put a whiteout at `name` in `pu`, replacing whatever real entry is there.
@@ -371,7 +427,7 @@ impl OverlayFs {
             return w.make_whiteout(pu.fd(), name);
         }
         let tmp = self.tmp_name();
-        w.make_whiteout(work, &tmp)?;
+        self.make_whiteout(work, &tmp)?;
         let flags = if existing_dir {
             RenameFlags::EXCHANGE
         } else {
@@ -388,6 +444,8 @@ impl OverlayFs {
     }
 
     /// Remove a name from the upper dir, leaving a whiteout if a lower layer has it.
+    /// `in_upper`: the name has a real entry in the upper dir; otherwise it comes from a
+    /// lower layer (so a whiteout is needed without asking).
     fn remove_name(
         &self,
         pnode: &Arc<Node>,
@@ -396,14 +454,15 @@ impl OverlayFs {
         in_upper: bool,
         is_dir: bool,
     ) -> SysResult<()> {
-        let view = self.dir_view(pnode)?;
-        let needs_wh = self.res.lower_has(&view, name)?;
+        let needs_wh = !in_upper || {
+            let view = self.dir_view(pnode)?;
+            self.res.lower_has(&view, name)?
+        };
         if needs_wh {
             if in_upper {
                 self.whiteout_over(pu, name, is_dir)
             } else {
-                let w = self.writer.as_ref().ok_or(Errno::ROFS)?;
-                w.make_whiteout(pu.fd(), name)
+                self.make_whiteout(pu.fd(), name)
             }
         } else if in_upper {
             if is_dir {
@@ -435,13 +494,19 @@ impl OverlayFs {
         if in_upper {
             self.keep_orphan_if_last(&node, &pnode, &pu, name);
         }
-        self.remove_name(&pnode, &pu, name, in_upper, false)?;
+        let r = self.remove_name(&pnode, &pu, name, in_upper, false);
+        pnode.entries_changed();
+        r?;
         self.drop_alias(&node, &pnode, name);
         Ok(())
     }
 
-    /// Before the last known name of an upper file goes, keep a handle to it.
+    /// Before the last known name of an open upper file goes, keep a handle to it (an
+    /// unlinked file stays usable while open).
     fn keep_orphan_if_last(&self, node: &Arc<Node>, pnode: &Node, pu: &RealDir, name: &OsStr) {
+        if node.open_files.load(std::sync::atomic::Ordering::Acquire) == 0 {
+            return;
+        }
         let last = match &*node.state.read() {
             NodeState::File(f) => f
                 .aliases
@@ -488,7 +553,9 @@ impl OverlayFs {
         }
         let pu = self.upper_dir(&pnode)?;
         let in_upper = matches!(&*node.state.read(), NodeState::Dir(d) if d.upper.is_some());
-        self.remove_name(&pnode, &pu, name, in_upper, true)
+        let r = self.remove_name(&pnode, &pu, name, in_upper, true);
+        pnode.entries_changed();
+        r
     }
 
     /// The path a directory's lower part lives at in every lower layer (absolute).
@@ -532,6 +599,24 @@ impl OverlayFs {
 
     /// `rename` with `RENAME_NOREPLACE` / `RENAME_EXCHANGE` support.
     pub fn rename(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        newparent: u64,
+        newname: &OsStr,
+        flags: u32,
+    ) -> SysResult<()> {
+        let r = self.rename_inner(parent, name, newparent, newname, flags);
+        // Listings of both directories are stale whatever happened.
+        for p in [parent, newparent] {
+            if let Ok(n) = self.node(p) {
+                n.entries_changed();
+            }
+        }
+        r
+    }
+
+    fn rename_inner(
         &self,
         parent: u64,
         name: &OsStr,
@@ -605,14 +690,21 @@ impl OverlayFs {
         let dst_view = self.dir_view(&npnode)?;
         let dst_lower = self.res.lower_has(&dst_view, newname)?;
 
+        // A plain upper directory moved over a lower one must not merge with it: mark it
+        // opaque before it moves (it hides nothing where it is), so no crash can leave
+        // it merged at its new place.
+        let make_opaque = src.is_dir() && redirect.is_none() && dst_lower;
+        if make_opaque {
+            if let Some(w) = &self.writer {
+                w.set_opaque(pu.fd(), Some(name))?;
+            }
+        }
         // Clear what is in the upper dir at the destination.
-        let mut dst_in_upper_dir = false;
         if let Some(d) = &dst {
             self.copy_up_if_linked(d)?;
             if d.is_dir() {
-                dst_in_upper_dir =
-                    matches!(&*d.state.read(), NodeState::Dir(s) if s.upper.is_some());
-                if dst_in_upper_dir {
+                let in_upper = matches!(&*d.state.read(), NodeState::Dir(s) if s.upper.is_some());
+                if in_upper {
                     // Merged-empty: its upper dir holds only whiteouts.
                     self.empty_upper_dir(d)?;
                 }
@@ -665,19 +757,13 @@ impl OverlayFs {
             );
         }
         if src_needs_wh && !wh_done {
-            let w = self.writer.as_ref().ok_or(Errno::ROFS)?;
-            w.make_whiteout(pu.fd(), name)?;
+            self.make_whiteout(pu.fd(), name)?;
         }
-        // A plain upper directory moved over a lower one must not merge with it.
-        if src.is_dir() && redirect.is_none() && dst_lower {
-            if let Some(w) = &self.writer {
-                w.set_opaque(npu.fd(), Some(newname))?;
-            }
+        if make_opaque {
             if let NodeState::Dir(s) = &mut *src.state.write() {
                 s.lowers = Arc::from(Vec::new());
             }
         }
-        let _ = dst_in_upper_dir;
 
         // Update the nodes.
         if let Some(d) = &dst {

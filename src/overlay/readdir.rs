@@ -13,11 +13,11 @@ use std::hash::{BuildHasher, Hasher};
 use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 
-use super::cache::ShardedLru;
+use super::cache::{ShardedLru, Weighted};
 use super::layers::UPPER;
 use super::lookup::{DirView, Resolver};
 use super::whiteout::{self, OCI_OPAQUE};
-use crate::sys::{self, Errno, SysResult};
+use crate::sys::{self, SysResult};
 
 /// One name in a merged listing.
 #[derive(Debug, Clone)]
@@ -67,8 +67,8 @@ impl Resolver {
                                 continue;
                             }
                         }
-                        Err(Errno::NOENT) => continue,
-                        Err(err) => return Err(err),
+                        // Gone since the directory was read: leave it out.
+                        Err(_) => continue,
                     }
                 }
                 hidden.insert(name.to_vec());
@@ -109,8 +109,8 @@ impl Resolver {
                                     continue;
                                 }
                             }
-                            Err(Errno::NOENT) => continue,
-                            Err(err) => return Err(err),
+                            // Gone since the directory was read: leave it out.
+                            Err(_) => continue,
                         }
                     }
                     out.push(ListEntry {
@@ -191,9 +191,26 @@ pub struct DirEntryOut {
 /// Offsets 1 and 2 belong to `.` and `..`.
 const FIRST_NAME_OFFSET: u64 = 3;
 
+/// A directory listing in offset order, with the directory version it was built at.
+#[derive(Debug, Default)]
+pub struct Listing {
+    pub version: u64,
+    pub entries: Vec<DirEntryOut>,
+}
+
+impl Weighted for Listing {
+    fn weight(&self) -> usize {
+        self.entries.len()
+    }
+}
+
 /// Hash-ordered listings cached per directory (bounded, least recently used out).
+///
+/// A listing is only used to continue a read if it is as new as the directory: a reader
+/// resuming at an offset never gets a listing older than its own start, and a slow
+/// builder never replaces a newer listing with its older one.
 pub struct ListingCache {
-    lists: ShardedLru<Vec<DirEntryOut>>,
+    lists: ShardedLru<Listing>,
     hasher: std::collections::hash_map::RandomState,
 }
 
@@ -212,12 +229,14 @@ impl ListingCache {
         (h.finish() >> 1).max(FIRST_NAME_OFFSET)
     }
 
-    pub fn get(&self, key: u64) -> Option<Arc<Vec<DirEntryOut>>> {
-        self.lists.get(key)
+    /// The cached listing of a directory if it is current (built at `version`).
+    pub fn get(&self, key: u64, version: u64) -> Option<Arc<Listing>> {
+        self.lists.get(key).filter(|l| l.version == version)
     }
 
-    pub fn put(&self, key: u64, list: Arc<Vec<DirEntryOut>>) {
-        self.lists.put(key, list)
+    pub fn put(&self, key: u64, list: Arc<Listing>) {
+        let v = list.version;
+        self.lists.put_unless(key, list, |old| old.version > v)
     }
 
     /// Sort a listing by offset, making colliding offsets distinct.

@@ -201,7 +201,19 @@ impl Store {
         force: bool,
         containers: &[ContainerUse],
     ) -> Result<Vec<RmiEvent>> {
+        self.remove_images_with(names, force, &|| containers.to_vec())
+    }
+
+    /// `remove_images`, asking what containers use once the store lock is held, so a
+    /// container created meanwhile is seen.
+    pub fn remove_images_with(
+        &self,
+        names: &[String],
+        force: bool,
+        containers: &dyn Fn() -> Vec<ContainerUse>,
+    ) -> Result<Vec<RmiEvent>> {
         let lock = self.lock()?;
+        let containers = &containers()[..];
         let mut idx = self.images()?;
         let mut events = Vec::new();
         let mut freed_layers = BTreeSet::new();
@@ -277,7 +289,17 @@ impl Store {
     /// `system prune`: remove leftovers, untagged images (all unused images with `all`)
     /// that no container uses, and every layer and blob nothing needs.
     pub fn prune(&self, all: bool, containers: &[ContainerUse]) -> Result<PruneReport> {
+        self.prune_with(all, &|| containers.to_vec())
+    }
+
+    /// `prune`, asking what containers use once the store lock is held.
+    pub fn prune_with(
+        &self,
+        all: bool,
+        containers: &dyn Fn() -> Vec<ContainerUse>,
+    ) -> Result<PruneReport> {
         let lock = StoreLock::acquire(&self.layout, &*self.on_wait)?;
+        let containers = &containers()[..];
         let mut report = PruneReport {
             leftovers: self.leftovers_removed + remove_leftovers(&self.layout, &lock)?,
             ..Default::default()

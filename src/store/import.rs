@@ -82,15 +82,15 @@ pub struct Imported {
 }
 
 /// The staging area of one import, removed when dropped.
-struct Stage {
-    dir: PathBuf,
-    blobs: HashSet<Digest>,
-    layers: HashMap<Digest, LayerRecord>,
+pub(super) struct Stage {
+    pub(super) dir: PathBuf,
+    pub(super) blobs: HashSet<Digest>,
+    pub(super) layers: HashMap<Digest, LayerRecord>,
     n: u64,
 }
 
 impl Stage {
-    fn new(store: &Store) -> Result<Stage> {
+    pub(super) fn new(store: &Store) -> Result<Stage> {
         let dir = store.layout.new_tmp_dir("import")?;
         for d in ["blobs", "layers"] {
             fs::create_dir(dir.join(d)).ctx(format!("creating {}", dir.join(d).display()))?;
@@ -103,11 +103,11 @@ impl Stage {
         })
     }
 
-    fn blob(&self, d: &Digest) -> PathBuf {
+    pub(super) fn blob(&self, d: &Digest) -> PathBuf {
         self.dir.join("blobs").join(d.hex())
     }
 
-    fn layer(&self, d: &Digest) -> PathBuf {
+    pub(super) fn layer(&self, d: &Digest) -> PathBuf {
         self.dir.join("layers").join(d.hex())
     }
 
@@ -117,7 +117,7 @@ impl Stage {
     }
 
     /// Stage a small blob (manifest, config) unless the store has it.
-    fn put_blob(&mut self, store: &Store, data: &[u8]) -> Result<Digest> {
+    pub(super) fn put_blob(&mut self, store: &Store, data: &[u8]) -> Result<Digest> {
         let d = Digest::of(data);
         if store.blob_path(&d).is_file() || self.blobs.contains(&d) {
             return Ok(d);
@@ -254,19 +254,19 @@ impl Read for ChanReader {
 }
 
 /// What streaming one blob found.
-struct Streamed {
-    blob: Digest,
-    blob_size: u64,
-    diff_id: Digest,
-    extracted: Option<Extracted>,
+pub(super) struct Streamed {
+    pub(super) blob: Digest,
+    pub(super) blob_size: u64,
+    pub(super) diff_id: Digest,
+    pub(super) extracted: Option<Extracted>,
 }
 
 /// Stream one blob: copy it to `blob_out`, hash it, decompress, hash the tar, and
 /// extract it into `extract_to` when given. `what` names the layer in errors.
-fn stream_blob(
+pub(super) fn stream_blob<'r>(
     what: &str,
     expected: Option<Digest>,
-    reader: Box<dyn Read + Send>,
+    reader: Box<dyn Read + Send + 'r>,
     comp: Compression,
     blob_out: Option<File>,
     extract_to: Option<(&Path, ExtractOptions)>,
@@ -286,7 +286,7 @@ fn stream_blob(
         };
         let tx = if extracting { Some(&tx) } else { None };
         let classify =
-            |e: io::Error, mut tee: Tee<'_, Box<dyn Read + Send>>| match tee.failed.take() {
+            |e: io::Error, mut tee: Tee<'_, Box<dyn Read + Send + 'r>>| match tee.failed.take() {
                 Some(src) => PumpError::Source(src),
                 None if e.kind() == io::ErrorKind::BrokenPipe => PumpError::Gone,
                 None => {
@@ -642,7 +642,7 @@ impl Store {
     }
 
     /// Record a freshly extracted layer: `tree.json` for `system check`, `layer.json`.
-    fn finish_layer(
+    pub(super) fn finish_layer(
         &self,
         layer_dir: &Path,
         diff_id: &Digest,
@@ -804,7 +804,7 @@ impl Store {
 
     /// Move everything staged into place: data synced first, then renamed, so a layer
     /// dir under its final name is always complete.
-    fn commit_stage(&self, stage: &Stage, _lock: &StoreLock) -> Result<()> {
+    pub(super) fn commit_stage(&self, stage: &Stage, _lock: &StoreLock) -> Result<()> {
         if stage.blobs.is_empty() && stage.layers.is_empty() {
             return Ok(());
         }
@@ -968,7 +968,7 @@ fn place(
 }
 
 /// Insert or update an image record; returns the stored record.
-fn upsert(idx: &mut ImageIndex, rec: &mut ImageRecord, tags: &[String]) -> ImageRecord {
+pub(super) fn upsert(idx: &mut ImageIndex, rec: &mut ImageRecord, tags: &[String]) -> ImageRecord {
     let key = rec.id.hex();
     if let Some(old) = idx.images.get(&key) {
         rec.tags = old.tags.clone();

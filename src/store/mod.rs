@@ -13,8 +13,10 @@ pub mod extract;
 pub mod gc;
 pub mod images;
 pub mod import;
+pub mod ingest;
 pub mod layout;
 pub mod lock;
+pub mod save;
 
 use std::path::{Path, PathBuf};
 

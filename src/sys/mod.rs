@@ -719,6 +719,10 @@ pub fn geteuid() -> u32 {
     rustix::process::geteuid().as_raw()
 }
 
+pub fn getegid() -> u32 {
+    rustix::process::getegid().as_raw()
+}
+
 /// Supplementary groups of a process, from `/proc/PID/status`.
 pub fn process_groups(pid: u32) -> Vec<u32> {
     let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
@@ -886,4 +890,44 @@ pub fn flock_exclusive(fd: BorrowedFd<'_>, wait: bool) -> SysResult<()> {
 /// Write back every dirty page of the filesystem holding `fd`.
 pub fn syncfs(fd: BorrowedFd<'_>) -> SysResult<()> {
     rustix::fs::syncfs(fd)
+}
+
+// ---------------------------------------------------------------------------------------
+// Container helpers.
+
+/// `statfs` of a command-line path. On a FUSE mount it always reaches the daemon (no
+/// cache answers it), so it fails with `ENOTCONN` when the daemon is gone.
+pub fn statfs_path(path: &Path) -> SysResult<StatFs> {
+    rustix::fs::statfs(path)
+}
+
+/// Make `cmd` run chrooted at `root`, with `/` as its working directory.
+pub fn chroot_command(cmd: &mut std::process::Command, root: &Path) -> std::io::Result<()> {
+    use std::os::unix::process::CommandExt;
+    let root = CString::new(root.as_os_str().as_bytes())?;
+    // SAFETY: the closure runs in the child between fork and exec; it makes only the
+    // chroot and chdir syscalls (async-signal-safe) on memory allocated before the fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::chroot(root.as_ptr()) != 0 || libc::chdir(c"/".as_ptr()) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// Terminal.
+
+/// Turn a terminal's echo off (`false`) or on; returns whether it was on, so a caller
+/// can restore it. Fails with `NOTTY` when `fd` is no terminal.
+pub fn set_echo(fd: BorrowedFd<'_>, on: bool) -> SysResult<bool> {
+    use rustix::termios::{LocalModes, OptionalActions, tcgetattr, tcsetattr};
+    let mut t = tcgetattr(fd)?;
+    let was = t.local_modes.contains(LocalModes::ECHO);
+    t.local_modes.set(LocalModes::ECHO, on);
+    tcsetattr(fd, OptionalActions::Now, &t)?;
+    Ok(was)
 }

@@ -1,0 +1,474 @@
+//! Container commands: create, mount, umount, ps, diff, commit, save, export, rm, shell.
+//! Argument definitions and output only; the work is in `crate::container` (and
+//! `crate::store` for save).
+
+use std::collections::HashMap;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Args, Subcommand, ValueEnum};
+use serde_json::json;
+
+use crate::cli::Globals;
+use crate::cli::store_cmds::{Format, ago, human_size, print, table};
+use crate::container::mounts::{self, ContainerMount, MountRequest};
+use crate::container::{Container, Containers, commit, diff, export, shell};
+use crate::error::{Error, Result};
+use crate::store::Store;
+use crate::store::save::SaveFormat;
+
+#[derive(Debug, Subcommand)]
+pub enum ContainerCommand {
+    /// Create a container from an image (its own writable layer over the image's layers); prints its id
+    Create {
+        image: String,
+        /// Name the container (default: a generated name)
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Mount a container and print the mountpoint (default: inside the store)
+    Mount {
+        container: String,
+        mountpoint: Option<PathBuf>,
+        /// More mount options (ro, volatile, threads=N, passthrough=…), as for `overlay -o`
+        #[arg(short = 'o', long = "option", value_name = "OPT[,OPT…]")]
+        options: Vec<String>,
+    },
+    /// Unmount containers, named by container or by mountpoint
+    Umount {
+        /// Detach a busy mount (processes using it keep their files until they let go)
+        #[arg(short, long)]
+        force: bool,
+        #[arg(required = true, value_name = "CONTAINER|MOUNTPOINT")]
+        targets: Vec<String>,
+    },
+    /// List containers (mounted ones; -a for all)
+    Ps(PsArgs),
+    /// Show a container's changes against its image: A added, C changed, D deleted
+    Diff { container: String },
+    /// Make a new image from a container's changes: the image's layers plus one new layer
+    Commit {
+        container: String,
+        #[arg(value_name = "NAME[:TAG]")]
+        tag: Option<String>,
+        /// Comment recorded in the image history
+        #[arg(short, long)]
+        message: Option<String>,
+        /// Author recorded in the image config
+        #[arg(short, long)]
+        author: Option<String>,
+    },
+    /// Write images to an archive or OCI layout that skopeo, podman and `layerfs import` read
+    Save {
+        #[arg(required = true, value_name = "IMAGE")]
+        images: Vec<String>,
+        /// Output file (a directory for oci-dir)
+        #[arg(short, long)]
+        output: PathBuf,
+        #[arg(long, value_enum, default_value = "oci-archive")]
+        format: SaveFormatArg,
+    },
+    /// Write a container's merged root filesystem as one tar (stdout unless -o)
+    Export {
+        container: String,
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
+    /// Remove containers and their writable layers
+    Rm {
+        /// Unmount mounted containers first (else they are refused)
+        #[arg(short, long)]
+        force: bool,
+        #[arg(required = true, value_name = "CONTAINER")]
+        containers: Vec<String>,
+    },
+    /// Run a command (default /bin/sh) as root chrooted in a container, mounting it for the time being if needed
+    Shell {
+        container: String,
+        #[arg(last = true, value_name = "CMD")]
+        cmd: Vec<String>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum SaveFormatArg {
+    OciArchive,
+    DockerArchive,
+    OciDir,
+}
+
+#[derive(Debug, Args)]
+pub struct PsArgs {
+    /// Show all containers (default: mounted ones)
+    #[arg(short, long)]
+    pub all: bool,
+    /// Filter: ancestor=IMAGE, name=TEXT, id=PREFIX, mounted=true|false (repeatable)
+    #[arg(short, long = "filter", value_name = "KEY=VALUE")]
+    pub filters: Vec<String>,
+    /// Show sizes: the container's own changes and the virtual size (image + changes)
+    #[arg(short, long)]
+    pub size: bool,
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: Format,
+    /// Print only ids
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// Show full ids
+    #[arg(long)]
+    pub no_trunc: bool,
+}
+
+/// Run a container command; returns the exit code (a shell's is its command's).
+pub fn run(cmd: ContainerCommand, g: &Globals) -> ExitCode {
+    let res = (|| {
+        let mut store = Store::open(&g.store_root())?;
+        store.set_lock_wait_notice(|| {
+            eprintln!("layerfs: waiting for another command to release the store lock")
+        });
+        let cs = Containers::new(&store);
+        match cmd {
+            ContainerCommand::Create { image, name } => {
+                let c = cs.create(&image, name.as_deref())?;
+                print(&format!("{}\n", c.id))?;
+            }
+            ContainerCommand::Mount {
+                container,
+                mountpoint,
+                options,
+            } => {
+                let c = cs.resolve(&container)?;
+                let m = mounts::mount(&cs, &c, &mount_request(mountpoint, options)?)?;
+                print(&format!("{}\n", m.path.display()))?;
+            }
+            ContainerCommand::Umount { force, targets } => umount(&cs, &targets, force)?,
+            ContainerCommand::Ps(a) => ps(&cs, a)?,
+            ContainerCommand::Diff { container } => {
+                let c = cs.resolve(&container)?;
+                let mut out = String::new();
+                for (p, ch) in diff::changes(&cs, &c)? {
+                    out.push_str(&format!(
+                        "{} /{}\n",
+                        ch.letter(),
+                        String::from_utf8_lossy(&p)
+                    ));
+                }
+                print(&out)?;
+            }
+            ContainerCommand::Commit {
+                container,
+                tag,
+                message,
+                author,
+            } => {
+                let c = cs.resolve(&container)?;
+                let r = commit::commit(
+                    &cs,
+                    &c,
+                    &commit::CommitOptions {
+                        tag,
+                        message,
+                        author,
+                    },
+                )?;
+                print(&format!("{}\n", r.image.id))?;
+            }
+            ContainerCommand::Save {
+                images,
+                output,
+                format,
+            } => {
+                let f = match format {
+                    SaveFormatArg::OciArchive => SaveFormat::OciArchive,
+                    SaveFormatArg::DockerArchive => SaveFormat::DockerArchive,
+                    SaveFormatArg::OciDir => SaveFormat::OciDir,
+                };
+                store.save(&images, f, &output)?;
+            }
+            ContainerCommand::Export { container, output } => {
+                let c = cs.resolve(&container)?;
+                match output {
+                    Some(p) if p.as_os_str() != "-" => export::export_to_file(&cs, &c, &p)?,
+                    _ => {
+                        let out = std::io::stdout();
+                        if out.is_terminal() {
+                            return Err(Error::new(
+                                "refusing to write a tar to a terminal: use -o FILE or a pipe",
+                            ));
+                        }
+                        // The writer is flushed (errors reported) when the tar ends.
+                        export::export(&cs, &c, std::io::BufWriter::new(out.lock()))?;
+                    }
+                }
+            }
+            ContainerCommand::Rm { force, containers } => {
+                cs.remove(&containers, force)?;
+                print(
+                    &containers
+                        .iter()
+                        .map(|c| format!("{c}\n"))
+                        .collect::<String>(),
+                )?;
+            }
+            ContainerCommand::Shell { container, cmd } => return shell_cmd(&cs, &container, &cmd),
+        }
+        Ok(ExitCode::SUCCESS)
+    })();
+    match res {
+        Ok(code) => code,
+        Err(e) => crate::cli::fail(e),
+    }
+}
+
+fn program() -> Result<PathBuf> {
+    std::env::current_exe().map_err(|e| Error::io("finding the layerfs binary", e))
+}
+
+fn mount_request(mountpoint: Option<PathBuf>, options: Vec<String>) -> Result<MountRequest> {
+    for o in options.iter().flat_map(|o| o.split(',')) {
+        let key = o.split('=').next().unwrap_or("");
+        if matches!(key, "lowerdir" | "upperdir" | "workdir" | "fsname") {
+            return Err(Error::new(format!(
+                "option {key} is set by layerfs for a container mount"
+            )));
+        }
+    }
+    Ok(MountRequest {
+        mountpoint,
+        options,
+        program: program()?,
+    })
+}
+
+fn umount(cs: &Containers<'_>, targets: &[String], force: bool) -> Result<()> {
+    let all = cs.list()?;
+    // A mountpoint first (a path that is a container mount), else a container name.
+    let mut plan: Vec<Container> = Vec::new();
+    for t in targets {
+        let by_path = if t.contains('/') || Path::new(t).exists() {
+            mounts::container_at(Path::new(t))?
+        } else {
+            None
+        };
+        let c = match by_path {
+            Some(id) => crate::container::find(&all, &id)?.clone(),
+            None => match crate::container::find(&all, t) {
+                Ok(c) => c.clone(),
+                Err(_) if t.contains('/') => {
+                    return Err(Error::new(format!("no container is mounted at {t}")));
+                }
+                Err(e) => return Err(e),
+            },
+        };
+        plan.push(c);
+    }
+    let _lock = cs.store().lock()?;
+    let mut out = String::new();
+    for (t, c) in targets.iter().zip(&plan) {
+        let done = mounts::unmount_all(&c.id, &c.name, force)?;
+        if done.is_empty() {
+            return Err(Error::new(format!("container {} is not mounted", c.name)));
+        }
+        out.push_str(&format!("{t}\n"));
+    }
+    print(&out)
+}
+
+fn shell_cmd(cs: &Containers<'_>, container: &str, cmd: &[String]) -> Result<ExitCode> {
+    let c = cs.resolve(container)?;
+    let m = mounts::mount(cs, &c, &mount_request(None, Vec::new())?)?;
+    let env = shell::environment(cs.store(), &c.image);
+    let res = shell::run(&m.path, cmd, &env);
+    if !m.already {
+        let _lock = cs.store().lock()?;
+        mounts::unmount_all(&c.id, &c.name, true)?;
+    }
+    match res {
+        Ok(st) => {
+            use std::os::unix::process::ExitStatusExt;
+            let code = match (st.code(), st.signal()) {
+                (Some(c), _) => c,
+                (None, Some(s)) => 128 + s,
+                _ => 1,
+            };
+            Ok(ExitCode::from(code.clamp(0, 255) as u8))
+        }
+        Err(e) => {
+            eprintln!("layerfs: {}", e.error);
+            Ok(ExitCode::from(e.code))
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// ps
+
+struct Row {
+    c: Container,
+    image: String,
+    mounted: Option<PathBuf>,
+    dead: Vec<PathBuf>,
+    sizes: Option<(u64, u64)>,
+}
+
+fn ps(cs: &Containers<'_>, a: PsArgs) -> Result<()> {
+    let store = cs.store();
+    let idx = store.images()?;
+    let mut ancestors = Vec::new();
+    let mut names = Vec::new();
+    let mut ids = Vec::new();
+    let mut mounted_filter = None;
+    for f in &a.filters {
+        let (k, v) = f
+            .split_once('=')
+            .ok_or_else(|| Error::new(format!("bad filter \"{f}\": expected KEY=VALUE")))?;
+        match k {
+            "ancestor" => ancestors.push(idx.resolve(v)?.clone()),
+            "name" => names.push(v.to_string()),
+            "id" => ids.push(v.to_string()),
+            "mounted" => {
+                mounted_filter = Some(match v {
+                    "true" | "1" | "yes" => true,
+                    "false" | "0" | "no" => false,
+                    _ => return Err(Error::new(format!("bad filter \"{f}\": true or false"))),
+                })
+            }
+            _ => {
+                return Err(Error::new(format!(
+                    "unknown filter \"{k}\" (ancestor, name, id, mounted)"
+                )));
+            }
+        }
+    }
+    let containers = cs.list()?;
+    let all_mounts: HashMap<String, Vec<ContainerMount>> =
+        mounts::mounts_for(containers.iter().map(|c| c.id.as_str()))?;
+    let mut rows = Vec::new();
+    for c in containers {
+        let ms = all_mounts.get(&c.id).cloned().unwrap_or_default();
+        let mounted = ms.iter().find(|m| m.live).map(|m| m.path.clone());
+        let dead: Vec<PathBuf> = ms
+            .iter()
+            .filter(|m| !m.live)
+            .map(|m| m.path.clone())
+            .collect();
+        if !a.all && mounted_filter.is_none() && mounted.is_none() {
+            continue;
+        }
+        if mounted_filter.is_some_and(|want| want != mounted.is_some()) {
+            continue;
+        }
+        if !names.is_empty() && !names.iter().any(|n| c.name.contains(n.as_str())) {
+            continue;
+        }
+        if !ids.is_empty() && !ids.iter().any(|i| c.id.starts_with(i.as_str())) {
+            continue;
+        }
+        // An image is an ancestor when its layers are the first layers of the container.
+        if !ancestors.is_empty()
+            && !ancestors.iter().any(|r| {
+                r.id == c.image
+                    || (r.layers.len() <= c.layers.len()
+                        && r.layers.iter().zip(&c.layers).all(|(l, d)| l.diff_id == *d))
+            })
+        {
+            continue;
+        }
+        let image = match idx.resolve(&c.image_ref) {
+            Ok(r) if r.id == c.image => c.image_ref.clone(),
+            _ => c.image.short(),
+        };
+        let sizes = a.size.then(|| {
+            let rw = cs.rw_size(&c);
+            let base: u64 = c
+                .layers
+                .iter()
+                .filter_map(|l| store.layer_record(l).ok().flatten())
+                .map(|r| r.size)
+                .sum();
+            (rw, base + rw)
+        });
+        rows.push(Row {
+            c,
+            image,
+            mounted,
+            dead,
+            sizes,
+        });
+    }
+    let id = |c: &Container| {
+        if a.no_trunc {
+            c.id.clone()
+        } else {
+            c.short_id().to_string()
+        }
+    };
+    if a.quiet {
+        return print(
+            &rows
+                .iter()
+                .map(|r| format!("{}\n", id(&r.c)))
+                .collect::<String>(),
+        );
+    }
+    let now = crate::store::now_secs() as i64;
+    match a.format {
+        Format::Json => {
+            let v: Vec<_> = rows
+                .iter()
+                .map(|r| {
+                    let mut o = json!({
+                        "ID": r.c.id,
+                        "Name": r.c.name,
+                        "Image": r.image,
+                        "ImageID": r.c.image.to_string(),
+                        "Created": r.c.created,
+                        "CreatedSince": ago((now - r.c.created_secs()).max(0)),
+                        "Mounted": r.mounted.is_some(),
+                        "MountedAt": r.mounted,
+                        "Layers": r.c.layers.iter().map(|l| l.to_string()).collect::<Vec<_>>(),
+                    });
+                    if !r.dead.is_empty() {
+                        o["DeadMounts"] = json!(r.dead);
+                    }
+                    if let Some((rw, virt)) = r.sizes {
+                        o["SizeRw"] = json!(rw);
+                        o["SizeRootFs"] = json!(virt);
+                    }
+                    o
+                })
+                .collect();
+            print(&format!(
+                "{}\n",
+                serde_json::to_string_pretty(&v).unwrap_or_default()
+            ))
+        }
+        Format::Table => {
+            let mut header: Vec<String> =
+                ["CONTAINER ID", "NAME", "IMAGE", "CREATED", "MOUNTED AT"]
+                    .map(String::from)
+                    .to_vec();
+            if a.size {
+                header.push("SIZE".into());
+            }
+            let mut out = vec![header];
+            for r in &rows {
+                let mut row = vec![
+                    id(&r.c),
+                    r.c.name.clone(),
+                    r.image.clone(),
+                    ago((now - r.c.created_secs()).max(0)),
+                    match &r.mounted {
+                        Some(p) => p.display().to_string(),
+                        None => "-".into(),
+                    },
+                ];
+                if let Some((rw, virt)) = r.sizes {
+                    row.push(format!("{} (virtual {})", human_size(rw), human_size(virt)));
+                }
+                out.push(row);
+            }
+            print(&table(&out))
+        }
+    }
+}

@@ -1,0 +1,392 @@
+//! Registry commands: pull, push, login, logout. Argument definitions and output only;
+//! the work is in `crate::registry`.
+
+use std::collections::HashMap;
+use std::io::{BufRead, IsTerminal, Write};
+use std::os::fd::AsFd;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+
+use crate::cli::Globals;
+use crate::error::{Error, Result};
+use crate::registry::{self, Credentials, ImageRef, PushEvent, PushObserver};
+use crate::store::{Digest, ImportObserver, LayerEvent, Store};
+
+#[derive(Debug, Subcommand)]
+pub enum RegistryCommand {
+    /// Download an image from a registry: layerfs pull [REGISTRY/]NAME[:TAG|@DIGEST]
+    Pull(PullArgs),
+    /// Upload an image to a registry: layerfs push IMAGE [[REGISTRY/]NAME[:TAG]]
+    Push(PushArgs),
+    /// Check and save credentials for a registry (default: Docker Hub)
+    Login(LoginArgs),
+    /// Remove saved credentials for a registry (default: Docker Hub)
+    Logout {
+        /// host[:port]
+        registry: Option<String>,
+    },
+}
+
+/// How to talk to a registry.
+#[derive(Debug, Clone, Args)]
+pub struct NetArgs {
+    /// Allow plain HTTP and unverified TLS for this registry (localhost always may)
+    #[arg(long)]
+    pub insecure: bool,
+    /// Seconds to wait for a connection or for data before trying again
+    #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_secs)]
+    pub timeout: Duration,
+    /// Further attempts after a lost connection or a server error, with backoff
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    pub retries: u32,
+}
+
+fn parse_secs(s: &str) -> std::result::Result<Duration, String> {
+    let s = s.strip_suffix('s').unwrap_or(s);
+    match s.parse::<f64>() {
+        Ok(v) if v > 0.0 && v <= 86_400.0 => Ok(Duration::from_secs_f64(v)),
+        _ => Err(format!(
+            "\"{s}\" is not a number of seconds (0 < SECS <= 86400)"
+        )),
+    }
+}
+
+impl NetArgs {
+    fn options(&self) -> registry::Options {
+        registry::Options {
+            insecure: self.insecure,
+            timeout: self.timeout,
+            retries: self.retries,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct PullArgs {
+    /// [REGISTRY/]NAME[:TAG|@sha256:DIGEST]; Docker Hub and :latest by default
+    pub reference: String,
+    /// Platform to take from a multi-platform image [default: the host's]
+    #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
+    pub platform: Option<String>,
+    /// Layers downloaded at once
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    pub max_concurrent_downloads: usize,
+    /// Print only the image reference
+    #[arg(short, long)]
+    pub quiet: bool,
+    #[command(flatten)]
+    pub net: NetArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct PushArgs {
+    /// The image in the store (name, id or digest)
+    pub image: String,
+    /// Where to push: [REGISTRY/]NAME[:TAG] [default: the image name itself]
+    pub reference: Option<String>,
+    /// Blobs uploaded at once
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    pub max_concurrent_uploads: usize,
+    /// Blobs larger than this are uploaded in chunks of this size
+    #[arg(long, value_name = "BYTES", default_value_t = 64 << 20)]
+    pub chunk_size: u64,
+    /// Print only the pushed reference
+    #[arg(short, long)]
+    pub quiet: bool,
+    #[command(flatten)]
+    pub net: NetArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct LoginArgs {
+    /// host[:port] [default: Docker Hub]
+    pub registry: Option<String>,
+    #[arg(short, long)]
+    pub username: Option<String>,
+    /// The password (visible to other users of the machine: prefer --password-stdin)
+    #[arg(short, long)]
+    pub password: Option<String>,
+    /// Read the password from standard input
+    #[arg(long)]
+    pub password_stdin: bool,
+    #[command(flatten)]
+    pub net: NetArgs,
+}
+
+/// Run a registry command.
+pub fn run(cmd: RegistryCommand, g: &Globals) -> Result<()> {
+    match cmd {
+        RegistryCommand::Pull(a) => pull(a, g),
+        RegistryCommand::Push(a) => push(a, g),
+        RegistryCommand::Login(a) => login(a),
+        RegistryCommand::Logout { registry } => logout(registry.as_deref()),
+    }
+}
+
+fn open_store(g: &Globals) -> Result<Store> {
+    let mut store = Store::open(&g.store_root())?;
+    store.set_lock_wait_notice(|| {
+        eprintln!("layerfs: waiting for another command to release the store lock")
+    });
+    Ok(store)
+}
+
+fn out(s: &str) -> Result<()> {
+    let mut o = std::io::stdout().lock();
+    o.write_all(s.as_bytes())
+        .and_then(|_| o.flush())
+        .map_err(|e| Error::io("writing the output", e))
+}
+
+// ---------------------------------------------------------------------------------------
+// Progress, as docker shows it: a line per layer, bars with bytes and speed on a terminal.
+
+struct Progress {
+    bars: Option<MultiProgress>,
+    active: Mutex<HashMap<Digest, ProgressBar>>,
+    quiet: bool,
+}
+
+impl Progress {
+    fn new(quiet: bool) -> Progress {
+        let bars = (!quiet && std::io::stderr().is_terminal()).then(MultiProgress::new);
+        Progress {
+            bars,
+            active: Mutex::new(HashMap::new()),
+            quiet,
+        }
+    }
+
+    fn line(&self, s: String) {
+        if self.quiet {
+            return;
+        }
+        match &self.bars {
+            Some(m) => {
+                let _ = m.println(s);
+            }
+            None => {
+                let _ = out(&format!("{s}\n"));
+            }
+        }
+    }
+
+    fn start(&self, d: &Digest, size: u64, verb: &str) {
+        let Some(m) = &self.bars else { return };
+        let b = m.add(ProgressBar::new(size));
+        b.set_style(
+            ProgressStyle::with_template(
+                "{prefix}: {msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        b.set_prefix(d.short());
+        b.set_message(verb.to_string());
+        b.enable_steady_tick(Duration::from_millis(200));
+        self.active
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(*d, b);
+    }
+
+    fn progress(&self, d: &Digest, done: u64) {
+        if let Some(b) = self.active.lock().unwrap_or_else(|e| e.into_inner()).get(d) {
+            b.set_position(done);
+        }
+    }
+
+    fn finish(&self, d: &Digest, line: String) {
+        if let Some(b) = self
+            .active
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(d)
+        {
+            b.finish_and_clear();
+        }
+        self.line(line);
+    }
+}
+
+impl ImportObserver for Progress {
+    /// Pull events, by blob digest.
+    fn layer(&self, d: &Digest, ev: LayerEvent) {
+        let id = d.short();
+        match ev {
+            LayerEvent::Exists => self.line(format!("{id}: Already exists")),
+            LayerEvent::Start { size } => self.start(d, size, "Downloading"),
+            LayerEvent::Progress { done } => self.progress(d, done),
+            LayerEvent::Extracted { .. } => self.finish(d, format!("{id}: Pull complete")),
+            LayerEvent::BlobStored => {
+                self.finish(d, format!("{id}: Already exists (blob downloaded)"))
+            }
+        }
+    }
+
+    fn note(&self, msg: &str) {
+        log::info!("{msg}");
+    }
+}
+
+impl PushObserver for Progress {
+    fn blob(&self, d: &Digest, ev: PushEvent) {
+        let id = d.short();
+        match ev {
+            PushEvent::Exists => self.line(format!("{id}: Layer already exists")),
+            PushEvent::Mounted { from } => self.line(format!("{id}: Mounted from {from}")),
+            PushEvent::Start { size } => self.start(d, size, "Pushing"),
+            PushEvent::Progress { done } => self.progress(d, done),
+            PushEvent::Pushed => self.finish(d, format!("{id}: Pushed")),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// pull, push
+
+fn pull(a: PullArgs, g: &Globals) -> Result<()> {
+    let r = ImageRef::parse(&a.reference)?;
+    let store = open_store(g)?;
+    let progress = Progress::new(a.quiet);
+    let what = match (&r.tag, &r.digest) {
+        (_, Some(d)) => d.to_string(),
+        (Some(t), None) => t.clone(),
+        (None, None) => "latest".into(),
+    };
+    progress.line(format!("{what}: Pulling from {}", r.repository));
+    let opts = registry::PullOptions {
+        platform: a.platform,
+        parallel: a.max_concurrent_downloads.max(1),
+        client: a.net.options(),
+    };
+    let res = registry::pull(&store, &r, &opts, &progress)?;
+    let shown = match r.local_tag() {
+        Some(t) => t,
+        None => format!("{}@{}", r.familiar_name(), res.resolved_digest),
+    };
+    if a.quiet {
+        return out(&format!("{r}\n"));
+    }
+    let status = if res.ingested.was_present {
+        format!("Status: Image is up to date for {shown}")
+    } else {
+        format!("Status: Downloaded newer image for {shown}")
+    };
+    out(&format!("Digest: {}\n{status}\n{r}\n", res.resolved_digest))
+}
+
+fn push(a: PushArgs, g: &Globals) -> Result<()> {
+    let target = a.reference.as_deref().unwrap_or(&a.image);
+    let r = ImageRef::parse(target)?;
+    let store = open_store(g)?;
+    let progress = Progress::new(a.quiet);
+    progress.line(format!(
+        "The push refers to repository [{}/{}]",
+        r.registry, r.repository
+    ));
+    let opts = registry::PushOptions {
+        parallel: a.max_concurrent_uploads.max(1),
+        chunk_size: a.chunk_size.max(1),
+        client: a.net.options(),
+    };
+    let res = registry::push(&store, &a.image, &r, &opts, &progress)?;
+    if a.quiet {
+        return out(&format!("{r}\n"));
+    }
+    out(&format!(
+        "{}: digest: {} size: {}\n",
+        r.tag.as_deref().unwrap_or("latest"),
+        res.digest,
+        res.size
+    ))
+}
+
+// ---------------------------------------------------------------------------------------
+// login, logout
+
+fn prompt(label: &str) -> Result<String> {
+    let mut err = std::io::stderr();
+    let _ = write!(err, "{label}");
+    let _ = err.flush();
+    let mut s = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut s)
+        .map_err(|e| Error::io("reading standard input", e))?;
+    Ok(s.trim_end_matches(['\n', '\r']).to_string())
+}
+
+fn login(a: LoginArgs) -> Result<()> {
+    let registry = registry::registry_host(a.registry.as_deref())?;
+    let interactive = std::io::stdin().is_terminal();
+    if a.password.is_some() && a.password_stdin {
+        return Err(Error::new(
+            "--password and --password-stdin cannot be used together",
+        ));
+    }
+    let username = match a.username {
+        Some(u) => u,
+        None if interactive && !a.password_stdin => prompt("Username: ")?,
+        None => {
+            return Err(Error::new(
+                "login needs --username when standard input is not a terminal",
+            ));
+        }
+    };
+    if username.is_empty() {
+        return Err(Error::new("login: the user name is empty"));
+    }
+    let password = if let Some(p) = a.password {
+        eprintln!(
+            "WARNING! Using --password via the command line is insecure. Use --password-stdin."
+        );
+        p
+    } else if a.password_stdin {
+        let mut s = String::new();
+        std::io::stdin()
+            .lock()
+            .read_line(&mut s)
+            .map_err(|e| Error::io("reading the password from standard input", e))?;
+        s.trim_end_matches(['\n', '\r']).to_string()
+    } else if interactive {
+        let stdin = std::io::stdin();
+        let was = crate::sys::set_echo(stdin.as_fd(), false).unwrap_or(true);
+        let p = prompt("Password: ");
+        let _ = crate::sys::set_echo(stdin.as_fd(), was);
+        eprintln!();
+        p?
+    } else {
+        return Err(Error::new(
+            "login needs --password-stdin (or --password) when standard input is not a terminal",
+        ));
+    };
+    if password.is_empty() {
+        return Err(Error::new("login: the password is empty"));
+    }
+    let file = registry::login(
+        &registry,
+        Credentials { username, password },
+        a.net.options(),
+    )?;
+    out(&format!(
+        "Login Succeeded (credentials for {registry} saved in {})\n",
+        file.display()
+    ))
+}
+
+fn logout(registry: Option<&str>) -> Result<()> {
+    let registry = registry::registry_host(registry)?;
+    let files = registry::logout(&registry)?;
+    if files.is_empty() {
+        return out(&format!("Not logged in to {registry}\n"));
+    }
+    let names: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();
+    out(&format!(
+        "Removed login credentials for {registry} (from {})\n",
+        names.join(", ")
+    ))
+}

@@ -1,0 +1,380 @@
+//! Mounting containers through the daemon, and finding their mounts.
+//!
+//! A container is mounted by running our own binary as `layerfs overlay -o
+//! lowerdir=…,upperdir=…,workdir=…,fsname=layerfs:<id> MOUNTPOINT`, which returns once the
+//! mount is ready and serves in the background. The source name carries the container
+//! id, so `/proc/self/mountinfo` alone tells which containers are mounted where: no
+//! state file can go stale. A mount whose daemon died answers `ENOTCONN`; such a mount
+//! counts as not mounted and is detached by the next `mount`, `umount` or `rm`.
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::os::unix::ffi::OsStringExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use crate::container::{Container, Containers, escape_opt_path};
+use crate::error::{Error, IoContext, Result};
+use crate::sys::{self, Errno};
+
+/// Mount source of container mounts: `layerfs:<container id>`.
+pub const SOURCE_PREFIX: &str = "layerfs:";
+
+/// One line of `/proc/self/mountinfo`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountInfo {
+    pub path: PathBuf,
+    pub fstype: String,
+    pub source: String,
+}
+
+/// Undo mountinfo's octal escapes (`\040` for a space).
+fn unescape(s: &str) -> Vec<u8> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            let v = u32::from(b[i + 1] - b'0') * 64
+                + u32::from(b[i + 2] - b'0') * 8
+                + u32::from(b[i + 3] - b'0');
+            out.push(v as u8);
+            i += 4;
+            continue;
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    out
+}
+
+/// Parse mountinfo text.
+pub fn parse_mountinfo(text: &str) -> Vec<MountInfo> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let Some((left, right)) = line.split_once(" - ") else {
+            continue;
+        };
+        let Some(mp) = left.split(' ').nth(4) else {
+            continue;
+        };
+        let mut r = right.split(' ');
+        let fstype = r.next().unwrap_or("").to_string();
+        let source = String::from_utf8_lossy(&unescape(r.next().unwrap_or(""))).into_owned();
+        out.push(MountInfo {
+            path: PathBuf::from(OsString::from_vec(unescape(mp))),
+            fstype,
+            source,
+        });
+    }
+    out
+}
+
+/// Every mount in this mount namespace.
+pub fn mount_table() -> Result<Vec<MountInfo>> {
+    let text =
+        std::fs::read_to_string("/proc/self/mountinfo").ctx("reading /proc/self/mountinfo")?;
+    Ok(parse_mountinfo(&text))
+}
+
+/// One mount of a container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerMount {
+    pub path: PathBuf,
+    /// False when the daemon behind it is gone (`ENOTCONN`).
+    pub live: bool,
+}
+
+/// Whether the daemon behind a FUSE mountpoint still answers (`statfs` is never
+/// answered from the kernel's caches, unlike `stat`).
+fn is_live(path: &Path) -> bool {
+    !matches!(
+        sys::statfs_path(path),
+        Err(Errno::NOTCONN) | Err(Errno::CONNABORTED)
+    )
+}
+
+/// The mountpoints of container mounts, by container id (no liveness check: that
+/// touches the mount, so it is done only for the containers a command cares about).
+pub fn mountpoints() -> Result<HashMap<String, Vec<PathBuf>>> {
+    let mut out: HashMap<String, Vec<PathBuf>> = HashMap::new();
+    for m in mount_table()? {
+        if let Some(id) = m.source.strip_prefix(SOURCE_PREFIX)
+            && m.fstype.starts_with("fuse")
+        {
+            out.entry(id.to_string()).or_default().push(m.path);
+        }
+    }
+    Ok(out)
+}
+
+fn with_liveness(paths: Vec<PathBuf>) -> Vec<ContainerMount> {
+    paths
+        .into_iter()
+        .map(|path| ContainerMount {
+            live: is_live(&path),
+            path,
+        })
+        .collect()
+}
+
+/// The mounts of the given containers, by id, with their liveness.
+pub fn mounts_for<'a>(
+    ids: impl IntoIterator<Item = &'a str>,
+) -> Result<HashMap<String, Vec<ContainerMount>>> {
+    let mut all = mountpoints()?;
+    let mut out = HashMap::new();
+    for id in ids {
+        if let Some(paths) = all.remove(id) {
+            out.insert(id.to_string(), with_liveness(paths));
+        }
+    }
+    Ok(out)
+}
+
+/// The mounts of one container.
+pub fn mounts_of(id: &str) -> Result<Vec<ContainerMount>> {
+    Ok(mountpoints()?
+        .remove(id)
+        .map(with_liveness)
+        .unwrap_or_default())
+}
+
+/// The first live mount of a container.
+pub fn live_mount(id: &str) -> Result<Option<PathBuf>> {
+    Ok(mounts_of(id)?.into_iter().find(|m| m.live).map(|m| m.path))
+}
+
+/// Detach the mounts of a container whose daemon died. Returns how many.
+pub fn clean_dead(id: &str) -> Result<usize> {
+    let mut n = 0;
+    for m in mounts_of(id)? {
+        if !m.live {
+            match sys::umount_detach(&m.path) {
+                Ok(()) | Err(Errno::INVAL) | Err(Errno::NOENT) => n += 1,
+                Err(e) => {
+                    return Err(Error::from(e)
+                        .context(format!("detaching the dead mount at {}", m.path.display())));
+                }
+            }
+        }
+    }
+    Ok(n)
+}
+
+/// `umount`, retried for a moment while it says busy: a passing `stat` or `statfs` of
+/// the mountpoint (another command listing mounts, a shell prompt) holds it for an
+/// instant; open files and working directories do not go away by waiting.
+fn umount_patiently(path: &Path) -> sys::SysResult<()> {
+    let mut delay = std::time::Duration::from_millis(5);
+    for _ in 0..6 {
+        match sys::umount(path) {
+            Err(Errno::BUSY) => std::thread::sleep(delay),
+            other => return other,
+        }
+        delay *= 2;
+    }
+    sys::umount(path)
+}
+
+/// Unmount every mount of a container (dead ones are detached). A busy mount fails
+/// unless `force`, which detaches it (processes using it keep their files; it goes away
+/// when they are done). Returns the paths unmounted.
+pub fn unmount_all(id: &str, name: &str, force: bool) -> Result<Vec<PathBuf>> {
+    let mut done = Vec::new();
+    for m in mounts_of(id)? {
+        if !m.live {
+            let _ = sys::umount_detach(&m.path);
+            done.push(m.path);
+            continue;
+        }
+        match umount_patiently(&m.path) {
+            Ok(()) | Err(Errno::INVAL) | Err(Errno::NOENT) => {}
+            Err(Errno::BUSY) if force => {
+                sys::umount_detach(&m.path).ctx(format!("detaching {}", m.path.display()))?
+            }
+            Err(Errno::BUSY) => {
+                return Err(Error::new(format!(
+                    "mountpoint {} of container {name} is busy (a process has files open or its working directory there); use --force to detach it",
+                    m.path.display()
+                )));
+            }
+            Err(e) => {
+                return Err(Error::from(e).context(format!("unmounting {}", m.path.display())));
+            }
+        }
+        done.push(m.path);
+    }
+    Ok(done)
+}
+
+/// What `mount` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mounted {
+    pub path: PathBuf,
+    /// It was mounted there already.
+    pub already: bool,
+}
+
+/// How to mount.
+#[derive(Debug, Clone, Default)]
+pub struct MountRequest {
+    /// Where; the container's `merged` dir when `None`.
+    pub mountpoint: Option<PathBuf>,
+    /// More overlay options (`ro`, `volatile`, `threads=N`, …).
+    pub options: Vec<String>,
+    /// The layerfs binary to run as the daemon.
+    pub program: PathBuf,
+}
+
+/// Mount a container (or report where it is mounted already). Takes the store lock, so
+/// two commands never mount one container twice.
+pub fn mount(cs: &Containers<'_>, c: &Container, req: &MountRequest) -> Result<Mounted> {
+    let _lock = cs.store().lock()?;
+    clean_dead(&c.id)?;
+    let wanted = match &req.mountpoint {
+        Some(p) => Some(absolute(p)?),
+        None => None,
+    };
+    if let Some(cur) = live_mount(&c.id)? {
+        return match &wanted {
+            Some(w) if *w != cur => Err(Error::new(format!(
+                "container {} is already mounted at {}",
+                c.name,
+                cur.display()
+            ))),
+            _ => Ok(Mounted {
+                path: cur,
+                already: true,
+            }),
+        };
+    }
+    let lowers = cs.layer_dirs(c)?;
+    let path = wanted.unwrap_or_else(|| cs.default_mountpoint(c));
+    let mut created = false;
+    match std::fs::symlink_metadata(&path) {
+        Ok(md) if md.is_dir() => {}
+        Ok(_) => {
+            return Err(Error::new(format!(
+                "mountpoint {} is not a directory",
+                path.display()
+            )));
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir(&path)
+                .ctx(format!("creating the mountpoint {}", path.display()))?;
+            created = true;
+        }
+        Err(e) => return Err(Error::io(format!("mountpoint {}", path.display()), e)),
+    }
+    if let Some(m) = mount_table()?.into_iter().find(|m| m.path == path) {
+        return Err(Error::new(format!(
+            "mountpoint {} is busy: {} ({}) is mounted there",
+            path.display(),
+            m.source,
+            m.fstype
+        )));
+    }
+    let mut opts = format!(
+        "lowerdir={},upperdir={},workdir={},fsname={SOURCE_PREFIX}{}",
+        lowers
+            .iter()
+            .map(|l| escape_opt_path(l))
+            .collect::<Result<Vec<_>>>()?
+            .join(":"),
+        escape_opt_path(&cs.upper(c))?,
+        escape_opt_path(&cs.work(c))?,
+        c.id
+    );
+    for o in &req.options {
+        opts.push(',');
+        opts.push_str(o);
+    }
+    let res = run_daemon(&req.program, &opts, &path);
+    if let Err(e) = res {
+        if created {
+            let _ = std::fs::remove_dir(&path);
+        }
+        return Err(e.context(format!("mounting container {}", c.name)));
+    }
+    Ok(Mounted {
+        path,
+        already: false,
+    })
+}
+
+/// The path as an absolute, symlink-free path (the form mountinfo shows), whether it
+/// exists or not (its parent must).
+fn absolute(p: &Path) -> Result<PathBuf> {
+    if let Ok(c) = std::fs::canonicalize(p) {
+        return Ok(c);
+    }
+    let name = p
+        .file_name()
+        .ok_or_else(|| Error::new(format!("invalid mountpoint {}", p.display())))?;
+    let parent = match p.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let parent = std::fs::canonicalize(parent).ctx(format!("mountpoint {}", p.display()))?;
+    Ok(parent.join(name))
+}
+
+/// Run the daemon and wait until it says the mount is ready (or why not).
+fn run_daemon(program: &Path, opts: &str, mnt: &Path) -> Result<()> {
+    let out = Command::new(program)
+        .arg("overlay")
+        .arg("-o")
+        .arg(opts)
+        .arg(mnt)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .ctx(format!("running {}", program.display()))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let err = String::from_utf8_lossy(&out.stderr);
+    let line = err
+        .lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("the mount daemon failed")
+        .trim();
+    Err(Error::new(
+        line.strip_prefix("layerfs: ").unwrap_or(line).to_string(),
+    ))
+}
+
+/// Find the container mounted at `path`, if any (the path may be given in any form).
+pub fn container_at(path: &Path) -> Result<Option<String>> {
+    let Ok(p) = std::fs::canonicalize(path).or_else(|_| absolute(path)) else {
+        return Ok(None);
+    };
+    Ok(mount_table()?.into_iter().find_map(|m| {
+        (m.path == p)
+            .then(|| m.source.strip_prefix(SOURCE_PREFIX).map(str::to_string))
+            .flatten()
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_mountinfo() {
+        let text = "22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/vda rw\n\
+                    90 22 0:50 / /tmp/a\\040b rw,nosuid - fuse.layerfs layerfs:abc rw,user_id=0\n\
+                    91 22 0:51 / /x rw - overlay overlay rw,lowerdir=/l\n";
+        let m = parse_mountinfo(text);
+        assert_eq!(m.len(), 3);
+        assert_eq!(m[1].path, PathBuf::from("/tmp/a b"));
+        assert_eq!(m[1].source, "layerfs:abc");
+        assert_eq!(m[1].fstype, "fuse.layerfs");
+        assert_eq!(m[2].source, "overlay");
+    }
+}

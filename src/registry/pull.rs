@@ -1,0 +1,488 @@
+//! `pull`: resolve a reference to one image manifest (choosing the platform from an
+//! index), fetch and verify the manifest and config, then hand the layers to the store's
+//! `ingest`, which fetches only the blobs it lacks, several at once, each streamed
+//! straight into verification and extraction.
+//!
+//! A blob download that breaks off resumes where it stopped (HTTP `Range`), a bounded
+//! number of times with backoff; the bytes keep flowing into the same hashing, so the
+//! full digest is still checked at the end.
+
+use std::io::{self, Read};
+use std::sync::Arc;
+
+use oci_spec::image::{ImageIndex, ImageManifest};
+use ureq::http::Method;
+
+use crate::error::{Error, Result};
+use crate::registry::client::{self, Body, Client, Options};
+use crate::registry::reference::ImageRef;
+use crate::store::archive::{
+    DOCKER_LIST, DOCKER_MANIFEST, LayerPlan, ManifestBlob, OCI_INDEX, OCI_MANIFEST, Platform,
+};
+use crate::store::ingest::{self, BlobFetcher, Ingested};
+use crate::store::{Digest, ImportObserver, Store};
+
+/// What `Accept` lists for manifests.
+pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json";
+
+/// How to pull.
+#[derive(Debug, Clone)]
+pub struct PullOptions {
+    /// `os/arch[/variant]` to take from a multi-platform image (default: the host's).
+    pub platform: Option<String>,
+    /// Layers downloaded at once.
+    pub parallel: usize,
+    pub client: Options,
+}
+
+impl Default for PullOptions {
+    fn default() -> Self {
+        PullOptions {
+            platform: None,
+            parallel: 3,
+            client: Options::default(),
+        }
+    }
+}
+
+/// What a pull did.
+#[derive(Debug, Clone)]
+pub struct Pulled {
+    pub reference: ImageRef,
+    /// The manifest's digest (of the platform's manifest when the reference named an
+    /// index).
+    pub manifest_digest: Digest,
+    /// The digest the reference resolved to (the index's, for a multi-platform image).
+    pub resolved_digest: Digest,
+    pub ingested: Ingested,
+}
+
+/// A fetched manifest or index.
+pub struct Fetched {
+    pub bytes: Vec<u8>,
+    pub digest: Digest,
+    pub media_type: String,
+}
+
+/// The media type of a manifest: its `mediaType` field, else the `Content-Type`.
+fn media_type_of(bytes: &[u8], content_type: Option<&str>) -> String {
+    #[derive(serde::Deserialize)]
+    struct Probe {
+        #[serde(rename = "mediaType", default)]
+        media_type: Option<String>,
+        #[serde(rename = "schemaVersion", default)]
+        schema_version: Option<u32>,
+        #[serde(default)]
+        manifests: Option<serde_json::Value>,
+    }
+    let probe: Option<Probe> = serde_json::from_slice(bytes).ok();
+    if let Some(p) = &probe {
+        if let Some(mt) = p.media_type.as_deref().filter(|m| !m.is_empty()) {
+            return mt.to_string();
+        }
+        if p.schema_version == Some(1) {
+            return "application/vnd.docker.distribution.manifest.v1+json".into();
+        }
+    }
+    if let Some(ct) = content_type {
+        let ct = ct.split(';').next().unwrap_or(ct).trim();
+        if !ct.is_empty() && ct != "application/json" && ct != "text/plain" {
+            return ct.to_string();
+        }
+    }
+    // An OCI document without mediaType: tell index from manifest by its shape.
+    if probe.is_some_and(|p| p.manifests.is_some()) {
+        OCI_INDEX.into()
+    } else {
+        OCI_MANIFEST.into()
+    }
+}
+
+/// GET a manifest (by tag or digest) and check its digest: against the digest asked for,
+/// or the registry's `Docker-Content-Digest`.
+pub fn fetch_manifest(
+    client: &Client,
+    repository: &str,
+    reference: &str,
+    expected: Option<(Digest, Option<u64>)>,
+    what: &str,
+) -> Result<Fetched> {
+    let path = format!("/v2/{repository}/manifests/{reference}");
+    let got = client
+        .get_small(&path, Some(MANIFEST_ACCEPT), what)
+        .map_err(|e| {
+            if e.errno() != Some(libc::ENOENT) {
+                return e;
+            }
+            let thing = if reference.starts_with("sha256:") {
+                format!("manifest {reference}")
+            } else {
+                format!("tag {reference}")
+            };
+            Error::new(format!(
+                "{what}: {thing} not found in repository {repository} on {} (registry: {})",
+                client.registry,
+                e.message().rsplit_once(": ").map(|x| x.1).unwrap_or("")
+            ))
+        })?;
+    let (bytes, ct, dcd) = (got.data, got.content_type, got.digest);
+    let digest = Digest::of(&bytes);
+    if let Some((want, size)) = expected {
+        if want != digest {
+            return Err(Error::new(format!(
+                "{what}: manifest digest mismatch: asked for {want}, the registry sent one that hashes to {digest}"
+            )));
+        }
+        if let Some(s) = size
+            && s != bytes.len() as u64
+        {
+            return Err(Error::new(format!(
+                "{what}: manifest size mismatch: the index says {s} bytes, the registry sent {}",
+                bytes.len()
+            )));
+        }
+    } else if let Some(d) = dcd.as_deref().filter(|d| d.starts_with("sha256:"))
+        && let Ok(d) = d.parse::<Digest>()
+        && d != digest
+    {
+        return Err(Error::new(format!(
+            "{what}: manifest digest mismatch: the registry says {d}, the manifest hashes to {digest}"
+        )));
+    }
+    let media_type = media_type_of(&bytes, ct.as_deref());
+    Ok(Fetched {
+        bytes,
+        digest,
+        media_type,
+    })
+}
+
+fn platform_matches(want: &Platform, os: &str, arch: &str, variant: Option<&str>) -> bool {
+    want.os == os
+        && want.arch == arch
+        && (want.variant.is_none() || want.variant.as_deref() == variant)
+}
+
+/// The manifest for `platform` in an index: its digest and size.
+fn choose_platform(
+    what: &str,
+    index_bytes: &[u8],
+    platform: &Platform,
+) -> Result<(Digest, u64, String)> {
+    let idx = ImageIndex::from_reader(index_bytes)
+        .map_err(|e| Error::new(format!("{what}: not a valid image index: {e}")))?;
+    let mut seen = Vec::new();
+    for d in idx.manifests() {
+        let mt = d.media_type().to_string();
+        if mt != OCI_MANIFEST && mt != DOCKER_MANIFEST {
+            continue;
+        }
+        let Some(p) = d.platform() else {
+            continue;
+        };
+        let os = p.os().to_string();
+        let arch = p.architecture().to_string();
+        if platform_matches(platform, &os, &arch, p.variant().as_deref()) {
+            let digest: Digest =
+                d.digest().to_string().parse().map_err(|e: Error| {
+                    Error::new(format!("{what}: index entry: {}", e.message()))
+                })?;
+            return Ok((digest, d.size(), mt));
+        }
+        if os != "unknown" {
+            let mut s = format!("{os}/{arch}");
+            if let Some(v) = p.variant() {
+                s.push('/');
+                s.push_str(v);
+            }
+            seen.push(s);
+        }
+    }
+    seen.sort();
+    seen.dedup();
+    let avail = if seen.is_empty() {
+        "it lists none".to_string()
+    } else {
+        format!("available: {}", seen.join(", "))
+    };
+    Err(Error::new(format!(
+        "{what}: no image for platform {platform} ({avail}); choose one with --platform"
+    )))
+}
+
+/// Resolve `r` to one image manifest and its config, verified.
+pub fn resolve(
+    client: &Client,
+    r: &ImageRef,
+    platform: &Platform,
+) -> Result<(Fetched, Digest, Vec<u8>)> {
+    let what = r.to_string();
+    let top = fetch_manifest(
+        client,
+        &r.repository,
+        &r.manifest_ref(),
+        r.digest.map(|d| (d, None)),
+        &what,
+    )?;
+    let resolved = top.digest;
+    let manifest = match top.media_type.as_str() {
+        OCI_INDEX | DOCKER_LIST => {
+            let (d, size, _) = choose_platform(&what, &top.bytes, platform)?;
+            let m = fetch_manifest(
+                client,
+                &r.repository,
+                &d.to_string(),
+                Some((d, Some(size))),
+                &format!("{what} ({platform})"),
+            )?;
+            if m.media_type != OCI_MANIFEST && m.media_type != DOCKER_MANIFEST {
+                return Err(unsupported(&what, &m.media_type));
+            }
+            m
+        }
+        OCI_MANIFEST | DOCKER_MANIFEST => top,
+        other => return Err(unsupported(&what, other)),
+    };
+    let m = ImageManifest::from_reader(&manifest.bytes[..])
+        .map_err(|e| Error::new(format!("{what}: not a valid image manifest: {e}")))?;
+    let cd = m.config();
+    let config_digest: Digest =
+        cd.digest().to_string().parse().map_err(|e: Error| {
+            Error::new(format!("{what}: config descriptor: {}", e.message()))
+        })?;
+    let cwhat = format!("{what}: config {config_digest}");
+    let path = format!("/v2/{}/blobs/{config_digest}", r.repository);
+    let config = client.get_small(&path, None, &cwhat)?.data;
+    let got = Digest::of(&config);
+    if got != config_digest {
+        return Err(Error::new(format!(
+            "{cwhat}: digest mismatch: the registry sent a config that hashes to {got}"
+        )));
+    }
+    if cd.size() != config.len() as u64 {
+        return Err(Error::new(format!(
+            "{cwhat}: size mismatch: the manifest says {} bytes, the registry sent {}",
+            cd.size(),
+            config.len()
+        )));
+    }
+    Ok((manifest, resolved, config))
+}
+
+fn unsupported(what: &str, mt: &str) -> Error {
+    let hint = if mt.contains("manifest.v1") {
+        " (docker schema 1 images are not supported; push the image again with a current tool)"
+    } else {
+        ""
+    };
+    Error::new(format!("{what}: unsupported manifest type {mt}{hint}"))
+}
+
+/// Pull `r` into the store.
+pub fn pull(
+    store: &Store,
+    r: &ImageRef,
+    opts: &PullOptions,
+    obs: &dyn ImportObserver,
+) -> Result<Pulled> {
+    let platform = match &opts.platform {
+        Some(p) => Platform::parse(p)?,
+        None => Platform::host(),
+    };
+    let client = Arc::new(Client::new(
+        &r.registry,
+        r.api_host(),
+        &r.repository,
+        vec![format!("repository:{}:pull", r.repository)],
+        opts.client.clone(),
+        None,
+    )?);
+    let what = r.to_string();
+    let (manifest, resolved, config) = resolve(&client, r, &platform)?;
+    obs.note(&format!("{what}: manifest {}", manifest.digest));
+    let tags: Vec<String> = r.local_tag().into_iter().collect();
+    let plan = ingest::plan_from_blobs(
+        &what,
+        ManifestBlob {
+            bytes: manifest.bytes,
+            digest: manifest.digest,
+            media_type: manifest.media_type,
+        },
+        config,
+        tags,
+    )?;
+    let fetcher = Fetcher {
+        client: client.clone(),
+        repository: r.repository.clone(),
+    };
+    let ingested = store.ingest(&what, &plan, &fetcher, opts.parallel, obs)?;
+    Ok(Pulled {
+        reference: r.clone(),
+        manifest_digest: plan.manifest.as_ref().map(|m| m.digest).unwrap_or(resolved),
+        resolved_digest: resolved,
+        ingested,
+    })
+}
+
+/// Layer blobs from one repository.
+struct Fetcher {
+    client: Arc<Client>,
+    repository: String,
+}
+
+impl BlobFetcher for Fetcher {
+    fn open(&self, layer: &LayerPlan) -> Result<Box<dyn Read + Send>> {
+        let (digest, size) = layer
+            .blob
+            .ok_or_else(|| Error::new("a layer without a digest"))?;
+        Ok(Box::new(BlobReader {
+            client: self.client.clone(),
+            path: format!("/v2/{}/blobs/{digest}", self.repository),
+            size,
+            pos: 0,
+            body: None,
+            failures: 0,
+            resumes: 0,
+        }))
+    }
+}
+
+/// A blob download that resumes where it broke off.
+pub struct BlobReader {
+    client: Arc<Client>,
+    path: String,
+    size: u64,
+    pos: u64,
+    body: Option<ureq::BodyReader<'static>>,
+    /// Failures since the last byte arrived.
+    failures: u32,
+    /// Every time the download had to be started again.
+    resumes: u32,
+}
+
+impl BlobReader {
+    /// Note a failure; `Err` when no attempts are left, else wait before the next one.
+    fn failed(&mut self, why: String) -> io::Result<()> {
+        self.body = None;
+        self.failures += 1;
+        self.resumes += 1;
+        let max = self.client.opts.retries;
+        if self.failures > max || self.resumes > 10 * (max + 1) {
+            return Err(io::Error::other(format!(
+                "registry {}: {why} ({} attempts)",
+                self.client.registry, self.failures
+            )));
+        }
+        log::info!(
+            "registry {}: {}: {why} at byte {}; trying again",
+            self.client.registry,
+            self.path,
+            self.pos
+        );
+        std::thread::sleep(client::backoff(self.failures));
+        Ok(())
+    }
+
+    /// Start (or resume) the download at `pos`. `Ok(false)` after a transient failure.
+    fn open(&mut self) -> io::Result<bool> {
+        let range = format!("bytes={}-", self.pos);
+        let mut headers: Vec<(&str, &str)> = Vec::new();
+        if self.pos > 0 {
+            headers.push(("Range", &range));
+        }
+        let fatal = |e: Error| io::Error::other(e.to_string());
+        let url = self.client.url(&self.path).map_err(fatal)?;
+        let mut resp = match self
+            .client
+            .attempt(&Method::GET, &url, &headers, &Body::Empty)
+            .map_err(fatal)?
+        {
+            Ok(r) => r,
+            Err(e) if client::transient(&e) => {
+                self.failed(client::describe_ureq(&e))?;
+                return Ok(false);
+            }
+            Err(e) => {
+                return Err(io::Error::other(format!(
+                    "registry {}: {}",
+                    self.client.registry,
+                    client::describe_ureq(&e)
+                )));
+            }
+        };
+        let status = resp.status().as_u16();
+        if client::retryable_status(status) {
+            self.failed(format!("HTTP {status}"))?;
+            return Ok(false);
+        }
+        let mut skip = 0;
+        match status {
+            200 => skip = self.pos,
+            206 if self.pos > 0 => {
+                let cr = client::header(&resp, "content-range").unwrap_or_default();
+                if !cr.starts_with(&format!("bytes {}-", self.pos)) {
+                    return Err(io::Error::other(format!(
+                        "registry {}: resumed download answered with range \"{cr}\", not from byte {}",
+                        self.client.registry, self.pos
+                    )));
+                }
+            }
+            416 => {
+                return Err(io::Error::other(format!(
+                    "size mismatch: the registry's blob ends at byte {}, the manifest says {}",
+                    self.pos, self.size
+                )));
+            }
+            _ => {
+                let e = self.client.status_error("downloading", &mut resp);
+                return Err(io::Error::other(e.to_string()));
+            }
+        }
+        let mut body = resp.into_body().into_reader();
+        if skip > 0 {
+            // The registry ignored the range: read past what we have.
+            let n = io::copy(&mut (&mut body).take(skip), &mut io::sink());
+            match n {
+                Ok(n) if n == skip => {}
+                Ok(_) => {
+                    self.failed("connection closed early".into())?;
+                    return Ok(false);
+                }
+                Err(e) => {
+                    self.failed(client::describe_io(&e))?;
+                    return Ok(false);
+                }
+            }
+        }
+        self.body = Some(body);
+        Ok(true)
+    }
+}
+
+impl Read for BlobReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        loop {
+            if self.pos >= self.size {
+                return Ok(0);
+            }
+            if self.body.is_none() && !self.open()? {
+                continue;
+            }
+            let want = buf.len().min((self.size - self.pos) as usize);
+            let body = self.body.as_mut().expect("opened");
+            match body.read(&mut buf[..want]) {
+                Ok(0) => self.failed("connection closed early".into())?,
+                Ok(n) => {
+                    self.pos += n as u64;
+                    self.failures = 0;
+                    return Ok(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => self.failed(client::describe_io(&e))?,
+            }
+        }
+    }
+}

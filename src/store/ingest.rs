@@ -1,0 +1,418 @@
+//! Ingesting an image that arrives blob by blob (a registry pull): the caller has fetched
+//! and verified the manifest and the config; the layer blobs are streamed one by one,
+//! several at once, through the same verified path as `import` (blob digest and size
+//! checked while the blob streams, decompressed, diff-id checked, extracted safely into
+//! the staging dir, renamed into place only when the whole image checked out).
+//!
+//! A layer already in the store (with its blob) is not fetched at all: pulling an image
+//! whose layers are all here transfers nothing but its manifest and config. A layer that
+//! is here under another blob (the same tar compressed differently) has its blob fetched
+//! and verified but is not extracted again.
+//!
+//! Progress is reported by blob digest (what a registry names a layer by), not by diff-id
+//! as `import` does.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::{self, File};
+use std::io::{self, Read};
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use oci_spec::image::{ImageConfiguration, ImageManifest};
+
+use crate::error::{Error, IoContext, Result};
+use crate::store::archive::{Compression, ImagePlan, LayerPlan, ManifestBlob};
+use crate::store::digest::Digest;
+use crate::store::images::{ImageRecord, LayerRef, Reference};
+use crate::store::import::{ImportObserver, LayerEvent, Stage, stream_blob, upsert};
+use crate::store::{LayerRecord, Store, now_secs};
+
+/// Where layer blobs come from.
+pub trait BlobFetcher: Sync {
+    /// A reader over the whole blob of `layer`, from its first byte. It may resume
+    /// interrupted transfers underneath; whatever it yields is verified against the
+    /// layer's digest and size.
+    fn open(&self, layer: &LayerPlan) -> Result<Box<dyn Read + Send>>;
+}
+
+/// What `ingest` did.
+#[derive(Debug, Clone)]
+pub struct Ingested {
+    /// The record as stored.
+    pub image: ImageRecord,
+    /// Whether the store had this image (same id and manifest) before.
+    pub was_present: bool,
+    /// Layers whose blob was fetched (extracted or not).
+    pub layers_fetched: usize,
+    /// Layers found in the store: nothing fetched for them.
+    pub layers_existing: usize,
+    /// Blob bytes fetched.
+    pub bytes_fetched: u64,
+}
+
+/// An image plan from a manifest and config that arrived separately. The manifest's
+/// digest is the caller's to check (it knows what it asked for); the config is checked
+/// here against the manifest, and every layer's media type must be one we can read.
+pub fn plan_from_blobs(
+    what: &str,
+    manifest: ManifestBlob,
+    config: Vec<u8>,
+    tags: Vec<String>,
+) -> Result<ImagePlan> {
+    let m = ImageManifest::from_reader(&manifest.bytes[..])
+        .map_err(|e| Error::new(format!("{what}: not a valid image manifest: {e}")))?;
+    let config_digest = Digest::of(&config);
+    let want: Digest = m
+        .config()
+        .digest()
+        .to_string()
+        .parse()
+        .map_err(|e: Error| {
+            Error::new(format!("{what}: manifest config digest: {}", e.message()))
+        })?;
+    if want != config_digest {
+        return Err(Error::new(format!(
+            "{what}: config digest mismatch: the manifest says {want}, the config hashes to {config_digest}"
+        )));
+    }
+    let cfg = ImageConfiguration::from_reader(&config[..]).map_err(|e| {
+        Error::new(format!(
+            "{what}: config {config_digest}: not a valid image config: {e}"
+        ))
+    })?;
+    let ids = cfg.rootfs().diff_ids();
+    if ids.len() != m.layers().len() {
+        return Err(Error::new(format!(
+            "{what}: config {config_digest} lists {} diff-ids but the manifest has {} layers",
+            ids.len(),
+            m.layers().len()
+        )));
+    }
+    let mut layers = Vec::new();
+    for (d, id) in m.layers().iter().zip(ids) {
+        let digest: Digest =
+            d.digest().to_string().parse().map_err(|e: Error| {
+                Error::new(format!("{what}: layer descriptor: {}", e.message()))
+            })?;
+        let diff_id: Digest = id.parse().map_err(|e: Error| {
+            Error::new(format!(
+                "{what}: config {config_digest}: diff-id: {}",
+                e.message()
+            ))
+        })?;
+        let mt = d.media_type().to_string();
+        let compression = Compression::from_media_type(&mt).ok_or_else(|| {
+            Error::new(format!(
+                "{what}: layer {digest}: unsupported media type {mt}"
+            ))
+        })?;
+        layers.push(LayerPlan {
+            member: digest.to_string(),
+            blob: Some((digest, d.size())),
+            compression,
+            media_type: mt,
+            diff_id,
+        });
+    }
+    let mut platform = format!("{}/{}", cfg.os(), cfg.architecture());
+    if let Some(v) = cfg.variant() {
+        platform.push('/');
+        platform.push_str(v);
+    }
+    Ok(ImagePlan {
+        manifest: Some(manifest),
+        config,
+        config_digest,
+        created: cfg.created().clone(),
+        platform,
+        layers,
+        tags,
+    })
+}
+
+/// One blob to fetch.
+struct Job {
+    /// Index of the first layer in the plan with this blob.
+    layer: usize,
+    /// Extract it (else the layer is here or being extracted by another job: the blob is
+    /// fetched and verified, then only stored).
+    extract: bool,
+}
+
+/// A finished job.
+struct Done {
+    blob: Digest,
+    blob_size: u64,
+    blob_file: PathBuf,
+    /// The staged layer dir and its record, when extracted.
+    layer: Option<(PathBuf, LayerRecord)>,
+}
+
+/// Counts what passes, reports progress at most every 100 ms, and stops when told to.
+struct Metered<'a> {
+    inner: Box<dyn Read + Send>,
+    done: u64,
+    last: Instant,
+    report: &'a (dyn Fn(u64) + Sync),
+    cancel: &'a AtomicBool,
+}
+
+impl Read for Metered<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.cancel.load(Ordering::Relaxed) {
+            return Err(io::Error::other("stopped: another layer failed"));
+        }
+        let n = self.inner.read(buf)?;
+        self.done += n as u64;
+        if n == 0 || self.last.elapsed() >= Duration::from_millis(100) {
+            self.last = Instant::now();
+            (self.report)(self.done);
+        }
+        Ok(n)
+    }
+}
+
+impl Store {
+    /// Ingest the image `plan` describes, fetching the layer blobs the store lacks from
+    /// `fetch`, up to `parallel` at once. `what` names the image in errors. The plan's
+    /// tags are given to the image. On any error the store is left as it was.
+    pub fn ingest(
+        &self,
+        what: &str,
+        plan: &ImagePlan,
+        fetch: &dyn BlobFetcher,
+        parallel: usize,
+        obs: &dyn ImportObserver,
+    ) -> Result<Ingested> {
+        let tags = plan
+            .tags
+            .iter()
+            .map(|t| Reference::parse_tag(t))
+            .collect::<Result<Vec<_>>>()?;
+        let Some(manifest) = &plan.manifest else {
+            return Err(Error::new(format!("{what}: no manifest")));
+        };
+        let lock = self.lock()?;
+        let mut stage = Stage::new(self)?;
+        let mut idx = self.images()?;
+        let was_present = idx
+            .get(&plan.config_digest)
+            .is_some_and(|r| r.manifest_digest == manifest.digest);
+
+        // Decide per layer: here already, or fetched (once per blob; extracted once per
+        // diff-id).
+        let mut jobs: Vec<Job> = Vec::new();
+        let mut seen: HashSet<Digest> = HashSet::new();
+        let mut extracting: HashSet<Digest> = HashSet::new();
+        let mut existing = 0;
+        for (i, l) in plan.layers.iter().enumerate() {
+            let (blob, _) = l
+                .blob
+                .ok_or_else(|| Error::new(format!("{what}: layer {} has no digest", l.diff_id)))?;
+            // A blob listed twice (empty layers often are) is handled once.
+            if !seen.insert(blob) {
+                continue;
+            }
+            let layer_here = self.layer_exists(&l.diff_id);
+            if layer_here && self.blob_path(&blob).is_file() {
+                obs.layer(&blob, LayerEvent::Exists);
+                existing += 1;
+                continue;
+            }
+            let extract = !layer_here && extracting.insert(l.diff_id);
+            jobs.push(Job { layer: i, extract });
+        }
+
+        // Fetch: a bounded set of workers takes jobs in manifest order.
+        let next = AtomicUsize::new(0);
+        let cancel = AtomicBool::new(false);
+        let results: Mutex<Vec<Option<Done>>> = Mutex::new((0..jobs.len()).map(|_| None).collect());
+        let first_error: Mutex<Option<Error>> = Mutex::new(None);
+        let stage_dir = stage.dir.clone();
+        let workers = parallel.clamp(1, 16).min(jobs.len().max(1));
+        std::thread::scope(|s| {
+            for _ in 0..workers {
+                s.spawn(|| {
+                    loop {
+                        if cancel.load(Ordering::Relaxed) {
+                            return;
+                        }
+                        let j = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(job) = jobs.get(j) else { return };
+                        let l = &plan.layers[job.layer];
+                        match self.fetch_layer(what, j, job, l, &stage_dir, fetch, &cancel, obs) {
+                            Ok(done) => {
+                                results.lock().unwrap_or_else(|e| e.into_inner())[j] = Some(done);
+                            }
+                            Err(e) => {
+                                let mut first =
+                                    first_error.lock().unwrap_or_else(|e| e.into_inner());
+                                if first.is_none() {
+                                    *first = Some(e);
+                                }
+                                cancel.store(true, Ordering::Relaxed);
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        if let Some(e) = first_error.into_inner().unwrap_or_else(|e| e.into_inner()) {
+            return Err(e);
+        }
+
+        // Everything verified: stage it under its final names.
+        let mut bytes_fetched = 0;
+        let mut sizes: HashMap<Digest, u64> = HashMap::new();
+        let results = results.into_inner().unwrap_or_else(|e| e.into_inner());
+        for (job, done) in jobs.iter().zip(results) {
+            let done =
+                done.ok_or_else(|| Error::new(format!("{what}: a layer was not fetched")))?;
+            bytes_fetched += done.blob_size;
+            let diff_id = plan.layers[job.layer].diff_id;
+            if self.blob_path(&done.blob).is_file() || stage.blobs.contains(&done.blob) {
+                let _ = fs::remove_file(&done.blob_file);
+            } else {
+                fs::rename(&done.blob_file, stage.blob(&done.blob))
+                    .ctx(format!("renaming {}", done.blob_file.display()))?;
+                stage.blobs.insert(done.blob);
+            }
+            if let Some((dir, rec)) = done.layer {
+                fs::rename(&dir, stage.layer(&diff_id))
+                    .ctx(format!("renaming {}", dir.display()))?;
+                sizes.insert(diff_id, rec.size);
+                stage.layers.insert(diff_id, rec);
+            }
+        }
+        let mut layers = Vec::new();
+        for l in &plan.layers {
+            let (blob, blob_size) = l.blob.expect("checked above");
+            let size = match sizes.get(&l.diff_id) {
+                Some(s) => *s,
+                None => self
+                    .layer_record(&l.diff_id)?
+                    .map(|r| r.size)
+                    .ok_or_else(|| Error::new(format!("{what}: layer {} is missing", l.diff_id)))?,
+            };
+            layers.push(LayerRef {
+                diff_id: l.diff_id,
+                blob,
+                media_type: l.media_type.clone(),
+                blob_size,
+                size,
+            });
+        }
+        stage.put_blob(self, &manifest.bytes)?;
+        stage.put_blob(self, &plan.config)?;
+        self.commit_stage(&stage, &lock)?;
+        let mut rec = ImageRecord {
+            id: plan.config_digest,
+            manifest_digest: manifest.digest,
+            manifest_media_type: manifest.media_type.clone(),
+            config_digest: plan.config_digest,
+            size: layers.iter().map(|l| l.size).sum(),
+            layers,
+            tags: Vec::new(),
+            created: plan.created.clone(),
+            imported: now_secs(),
+            platform: plan.platform.clone(),
+        };
+        let image = upsert(&mut idx, &mut rec, &tags);
+        self.write_images(&idx, &lock)?;
+        drop(stage);
+        Ok(Ingested {
+            image,
+            was_present,
+            layers_fetched: jobs.len(),
+            layers_existing: existing,
+            bytes_fetched,
+        })
+    }
+
+    /// Fetch one blob into the staging dir, verifying it, and extract it when asked.
+    #[allow(clippy::too_many_arguments)]
+    fn fetch_layer(
+        &self,
+        what: &str,
+        n: usize,
+        job: &Job,
+        l: &LayerPlan,
+        stage_dir: &std::path::Path,
+        fetch: &dyn BlobFetcher,
+        cancel: &AtomicBool,
+        obs: &dyn ImportObserver,
+    ) -> Result<Done> {
+        let (blob, size) = l.blob.expect("checked by the caller");
+        let what = format!("{what}: layer {blob}");
+        obs.layer(&blob, LayerEvent::Start { size });
+        let blob_file = stage_dir.join(format!("fetch-{n}.blob"));
+        let out = File::create(&blob_file).ctx(format!("creating {}", blob_file.display()))?;
+        let work = stage_dir.join(format!("fetch-{n}"));
+        if job.extract {
+            fs::create_dir_all(work.join("diff")).ctx(format!("creating {}", work.display()))?;
+        }
+        let reader = fetch.open(l)?;
+        let report = |done: u64| obs.layer(&blob, LayerEvent::Progress { done });
+        let metered = Metered {
+            inner: reader,
+            done: 0,
+            last: Instant::now(),
+            report: &report,
+            cancel,
+        };
+        let extract_to = job.extract.then(|| work.join("diff"));
+        let s = stream_blob(
+            &what,
+            Some(blob),
+            Box::new(metered),
+            l.compression,
+            Some(out),
+            extract_to.as_deref().map(|p| (p, self.extract)),
+            &|_| {},
+        )?;
+        if s.blob != blob {
+            return Err(Error::new(format!(
+                "{what}: blob digest mismatch: the blob hashes to {} (damaged or altered)",
+                s.blob
+            )));
+        }
+        if s.blob_size != size {
+            return Err(Error::new(format!(
+                "{what}: size mismatch: the manifest says {size} bytes, the blob has {}",
+                s.blob_size
+            )));
+        }
+        if s.diff_id != l.diff_id {
+            return Err(Error::new(format!(
+                "{what}: diff-id mismatch: the uncompressed layer hashes to {}, the config says {}",
+                s.diff_id, l.diff_id
+            )));
+        }
+        let layer = match s.extracted {
+            Some(x) => {
+                let rec = self.finish_layer(&work, &l.diff_id, &x)?;
+                obs.layer(
+                    &blob,
+                    LayerEvent::Extracted {
+                        size: rec.size,
+                        entries: rec.entries,
+                    },
+                );
+                Some((work, rec))
+            }
+            None => {
+                obs.layer(&blob, LayerEvent::BlobStored);
+                None
+            }
+        };
+        Ok(Done {
+            blob,
+            blob_size: s.blob_size,
+            blob_file,
+            layer,
+        })
+    }
+}
