@@ -264,6 +264,10 @@ fn time_spec(t: Option<TimeOrNow>) -> Option<TimeSpec> {
 }
 
 impl fuser::Filesystem for FuseAdapter {
+    fn destroy(&mut self) {
+        self.fs.finish();
+    }
+
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
         let caps = config.capabilities();
         // No READDIRPLUS: together with the kernel's directory-listing cache it lost

@@ -17,6 +17,9 @@ use super::types::{Attr, Ctx, Entry, Opened, SetAttr};
 use super::whiteout;
 use crate::sys::{self, Errno, OFlags, RenameFlags, Stat, SysResult};
 
+/// The work-dir name of the whiteout that device whiteouts are links to.
+const SHARED_WHITEOUT: &str = "#whiteout";
+
 /// A (uid, gid) pair.
 type Owner = (u32, u32);
 
@@ -384,6 +387,14 @@ impl OverlayFs {
         self.entry_for(&node)
     }
 
+    /// At the end of the session: drop the shared whiteout, so that a cleanly
+    /// unmounted work dir is empty.
+    pub fn finish(&self) {
+        if let Ok(work) = self.work() {
+            let _ = sys::unlink_at(work, OsStr::new(SHARED_WHITEOUT));
+        }
+    }
+
     /// Create a whiteout at `name` in `dirfd`. Device whiteouts are hard links to one
     /// shared whiteout in the work dir (as the kernel's overlayfs does since 5.8): no
     /// new inode per deleted name.
@@ -393,7 +404,7 @@ impl OverlayFs {
             return w.make_whiteout(dirfd, name);
         }
         let work = self.work()?;
-        let shared = OsStr::new("#whiteout");
+        let shared = OsStr::new(SHARED_WHITEOUT);
         for _ in 0..3 {
             match sys::link_at(work, shared, dirfd, name) {
                 Ok(()) => return Ok(()),
