@@ -23,6 +23,7 @@ fn opts() -> SnapOpts {
     SnapOpts {
         dir_nlink: false,
         mtimes: false,
+        ..SnapOpts::default()
     }
 }
 

@@ -46,6 +46,7 @@ fn two_containers_never_see_each_other() {
                     &SnapOpts {
                         dir_nlink: true,
                         mtimes: true,
+                        ..SnapOpts::default()
                     },
                 ),
             )
@@ -130,6 +131,7 @@ fn two_containers_never_see_each_other() {
                 &SnapOpts {
                     dir_nlink: true,
                     mtimes: true,
+                    ..SnapOpts::default()
                 },
             ),
             "layer dir",
