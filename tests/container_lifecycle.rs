@@ -99,9 +99,17 @@ fn create_mount_ps_umount_rm() {
         n.sort();
         n
     };
+    // A name filter matches part of a name: the generated name may hold a "c" too.
+    let all = names(&["ps", "-a", "--format", "json"]);
+    let with_c: Vec<String> = all.iter().filter(|n| n.contains('c')).cloned().collect();
+    assert!(with_c.contains(&"c1".to_string()) && with_c.contains(&"c3".to_string()));
     assert_eq!(
         names(&["ps", "-a", "--filter", "name=c", "--format", "json"]),
-        vec!["c1", "c3"]
+        with_c
+    );
+    assert_eq!(
+        names(&["ps", "-a", "--filter", "name=c3", "--format", "json"]),
+        vec!["c3"]
     );
     assert_eq!(
         names(&[
