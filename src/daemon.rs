@@ -159,6 +159,7 @@ fn fuse_options(a: &OverlayArgs) -> FuseOptions {
         a.passthrough.unwrap_or(PassthroughMode::Upper)
     };
     o.writeback = a.writeback;
+    o.readdirplus = a.readdirplus;
     o
 }
 

@@ -23,6 +23,8 @@ pub struct OverlayArgs {
     /// Entry/attribute timeout in seconds for objects that may change.
     pub timeout: Option<f64>,
     pub writeback: bool,
+    /// READDIRPLUS (listings carry attributes; turns off the kernel's listing cache).
+    pub readdirplus: bool,
     pub noexec: bool,
     pub nodev: bool,
     pub nosuid: bool,
@@ -198,6 +200,7 @@ fn apply_opt(a: &mut OverlayArgs, opt: &str) -> Result<(), String> {
             })
         }
         "writeback" => a.writeback = bool_value(key, &need(val)?)?,
+        "readdirplus" => a.readdirplus = bool_value(key, &need(val)?)?,
         "threads" | "threaded" => {
             let v = need(val)?;
             let n: usize = v
@@ -334,6 +337,7 @@ Options (fuse-overlayfs compatible):
   passthrough=MODE   FUSE passthrough: upper (default as root; =on), all (lower files
                      too; a write-open of a lower file open elsewhere gets EBUSY), off
   writeback=on|off   kernel writeback cache (when passthrough is off)
+  readdirplus=on|off listings carry attributes (off: the kernel caches listings)
   timeout=SECONDS    attribute/entry cache time for writable objects
   uidmapping=HOST:TO:LEN[:...], gidmapping=...  on-disk ids HOST.. are shown as TO..
   squash_to_root, squash_to_uid=N, squash_to_gid=N  report every file as owned by N

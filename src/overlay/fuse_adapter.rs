@@ -3,6 +3,7 @@
 
 use std::ffi::OsStr;
 use std::io;
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,8 +12,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use fuser::{
     AccessFlags, BsdFileFlags, CopyFileRangeFlags, Errno as FErrno, FileAttr, FileHandle, FileType,
     FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags,
-    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLseek,
-    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry,
+    ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use parking_lot::Mutex;
 
@@ -31,6 +32,10 @@ pub struct FuseOptions {
     pub passthrough: PassthroughMode,
     /// Cache writes in the kernel (not together with passthrough).
     pub writeback: bool,
+    /// Answer listings with READDIRPLUS (entries with attributes). The kernel's
+    /// listing cache is then off: the two together lost names under concurrent
+    /// creates and listings.
+    pub readdirplus: bool,
 }
 
 impl Default for FuseOptions {
@@ -40,6 +45,7 @@ impl Default for FuseOptions {
             lower_ttl: Duration::from_secs(86400 * 365),
             passthrough: PassthroughMode::Off,
             writeback: false,
+            readdirplus: false,
         }
     }
 }
@@ -270,11 +276,11 @@ impl fuser::Filesystem for FuseAdapter {
 
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
         let caps = config.capabilities();
-        // No READDIRPLUS: together with the kernel's directory-listing cache it lost
-        // names under concurrent creates and listings (a listing missed files created
-        // before it started, in about half of the runs of the heaviest concurrency
-        // test); either one alone passed every run. The listing cache makes repeated
-        // walks free, which READDIRPLUS cannot.
+        // READDIRPLUS only when asked for: together with the kernel's directory-listing
+        // cache it lost names under concurrent creates and listings (a listing missed
+        // files created before it started, in about half of the runs of the heaviest
+        // concurrency test); either one alone passed every run. The listing cache makes
+        // repeated walks free, which READDIRPLUS cannot, so it is the default.
         let mut want = InitFlags::FUSE_PARALLEL_DIROPS
             | InitFlags::FUSE_CACHE_SYMLINKS
             | InitFlags::FUSE_EXPORT_SUPPORT
@@ -285,6 +291,9 @@ impl fuser::Filesystem for FuseAdapter {
             want |= InitFlags::FUSE_PASSTHROUGH;
         } else if self.opts.writeback {
             want |= InitFlags::FUSE_WRITEBACK_CACHE;
+        }
+        if self.opts.readdirplus {
+            want |= InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO;
         }
         want &= caps;
         let _ = config.add_capabilities(want);
@@ -585,9 +594,70 @@ impl fuser::Filesystem for FuseAdapter {
             // without asking and caches their listings (FOPEN_CACHE_DIR|KEEP_CACHE),
             // which is safe because every change to a directory goes through the kernel.
             // Offsets need no per-stream state (see readdir.rs).
-            Ok(()) => reply.error(FErrno::ENOSYS),
+            Ok(()) if !self.opts.readdirplus => reply.error(FErrno::ENOSYS),
+            // With READDIRPLUS: a real open without FOPEN_CACHE_DIR (see `init`).
+            Ok(()) => reply.opened(FileHandle(0), FopenFlags::empty()),
             Err(e) => reply.error(err(e)),
         }
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let (list, start) = match self.fs.readdir(ino.0, offset) {
+            Ok(l) => l,
+            Err(e) => return reply.error(err(e)),
+        };
+        for e in &list.entries[start..] {
+            let name = e.name.as_bytes();
+            let full = if name == b"." || name == b".." {
+                // The kernel makes no dentry for these: attributes only name the type.
+                let mut attr = to_fuse_attr(&Attr {
+                    ino: e.ino,
+                    mode: libc::S_IFDIR,
+                    blksize: 4096,
+                    ..Attr::default()
+                });
+                attr.ino = INodeNo(e.ino);
+                reply.add(
+                    INodeNo(e.ino),
+                    e.off,
+                    &e.name,
+                    &Duration::ZERO,
+                    &attr,
+                    Generation(0),
+                )
+            } else {
+                match self.fs.lookup(ino.0, &e.name) {
+                    Ok(ent) => {
+                        let full = reply.add(
+                            INodeNo(ent.attr.ino),
+                            e.off,
+                            &e.name,
+                            &self.ttl_for(ent.immutable),
+                            &to_fuse_attr(&ent.attr),
+                            Generation(ent.generation),
+                        );
+                        if full {
+                            // Not sent: the kernel will not count this lookup.
+                            self.fs.forget(ent.attr.ino, 1);
+                        }
+                        full
+                    }
+                    // Gone since the listing was made: leave it out.
+                    Err(_) => false,
+                }
+            };
+            if full {
+                break;
+            }
+        }
+        reply.ok();
     }
 
     fn readdir(

@@ -26,7 +26,7 @@ pub struct Time {
 }
 
 /// Attributes of a merged object.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Attr {
     pub ino: u64,
     pub size: u64,
