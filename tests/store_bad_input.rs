@@ -335,3 +335,21 @@ fn compressed_image_archive_is_not_taken_for_a_layer() {
         &["img.tar.gz", "compressed image archive", "gzip -d"],
     );
 }
+
+#[test]
+fn decompression_bomb_is_refused_naming_the_layer() {
+    // 1 GiB of zeros as 1024 gzip members of 1 MiB each (about 1 MiB on disk): the store
+    // stops after 256 MiB of output at more than 100:1.
+    let t = tempfile::tempdir().unwrap();
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    std::io::Write::write_all(&mut e, &vec![0u8; 1 << 20]).unwrap();
+    let member = e.finish().unwrap();
+    let p = t.path().join("bomb.tar.gz");
+    fs::write(&p, member.repeat(1024)).unwrap();
+    refused(
+        t.path(),
+        &p,
+        &[],
+        &["bomb.tar.gz: layer: refused", "decompression bomb", "100:1"],
+    );
+}

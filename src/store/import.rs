@@ -148,6 +148,8 @@ enum PumpError {
     Decode(io::Error, Option<Digest>),
     /// The extracting side stopped (it has its own error).
     Gone,
+    /// The stream expanded past the limit: tar bytes out, blob bytes read.
+    Expands(u64, u64),
 }
 
 /// A reader that copies what it reads into a file, hashes it and reports progress.
@@ -158,6 +160,8 @@ struct Tee<'a, R> {
     failed: Option<io::Error>,
     progress: &'a (dyn Fn(u64) + Sync),
     last: u64,
+    /// Blob bytes read so far, for the decompressing side to check the expansion.
+    read: &'a std::cell::Cell<u64>,
 }
 
 impl<R: Read> Read for Tee<'_, R> {
@@ -171,6 +175,7 @@ impl<R: Read> Read for Tee<'_, R> {
             }
         };
         self.hasher.update(&buf[..n]);
+        self.read.set(self.read.get() + n as u64);
         if let Some(f) = &mut self.out
             && let Err(e) = f.write_all(&buf[..n])
         {
@@ -190,12 +195,46 @@ impl<R: Read> Read for Tee<'_, R> {
 
 const CHUNK: usize = 256 << 10;
 
+/// How far a compressed layer may expand: past `floor` bytes of tar, at most `ratio`
+/// bytes of tar per byte of blob read so far. Real layers stay far below (text and code
+/// compress 3 to 10 times); a stream of zeros declared as a layer (a decompression bomb)
+/// is stopped after `floor` bytes instead of filling the disk or the CPU for hours.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExpansionLimit {
+    pub floor: u64,
+    pub ratio: u64,
+}
+
+impl Default for ExpansionLimit {
+    fn default() -> Self {
+        ExpansionLimit {
+            floor: 256 << 20,
+            ratio: 100,
+        }
+    }
+}
+
+impl ExpansionLimit {
+    fn exceeded(&self, out: u64, read: u64) -> bool {
+        out > self.floor && out / self.ratio.max(1) > read
+    }
+}
+
+/// Why `pump` stopped early.
+enum PumpStop {
+    Io(io::Error),
+    /// The stream expanded past the limit: tar bytes out, blob bytes read.
+    Expands(u64, u64),
+}
+
 /// Decompress and hash `dec` to its end, sending the data on (when there is a receiver).
+/// With `limit`, stop when the output outgrows what the blob read so far (`read`) allows.
 fn pump<R: Read>(
     dec: &mut R,
     tx: Option<&SyncSender<Vec<u8>>>,
     pool: &Receiver<Vec<u8>>,
-) -> std::result::Result<(Digest, u64), io::Error> {
+    limit: Option<(ExpansionLimit, &std::cell::Cell<u64>)>,
+) -> std::result::Result<(Digest, u64), PumpStop> {
     let mut h = Hasher::new();
     loop {
         let mut buf = pool
@@ -208,7 +247,7 @@ fn pump<R: Read>(
                 Ok(0) => break,
                 Ok(n) => filled += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
+                Err(e) => return Err(PumpStop::Io(e)),
             }
         }
         buf.truncate(filled);
@@ -216,10 +255,18 @@ fn pump<R: Read>(
         if filled == 0 {
             break;
         }
+        if let Some((lim, read)) = limit
+            && lim.exceeded(h.len(), read.get())
+        {
+            return Err(PumpStop::Expands(h.len(), read.get()));
+        }
         if let Some(tx) = tx
             && tx.send(buf).is_err()
         {
-            return Err(io::Error::new(io::ErrorKind::BrokenPipe, "consumer gone"));
+            return Err(PumpStop::Io(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "consumer gone",
+            )));
         }
     }
     let n = h.len();
@@ -263,11 +310,13 @@ pub(super) struct Streamed {
 
 /// Stream one blob: copy it to `blob_out`, hash it, decompress, hash the tar, and
 /// extract it into `extract_to` when given. `what` names the layer in errors.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn stream_blob<'r>(
     what: &str,
     expected: Option<Digest>,
     reader: Box<dyn Read + Send + 'r>,
     comp: Compression,
+    limit: ExpansionLimit,
     blob_out: Option<File>,
     extract_to: Option<(&Path, ExtractOptions)>,
     progress: &(dyn Fn(u64) + Sync),
@@ -276,6 +325,7 @@ pub(super) fn stream_blob<'r>(
     let (back_tx, back_rx) = sync_channel::<Vec<u8>>(16);
     let extracting = extract_to.is_some();
     let produce = move || -> std::result::Result<(Digest, u64, Digest), PumpError> {
+        let read = std::cell::Cell::new(0u64);
         let mut tee = Tee {
             inner: reader,
             out: blob_out,
@@ -283,13 +333,17 @@ pub(super) fn stream_blob<'r>(
             failed: None,
             progress,
             last: 0,
+            read: &read,
         };
         let tx = if extracting { Some(&tx) } else { None };
+        let limit = (comp != Compression::None).then_some((limit, &read));
         let classify =
-            |e: io::Error, mut tee: Tee<'_, Box<dyn Read + Send + 'r>>| match tee.failed.take() {
-                Some(src) => PumpError::Source(src),
-                None if e.kind() == io::ErrorKind::BrokenPipe => PumpError::Gone,
-                None => {
+            |e: PumpStop, mut tee: Tee<'_, Box<dyn Read + Send + 'r>>| match (e, tee.failed.take())
+            {
+                (PumpStop::Expands(out, read), _) => PumpError::Expands(out, read),
+                (_, Some(src)) => PumpError::Source(src),
+                (PumpStop::Io(e), None) if e.kind() == io::ErrorKind::BrokenPipe => PumpError::Gone,
+                (PumpStop::Io(e), None) => {
                     let whole = io::copy(&mut tee, &mut io::sink())
                         .ok()
                         .map(|_| tee.hasher.clone().finish());
@@ -297,14 +351,14 @@ pub(super) fn stream_blob<'r>(
                 }
             };
         let (diff, mut tee) = match comp {
-            Compression::None => match pump(&mut tee, tx, &back_rx) {
+            Compression::None => match pump(&mut tee, tx, &back_rx, limit) {
                 Ok(r) => (r, tee),
                 Err(e) => return Err(classify(e, tee)),
             },
             Compression::Gzip => {
                 let mut d =
                     flate2::bufread::MultiGzDecoder::new(BufReader::with_capacity(1 << 20, tee));
-                match pump(&mut d, tx, &back_rx) {
+                match pump(&mut d, tx, &back_rx, limit) {
                     Ok(r) => (r, d.into_inner().into_inner()),
                     Err(e) => return Err(classify(e, d.into_inner().into_inner())),
                 }
@@ -312,7 +366,7 @@ pub(super) fn stream_blob<'r>(
             Compression::Zstd => {
                 let mut d = zstd::Decoder::with_buffer(BufReader::with_capacity(1 << 20, tee))
                     .map_err(|e| PumpError::Decode(e, None))?;
-                match pump(&mut d, tx, &back_rx) {
+                match pump(&mut d, tx, &back_rx, limit) {
                     Ok(r) => (r, d.finish().into_inner()),
                     Err(e) => return Err(classify(e, d.finish().into_inner())),
                 }
@@ -383,6 +437,15 @@ pub(super) fn stream_blob<'r>(
                 )
             };
             return Err(Error::new(format!("{what}: {why}")));
+        }
+        Err(PumpError::Expands(out, read)) => {
+            return Err(Error::new(format!(
+                "{what}: refused: the {} stream expands to more than {out} bytes from {read} bytes \
+                 (a layer may expand at most {}:1 past {} MiB; a decompression bomb?)",
+                comp.name(),
+                limit.ratio,
+                limit.floor >> 20
+            )));
         }
         Err(PumpError::Gone) => match extracted {
             Some(Err(e)) => return Err(e.context(what)),
@@ -564,6 +627,7 @@ impl Store {
             l.blob.map(|b| b.0),
             reader,
             l.compression,
+            self.expansion,
             Some(blob_file),
             extract_to.as_ref().map(|(p, o)| (p.as_path(), *o)),
             &progress,
@@ -711,6 +775,7 @@ impl Store {
                     Some(blob),
                     Box::new(f),
                     comp,
+                    self.expansion,
                     Some(blob_file),
                     Some((&work.join("diff"), self.extract)),
                     &progress,
@@ -843,6 +908,7 @@ impl Store {
             None,
             Box::new(reader),
             Compression::None,
+            self.expansion,
             Some(blob_file),
             Some((&work.join("diff"), self.extract)),
             &|_| {},

@@ -369,6 +369,7 @@ impl Store {
             Some(blob),
             Box::new(metered),
             l.compression,
+            self.expansion,
             Some(out),
             extract_to.as_deref().map(|p| (p, self.extract)),
             &|_| {},

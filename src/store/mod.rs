@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 
 pub use digest::Digest;
 pub use images::{ImageIndex, ImageRecord, LayerRef, Reference};
-pub use import::{ImportObserver, ImportOptions, Imported, LayerEvent};
+pub use import::{ExpansionLimit, ImportObserver, ImportOptions, Imported, LayerEvent};
 
 use crate::error::{Error, Result};
 use extract::ExtractOptions;
@@ -60,6 +60,7 @@ pub struct ContainerUse {
 pub struct Store {
     layout: Layout,
     extract: ExtractOptions,
+    expansion: ExpansionLimit,
     on_wait: Box<dyn Fn() + Send + Sync>,
     /// Leftovers removed when the store was opened.
     leftovers_removed: usize,
@@ -90,6 +91,7 @@ impl Store {
         let mut store = Store {
             layout,
             extract: ExtractOptions::for_this_process(),
+            expansion: ExpansionLimit::default(),
             on_wait: Box::new(|| {}),
             leftovers_removed: 0,
         };
@@ -107,6 +109,11 @@ impl Store {
     /// Extract as if unprivileged (OCI whiteouts kept, owners not set): for tests.
     pub fn set_extract_options(&mut self, opts: ExtractOptions) {
         self.extract = opts;
+    }
+
+    /// How far a compressed layer may expand (see `ExpansionLimit`); tests lower it.
+    pub fn set_expansion_limit(&mut self, limit: ExpansionLimit) {
+        self.expansion = limit;
     }
 
     pub fn root(&self) -> &Path {
