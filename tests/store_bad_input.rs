@@ -353,3 +353,34 @@ fn decompression_bomb_is_refused_naming_the_layer() {
         &["bomb.tar.gz: layer: refused", "decompression bomb", "100:1"],
     );
 }
+
+#[test]
+fn expansion_limit_setting_is_checked() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("root");
+    let out = std::process::Command::new(bin())
+        .arg("--root")
+        .arg(&root)
+        .arg("images")
+        .env("LAYERFS_MAX_EXPANSION", "lots")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        err.trim(),
+        "layerfs: LAYERFS_MAX_EXPANSION=lots: expected a whole number (0 for no limit)"
+    );
+    let out = std::process::Command::new(bin())
+        .arg("--root")
+        .arg(&root)
+        .arg("images")
+        .env("LAYERFS_MAX_EXPANSION", "0")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -215,8 +215,27 @@ impl Default for ExpansionLimit {
 }
 
 impl ExpansionLimit {
+    /// The default, or the ratio in `$LAYERFS_MAX_EXPANSION` (`0`: no limit), for the
+    /// rare real layer that holds gigabytes of zeros.
+    pub fn from_env() -> Result<Self> {
+        let mut lim = ExpansionLimit::default();
+        if let Some(v) = std::env::var_os("LAYERFS_MAX_EXPANSION") {
+            let ratio: u64 = v
+                .to_str()
+                .and_then(|s| s.trim().parse().ok())
+                .ok_or_else(|| {
+                    Error::new(format!(
+                        "LAYERFS_MAX_EXPANSION={}: expected a whole number (0 for no limit)",
+                        v.to_string_lossy()
+                    ))
+                })?;
+            lim.ratio = if ratio == 0 { u64::MAX } else { ratio };
+        }
+        Ok(lim)
+    }
+
     fn exceeded(&self, out: u64, read: u64) -> bool {
-        out > self.floor && out / self.ratio.max(1) > read
+        self.ratio != u64::MAX && out > self.floor && out / self.ratio.max(1) > read
     }
 }
 
@@ -441,7 +460,8 @@ pub(super) fn stream_blob<'r>(
         Err(PumpError::Expands(out, read)) => {
             return Err(Error::new(format!(
                 "{what}: refused: the {} stream expands to more than {out} bytes from {read} bytes \
-                 (a layer may expand at most {}:1 past {} MiB; a decompression bomb?)",
+                 (a layer may expand at most {}:1 past {} MiB; a decompression bomb? \
+                 LAYERFS_MAX_EXPANSION=RATIO allows more)",
                 comp.name(),
                 limit.ratio,
                 limit.floor >> 20

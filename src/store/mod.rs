@@ -91,7 +91,7 @@ impl Store {
         let mut store = Store {
             layout,
             extract: ExtractOptions::for_this_process(),
-            expansion: ExpansionLimit::default(),
+            expansion: ExpansionLimit::from_env()?,
             on_wait: Box::new(|| {}),
             leftovers_removed: 0,
         };
