@@ -497,11 +497,18 @@ impl fuser::Filesystem for FuseAdapter {
             Ok(o) => o,
             Err(e) => return reply.error(err(e)),
         };
+        // FOPEN_NOFLUSH: no FLUSH on close, which has nothing to do here (the daemon
+        // buffers no writes; with the writeback cache the kernel still flushes its own).
         match self.attach_io(ino.0, o.fh, |f| reply.open_backing(f)) {
-            Ok(Some(id)) => reply.opened_passthrough(FileHandle(o.fh), FopenFlags::empty(), &id),
+            Ok(Some(id)) => {
+                reply.opened_passthrough(FileHandle(o.fh), FopenFlags::FOPEN_NOFLUSH, &id)
+            }
             Ok(None) => {
                 // Every write goes through us, so cached pages stay valid across opens.
-                reply.opened(FileHandle(o.fh), FopenFlags::FOPEN_KEEP_CACHE)
+                reply.opened(
+                    FileHandle(o.fh),
+                    FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH,
+                )
             }
             Err(e) => {
                 self.fs.release(o.fh);
@@ -796,7 +803,7 @@ impl fuser::Filesystem for FuseAdapter {
                 &attr,
                 Generation(e.generation),
                 FileHandle(o.fh),
-                FopenFlags::empty(),
+                FopenFlags::FOPEN_NOFLUSH,
                 &id,
             ),
             Ok(None) => reply.created(
@@ -804,7 +811,7 @@ impl fuser::Filesystem for FuseAdapter {
                 &attr,
                 Generation(e.generation),
                 FileHandle(o.fh),
-                FopenFlags::FOPEN_KEEP_CACHE,
+                FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH,
             ),
             Err(er) => {
                 // The file exists now; the kernel will look it up again.
