@@ -292,14 +292,7 @@ fn round_trip_commit_save_import_mount() {
             .collect();
         dirs.reverse();
         let km = env.path(&format!("kernel-{format}"));
-        let kg: MountGuard = mount_kernel(
-            &Stack {
-                lowers: dirs,
-                upper: None,
-                work: None,
-            },
-            &km,
-        );
+        let kg: MountGuard = mount_kernel(&Stack::ro(dirs), &km);
         assert_same_tree(&original, &merged_tree(&km), "kernel overlay");
         drop(kg);
         store_common::ok(&fresh, &["umount", "copy"]);

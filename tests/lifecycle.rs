@@ -63,15 +63,7 @@ fn sigterm_unmounts_and_exits() {
     let l = t.path().join("l");
     write(&l.join("f"), b"x");
     let m = t.path().join("m");
-    let _g = mount_layerfs(
-        &Stack {
-            lowers: vec![l],
-            upper: None,
-            work: None,
-        },
-        &m,
-        &[],
-    );
+    let _g = mount_layerfs(&Stack::ro(vec![l]), &m, &[]);
     let pid = daemon_pid(&m).expect("daemon");
     // SAFETY: kill with the pid of the daemon this test started.
     unsafe { libc::kill(pid, libc::SIGTERM) };

@@ -138,14 +138,7 @@ fn big_stack(base: &Path, n: usize) -> Vec<PathBuf> {
 /// The names a kernel overlay of the same stack lists (without `.` and `..`).
 fn kernel_names(base: &Path, lowers: &[PathBuf], dir: &str) -> BTreeSet<OsString> {
     let km = base.join("kernel-view");
-    let _g = mount_kernel(
-        &Stack {
-            lowers: lowers.to_vec(),
-            upper: None,
-            work: None,
-        },
-        &km,
-    );
+    let _g = mount_kernel(&Stack::ro(lowers.to_vec()), &km);
     fs::read_dir(km.join(dir))
         .unwrap()
         .map(|e| e.unwrap().file_name())
@@ -158,15 +151,7 @@ fn large_dir_read_in_many_small_calls() {
     let l = big_stack(t.path(), 6000);
     let want = kernel_names(t.path(), &l, "big");
     let lm = t.path().join("m");
-    let _g = mount_layerfs(
-        &Stack {
-            lowers: l.clone(),
-            upper: None,
-            work: None,
-        },
-        &lm,
-        &[],
-    );
+    let _g = mount_layerfs(&Stack::ro(l.clone()), &lm, &[]);
     for size in [300usize, 1024, 4096, 32768] {
         let d = DirFd::open(&lm.join("big"));
         let all = d.read_all(size);
@@ -190,15 +175,7 @@ fn seeking_back_and_forth_gives_the_same_entries() {
     let t = tempfile::tempdir().unwrap();
     let l = big_stack(t.path(), 3000);
     let lm = t.path().join("m");
-    let _g = mount_layerfs(
-        &Stack {
-            lowers: l,
-            upper: None,
-            work: None,
-        },
-        &lm,
-        &[],
-    );
+    let _g = mount_layerfs(&Stack::ro(l), &lm, &[]);
     let d = DirFd::open(&lm.join("big"));
     let all = d.read_all(2048);
     // Each entry's d_off is where the next one starts (telldir after reading it).
@@ -234,15 +211,7 @@ fn telldir_and_seekdir() {
     let t = tempfile::tempdir().unwrap();
     let l = big_stack(t.path(), 1500);
     let lm = t.path().join("m");
-    let _g = mount_layerfs(
-        &Stack {
-            lowers: l,
-            upper: None,
-            work: None,
-        },
-        &lm,
-        &[],
-    );
+    let _g = mount_layerfs(&Stack::ro(l), &lm, &[]);
     let c = CString::new(lm.join("big").as_os_str().as_bytes()).unwrap();
     // SAFETY: opendir/readdir/telldir/seekdir/closedir on one stream owned here; each
     // dirent pointer is read before the next call on the stream.

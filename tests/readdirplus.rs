@@ -43,11 +43,7 @@ fn layers(base: &Path) -> Vec<std::path::PathBuf> {
 fn read_only_tree_matches_kernel() {
     let t = tempfile::tempdir().unwrap();
     let l = layers(t.path());
-    let stack = Stack {
-        lowers: l.clone(),
-        upper: None,
-        work: None,
-    };
+    let stack = Stack::ro(l.clone());
     let (km, lm) = (t.path().join("mk"), t.path().join("ml"));
     let kg = mount_kernel(&stack, &km);
     let lg = mount_layerfs(&stack, &lm, OPT);

@@ -24,23 +24,8 @@ fn compare_ro(base: &Path, ours: &[PathBuf], kernels: &[PathBuf]) -> (Tree, Tree
         klowers.push(empty);
     }
     let (km, lm) = (base.join("mk"), base.join("ml"));
-    let kg = mount_kernel(
-        &Stack {
-            lowers: klowers,
-            upper: None,
-            work: None,
-        },
-        &km,
-    );
-    let lg = mount_layerfs(
-        &Stack {
-            lowers: ours.to_vec(),
-            upper: None,
-            work: None,
-        },
-        &lm,
-        &[],
-    );
+    let kg = mount_kernel(&Stack::ro(klowers), &km);
+    let lg = mount_layerfs(&Stack::ro(ours.to_vec()), &lm, &[]);
     let k = snapshot(&km, &SnapOpts::default().kernel());
     let l = snapshot(&lm, &SnapOpts::default());
     drop(kg);

@@ -165,11 +165,7 @@ fn read_only_rootfs_matches_kernel() {
     let check = LowersUnchanged::record(&s.lowers);
     let t = tempfile::tempdir().unwrap();
     let (km, lm) = (t.path().join("k"), t.path().join("l"));
-    let stack = Stack {
-        lowers: s.lowers.clone(),
-        upper: None,
-        work: None,
-    };
+    let stack = Stack::ro(s.lowers.clone());
     let kg = mount_kernel(&stack, &km);
     let lg = mount_layerfs(&stack, &lm, &[]);
     for cmd in [

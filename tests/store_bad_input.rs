@@ -358,26 +358,22 @@ fn decompression_bomb_is_refused_naming_the_layer() {
 fn expansion_limit_setting_is_checked() {
     let t = tempfile::tempdir().unwrap();
     let root = t.path().join("root");
-    let out = std::process::Command::new(bin())
-        .arg("--root")
-        .arg(&root)
-        .arg("images")
-        .env("LAYERFS_MAX_EXPANSION", "lots")
-        .output()
-        .unwrap();
+    let images_with = |value: &str| {
+        std::process::Command::new(bin())
+            .arg("--root")
+            .arg(&root)
+            .arg("images")
+            .env("LAYERFS_MAX_EXPANSION", value)
+            .output()
+            .unwrap()
+    };
+    let out = images_with("lots");
     assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(
-        err.trim(),
+        String::from_utf8_lossy(&out.stderr).trim(),
         "layerfs: LAYERFS_MAX_EXPANSION=lots: expected a whole number (0 for no limit)"
     );
-    let out = std::process::Command::new(bin())
-        .arg("--root")
-        .arg(&root)
-        .arg("images")
-        .env("LAYERFS_MAX_EXPANSION", "0")
-        .output()
-        .unwrap();
+    let out = images_with("0");
     assert!(
         out.status.success(),
         "{}",

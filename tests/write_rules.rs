@@ -639,15 +639,7 @@ fn erofs_without_an_upper_layer() {
     write(&l.join("dir/inner"), b"x");
     let check = LowersUnchanged::record(std::slice::from_ref(&l));
     let m = t.path().join("m");
-    let g = mount_layerfs(
-        &Stack {
-            lowers: vec![l],
-            upper: None,
-            work: None,
-        },
-        &m,
-        &[],
-    );
+    let g = mount_layerfs(&Stack::ro(vec![l]), &m, &[]);
     let p = |n: &str| m.join(n);
     let rofs = libc::EROFS;
     assert_eq!(errno_of(fs::write(p("new"), b"")), rofs);

@@ -105,12 +105,39 @@ pub struct Stack {
 }
 
 impl Stack {
+    /// A read-only stack of these lower dirs (top first).
+    pub fn ro(lowers: Vec<PathBuf>) -> Stack {
+        Stack {
+            lowers,
+            upper: None,
+            work: None,
+        }
+    }
+
     pub fn lowerdir(&self) -> String {
         self.lowers
             .iter()
             .map(|p| p.to_str().unwrap().replace(':', "\\:"))
             .collect::<Vec<_>>()
             .join(":")
+    }
+
+    /// Mount options: the layers, `rw_extra` after the upper and work dirs when there
+    /// are some, then `extra`.
+    pub fn options(&self, rw_extra: &str, extra: &[&str]) -> String {
+        let mut opts = format!("lowerdir={}", self.lowerdir());
+        if let (Some(u), Some(w)) = (&self.upper, &self.work) {
+            opts.push_str(&format!(
+                ",upperdir={},workdir={}{rw_extra}",
+                u.display(),
+                w.display()
+            ));
+        }
+        for e in extra {
+            opts.push(',');
+            opts.push_str(e);
+        }
+        opts
     }
 }
 
@@ -121,18 +148,7 @@ pub fn mount_layerfs(stack: &Stack, mnt: &Path, extra: &[&str]) -> MountGuard {
 
 pub fn try_mount_layerfs(stack: &Stack, mnt: &Path, extra: &[&str]) -> Result<MountGuard, String> {
     fs::create_dir_all(mnt).unwrap();
-    let mut opts = format!("lowerdir={}", stack.lowerdir());
-    if let (Some(u), Some(w)) = (&stack.upper, &stack.work) {
-        opts.push_str(&format!(
-            ",upperdir={},workdir={}",
-            u.display(),
-            w.display()
-        ));
-    }
-    for e in extra {
-        opts.push(',');
-        opts.push_str(e);
-    }
+    let opts = stack.options("", extra);
     let out = Command::new(layerfs_bin())
         .arg("-o")
         .arg(&opts)
@@ -576,18 +592,7 @@ pub fn copy_tree(src: &Path, dst: &Path) {
 /// Mount the kernel's overlayfs with extra options (after the standard ones).
 pub fn mount_kernel_with(stack: &Stack, mnt: &Path, extra: &[&str]) -> MountGuard {
     fs::create_dir_all(mnt).unwrap();
-    let mut opts = format!("lowerdir={}", stack.lowerdir());
-    if let (Some(u), Some(w)) = (&stack.upper, &stack.work) {
-        opts.push_str(&format!(
-            ",upperdir={},workdir={},index=on,redirect_dir=on",
-            u.display(),
-            w.display()
-        ));
-    }
-    for e in extra {
-        opts.push(',');
-        opts.push_str(e);
-    }
+    let opts = stack.options(",index=on,redirect_dir=on", extra);
     let out = Command::new("mount")
         .args(["-t", "overlay", "overlay", "-o", &opts])
         .arg(mnt)

@@ -169,19 +169,7 @@ pub fn new_stack(root: &Path, n: usize) -> Stack {
 
 /// The `-o` string for a stack plus extra options.
 pub fn mount_opts(stack: &Stack, extra: &[&str]) -> String {
-    let mut opts = format!("lowerdir={}", stack.lowerdir());
-    if let (Some(u), Some(w)) = (&stack.upper, &stack.work) {
-        opts.push_str(&format!(
-            ",upperdir={},workdir={}",
-            u.display(),
-            w.display()
-        ));
-    }
-    for e in extra {
-        opts.push(',');
-        opts.push_str(e);
-    }
-    opts
+    stack.options("", extra)
 }
 
 /// Entries left in the work dir's scratch area (`WORKDIR/work`).
