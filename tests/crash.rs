@@ -102,7 +102,9 @@ fn crash_during_copy_up(min: u64) {
     assert!(
         !work_entries(&work).is_empty()
             || fs::symlink_metadata(s.upper.as_ref().unwrap().join("dir/big")).is_ok(),
-        "killed at {killed_at} bytes, but neither a partial copy nor a finished one is left"
+        "killed at {killed_at} bytes, but neither a partial copy nor a finished one is left \
+         (the open said {r:?}; daemon {pid} alive: {})",
+        std::path::Path::new(&format!("/proc/{pid}")).exists()
     );
     // A new mount cleans the work dir and shows a whole file.
     let g2 = mount_layerfs(&s, &m, &[]);

@@ -68,6 +68,16 @@ impl<V: Weighted> ShardedLru<V> {
         }
     }
 
+    /// Remove the value under `key` if `pred` says so.
+    pub fn remove_if(&self, key: u64, pred: impl Fn(&Arc<V>) -> bool) {
+        let mut s = self.shard(key).lock();
+        if s.lru.peek(&key).is_some_and(&pred) {
+            if let Some(old) = s.lru.pop(&key) {
+                s.weight -= old.weight();
+            }
+        }
+    }
+
     /// Total weight currently held.
     pub fn weight(&self) -> usize {
         self.shards.iter().map(|s| s.lock().weight).sum()
@@ -94,5 +104,10 @@ mod tests {
         assert_eq!(c.weight(), 100);
         c.put(2, Arc::new(vec![0; 10]));
         assert_eq!(c.weight(), 10, "replacing a value replaces its weight");
+        c.remove_if(2, |v| v.len() == 99);
+        assert!(c.get(2).is_some(), "kept when the predicate says no");
+        c.remove_if(2, |v| v.len() == 10);
+        assert!(c.get(2).is_none());
+        assert_eq!(c.weight(), 0);
     }
 }

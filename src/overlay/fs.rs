@@ -547,6 +547,13 @@ impl OverlayFs {
         Ok((list, start))
     }
 
+    /// The reader of a listing from `readdir` reached its end: the daemon keeps no copy.
+    pub fn readdir_done(&self, ino: u64, list: &Arc<Listing>) {
+        if let Ok(node) = self.node(ino) {
+            self.listings.done(node.serial, list);
+        }
+    }
+
     fn list_dir(&self, node: &Arc<Node>) -> SysResult<Vec<DirEntryOut>> {
         let view = self.dir_view(node)?;
         let parent_ino = match &*node.state.read() {

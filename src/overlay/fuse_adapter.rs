@@ -620,7 +620,8 @@ impl fuser::Filesystem for FuseAdapter {
             Ok(l) => l,
             Err(e) => return reply.error(err(e)),
         };
-        for e in &list.entries[start..] {
+        let rest = list.entries.len() - start;
+        for (i, e) in list.entries[start..].iter().enumerate() {
             let name = e.name.as_bytes();
             let full = if name == b"." || name == b".." {
                 // The kernel makes no dentry for these: attributes only name the type.
@@ -663,6 +664,9 @@ impl fuser::Filesystem for FuseAdapter {
             if full {
                 break;
             }
+            if i + 1 == rest {
+                self.fs.readdir_done(ino.0, &list);
+            }
         }
         reply.ok();
     }
@@ -679,10 +683,11 @@ impl fuser::Filesystem for FuseAdapter {
             Ok(l) => l,
             Err(e) => return reply.error(err(e)),
         };
-        for e in &list.entries[start..] {
-            if reply.add(INodeNo(e.ino), e.off, dtype_to_file_type(e.dtype), &e.name) {
-                break;
-            }
+        let all = !list.entries[start..]
+            .iter()
+            .any(|e| reply.add(INodeNo(e.ino), e.off, dtype_to_file_type(e.dtype), &e.name));
+        if all {
+            self.fs.readdir_done(ino.0, &list);
         }
         reply.ok();
     }

@@ -239,6 +239,12 @@ impl ListingCache {
         self.lists.put_unless(key, list, |old| old.version > v)
     }
 
+    /// A reader got to the end of `list`: drop it, unless a newer one replaced it. The
+    /// kernel caches what it read; a later read from the middle builds it again.
+    pub fn done(&self, key: u64, list: &Arc<Listing>) {
+        self.lists.remove_if(key, |l| Arc::ptr_eq(l, list))
+    }
+
     /// Sort a listing by offset, making colliding offsets distinct.
     pub fn order(entries: &mut [DirEntryOut]) {
         entries.sort_by(|a, b| a.off.cmp(&b.off).then_with(|| a.name.cmp(&b.name)));
