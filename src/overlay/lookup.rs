@@ -79,6 +79,9 @@ pub struct DirIndex {
     pub entries: HashMap<Box<[u8]>, IndexEntry>,
     /// Names in discovery order (layer by layer), for readdir.
     pub order: Vec<Box<[u8]>>,
+    /// Too many entries to index: kept (empty) so that the directory is not read
+    /// again on every lookup only to find that out once more.
+    pub too_large: bool,
 }
 
 impl DirIndex {
@@ -485,9 +488,14 @@ impl Resolver {
     /// The index of a directory with two or more lower layers (`None`: too large).
     pub fn index_of(&self, dir: &DirView) -> SysResult<Option<Arc<DirIndex>>> {
         if let Some(i) = self.index.get(dir.serial) {
-            return Ok(Some(i));
+            return Ok((!i.too_large).then_some(i));
         }
         let Some(idx) = self.build_index(&dir.lowers)? else {
+            let none = DirIndex {
+                too_large: true,
+                ..DirIndex::default()
+            };
+            self.index.put(dir.serial, Arc::new(none));
             return Ok(None);
         };
         let idx = Arc::new(idx);
