@@ -4,6 +4,7 @@
 
 pub mod container_cmds;
 pub mod overlay_opts;
+pub mod progress;
 pub mod registry_cmds;
 pub mod store_cmds;
 

@@ -1,16 +1,14 @@
 //! Registry commands: pull, push, login, logout. Argument definitions and output only;
 //! the work is in `crate::registry`.
 
-use std::collections::HashMap;
 use std::io::{BufRead, IsTerminal, Write};
 use std::os::fd::AsFd;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
-use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
 use crate::cli::Globals;
+use crate::cli::progress::LayerBars;
 use crate::error::{Error, Result};
 use crate::registry::{self, Credentials, ImageRef, PushEvent, PushObserver};
 use crate::store::{Digest, ImportObserver, LayerEvent, Store};
@@ -144,86 +142,20 @@ fn out(s: &str) -> Result<()> {
 // ---------------------------------------------------------------------------------------
 // Progress, as docker shows it: a line per layer, bars with bytes and speed on a terminal.
 
-struct Progress {
-    bars: Option<MultiProgress>,
-    active: Mutex<HashMap<Digest, ProgressBar>>,
-    quiet: bool,
-}
-
-impl Progress {
-    fn new(quiet: bool) -> Progress {
-        let bars = (!quiet && std::io::stderr().is_terminal()).then(MultiProgress::new);
-        Progress {
-            bars,
-            active: Mutex::new(HashMap::new()),
-            quiet,
-        }
-    }
-
-    fn line(&self, s: String) {
-        if self.quiet {
-            return;
-        }
-        match &self.bars {
-            Some(m) => {
-                let _ = m.println(s);
-            }
-            None => {
-                let _ = out(&format!("{s}\n"));
-            }
-        }
-    }
-
-    fn start(&self, d: &Digest, size: u64, verb: &str) {
-        let Some(m) = &self.bars else { return };
-        let b = m.add(ProgressBar::new(size));
-        b.set_style(
-            ProgressStyle::with_template(
-                "{prefix}: {msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
-        );
-        b.set_prefix(d.short());
-        b.set_message(verb.to_string());
-        b.enable_steady_tick(Duration::from_millis(200));
-        self.active
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(*d, b);
-    }
-
-    fn progress(&self, d: &Digest, done: u64) {
-        if let Some(b) = self.active.lock().unwrap_or_else(|e| e.into_inner()).get(d) {
-            b.set_position(done);
-        }
-    }
-
-    fn finish(&self, d: &Digest, line: String) {
-        if let Some(b) = self
-            .active
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(d)
-        {
-            b.finish_and_clear();
-        }
-        self.line(line);
-    }
-}
+struct Progress(LayerBars);
 
 impl ImportObserver for Progress {
     /// Pull events, by blob digest.
     fn layer(&self, d: &Digest, ev: LayerEvent) {
         let id = d.short();
         match ev {
-            LayerEvent::Exists => self.line(format!("{id}: Already exists")),
-            LayerEvent::Start { size } => self.start(d, size, "Downloading"),
-            LayerEvent::Progress { done } => self.progress(d, done),
-            LayerEvent::Extracted { .. } => self.finish(d, format!("{id}: Pull complete")),
-            LayerEvent::BlobStored => {
-                self.finish(d, format!("{id}: Already exists (blob downloaded)"))
-            }
+            LayerEvent::Exists => self.0.line(format!("{id}: Already exists")),
+            LayerEvent::Start { size } => self.0.start(d, size, "Downloading"),
+            LayerEvent::Progress { done } => self.0.progress(d, done),
+            LayerEvent::Extracted { .. } => self.0.finish(d, format!("{id}: Pull complete")),
+            LayerEvent::BlobStored => self
+                .0
+                .finish(d, format!("{id}: Already exists (blob downloaded)")),
         }
     }
 
@@ -236,11 +168,11 @@ impl PushObserver for Progress {
     fn blob(&self, d: &Digest, ev: PushEvent) {
         let id = d.short();
         match ev {
-            PushEvent::Exists => self.line(format!("{id}: Layer already exists")),
-            PushEvent::Mounted { from } => self.line(format!("{id}: Mounted from {from}")),
-            PushEvent::Start { size } => self.start(d, size, "Pushing"),
-            PushEvent::Progress { done } => self.progress(d, done),
-            PushEvent::Pushed => self.finish(d, format!("{id}: Pushed")),
+            PushEvent::Exists => self.0.line(format!("{id}: Layer already exists")),
+            PushEvent::Mounted { from } => self.0.line(format!("{id}: Mounted from {from}")),
+            PushEvent::Start { size } => self.0.start(d, size, "Pushing"),
+            PushEvent::Progress { done } => self.0.progress(d, done),
+            PushEvent::Pushed => self.0.finish(d, format!("{id}: Pushed")),
         }
     }
 }
@@ -251,13 +183,15 @@ impl PushObserver for Progress {
 fn pull(a: PullArgs, g: &Globals) -> Result<()> {
     let r = ImageRef::parse(&a.reference)?;
     let store = open_store(g)?;
-    let progress = Progress::new(a.quiet);
+    let progress = Progress(LayerBars::new(a.quiet));
     let what = match (&r.tag, &r.digest) {
         (_, Some(d)) => d.to_string(),
         (Some(t), None) => t.clone(),
         (None, None) => "latest".into(),
     };
-    progress.line(format!("{what}: Pulling from {}", r.repository));
+    progress
+        .0
+        .line(format!("{what}: Pulling from {}", r.repository));
     let opts = registry::PullOptions {
         platform: a.platform,
         parallel: a.max_concurrent_downloads.max(1),
@@ -283,8 +217,8 @@ fn push(a: PushArgs, g: &Globals) -> Result<()> {
     let target = a.reference.as_deref().unwrap_or(&a.image);
     let r = ImageRef::parse(target)?;
     let store = open_store(g)?;
-    let progress = Progress::new(a.quiet);
-    progress.line(format!(
+    let progress = Progress(LayerBars::new(a.quiet));
+    progress.0.line(format!(
         "The push refers to repository [{}/{}]",
         r.registry, r.repository
     ));

@@ -1,16 +1,14 @@
 //! Store commands: import, images, tag, inspect, rmi, system df/prune/check.
 //! Argument definitions and output only; the work is in `crate::store`.
 
-use std::collections::HashMap;
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::path::PathBuf;
-use std::sync::Mutex;
 
 use clap::{Args, Subcommand};
-use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use serde_json::json;
 
 use crate::cli::Globals;
+use crate::cli::progress::LayerBars;
 use crate::error::{Error, Result};
 use crate::store::gc::RmiEvent;
 use crate::store::{
@@ -245,80 +243,27 @@ fn split_tag(t: &str) -> (String, String) {
 // ---------------------------------------------------------------------------------------
 // import
 
-/// Progress: bars on a terminal, one plain line per layer otherwise.
-struct Progress {
-    bars: Option<MultiProgress>,
-    active: Mutex<HashMap<Digest, ProgressBar>>,
-    quiet: bool,
-}
+/// Import progress: bars on a terminal, one plain line per layer otherwise.
+struct Progress(LayerBars);
 
 /// Layers smaller than this get no bar.
 const BAR_MIN: u64 = 4 << 20;
 
-impl Progress {
-    fn new(quiet: bool) -> Progress {
-        let bars = (!quiet && std::io::stderr().is_terminal()).then(MultiProgress::new);
-        Progress {
-            bars,
-            active: Mutex::new(HashMap::new()),
-            quiet,
-        }
-    }
-
-    fn line(&self, s: String) {
-        if self.quiet {
-            return;
-        }
-        match &self.bars {
-            Some(m) => {
-                let _ = m.println(s);
-            }
-            None => println!("{s}"),
-        }
-    }
-}
-
 impl ImportObserver for Progress {
     fn layer(&self, d: &Digest, ev: LayerEvent) {
         let id = format!("sha256:{}", d.short());
-        let mut active = self.active.lock().unwrap_or_else(|e| e.into_inner());
         match ev {
-            LayerEvent::Exists => self.line(format!("{id}: already exists")),
-            LayerEvent::BlobStored => {
-                if let Some(b) = active.remove(d) {
-                    b.finish_and_clear();
-                }
-                self.line(format!("{id}: already exists (blob stored)"));
-            }
-            LayerEvent::Start { size } => {
-                if let Some(m) = &self.bars
-                    && size >= BAR_MIN
-                {
-                    let b = m.add(ProgressBar::new(size));
-                    b.set_style(
-                        ProgressStyle::with_template(
-                            "{prefix}: {bar:30} {bytes}/{total_bytes} {bytes_per_sec}",
-                        )
-                        .unwrap_or_else(|_| ProgressStyle::default_bar()),
-                    );
-                    b.set_prefix(id);
-                    active.insert(*d, b);
-                }
-            }
-            LayerEvent::Progress { done } => {
-                if let Some(b) = active.get(d) {
-                    b.set_position(done);
-                }
-            }
-            LayerEvent::Extracted { size, entries } => {
-                if let Some(b) = active.remove(d) {
-                    b.finish_and_clear();
-                }
-                self.line(format!(
-                    "{id}: extracted {} ({entries} entries)",
-                    human_size(size)
-                ));
-            }
+            LayerEvent::Exists => self.0.line(format!("{id}: already exists")),
+            LayerEvent::BlobStored => self
+                .0
+                .finish(d, format!("{id}: already exists (blob stored)")),
+            LayerEvent::Start { size } if size >= BAR_MIN => self.0.start(d, size, "Extracting"),
+            LayerEvent::Start { .. } => {}
+            LayerEvent::Progress { done } => self.0.progress(d, done),
+            LayerEvent::Extracted { size, entries } => self.0.finish(
+                d,
+                format!("{id}: extracted {} ({entries} entries)", human_size(size)),
+            ),
         }
     }
 
@@ -328,7 +273,7 @@ impl ImportObserver for Progress {
 }
 
 fn import(store: &Store, a: ImportArgs) -> Result<()> {
-    let progress = Progress::new(a.quiet);
+    let progress = Progress(LayerBars::new(a.quiet));
     let opts = ImportOptions {
         tag: a.tag,
         platform: a.platform,

@@ -700,17 +700,7 @@ impl Store {
             }
             (None, Some(x)) => {
                 let rec = self.finish_layer(&layer_dir, &l.diff_id, &x)?;
-                obs.layer(
-                    &l.diff_id,
-                    LayerEvent::Extracted {
-                        size: rec.size,
-                        entries: rec.entries,
-                    },
-                );
-                out.layers_extracted += 1;
-                let size = rec.size;
-                stage.layers.insert(l.diff_id, rec);
-                size
+                extracted(stage, out, obs, l.diff_id, rec)
             }
             (None, None) => unreachable!("extraction requested"),
         };
@@ -832,17 +822,7 @@ impl Store {
                     let rec = self.finish_layer(&work, &s.diff_id, &x)?;
                     fs::rename(&work, stage.layer(&s.diff_id))
                         .ctx(format!("renaming {}", work.display()))?;
-                    obs.layer(
-                        &s.diff_id,
-                        LayerEvent::Extracted {
-                            size: rec.size,
-                            entries: rec.entries,
-                        },
-                    );
-                    out.layers_extracted += 1;
-                    let size = rec.size;
-                    stage.layers.insert(s.diff_id, rec);
-                    size
+                    extracted(stage, out, obs, s.diff_id, rec)
                 };
                 if !self.blob_path(&s.blob).is_file() {
                     fs::rename(&incoming, stage.blob(&s.blob))
@@ -1036,6 +1016,28 @@ impl Store {
         self.write_images(&idx, &lock)?;
         Ok(stored)
     }
+}
+
+/// A layer extracted and checked into the staging dir: announce it, count it, record it;
+/// returns its size.
+fn extracted(
+    stage: &mut Stage,
+    out: &mut Imported,
+    obs: &dyn ImportObserver,
+    diff_id: Digest,
+    rec: LayerRecord,
+) -> u64 {
+    obs.layer(
+        &diff_id,
+        LayerEvent::Extracted {
+            size: rec.size,
+            entries: rec.entries,
+        },
+    );
+    out.layers_extracted += 1;
+    let size = rec.size;
+    stage.layers.insert(diff_id, rec);
+    size
 }
 
 /// Rename `name` from one dir to another unless the target exists (then the staged copy
