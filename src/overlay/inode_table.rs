@@ -296,9 +296,22 @@ impl InodeTable {
             open_files: AtomicU64::new(0),
             table: Arc::downgrade(&self.inner),
         });
-        self.inner.shards[shard_of(ino)]
-            .write()
-            .insert(ino, Arc::downgrade(&node));
+        let replaced = {
+            let mut map = self.inner.shards[shard_of(ino)].write();
+            let old = map.get(&ino).and_then(|w| w.upgrade());
+            map.insert(ino, Arc::downgrade(&node));
+            old
+        };
+        // The number was reused (the old object is gone) but the kernel may still hold
+        // lookups of the old node under it: its FORGETs now reach the new node, so the
+        // new node takes over that count instead of being forgotten too early.
+        if let Some(old) = replaced {
+            let n = old.nlookup.load(Ordering::Acquire);
+            if n > 0 {
+                node.inc_lookup(n);
+                old.forget(n);
+            }
+        }
         node
     }
 
@@ -348,6 +361,22 @@ mod tests {
         t.get(42).unwrap().forget(1);
         assert!(t.get(42).is_none(), "forgotten node is gone");
         assert_eq!(t.len(), 0);
+    }
+
+    #[test]
+    fn reused_number_takes_over_the_old_lookups() {
+        let t = InodeTable::new();
+        let old = t.insert_new(9, Kind::File, file_state());
+        old.inc_lookup(1);
+        drop(old);
+        // The old object was deleted and its number reused before its FORGET came.
+        let new = t.insert_new(9, Kind::File, file_state());
+        new.inc_lookup(1);
+        drop(new);
+        t.get(9).unwrap().forget(1); // the old object's FORGET
+        assert!(t.get(9).is_some(), "the new node is still looked up once");
+        t.get(9).unwrap().forget(1);
+        assert!(t.get(9).is_none());
     }
 
     #[test]
