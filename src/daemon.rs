@@ -11,7 +11,7 @@ use fuser::{Config, MountOption, SessionACL};
 use crate::cli::overlay_opts::OverlayArgs;
 use crate::error::describe;
 use crate::overlay::fs::{Options, OverlayFs};
-use crate::overlay::fuse_adapter::{FuseAdapter, FuseOptions, PassthroughMode};
+use crate::overlay::fuse_adapter::{FuseAdapter, FuseNotifier, FuseOptions, PassthroughMode};
 use crate::sys;
 
 /// A mount failure with a one-line message.
@@ -233,7 +233,7 @@ pub fn serve(
         }
     };
     let writable = fs.is_writable();
-    let adapter = FuseAdapter::new(fs, fuse_options(a));
+    let adapter = FuseAdapter::new(fs.clone(), fuse_options(a));
     let config = mount_config(a, writable);
     // Signals go to one thread that unmounts; request threads never see them.
     sys::block_signals(&[libc::SIGTERM, libc::SIGINT, libc::SIGHUP]);
@@ -249,6 +249,7 @@ pub fn serve(
             return Err(err);
         }
     };
+    fs.set_kernel_cache(Box::new(FuseNotifier(session.notifier())));
     ready(Ok(()));
     let mnt = cfg.plan.mountpoint.clone();
     std::thread::Builder::new()

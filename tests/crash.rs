@@ -129,7 +129,7 @@ fn crash_during_copy_up(min: u64) {
     // shows `dir` as merged; see `accept_visible_link_counts` for the link counts.
     assert_same_tree(
         &k,
-        &accept_visible_link_counts(&k, &ours),
+        &accept_visible_link_counts(&k, &ours, &s.lowers),
         "kernel view after the crash",
     );
     // The interrupted copy-up can be done again.

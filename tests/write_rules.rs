@@ -99,7 +99,7 @@ impl Env {
         drop(kg);
         assert_same_tree(
             &k,
-            &accept_visible_link_counts(&k, &now),
+            &accept_visible_link_counts(&k, &now, &self.lowers),
             "kernel view of the upper dir",
         );
         self.g = Some(mount_layerfs(&self.s, &self.m, &[]));

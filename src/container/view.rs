@@ -100,7 +100,7 @@ impl View {
 
     /// Every xattr (the overlay's own are never shown), sorted by name.
     pub fn xattrs(&self, ino: u64) -> Result<Xattrs> {
-        let list = match self.fs.listxattr(ino) {
+        let list = match self.fs.xattr_names(ino) {
             Ok(l) => l,
             Err(Errno::NOTSUP) => return Ok(Vec::new()),
             Err(e) => return Err(err_at(b"", e)),

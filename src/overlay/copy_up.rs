@@ -106,6 +106,8 @@ impl OverlayFs {
         if let NodeState::Dir(d) = &mut *node.state.write() {
             d.upper = Some(rd.clone());
         }
+        // Now merged: one link instead of the lower directory's count.
+        self.attr_changed(node.ino);
         Ok(rd)
     }
 

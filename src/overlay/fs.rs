@@ -14,10 +14,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::handles::{FileHandle, HandleTable};
 use super::inode_table::{Alias, DirState, FileState, InodeTable, Kind, Node, NodeState};
+use super::kernel_cache::KernelCache;
 use super::layers::{LayerId, Layers, RealDir, UPPER};
 use super::lookup::{Detail, DirView, Resolved, Resolver};
 use super::readdir::{DirEntryOut, Listing, ListingCache, start_after};
-use super::types::{Attr, Ctx, Entry, Opened, StatFs};
+use super::types::{Attr, Ctx, Entry, Opened, StatFs, XattrList};
 use super::whiteout::{self, MarkerWriter};
 use crate::sys::{self, Errno, OFlags, Stat, SysResult};
 
@@ -64,6 +65,8 @@ pub struct OverlayFs {
     pub(crate) writer: Option<MarkerWriter>,
     pub(crate) opts: Options,
     tmp_counter: AtomicU64,
+    /// Where to report changes the kernel did not ask for (set once mounted).
+    kernel: std::sync::OnceLock<Box<dyn KernelCache>>,
 }
 
 /// Error opening the layers, naming the path at fault.
@@ -133,11 +136,24 @@ impl OverlayFs {
             writer,
             opts,
             tmp_counter: AtomicU64::new(0),
+            kernel: std::sync::OnceLock::new(),
         })
     }
 
     pub fn layers(&self) -> &Layers {
         &self.res.layers
+    }
+
+    /// Install the channel to the kernel's caches (once, after mounting).
+    pub fn set_kernel_cache(&self, k: Box<dyn KernelCache>) {
+        let _ = self.kernel.set(k);
+    }
+
+    /// The attributes of `ino` changed without a request about it.
+    pub(crate) fn attr_changed(&self, ino: u64) {
+        if let Some(k) = self.kernel.get() {
+            k.attr_changed(ino);
+        }
     }
 
     pub fn is_writable(&self) -> bool {
@@ -238,17 +254,22 @@ impl OverlayFs {
                         })
                     },
                 );
-                {
+                let now_merged = {
                     let mut st = node.state.write();
                     // Where a directory is comes from our own records (every rename
                     // goes through us), never from a resolution that may predate one.
-                    if let NodeState::Dir(d) = &mut *st {
-                        if d.upper.is_none() && upper.is_some() {
+                    match &mut *st {
+                        NodeState::Dir(d) if d.upper.is_none() && upper.is_some() => {
                             d.upper = upper;
                             d.redirect = redirect;
                             d.impure = impure;
+                            d.is_merged()
                         }
+                        _ => false,
                     }
+                };
+                if now_merged {
+                    self.attr_changed(node.ino);
                 }
                 node
             }
@@ -323,11 +344,11 @@ impl OverlayFs {
         a.uid = m.uid_shown(a.uid);
         a.gid = m.gid_shown(a.gid);
         if let NodeState::Dir(d) = &*node.state.read() {
-            // Merged directories report one link, as with the kernel's overlayfs. On a
-            // writable mount so does a directory still only in lower layers: a copy-up
-            // inside it makes it merged without any request about it, while the kernel
-            // keeps the attributes it cached for it.
-            if d.is_merged() || (self.is_writable() && !d.lowers.is_empty()) {
+            // Merged directories report one link, as with the kernel's overlayfs; one
+            // real directory reports its own count. A copy-up inside a lower directory
+            // makes it merged without any request about it: `upper_dir` then tells the
+            // kernel to drop the attributes it cached.
+            if d.is_merged() {
                 a.nlink = 1;
             }
         }
@@ -644,23 +665,34 @@ impl OverlayFs {
         sys::get_xattr_into(real.fd(), n.as_deref(), name, buf)
     }
 
-    /// `listxattr`: NUL-separated names, internal ones removed.
-    pub fn listxattr(&self, ino: u64) -> SysResult<Vec<u8>> {
+    /// `listxattr` into a buffer of `size` bytes (0: the size only), as the kernel's
+    /// overlayfs answers: the size and the `ERANGE` check are those of the real
+    /// object's whole list, the names returned leave out the internal ones. So a size
+    /// query gives an upper bound, and the kernel mounting the same layers agrees.
+    pub fn listxattr(&self, ino: u64, size: usize) -> SysResult<XattrList> {
+        let list = self.real_xattr_list(ino)?;
+        if size == 0 {
+            return Ok(XattrList::Size(list.len()));
+        }
+        if list.len() > size {
+            return Err(Errno::RANGE);
+        }
+        Ok(XattrList::Names(without_internal(&list)))
+    }
+
+    /// The names of a node's xattrs, NUL-separated, internal ones removed.
+    pub fn xattr_names(&self, ino: u64) -> SysResult<Vec<u8>> {
+        Ok(without_internal(&self.real_xattr_list(ino)?))
+    }
+
+    fn real_xattr_list(&self, ino: u64) -> SysResult<Vec<u8>> {
         let node = self.node(ino)?;
         let (real, n) = self.xattr_target(&node)?;
-        let list = match sys::list_xattr(real.fd(), n.as_deref()) {
-            Ok(l) => l,
-            Err(Errno::NOTSUP) => Vec::new(),
-            Err(e) => return Err(e),
-        };
-        let mut out = Vec::with_capacity(list.len());
-        for name in sys::split_xattr_names(&list) {
-            if !whiteout::is_internal_xattr(name.as_bytes()) {
-                out.extend_from_slice(name.as_bytes());
-                out.push(0);
-            }
+        match sys::list_xattr(real.fd(), n.as_deref()) {
+            Ok(l) => Ok(l),
+            Err(Errno::NOTSUP) => Ok(Vec::new()),
+            Err(e) => Err(e),
         }
-        Ok(out)
     }
 
     /// `access(2)`: the kernel checks permissions itself under `default_permissions`;
@@ -685,6 +717,18 @@ impl OverlayFs {
         }
         Ok(())
     }
+}
+
+/// A NUL-separated xattr name list without the overlay's own names.
+fn without_internal(list: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(list.len());
+    for name in sys::split_xattr_names(list) {
+        if !whiteout::is_internal_xattr(name.as_bytes()) {
+            out.extend_from_slice(name.as_bytes());
+            out.push(0);
+        }
+    }
+    out
 }
 
 /// Flags for opening the real file: access mode and sync flags only. `O_APPEND` is

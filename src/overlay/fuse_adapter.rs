@@ -18,7 +18,7 @@ use fuser::{
 use parking_lot::Mutex;
 
 use super::fs::OverlayFs;
-use super::types::{Attr, Ctx, Entry, SetAttr, Time};
+use super::types::{Attr, Ctx, Entry, SetAttr, Time, XattrList};
 use crate::sys::{Errno, TimeSpec};
 
 /// Tunables of the FUSE side.
@@ -191,6 +191,18 @@ impl FuseAdapter {
             &to_fuse_attr(&e.attr),
             Generation(e.generation),
         );
+    }
+}
+
+/// The kernel's caches, reached through FUSE notifications.
+pub struct FuseNotifier(pub fuser::Notifier);
+
+impl super::kernel_cache::KernelCache for FuseNotifier {
+    fn attr_changed(&self, ino: u64) {
+        // A negative offset drops the attributes only (no page cache, no inode lock).
+        if let Err(e) = self.0.inval_inode(INodeNo(ino), -1, 0) {
+            log::debug!("attribute invalidation of inode {ino}: {e}");
+        }
     }
 }
 
@@ -758,16 +770,9 @@ impl fuser::Filesystem for FuseAdapter {
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        match self.fs.listxattr(ino.0) {
-            Ok(list) => {
-                if size == 0 {
-                    reply.size(list.len() as u32)
-                } else if list.len() > size as usize {
-                    reply.error(FErrno::ERANGE)
-                } else {
-                    reply.data(&list)
-                }
-            }
+        match self.fs.listxattr(ino.0, size as usize) {
+            Ok(XattrList::Size(n)) => reply.size(n as u32),
+            Ok(XattrList::Names(list)) => reply.data(&list),
             Err(e) => reply.error(err(e)),
         }
     }

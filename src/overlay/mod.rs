@@ -9,6 +9,7 @@ pub mod handles;
 pub mod hardlinks;
 pub mod idmap;
 pub mod inode_table;
+pub mod kernel_cache;
 pub mod layers;
 pub mod lookup;
 pub mod mutate;

@@ -118,3 +118,10 @@ pub struct Opened {
     /// Keep the kernel's page cache (the file cannot have changed since last open).
     pub keep_cache: bool,
 }
+
+/// The answer to `listxattr`: the size asked for, or the NUL-separated names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum XattrList {
+    Size(usize),
+    Names(Vec<u8>),
+}

@@ -509,10 +509,12 @@ fn getxattr_raw(
         XATTRAT_MISSING.store(true, Ordering::Relaxed);
     }
     let path = proc_fd_path(dirfd, name);
-    if name.is_some() {
-        rustix::fs::lgetxattr(path.as_c_str(), attr, buf)
-    } else {
-        rustix::fs::getxattr(path.as_c_str(), attr, buf)
+    // rustix answers 0 for a slice of length 0: a size query has its own call.
+    match (name.is_some(), buf.is_empty()) {
+        (true, true) => rustix::fs::lgetxattr_query(path.as_c_str(), attr),
+        (true, false) => rustix::fs::lgetxattr(path.as_c_str(), attr, buf),
+        (false, true) => rustix::fs::getxattr_query(path.as_c_str(), attr),
+        (false, false) => rustix::fs::getxattr(path.as_c_str(), attr, buf),
     }
 }
 
@@ -593,10 +595,11 @@ fn listxattr_raw(dirfd: BorrowedFd<'_>, name: Option<&OsStr>, buf: &mut [u8]) ->
         XATTRAT_MISSING.store(true, Ordering::Relaxed);
     }
     let path = proc_fd_path(dirfd, name);
-    if name.is_some() {
-        rustix::fs::llistxattr(path.as_c_str(), buf)
-    } else {
-        rustix::fs::listxattr(path.as_c_str(), buf)
+    match (name.is_some(), buf.is_empty()) {
+        (true, true) => rustix::fs::llistxattr_query(path.as_c_str()),
+        (true, false) => rustix::fs::llistxattr(path.as_c_str(), buf),
+        (false, true) => rustix::fs::listxattr_query(path.as_c_str()),
+        (false, false) => rustix::fs::listxattr(path.as_c_str(), buf),
     }
 }
 

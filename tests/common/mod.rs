@@ -485,12 +485,14 @@ pub fn diff_trees(a: &Tree, b: &Tree) -> Vec<String> {
 ///   layer); layerfs reports the names there are. Accepted where the layerfs count is
 ///   lower and equals the number of names the tree shows for that file (the hard-link
 ///   groups are compared exactly);
-/// - on a writable mount every directory with a lower part reports one link, as merged
-///   ones do (any copy-up inside it can make it merged behind the kernel's attribute
-///   cache), where the kernel shows the real count of a lower-only directory; and
-///   parents of all names of a lower hard link are copied up at once. Accepted where
-///   layerfs reports 1 for a directory.
-pub fn accept_visible_link_counts(kernel: &Tree, ours: &Tree) -> Tree {
+/// - for the same reason the parents of every name of a lower hard link are copied up
+///   at once, so they are merged (one link) where the kernel still shows a lower-only
+///   directory's real count. Accepted where layerfs reports 1 for a directory that holds,
+///   at any depth in a lower layer, a file with several names. Any other directory's
+///   count must match
+///   (`tests/xattr_nlink.rs` pins the counts across copy-up).
+pub fn accept_visible_link_counts(kernel: &Tree, ours: &Tree, lowers: &[PathBuf]) -> Tree {
+    let linked_dirs = dirs_holding_lower_links(lowers);
     let mut out = ours.clone();
     let mut group_len: BTreeMap<&PathBuf, u64> = BTreeMap::new();
     for g in &ours.link_groups {
@@ -506,8 +508,32 @@ pub fn accept_visible_link_counts(kernel: &Tree, ours: &Tree) -> Tree {
         if e.kind != 'd' && k.kind == e.kind && e.nlink < k.nlink && e.nlink == visible {
             e.nlink = k.nlink;
         }
-        if e.kind == 'd' && k.kind == 'd' && e.nlink == 1 {
+        if e.kind == 'd' && k.kind == 'd' && e.nlink == 1 && linked_dirs.contains(p) {
             e.nlink = k.nlink;
+        }
+    }
+    out
+}
+
+/// Relative paths of the directories that hold, at any depth in one of `lowers`, a
+/// regular file with more than one name.
+pub fn dirs_holding_lower_links(lowers: &[PathBuf]) -> BTreeSet<PathBuf> {
+    let mut out = BTreeSet::new();
+    for l in lowers {
+        let mut stack = vec![l.clone()];
+        while let Some(d) = stack.pop() {
+            let Ok(rd) = fs::read_dir(&d) else { continue };
+            for e in rd.flatten() {
+                let Ok(md) = e.path().symlink_metadata() else {
+                    continue;
+                };
+                if md.is_dir() {
+                    stack.push(e.path());
+                } else if md.is_file() && md.nlink() > 1 {
+                    let rel = e.path().strip_prefix(l).unwrap().to_path_buf();
+                    out.extend(rel.ancestors().skip(1).map(Path::to_path_buf));
+                }
+            }
         }
     }
     out

@@ -1,0 +1,13 @@
+//! What the core tells the kernel about changes it made on its own: the kernel caches
+//! attributes and names for as long as we allow, and a change that no request asked
+//! for (a directory turning merged when something inside it is copied up) must reach it.
+//!
+//! The FUSE adapter implements this with notifications; without a mount (tests driving
+//! the core) nothing is installed and nothing is sent.
+
+/// The kernel's caches of this mount.
+pub trait KernelCache: Send + Sync {
+    /// The attributes of `ino` changed without a request about it: drop the cached ones.
+    /// Must not block on the kernel's inode locks (it is called from request threads).
+    fn attr_changed(&self, ino: u64);
+}
