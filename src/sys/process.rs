@@ -1,0 +1,184 @@
+//! Process-level helpers: limits, ids, daemonizing, stdio, signals, chroot.
+
+use super::*;
+
+/// Raise `RLIMIT_NOFILE` as far as allowed; returns the new soft limit.
+pub fn raise_nofile_limit() -> u64 {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut lim = getrlimit(Resource::Nofile);
+    let want = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(1 << 20);
+    let target = lim.maximum.map_or(want, |m| m.max(want));
+    let try_lim = rustix::process::Rlimit {
+        current: Some(target),
+        maximum: Some(target),
+    };
+    if setrlimit(Resource::Nofile, try_lim).is_ok() {
+        return target;
+    }
+    // Unprivileged: the soft limit can go up to the hard one.
+    if let Some(max) = lim.maximum {
+        lim.current = Some(max);
+        let _ = setrlimit(Resource::Nofile, lim);
+    }
+    getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX)
+}
+
+pub fn set_umask(mask: u32) -> u32 {
+    rustix::process::umask(Mode::from_raw_mode(mask)).as_raw_mode()
+}
+
+pub fn geteuid() -> u32 {
+    rustix::process::geteuid().as_raw()
+}
+
+pub fn getegid() -> u32 {
+    rustix::process::getegid().as_raw()
+}
+
+/// Supplementary groups of a process, from `/proc/PID/status`.
+pub fn process_groups(pid: u32) -> Vec<u32> {
+    let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return Vec::new();
+    };
+    s.lines()
+        .find_map(|l| l.strip_prefix("Groups:"))
+        .map(|g| {
+            g.split_whitespace()
+                .filter_map(|x| x.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Detach-unmount a path (`umount2(path, MNT_DETACH)`).
+pub fn umount_detach(path: &Path) -> SysResult<()> {
+    rustix::mount::unmount(path, rustix::mount::UnmountFlags::DETACH)
+}
+
+pub fn umount(path: &Path) -> SysResult<()> {
+    rustix::mount::unmount(path, rustix::mount::UnmountFlags::empty())
+}
+
+/// Whether this process may create device nodes and set `trusted.*` xattrs.
+pub fn is_privileged() -> bool {
+    geteuid() == 0
+}
+
+/// A pipe for parent/child readiness signalling.
+pub fn pipe() -> SysResult<(OwnedFd, OwnedFd)> {
+    rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+}
+
+/// `fork()`. Must be called before any thread is started.
+///
+/// Returns `Ok(None)` in the child and `Ok(Some(pid))` in the parent.
+pub fn fork() -> SysResult<Option<u32>> {
+    // SAFETY: called only while the process is single-threaded (before the FUSE session
+    // starts any thread), so the child can safely continue running Rust code.
+    let r = unsafe { libc::fork() };
+    match r {
+        -1 => Err(last_errno()),
+        0 => Ok(None),
+        pid => Ok(Some(pid as u32)),
+    }
+}
+
+pub fn setsid() {
+    let _ = rustix::process::setsid();
+}
+
+/// Point stdin/stdout/stderr at /dev/null (a daemon must not hold its caller's pipes).
+pub fn redirect_stdio_to_null() {
+    let Ok(null) = rustix::fs::open(c"/dev/null", OFlags::RDWR | OFlags::CLOEXEC, Mode::empty())
+    else {
+        return;
+    };
+    for target in 0..3 {
+        // SAFETY: fds 0..2 are the standard streams; dup2 over them is always sound,
+        // and the OwnedFd we create is forgotten so it is not closed twice.
+        unsafe {
+            let mut t = OwnedFd::from_raw_fd(target);
+            let _ = rustix::io::dup2(&null, &mut t);
+            std::mem::forget(t);
+        }
+    }
+}
+
+pub fn write_all_fd(fd: BorrowedFd<'_>, mut data: &[u8]) -> SysResult<()> {
+    while !data.is_empty() {
+        let n = rustix::io::write(fd, data)?;
+        data = &data[n..];
+    }
+    Ok(())
+}
+
+pub fn read_to_end_fd(fd: BorrowedFd<'_>) -> SysResult<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match rustix::io::read(fd, &mut buf) {
+            Ok(0) => return Ok(out),
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(Errno::INTR) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Restore the default `SIGPIPE` action (Rust ignores it, which turns `| head` into
+/// write errors).
+pub fn default_sigpipe() {
+    // SAFETY: setting a signal disposition to SIG_DFL has no memory-safety effects.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
+/// Block the given signals in this thread (and threads it starts later).
+pub fn block_signals(signals: &[i32]) {
+    // SAFETY: sigset manipulation on a local, zero-initialised set; pthread_sigmask
+    // only changes this thread's mask.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in signals {
+            libc::sigaddset(&mut set, *s);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+}
+
+/// Wait for one of the given (blocked) signals.
+pub fn wait_signal(signals: &[i32]) -> i32 {
+    // SAFETY: as above; sigwait writes the received signal number into `sig`.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in signals {
+            libc::sigaddset(&mut set, *s);
+        }
+        let mut sig: libc::c_int = 0;
+        libc::sigwait(&set, &mut sig);
+        sig
+    }
+}
+
+/// Make `cmd` run chrooted at `root`, with `/` as its working directory.
+pub fn chroot_command(cmd: &mut std::process::Command, root: &Path) -> std::io::Result<()> {
+    use std::os::unix::process::CommandExt;
+    let root = CString::new(root.as_os_str().as_bytes())?;
+    // SAFETY: the closure runs in the child between fork and exec; it makes only the
+    // chroot and chdir syscalls (async-signal-safe) on memory allocated before the fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::chroot(root.as_ptr()) != 0 || libc::chdir(c"/".as_ptr()) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    Ok(())
+}
