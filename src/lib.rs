@@ -5,6 +5,7 @@ pub mod cli;
 pub mod container;
 pub mod daemon;
 pub mod error;
+pub mod markers;
 pub mod overlay;
 pub mod registry;
 pub mod store;

@@ -35,7 +35,7 @@ use crate::container::view::{
 };
 use crate::container::{Container, Containers};
 use crate::error::{Error, IoContext, Result};
-use crate::overlay::whiteout::{self, OCI_OPAQUE, OCI_WH_PREFIX};
+use crate::markers::{self, OCI_OPAQUE, OCI_WH_PREFIX};
 use crate::store::archive::{Compression, OCI_LAYER};
 use crate::store::{ImageRecord, LayerRef};
 use crate::sys::{self, Errno};
@@ -99,7 +99,7 @@ impl<W: Write> LayerWriter<'_, W> {
         prefix: &[u8],
         img: Option<crate::overlay::Attr>,
     ) -> Result<()> {
-        let markers = whiteout::read_markers(fd, None).map_err(at(prefix))?;
+        let markers = markers::read_markers(fd, None).map_err(at(prefix))?;
         let mut entries = sys::read_dir_all(fd).map_err(at(prefix))?;
         entries.sort_by(|a, b| a.name.cmp(&b.name));
         for e in entries {
@@ -128,7 +128,7 @@ impl<W: Write> LayerWriter<'_, W> {
                 _ => None,
             };
             if sys::is_dir_mode(st.st_mode) {
-                let m = whiteout::read_markers(fd, Some(&e.name)).map_err(at(&path))?;
+                let m = markers::read_markers(fd, Some(&e.name)).map_err(at(&path))?;
                 if m.redirect.is_some() {
                     self.redirected(&path, img_child)?;
                     continue;

@@ -19,8 +19,8 @@ use std::os::unix::ffi::OsStrExt;
 use crate::container::view::{View, join};
 use crate::container::{Container, Containers};
 use crate::error::{Error, IoContext, Result};
+use crate::markers::{self, OCI_OPAQUE};
 use crate::overlay::Attr;
-use crate::overlay::whiteout::{self, OCI_OPAQUE};
 use crate::sys;
 
 /// What happened to a path.
@@ -65,11 +65,11 @@ struct Differ<'v> {
 
 /// Whether an upper entry is a whiteout in the kernel's forms.
 pub fn is_kernel_whiteout(dir: BorrowedFd<'_>, name: &OsStr, st: &sys::Stat, xwh: bool) -> bool {
-    whiteout::is_whiteout_stat(st)
+    markers::is_whiteout_stat(st)
         || (xwh
             && sys::mode_type(st.st_mode) == libc::S_IFREG
             && st.st_size == 0
-            && whiteout::is_xattr_whiteout(dir, name))
+            && markers::is_xattr_whiteout(dir, name))
 }
 
 impl Differ<'_> {
@@ -95,7 +95,7 @@ impl Differ<'_> {
     ) -> Result<()> {
         let at =
             |e: sys::Errno| Error::from(e).context(format!("/{}", String::from_utf8_lossy(prefix)));
-        let markers = whiteout::read_markers(fd, None).map_err(at)?;
+        let markers = markers::read_markers(fd, None).map_err(at)?;
         let mut entries = sys::read_dir_all(fd).map_err(at)?;
         entries.sort_by(|a, b| a.name.cmp(&b.name));
         let oci_opaque = entries.iter().any(|e| e.name.as_bytes() == OCI_OPAQUE);
@@ -106,7 +106,7 @@ impl Differ<'_> {
             if name == OCI_OPAQUE {
                 continue;
             }
-            if let Some(target) = whiteout::oci_whiteout_target(name) {
+            if let Some(target) = markers::oci_whiteout_target(name) {
                 self.put(join(prefix, target), Change::Deleted);
                 present.push(target);
                 continue;
@@ -132,7 +132,7 @@ impl Differ<'_> {
             if !sys::is_dir_mode(st.st_mode) {
                 continue;
             }
-            let m = whiteout::read_markers(fd, Some(&e.name)).map_err(at)?;
+            let m = markers::read_markers(fd, Some(&e.name)).map_err(at)?;
             if m.redirect.is_some() {
                 // Contents live in the image's layers under another name: list what the
                 // merged view has here.

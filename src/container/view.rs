@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use crate::container::tarball::{Entry, Kind, TarWriter};
 use crate::container::{Container, Containers};
 use crate::error::{Error, Result};
-use crate::overlay::whiteout::is_internal_xattr;
+use crate::markers::is_internal_xattr;
 use crate::overlay::{Attr, Ctx, Options, OverlayFs, ROOT_INO};
 use crate::sys::{self, Errno};
 

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use super::fs::OverlayFs;
 use super::inode_table::{Alias, Kind, Node, NodeState};
 use super::layers::{RealDir, UPPER};
-use super::whiteout::{self, ORIGIN_INO};
+use crate::markers::{self, ORIGIN_INO};
 use crate::sys::{self, Errno, OFlags, Stat, SysResult, TimeSpec};
 
 /// Saved timestamps of a directory, restored after we add an entry to it internally.
@@ -297,14 +297,14 @@ impl OverlayFs {
                 continue;
             };
             for e in entries {
-                if e.dtype != libc::DT_DIR || whiteout::is_marker_name(e.name.as_bytes()) {
+                if e.dtype != libc::DT_DIR || markers::is_marker_name(e.name.as_bytes()) {
                     continue;
                 }
                 let Ok(fd) = sys::open_dir_path(dir.as_fd(), &e.name) else {
                     continue;
                 };
                 let child_merged = join(&merged, e.name.as_bytes());
-                let child_lower = match whiteout::read_markers(fd.as_fd(), None).map(|m| m.redirect)
+                let child_lower = match markers::read_markers(fd.as_fd(), None).map(|m| m.redirect)
                 {
                     Ok(Some(r)) if r.first() == Some(&b'/') => r[1..].to_vec(),
                     Ok(Some(r)) => join(&lower, &r),
@@ -510,7 +510,7 @@ pub(crate) fn copy_xattrs(
         Err(e) => return Err(e),
     };
     for name in sys::split_xattr_names(&list) {
-        if whiteout::is_internal_xattr(name.as_bytes()) {
+        if markers::is_internal_xattr(name.as_bytes()) {
             continue;
         }
         let Some(value) = sys::get_xattr(srcdir, src, name)? else {

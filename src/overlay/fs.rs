@@ -19,7 +19,8 @@ use super::layers::{LayerId, Layers, RealDir, UPPER};
 use super::lookup::{Detail, DirView, Resolved, Resolver};
 use super::readdir::{DirEntryOut, Listing, ListingCache, start_after};
 use super::types::{Attr, Ctx, Entry, Opened, StatFs, XattrList};
-use super::whiteout::{self, MarkerWriter};
+use super::whiteout::MarkerWriter;
+use crate::markers;
 use crate::sys::{self, Errno, OFlags, Stat, SysResult};
 
 /// Inode number of the root directory (fixed by FUSE).
@@ -102,7 +103,7 @@ impl OverlayFs {
         }
         let upper = layers.upper.as_ref().map(|u| u.root.clone());
         let impure = match &upper {
-            Some(u) => whiteout::read_markers(u.fd(), None)
+            Some(u) => markers::read_markers(u.fd(), None)
                 .map(|m| m.impure)
                 .unwrap_or(false),
             None => false,
@@ -657,7 +658,7 @@ impl OverlayFs {
 
     /// `getxattr`: with an empty `buf`, returns the size only.
     pub fn getxattr(&self, ino: u64, name: &OsStr, buf: &mut [u8]) -> SysResult<usize> {
-        if whiteout::is_internal_xattr(name.as_bytes()) {
+        if markers::is_internal_xattr(name.as_bytes()) {
             return Err(Errno::NODATA);
         }
         let node = self.node(ino)?;
@@ -723,7 +724,7 @@ impl OverlayFs {
 fn without_internal(list: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(list.len());
     for name in sys::split_xattr_names(list) {
-        if !whiteout::is_internal_xattr(name.as_bytes()) {
+        if !markers::is_internal_xattr(name.as_bytes()) {
             out.extend_from_slice(name.as_bytes());
             out.push(0);
         }
@@ -742,27 +743,9 @@ fn real_open_flags(flags: i32) -> OFlags {
 /// Remove everything left in the work dir by an earlier, interrupted daemon.
 fn clean_work_dir(work: std::os::fd::BorrowedFd<'_>) -> SysResult<()> {
     for e in sys::read_dir_all(work)? {
-        remove_tree(work, &e.name)?;
+        sys::remove_tree(work, &e.name)?;
     }
     Ok(())
-}
-
-/// Recursively remove `name` in `dirfd`, never following symlinks.
-pub(crate) fn remove_tree(dirfd: std::os::fd::BorrowedFd<'_>, name: &OsStr) -> SysResult<()> {
-    match sys::unlink_at(dirfd, name) {
-        Ok(()) | Err(Errno::NOENT) => return Ok(()),
-        Err(Errno::ISDIR) | Err(Errno::PERM) => {}
-        Err(e) => return Err(e),
-    }
-    let sub = sys::open_dir_path(dirfd, name)?;
-    for e in sys::read_dir_all(sub.as_fd())? {
-        remove_tree(sub.as_fd(), &e.name)?;
-    }
-    drop(sub);
-    match sys::rmdir_at(dirfd, name) {
-        Ok(()) | Err(Errno::NOENT) => Ok(()),
-        Err(e) => Err(e),
-    }
 }
 
 impl std::fmt::Debug for OverlayFs {

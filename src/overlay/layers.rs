@@ -5,6 +5,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
+use crate::markers;
 use crate::sys::{self, Errno};
 
 /// Index of a layer: 0 is the upper layer, 1..=N the lower layers, top first.
@@ -42,7 +43,7 @@ impl RealDir {
         *self.oci_whiteouts.get_or_init(|| {
             let mut found = false;
             let r = sys::read_dir_each(self.fd(), |e| {
-                found = super::whiteout::oci_whiteout_target(e.name.as_encoded_bytes()).is_some();
+                found = markers::oci_whiteout_target(e.name.as_encoded_bytes()).is_some();
                 !found
             });
             // If it cannot be read, assume the worst: probe for every name.
@@ -96,8 +97,8 @@ impl Layers {
             let fd = sys::open_root_dir(path).map_err(|e| (path.to_path_buf(), e))?;
             let st = sys::stat_fd(fd.as_fd()).map_err(|e| (path.to_path_buf(), e))?;
             // The root of a layer may hold xattr whiteouts like any other dir.
-            let markers = super::whiteout::read_markers(fd.as_fd(), None)
-                .map_err(|e| (path.to_path_buf(), e))?;
+            let markers =
+                markers::read_markers(fd.as_fd(), None).map_err(|e| (path.to_path_buf(), e))?;
             Ok(Layer {
                 id,
                 path: path.to_path_buf(),

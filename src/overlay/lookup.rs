@@ -21,7 +21,7 @@ use std::sync::Arc;
 use super::cache::{ShardedLru, Weighted};
 use super::inode_table::Kind;
 use super::layers::{LayerId, Layers, RealDir, UPPER};
-use super::whiteout::{self, OCI_OPAQUE};
+use crate::markers::{self, OCI_OPAQUE};
 use crate::sys::{self, Errno, Stat, SysResult};
 
 /// What a resolution needs to know about a merged directory.
@@ -141,7 +141,7 @@ impl Resolver {
 
     /// Resolve `name` in the merged directory `dir`. `Ok(None)`: not there (or whited out).
     pub fn resolve(&self, dir: &DirView, name: &OsStr) -> SysResult<Option<Resolved>> {
-        if whiteout::is_marker_name(name.as_bytes()) {
+        if markers::is_marker_name(name.as_bytes()) {
             return Ok(None);
         }
         if let Some(up) = &dir.upper {
@@ -158,7 +158,7 @@ impl Resolver {
             // An upper written in the OCI form (by an unprivileged mount, or another
             // tool) hides names with `.wh.NAME` files.
             if (self.upper_oci_whiteouts || up.had_oci_whiteouts())
-                && sys::stat_at(up.fd(), &whiteout::oci_whiteout_name(name)).is_ok()
+                && sys::stat_at(up.fd(), &markers::oci_whiteout_name(name)).is_ok()
             {
                 return Ok(None);
             }
@@ -209,20 +209,20 @@ impl Resolver {
         name: &OsStr,
         st: Stat,
     ) -> SysResult<Option<Resolved>> {
-        if whiteout::is_whiteout_stat(&st) {
+        if markers::is_whiteout_stat(&st) {
             return Ok(None);
         }
         if !sys::is_dir_mode(st.st_mode) {
             if up.xattr_whiteouts
                 && st.st_size == 0
                 && sys::mode_type(st.st_mode) == libc::S_IFREG
-                && whiteout::is_xattr_whiteout(up.fd(), name)
+                && markers::is_xattr_whiteout(up.fd(), name)
             {
                 return Ok(None);
             }
             let mut ino = self.layers.map_ino(st.st_dev, st.st_ino);
             if dir.impure {
-                if let Some(o) = whiteout::read_markers(up.fd(), Some(name))?.origin_ino {
+                if let Some(o) = markers::read_markers(up.fd(), Some(name))?.origin_ino {
                     ino = o;
                 }
             }
@@ -237,7 +237,7 @@ impl Resolver {
             }));
         }
         let fd = sys::open_dir_path(up.fd(), name)?;
-        let m = whiteout::read_markers(fd.as_fd(), None)?;
+        let m = markers::read_markers(fd.as_fd(), None)?;
         let oci_opaque = sys::stat_at(fd.as_fd(), OsStr::from_bytes(OCI_OPAQUE)).is_ok();
         let upper_rd = RealDir::with_markers(UPPER, fd, m.xattr_whiteouts);
         let lowers = if m.opaque || oci_opaque || dir.lowers.is_empty() && m.redirect.is_none() {
@@ -322,16 +322,16 @@ impl Resolver {
     }
 
     fn is_whiteout(&self, real: &RealDir, name: &OsStr, st: &Stat) -> bool {
-        whiteout::is_whiteout_stat(st)
+        markers::is_whiteout_stat(st)
             || (real.xattr_whiteouts
                 && st.st_size == 0
                 && sys::mode_type(st.st_mode) == libc::S_IFREG
-                && whiteout::is_xattr_whiteout(real.fd(), name))
+                && markers::is_xattr_whiteout(real.fd(), name))
     }
 
     /// Slow path for directories too large to index: probe each layer.
     fn probe_layers(&self, dir: &DirView, name: &OsStr) -> SysResult<Option<LowerHit>> {
-        let wh = whiteout::oci_whiteout_name(name);
+        let wh = markers::oci_whiteout_name(name);
         for (pos, l) in dir.lowers.iter().enumerate() {
             match sys::stat_at(l.fd(), name) {
                 Ok(st) => {
@@ -396,7 +396,7 @@ impl Resolver {
                 Found::Dir(fd) => (fd, false),
                 Found::DirThenStop(fd) => (fd, true),
             };
-            let m = whiteout::read_markers(fd.as_fd(), None)?;
+            let m = markers::read_markers(fd.as_fd(), None)?;
             let last = layer as usize == self.layers.num_lowers();
             let oci_opaque =
                 !last && sys::stat_at(fd.as_fd(), OsStr::from_bytes(OCI_OPAQUE)).is_ok();
@@ -436,7 +436,7 @@ impl Resolver {
         match sys::open_dir_path(dir, name) {
             Ok(fd) => Ok(Found::Dir(fd)),
             Err(Errno::NOENT) => {
-                if sys::stat_at(dir, &whiteout::oci_whiteout_name(name)).is_ok() {
+                if sys::stat_at(dir, &markers::oci_whiteout_name(name)).is_ok() {
                     Ok(Found::Blocked)
                 } else {
                     Ok(Found::Missing)
@@ -470,7 +470,7 @@ impl Resolver {
                 Found::Missing if opaque_above => return Ok(Found::Blocked),
                 other => return Ok(other),
             };
-            if whiteout::read_markers(fd.as_fd(), None)?.opaque
+            if markers::read_markers(fd.as_fd(), None)?.opaque
                 || sys::stat_at(fd.as_fd(), OsStr::from_bytes(OCI_OPAQUE)).is_ok()
             {
                 opaque_above = true;
@@ -516,7 +516,7 @@ impl Resolver {
                     opaque_here = true;
                     continue;
                 }
-                if let Some(t) = whiteout::oci_whiteout_target(&name) {
+                if let Some(t) = markers::oci_whiteout_target(&name) {
                     whiteouts_here.push(t.to_vec());
                     continue;
                 }

@@ -14,7 +14,7 @@ use super::handles::FileHandle;
 use super::inode_table::{Alias, DirState, FileState, Kind, Node, NodeState};
 use super::layers::{RealDir, UPPER};
 use super::types::{Attr, Ctx, Entry, Opened, SetAttr};
-use super::whiteout;
+use crate::markers;
 use crate::sys::{self, Errno, OFlags, RenameFlags, Stat, SysResult};
 
 /// The work-dir name of the whiteout that device whiteouts are links to.
@@ -45,7 +45,7 @@ impl OverlayFs {
         if name.len() > 255 {
             return Err(Errno::NAMETOOLONG);
         }
-        if whiteout::is_marker_name(name.as_bytes()) {
+        if markers::is_marker_name(name.as_bytes()) {
             // `.wh.` names are markers in every layer format; they cannot be stored.
             return Err(Errno::INVAL);
         }
@@ -58,19 +58,18 @@ impl OverlayFs {
     /// Inspect the upper directory at `name` before creating there.
     fn slot(&self, upper: &RealDir, name: &OsStr) -> SysResult<Slot> {
         match sys::stat_at(upper.fd(), name) {
-            Ok(st) if whiteout::is_whiteout_stat(&st) => Ok(Slot::Whiteout),
+            Ok(st) if markers::is_whiteout_stat(&st) => Ok(Slot::Whiteout),
             Ok(st)
                 if upper.xattr_whiteouts
                     && st.st_size == 0
-                    && whiteout::is_xattr_whiteout(upper.fd(), name) =>
+                    && markers::is_xattr_whiteout(upper.fd(), name) =>
             {
                 Ok(Slot::Whiteout)
             }
             Ok(_) => Err(Errno::EXIST),
             Err(Errno::NOENT) => {
                 let may_have = self.res.upper_oci_whiteouts || upper.had_oci_whiteouts();
-                if may_have && sys::stat_at(upper.fd(), &whiteout::oci_whiteout_name(name)).is_ok()
-                {
+                if may_have && sys::stat_at(upper.fd(), &markers::oci_whiteout_name(name)).is_ok() {
                     Ok(Slot::OciWhiteout)
                 } else {
                     Ok(Slot::Empty)
@@ -195,7 +194,7 @@ impl OverlayFs {
             Slot::Empty | Slot::OciWhiteout => {
                 let fd = self.make_obj(pu.fd(), name, &obj, mode, uid, gid, created_as)?;
                 if matches!(slot, Slot::OciWhiteout) {
-                    let _ = sys::unlink_at(pu.fd(), &whiteout::oci_whiteout_name(name));
+                    let _ = sys::unlink_at(pu.fd(), &markers::oci_whiteout_name(name));
                     if is_dir {
                         if let Some(w) = &self.writer {
                             w.set_opaque(pu.fd(), Some(name))?;
@@ -221,7 +220,7 @@ impl OverlayFs {
                     }
                 })();
                 if let Err(e) = res {
-                    let _ = super::fs::remove_tree(work, &tmp);
+                    let _ = sys::remove_tree(work, &tmp);
                     return Err(e);
                 }
                 fd
@@ -371,7 +370,7 @@ impl OverlayFs {
             Slot::Empty | Slot::OciWhiteout => {
                 sys::link_at(real.fd(), &name, pu.fd(), newname)?;
                 if matches!(slot, Slot::OciWhiteout) {
-                    let _ = sys::unlink_at(pu.fd(), &whiteout::oci_whiteout_name(newname));
+                    let _ = sys::unlink_at(pu.fd(), &markers::oci_whiteout_name(newname));
                 }
             }
         }
@@ -428,7 +427,7 @@ impl OverlayFs {
         let work = self.work()?;
         if !w.device_whiteouts {
             if existing_dir {
-                super::fs::remove_tree(pu.fd(), name)?;
+                sys::remove_tree(pu.fd(), name)?;
             } else {
                 match sys::unlink_at(pu.fd(), name) {
                     Ok(()) | Err(Errno::NOENT) => {}
@@ -449,7 +448,7 @@ impl OverlayFs {
             return Err(e);
         }
         if existing_dir {
-            super::fs::remove_tree(work, &tmp)?;
+            sys::remove_tree(work, &tmp)?;
         }
         Ok(())
     }
@@ -481,7 +480,7 @@ impl OverlayFs {
                 let work = self.work()?;
                 let tmp = self.tmp_name();
                 sys::rename_at(pu.fd(), name, work, &tmp, RenameFlags::empty())?;
-                super::fs::remove_tree(work, &tmp)
+                sys::remove_tree(work, &tmp)
             } else {
                 sys::unlink_at(pu.fd(), name)
             }
@@ -728,7 +727,7 @@ impl OverlayFs {
                 sys::unlink_at(npu.fd(), newname)?;
             }
             Slot::OciWhiteout => {
-                let _ = sys::unlink_at(npu.fd(), &whiteout::oci_whiteout_name(newname));
+                let _ = sys::unlink_at(npu.fd(), &markers::oci_whiteout_name(newname));
             }
             _ => {}
         }
@@ -800,7 +799,7 @@ impl OverlayFs {
         };
         if let Some(up) = up {
             for e in sys::read_dir_all(up.fd())? {
-                super::fs::remove_tree(up.fd(), &e.name)?;
+                sys::remove_tree(up.fd(), &e.name)?;
             }
         }
         Ok(())
@@ -1025,7 +1024,7 @@ impl OverlayFs {
     }
 
     pub fn setxattr(&self, ino: u64, name: &OsStr, value: &[u8], flags: i32) -> SysResult<()> {
-        if whiteout::is_internal_xattr(name.as_bytes()) {
+        if markers::is_internal_xattr(name.as_bytes()) {
             return Err(Errno::PERM);
         }
         if !self.is_writable() {
@@ -1038,7 +1037,7 @@ impl OverlayFs {
     }
 
     pub fn removexattr(&self, ino: u64, name: &OsStr) -> SysResult<()> {
-        if whiteout::is_internal_xattr(name.as_bytes()) {
+        if markers::is_internal_xattr(name.as_bytes()) {
             return Err(Errno::PERM);
         }
         if !self.is_writable() {

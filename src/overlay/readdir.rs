@@ -16,7 +16,7 @@ use std::sync::Arc;
 use super::cache::{ShardedLru, Weighted};
 use super::layers::UPPER;
 use super::lookup::{DirView, Resolver};
-use super::whiteout::{self, OCI_OPAQUE};
+use crate::markers::{self, OCI_OPAQUE};
 use crate::sys::{self, SysResult};
 
 /// One name in a merged listing.
@@ -45,7 +45,7 @@ impl Resolver {
                 if name == OCI_OPAQUE {
                     continue;
                 }
-                if let Some(t) = whiteout::oci_whiteout_target(name) {
+                if let Some(t) = markers::oci_whiteout_target(name) {
                     hidden.insert(t.to_vec());
                     continue;
                 }
@@ -57,11 +57,11 @@ impl Resolver {
                     match sys::stat_at(up.fd(), &e.name) {
                         Ok(st) => {
                             dtype = sys::dtype_of_mode(st.st_mode);
-                            if whiteout::is_whiteout_stat(&st)
+                            if markers::is_whiteout_stat(&st)
                                 || (up.xattr_whiteouts
                                     && dtype == libc::DT_REG
                                     && st.st_size == 0
-                                    && whiteout::is_xattr_whiteout(up.fd(), &e.name))
+                                    && markers::is_xattr_whiteout(up.fd(), &e.name))
                             {
                                 hidden.insert(name.to_vec());
                                 continue;
@@ -89,7 +89,7 @@ impl Resolver {
                 let dev = self.layers.get(l.layer).dev;
                 for e in sys::read_dir_all(l.fd())? {
                     let name = e.name.as_bytes();
-                    if whiteout::is_marker_name(name) || hidden.contains(name) {
+                    if markers::is_marker_name(name) || hidden.contains(name) {
                         continue;
                     }
                     let mut dtype = e.dtype;
@@ -100,11 +100,11 @@ impl Resolver {
                         match sys::stat_at(l.fd(), &e.name) {
                             Ok(st) => {
                                 dtype = sys::dtype_of_mode(st.st_mode);
-                                if whiteout::is_whiteout_stat(&st)
+                                if markers::is_whiteout_stat(&st)
                                     || (l.xattr_whiteouts
                                         && dtype == libc::DT_REG
                                         && st.st_size == 0
-                                        && whiteout::is_xattr_whiteout(l.fd(), &e.name))
+                                        && markers::is_xattr_whiteout(l.fd(), &e.name))
                                 {
                                     continue;
                                 }
@@ -145,7 +145,7 @@ impl Resolver {
                     for l in dir.lowers.iter() {
                         for e in sys::read_dir_all(l.fd())? {
                             let name = e.name.as_bytes();
-                            if whiteout::is_marker_name(name) || !seen.insert(name.to_vec()) {
+                            if markers::is_marker_name(name) || !seen.insert(name.to_vec()) {
                                 continue;
                             }
                             out.push(ListEntry {

@@ -21,7 +21,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use tar::EntryType;
 
 use crate::error::{Error, Result};
-use crate::overlay::whiteout::{OCI_OPAQUE, OCI_WH_PREFIX, is_internal_xattr};
+use crate::markers::{OCI_OPAQUE, OCI_WH_PREFIX, is_internal_xattr};
 use crate::store::digest::{Digest, Hasher};
 use crate::sys::{self, Errno, OFlags, TimeSpec};
 
