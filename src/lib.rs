@@ -3,7 +3,6 @@
 
 pub mod cli;
 pub mod container;
-pub mod daemon;
 pub mod error;
 pub mod markers;
 pub mod overlay;

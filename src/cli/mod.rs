@@ -3,6 +3,7 @@
 //! Each area has its own file with a clap `Subcommand` enum flattened into the top level.
 
 pub mod container_cmds;
+pub mod launcher;
 pub mod overlay_opts;
 pub mod progress;
 pub mod registry_cmds;
@@ -12,8 +13,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-
-use crate::daemon;
 
 /// Options every command sees.
 #[derive(Debug, Clone, clap::Args)]
@@ -106,7 +105,7 @@ pub fn run_overlay_cli(args: &[String]) -> ExitCode {
         return ExitCode::SUCCESS;
     }
     init_logging(a.debug);
-    match daemon::run_overlay(a) {
+    match launcher::run_overlay(&a.request(), a.foreground) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(e),
     }

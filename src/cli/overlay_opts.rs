@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-/// Parsed mount request.
+/// The parsed command line.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct OverlayArgs {
     /// Lower layers, top first (leftmost in `lowerdir=`).
@@ -18,7 +18,7 @@ pub struct OverlayArgs {
     pub volatile: bool,
     pub read_only: bool,
     /// Explicit `passthrough=off|upper|all` (`on` = `upper`); `None` means automatic.
-    pub passthrough: Option<crate::overlay::fuse_adapter::PassthroughMode>,
+    pub passthrough: Option<PassthroughMode>,
     pub threads: Option<usize>,
     /// Entry/attribute timeout in seconds for objects that may change.
     pub timeout: Option<f64>,
@@ -39,7 +39,37 @@ pub struct OverlayArgs {
     pub show_help: bool,
 }
 
+use crate::overlay::fuse::{MountRequest, PassthroughMode};
+use crate::overlay::idmap::IdMap;
 pub use crate::overlay::idmap::IdRange as IdMapping;
+
+impl OverlayArgs {
+    /// What to mount, as the layer below the command line takes it.
+    pub fn request(&self) -> MountRequest {
+        MountRequest {
+            lowers: self.lowers.clone(),
+            upper: self.upper.clone(),
+            work: self.work.clone(),
+            mountpoint: self.mountpoint.clone(),
+            fsync: !self.volatile,
+            idmap: IdMap {
+                uids: self.uid_map.clone(),
+                gids: self.gid_map.clone(),
+                squash_uid: self.squash_uid,
+                squash_gid: self.squash_gid,
+            },
+            timeout: self.timeout.map(std::time::Duration::from_secs_f64),
+            passthrough: self.passthrough,
+            writeback: self.writeback,
+            readdirplus: self.readdirplus,
+            threads: self.threads,
+            fsname: self.fsname.clone(),
+            noexec: self.noexec,
+            nodev: self.nodev,
+            nosuid: self.nosuid,
+        }
+    }
+}
 
 /// Options fuse-overlayfs accepts that do not change what we do (or that we always do).
 const ACCEPTED_NOOPS: &[&str] = &[
@@ -186,7 +216,7 @@ fn apply_opt(a: &mut OverlayArgs, opt: &str) -> Result<(), String> {
         "fsync" => a.volatile = !bool_value(key, &need(val)?)?,
         "ro" => a.read_only = true,
         "passthrough" => {
-            use crate::overlay::fuse_adapter::PassthroughMode as P;
+            use PassthroughMode as P;
             a.passthrough = Some(match need(val)?.as_str() {
                 "upper" => P::Upper,
                 "all" => P::All,

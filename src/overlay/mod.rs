@@ -4,7 +4,7 @@
 pub mod cache;
 pub mod copy_up;
 pub mod fs;
-pub mod fuse_adapter;
+pub mod fuse;
 pub mod handles;
 pub mod hardlinks;
 pub mod idmap;

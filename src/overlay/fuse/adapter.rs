@@ -1,171 +1,39 @@
-//! `fuser::Filesystem` over the core: decode, call `fs.rs`/`mutate.rs`, reply. Nothing
-//! else: no overlay rules live here.
+//! `fuser::Filesystem` over the core: decode, call the core (`overlay::fs` and its
+//! siblings), reply. No overlay rules live here.
 
 use std::ffi::OsStr;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use fuser::{
-    AccessFlags, BsdFileFlags, CopyFileRangeFlags, Errno as FErrno, FileAttr, FileHandle, FileType,
-    FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags,
-    ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry,
-    ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    AccessFlags, BsdFileFlags, CopyFileRangeFlags, Errno as FErrno, FileHandle, FopenFlags,
+    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr,
+    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek,
+    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
-use parking_lot::Mutex;
 
-use super::fs::OverlayFs;
-use super::types::{Attr, Ctx, Entry, SetAttr, Time, XattrList};
-use crate::sys::{Errno, TimeSpec};
-
-/// Tunables of the FUSE side.
-#[derive(Debug, Clone)]
-pub struct FuseOptions {
-    /// Entry and attribute validity for objects that may change (upper layer).
-    pub ttl: Duration,
-    /// Validity for objects only in lower layers (immutable).
-    pub lower_ttl: Duration,
-    /// FUSE passthrough for open files.
-    pub passthrough: PassthroughMode,
-    /// Cache writes in the kernel (not together with passthrough).
-    pub writeback: bool,
-    /// Answer listings with READDIRPLUS (entries with attributes). The kernel's
-    /// listing cache is then off: the two together lost names under concurrent
-    /// creates and listings.
-    pub readdirplus: bool,
-}
-
-impl Default for FuseOptions {
-    fn default() -> Self {
-        FuseOptions {
-            ttl: Duration::from_secs(86400),
-            lower_ttl: Duration::from_secs(86400 * 365),
-            passthrough: PassthroughMode::Off,
-            writeback: false,
-            readdirplus: false,
-        }
-    }
-}
-
-/// Which files go through FUSE passthrough.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PassthroughMode {
-    Off,
-    /// Files in the upper layer only: lower files use the page cache. Opens never fail.
-    Upper,
-    /// Lower files too. Opening a lower file for writing while it is open read-only
-    /// elsewhere fails with EBUSY (the kernel allows one backing file per inode).
-    All,
-}
-
-/// How the open handles of one inode do I/O. The kernel allows either cached opens or
-/// passthrough opens of an inode at a time, and one backing file for all of the latter.
-#[derive(Default)]
-struct InodeIo {
-    cached: u32,
-    passthrough: u32,
-    backing: Option<Arc<fuser::BackingId>>,
-    backing_layer: u16,
-}
-
-const IO_SHARDS: usize = 16;
+use super::convert::{dtype_to_file_type, err, time_spec, to_fuse_attr};
+use super::passthrough::{PassthroughMode, PassthroughTable};
+use super::request::FuseOptions;
+use crate::overlay::fs::OverlayFs;
+use crate::overlay::types::{Attr, Ctx, Entry, SetAttr, Time, XattrList};
+use crate::sys::Errno;
 
 pub struct FuseAdapter {
     fs: Arc<OverlayFs>,
     opts: FuseOptions,
-    passthrough_on: AtomicBool,
-    io: Vec<Mutex<std::collections::HashMap<u64, InodeIo>>>,
-    /// Per handle: (inode, used passthrough).
-    handle_io: Mutex<std::collections::HashMap<u64, (u64, bool)>>,
+    passthrough: PassthroughTable,
 }
 
 impl FuseAdapter {
     pub fn new(fs: Arc<OverlayFs>, opts: FuseOptions) -> Self {
         FuseAdapter {
             fs,
+            passthrough: PassthroughTable::new(opts.passthrough),
             opts,
-            passthrough_on: AtomicBool::new(false),
-            io: (0..IO_SHARDS)
-                .map(|_| Mutex::new(Default::default()))
-                .collect(),
-            handle_io: Mutex::new(Default::default()),
-        }
-    }
-
-    /// Decide the I/O mode of a new handle and register it. Returns the backing id to
-    /// send for passthrough, `None` for cached I/O, or an errno when neither is allowed.
-    fn attach_io(
-        &self,
-        ino: u64,
-        fh: u64,
-        open_backing: impl FnOnce(&std::fs::File) -> io::Result<fuser::BackingId>,
-    ) -> Result<Option<Arc<fuser::BackingId>>, Errno> {
-        let Some(h) = self.fs.handle_file(fh) else {
-            return Err(Errno::BADF);
-        };
-        let want_pt = self.passthrough_on.load(Ordering::Relaxed)
-            && match self.opts.passthrough {
-                PassthroughMode::Off => false,
-                PassthroughMode::Upper => h.layer() == crate::overlay::layers::UPPER,
-                PassthroughMode::All => true,
-            };
-        let mut shard = self.io[(ino as usize) % IO_SHARDS].lock();
-        let st = shard.entry(ino).or_default();
-        let use_pt = if st.passthrough > 0 {
-            // Every open of an inode in passthrough mode must share its backing file.
-            if st.backing_layer != h.layer() {
-                return Err(Errno::BUSY);
-            }
-            true
-        } else {
-            want_pt && st.cached == 0
-        };
-        let backing = if use_pt {
-            if st.backing.is_none() {
-                let f = std::fs::File::from(h.file().try_clone().map_err(|_| Errno::MFILE)?);
-                match open_backing(&f) {
-                    Ok(id) => {
-                        st.backing = Some(Arc::new(id));
-                        st.backing_layer = h.layer();
-                    }
-                    Err(e) => {
-                        log::debug!("passthrough unavailable for inode {ino}: {e}");
-                        st.cached += 1;
-                        self.handle_io.lock().insert(fh, (ino, false));
-                        return Ok(None);
-                    }
-                }
-            }
-            st.passthrough += 1;
-            st.backing.clone()
-        } else {
-            st.cached += 1;
-            None
-        };
-        self.handle_io.lock().insert(fh, (ino, backing.is_some()));
-        Ok(backing)
-    }
-
-    fn detach_io(&self, fh: u64) {
-        let Some((ino, pt)) = self.handle_io.lock().remove(&fh) else {
-            return;
-        };
-        let mut shard = self.io[(ino as usize) % IO_SHARDS].lock();
-        if let Some(st) = shard.get_mut(&ino) {
-            if pt {
-                st.passthrough = st.passthrough.saturating_sub(1);
-                if st.passthrough == 0 {
-                    st.backing = None;
-                }
-            } else {
-                st.cached = st.cached.saturating_sub(1);
-            }
-            if st.passthrough == 0 && st.cached == 0 {
-                shard.remove(&ino);
-            }
         }
     }
 
@@ -192,93 +60,6 @@ impl FuseAdapter {
             Generation(e.generation),
         );
     }
-}
-
-/// The kernel's caches, reached through FUSE notifications.
-pub struct FuseNotifier(pub fuser::Notifier);
-
-impl super::kernel_cache::KernelCache for FuseNotifier {
-    fn attr_changed(&self, ino: u64) {
-        // A negative offset drops the attributes only (no page cache, no inode lock).
-        if let Err(e) = self.0.inval_inode(INodeNo(ino), -1, 0) {
-            log::debug!("attribute invalidation of inode {ino}: {e}");
-        }
-    }
-}
-
-fn err(e: Errno) -> FErrno {
-    FErrno::from_i32(e.raw_os_error())
-}
-
-fn to_system_time(t: Time) -> SystemTime {
-    if t.sec >= 0 {
-        UNIX_EPOCH + Duration::new(t.sec as u64, t.nsec)
-    } else {
-        UNIX_EPOCH - Duration::new((-t.sec) as u64, 0) + Duration::new(0, t.nsec)
-    }
-}
-
-fn file_type(mode: u32) -> FileType {
-    match mode & libc::S_IFMT {
-        libc::S_IFDIR => FileType::Directory,
-        libc::S_IFLNK => FileType::Symlink,
-        libc::S_IFIFO => FileType::NamedPipe,
-        libc::S_IFSOCK => FileType::Socket,
-        libc::S_IFCHR => FileType::CharDevice,
-        libc::S_IFBLK => FileType::BlockDevice,
-        _ => FileType::RegularFile,
-    }
-}
-
-fn dtype_to_file_type(dtype: u8) -> FileType {
-    match dtype {
-        libc::DT_DIR => FileType::Directory,
-        libc::DT_LNK => FileType::Symlink,
-        libc::DT_FIFO => FileType::NamedPipe,
-        libc::DT_SOCK => FileType::Socket,
-        libc::DT_CHR => FileType::CharDevice,
-        libc::DT_BLK => FileType::BlockDevice,
-        _ => FileType::RegularFile,
-    }
-}
-
-fn to_fuse_attr(a: &Attr) -> FileAttr {
-    FileAttr {
-        ino: INodeNo(a.ino),
-        size: a.size,
-        blocks: a.blocks,
-        atime: to_system_time(a.atime),
-        mtime: to_system_time(a.mtime),
-        ctime: to_system_time(a.ctime),
-        crtime: to_system_time(a.ctime),
-        kind: file_type(a.mode),
-        perm: (a.mode & 0o7777) as u16,
-        nlink: a.nlink,
-        uid: a.uid,
-        gid: a.gid,
-        rdev: a.rdev as u32,
-        blksize: a.blksize,
-        flags: 0,
-    }
-}
-
-fn time_spec(t: Option<TimeOrNow>) -> Option<TimeSpec> {
-    t.map(|t| match t {
-        TimeOrNow::Now => TimeSpec::Now,
-        TimeOrNow::SpecificTime(st) => match st.duration_since(UNIX_EPOCH) {
-            Ok(d) => TimeSpec::Set(d.as_secs() as i64, d.subsec_nanos() as i64),
-            Err(e) => {
-                let d = e.duration();
-                let mut sec = -(d.as_secs() as i64);
-                let mut nsec = -(d.subsec_nanos() as i64);
-                if nsec < 0 {
-                    sec -= 1;
-                    nsec += 1_000_000_000;
-                }
-                TimeSpec::Set(sec, nsec)
-            }
-        },
-    })
 }
 
 impl fuser::Filesystem for FuseAdapter {
@@ -310,7 +91,7 @@ impl fuser::Filesystem for FuseAdapter {
         want &= caps;
         let _ = config.add_capabilities(want);
         if want.contains(InitFlags::FUSE_PASSTHROUGH) && config.set_max_stack_depth(1).is_ok() {
-            self.passthrough_on.store(true, Ordering::Relaxed);
+            self.passthrough.enable();
             log::info!("FUSE passthrough enabled");
         } else {
             log::info!("FUSE passthrough not in use");
@@ -511,7 +292,10 @@ impl fuser::Filesystem for FuseAdapter {
         };
         // FOPEN_NOFLUSH: no FLUSH on close, which has nothing to do here (the daemon
         // buffers no writes; with the writeback cache the kernel still flushes its own).
-        match self.attach_io(ino.0, o.fh, |f| reply.open_backing(f)) {
+        match self
+            .passthrough
+            .attach(&self.fs, ino.0, o.fh, |f| reply.open_backing(f))
+        {
             Ok(Some(id)) => {
                 reply.opened_passthrough(FileHandle(o.fh), FopenFlags::FOPEN_NOFLUSH, &id)
             }
@@ -588,7 +372,7 @@ impl fuser::Filesystem for FuseAdapter {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.detach_io(fh.0);
+        self.passthrough.detach(fh.0);
         self.fs.release(fh.0);
         reply.ok();
     }
@@ -807,7 +591,10 @@ impl fuser::Filesystem for FuseAdapter {
         };
         let ttl = self.opts.ttl;
         let attr = to_fuse_attr(&e.attr);
-        match self.attach_io(e.attr.ino, o.fh, |f| reply.open_backing(f)) {
+        match self
+            .passthrough
+            .attach(&self.fs, e.attr.ino, o.fh, |f| reply.open_backing(f))
+        {
             Ok(Some(id)) => reply.created_passthrough(
                 &ttl,
                 &attr,

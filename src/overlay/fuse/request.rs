@@ -1,0 +1,223 @@
+//! A mount request as plain data, and its checks: what the command line (or a container
+//! record) asks for, turned into validated absolute paths before anything is mounted.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::error::describe;
+use crate::overlay::idmap::IdMap;
+use crate::sys;
+
+/// Which files go through FUSE passthrough.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PassthroughMode {
+    Off,
+    /// Files in the upper layer only: lower files use the page cache. Opens never fail.
+    Upper,
+    /// Lower files too. Opening a lower file for writing while it is open read-only
+    /// elsewhere fails with EBUSY (the kernel allows one backing file per inode).
+    All,
+}
+
+/// Everything a mount is asked to be.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct MountRequest {
+    /// Lower layers, top first.
+    pub lowers: Vec<PathBuf>,
+    pub upper: Option<PathBuf>,
+    pub work: Option<PathBuf>,
+    pub mountpoint: PathBuf,
+    /// `fsync` and copy-ups reach the disk (off for `volatile` / `fsync=0`).
+    pub fsync: bool,
+    /// Owner mapping between the layers and the mount.
+    pub idmap: IdMap,
+    /// Entry/attribute validity for objects that may change; `None`: the default.
+    pub timeout: Option<Duration>,
+    /// `None`: automatic (upper files as root, nothing otherwise).
+    pub passthrough: Option<PassthroughMode>,
+    pub writeback: bool,
+    pub readdirplus: bool,
+    /// Request threads; `None`: one per core (2 to 16).
+    pub threads: Option<usize>,
+    pub fsname: Option<String>,
+    pub noexec: bool,
+    pub nodev: bool,
+    pub nosuid: bool,
+}
+
+/// Tunables of the FUSE side.
+#[derive(Debug, Clone)]
+pub struct FuseOptions {
+    /// Entry and attribute validity for objects that may change (upper layer).
+    pub ttl: Duration,
+    /// Validity for objects only in lower layers (immutable).
+    pub lower_ttl: Duration,
+    /// FUSE passthrough for open files.
+    pub passthrough: PassthroughMode,
+    /// Cache writes in the kernel (not together with passthrough).
+    pub writeback: bool,
+    /// Answer listings with READDIRPLUS (entries with attributes). The kernel's
+    /// listing cache is then off: the two together lost names under concurrent
+    /// creates and listings.
+    pub readdirplus: bool,
+}
+
+impl Default for FuseOptions {
+    fn default() -> Self {
+        FuseOptions {
+            ttl: Duration::from_secs(86400),
+            lower_ttl: Duration::from_secs(86400 * 365),
+            passthrough: PassthroughMode::Off,
+            writeback: false,
+            readdirplus: false,
+        }
+    }
+}
+
+impl MountRequest {
+    /// The FUSE tunables this request asks for, given our privileges.
+    pub fn fuse_options(&self) -> FuseOptions {
+        let mut o = FuseOptions::default();
+        if let Some(t) = self.timeout {
+            o.ttl = t;
+        }
+        o.passthrough = if !sys::is_privileged() {
+            PassthroughMode::Off
+        } else {
+            self.passthrough.unwrap_or(PassthroughMode::Upper)
+        };
+        o.writeback = self.writeback;
+        o.readdirplus = self.readdirplus;
+        o
+    }
+}
+
+/// A mount failure with a one-line message.
+#[derive(Debug)]
+pub struct MountError(pub String);
+
+impl std::fmt::Display for MountError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for MountError {}
+
+fn abs(p: &Path) -> Result<PathBuf, MountError> {
+    std::fs::canonicalize(p).map_err(|e| MountError(format!("{}: {}", p.display(), describe(&e))))
+}
+
+fn check_dir(p: &Path, what: &str) -> Result<PathBuf, MountError> {
+    let c = abs(p).map_err(|e| MountError(format!("{what} {e}")))?;
+    let md = std::fs::metadata(&c)
+        .map_err(|e| MountError(format!("{what} {}: {}", p.display(), describe(&e))))?;
+    if !md.is_dir() {
+        return Err(MountError(format!(
+            "{what} {} is not a directory",
+            p.display()
+        )));
+    }
+    Ok(c)
+}
+
+/// Validated, absolute paths of a mount request.
+#[derive(Debug, Clone)]
+pub struct MountPlan {
+    pub lowers: Vec<PathBuf>,
+    pub upper: Option<PathBuf>,
+    pub work: Option<PathBuf>,
+    pub mountpoint: PathBuf,
+}
+
+/// Check every path: existence, type, readability, overlaps, same filesystem.
+pub fn plan(a: &MountRequest) -> Result<MountPlan, MountError> {
+    let mut lowers = Vec::new();
+    for l in &a.lowers {
+        let c = check_dir(l, "lowerdir")?;
+        if let Err(e) = std::fs::read_dir(&c) {
+            return Err(MountError(format!(
+                "lowerdir {}: {}",
+                l.display(),
+                describe(&e)
+            )));
+        }
+        lowers.push(c);
+    }
+    let upper = a
+        .upper
+        .as_deref()
+        .map(|u| check_dir(u, "upperdir"))
+        .transpose()?;
+    let work = a
+        .work
+        .as_deref()
+        .map(|w| check_dir(w, "workdir"))
+        .transpose()?;
+    let mountpoint = check_dir(&a.mountpoint, "mountpoint")?;
+    for l in lowers.iter().chain(upper.iter()).chain(work.iter()) {
+        if mountpoint.starts_with(l) {
+            return Err(MountError(format!(
+                "mountpoint {} is inside layer {}",
+                mountpoint.display(),
+                l.display()
+            )));
+        }
+        if l.starts_with(&mountpoint) {
+            return Err(MountError(format!(
+                "layer {} is inside the mountpoint {}",
+                l.display(),
+                mountpoint.display()
+            )));
+        }
+    }
+    if let (Some(u), Some(w)) = (&upper, &work) {
+        if u == w || u.starts_with(w) || w.starts_with(u) {
+            return Err(MountError(format!(
+                "upperdir {} and workdir {} must not contain each other",
+                u.display(),
+                w.display()
+            )));
+        }
+        for l in &lowers {
+            if u.starts_with(l) || l.starts_with(u) {
+                return Err(MountError(format!(
+                    "upperdir {} overlaps lowerdir {}",
+                    u.display(),
+                    l.display()
+                )));
+            }
+        }
+        use std::os::unix::fs::MetadataExt;
+        let du = std::fs::metadata(u).map(|m| m.dev()).unwrap_or(0);
+        let dw = std::fs::metadata(w).map(|m| m.dev()).unwrap_or(1);
+        if du != dw {
+            return Err(MountError(format!(
+                "workdir {} must be on the same filesystem as upperdir {}",
+                w.display(),
+                u.display()
+            )));
+        }
+        if std::fs::metadata(u)
+            .map(|m| m.permissions().readonly())
+            .unwrap_or(false)
+            && !sys::is_privileged()
+        {
+            return Err(MountError(format!(
+                "upperdir {} is not writable",
+                u.display()
+            )));
+        }
+    }
+    if !Path::new("/dev/fuse").exists() {
+        return Err(MountError(
+            "/dev/fuse is missing (load the fuse module, or run with --device /dev/fuse)".into(),
+        ));
+    }
+    Ok(MountPlan {
+        lowers,
+        upper,
+        work,
+        mountpoint,
+    })
+}

@@ -1,0 +1,126 @@
+//! The FUSE session of one mount: mount options, fuser's configuration, serving until the
+//! filesystem is unmounted, and unmounting cleanly on signals. Daemonizing is the
+//! launcher's business (`cli::launcher`); this runs in whatever process calls it.
+
+use std::sync::Arc;
+
+use fuser::{Config, MountOption, SessionACL};
+
+use super::adapter::FuseAdapter;
+use super::notify::FuseNotifier;
+use super::request::{MountError, MountPlan, MountRequest};
+use crate::error::describe;
+use crate::overlay::fs::{Options, OverlayFs};
+use crate::sys;
+
+fn mount_config(a: &MountRequest, writable: bool) -> Config {
+    let mut c = Config::default();
+    let mut opts = vec![
+        MountOption::FSName(a.fsname.clone().unwrap_or_else(|| "layerfs".into())),
+        MountOption::Subtype("layerfs".into()),
+        MountOption::DefaultPermissions,
+    ];
+    if writable {
+        opts.push(MountOption::RW);
+    } else {
+        opts.push(MountOption::RO);
+    }
+    if sys::is_privileged() {
+        c.acl = SessionACL::All;
+        if !a.nodev {
+            opts.push(MountOption::Dev);
+        }
+        if !a.nosuid {
+            opts.push(MountOption::Suid);
+        }
+    }
+    if a.noexec {
+        opts.push(MountOption::NoExec);
+    }
+    c.mount_options = opts;
+    let threads = a.threads.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+            .clamp(2, 16)
+    });
+    c.n_threads = Some(threads);
+    c.clone_fd = threads > 1;
+    c
+}
+
+/// Mount and serve. Returns once the filesystem is unmounted. `ready` is called once
+/// the mount is usable (or with the error that prevented it).
+pub fn serve(
+    plan: MountPlan,
+    a: &MountRequest,
+    ready: impl FnOnce(Result<(), &MountError>),
+) -> Result<(), MountError> {
+    // The kernel applies the caller's umask before asking us to create anything: ours
+    // must not mask the mode again.
+    sys::set_umask(0);
+    // Directory nodes hold O_PATH handles to their layers: allow plenty.
+    let nofile = sys::raise_nofile_limit();
+    log::debug!("open file limit: {nofile}");
+    let mut opts = Options::new(plan.lowers.clone(), plan.upper.clone(), plan.work.clone());
+    opts.fsync = a.fsync;
+    opts.idmap = a.idmap.clone();
+    let fs = match OverlayFs::new(opts) {
+        Ok(fs) => Arc::new(fs),
+        Err(e) => {
+            let err = MountError(e.to_string());
+            ready(Err(&err));
+            return Err(err);
+        }
+    };
+    let writable = fs.is_writable();
+    let adapter = FuseAdapter::new(fs.clone(), a.fuse_options());
+    let config = mount_config(a, writable);
+    // Signals go to one thread that unmounts; request threads never see them.
+    sys::block_signals(&[libc::SIGTERM, libc::SIGINT, libc::SIGHUP]);
+    let session = match fuser::Session::new(adapter, &plan.mountpoint, &config) {
+        Ok(s) => s,
+        Err(e) => {
+            let err = MountError(format!(
+                "cannot mount {}: {}",
+                plan.mountpoint.display(),
+                describe(&e)
+            ));
+            ready(Err(&err));
+            return Err(err);
+        }
+    };
+    fs.set_kernel_cache(Box::new(FuseNotifier(session.notifier())));
+    ready(Ok(()));
+    let mnt = plan.mountpoint.clone();
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let sig = sys::wait_signal(&[libc::SIGTERM, libc::SIGINT, libc::SIGHUP]);
+            log::info!("signal {sig}: unmounting {}", mnt.display());
+            // Lazy: open files keep working; the daemon exits when the last one closes.
+            if let Err(e) = sys::umount_detach(&mnt) {
+                log::warn!("unmount of {} failed: {e}", mnt.display());
+            }
+        })
+        .map_err(|e| MountError(format!("cannot start signal thread: {e}")))?;
+    // Serve in fuser's background thread and wait for it here, so that the end of the
+    // session does not drop fuser's mount handle: that drop unmounts the mount point by
+    // path, and fuser 0.18 does so even after the filesystem was unmounted from outside
+    // (its "still mounted" check is inverted). By then a new mount may sit at the same
+    // path (unmount, then mount again at once), and it would be the one unmounted.
+    let mut bg = session
+        .spawn()
+        .map_err(|e| MountError(format!("cannot start the session: {e}")))?;
+    let worker = std::mem::replace(&mut bg.guard, std::thread::spawn(|| Ok(())));
+    match worker.join() {
+        // Ended by an unmount: nothing is left to unmount.
+        Ok(Ok(())) => {
+            std::mem::forget(bg);
+            Ok(())
+        }
+        // Ended by an error while perhaps still mounted: let fuser unmount.
+        Ok(Err(e)) => Err(MountError(format!("session ended with error: {e}"))),
+        Err(_) => Err(MountError("session thread panicked".into())),
+    }
+}
