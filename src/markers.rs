@@ -9,7 +9,7 @@
 //! - kernel opaque directory: `trusted.overlay.opaque=y` or `user.overlay.opaque=y`;
 //! - OCI whiteout `.wh.NAME` and OCI opaque marker `.wh..wh..opq`.
 //!
-//! Written to an upper layer (by `overlay::whiteout::MarkerWriter`): the kernel forms in
+//! Written to an upper layer (by `overlay::marker_writer::MarkerWriter`): the kernel forms in
 //! the `trusted.` namespace when privileged (so the kernel's overlayfs reads the same
 //! upper dir); otherwise a 0/0 device if the kernel allows it, else OCI `.wh.` files,
 //! with `user.overlay.*` xattrs.

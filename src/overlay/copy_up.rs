@@ -43,7 +43,7 @@ impl SavedTimes {
 impl OverlayFs {
     /// The work directory; only called on writable mounts.
     pub(crate) fn work(&self) -> SysResult<BorrowedFd<'_>> {
-        self.layers().work_fd().ok_or(Errno::ROFS)
+        Ok(self.writer()?.work())
     }
 
     /// Make sure a directory node has an upper directory, copying up parents first.

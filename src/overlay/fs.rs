@@ -4,24 +4,22 @@
 //! operations in `mutate.rs`. All methods take `&self`: the object is shared by every
 //! request thread, with per-node locks only.
 
-use std::cell::RefCell;
 use std::ffi::{OsStr, OsString};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::handles::{FileHandle, HandleTable};
 use super::inode_table::{Alias, DirState, FileState, InodeTable, Kind, Node, NodeState};
 use super::kernel_cache::KernelCache;
 use super::layers::{LayerId, Layers, RealDir, UPPER};
 use super::lookup::{Detail, DirView, Resolved, Resolver};
-use super::readdir::{DirEntryOut, Listing, ListingCache, start_after};
-use super::types::{Attr, Ctx, Entry, Opened, StatFs, XattrList};
-use super::whiteout::MarkerWriter;
+use super::readdir::ListingCache;
+use super::types::{Attr, Ctx, Entry, StatFs, XattrList};
+use super::upper_writer::UpperWriter;
 use crate::markers;
-use crate::sys::{self, Errno, OFlags, Stat, SysResult};
+use crate::sys::{self, Errno, Stat, SysResult};
 
 /// Inode number of the root directory (fixed by FUSE).
 pub const ROOT_INO: u64 = 1;
@@ -63,9 +61,8 @@ pub struct OverlayFs {
     pub(crate) links: super::hardlinks::LinkMaps,
     pub(crate) root: Arc<Node>,
     /// Present when there is an upper layer.
-    pub(crate) writer: Option<MarkerWriter>,
+    pub(crate) writer: Option<UpperWriter>,
     pub(crate) opts: Options,
-    tmp_counter: AtomicU64,
     /// Where to report changes the kernel did not ask for (set once mounted).
     kernel: std::sync::OnceLock<Box<dyn KernelCache>>,
 }
@@ -90,17 +87,17 @@ impl std::fmt::Display for OpenError {
 
 impl OverlayFs {
     pub fn new(opts: Options) -> Result<Self, OpenError> {
-        let layers = Layers::open(&opts.lowers, opts.upper.as_deref(), opts.work.as_deref())
+        let mut layers = Layers::open(&opts.lowers, opts.upper.as_deref(), opts.work.as_deref())
             .map_err(|(path, errno)| OpenError { path, errno })?;
-        let layers = Arc::new(layers);
-        let writer = layers.work_fd().map(MarkerWriter::probe);
-        let upper_oci_whiteouts = writer.is_some_and(|w| !w.device_whiteouts);
-        if let Some(work) = layers.work_fd() {
-            clean_work_dir(work).map_err(|errno| OpenError {
+        let writer = layers.work.take().map(UpperWriter::new);
+        let upper_oci_whiteouts = writer.as_ref().is_some_and(|w| !w.device_whiteouts());
+        if let Some(w) = &writer {
+            w.clean().map_err(|errno| OpenError {
                 path: opts.work.clone().unwrap_or_default().join("work"),
                 errno,
             })?;
         }
+        let layers = Arc::new(layers);
         let upper = layers.upper.as_ref().map(|u| u.root.clone());
         let impure = match &upper {
             Some(u) => markers::read_markers(u.fd(), None)
@@ -136,7 +133,6 @@ impl OverlayFs {
             root,
             writer,
             opts,
-            tmp_counter: AtomicU64::new(0),
             kernel: std::sync::OnceLock::new(),
         })
     }
@@ -185,10 +181,17 @@ impl OverlayFs {
         }
     }
 
+    /// The upper layer's writer; only on writable mounts.
+    pub(crate) fn writer(&self) -> SysResult<&UpperWriter> {
+        self.writer.as_ref().ok_or(Errno::ROFS)
+    }
+
     /// A fresh unique name for a scratch object in the work dir.
     pub(crate) fn tmp_name(&self) -> OsString {
-        let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
-        OsString::from(format!("#lfs.{}.{}", std::process::id(), n))
+        self.writer
+            .as_ref()
+            .map(|w| w.tmp_name())
+            .unwrap_or_default()
     }
 
     // ---------------------------------------------------------------- lookup
@@ -421,207 +424,7 @@ impl OverlayFs {
 
     // ---------------------------------------------------------------- files
 
-    /// Open a regular file. Writing opens copy the file up first.
-    pub fn open(&self, ctx: Ctx, ino: u64, flags: i32) -> SysResult<Opened> {
-        let _ = ctx;
-        let node = self.node(ino)?;
-        if node.is_dir() {
-            return Err(Errno::ISDIR);
-        }
-        let acc = flags & libc::O_ACCMODE;
-        let writable = acc == libc::O_WRONLY || acc == libc::O_RDWR;
-        if writable || flags & libc::O_TRUNC != 0 {
-            if !self.is_writable() {
-                return Err(Errno::ROFS);
-            }
-            self.copy_up(&node)?;
-        }
-        let file = self.open_real(&node, real_open_flags(flags))?;
-        if flags & libc::O_TRUNC != 0 {
-            sys::ftruncate(file.as_fd(), 0)?;
-        }
-        let layer = self.file_layer(&node);
-        let keep_cache = layer != UPPER;
-        let fh = self
-            .files
-            .insert(FileHandle::new(node, file, layer, writable));
-        Ok(Opened { fh, keep_cache })
-    }
-
-    /// Open the real file behind a node with the given flags.
-    pub(crate) fn open_real(&self, node: &Node, flags: OFlags) -> SysResult<OwnedFd> {
-        let st = node.state.read();
-        let NodeState::File(f) = &*st else {
-            return Err(Errno::ISDIR);
-        };
-        let mut last = Errno::STALE;
-        for a in &f.aliases {
-            match sys::open_at(a.real.fd(), &a.name, flags, 0) {
-                Ok(fd) => return Ok(fd),
-                Err(e) => last = e,
-            }
-        }
-        if let Some(o) = &f.orphan {
-            return sys::reopen(o.as_fd(), flags);
-        }
-        Err(last)
-    }
-
-    /// Read from an open file into `buf`; returns the bytes read.
-    pub fn read(&self, fh: u64, offset: u64, buf: &mut [u8]) -> SysResult<usize> {
-        let h = self.files.get(fh).ok_or(Errno::BADF)?;
-        let file = h.file();
-        let mut done = 0;
-        while done < buf.len() {
-            match sys::pread(file.as_fd(), &mut buf[done..], offset + done as u64) {
-                Ok(0) => break,
-                Ok(n) => done += n,
-                Err(Errno::INTR) => continue,
-                Err(e) if done == 0 => return Err(e),
-                Err(_) => break,
-            }
-        }
-        Ok(done)
-    }
-
-    /// Read with a per-thread buffer and hand the bytes to `f` (no allocation per read).
-    pub fn read_with<R>(
-        &self,
-        fh: u64,
-        offset: u64,
-        size: usize,
-        f: impl FnOnce(SysResult<&[u8]>) -> R,
-    ) -> R {
-        thread_local! {
-            static BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
-        }
-        BUF.with(|b| {
-            let mut b = b.borrow_mut();
-            if b.len() < size {
-                b.resize(size, 0);
-            }
-            match self.read(fh, offset, &mut b[..size]) {
-                Ok(n) => f(Ok(&b[..n])),
-                Err(e) => f(Err(e)),
-            }
-        })
-    }
-
-    pub fn release(&self, fh: u64) {
-        self.files.remove(fh);
-    }
-
-    pub fn flush(&self, fh: u64) -> SysResult<()> {
-        self.files.get(fh).map(|_| ()).ok_or(Errno::BADF)
-    }
-
-    pub fn fsync(&self, fh: u64, datasync: bool) -> SysResult<()> {
-        let h = self.files.get(fh).ok_or(Errno::BADF)?;
-        if !self.opts.fsync {
-            return Ok(());
-        }
-        let file = h.file();
-        if datasync {
-            sys::fdatasync(file.as_fd())
-        } else {
-            sys::fsync(file.as_fd())
-        }
-    }
-
-    /// The open real file of a handle (for passthrough).
-    pub fn handle_file(&self, fh: u64) -> Option<Arc<FileHandle>> {
-        self.files.get(fh)
-    }
-
     // ---------------------------------------------------------------- directories
-
-    /// Check that a directory can be listed. Listing needs no per-stream state.
-    pub fn opendir(&self, ino: u64) -> SysResult<()> {
-        let node = self.node(ino)?;
-        if !node.is_dir() {
-            return Err(Errno::NOTDIR);
-        }
-        Ok(())
-    }
-
-    /// The merged listing of a directory in offset order (`.` and `..` first), and the
-    /// index of the first entry after `offset`. Reading from offset 0 rebuilds it.
-    pub fn readdir(&self, ino: u64, offset: u64) -> SysResult<(Arc<Listing>, usize)> {
-        let node = self.node(ino)?;
-        let version = node.version();
-        let cached = if offset == 0 {
-            None
-        } else {
-            self.listings.get(node.serial, version)
-        };
-        let list = match cached {
-            Some(l) => l,
-            None => {
-                let l = Arc::new(Listing {
-                    version,
-                    entries: self.list_dir(&node)?,
-                });
-                self.listings.put(node.serial, l.clone());
-                l
-            }
-        };
-        let start = start_after(&list.entries, offset);
-        Ok((list, start))
-    }
-
-    /// The reader of a listing from `readdir` reached its end: the daemon keeps no copy.
-    pub fn readdir_done(&self, ino: u64, list: &Arc<Listing>) {
-        if let Ok(node) = self.node(ino) {
-            self.listings.done(node.serial, list);
-        }
-    }
-
-    fn list_dir(&self, node: &Arc<Node>) -> SysResult<Vec<DirEntryOut>> {
-        let view = self.dir_view(node)?;
-        let parent_ino = match &*node.state.read() {
-            NodeState::Dir(d) => d.parent.as_ref().map_or(ROOT_INO, |p| p.ino),
-            NodeState::File(_) => return Err(Errno::NOTDIR),
-        };
-        let entries = self.res.list(&view)?;
-        let mut out = Vec::with_capacity(entries.len() + 2);
-        out.push(DirEntryOut {
-            name: ".".into(),
-            ino: node.ino,
-            dtype: libc::DT_DIR,
-            off: 1,
-        });
-        out.push(DirEntryOut {
-            name: "..".into(),
-            ino: parent_ino,
-            dtype: libc::DT_DIR,
-            off: 2,
-        });
-        for mut e in entries {
-            if e.needs_resolve {
-                match self.res.resolve(&view, &e.name) {
-                    Ok(Some(r)) => {
-                        e.ino = r.ino;
-                        e.dtype = sys::dtype_of_mode(r.stat.st_mode);
-                    }
-                    // Gone or changed since the directory was read (a concurrent
-                    // rename or unlink): leave that one name out, not the listing.
-                    Ok(None) => continue,
-                    Err(err) => {
-                        log::debug!("readdir: {:?} vanished while listing: {err}", e.name);
-                        continue;
-                    }
-                }
-            }
-            out.push(DirEntryOut {
-                off: self.listings.offset_of(e.name.as_bytes()),
-                name: e.name,
-                ino: e.ino,
-                dtype: e.dtype,
-            });
-        }
-        ListingCache::order(&mut out);
-        Ok(out)
-    }
 
     // ---------------------------------------------------------------- misc
 
@@ -730,22 +533,6 @@ fn without_internal(list: &[u8]) -> Vec<u8> {
         }
     }
     out
-}
-
-/// Flags for opening the real file: access mode and sync flags only. `O_APPEND` is
-/// dropped because the kernel already sends the right offset, and Linux `pwrite` on an
-/// `O_APPEND` fd would ignore it.
-fn real_open_flags(flags: i32) -> OFlags {
-    let keep = libc::O_ACCMODE | libc::O_SYNC | libc::O_DSYNC | libc::O_NONBLOCK;
-    OFlags::from_bits_retain((flags & keep) as u32)
-}
-
-/// Remove everything left in the work dir by an earlier, interrupted daemon.
-fn clean_work_dir(work: std::os::fd::BorrowedFd<'_>) -> SysResult<()> {
-    for e in sys::read_dir_all(work)? {
-        sys::remove_tree(work, &e.name)?;
-    }
-    Ok(())
 }
 
 impl std::fmt::Debug for OverlayFs {

@@ -158,10 +158,6 @@ impl Layers {
         self.lowers.len()
     }
 
-    pub fn work_fd(&self) -> Option<BorrowedFd<'_>> {
-        self.work.as_ref().map(|w| w.as_fd())
-    }
-
     /// The inode number we report for a real inode: the real one when every layer is
     /// on one filesystem (as the kernel's overlayfs does), otherwise with the index of
     /// the filesystem in the top bits so numbers never collide across layers.

@@ -1,8 +1,16 @@
-//! The union filesystem: a core on plain types (`fs`, `copy_up`, `mutate`) with a thin
-//! FUSE adapter on top.
+//! The union filesystem: a core on plain types that tests drive without a mount, with a
+//! thin FUSE adapter on top (`fuse`).
+//!
+//! The core: `fs` (the `OverlayFs` object, lookup, attributes, listings), `lookup`
+//! (resolving a name through the layers), `readdir` (merged listings), `file_io` (open
+//! files), `mutate` (names and metadata), `rename`, `copy_up`, `upper_writer` (whiteouts,
+//! the work dir) over `marker_writer`, `inode_table` (nodes and kernel lookup counts),
+//! `hardlinks`, `handles`, `layers`, `cache`, `idmap`, `kernel_cache` (what the core
+//! tells the kernel), `types`.
 
 pub mod cache;
 pub mod copy_up;
+pub mod file_io;
 pub mod fs;
 pub mod fuse;
 pub mod handles;
@@ -12,10 +20,12 @@ pub mod inode_table;
 pub mod kernel_cache;
 pub mod layers;
 pub mod lookup;
+pub mod marker_writer;
 pub mod mutate;
 pub mod readdir;
+pub mod rename;
 pub mod types;
-pub mod whiteout;
+pub mod upper_writer;
 
 pub use fs::{Options, OverlayFs, ROOT_INO};
 pub use types::{Attr, Ctx, Entry, SetAttr};

@@ -1,5 +1,6 @@
-//! Mutating operations: create, mknod, mkdir, symlink, link, unlink, rmdir, rename,
-//! setattr, write, xattrs. Every change lands in the upper layer.
+//! Mutating operations on names and metadata: create, mknod, mkdir, symlink, link,
+//! unlink, rmdir, setattr, xattrs (rename in `rename.rs`, file data in `file_io.rs`).
+//! Every change lands in the upper layer.
 //!
 //! The kernel's VFS holds the parent directory lock during create/unlink/rename, so two
 //! mutations of one directory never run here at once; copy-up has its own per-node lock.
@@ -17,14 +18,11 @@ use super::types::{Attr, Ctx, Entry, Opened, SetAttr};
 use crate::markers;
 use crate::sys::{self, Errno, OFlags, RenameFlags, Stat, SysResult};
 
-/// The work-dir name of the whiteout that device whiteouts are links to.
-const SHARED_WHITEOUT: &str = "#whiteout";
-
 /// A (uid, gid) pair.
 type Owner = (u32, u32);
 
 /// What occupies a name in the upper directory before we create there.
-enum Slot {
+pub(super) enum Slot {
     Empty,
     /// A whiteout (device or xattr form) that the new entry replaces.
     Whiteout,
@@ -41,7 +39,7 @@ enum NewObj<'a> {
 }
 
 impl OverlayFs {
-    fn check_new_name(&self, name: &OsStr) -> SysResult<()> {
+    pub(super) fn check_new_name(&self, name: &OsStr) -> SysResult<()> {
         if name.len() > 255 {
             return Err(Errno::NAMETOOLONG);
         }
@@ -56,7 +54,7 @@ impl OverlayFs {
     }
 
     /// Inspect the upper directory at `name` before creating there.
-    fn slot(&self, upper: &RealDir, name: &OsStr) -> SysResult<Slot> {
+    pub(super) fn slot(&self, upper: &RealDir, name: &OsStr) -> SysResult<Slot> {
         match sys::stat_at(upper.fd(), name) {
             Ok(st) if markers::is_whiteout_stat(&st) => Ok(Slot::Whiteout),
             Ok(st)
@@ -386,71 +384,11 @@ impl OverlayFs {
         self.entry_for(&node)
     }
 
-    /// At the end of the session: drop the shared whiteout, so that a cleanly
-    /// unmounted work dir is empty.
+    /// At the end of the session: the work dir is left empty.
     pub fn finish(&self) {
-        if let Ok(work) = self.work() {
-            let _ = sys::unlink_at(work, OsStr::new(SHARED_WHITEOUT));
+        if let Some(w) = &self.writer {
+            w.finish();
         }
-    }
-
-    /// Create a whiteout at `name` in `dirfd`. Device whiteouts are hard links to one
-    /// shared whiteout in the work dir (as the kernel's overlayfs does since 5.8): no
-    /// new inode per deleted name.
-    fn make_whiteout(&self, dirfd: std::os::fd::BorrowedFd<'_>, name: &OsStr) -> SysResult<()> {
-        let w = self.writer.as_ref().ok_or(Errno::ROFS)?;
-        if !w.device_whiteouts {
-            return w.make_whiteout(dirfd, name);
-        }
-        let work = self.work()?;
-        let shared = OsStr::new(SHARED_WHITEOUT);
-        for _ in 0..3 {
-            match sys::link_at(work, shared, dirfd, name) {
-                Ok(()) => return Ok(()),
-                Err(Errno::NOENT) => match w.make_whiteout(work, shared) {
-                    Ok(()) | Err(Errno::EXIST) => {}
-                    Err(e) => return Err(e),
-                },
-                // Link count exhausted: start a new shared whiteout.
-                Err(Errno::MLINK) => {
-                    let _ = sys::unlink_at(work, shared);
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        w.make_whiteout(dirfd, name)
-    }
-
-    /// Put a whiteout at `name` in `pu`, replacing whatever real entry is there.
-    fn whiteout_over(&self, pu: &RealDir, name: &OsStr, existing_dir: bool) -> SysResult<()> {
-        let w = self.writer.as_ref().ok_or(Errno::ROFS)?;
-        let work = self.work()?;
-        if !w.device_whiteouts {
-            if existing_dir {
-                sys::remove_tree(pu.fd(), name)?;
-            } else {
-                match sys::unlink_at(pu.fd(), name) {
-                    Ok(()) | Err(Errno::NOENT) => {}
-                    Err(e) => return Err(e),
-                }
-            }
-            return w.make_whiteout(pu.fd(), name);
-        }
-        let tmp = self.tmp_name();
-        self.make_whiteout(work, &tmp)?;
-        let flags = if existing_dir {
-            RenameFlags::EXCHANGE
-        } else {
-            RenameFlags::empty()
-        };
-        if let Err(e) = sys::rename_at(work, &tmp, pu.fd(), name, flags) {
-            let _ = sys::unlink_at(work, &tmp);
-            return Err(e);
-        }
-        if existing_dir {
-            sys::remove_tree(work, &tmp)?;
-        }
-        Ok(())
     }
 
     /// Remove a name from the upper dir, leaving a whiteout if a lower layer has it.
@@ -458,35 +396,18 @@ impl OverlayFs {
     /// lower layer (so a whiteout is needed without asking).
     fn remove_name(
         &self,
-        pnode: &Arc<Node>,
-        pu: &RealDir,
+        parent: &Arc<Node>,
+        parent_upper: &RealDir,
         name: &OsStr,
         in_upper: bool,
         is_dir: bool,
     ) -> SysResult<()> {
-        let needs_wh = !in_upper || {
-            let view = self.dir_view(pnode)?;
+        let hide_lower = !in_upper || {
+            let view = self.dir_view(parent)?;
             self.res.lower_has(&view, name)?
         };
-        if needs_wh {
-            if in_upper {
-                self.whiteout_over(pu, name, is_dir)
-            } else {
-                self.make_whiteout(pu.fd(), name)
-            }
-        } else if in_upper {
-            if is_dir {
-                // Its upper dir may still hold whiteouts: move it away, then delete.
-                let work = self.work()?;
-                let tmp = self.tmp_name();
-                sys::rename_at(pu.fd(), name, work, &tmp, RenameFlags::empty())?;
-                sys::remove_tree(work, &tmp)
-            } else {
-                sys::unlink_at(pu.fd(), name)
-            }
-        } else {
-            Ok(())
-        }
+        self.writer()?
+            .remove(parent_upper, name, in_upper, is_dir, hide_lower)
     }
 
     pub fn unlink(&self, parent: u64, name: &OsStr) -> SysResult<()> {
@@ -513,7 +434,13 @@ impl OverlayFs {
 
     /// Before the last known name of an open upper file goes, keep a handle to it (an
     /// unlinked file stays usable while open).
-    fn keep_orphan_if_last(&self, node: &Arc<Node>, pnode: &Node, pu: &RealDir, name: &OsStr) {
+    pub(super) fn keep_orphan_if_last(
+        &self,
+        node: &Arc<Node>,
+        pnode: &Node,
+        pu: &RealDir,
+        name: &OsStr,
+    ) {
         if node.open_files.load(std::sync::atomic::Ordering::Acquire) == 0 {
             return;
         }
@@ -533,7 +460,7 @@ impl OverlayFs {
         }
     }
 
-    fn drop_alias(&self, node: &Arc<Node>, pnode: &Node, name: &OsStr) {
+    pub(super) fn drop_alias(&self, node: &Arc<Node>, pnode: &Node, name: &OsStr) {
         if let NodeState::File(f) = &mut *node.state.write() {
             f.aliases
                 .retain(|a| !(a.parent.ino == pnode.ino && a.name == name));
@@ -541,7 +468,7 @@ impl OverlayFs {
     }
 
     /// Whether a merged directory has no visible entries.
-    fn dir_is_empty(&self, node: &Arc<Node>) -> SysResult<bool> {
+    pub(super) fn dir_is_empty(&self, node: &Arc<Node>) -> SysResult<bool> {
         let view = self.dir_view(node)?;
         Ok(self.res.list(&view)?.is_empty())
     }
@@ -566,342 +493,6 @@ impl OverlayFs {
         let r = self.remove_name(&pnode, &pu, name, in_upper, true);
         pnode.entries_changed();
         r
-    }
-
-    /// The path a directory's lower part lives at in every lower layer (absolute).
-    fn lower_path(&self, node: &Arc<Node>) -> Vec<u8> {
-        let (parent, name, redirect) = match &*node.state.read() {
-            NodeState::Dir(d) => (d.parent.clone(), d.name.clone(), d.redirect.clone()),
-            NodeState::File(_) => return Vec::new(),
-        };
-        let Some(parent) = parent else {
-            return Vec::new();
-        };
-        let mut base = self.lower_path(&parent);
-        match redirect {
-            Some(r) if r.first() == Some(&b'/') => r,
-            Some(r) => {
-                base.push(b'/');
-                base.extend_from_slice(&r);
-                base
-            }
-            None => {
-                base.push(b'/');
-                base.extend_from_slice(name.as_bytes());
-                base
-            }
-        }
-    }
-
-    /// Prepare a directory that moves: copy it up, and if it has lower parts, record
-    /// where they are (redirect), so the rename keeps every file.
-    fn prepare_dir_move(&self, node: &Arc<Node>) -> SysResult<Option<Vec<u8>>> {
-        let has_lower = matches!(&*node.state.read(), NodeState::Dir(d) if !d.lowers.is_empty());
-        let up = self.upper_dir(node)?;
-        if !has_lower {
-            return Ok(None);
-        }
-        let path = self.lower_path(node);
-        let w = self.writer.as_ref().ok_or(Errno::ROFS)?;
-        w.set_xattr(up.fd(), None, "redirect", &path)?;
-        Ok(Some(path))
-    }
-
-    /// `rename` with `RENAME_NOREPLACE` / `RENAME_EXCHANGE` support.
-    pub fn rename(
-        &self,
-        parent: u64,
-        name: &OsStr,
-        newparent: u64,
-        newname: &OsStr,
-        flags: u32,
-    ) -> SysResult<()> {
-        let r = self.rename_inner(parent, name, newparent, newname, flags);
-        // Listings of both directories are stale whatever happened.
-        for p in [parent, newparent] {
-            if let Ok(n) = self.node(p) {
-                n.entries_changed();
-            }
-        }
-        r
-    }
-
-    fn rename_inner(
-        &self,
-        parent: u64,
-        name: &OsStr,
-        newparent: u64,
-        newname: &OsStr,
-        flags: u32,
-    ) -> SysResult<()> {
-        let noreplace = flags & libc::RENAME_NOREPLACE != 0;
-        let exchange = flags & libc::RENAME_EXCHANGE != 0;
-        if flags & !(libc::RENAME_NOREPLACE | libc::RENAME_EXCHANGE) != 0 || (noreplace && exchange)
-        {
-            return Err(Errno::INVAL);
-        }
-        if !exchange {
-            self.check_new_name(newname)?;
-        } else if !self.is_writable() {
-            return Err(Errno::ROFS);
-        }
-        let pnode = self.node(parent)?;
-        let npnode = self.node(newparent)?;
-        let (src, _) = self.lookup_node(&pnode, name)?.ok_or(Errno::NOENT)?;
-        let dst = self.lookup_node(&npnode, newname)?.map(|(n, _)| n);
-        if noreplace && dst.is_some() {
-            return Err(Errno::EXIST);
-        }
-        if exchange && dst.is_none() {
-            return Err(Errno::NOENT);
-        }
-        if let Some(d) = &dst {
-            if Arc::ptr_eq(d, &src) {
-                // Two names of one file (or the same name): nothing to do.
-                return Ok(());
-            }
-            if !exchange {
-                if src.is_dir() && !d.is_dir() {
-                    return Err(Errno::NOTDIR);
-                }
-                if !src.is_dir() && d.is_dir() {
-                    return Err(Errno::ISDIR);
-                }
-                if d.is_dir() && !self.dir_is_empty(d)? {
-                    return Err(Errno::NOTEMPTY);
-                }
-            }
-        }
-        if src.is_dir() && self.is_ancestor(&src, &npnode) {
-            return Err(Errno::INVAL);
-        }
-        if exchange {
-            return self.rename_exchange(
-                &pnode,
-                name,
-                &src,
-                &npnode,
-                newname,
-                dst.as_ref().ok_or(Errno::NOENT)?,
-            );
-        }
-
-        let pu = self.upper_dir(&pnode)?;
-        let npu = self.upper_dir(&npnode)?;
-        // The source moves as an upper object.
-        let redirect = if src.is_dir() {
-            self.prepare_dir_move(&src)?
-        } else {
-            self.copy_up(&src)?;
-            None
-        };
-        let src_view = self.dir_view(&pnode)?;
-        let src_needs_wh = self.res.lower_has(&src_view, name)?;
-        let dst_view = self.dir_view(&npnode)?;
-        let dst_lower = self.res.lower_has(&dst_view, newname)?;
-
-        // A plain upper directory moved over a lower one must not merge with it: mark it
-        // opaque before it moves (it hides nothing where it is), so no crash can leave
-        // it merged at its new place.
-        let make_opaque = src.is_dir() && redirect.is_none() && dst_lower;
-        if make_opaque {
-            if let Some(w) = &self.writer {
-                w.set_opaque(pu.fd(), Some(name))?;
-            }
-        }
-        // Clear what is in the upper dir at the destination.
-        if let Some(d) = &dst {
-            self.copy_up_if_linked(d)?;
-            if d.is_dir() {
-                let in_upper = matches!(&*d.state.read(), NodeState::Dir(s) if s.upper.is_some());
-                if in_upper {
-                    // Merged-empty: its upper dir holds only whiteouts.
-                    self.empty_upper_dir(d)?;
-                }
-            } else if self.file_layer(d) == UPPER {
-                self.keep_orphan_if_last(d, &npnode, &npu, newname);
-            }
-        }
-        match self.slot_after_target(&npu, newname)? {
-            Slot::Whiteout if src.is_dir() => {
-                sys::unlink_at(npu.fd(), newname)?;
-            }
-            Slot::OciWhiteout => {
-                let _ = sys::unlink_at(npu.fd(), &markers::oci_whiteout_name(newname));
-            }
-            _ => {}
-        }
-        let device_wh = self.writer.as_ref().is_some_and(|w| w.device_whiteouts);
-        let mut wh_done = false;
-        {
-            // getattr and open follow a file's aliases by name without the kernel's
-            // directory locks: the real rename and the alias update must look atomic
-            // to them, or in between they would find the whiteout left at the old
-            // name, or the replaced file at the new one.
-            let (mut src_st, dst_st) = lock_states(&src, dst.as_ref());
-            if src_needs_wh && device_wh {
-                match sys::rename_at(pu.fd(), name, npu.fd(), newname, RenameFlags::WHITEOUT) {
-                    Ok(()) => wh_done = true,
-                    Err(Errno::INVAL) | Err(Errno::PERM) => {
-                        sys::rename_at(pu.fd(), name, npu.fd(), newname, RenameFlags::empty())?
-                    }
-                    Err(e) => return Err(e),
-                }
-            } else {
-                sys::rename_at(pu.fd(), name, npu.fd(), newname, RenameFlags::empty())?;
-            }
-            if let Some(mut d) = dst_st {
-                if let NodeState::File(f) = &mut *d {
-                    f.aliases
-                        .retain(|a| !(a.parent.ino == npnode.ino && a.name == newname));
-                }
-            }
-            record_move(
-                &mut src_st,
-                &pnode,
-                name,
-                &npnode,
-                newname,
-                &npu,
-                redirect.clone(),
-            );
-        }
-        if src_needs_wh && !wh_done {
-            self.make_whiteout(pu.fd(), name)?;
-        }
-        if make_opaque {
-            if let NodeState::Dir(s) = &mut *src.state.write() {
-                s.lowers = Arc::from(Vec::new());
-            }
-        }
-
-        // Update the nodes.
-        if let Some(d) = &dst {
-            self.drop_alias(d, &npnode, newname);
-        }
-        self.moved(&src, &pnode, name, &npnode, newname, &npu, redirect);
-        Ok(())
-    }
-
-    /// The slot at the destination once a replaced target is out of the way.
-    fn slot_after_target(&self, pu: &RealDir, name: &OsStr) -> SysResult<Slot> {
-        match self.slot(pu, name) {
-            Err(Errno::EXIST) => Ok(Slot::Empty),
-            other => other,
-        }
-    }
-
-    /// Delete everything inside a directory's upper dir (whiteouts of a merged-empty dir).
-    fn empty_upper_dir(&self, node: &Arc<Node>) -> SysResult<()> {
-        let up = match &*node.state.read() {
-            NodeState::Dir(d) => d.upper.clone(),
-            NodeState::File(_) => None,
-        };
-        if let Some(up) = up {
-            for e in sys::read_dir_all(up.fd())? {
-                sys::remove_tree(up.fd(), &e.name)?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Record a move in the node.
-    #[allow(clippy::too_many_arguments)]
-    fn moved(
-        &self,
-        node: &Arc<Node>,
-        from: &Arc<Node>,
-        name: &OsStr,
-        to: &Arc<Node>,
-        newname: &OsStr,
-        to_upper: &Arc<RealDir>,
-        redirect: Option<Vec<u8>>,
-    ) {
-        let origin = record_move(
-            &mut node.state.write(),
-            from,
-            name,
-            to,
-            newname,
-            to_upper,
-            redirect,
-        );
-        if origin {
-            self.mark_impure(to, to_upper);
-        }
-    }
-
-    fn rename_exchange(
-        &self,
-        pnode: &Arc<Node>,
-        name: &OsStr,
-        src: &Arc<Node>,
-        npnode: &Arc<Node>,
-        newname: &OsStr,
-        dst: &Arc<Node>,
-    ) -> SysResult<()> {
-        if src.is_dir() && self.is_ancestor(src, npnode)
-            || dst.is_dir() && self.is_ancestor(dst, pnode)
-        {
-            return Err(Errno::INVAL);
-        }
-        let pu = self.upper_dir(pnode)?;
-        let npu = self.upper_dir(npnode)?;
-        let r1 = if src.is_dir() {
-            self.prepare_dir_move(src)?
-        } else {
-            self.copy_up(src)?;
-            None
-        };
-        let r2 = if dst.is_dir() {
-            self.prepare_dir_move(dst)?
-        } else {
-            self.copy_up(dst)?;
-            None
-        };
-        sys::rename_at(pu.fd(), name, npu.fd(), newname, RenameFlags::EXCHANGE)?;
-        // Moved plain dirs must not merge with what lies below their new names.
-        for (node, dir_upper, n, redirected) in [
-            (src, &npu, newname, r1.is_some()),
-            (dst, &pu, name, r2.is_some()),
-        ] {
-            if node.is_dir() && !redirected {
-                let view = self.dir_view(if std::ptr::eq(dir_upper.as_ref(), npu.as_ref()) {
-                    npnode
-                } else {
-                    pnode
-                })?;
-                if self.res.lower_has(&view, n)? {
-                    if let Some(w) = &self.writer {
-                        w.set_opaque(dir_upper.fd(), Some(n))?;
-                    }
-                    if let NodeState::Dir(s) = &mut *node.state.write() {
-                        s.lowers = Arc::from(Vec::new());
-                    }
-                }
-            }
-        }
-        // Swap the names in both nodes (src first with a placeholder to avoid clashes).
-        let placeholder = OsString::from("\0exchange");
-        self.moved(src, pnode, name, npnode, &placeholder, &npu, r1);
-        self.moved(dst, npnode, newname, pnode, name, &pu, r2);
-        self.moved(src, npnode, &placeholder, npnode, newname, &npu, None);
-        Ok(())
-    }
-
-    /// Whether `a` is `b` or one of its ancestors.
-    fn is_ancestor(&self, a: &Arc<Node>, b: &Arc<Node>) -> bool {
-        let mut cur = Some(b.clone());
-        while let Some(n) = cur {
-            if Arc::ptr_eq(&n, a) {
-                return true;
-            }
-            cur = match &*n.state.read() {
-                NodeState::Dir(d) => d.parent.clone(),
-                NodeState::File(_) => None,
-            };
-        }
-        false
     }
 
     /// Where to apply an attribute change: (real dir, name) of the upper object.
@@ -964,65 +555,6 @@ impl OverlayFs {
         Ok(self.attr_of(&node, &st))
     }
 
-    fn writable_handle(&self, fh: u64) -> SysResult<Arc<FileHandle>> {
-        let h = self.files.get(fh).ok_or(Errno::BADF)?;
-        if !h.writable || h.layer() != UPPER {
-            return Err(Errno::BADF);
-        }
-        Ok(h)
-    }
-
-    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> SysResult<usize> {
-        let h = self.writable_handle(fh)?;
-        let file = h.file();
-        let mut done = 0;
-        while done < data.len() {
-            match sys::pwrite(file.as_fd(), &data[done..], offset + done as u64) {
-                Ok(n) => done += n,
-                Err(Errno::INTR) => continue,
-                Err(e) if done == 0 => return Err(e),
-                Err(_) => break,
-            }
-        }
-        Ok(done)
-    }
-
-    pub fn fallocate(&self, fh: u64, offset: u64, len: u64, mode: i32) -> SysResult<()> {
-        let h = self.writable_handle(fh)?;
-        sys::fallocate(h.file().as_fd(), mode, offset, len)
-    }
-
-    pub fn copy_file_range(
-        &self,
-        fh_in: u64,
-        off_in: u64,
-        fh_out: u64,
-        off_out: u64,
-        len: u64,
-    ) -> SysResult<usize> {
-        let hi = self.files.get(fh_in).ok_or(Errno::BADF)?;
-        let ho = self.writable_handle(fh_out)?;
-        sys::copy_file_range(
-            hi.file().as_fd(),
-            off_in,
-            ho.file().as_fd(),
-            off_out,
-            len.min(1 << 30) as usize,
-        )
-    }
-
-    pub fn lseek(&self, fh: u64, offset: i64, whence: i32) -> SysResult<u64> {
-        let h = self.files.get(fh).ok_or(Errno::BADF)?;
-        let w = match whence {
-            libc::SEEK_DATA => sys::Whence::Data,
-            libc::SEEK_HOLE => sys::Whence::Hole,
-            libc::SEEK_SET => sys::Whence::Set,
-            libc::SEEK_END => sys::Whence::End,
-            _ => return Err(Errno::INVAL),
-        };
-        sys::lseek(h.file().as_fd(), offset, w)
-    }
-
     pub fn setxattr(&self, ino: u64, name: &OsStr, value: &[u8], flags: i32) -> SysResult<()> {
         if markers::is_internal_xattr(name.as_bytes()) {
             return Err(Errno::PERM);
@@ -1068,60 +600,6 @@ impl OverlayFs {
             sys::fsync(f.as_fd())?;
         }
         Ok(())
-    }
-}
-
-/// Record in a node's state that it moved from `from`/`name` to `to`/`newname`.
-/// Returns whether the new parent now holds an object with an origin (impure).
-fn record_move(
-    st: &mut NodeState,
-    from: &Node,
-    name: &OsStr,
-    to: &Arc<Node>,
-    newname: &OsStr,
-    to_upper: &Arc<RealDir>,
-    redirect: Option<Vec<u8>>,
-) -> bool {
-    match st {
-        NodeState::Dir(d) => {
-            d.parent = Some(to.clone());
-            d.name = newname.to_os_string();
-            if redirect.is_some() {
-                d.redirect = redirect;
-            }
-            d.redirect.is_some()
-        }
-        NodeState::File(f) => {
-            for a in f.aliases.iter_mut() {
-                if a.parent.ino == from.ino && a.name == name {
-                    a.parent = to.clone();
-                    a.name = newname.to_os_string();
-                    a.real = to_upper.clone();
-                }
-            }
-            true
-        }
-    }
-}
-
-type StateGuard<'a> = parking_lot::RwLockWriteGuard<'a, NodeState>;
-
-/// Write-lock the states of a rename's source and (optional, distinct) target, in a
-/// fixed order. No other path holds two node states at once.
-fn lock_states<'a>(
-    src: &'a Arc<Node>,
-    dst: Option<&'a Arc<Node>>,
-) -> (StateGuard<'a>, Option<StateGuard<'a>>) {
-    match dst {
-        Some(d) if d.serial < src.serial => {
-            let dg = d.state.write();
-            (src.state.write(), Some(dg))
-        }
-        Some(d) => {
-            let sg = src.state.write();
-            (sg, Some(d.state.write()))
-        }
-        None => (src.state.write(), None),
     }
 }
 

@@ -14,10 +14,13 @@ use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 
 use super::cache::{ShardedLru, Weighted};
+use super::fs::{OverlayFs, ROOT_INO};
+use super::inode_table::{Node, NodeState};
 use super::layers::UPPER;
 use super::lookup::{DirView, Resolver};
+use super::types::Entry;
 use crate::markers::{self, OCI_OPAQUE};
-use crate::sys::{self, SysResult};
+use crate::sys::{self, Errno, SysResult};
 
 /// One name in a merged listing.
 #[derive(Debug, Clone)]
@@ -179,6 +182,19 @@ impl Resolver {
     }
 }
 
+/// A reply buffer for a listing (READDIR).
+pub trait DirReply {
+    /// Add one entry; `true` when the buffer is full and the entry was not added.
+    fn add(&mut self, e: &DirEntryOut) -> bool;
+}
+
+/// A reply buffer for a listing with attributes (READDIRPLUS): `entry` is `None` for
+/// `.` and `..`.
+pub trait DirPlusReply {
+    /// Add one entry; `true` when the buffer is full and the entry was not added.
+    fn add(&mut self, e: &DirEntryOut, entry: Option<&Entry>) -> bool;
+}
+
 /// One entry of a directory listing, as served: `off` continues after it.
 #[derive(Debug, Clone)]
 pub struct DirEntryOut {
@@ -261,9 +277,149 @@ pub fn start_after(list: &[DirEntryOut], offset: u64) -> usize {
     list.partition_point(|e| e.off <= offset)
 }
 
+impl OverlayFs {
+    /// Check that a directory can be listed. Listing needs no per-stream state.
+    pub fn opendir(&self, ino: u64) -> SysResult<()> {
+        let node = self.node(ino)?;
+        if !node.is_dir() {
+            return Err(Errno::NOTDIR);
+        }
+        Ok(())
+    }
+
+    /// The merged listing of a directory in offset order (`.` and `..` first), and the
+    /// index of the first entry after `offset`. Reading from offset 0 rebuilds it.
+    pub fn readdir(&self, ino: u64, offset: u64) -> SysResult<(Arc<Listing>, usize)> {
+        let node = self.node(ino)?;
+        let version = node.version();
+        let cached = if offset == 0 {
+            None
+        } else {
+            self.listings.get(node.serial, version)
+        };
+        let list = match cached {
+            Some(l) => l,
+            None => {
+                let l = Arc::new(Listing {
+                    version,
+                    entries: self.list_dir(&node)?,
+                });
+                self.listings.put(node.serial, l.clone());
+                l
+            }
+        };
+        let start = start_after(&list.entries, offset);
+        Ok((list, start))
+    }
+
+    /// The reader of a listing from `readdir` reached its end: the daemon keeps no copy.
+    pub fn readdir_done(&self, ino: u64, list: &Arc<Listing>) {
+        if let Ok(node) = self.node(ino) {
+            self.listings.done(node.serial, list);
+        }
+    }
+
+    fn list_dir(&self, node: &Arc<Node>) -> SysResult<Vec<DirEntryOut>> {
+        let view = self.dir_view(node)?;
+        let parent_ino = match &*node.state.read() {
+            NodeState::Dir(d) => d.parent.as_ref().map_or(ROOT_INO, |p| p.ino),
+            NodeState::File(_) => return Err(Errno::NOTDIR),
+        };
+        let entries = self.res.list(&view)?;
+        let mut out = Vec::with_capacity(entries.len() + 2);
+        out.push(DirEntryOut {
+            name: ".".into(),
+            ino: node.ino,
+            dtype: libc::DT_DIR,
+            off: 1,
+        });
+        out.push(DirEntryOut {
+            name: "..".into(),
+            ino: parent_ino,
+            dtype: libc::DT_DIR,
+            off: 2,
+        });
+        for mut e in entries {
+            if e.needs_resolve {
+                match self.res.resolve(&view, &e.name) {
+                    Ok(Some(r)) => {
+                        e.ino = r.ino;
+                        e.dtype = sys::dtype_of_mode(r.stat.st_mode);
+                    }
+                    // Gone or changed since the directory was read (a concurrent
+                    // rename or unlink): leave that one name out, not the listing.
+                    Ok(None) => continue,
+                    Err(err) => {
+                        log::debug!("readdir: {:?} vanished while listing: {err}", e.name);
+                        continue;
+                    }
+                }
+            }
+            out.push(DirEntryOut {
+                off: self.listings.offset_of(e.name.as_bytes()),
+                name: e.name,
+                ino: e.ino,
+                dtype: e.dtype,
+            });
+        }
+        ListingCache::order(&mut out);
+        Ok(out)
+    }
+
+    /// Serve a listing from `offset` into a reply buffer: entries go in offset order
+    /// until the buffer is full; a reader that got to the end lets the daemon drop its
+    /// copy (the kernel caches what it read).
+    pub fn readdir_into(&self, ino: u64, offset: u64, out: &mut impl DirReply) -> SysResult<()> {
+        let (list, start) = self.readdir(ino, offset)?;
+        let all = !list.entries[start..].iter().any(|e| out.add(e));
+        if all {
+            self.readdir_done(ino, &list);
+        }
+        Ok(())
+    }
+
+    /// The same with each entry's attributes (READDIRPLUS). Every entry sent counts as a
+    /// lookup, as the kernel counts it; one that did not fit is not counted. `.` and
+    /// `..` carry no attributes (the kernel makes no dentry for them); a name gone since
+    /// the listing was built is left out.
+    pub fn readdirplus_into(
+        &self,
+        ino: u64,
+        offset: u64,
+        out: &mut impl DirPlusReply,
+    ) -> SysResult<()> {
+        let (list, start) = self.readdir(ino, offset)?;
+        let rest = &list.entries[start..];
+        for (i, e) in rest.iter().enumerate() {
+            let full = if e.name == "." || e.name == ".." {
+                out.add(e, None)
+            } else {
+                match self.lookup(ino, &e.name) {
+                    Ok(ent) => {
+                        let full = out.add(e, Some(&ent));
+                        if full {
+                            self.forget(ent.attr.ino, 1);
+                        }
+                        full
+                    }
+                    Err(_) => false,
+                }
+            };
+            if full {
+                return Ok(());
+            }
+            if i + 1 == rest.len() {
+                self.readdir_done(ino, &list);
+            }
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::overlay::types::Entry;
 
     fn ent(name: &str, off: u64) -> DirEntryOut {
         DirEntryOut {
@@ -292,5 +448,58 @@ mod tests {
         l2.push(ent("new", 2));
         ListingCache::order(&mut l2);
         assert_eq!(l2[start_after(&l2, 5)].name, "x");
+    }
+
+    /// A reply buffer that holds `cap` entries, as the kernel's page-sized buffer does.
+    struct Buf {
+        cap: usize,
+        got: Vec<(OsString, u64, Option<u64>)>,
+    }
+
+    impl DirPlusReply for Buf {
+        fn add(&mut self, e: &DirEntryOut, entry: Option<&Entry>) -> bool {
+            if self.got.len() == self.cap {
+                return true;
+            }
+            self.got
+                .push((e.name.clone(), e.off, entry.map(|x| x.attr.ino)));
+            false
+        }
+    }
+
+    #[test]
+    fn readdirplus_in_small_buffers_counts_only_what_was_sent() {
+        let t = tempfile::tempdir().unwrap();
+        let lower = t.path().join("l");
+        std::fs::create_dir_all(lower.join("d")).unwrap();
+        for i in 0..10 {
+            std::fs::write(lower.join(format!("d/f{i}")), b"x").unwrap();
+        }
+        let fs = OverlayFs::new(crate::overlay::Options::new(vec![lower], None, None)).unwrap();
+        let d = fs.lookup(ROOT_INO, OsStr::new("d")).unwrap().attr.ino;
+        let mut names = Vec::new();
+        let mut offset = 0;
+        loop {
+            let mut b = Buf {
+                cap: 4,
+                got: Vec::new(),
+            };
+            fs.readdirplus_into(d, offset, &mut b).unwrap();
+            if b.got.is_empty() {
+                break;
+            }
+            offset = b.got.last().unwrap().1;
+            names.extend(b.got);
+        }
+        let mut files: Vec<_> = names.iter().filter(|n| n.0 != "." && n.0 != "..").collect();
+        assert_eq!(names.len(), 12, "every name once, with . and ..");
+        files.sort();
+        files.dedup();
+        assert_eq!(files.len(), 10);
+        // Each name sent was looked up once; the ones that did not fit were not.
+        for (_, _, ino) in files {
+            let node = fs.node(ino.unwrap()).unwrap();
+            assert_eq!(node.nlookup(), 1);
+        }
     }
 }

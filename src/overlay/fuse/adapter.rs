@@ -3,7 +3,6 @@
 
 use std::ffi::OsStr;
 use std::io;
-use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -19,6 +18,7 @@ use super::convert::{dtype_to_file_type, err, time_spec, to_fuse_attr};
 use super::passthrough::{PassthroughMode, PassthroughTable};
 use super::request::FuseOptions;
 use crate::overlay::fs::OverlayFs;
+use crate::overlay::readdir::{DirEntryOut, DirPlusReply, DirReply};
 use crate::overlay::types::{Attr, Ctx, Entry, SetAttr, Time, XattrList};
 use crate::sys::Errno;
 
@@ -412,59 +412,14 @@ impl fuser::Filesystem for FuseAdapter {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let (list, start) = match self.fs.readdir(ino.0, offset) {
-            Ok(l) => l,
-            Err(e) => return reply.error(err(e)),
+        let mut out = PlusReply {
+            reply: &mut reply,
+            adapter: self,
         };
-        let rest = list.entries.len() - start;
-        for (i, e) in list.entries[start..].iter().enumerate() {
-            let name = e.name.as_bytes();
-            let full = if name == b"." || name == b".." {
-                // The kernel makes no dentry for these: attributes only name the type.
-                let mut attr = to_fuse_attr(&Attr {
-                    ino: e.ino,
-                    mode: libc::S_IFDIR,
-                    blksize: 4096,
-                    ..Attr::default()
-                });
-                attr.ino = INodeNo(e.ino);
-                reply.add(
-                    INodeNo(e.ino),
-                    e.off,
-                    &e.name,
-                    &Duration::ZERO,
-                    &attr,
-                    Generation(0),
-                )
-            } else {
-                match self.fs.lookup(ino.0, &e.name) {
-                    Ok(ent) => {
-                        let full = reply.add(
-                            INodeNo(ent.attr.ino),
-                            e.off,
-                            &e.name,
-                            &self.ttl_for(ent.immutable),
-                            &to_fuse_attr(&ent.attr),
-                            Generation(ent.generation),
-                        );
-                        if full {
-                            // Not sent: the kernel will not count this lookup.
-                            self.fs.forget(ent.attr.ino, 1);
-                        }
-                        full
-                    }
-                    // Gone since the listing was made: leave it out.
-                    Err(_) => false,
-                }
-            };
-            if full {
-                break;
-            }
-            if i + 1 == rest {
-                self.fs.readdir_done(ino.0, &list);
-            }
+        match self.fs.readdirplus_into(ino.0, offset, &mut out) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(err(e)),
         }
-        reply.ok();
     }
 
     fn readdir(
@@ -475,17 +430,11 @@ impl fuser::Filesystem for FuseAdapter {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let (list, start) = match self.fs.readdir(ino.0, offset) {
-            Ok(l) => l,
-            Err(e) => return reply.error(err(e)),
-        };
-        let all = !list.entries[start..]
-            .iter()
-            .any(|e| reply.add(INodeNo(e.ino), e.off, dtype_to_file_type(e.dtype), &e.name));
-        if all {
-            self.fs.readdir_done(ino.0, &list);
+        let mut out = PlainReply(&mut reply);
+        match self.fs.readdir_into(ino.0, offset, &mut out) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(err(e)),
         }
-        reply.ok();
     }
 
     fn releasedir(
@@ -669,6 +618,54 @@ impl fuser::Filesystem for FuseAdapter {
         {
             Ok(n) => reply.written(n as u32),
             Err(e) => reply.error(err(e)),
+        }
+    }
+}
+
+/// fuser's READDIR reply as the core's reply buffer.
+struct PlainReply<'a>(&'a mut ReplyDirectory);
+
+impl DirReply for PlainReply<'_> {
+    fn add(&mut self, e: &DirEntryOut) -> bool {
+        self.0
+            .add(INodeNo(e.ino), e.off, dtype_to_file_type(e.dtype), &e.name)
+    }
+}
+
+/// fuser's READDIRPLUS reply as the core's reply buffer.
+struct PlusReply<'a> {
+    reply: &'a mut ReplyDirectoryPlus,
+    adapter: &'a FuseAdapter,
+}
+
+impl DirPlusReply for PlusReply<'_> {
+    fn add(&mut self, e: &DirEntryOut, entry: Option<&Entry>) -> bool {
+        match entry {
+            Some(ent) => self.reply.add(
+                INodeNo(ent.attr.ino),
+                e.off,
+                &e.name,
+                &self.adapter.ttl_for(ent.immutable),
+                &to_fuse_attr(&ent.attr),
+                Generation(ent.generation),
+            ),
+            None => {
+                // `.` and `..`: the kernel makes no dentry; the attributes name the type.
+                let attr = to_fuse_attr(&Attr {
+                    ino: e.ino,
+                    mode: libc::S_IFDIR,
+                    blksize: 4096,
+                    ..Attr::default()
+                });
+                self.reply.add(
+                    INodeNo(e.ino),
+                    e.off,
+                    &e.name,
+                    &Duration::ZERO,
+                    &attr,
+                    Generation(0),
+                )
+            }
         }
     }
 }
