@@ -53,6 +53,8 @@ pub struct Opts {
     configs: Vec<Config>,
     workloads: Vec<Workload>,
     depth: usize,
+    /// Pin client t to CPU t (so a one-client run stays on CPU 0).
+    pin_clients: bool,
 }
 
 fn parse_config(s: &str, default_taskrun: TaskRun) -> Result<Config, String> {
@@ -72,11 +74,12 @@ fn parse_config(s: &str, default_taskrun: TaskRun) -> Result<Config, String> {
             let threads = rest
                 .parse()
                 .map_err(|_| format!("{s}: thread count missing"))?;
-            let (mut clone, mut pin, mut taskrun) = (true, true, default_taskrun);
+            let (mut clone, mut pin, mut taskrun) = (true, uring, default_taskrun);
             for p in parts {
                 match p {
                     "noclone" => clone = false,
                     "nopin" => pin = false,
+                    "pin" => pin = true,
                     t => taskrun = crate::parse_taskrun(t).map_err(|e| format!("{s}: {e}"))?,
                 }
             }
@@ -123,6 +126,7 @@ pub fn parse(args: &[String]) -> Result<Opts, String> {
     let mut workloads = "create1,create2,stat1,stat2".to_string();
     let mut taskrun = TaskRun::Defer;
     let mut depth = 8;
+    let mut pin_clients = false;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut val = || it.next().cloned().ok_or(format!("{a} needs a value"));
@@ -134,6 +138,7 @@ pub fn parse(args: &[String]) -> Result<Opts, String> {
             "--workloads" => workloads = val()?,
             "--taskrun" => taskrun = crate::parse_taskrun(&val()?)?,
             "--depth" => depth = val()?.parse().map_err(|e| format!("--depth: {e}"))?,
+            "--pin-clients" => pin_clients = true,
             _ => return Err(format!("unknown option {a}")),
         }
     }
@@ -150,6 +155,7 @@ pub fn parse(args: &[String]) -> Result<Opts, String> {
             .map(parse_workload)
             .collect::<Result<_, _>>()?,
         depth,
+        pin_clients,
     })
 }
 
@@ -232,7 +238,7 @@ struct ClientResult {
 
 /// `clients` threads share `n` operations on `dir`; the time is from the common start
 /// to the last one's end.
-fn run_clients(dir: &Path, n: usize, clients: usize, work: Work) -> ClientResult {
+fn run_clients(dir: &Path, n: usize, clients: usize, work: Work, pin: bool) -> ClientResult {
     let barrier = Barrier::new(clients);
     let results: Vec<(Instant, Instant, (f64, f64), usize)> = std::thread::scope(|s| {
         let hs: Vec<_> = (0..clients)
@@ -247,6 +253,9 @@ fn run_clients(dir: &Path, n: usize, clients: usize, work: Work) -> ClientResult
                         })
                         .collect();
                     let mut errors = 0;
+                    if pin {
+                        crate::uring::pin_to(t % crate::possible_cpus());
+                    }
                     barrier.wait();
                     let u0 = thread_usage();
                     let t0 = Instant::now();
@@ -389,7 +398,7 @@ fn run_fuse(o: &Opts, mnt: &Path, kind: &Kind, w: &Workload) -> Result<FuseRun, 
         }
         Work::Stat => mnt.join("d"),
     };
-    let r = run_clients(&dir, o.n, w.clients, w.work);
+    let r = run_clients(&dir, o.n, w.clients, w.work, o.pin_clients);
     let m = mnt.to_path_buf();
     match timed(10, move || mount::umount(&m, 0)) {
         Some(Ok(())) => {}
@@ -470,7 +479,7 @@ fn run_kernel(
         }
         Kind::Fuse { .. } => unreachable!(),
     }
-    let r = run_clients(&dir, o.n, w.clients, w.work);
+    let r = run_clients(&dir, o.n, w.clients, w.work, o.pin_clients);
     mount::umount(mnt, 0).map_err(|e| format!("umount {}: {e}", mnt.display()))?;
     if let Some((up, wk)) = cleanup {
         let _ = std::fs::remove_dir_all(up);
@@ -479,8 +488,9 @@ fn run_kernel(
     Ok(r)
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+fn median(v: Vec<f64>) -> f64 {
+    let mut v: Vec<f64> = v.into_iter().filter(|x| !x.is_nan()).collect();
+    v.sort_by(f64::total_cmp);
     let n = v.len();
     if n == 0 {
         f64::NAN
@@ -606,14 +616,14 @@ fn run_rounds(o: &Opts, mnt: &Path, base: &Path) -> Result<Vec<Sample>, String> 
 fn print_summary(o: &Opts, samples: &[Sample]) {
     println!();
     println!(
-        "## medians over {} rounds (best round in brackets), n={}",
+        "## medians over {} rounds (best round in brackets), n={}; ratios: median of per-round ratios",
         o.rounds, o.n
     );
     println!();
     println!(
-        "| workload | config | ops/s | µs/op | requests/op | µs/request | CPU µs/op (client+server) | context switches/op | vs classic, same threads |"
+        "| workload | config | ops/s | µs/op | requests/op | µs/request | CPU µs/op (client+server) | context switches/op | vs classic, same threads | vs the round's faster classic |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for w in &o.workloads {
         let pick = |cfg: &str, f: &dyn Fn(&Sample) -> f64| -> Vec<f64> {
             samples
@@ -639,22 +649,53 @@ fn print_summary(o: &Opts, samples: &[Sample]) {
             let csw = median(pick(&c.name, &|s| {
                 (s.client_switches + s.server_switches.unwrap_or(0.0)) / s.ops as f64
             }));
-            let vs = match &c.kind {
+            // Ratios within one round (the same minute's load), then their median.
+            let paired = |base: &dyn Fn(usize) -> f64| -> f64 {
+                median(
+                    samples
+                        .iter()
+                        .filter(|s| s.workload == w.name && s.config == c.name)
+                        .map(|s| s.ops_per_s() / base(s.round))
+                        .collect(),
+                )
+            };
+            let round_ops = |cfg: &str, r: usize| {
+                samples
+                    .iter()
+                    .find(|s| s.workload == w.name && s.config == cfg && s.round == r)
+                    .map_or(f64::NAN, |s| s.ops_per_s())
+            };
+            let (vs, vs_best) = match &c.kind {
                 Kind::Fuse {
                     uring: true,
                     threads,
                     ..
                 } => {
-                    let base = format!("classic{threads}");
-                    let b = median(pick(&base, &ops_of));
-                    let bt = best(pick(&base, &ops_of));
-                    if b.is_nan() {
-                        "-".into()
-                    } else {
-                        format!("{:.2}x ({:.2}x)", ops / b, top / bt)
-                    }
+                    let same = format!("classic{threads}");
+                    let classics: Vec<&str> = o
+                        .configs
+                        .iter()
+                        .filter(|c| matches!(c.kind, Kind::Fuse { uring: false, .. }))
+                        .map(|c| c.name.as_str())
+                        .collect();
+                    let f = |v: f64| {
+                        if v.is_nan() {
+                            "-".into()
+                        } else {
+                            format!("{v:.2}x")
+                        }
+                    };
+                    (
+                        f(paired(&|r| round_ops(&same, r))),
+                        f(paired(&|r| {
+                            classics
+                                .iter()
+                                .map(|b| round_ops(b, r))
+                                .fold(f64::NAN, f64::max)
+                        })),
+                    )
                 }
-                _ => "-".into(),
+                _ => ("-".into(), "-".into()),
             };
             let f = |v: f64, p: usize| {
                 if v.is_nan() {
@@ -664,7 +705,7 @@ fn print_summary(o: &Opts, samples: &[Sample]) {
                 }
             };
             println!(
-                "| {} | {} | {} ({}) | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} ({}) | {} | {} | {} | {} | {} | {} | {} |",
                 w.name,
                 c.name,
                 f(ops, 0),
@@ -674,7 +715,8 @@ fn print_summary(o: &Opts, samples: &[Sample]) {
                 f(us / reqs, 1),
                 f(cpu, 1),
                 f(csw, 2),
-                vs
+                vs,
+                vs_best
             );
         }
     }

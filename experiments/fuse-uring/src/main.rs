@@ -54,9 +54,7 @@ impl ServeOpts {
         if !self.clone {
             a.push("--no-clone".into());
         }
-        if !self.pin {
-            a.push("--no-pin".into());
-        }
+        a.push(if self.pin { "--pin" } else { "--no-pin" }.into());
         a
     }
 }
@@ -77,10 +75,11 @@ fn parse_serve(args: &[String]) -> Result<ServeOpts, String> {
         threads: 1,
         clone: true,
         depth: 8,
-        pin: true,
+        pin: false,
         taskrun: TaskRun::Defer,
         populate: 0,
     };
+    let mut pin = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut val = || it.next().cloned().ok_or(format!("{a} needs a value"));
@@ -98,10 +97,14 @@ fn parse_serve(args: &[String]) -> Result<ServeOpts, String> {
             "--populate" => o.populate = val()?.parse().map_err(|e| format!("--populate: {e}"))?,
             "--taskrun" => o.taskrun = parse_taskrun(&val()?)?,
             "--no-clone" => o.clone = false,
-            "--no-pin" => o.pin = false,
+            "--pin" => pin = Some(true),
+            "--no-pin" => pin = Some(false),
             _ => return Err(format!("unknown option {a}")),
         }
     }
+    // Ring threads run on their queue's CPU by default (as libfuse does); /dev/fuse
+    // readers float (as fuser's do).
+    o.pin = pin.unwrap_or(o.uring);
     if o.mnt.as_os_str().is_empty() {
         return Err("serve needs --mnt DIR".into());
     }
@@ -169,14 +172,19 @@ fn serve(o: ServeOpts) -> Result<(), String> {
             }
             eprintln!("kernel did not offer FUSE_OVER_IO_URING (enable_uring=N?): using /dev/fuse");
         }
+        let ncpu = possible_cpus();
         for i in 0..o.threads {
             let fs = &fs;
+            let pin = (o.pin && o.threads <= ncpu).then_some(i);
             let own = if i == 0 || !o.clone {
                 None
             } else {
                 Some(mount::clone_dev(fd).map_err(|e| format!("FUSE_DEV_IOC_CLONE: {e}"))?)
             };
             s.spawn(move || {
+                if let Some(cpu) = pin {
+                    uring::pin_to(cpu);
+                }
                 let f = own.as_ref().map_or(fd, |d| d.as_raw_fd());
                 classic::serve(fs, f);
             });
@@ -200,9 +208,9 @@ fn main() {
         Some("serve") => parse_serve(&args[1..]).and_then(serve),
         Some("bench") => bench::parse(&args[1..]).and_then(bench::run),
         _ => Err("usage: fuse-uring-probe serve --mnt DIR --transport classic|uring [--threads N] \
-                  [--no-clone] [--depth N] [--taskrun plain|coop|defer] [--no-pin] [--populate N]\n       \
+                  [--no-clone] [--depth N] [--taskrun plain|coop|defer] [--pin|--no-pin] [--populate N]\n       \
                   fuse-uring-probe bench [--n N] [--rounds R] [--configs LIST] [--workloads LIST] \
-                  [--dir DIR]"
+                  [--dir DIR] [--depth N] [--taskrun MODE] [--pin-clients]"
             .into()),
     };
     if let Err(e) = r {

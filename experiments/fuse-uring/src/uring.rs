@@ -85,7 +85,7 @@ impl Ent {
     }
 }
 
-fn pin_to(cpu: usize) {
+pub fn pin_to(cpu: usize) {
     // SAFETY: cpu_set_t is plain data; sched_setaffinity reads it.
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
