@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use super::fs::OverlayFs;
 use super::handles::FileHandle;
-use super::inode_table::{Node, NodeState};
+use super::inode_table::{FileState, Node, NodeState};
 use super::layers::UPPER;
 use super::types::{Ctx, Opened};
 use crate::sys::{self, Errno, OFlags, SysResult};
@@ -20,6 +20,10 @@ impl OverlayFs {
         if node.is_dir() {
             return Err(Errno::ISDIR);
         }
+        if node.successor().is_some() {
+            // Its names lead to the successor now: the kernel looks the path up again.
+            return Err(Errno::STALE);
+        }
         let acc = flags & libc::O_ACCMODE;
         let writable = acc == libc::O_WRONLY || acc == libc::O_RDWR;
         if writable || flags & libc::O_TRUNC != 0 {
@@ -28,10 +32,13 @@ impl OverlayFs {
             }
             self.copy_up(&node)?;
         }
-        let file = self.open_real(&node, real_open_flags(flags))?;
+        // O_TRUNC (negotiated to come with the OPEN) truncates the copy as it opens,
+        // whatever the access mode: the kernel checked write permission already.
+        let mut real = real_open_flags(flags);
         if flags & libc::O_TRUNC != 0 {
-            sys::ftruncate(file.as_fd(), 0)?;
+            real |= OFlags::TRUNC;
         }
+        let file = self.open_real(&node, real)?;
         let layer = self.file_layer(&node);
         let keep_cache = layer != UPPER;
         let fh = self
@@ -42,6 +49,9 @@ impl OverlayFs {
 
     /// Open the real file behind a node with the given flags.
     pub(crate) fn open_real(&self, node: &Node, flags: OFlags) -> SysResult<OwnedFd> {
+        if let Some(s) = node.successor() {
+            return self.open_real(&s, flags);
+        }
         let st = node.state.read();
         let NodeState::File(f) = &*st else {
             return Err(Errno::ISDIR);
@@ -191,4 +201,63 @@ impl OverlayFs {
 fn real_open_flags(flags: i32) -> OFlags {
     let keep = libc::O_ACCMODE | libc::O_SYNC | libc::O_DSYNC | libc::O_NONBLOCK;
     OFlags::from_bits_retain((flags & keep) as u32)
+}
+
+impl OverlayFs {
+    /// Hand a copied-up file's names to a new node, so that opens from now on reach a
+    /// fresh kernel inode. The FUSE side asks for this when the kernel has this node's
+    /// open files pinned to the lower file (passthrough: one backing file per kernel
+    /// inode) and a new open needs the upper file. The old node keeps serving its open
+    /// files and their metadata (through the successor); its new opens answer `ESTALE`,
+    /// so the kernel looks the name up again and finds the successor. The successor has
+    /// its own inode number until the next mount (node ids are inode numbers).
+    pub fn supersede(&self, ino: u64) -> SysResult<u64> {
+        let node = self.node(ino)?;
+        if let Some(s) = node.successor() {
+            return Ok(s.ino);
+        }
+        let _guard = node.copy_up_lock.lock();
+        let state = match &*node.state.read() {
+            NodeState::File(f) if f.layer == UPPER => FileState {
+                aliases: f.aliases.clone(),
+                layer: UPPER,
+                orphan: match &f.orphan {
+                    Some(o) => Some(o.try_clone().map_err(|_| Errno::MFILE)?),
+                    None => None,
+                },
+            },
+            _ => return Err(Errno::INVAL),
+        };
+        let successor = self.table.new_successor(&node, NodeState::File(state));
+        // The names belong to the successor: nothing may reach the file through the old
+        // node's copy of them once they change, and the kernel must look each of them
+        // up again (other names of a hard link would show the old inode).
+        let names = match &mut *node.state.write() {
+            NodeState::File(f) => std::mem::take(&mut f.aliases),
+            NodeState::Dir(_) => Vec::new(),
+        };
+        for a in &names {
+            self.name_moved(a.parent.ino, &a.name);
+        }
+        // From now on its attributes change through the successor: the kernel asks.
+        self.attr_changed(node.ino);
+        log::debug!("inode {ino}: names moved to node {}", successor.ino);
+        Ok(successor.ino)
+    }
+}
+
+impl OverlayFs {
+    /// Whether a node's names moved to a successor (its attributes then change behind
+    /// the kernel's cache of it: answer them with no validity).
+    pub fn has_successor(&self, ino: u64) -> bool {
+        self.node(ino).is_ok_and(|n| n.successor().is_some())
+    }
+
+    /// A change made through an old node reached the file its successor shows: the
+    /// kernel's attributes of the successor are stale.
+    pub(crate) fn twin_changed(&self, node: &Node) {
+        if let Some(s) = node.successor() {
+            self.attr_changed(s.ino);
+        }
+    }
 }

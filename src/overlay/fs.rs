@@ -153,6 +153,13 @@ impl OverlayFs {
         }
     }
 
+    /// A name leads to another node now (see `KernelCache::name_moved`).
+    pub(crate) fn name_moved(&self, parent: u64, name: &OsStr) {
+        if let Some(k) = self.kernel.get() {
+            k.name_moved(parent, name);
+        }
+    }
+
     pub fn is_writable(&self) -> bool {
         self.writer.is_some()
     }
@@ -278,22 +285,26 @@ impl OverlayFs {
                 node
             }
             Detail::File { real, layer } => {
-                let node = self.table.get_or_insert(
-                    ino,
-                    kind,
-                    |_| true,
-                    || {
-                        NodeState::File(FileState {
-                            aliases: vec![Alias {
-                                parent: parent.clone(),
-                                name: name.to_os_string(),
-                                real: real.clone(),
-                            }],
-                            layer,
-                            orphan: None,
-                        })
-                    },
-                );
+                // An object whose names moved to a successor node (see `supersede`).
+                let successor = self.table.successor_of(ino).filter(|s| s.kind == kind);
+                let node = successor.unwrap_or_else(|| {
+                    self.table.get_or_insert(
+                        ino,
+                        kind,
+                        |_| true,
+                        || {
+                            NodeState::File(FileState {
+                                aliases: vec![Alias {
+                                    parent: parent.clone(),
+                                    name: name.to_os_string(),
+                                    real: real.clone(),
+                                }],
+                                layer,
+                                orphan: None,
+                            })
+                        },
+                    )
+                });
                 let (known, node_layer) = match &*node.state.read() {
                     NodeState::File(f) => (
                         f.aliases
@@ -361,6 +372,9 @@ impl OverlayFs {
 
     /// Stat the real object behind a node.
     pub(crate) fn stat_node(&self, node: &Node) -> SysResult<Stat> {
+        if let Some(s) = node.successor() {
+            return self.stat_node(&s);
+        }
         match &*node.state.read() {
             NodeState::Dir(d) => sys::stat_fd(d.top().fd()),
             NodeState::File(f) => {
@@ -404,6 +418,9 @@ impl OverlayFs {
 
     /// The real directory and name of a non-directory's first reachable alias.
     pub(crate) fn first_alias(&self, node: &Node) -> SysResult<(Arc<RealDir>, OsString)> {
+        if let Some(s) = node.successor() {
+            return self.first_alias(&s);
+        }
         match &*node.state.read() {
             NodeState::File(f) => f
                 .aliases
@@ -449,6 +466,9 @@ impl OverlayFs {
 
     /// Where a node's xattrs live: a real directory and optional name in it.
     pub(crate) fn xattr_target(&self, node: &Node) -> SysResult<(Arc<RealDir>, Option<OsString>)> {
+        if let Some(s) = node.successor() {
+            return self.xattr_target(&s);
+        }
         match &*node.state.read() {
             NodeState::Dir(d) => Ok((d.top().clone(), None)),
             NodeState::File(f) => f

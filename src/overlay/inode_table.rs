@@ -96,7 +96,11 @@ pub enum NodeState {
 }
 
 pub struct Node {
+    /// The FUSE node id, and the inode number the mount shows.
     pub ino: u64,
+    /// The object this node stands for: its inode number as resolution finds it. The
+    /// same as `ino`, except for a successor node (see `InodeTable::new_successor`).
+    pub identity: u64,
     /// Never reused, unlike inode numbers: a key for caches.
     pub serial: u64,
     pub kind: Kind,
@@ -109,6 +113,9 @@ pub struct Node {
     version: AtomicU64,
     /// Open file handles on this node.
     pub open_files: AtomicU64,
+    /// Set when a newer node took over this one's names: the kernel pins this node's
+    /// open files to a lower file it cannot switch, so new opens go to the successor.
+    successor: Mutex<Option<Arc<Node>>>,
     table: Weak<TableInner>,
 }
 
@@ -180,6 +187,11 @@ impl Node {
         }
     }
 
+    /// The node that took over this one's names, if any.
+    pub fn successor(&self) -> Option<Arc<Node>> {
+        self.successor.lock().clone()
+    }
+
     /// Name and parent of a directory (for building upper paths).
     pub fn dir_parent_name(&self) -> Option<(Arc<Node>, OsString)> {
         match &*self.state.read() {
@@ -195,6 +207,15 @@ impl Node {
 impl Drop for Node {
     fn drop(&mut self) {
         if let Some(table) = self.table.upgrade() {
+            if self.identity != self.ino {
+                let mut succ = table.successors.lock();
+                if succ
+                    .get(&self.identity)
+                    .is_some_and(|w| std::ptr::eq(w.as_ptr(), self as *const Node))
+                {
+                    succ.remove(&self.identity);
+                }
+            }
             let shard = &table.shards[shard_of(self.ino)];
             let mut map = shard.write();
             if let Some(w) = map.get(&self.ino) {
@@ -208,7 +229,13 @@ impl Drop for Node {
 
 struct TableInner {
     shards: Vec<RwLock<HashMap<u64, Weak<Node>>>>,
+    /// Identity → the successor node that resolution must return for it.
+    successors: Mutex<HashMap<u64, Weak<Node>>>,
 }
+
+/// Node ids of successor nodes come from here (no real inode number is this high
+/// unless 256 filesystems are stacked).
+const SUCCESSOR_IDS: u64 = 0xff00_0000_0000_0000;
 
 #[inline]
 fn shard_of(ino: u64) -> usize {
@@ -220,6 +247,7 @@ fn shard_of(ino: u64) -> usize {
 pub struct InodeTable {
     inner: Arc<TableInner>,
     serial: AtomicU64,
+    next_successor: AtomicU64,
 }
 
 impl Default for InodeTable {
@@ -233,8 +261,10 @@ impl InodeTable {
         InodeTable {
             inner: Arc::new(TableInner {
                 shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
+                successors: Mutex::new(HashMap::new()),
             }),
             serial: AtomicU64::new(1),
+            next_successor: AtomicU64::new(SUCCESSOR_IDS),
         }
     }
 
@@ -266,26 +296,15 @@ impl InodeTable {
                 return n;
             }
         }
-        let node = Arc::new(Node {
-            ino,
-            serial: self.serial.fetch_add(1, Ordering::Relaxed),
-            kind,
-            nlookup: AtomicU64::new(0),
-            pin: Mutex::new(None),
-            state: RwLock::new(make()),
-            copy_up_lock: Mutex::new(()),
-            version: AtomicU64::new(0),
-            open_files: AtomicU64::new(0),
-            table: Arc::downgrade(&self.inner),
-        });
+        let node = self.make_node(ino, ino, kind, make());
         map.insert(ino, Arc::downgrade(&node));
         node
     }
 
-    /// Insert a node for a brand-new object, replacing any stale entry.
-    pub fn insert_new(&self, ino: u64, kind: Kind, state: NodeState) -> Arc<Node> {
-        let node = Arc::new(Node {
+    fn make_node(&self, ino: u64, identity: u64, kind: Kind, state: NodeState) -> Arc<Node> {
+        Arc::new(Node {
             ino,
+            identity,
             serial: self.serial.fetch_add(1, Ordering::Relaxed),
             kind,
             nlookup: AtomicU64::new(0),
@@ -294,8 +313,50 @@ impl InodeTable {
             copy_up_lock: Mutex::new(()),
             version: AtomicU64::new(0),
             open_files: AtomicU64::new(0),
+            successor: Mutex::new(None),
             table: Arc::downgrade(&self.inner),
-        });
+        })
+    }
+
+    /// The successor that resolution must return for an object, if it has one.
+    pub fn successor_of(&self, identity: u64) -> Option<Arc<Node>> {
+        self.inner
+            .successors
+            .lock()
+            .get(&identity)
+            .and_then(Weak::upgrade)
+    }
+
+    /// Give `old` a successor: a new node, under a fresh node id, that lookups of the
+    /// same object return from now on. `old` keeps it alive, so as long as the kernel
+    /// can still ask about `old`, its names lead to the successor. Returns the existing
+    /// successor if there is one.
+    pub fn new_successor(&self, old: &Arc<Node>, state: NodeState) -> Arc<Node> {
+        let mut slot = old.successor.lock();
+        if let Some(s) = &*slot {
+            return s.clone();
+        }
+        let node = loop {
+            let id = self.next_successor.fetch_add(1, Ordering::Relaxed);
+            let mut map = self.inner.shards[shard_of(id)].write();
+            if map.get(&id).is_some_and(|w| w.strong_count() > 0) {
+                continue;
+            }
+            let node = self.make_node(id, old.identity, old.kind, state);
+            map.insert(id, Arc::downgrade(&node));
+            break node;
+        };
+        self.inner
+            .successors
+            .lock()
+            .insert(old.identity, Arc::downgrade(&node));
+        *slot = Some(node.clone());
+        node
+    }
+
+    /// Insert a node for a brand-new object, replacing any stale entry.
+    pub fn insert_new(&self, ino: u64, kind: Kind, state: NodeState) -> Arc<Node> {
+        let node = self.make_node(ino, ino, kind, state);
         let replaced = {
             let mut map = self.inner.shards[shard_of(ino)].write();
             let old = map.get(&ino).and_then(|w| w.upgrade());

@@ -1,6 +1,7 @@
 //! What the core tells the kernel about changes it made on its own: the kernel caches
 //! attributes and names for as long as we allow, and a change that no request asked
-//! for (a directory turning merged when something inside it is copied up) must reach it.
+//! for (a directory turning merged when something inside it is copied up, a file's names
+//! handed to a successor node) must reach it.
 //!
 //! The FUSE adapter implements this with notifications; without a mount (tests driving
 //! the core) nothing is installed and nothing is sent.
@@ -10,4 +11,8 @@ pub trait KernelCache: Send + Sync {
     /// The attributes of `ino` changed without a request about it: drop the cached ones.
     /// Must not block on the kernel's inode locks (it is called from request threads).
     fn attr_changed(&self, ino: u64);
+
+    /// `name` in directory `parent` leads to another node now: drop the cached entry, so
+    /// that the next path walk looks it up again. Sent in the background.
+    fn name_moved(&self, parent: u64, name: &std::ffi::OsStr);
 }

@@ -381,6 +381,7 @@ impl OverlayFs {
             });
         }
         np.entries_changed();
+        self.twin_changed(&node);
         self.entry_for(&node)
     }
 
@@ -551,6 +552,7 @@ impl OverlayFs {
                 set.mtime.unwrap_or(sys::TimeSpec::Omit),
             )?;
         }
+        self.twin_changed(&node);
         let st = self.stat_node(&node)?;
         Ok(self.attr_of(&node, &st))
     }
@@ -565,7 +567,9 @@ impl OverlayFs {
         let node = self.node(ino)?;
         self.copy_up(&node)?;
         let (real, n) = self.upper_target(&node)?;
-        sys::set_xattr(real.fd(), n.as_deref(), name, value, flags)
+        sys::set_xattr(real.fd(), n.as_deref(), name, value, flags)?;
+        self.twin_changed(&node);
+        Ok(())
     }
 
     pub fn removexattr(&self, ino: u64, name: &OsStr) -> SysResult<()> {
@@ -583,7 +587,9 @@ impl OverlayFs {
         }
         self.copy_up(&node)?;
         let (real, n) = self.upper_target(&node)?;
-        sys::remove_xattr(real.fd(), n.as_deref(), name)
+        sys::remove_xattr(real.fd(), n.as_deref(), name)?;
+        self.twin_changed(&node);
+        Ok(())
     }
 
     pub fn fsyncdir(&self, ino: u64) -> SysResult<()> {

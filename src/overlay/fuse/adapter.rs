@@ -15,7 +15,7 @@ use fuser::{
 };
 
 use super::convert::{dtype_to_file_type, err, time_spec, to_fuse_attr};
-use super::passthrough::{PassthroughMode, PassthroughTable};
+use super::passthrough::{Attach, PassthroughMode, PassthroughTable};
 use super::request::FuseOptions;
 use crate::overlay::fs::OverlayFs;
 use crate::overlay::readdir::{DirEntryOut, DirPlusReply, DirReply};
@@ -77,7 +77,10 @@ impl fuser::Filesystem for FuseAdapter {
         let mut want = InitFlags::FUSE_PARALLEL_DIROPS
             | InitFlags::FUSE_CACHE_SYMLINKS
             | InitFlags::FUSE_EXPORT_SUPPORT
-            | InitFlags::FUSE_ASYNC_DIO;
+            | InitFlags::FUSE_ASYNC_DIO
+            // O_TRUNC arrives with the OPEN (one request, and the truncation happens
+            // on the file the new handle opens) instead of as a SETATTR after it.
+            | InitFlags::FUSE_ATOMIC_O_TRUNC;
         if self.opts.passthrough != PassthroughMode::Off
             && caps.contains(InitFlags::FUSE_PASSTHROUGH)
         {
@@ -140,8 +143,12 @@ impl fuser::Filesystem for FuseAdapter {
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
         match self.fs.getattr(ino.0, fh.map(|f| f.0)) {
             Ok(a) => {
-                let immutable = !self.fs.is_writable();
-                reply.attr(&self.ttl_for(immutable), &to_fuse_attr(&a))
+                let ttl = if self.fs.has_successor(ino.0) {
+                    Duration::ZERO
+                } else {
+                    self.ttl_for(!self.fs.is_writable())
+                };
+                reply.attr(&ttl, &to_fuse_attr(&a))
             }
             Err(e) => reply.error(err(e)),
         }
@@ -174,8 +181,23 @@ impl fuser::Filesystem for FuseAdapter {
             mtime: time_spec(mtime),
             fh: fh.map(|f| f.0),
         };
+        let truncates = set.size.is_some();
         match self.fs.setattr(Self::ctx(req), ino.0, set) {
-            Ok(a) => reply.attr(&self.opts.ttl, &to_fuse_attr(&a)),
+            Ok(a) => {
+                if truncates && self.passthrough.pinned_to_lower(ino.0) {
+                    // The copy no longer has the pinned lower file's bytes: new opens
+                    // must not share that backing file.
+                    if let Err(e) = self.fs.supersede(ino.0) {
+                        log::warn!("inode {}: {e}", ino.0);
+                    }
+                }
+                let ttl = if self.fs.has_successor(ino.0) {
+                    Duration::ZERO
+                } else {
+                    self.opts.ttl
+                };
+                reply.attr(&ttl, &to_fuse_attr(&a))
+            }
             Err(e) => reply.error(err(e)),
         }
     }
@@ -292,19 +314,29 @@ impl fuser::Filesystem for FuseAdapter {
         };
         // FOPEN_NOFLUSH: no FLUSH on close, which has nothing to do here (the daemon
         // buffers no writes; with the writeback cache the kernel still flushes its own).
+        let acc = flags.0 & libc::O_ACCMODE;
+        let writes = acc != libc::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
         match self
             .passthrough
-            .attach(&self.fs, ino.0, o.fh, |f| reply.open_backing(f))
+            .attach(&self.fs, ino.0, o.fh, writes, |f| reply.open_backing(f))
         {
-            Ok(Some(id)) => {
+            Ok(Attach::Passthrough(id)) => {
                 reply.opened_passthrough(FileHandle(o.fh), FopenFlags::FOPEN_NOFLUSH, &id)
             }
-            Ok(None) => {
+            Ok(Attach::Cached) => {
                 // Every write goes through us, so cached pages stay valid across opens.
                 reply.opened(
                     FileHandle(o.fh),
                     FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH,
                 )
+            }
+            Ok(Attach::Supersede) => {
+                self.fs.release(o.fh);
+                match self.fs.supersede(ino.0) {
+                    // The VFS retries the path walk once, with a fresh lookup.
+                    Ok(_) => reply.error(FErrno::ESTALE),
+                    Err(e) => reply.error(err(e)),
+                }
             }
             Err(e) => {
                 self.fs.release(o.fh);
@@ -542,9 +574,9 @@ impl fuser::Filesystem for FuseAdapter {
         let attr = to_fuse_attr(&e.attr);
         match self
             .passthrough
-            .attach(&self.fs, e.attr.ino, o.fh, |f| reply.open_backing(f))
+            .attach(&self.fs, e.attr.ino, o.fh, true, |f| reply.open_backing(f))
         {
-            Ok(Some(id)) => reply.created_passthrough(
+            Ok(Attach::Passthrough(id)) => reply.created_passthrough(
                 &ttl,
                 &attr,
                 Generation(e.generation),
@@ -552,13 +584,19 @@ impl fuser::Filesystem for FuseAdapter {
                 FopenFlags::FOPEN_NOFLUSH,
                 &id,
             ),
-            Ok(None) => reply.created(
+            Ok(Attach::Cached) => reply.created(
                 &ttl,
                 &attr,
                 Generation(e.generation),
                 FileHandle(o.fh),
                 FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH,
             ),
+            // A new file is never pinned to a lower one.
+            Ok(Attach::Supersede) => {
+                self.fs.release(o.fh);
+                self.fs.forget(e.attr.ino, 1);
+                reply.error(FErrno::EIO)
+            }
             Err(er) => {
                 // The file exists now; the kernel will look it up again.
                 self.fs.release(o.fh);

@@ -1,18 +1,54 @@
 //! The kernel's caches, told about changes no request asked for (see
 //! `overlay::kernel_cache`), through FUSE notifications.
+//!
+//! Attribute invalidations take no lock in the kernel and go out at once. Entry
+//! invalidations take the parent directory's lock, which a request we have not answered
+//! yet may hold: they go out from a thread of their own, never from a request thread.
+
+use std::ffi::OsString;
+use std::sync::mpsc;
 
 use fuser::INodeNo;
+use parking_lot::Mutex;
 
 use crate::overlay::kernel_cache::KernelCache;
 
 /// The kernel's caches, reached through FUSE notifications.
-pub struct FuseNotifier(pub fuser::Notifier);
+pub struct FuseNotifier {
+    notifier: fuser::Notifier,
+    entries: Mutex<mpsc::Sender<(u64, OsString)>>,
+}
+
+impl FuseNotifier {
+    pub fn new(notifier: fuser::Notifier) -> std::io::Result<Self> {
+        let (tx, rx) = mpsc::channel::<(u64, OsString)>();
+        let n = notifier.clone();
+        std::thread::Builder::new()
+            .name("notify".into())
+            .spawn(move || {
+                // Ends when the sender goes with the filesystem.
+                for (parent, name) in rx {
+                    if let Err(e) = n.inval_entry(INodeNo(parent), &name) {
+                        log::debug!("entry invalidation of {name:?} in {parent}: {e}");
+                    }
+                }
+            })?;
+        Ok(FuseNotifier {
+            notifier,
+            entries: Mutex::new(tx),
+        })
+    }
+}
 
 impl KernelCache for FuseNotifier {
     fn attr_changed(&self, ino: u64) {
         // A negative offset drops the attributes only (no page cache, no inode lock).
-        if let Err(e) = self.0.inval_inode(INodeNo(ino), -1, 0) {
+        if let Err(e) = self.notifier.inval_inode(INodeNo(ino), -1, 0) {
             log::debug!("attribute invalidation of inode {ino}: {e}");
         }
+    }
+
+    fn name_moved(&self, parent: u64, name: &std::ffi::OsStr) {
+        let _ = self.entries.lock().send((parent, name.to_os_string()));
     }
 }

@@ -7,7 +7,7 @@ use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 
 use crate::overlay::fs::OverlayFs;
 use crate::overlay::layers::UPPER;
@@ -27,12 +27,29 @@ struct InodeIo {
 
 const IO_SHARDS: usize = 16;
 
+/// How long an open that finds its inode pinned to another backing file waits for
+/// releases in flight.
+const RELEASE_GRACE: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// How a new handle does its I/O.
+pub enum Attach {
+    /// Through the daemon and the kernel's page cache of the FUSE inode.
+    Cached,
+    /// Straight to this backing file.
+    Passthrough(Arc<fuser::BackingId>),
+    /// Not on this kernel inode: hand the names to a successor node and answer
+    /// `ESTALE`, so the kernel looks the path up again (see `OverlayFs::supersede`).
+    Supersede,
+}
+
 /// The I/O mode of every open handle, by inode.
 pub struct PassthroughTable {
     mode: PassthroughMode,
     /// Whether the kernel agreed to passthrough at INIT.
     on: AtomicBool,
     io: Vec<Mutex<HashMap<u64, InodeIo>>>,
+    /// Signalled (per shard) when a handle is released.
+    released: Vec<Condvar>,
     /// Per handle: (inode, used passthrough).
     handle_io: Mutex<HashMap<u64, (u64, bool)>>,
 }
@@ -43,6 +60,7 @@ impl PassthroughTable {
             mode,
             on: AtomicBool::new(false),
             io: (0..IO_SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            released: (0..IO_SHARDS).map(|_| Condvar::new()).collect(),
             handle_io: Mutex::new(HashMap::new()),
         }
     }
@@ -56,15 +74,22 @@ impl PassthroughTable {
         self.on.store(true, Ordering::Relaxed);
     }
 
-    /// Decide the I/O mode of a new handle and register it. Returns the backing id to
-    /// send for passthrough, `None` for cached I/O, or an errno when neither is allowed.
+    /// Decide the I/O mode of a new handle and register it. `writes`: the open may
+    /// change the file's data (write access or `O_TRUNC`).
+    ///
+    /// The kernel gives an inode one backing file while passthrough opens of it live.
+    /// When those opens are pinned to a lower file and the file now lives in the upper
+    /// layer (copied up since), a read-only open shares the lower backing as long as
+    /// nothing has written the copy (the bytes are the same); any other open must get a
+    /// new kernel inode: `Attach::Supersede`.
     pub fn attach(
         &self,
         fs: &OverlayFs,
         ino: u64,
         fh: u64,
+        writes: bool,
         open_backing: impl FnOnce(&std::fs::File) -> io::Result<fuser::BackingId>,
-    ) -> Result<Option<Arc<fuser::BackingId>>, Errno> {
+    ) -> Result<Attach, Errno> {
         let Some(h) = fs.handle_file(fh) else {
             return Err(Errno::BADF);
         };
@@ -74,41 +99,63 @@ impl PassthroughTable {
                 PassthroughMode::Upper => h.layer() == UPPER,
                 PassthroughMode::All => true,
             };
-        let mut shard = self.io[(ino as usize) % IO_SHARDS].lock();
+        let idx = (ino as usize) % IO_SHARDS;
+        let mut shard = self.io[idx].lock();
+        // The kernel sends RELEASE in the background after a close: one that came
+        // before this open may still be on its way through another request thread.
+        // Give it a moment before taking a stale pin for a live one.
+        let deadline = std::time::Instant::now() + RELEASE_GRACE;
+        while shard
+            .get(&ino)
+            .is_some_and(|st| st.passthrough > 0 && st.backing_layer != h.layer())
+            && !self.released[idx]
+                .wait_until(&mut shard, deadline)
+                .timed_out()
+        {}
         let st = shard.entry(ino).or_default();
-        let use_pt = if st.passthrough > 0 {
-            // Every open of an inode in passthrough mode must share its backing file.
-            if st.backing_layer != h.layer() {
-                return Err(Errno::BUSY);
+        if st.passthrough > 0 && st.backing_layer != h.layer() {
+            if st.backing_layer == UPPER {
+                // Opened on the lower file just before a copy-up finished: opened
+                // again, it gets the upper file.
+                return Err(Errno::STALE);
             }
-            true
-        } else {
-            want_pt && st.cached == 0
-        };
-        let backing = if use_pt {
-            if st.backing.is_none() {
-                let f = std::fs::File::from(h.file().try_clone().map_err(|_| Errno::MFILE)?);
-                match open_backing(&f) {
-                    Ok(id) => {
-                        st.backing = Some(Arc::new(id));
-                        st.backing_layer = h.layer();
-                    }
-                    Err(e) => {
-                        log::debug!("passthrough unavailable for inode {ino}: {e}");
-                        st.cached += 1;
-                        self.handle_io.lock().insert(fh, (ino, false));
-                        return Ok(None);
-                    }
+            if writes || h.node.successor().is_some() {
+                return Ok(Attach::Supersede);
+            }
+            // Copied up for its metadata only: the same bytes as the pinned lower file.
+        }
+        let use_pt = st.passthrough > 0 || (want_pt && st.cached == 0);
+        if !use_pt {
+            st.cached += 1;
+            self.handle_io.lock().insert(fh, (ino, false));
+            return Ok(Attach::Cached);
+        }
+        if st.backing.is_none() {
+            let f = std::fs::File::from(h.file().try_clone().map_err(|_| Errno::MFILE)?);
+            match open_backing(&f) {
+                Ok(id) => {
+                    st.backing = Some(Arc::new(id));
+                    st.backing_layer = h.layer();
+                }
+                Err(e) => {
+                    log::debug!("passthrough unavailable for inode {ino}: {e}");
+                    st.cached += 1;
+                    self.handle_io.lock().insert(fh, (ino, false));
+                    return Ok(Attach::Cached);
                 }
             }
-            st.passthrough += 1;
-            st.backing.clone()
-        } else {
-            st.cached += 1;
-            None
-        };
-        self.handle_io.lock().insert(fh, (ino, backing.is_some()));
-        Ok(backing)
+        }
+        st.passthrough += 1;
+        self.handle_io.lock().insert(fh, (ino, true));
+        Ok(Attach::Passthrough(st.backing.clone().ok_or(Errno::IO)?))
+    }
+
+    /// Whether the open files of `ino` are pinned to a lower file.
+    pub fn pinned_to_lower(&self, ino: u64) -> bool {
+        let shard = self.io[(ino as usize) % IO_SHARDS].lock();
+        shard
+            .get(&ino)
+            .is_some_and(|st| st.passthrough > 0 && st.backing_layer != UPPER)
     }
 
     /// A handle was released.
@@ -129,6 +176,7 @@ impl PassthroughTable {
             if st.passthrough == 0 && st.cached == 0 {
                 shard.remove(&ino);
             }
+            self.released[(ino as usize) % IO_SHARDS].notify_all();
         }
     }
 }

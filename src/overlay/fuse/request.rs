@@ -12,10 +12,13 @@ use crate::sys;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PassthroughMode {
     Off,
-    /// Files in the upper layer only: lower files use the page cache. Opens never fail.
+    /// Files in the upper layer only: lower files use the FUSE page cache (one copy
+    /// per mount), and a descriptor opened before a copy-up reads the copy.
     Upper,
-    /// Lower files too. Opening a lower file for writing while it is open read-only
-    /// elsewhere fails with EBUSY (the kernel allows one backing file per inode).
+    /// Lower files too (the default as root): their page cache is the lower file's,
+    /// shared by every mount of the layer. A descriptor opened on a lower file keeps
+    /// reading it after a copy-up and a write; an open that needs the upper file while
+    /// such descriptors live moves the name to a new node (see `OverlayFs::supersede`).
     All,
 }
 
@@ -33,7 +36,7 @@ pub struct MountRequest {
     pub idmap: IdMap,
     /// Entry/attribute validity for objects that may change; `None`: the default.
     pub timeout: Option<Duration>,
-    /// `None`: automatic (upper files as root, nothing otherwise).
+    /// `None`: automatic (every file as root, nothing otherwise).
     pub passthrough: Option<PassthroughMode>,
     pub writeback: bool,
     pub readdirplus: bool,
@@ -84,7 +87,7 @@ impl MountRequest {
         o.passthrough = if !sys::is_privileged() {
             PassthroughMode::Off
         } else {
-            self.passthrough.unwrap_or(PassthroughMode::Upper)
+            self.passthrough.unwrap_or(PassthroughMode::All)
         };
         o.writeback = self.writeback;
         o.readdirplus = self.readdirplus;

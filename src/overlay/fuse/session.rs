@@ -90,7 +90,14 @@ pub fn serve(
             return Err(err);
         }
     };
-    fs.set_kernel_cache(Box::new(FuseNotifier(session.notifier())));
+    match FuseNotifier::new(session.notifier()) {
+        Ok(n) => fs.set_kernel_cache(Box::new(n)),
+        Err(e) => {
+            let err = MountError(format!("cannot start the notification thread: {e}"));
+            ready(Err(&err));
+            return Err(err);
+        }
+    }
     ready(Ok(()));
     let mnt = plan.mountpoint.clone();
     std::thread::Builder::new()
