@@ -1,10 +1,8 @@
-//! Importing images: every layer verified while it streams, staged in a private temp dir,
-//! and moved into place only when the whole image checked out.
+//! Importing images from files: every layer verified while it streams (see `stream`),
+//! staged in a private temp dir (see `stage`), and moved into place only when the whole
+//! image checked out.
 //!
-//! One pass over each layer blob: a reader thread reads the blob (copying it into the
-//! staging dir and hashing it: the blob digest), decompresses it and hashes the result
-//! (the diff-id), handing the tar stream over a bounded channel to the extracting thread.
-//! When the stream ends both digests are compared with the manifest and the config.
+//! When a layer stream ends both digests are compared with the manifest and the config.
 //! Layers already in the store are skipped before any of that work ("already exists").
 //!
 //! Nothing is visible in the store until every layer of every image in the source is
@@ -12,12 +10,9 @@
 //! `syncfs`) and the image records written. A failure leaves the store as it was; a crash
 //! leaves only the staging dir, which the next command removes.
 
-use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
-use std::io::{self, BufReader, Read, Write};
-use std::os::fd::AsFd;
-use std::path::{Path, PathBuf};
-use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::io::Read;
+use std::path::Path;
 
 use oci_spec::image::{DescriptorBuilder, ImageManifestBuilder, MediaType};
 
@@ -27,12 +22,13 @@ use crate::store::archive::{
     Platform, Source,
 };
 use crate::store::digest::{Digest, Hasher};
-use crate::store::extract::{self, ExtractOptions, Extracted, remove_tree_at};
 use crate::store::images::{ImageIndex, ImageRecord, LayerRef, Reference};
-use crate::store::layout::sync_dir;
-use crate::store::lock::StoreLock;
-use crate::store::{LayerRecord, Store, now_secs};
-use crate::sys::{self, Errno, RenameFlags};
+use crate::store::stage::{Stage, upsert};
+use crate::store::stream::stream_blob;
+use crate::store::{Store, now_secs};
+
+pub use crate::store::stage::{ImportObserver, LayerEvent, Quiet};
+pub use crate::store::stream::ExpansionLimit;
 
 /// What `import` should do beyond the defaults.
 #[derive(Debug, Clone, Default)]
@@ -43,34 +39,6 @@ pub struct ImportOptions {
     pub platform: Option<String>,
 }
 
-/// Per-layer progress, for the caller to show.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum LayerEvent {
-    /// The layer is in the store already: nothing read.
-    Exists,
-    /// The layer is in the store, but this blob was not: the blob was read and stored.
-    BlobStored,
-    /// Reading starts; `size` is the blob size.
-    Start { size: u64 },
-    /// Bytes of the blob read so far.
-    Progress { done: u64 },
-    /// Extracted and verified (staged until the whole image is).
-    Extracted { size: u64, entries: u64 },
-}
-
-/// Receives progress; called from the import's threads.
-pub trait ImportObserver: Sync {
-    fn layer(&self, diff_id: &Digest, event: LayerEvent);
-    /// Free-form notes ("format: oci-archive").
-    fn note(&self, _msg: &str) {}
-}
-
-/// An observer that shows nothing.
-pub struct Quiet;
-impl ImportObserver for Quiet {
-    fn layer(&self, _: &Digest, _: LayerEvent) {}
-}
-
 /// The result of an import.
 #[derive(Debug, Clone)]
 pub struct Imported {
@@ -79,410 +47,6 @@ pub struct Imported {
     pub images: Vec<ImageRecord>,
     pub layers_extracted: usize,
     pub layers_existing: usize,
-}
-
-/// The staging area of one import, removed when dropped.
-pub(super) struct Stage {
-    pub(super) dir: PathBuf,
-    pub(super) blobs: HashSet<Digest>,
-    pub(super) layers: HashMap<Digest, LayerRecord>,
-    n: u64,
-}
-
-impl Stage {
-    pub(super) fn new(store: &Store) -> Result<Stage> {
-        let dir = store.layout.new_tmp_dir("import")?;
-        for d in ["blobs", "layers"] {
-            fs::create_dir(dir.join(d)).ctx(format!("creating {}", dir.join(d).display()))?;
-        }
-        Ok(Stage {
-            dir,
-            blobs: HashSet::new(),
-            layers: HashMap::new(),
-            n: 0,
-        })
-    }
-
-    pub(super) fn blob(&self, d: &Digest) -> PathBuf {
-        self.dir.join("blobs").join(d.hex())
-    }
-
-    pub(super) fn layer(&self, d: &Digest) -> PathBuf {
-        self.dir.join("layers").join(d.hex())
-    }
-
-    fn incoming(&mut self) -> PathBuf {
-        self.n += 1;
-        self.dir.join(format!("incoming-{}", self.n))
-    }
-
-    /// Stage a small blob (manifest, config) unless the store has it.
-    pub(super) fn put_blob(&mut self, store: &Store, data: &[u8]) -> Result<Digest> {
-        let d = Digest::of(data);
-        if store.blob_path(&d).is_file() || self.blobs.contains(&d) {
-            return Ok(d);
-        }
-        let p = self.blob(&d);
-        fs::write(&p, data).ctx(format!("writing {}", p.display()))?;
-        self.blobs.insert(d);
-        Ok(d)
-    }
-}
-
-impl Drop for Stage {
-    fn drop(&mut self) {
-        if let Some((parent, name)) = self.dir.parent().zip(self.dir.file_name())
-            && let Ok(fd) = sys::open_root_dir(parent)
-        {
-            let _ = remove_tree_at(fd.as_fd(), name);
-        }
-    }
-}
-
-/// Errors of the reading side of a layer stream.
-enum PumpError {
-    /// Reading the source failed.
-    Source(io::Error),
-    /// The blob did not decompress; with the digest of the whole blob when it could be
-    /// read to its end (a damaged blob says "digest mismatch" rather than "corrupt").
-    Decode(io::Error, Option<Digest>),
-    /// The extracting side stopped (it has its own error).
-    Gone,
-    /// The stream expanded past the limit: tar bytes out, blob bytes read.
-    Expands(u64, u64),
-}
-
-/// A reader that copies what it reads into a file, hashes it and reports progress.
-struct Tee<'a, R> {
-    inner: R,
-    out: Option<File>,
-    hasher: Hasher,
-    failed: Option<io::Error>,
-    progress: &'a (dyn Fn(u64) + Sync),
-    last: u64,
-    /// Blob bytes read so far, for the decompressing side to check the expansion.
-    read: &'a std::cell::Cell<u64>,
-}
-
-impl<R: Read> Read for Tee<'_, R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = match self.inner.read(buf) {
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Err(e),
-            Err(e) => {
-                self.failed = Some(io::Error::new(e.kind(), e.to_string()));
-                return Err(e);
-            }
-        };
-        self.hasher.update(&buf[..n]);
-        self.read.set(self.read.get() + n as u64);
-        if let Some(f) = &mut self.out
-            && let Err(e) = f.write_all(&buf[..n])
-        {
-            self.failed = Some(io::Error::new(
-                e.kind(),
-                format!("writing the staged blob: {e}"),
-            ));
-            return Err(e);
-        }
-        if self.hasher.len() - self.last >= 1 << 20 {
-            self.last = self.hasher.len();
-            (self.progress)(self.last);
-        }
-        Ok(n)
-    }
-}
-
-const CHUNK: usize = 256 << 10;
-
-/// How far a compressed layer may expand: past `floor` bytes of tar, at most `ratio`
-/// bytes of tar per byte of blob read so far. Real layers stay far below (text and code
-/// compress 3 to 10 times); a stream of zeros declared as a layer (a decompression bomb)
-/// is stopped after `floor` bytes instead of filling the disk or the CPU for hours.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ExpansionLimit {
-    pub floor: u64,
-    pub ratio: u64,
-}
-
-impl Default for ExpansionLimit {
-    fn default() -> Self {
-        ExpansionLimit {
-            floor: 256 << 20,
-            ratio: 100,
-        }
-    }
-}
-
-impl ExpansionLimit {
-    /// The default, or the ratio in `$LAYERFS_MAX_EXPANSION` (`0`: no limit), for the
-    /// rare real layer that holds gigabytes of zeros.
-    pub fn from_env() -> Result<Self> {
-        let mut lim = ExpansionLimit::default();
-        if let Some(v) = std::env::var_os("LAYERFS_MAX_EXPANSION") {
-            let ratio: u64 = v
-                .to_str()
-                .and_then(|s| s.trim().parse().ok())
-                .ok_or_else(|| {
-                    Error::new(format!(
-                        "LAYERFS_MAX_EXPANSION={}: expected a whole number (0 for no limit)",
-                        v.to_string_lossy()
-                    ))
-                })?;
-            lim.ratio = if ratio == 0 { u64::MAX } else { ratio };
-        }
-        Ok(lim)
-    }
-
-    fn exceeded(&self, out: u64, read: u64) -> bool {
-        self.ratio != u64::MAX && out > self.floor && out / self.ratio.max(1) > read
-    }
-}
-
-/// Why `pump` stopped early.
-enum PumpStop {
-    Io(io::Error),
-    /// The stream expanded past the limit: tar bytes out, blob bytes read.
-    Expands(u64, u64),
-}
-
-/// Decompress and hash `dec` to its end, sending the data on (when there is a receiver).
-/// With `limit`, stop when the output outgrows what the blob read so far (`read`) allows.
-fn pump<R: Read>(
-    dec: &mut R,
-    tx: Option<&SyncSender<Vec<u8>>>,
-    pool: &Receiver<Vec<u8>>,
-    limit: Option<(ExpansionLimit, &std::cell::Cell<u64>)>,
-) -> std::result::Result<(Digest, u64), PumpStop> {
-    let mut h = Hasher::new();
-    loop {
-        let mut buf = pool
-            .try_recv()
-            .unwrap_or_else(|_| Vec::with_capacity(CHUNK));
-        buf.resize(CHUNK, 0);
-        let mut filled = 0;
-        while filled < CHUNK {
-            match dec.read(&mut buf[filled..]) {
-                Ok(0) => break,
-                Ok(n) => filled += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(PumpStop::Io(e)),
-            }
-        }
-        buf.truncate(filled);
-        h.update(&buf);
-        if filled == 0 {
-            break;
-        }
-        if let Some((lim, read)) = limit
-            && lim.exceeded(h.len(), read.get())
-        {
-            return Err(PumpStop::Expands(h.len(), read.get()));
-        }
-        if let Some(tx) = tx
-            && tx.send(buf).is_err()
-        {
-            return Err(PumpStop::Io(io::Error::new(
-                io::ErrorKind::BrokenPipe,
-                "consumer gone",
-            )));
-        }
-    }
-    let n = h.len();
-    Ok((h.finish(), n))
-}
-
-/// Bytes arriving over the channel, as a `Read` for the tar reader.
-struct ChanReader {
-    rx: Receiver<Vec<u8>>,
-    back: SyncSender<Vec<u8>>,
-    cur: Vec<u8>,
-    pos: usize,
-}
-
-impl Read for ChanReader {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        while self.pos == self.cur.len() {
-            match self.rx.recv() {
-                Ok(next) => {
-                    let old = std::mem::replace(&mut self.cur, next);
-                    let _ = self.back.try_send(old);
-                    self.pos = 0;
-                }
-                Err(_) => return Ok(0),
-            }
-        }
-        let n = buf.len().min(self.cur.len() - self.pos);
-        buf[..n].copy_from_slice(&self.cur[self.pos..self.pos + n]);
-        self.pos += n;
-        Ok(n)
-    }
-}
-
-/// What streaming one blob found.
-pub(super) struct Streamed {
-    pub(super) blob: Digest,
-    pub(super) blob_size: u64,
-    pub(super) diff_id: Digest,
-    pub(super) extracted: Option<Extracted>,
-}
-
-/// Stream one blob: copy it to `blob_out`, hash it, decompress, hash the tar, and
-/// extract it into `extract_to` when given. `what` names the layer in errors.
-#[allow(clippy::too_many_arguments)]
-pub(super) fn stream_blob<'r>(
-    what: &str,
-    expected: Option<Digest>,
-    reader: Box<dyn Read + Send + 'r>,
-    comp: Compression,
-    limit: ExpansionLimit,
-    blob_out: Option<File>,
-    extract_to: Option<(&Path, ExtractOptions)>,
-    progress: &(dyn Fn(u64) + Sync),
-) -> Result<Streamed> {
-    let (tx, rx) = sync_channel::<Vec<u8>>(16);
-    let (back_tx, back_rx) = sync_channel::<Vec<u8>>(16);
-    let extracting = extract_to.is_some();
-    let produce = move || -> std::result::Result<(Digest, u64, Digest), PumpError> {
-        let read = std::cell::Cell::new(0u64);
-        let mut tee = Tee {
-            inner: reader,
-            out: blob_out,
-            hasher: Hasher::new(),
-            failed: None,
-            progress,
-            last: 0,
-            read: &read,
-        };
-        let tx = if extracting { Some(&tx) } else { None };
-        let limit = (comp != Compression::None).then_some((limit, &read));
-        let classify =
-            |e: PumpStop, mut tee: Tee<'_, Box<dyn Read + Send + 'r>>| match (e, tee.failed.take())
-            {
-                (PumpStop::Expands(out, read), _) => PumpError::Expands(out, read),
-                (_, Some(src)) => PumpError::Source(src),
-                (PumpStop::Io(e), None) if e.kind() == io::ErrorKind::BrokenPipe => PumpError::Gone,
-                (PumpStop::Io(e), None) => {
-                    let whole = io::copy(&mut tee, &mut io::sink())
-                        .ok()
-                        .map(|_| tee.hasher.clone().finish());
-                    PumpError::Decode(e, whole)
-                }
-            };
-        let (diff, mut tee) = match comp {
-            Compression::None => match pump(&mut tee, tx, &back_rx, limit) {
-                Ok(r) => (r, tee),
-                Err(e) => return Err(classify(e, tee)),
-            },
-            Compression::Gzip => {
-                let mut d =
-                    flate2::bufread::MultiGzDecoder::new(BufReader::with_capacity(1 << 20, tee));
-                match pump(&mut d, tx, &back_rx, limit) {
-                    Ok(r) => (r, d.into_inner().into_inner()),
-                    Err(e) => return Err(classify(e, d.into_inner().into_inner())),
-                }
-            }
-            Compression::Zstd => {
-                let mut d = zstd::Decoder::with_buffer(BufReader::with_capacity(1 << 20, tee))
-                    .map_err(|e| PumpError::Decode(e, None))?;
-                match pump(&mut d, tx, &back_rx, limit) {
-                    Ok(r) => (r, d.finish().into_inner()),
-                    Err(e) => return Err(classify(e, d.finish().into_inner())),
-                }
-            }
-        };
-        // Whatever follows the compressed stream is part of the blob too.
-        if let Err(e) = io::copy(&mut tee, &mut io::sink()) {
-            return Err(PumpError::Source(tee.failed.take().unwrap_or(e)));
-        }
-        if let Some(mut f) = tee.out.take()
-            && let Err(e) = f.flush()
-        {
-            return Err(PumpError::Source(e));
-        }
-        let size = tee.hasher.len();
-        Ok((tee.hasher.finish(), size, diff.0))
-    };
-    let (pumped, extracted) = std::thread::scope(|s| {
-        let h = s.spawn(produce);
-        let extracted = match extract_to {
-            Some((dir, opts)) => {
-                let mut r = ChanReader {
-                    rx,
-                    back: back_tx,
-                    cur: Vec::new(),
-                    pos: 0,
-                };
-                let res = sys::open_root_dir(dir)
-                    .map_err(|e| Error::from(e).context(format!("opening {}", dir.display())))
-                    .and_then(|fd| extract::extract(&mut r, fd.as_fd(), opts));
-                if res.is_ok() {
-                    // Trailing blocks after the tar's end still count for the diff-id.
-                    let _ = io::copy(&mut r, &mut io::sink());
-                }
-                drop(r);
-                Some(res)
-            }
-            None => {
-                drop(rx);
-                None
-            }
-        };
-        let pumped = h.join().unwrap_or_else(|_| {
-            Err(PumpError::Source(io::Error::other(
-                "reader thread panicked",
-            )))
-        });
-        (pumped, extracted)
-    });
-    let (blob, blob_size, diff_id) = match pumped {
-        Ok(v) => v,
-        Err(PumpError::Source(e)) => return Err(Error::io(format!("{what}: reading the blob"), e)),
-        Err(PumpError::Decode(e, whole)) => {
-            if let (Some(want), Some(got)) = (expected, whole)
-                && want != got
-            {
-                return Err(Error::new(format!(
-                    "{what}: blob digest mismatch: the blob hashes to {got} (damaged or altered)"
-                )));
-            }
-            let why = if e.kind() == io::ErrorKind::UnexpectedEof {
-                format!("truncated {} stream", comp.name())
-            } else {
-                format!(
-                    "invalid {} stream: {}",
-                    comp.name(),
-                    crate::error::describe(&e)
-                )
-            };
-            return Err(Error::new(format!("{what}: {why}")));
-        }
-        Err(PumpError::Expands(out, read)) => {
-            return Err(Error::new(format!(
-                "{what}: refused: the {} stream expands to more than {out} bytes from {read} bytes \
-                 (a layer may expand at most {}:1 past {} MiB; a decompression bomb? \
-                 LAYERFS_MAX_EXPANSION=RATIO allows more)",
-                comp.name(),
-                limit.ratio,
-                limit.floor >> 20
-            )));
-        }
-        Err(PumpError::Gone) => match extracted {
-            Some(Err(e)) => return Err(e.context(what)),
-            _ => return Err(Error::new(format!("{what}: extraction stopped"))),
-        },
-    };
-    let extracted = match extracted {
-        Some(Ok(x)) => Some(x),
-        Some(Err(e)) => return Err(e.context(what)),
-        None => None,
-    };
-    Ok(Streamed {
-        blob,
-        blob_size,
-        diff_id,
-        extracted,
-    })
 }
 
 /// One layer ready for the image record.
@@ -700,7 +264,8 @@ impl Store {
             }
             (None, Some(x)) => {
                 let rec = self.finish_layer(&layer_dir, &l.diff_id, &x)?;
-                extracted(stage, out, obs, l.diff_id, rec)
+                out.layers_extracted += 1;
+                stage.extracted(obs, l.diff_id, rec)
             }
             (None, None) => unreachable!("extraction requested"),
         };
@@ -713,34 +278,6 @@ impl Store {
                 size,
             },
         })
-    }
-
-    /// Record a freshly extracted layer: `tree.json` for `system check`, `layer.json`.
-    pub(super) fn finish_layer(
-        &self,
-        layer_dir: &Path,
-        diff_id: &Digest,
-        x: &Extracted,
-    ) -> Result<LayerRecord> {
-        let diff = layer_dir.join("diff");
-        let fd = sys::open_root_dir(&diff).ctx(format!("opening {}", diff.display()))?;
-        let scan = extract::scan_tree(fd.as_fd(), &x.file_hashes)
-            .ctx(format!("recording the tree of layer {diff_id}"))?;
-        let rec = LayerRecord {
-            diff_id: *diff_id,
-            size: scan.size,
-            entries: scan.entries.len() as u64,
-            created: now_secs(),
-        };
-        let tree = serde_json::to_vec(&scan.entries)
-            .map_err(|e| Error::new(format!("encoding the tree of layer {diff_id}: {e}")))?;
-        fs::write(layer_dir.join("tree.json"), tree)
-            .ctx(format!("writing {}", layer_dir.display()))?;
-        let meta = serde_json::to_vec_pretty(&rec)
-            .map_err(|e| Error::new(format!("encoding layer {diff_id}: {e}")))?;
-        fs::write(layer_dir.join("layer.json"), meta)
-            .ctx(format!("writing {}", layer_dir.display()))?;
-        Ok(rec)
     }
 
     fn import_layer_tar(
@@ -822,7 +359,8 @@ impl Store {
                     let rec = self.finish_layer(&work, &s.diff_id, &x)?;
                     fs::rename(&work, stage.layer(&s.diff_id))
                         .ctx(format!("renaming {}", work.display()))?;
-                    extracted(stage, out, obs, s.diff_id, rec)
+                    out.layers_extracted += 1;
+                    stage.extracted(obs, s.diff_id, rec)
                 };
                 if !self.blob_path(&s.blob).is_file() {
                     fs::rename(&incoming, stage.blob(&s.blob))
@@ -865,32 +403,6 @@ impl Store {
             platform: platform.to_string(),
         };
         Ok((rec, Vec::new()))
-    }
-
-    /// Move everything staged into place: data synced first, then renamed, so a layer
-    /// dir under its final name is always complete.
-    pub(super) fn commit_stage(&self, stage: &Stage, _lock: &StoreLock) -> Result<()> {
-        if stage.blobs.is_empty() && stage.layers.is_empty() {
-            return Ok(());
-        }
-        let sd = File::open(&stage.dir).ctx(format!("opening {}", stage.dir.display()))?;
-        sys::syncfs(sd.as_fd()).ctx("syncing the store")?;
-        let blobs_src =
-            sys::open_root_dir(&stage.dir.join("blobs")).ctx("opening the staged blobs")?;
-        let blobs_dst = sys::open_root_dir(&self.layout.blobs_dir()).ctx("opening the blob dir")?;
-        for b in &stage.blobs {
-            place(blobs_src.as_fd(), blobs_dst.as_fd(), &b.hex())?;
-        }
-        let layers_src =
-            sys::open_root_dir(&stage.dir.join("layers")).ctx("opening the staged layers")?;
-        let layers_dst =
-            sys::open_root_dir(&self.layout.layers_dir()).ctx("opening the layer dir")?;
-        for l in stage.layers.keys() {
-            place(layers_src.as_fd(), layers_dst.as_fd(), &l.hex())?;
-        }
-        sync_dir(&self.layout.blobs_dir())?;
-        sync_dir(&self.layout.layers_dir())?;
-        Ok(())
     }
 
     /// Add a layer from an uncompressed tar stream (a container commit): extracted,
@@ -1016,57 +528,6 @@ impl Store {
         self.write_images(&idx, &lock)?;
         Ok(stored)
     }
-}
-
-/// A layer extracted and checked into the staging dir: announce it, count it, record it;
-/// returns its size.
-fn extracted(
-    stage: &mut Stage,
-    out: &mut Imported,
-    obs: &dyn ImportObserver,
-    diff_id: Digest,
-    rec: LayerRecord,
-) -> u64 {
-    obs.layer(
-        &diff_id,
-        LayerEvent::Extracted {
-            size: rec.size,
-            entries: rec.entries,
-        },
-    );
-    out.layers_extracted += 1;
-    let size = rec.size;
-    stage.layers.insert(diff_id, rec);
-    size
-}
-
-/// Rename `name` from one dir to another unless the target exists (then the staged copy
-/// is identical content and is dropped with the staging dir).
-fn place(
-    src: std::os::fd::BorrowedFd<'_>,
-    dst: std::os::fd::BorrowedFd<'_>,
-    name: &str,
-) -> Result<()> {
-    let n = std::ffi::OsStr::new(name);
-    match sys::rename_at(src, n, dst, n, RenameFlags::NOREPLACE) {
-        Ok(()) | Err(Errno::EXIST) => Ok(()),
-        Err(Errno::NOTEMPTY) => Ok(()),
-        Err(e) => Err(Error::from(e).context(format!("moving {name} into the store"))),
-    }
-}
-
-/// Insert or update an image record; returns the stored record.
-pub(super) fn upsert(idx: &mut ImageIndex, rec: &mut ImageRecord, tags: &[String]) -> ImageRecord {
-    let key = rec.id.hex();
-    if let Some(old) = idx.images.get(&key) {
-        rec.tags = old.tags.clone();
-        rec.imported = old.imported;
-    }
-    idx.images.insert(key, rec.clone());
-    for t in tags {
-        idx.set_tag(&rec.id, t);
-    }
-    idx.get(&rec.id).cloned().expect("just inserted")
 }
 
 /// An OCI manifest for a config and layers that came without one (docker archives,

@@ -26,7 +26,8 @@ use crate::error::{Error, IoContext, Result};
 use crate::store::archive::{Compression, ImagePlan, LayerPlan, ManifestBlob};
 use crate::store::digest::Digest;
 use crate::store::images::{ImageRecord, LayerRef, Reference};
-use crate::store::import::{ImportObserver, LayerEvent, Stage, stream_blob, upsert};
+use crate::store::stage::{ImportObserver, LayerEvent, Stage, upsert};
+use crate::store::stream::stream_blob;
 use crate::store::{LayerRecord, Store, now_secs};
 
 /// Where layer blobs come from.

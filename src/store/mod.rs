@@ -17,6 +17,8 @@ pub mod ingest;
 pub mod layout;
 pub mod lock;
 pub mod save;
+mod stage;
+mod stream;
 
 use std::path::{Path, PathBuf};
 
