@@ -10,10 +10,11 @@ use std::os::fd::AsFd;
 
 use crate::error::{Error, IoContext, Result};
 use crate::store::digest::{Digest, Hasher};
-use crate::store::extract::{self, TreeEntry, remove_tree_at};
+use crate::store::extract::remove_tree_at;
 use crate::store::images::{ImageIndex, Reference};
 use crate::store::layout::{Layout, read_json};
 use crate::store::lock::StoreLock;
+use crate::store::tree::{self, TreeEntry};
 use crate::store::{ContainerUse, Store};
 use crate::sys;
 
@@ -412,9 +413,9 @@ impl Store {
             Ok(fd) => fd,
             Err(e) => return vec![format!("diff: {}", Error::from(e))],
         };
-        match extract::scan_tree(fd.as_fd(), &Default::default()) {
+        match tree::scan_tree(fd.as_fd(), &Default::default()) {
             Ok(scan) => {
-                let mut d = extract::compare_trees(&tree, &scan.entries);
+                let mut d = tree::compare_trees(&tree, &scan.entries);
                 let n = d.len();
                 if n > 20 {
                     d.truncate(20);

@@ -19,6 +19,7 @@ pub mod lock;
 pub mod save;
 mod stage;
 mod stream;
+pub mod tree;
 
 use std::path::{Path, PathBuf};
 

@@ -14,10 +14,11 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, IoContext, Result};
 use crate::store::digest::Digest;
-use crate::store::extract::{self, Extracted, remove_tree_at};
+use crate::store::extract::{Extracted, remove_tree_at};
 use crate::store::images::{ImageIndex, ImageRecord};
 use crate::store::layout::sync_dir;
 use crate::store::lock::StoreLock;
+use crate::store::tree;
 use crate::store::{LayerRecord, Store, now_secs};
 use crate::sys::{self, Errno, RenameFlags};
 
@@ -163,7 +164,7 @@ impl Store {
     ) -> Result<LayerRecord> {
         let diff = layer_dir.join("diff");
         let fd = sys::open_root_dir(&diff).ctx(format!("opening {}", diff.display()))?;
-        let scan = extract::scan_tree(fd.as_fd(), &x.file_hashes)
+        let scan = tree::scan_tree(fd.as_fd(), &x.file_hashes)
             .ctx(format!("recording the tree of layer {diff_id}"))?;
         let rec = LayerRecord {
             diff_id: *diff_id,
