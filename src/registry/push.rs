@@ -5,8 +5,6 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use oci_spec::image::ImageManifest;
 use ureq::http::Method;
@@ -15,6 +13,7 @@ use crate::error::{Error, Result};
 use crate::registry::client::{self, Body, Client, Options};
 use crate::registry::reference::ImageRef;
 use crate::store::archive::OCI_MANIFEST;
+use crate::store::parallel::run_bounded;
 use crate::store::{Digest, Store};
 
 /// Progress of one blob.
@@ -200,42 +199,12 @@ pub fn push(
     )?;
 
     // Blobs first, several at once; the manifest only when all are there.
-    let next = AtomicUsize::new(0);
-    let cancel = AtomicBool::new(false);
-    let outcomes: Mutex<Vec<Option<Outcome>>> =
-        Mutex::new((0..blobs.len()).map(|_| None).collect());
-    let first_error: Mutex<Option<Error>> = Mutex::new(None);
-    let workers = opts.parallel.clamp(1, 16).min(blobs.len().max(1));
-    std::thread::scope(|s| {
-        for _ in 0..workers {
-            s.spawn(|| {
-                loop {
-                    if cancel.load(Ordering::Relaxed) {
-                        return;
-                    }
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(b) = blobs.get(i) else { return };
-                    let shown: &dyn PushObserver = if b.config { &Unseen } else { obs };
-                    match push_blob(&client, &r.repository, b, opts.chunk_size, shown) {
-                        Ok(o) => {
-                            outcomes.lock().unwrap_or_else(|e| e.into_inner())[i] = Some(o);
-                        }
-                        Err(e) => {
-                            let mut first = first_error.lock().unwrap_or_else(|e| e.into_inner());
-                            if first.is_none() {
-                                *first = Some(e.context(format!("{what}: blob {}", b.digest)));
-                            }
-                            cancel.store(true, Ordering::Relaxed);
-                            return;
-                        }
-                    }
-                }
-            });
-        }
-    });
-    if let Some(e) = first_error.into_inner().unwrap_or_else(|e| e.into_inner()) {
-        return Err(e);
-    }
+    let outcomes = run_bounded(blobs.len(), opts.parallel, |i, _| {
+        let b = &blobs[i];
+        let shown: &dyn PushObserver = if b.config { &Unseen } else { obs };
+        push_blob(&client, &r.repository, b, opts.chunk_size, shown)
+            .map_err(|e| e.context(format!("{what}: blob {}", b.digest)))
+    })?;
     let mut out = Pushed {
         reference: r.clone(),
         digest: rec.manifest_digest,
@@ -245,15 +214,14 @@ pub fn push(
         mounted: 0,
         bytes: 0,
     };
-    for o in outcomes.into_inner().unwrap_or_else(|e| e.into_inner()) {
+    for o in outcomes {
         match o {
-            Some(Outcome::Exists) => out.existing += 1,
-            Some(Outcome::Mounted) => out.mounted += 1,
-            Some(Outcome::Uploaded(n)) => {
+            Outcome::Exists => out.existing += 1,
+            Outcome::Mounted => out.mounted += 1,
+            Outcome::Uploaded(n) => {
                 out.uploaded += 1;
                 out.bytes += n;
             }
-            None => return Err(Error::new(format!("{what}: a blob was not pushed"))),
         }
     }
 

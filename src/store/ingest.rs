@@ -16,8 +16,7 @@ use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
 use std::io::{self, Read};
 use std::path::PathBuf;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use oci_spec::image::{ImageConfiguration, ImageManifest};
@@ -26,6 +25,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::store::archive::{Compression, ImagePlan, LayerPlan, ManifestBlob};
 use crate::store::digest::Digest;
 use crate::store::images::{ImageRecord, LayerRef, Reference};
+use crate::store::parallel::run_bounded;
 use crate::store::stage::{ImportObserver, LayerEvent, Stage, upsert};
 use crate::store::stream::stream_blob;
 use crate::store::{LayerRecord, Store, now_secs};
@@ -227,51 +227,17 @@ impl Store {
         }
 
         // Fetch: a bounded set of workers takes jobs in manifest order.
-        let next = AtomicUsize::new(0);
-        let cancel = AtomicBool::new(false);
-        let results: Mutex<Vec<Option<Done>>> = Mutex::new((0..jobs.len()).map(|_| None).collect());
-        let first_error: Mutex<Option<Error>> = Mutex::new(None);
         let stage_dir = stage.dir.clone();
-        let workers = parallel.clamp(1, 16).min(jobs.len().max(1));
-        std::thread::scope(|s| {
-            for _ in 0..workers {
-                s.spawn(|| {
-                    loop {
-                        if cancel.load(Ordering::Relaxed) {
-                            return;
-                        }
-                        let j = next.fetch_add(1, Ordering::Relaxed);
-                        let Some(job) = jobs.get(j) else { return };
-                        let l = &plan.layers[job.layer];
-                        match self.fetch_layer(what, j, job, l, &stage_dir, fetch, &cancel, obs) {
-                            Ok(done) => {
-                                results.lock().unwrap_or_else(|e| e.into_inner())[j] = Some(done);
-                            }
-                            Err(e) => {
-                                let mut first =
-                                    first_error.lock().unwrap_or_else(|e| e.into_inner());
-                                if first.is_none() {
-                                    *first = Some(e);
-                                }
-                                cancel.store(true, Ordering::Relaxed);
-                                return;
-                            }
-                        }
-                    }
-                });
-            }
-        });
-        if let Some(e) = first_error.into_inner().unwrap_or_else(|e| e.into_inner()) {
-            return Err(e);
-        }
+        let results = run_bounded(jobs.len(), parallel, |j, cancel| {
+            let job = &jobs[j];
+            let l = &plan.layers[job.layer];
+            self.fetch_layer(what, j, job, l, &stage_dir, fetch, cancel, obs)
+        })?;
 
         // Everything verified: stage it under its final names.
         let mut bytes_fetched = 0;
         let mut sizes: HashMap<Digest, u64> = HashMap::new();
-        let results = results.into_inner().unwrap_or_else(|e| e.into_inner());
         for (job, done) in jobs.iter().zip(results) {
-            let done =
-                done.ok_or_else(|| Error::new(format!("{what}: a layer was not fetched")))?;
             bytes_fetched += done.blob_size;
             let diff_id = plan.layers[job.layer].diff_id;
             if self.blob_path(&done.blob).is_file() || stage.blobs.contains(&done.blob) {

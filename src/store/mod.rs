@@ -16,6 +16,7 @@ pub mod import;
 pub mod ingest;
 pub mod layout;
 pub mod lock;
+pub(crate) mod parallel;
 pub mod save;
 mod stage;
 mod stream;
