@@ -10,16 +10,15 @@
 use std::io::{self, Read};
 use std::sync::Arc;
 
-use oci_spec::image::{ImageIndex, ImageManifest};
+use oci_spec::image::ImageIndex;
 use ureq::http::Method;
 
 use crate::error::{Error, Result};
 use crate::registry::client::{self, Body, Client, Options};
 use crate::registry::reference::ImageRef;
-use crate::store::archive::{
-    DOCKER_LIST, DOCKER_MANIFEST, LayerPlan, ManifestBlob, OCI_INDEX, OCI_MANIFEST, Platform,
-};
-use crate::store::ingest::{self, BlobFetcher, Ingested};
+use crate::store::archive::{DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST};
+use crate::store::ingest::{BlobFetcher, Ingested};
+use crate::store::plan::{ImagePlan, LayerPlan, ManifestBlob, PlanSource, Platform};
 use crate::store::{Digest, ImportObserver, Store};
 
 /// What `Accept` lists for manifests.
@@ -55,13 +54,6 @@ pub struct Pulled {
     /// The digest the reference resolved to (the index's, for a multi-platform image).
     pub resolved_digest: Digest,
     pub ingested: Ingested,
-}
-
-/// A fetched manifest or index.
-pub struct Fetched {
-    pub bytes: Vec<u8>,
-    pub digest: Digest,
-    pub media_type: String,
 }
 
 /// The media type of a manifest: its `mediaType` field, else the `Content-Type`.
@@ -106,7 +98,7 @@ pub fn fetch_manifest(
     reference: &str,
     expected: Option<(Digest, Option<u64>)>,
     what: &str,
-) -> Result<Fetched> {
+) -> Result<ManifestBlob> {
     let path = format!("/v2/{repository}/manifests/{reference}");
     let got = client
         .get_small(&path, Some(MANIFEST_ACCEPT), what)
@@ -150,17 +142,11 @@ pub fn fetch_manifest(
         )));
     }
     let media_type = media_type_of(&bytes, ct.as_deref());
-    Ok(Fetched {
+    Ok(ManifestBlob {
         bytes,
         digest,
         media_type,
     })
-}
-
-fn platform_matches(want: &Platform, os: &str, arch: &str, variant: Option<&str>) -> bool {
-    want.os == os
-        && want.arch == arch
-        && (want.variant.is_none() || want.variant.as_deref() == variant)
 }
 
 /// The manifest for `platform` in an index: its digest and size.
@@ -177,25 +163,18 @@ fn choose_platform(
         if mt != OCI_MANIFEST && mt != DOCKER_MANIFEST {
             continue;
         }
-        let Some(p) = d.platform() else {
+        let Some(p) = d.platform().as_ref().map(Platform::of_descriptor) else {
             continue;
         };
-        let os = p.os().to_string();
-        let arch = p.architecture().to_string();
-        if platform_matches(platform, &os, &arch, p.variant().as_deref()) {
+        if platform.matches(&p) {
             let digest: Digest =
                 d.digest().to_string().parse().map_err(|e: Error| {
                     Error::new(format!("{what}: index entry: {}", e.message()))
                 })?;
             return Ok((digest, d.size(), mt));
         }
-        if os != "unknown" {
-            let mut s = format!("{os}/{arch}");
-            if let Some(v) = p.variant() {
-                s.push('/');
-                s.push_str(v);
-            }
-            seen.push(s);
+        if p.os != "unknown" {
+            seen.push(p.to_string());
         }
     }
     seen.sort();
@@ -210,12 +189,13 @@ fn choose_platform(
     )))
 }
 
-/// Resolve `r` to one image manifest and its config, verified.
+/// Resolve `r` to one image manifest, verified; also the digest `r` resolved to (the
+/// index's, for a multi-platform image).
 pub fn resolve(
     client: &Client,
     r: &ImageRef,
     platform: &Platform,
-) -> Result<(Fetched, Digest, Vec<u8>)> {
+) -> Result<(ManifestBlob, Digest)> {
     let what = r.to_string();
     let top = fetch_manifest(
         client,
@@ -243,30 +223,44 @@ pub fn resolve(
         OCI_MANIFEST | DOCKER_MANIFEST => top,
         other => return Err(unsupported(&what, other)),
     };
-    let m = ImageManifest::from_reader(&manifest.bytes[..])
-        .map_err(|e| Error::new(format!("{what}: not a valid image manifest: {e}")))?;
-    let cd = m.config();
-    let config_digest: Digest =
-        cd.digest().to_string().parse().map_err(|e: Error| {
-            Error::new(format!("{what}: config descriptor: {}", e.message()))
-        })?;
-    let cwhat = format!("{what}: config {config_digest}");
-    let path = format!("/v2/{}/blobs/{config_digest}", r.repository);
-    let config = client.get_small(&path, None, &cwhat)?.data;
-    let got = Digest::of(&config);
-    if got != config_digest {
-        return Err(Error::new(format!(
-            "{cwhat}: digest mismatch: the registry sent a config that hashes to {got}"
-        )));
+    Ok((manifest, resolved))
+}
+
+/// A repository as the source of a plan: the config fetched and checked here, layer
+/// blobs named by digest (`Fetcher` streams them).
+struct Repository<'a> {
+    client: &'a Client,
+    name: &'a str,
+    what: &'a str,
+}
+
+impl PlanSource for Repository<'_> {
+    fn config(&self, digest: &Digest, size: u64) -> Result<Vec<u8>> {
+        let cwhat = format!("{}: config {digest}", self.what);
+        let path = format!("/v2/{}/blobs/{digest}", self.name);
+        let config = self.client.get_small(&path, None, &cwhat)?.data;
+        let got = Digest::of(&config);
+        if got != *digest {
+            return Err(Error::new(format!(
+                "{cwhat}: digest mismatch: the registry sent a config that hashes to {got}"
+            )));
+        }
+        if size != config.len() as u64 {
+            return Err(Error::new(format!(
+                "{cwhat}: size mismatch: the manifest says {size} bytes, the registry sent {}",
+                config.len()
+            )));
+        }
+        Ok(config)
     }
-    if cd.size() != config.len() as u64 {
-        return Err(Error::new(format!(
-            "{cwhat}: size mismatch: the manifest says {} bytes, the registry sent {}",
-            cd.size(),
-            config.len()
-        )));
+
+    fn layer_member(&self, digest: &Digest) -> Result<String> {
+        Ok(digest.to_string())
     }
-    Ok((manifest, resolved, config))
+
+    fn unreadable_media_type(&self) -> &'static str {
+        "unsupported"
+    }
 }
 
 fn unsupported(what: &str, mt: &str) -> Error {
@@ -298,19 +292,15 @@ pub fn pull(
         None,
     )?);
     let what = r.to_string();
-    let (manifest, resolved, config) = resolve(&client, r, &platform)?;
+    let (manifest, resolved) = resolve(&client, r, &platform)?;
     obs.note(&format!("{what}: manifest {}", manifest.digest));
     let tags: Vec<String> = r.local_tag().into_iter().collect();
-    let plan = ingest::plan_from_blobs(
-        &what,
-        ManifestBlob {
-            bytes: manifest.bytes,
-            digest: manifest.digest,
-            media_type: manifest.media_type,
-        },
-        config,
-        tags,
-    )?;
+    let repository = Repository {
+        client: &client,
+        name: &r.repository,
+        what: &what,
+    };
+    let plan = ImagePlan::from_manifest(&what, &repository, manifest, tags)?;
     let fetcher = Fetcher {
         client: client.clone(),
         repository: r.repository.clone(),
@@ -334,6 +324,7 @@ impl BlobFetcher for Fetcher {
     fn open(&self, layer: &LayerPlan) -> Result<Box<dyn Read + Send>> {
         let (digest, size) = layer
             .blob
+            .zip(layer.blob_size)
             .ok_or_else(|| Error::new("a layer without a digest"))?;
         Ok(Box::new(BlobReader {
             client: self.client.clone(),

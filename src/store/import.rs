@@ -17,12 +17,10 @@ use std::path::Path;
 use oci_spec::image::{DescriptorBuilder, ImageManifestBuilder, MediaType};
 
 use crate::error::{Error, IoContext, Result};
-use crate::store::archive::{
-    self, Compression, Format, ImagePlan, LayerPlan, ManifestBlob, OCI_CONFIG, OCI_MANIFEST,
-    Platform, Source,
-};
+use crate::store::archive::{self, Compression, Format, OCI_CONFIG, OCI_MANIFEST, Source};
 use crate::store::digest::{Digest, Hasher};
 use crate::store::images::{ImageIndex, ImageRecord, LayerRef, Reference};
+use crate::store::plan::{ImagePlan, LayerPlan, ManifestBlob, PlanSource, Platform};
 use crate::store::stage::{Stage, upsert};
 use crate::store::stream::stream_blob;
 use crate::store::{Store, now_secs};
@@ -133,18 +131,7 @@ impl Store {
         };
         stage.put_blob(self, &manifest.bytes)?;
         stage.put_blob(self, &plan.config)?;
-        let rec = ImageRecord {
-            id: plan.config_digest,
-            manifest_digest: manifest.digest,
-            manifest_media_type: manifest.media_type.clone(),
-            config_digest: plan.config_digest,
-            size: done.iter().map(|d| d.r.size).sum(),
-            layers: done.into_iter().map(|d| d.r).collect(),
-            tags: Vec::new(),
-            created: plan.created.clone(),
-            imported: now_secs(),
-            platform: plan.platform.clone(),
-        };
+        let rec = plan.record(&manifest, done.into_iter().map(|d| d.r).collect());
         Ok((rec, plan.tags.clone()))
     }
 
@@ -165,22 +152,21 @@ impl Store {
         out: &mut Imported,
     ) -> Result<DoneLayer> {
         let what = match &l.blob {
-            Some((d, _)) => format!("{}: layer {d}", src.path.display()),
+            Some(d) => format!("{}: layer {d}", src.path.display()),
             None => format!("{}: layer {}", src.path.display(), l.member),
         };
         let existing = self.known_layer_size(stage, &l.diff_id)?;
-        if let (Some(size), Some((blob, bsize))) = (existing, &l.blob)
+        if let (Some(size), Some(blob)) = (existing, &l.blob)
             && (self.blob_path(blob).is_file() || stage.blobs.contains(blob))
         {
             obs.layer(&l.diff_id, LayerEvent::Exists);
             out.layers_existing += 1;
-            let bsize = if *bsize == 0 {
-                fs::metadata(self.blob_path(blob))
+            let bsize = match l.blob_size {
+                Some(n) => n,
+                None => fs::metadata(self.blob_path(blob))
                     .or_else(|_| fs::metadata(stage.blob(blob)))
                     .map(|m| m.len())
-                    .unwrap_or(0)
-            } else {
-                *bsize
+                    .unwrap_or(0),
             };
             return Ok(DoneLayer {
                 r: LayerRef {
@@ -192,7 +178,7 @@ impl Store {
                 },
             });
         }
-        let (reader, size) = src.container.open(&l.member)?;
+        let (reader, size) = src.files.open(&l.member)?;
         let incoming = stage.incoming();
         let blob_file = File::create(&incoming).ctx(format!("creating {}", incoming.display()))?;
         obs.layer(&l.diff_id, LayerEvent::Start { size });
@@ -208,7 +194,7 @@ impl Store {
         };
         let res = stream_blob(
             &what,
-            l.blob.map(|b| b.0),
+            l.blob,
             reader,
             l.compression,
             self.expansion,
@@ -223,26 +209,7 @@ impl Store {
                 return Err(e);
             }
         };
-        if let Some((want, want_size)) = &l.blob {
-            if s.blob != *want {
-                return Err(Error::new(format!(
-                    "{what}: blob digest mismatch: the blob hashes to {} (damaged or altered)",
-                    s.blob
-                )));
-            }
-            if *want_size != 0 && *want_size != s.blob_size {
-                return Err(Error::new(format!(
-                    "{what}: size mismatch: the manifest says {want_size} bytes, the blob has {}",
-                    s.blob_size
-                )));
-            }
-        }
-        if s.diff_id != l.diff_id {
-            return Err(Error::new(format!(
-                "{what}: diff-id mismatch: the uncompressed layer hashes to {}, the config says {}",
-                s.diff_id, l.diff_id
-            )));
-        }
+        l.verify(&what, &s)?;
         let blob_path = stage.blob(&s.blob);
         let blob_new = !(self.blob_path(&s.blob).is_file() || stage.blobs.contains(&s.blob));
         if blob_new {
@@ -465,68 +432,59 @@ impl Store {
             .iter()
             .map(|t| Reference::parse_tag(t))
             .collect::<Result<Vec<_>>>()?;
-        let m = oci_spec::image::ImageManifest::from_reader(manifest)
-            .map_err(|e| Error::new(format!("not a valid image manifest: {e}")))?;
-        let cfg = oci_spec::image::ImageConfiguration::from_reader(config)
-            .map_err(|e| Error::new(format!("not a valid image config: {e}")))?;
         let config_digest = Digest::of(config);
-        if m.config().digest().to_string() != config_digest.to_string() {
-            return Err(Error::new(format!(
-                "the manifest's config digest is {}, the config hashes to {config_digest}",
-                m.config().digest()
-            )));
-        }
-        let ids = cfg.rootfs().diff_ids();
-        if ids.len() != m.layers().len() {
-            return Err(Error::new(format!(
-                "config lists {} diff-ids but the manifest has {} layers",
-                ids.len(),
-                m.layers().len()
-            )));
-        }
+        let manifest = ManifestBlob {
+            bytes: manifest.to_vec(),
+            digest: Digest::of(manifest),
+            media_type: String::new(),
+        };
+        let what = format!("image {}", config_digest.short());
+        let plan = ImagePlan::from_manifest(&what, &GivenConfig(config), manifest, Vec::new())?;
+        let manifest = plan.manifest.clone().expect("planned from a manifest");
         let lock = self.lock()?;
         let mut layers = Vec::new();
-        for (d, id) in m.layers().iter().zip(ids) {
-            let diff_id: Digest = id.parse()?;
-            let blob: Digest = d.digest().to_string().parse()?;
+        for l in &plan.layers {
+            let blob = l.blob.expect("planned from a manifest");
             let rec = self
-                .layer_record(&diff_id)?
-                .ok_or_else(|| Error::new(format!("layer {diff_id} is not in the store")))?;
+                .layer_record(&l.diff_id)?
+                .ok_or_else(|| Error::new(format!("layer {} is not in the store", l.diff_id)))?;
             if !self.blob_path(&blob).is_file() {
                 return Err(Error::new(format!("blob {blob} is not in the store")));
             }
             layers.push(LayerRef {
-                diff_id,
+                diff_id: l.diff_id,
                 blob,
-                media_type: d.media_type().to_string(),
-                blob_size: d.size(),
+                media_type: l.media_type.clone(),
+                blob_size: l.blob_size.unwrap_or(0),
                 size: rec.size,
             });
         }
         let mut stage = Stage::new(self)?;
-        let manifest_digest = stage.put_blob(self, manifest)?;
-        stage.put_blob(self, config)?;
+        stage.put_blob(self, &manifest.bytes)?;
+        stage.put_blob(self, &plan.config)?;
         self.commit_stage(&stage, &lock)?;
-        let mut rec = ImageRecord {
-            id: config_digest,
-            manifest_digest,
-            manifest_media_type: m
-                .media_type()
-                .as_ref()
-                .map(|t| t.to_string())
-                .unwrap_or_else(|| OCI_MANIFEST.to_string()),
-            config_digest,
-            size: layers.iter().map(|l| l.size).sum(),
-            layers,
-            tags: Vec::new(),
-            created: cfg.created().clone(),
-            imported: now_secs(),
-            platform: format!("{}/{}", cfg.os(), cfg.architecture()),
-        };
+        let mut rec = plan.record(&manifest, layers);
         let mut idx = self.images()?;
         let stored = upsert(&mut idx, &mut rec, &tags);
         self.write_images(&idx, &lock)?;
         Ok(stored)
+    }
+}
+
+/// A manifest and config handed over whole (a commit): the layer blobs are in the store.
+struct GivenConfig<'a>(&'a [u8]);
+
+impl PlanSource for GivenConfig<'_> {
+    fn config(&self, _: &Digest, _: u64) -> Result<Vec<u8>> {
+        Ok(self.0.to_vec())
+    }
+
+    fn layer_member(&self, digest: &Digest) -> Result<String> {
+        Ok(digest.to_string())
+    }
+
+    fn unreadable_media_type(&self) -> &'static str {
+        "unknown"
     }
 }
 

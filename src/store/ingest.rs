@@ -19,16 +19,14 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use oci_spec::image::{ImageConfiguration, ImageManifest};
-
 use crate::error::{Error, IoContext, Result};
-use crate::store::archive::{Compression, ImagePlan, LayerPlan, ManifestBlob};
 use crate::store::digest::Digest;
 use crate::store::images::{ImageRecord, LayerRef, Reference};
 use crate::store::parallel::run_bounded;
+use crate::store::plan::{ImagePlan, LayerPlan};
 use crate::store::stage::{ImportObserver, LayerEvent, Stage, upsert};
 use crate::store::stream::stream_blob;
-use crate::store::{LayerRecord, Store, now_secs};
+use crate::store::{LayerRecord, Store};
 
 /// Where layer blobs come from.
 pub trait BlobFetcher: Sync {
@@ -51,86 +49,6 @@ pub struct Ingested {
     pub layers_existing: usize,
     /// Blob bytes fetched.
     pub bytes_fetched: u64,
-}
-
-/// An image plan from a manifest and config that arrived separately. The manifest's
-/// digest is the caller's to check (it knows what it asked for); the config is checked
-/// here against the manifest, and every layer's media type must be one we can read.
-pub fn plan_from_blobs(
-    what: &str,
-    manifest: ManifestBlob,
-    config: Vec<u8>,
-    tags: Vec<String>,
-) -> Result<ImagePlan> {
-    let m = ImageManifest::from_reader(&manifest.bytes[..])
-        .map_err(|e| Error::new(format!("{what}: not a valid image manifest: {e}")))?;
-    let config_digest = Digest::of(&config);
-    let want: Digest = m
-        .config()
-        .digest()
-        .to_string()
-        .parse()
-        .map_err(|e: Error| {
-            Error::new(format!("{what}: manifest config digest: {}", e.message()))
-        })?;
-    if want != config_digest {
-        return Err(Error::new(format!(
-            "{what}: config digest mismatch: the manifest says {want}, the config hashes to {config_digest}"
-        )));
-    }
-    let cfg = ImageConfiguration::from_reader(&config[..]).map_err(|e| {
-        Error::new(format!(
-            "{what}: config {config_digest}: not a valid image config: {e}"
-        ))
-    })?;
-    let ids = cfg.rootfs().diff_ids();
-    if ids.len() != m.layers().len() {
-        return Err(Error::new(format!(
-            "{what}: config {config_digest} lists {} diff-ids but the manifest has {} layers",
-            ids.len(),
-            m.layers().len()
-        )));
-    }
-    let mut layers = Vec::new();
-    for (d, id) in m.layers().iter().zip(ids) {
-        let digest: Digest =
-            d.digest().to_string().parse().map_err(|e: Error| {
-                Error::new(format!("{what}: layer descriptor: {}", e.message()))
-            })?;
-        let diff_id: Digest = id.parse().map_err(|e: Error| {
-            Error::new(format!(
-                "{what}: config {config_digest}: diff-id: {}",
-                e.message()
-            ))
-        })?;
-        let mt = d.media_type().to_string();
-        let compression = Compression::from_media_type(&mt).ok_or_else(|| {
-            Error::new(format!(
-                "{what}: layer {digest}: unsupported media type {mt}"
-            ))
-        })?;
-        layers.push(LayerPlan {
-            member: digest.to_string(),
-            blob: Some((digest, d.size())),
-            compression,
-            media_type: mt,
-            diff_id,
-        });
-    }
-    let mut platform = format!("{}/{}", cfg.os(), cfg.architecture());
-    if let Some(v) = cfg.variant() {
-        platform.push('/');
-        platform.push_str(v);
-    }
-    Ok(ImagePlan {
-        manifest: Some(manifest),
-        config,
-        config_digest,
-        created: cfg.created().clone(),
-        platform,
-        layers,
-        tags,
-    })
 }
 
 /// One blob to fetch.
@@ -208,10 +126,17 @@ impl Store {
         let mut seen: HashSet<Digest> = HashSet::new();
         let mut extracting: HashSet<Digest> = HashSet::new();
         let mut existing = 0;
-        for (i, l) in plan.layers.iter().enumerate() {
-            let (blob, _) = l
-                .blob
-                .ok_or_else(|| Error::new(format!("{what}: layer {} has no digest", l.diff_id)))?;
+        // Every layer of a manifest names its blob by digest and size.
+        let blobs = plan
+            .layers
+            .iter()
+            .map(|l| {
+                l.blob
+                    .zip(l.blob_size)
+                    .ok_or_else(|| Error::new(format!("{what}: layer {} has no digest", l.diff_id)))
+            })
+            .collect::<Result<Vec<(Digest, u64)>>>()?;
+        for (i, (l, &(blob, _))) in plan.layers.iter().zip(&blobs).enumerate() {
             // A blob listed twice (empty layers often are) is handled once.
             if !seen.insert(blob) {
                 continue;
@@ -231,7 +156,17 @@ impl Store {
         let results = run_bounded(jobs.len(), parallel, |j, cancel| {
             let job = &jobs[j];
             let l = &plan.layers[job.layer];
-            self.fetch_layer(what, j, job, l, &stage_dir, fetch, cancel, obs)
+            self.fetch_layer(
+                what,
+                j,
+                job,
+                l,
+                blobs[job.layer],
+                &stage_dir,
+                fetch,
+                cancel,
+                obs,
+            )
         })?;
 
         // Everything verified: stage it under its final names.
@@ -255,8 +190,7 @@ impl Store {
             }
         }
         let mut layers = Vec::new();
-        for l in &plan.layers {
-            let (blob, blob_size) = l.blob.expect("checked above");
+        for (l, &(blob, blob_size)) in plan.layers.iter().zip(&blobs) {
             let size = match sizes.get(&l.diff_id) {
                 Some(s) => *s,
                 None => self
@@ -275,18 +209,7 @@ impl Store {
         stage.put_blob(self, &manifest.bytes)?;
         stage.put_blob(self, &plan.config)?;
         self.commit_stage(&stage, &lock)?;
-        let mut rec = ImageRecord {
-            id: plan.config_digest,
-            manifest_digest: manifest.digest,
-            manifest_media_type: manifest.media_type.clone(),
-            config_digest: plan.config_digest,
-            size: layers.iter().map(|l| l.size).sum(),
-            layers,
-            tags: Vec::new(),
-            created: plan.created.clone(),
-            imported: now_secs(),
-            platform: plan.platform.clone(),
-        };
+        let mut rec = plan.record(manifest, layers);
         let image = upsert(&mut idx, &mut rec, &tags);
         self.write_images(&idx, &lock)?;
         drop(stage);
@@ -307,12 +230,12 @@ impl Store {
         n: usize,
         job: &Job,
         l: &LayerPlan,
+        (blob, size): (Digest, u64),
         stage_dir: &std::path::Path,
         fetch: &dyn BlobFetcher,
         cancel: &AtomicBool,
         obs: &dyn ImportObserver,
     ) -> Result<Done> {
-        let (blob, size) = l.blob.expect("checked by the caller");
         let what = format!("{what}: layer {blob}");
         obs.layer(&blob, LayerEvent::Start { size });
         let blob_file = stage_dir.join(format!("fetch-{n}.blob"));
@@ -341,24 +264,7 @@ impl Store {
             extract_to.as_deref().map(|p| (p, self.extract)),
             &|_| {},
         )?;
-        if s.blob != blob {
-            return Err(Error::new(format!(
-                "{what}: blob digest mismatch: the blob hashes to {} (damaged or altered)",
-                s.blob
-            )));
-        }
-        if s.blob_size != size {
-            return Err(Error::new(format!(
-                "{what}: size mismatch: the manifest says {size} bytes, the blob has {}",
-                s.blob_size
-            )));
-        }
-        if s.diff_id != l.diff_id {
-            return Err(Error::new(format!(
-                "{what}: diff-id mismatch: the uncompressed layer hashes to {}, the config says {}",
-                s.diff_id, l.diff_id
-            )));
-        }
+        l.verify(&what, &s)?;
         let layer = match s.extracted {
             Some(x) => {
                 let rec = self.finish_layer(&work, &l.diff_id, &x)?;

@@ -17,6 +17,7 @@ pub mod ingest;
 pub mod layout;
 pub mod lock;
 pub(crate) mod parallel;
+pub mod plan;
 pub mod save;
 mod stage;
 mod stream;
