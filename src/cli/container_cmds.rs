@@ -313,7 +313,7 @@ struct Row {
 
 fn ps(cs: &Containers<'_>, a: PsArgs) -> Result<()> {
     let store = cs.store();
-    let idx = store.images()?;
+    let catalog = store.images()?;
     let mut ancestors = Vec::new();
     let mut names = Vec::new();
     let mut ids = Vec::new();
@@ -323,7 +323,7 @@ fn ps(cs: &Containers<'_>, a: PsArgs) -> Result<()> {
             .split_once('=')
             .ok_or_else(|| Error::new(format!("bad filter \"{f}\": expected KEY=VALUE")))?;
         match k {
-            "ancestor" => ancestors.push(idx.resolve(v)?.clone()),
+            "ancestor" => ancestors.push(catalog.resolve(v)?.clone()),
             "name" => names.push(v.to_string()),
             "id" => ids.push(v.to_string()),
             "mounted" => {
@@ -374,7 +374,7 @@ fn ps(cs: &Containers<'_>, a: PsArgs) -> Result<()> {
         {
             continue;
         }
-        let image = match idx.resolve(&c.image_ref) {
+        let image = match catalog.resolve(&c.image_ref) {
             Ok(r) if r.id == c.image => c.image_ref.clone(),
             _ => c.image.short(),
         };

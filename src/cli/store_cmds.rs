@@ -299,8 +299,8 @@ fn import(store: &Store, a: ImportArgs) -> Result<()> {
 // images, inspect
 
 fn images(store: &Store, a: ImagesArgs) -> Result<()> {
-    let idx = store.images()?;
-    let recs = idx.sorted();
+    let catalog = store.images()?;
+    let recs = catalog.sorted();
     if a.quiet {
         let mut out = String::new();
         for r in recs {

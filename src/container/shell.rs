@@ -18,7 +18,7 @@ pub fn environment(store: &Store, image: &crate::store::Digest) -> Vec<(String, 
     let cfg = store
         .images()
         .ok()
-        .and_then(|idx| idx.get(image).cloned())
+        .and_then(|catalog| catalog.get(image).cloned())
         .and_then(|r| store.read_blob(&r.config_digest).ok())
         .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
     if let Some(list) = cfg

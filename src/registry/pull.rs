@@ -155,10 +155,10 @@ fn choose_platform(
     index_bytes: &[u8],
     platform: &Platform,
 ) -> Result<(Digest, u64, String)> {
-    let idx = ImageIndex::from_reader(index_bytes)
+    let index = ImageIndex::from_reader(index_bytes)
         .map_err(|e| Error::new(format!("{what}: not a valid image index: {e}")))?;
     let mut seen = Vec::new();
-    for d in idx.manifests() {
+    for d in index.manifests() {
         let mt = d.media_type().to_string();
         if mt != OCI_MANIFEST && mt != DOCKER_MANIFEST {
             continue;

@@ -62,7 +62,7 @@ pub struct DfReport {
 impl Store {
     /// The space report. `containers` comes from the caller (the store knows none).
     pub fn df(&self, containers: &[ContainerUse]) -> Result<DfReport> {
-        let idx = self.images()?;
+        let catalog = self.images()?;
         let mut sizes: HashMap<Digest, u64> = HashMap::new();
         for d in self.layer_ids()? {
             let size = self
@@ -74,7 +74,7 @@ impl Store {
             sizes.insert(d, size);
         }
         let mut users: HashMap<Digest, usize> = HashMap::new();
-        for r in idx.images.values() {
+        for r in catalog.images.values() {
             let distinct: HashSet<Digest> = r.layers.iter().map(|l| l.diff_id).collect();
             for d in distinct {
                 *users.entry(d).or_default() += 1;
@@ -85,15 +85,15 @@ impl Store {
             .iter()
             .flat_map(|c| c.layers.iter().copied())
             .collect();
-        for r in idx.images.values() {
+        for r in catalog.images.values() {
             if active_images.contains(&r.id) {
                 active_layers.extend(r.layers.iter().map(|l| l.diff_id));
             }
         }
         let size_of = |d: &Digest| sizes.get(d).copied().unwrap_or(0);
 
-        let mut rep = DfReport::default();
-        for r in idx.sorted() {
+        let mut report = DfReport::default();
+        for r in catalog.sorted() {
             let distinct: HashSet<Digest> = r.layers.iter().map(|l| l.diff_id).collect();
             let size: u64 = distinct.iter().map(size_of).sum();
             let shared: u64 = distinct
@@ -101,8 +101,8 @@ impl Store {
                 .filter(|d| users.get(d).copied().unwrap_or(0) > 1)
                 .map(size_of)
                 .sum();
-            rep.sum_of_image_sizes += size;
-            rep.images.push(ImageUsage {
+            report.sum_of_image_sizes += size;
+            report.images.push(ImageUsage {
                 record: r.clone(),
                 size,
                 shared,
@@ -114,14 +114,14 @@ impl Store {
         ids.sort();
         for d in ids {
             let n = users.get(d).copied().unwrap_or(0);
-            rep.layers.push(LayerUsage {
+            report.layers.push(LayerUsage {
                 diff_id: *d,
                 size: size_of(d),
                 images: n,
                 in_use: active_layers.contains(d),
             });
         }
-        rep.shared_size = rep
+        report.shared_size = report
             .layers
             .iter()
             .filter(|l| l.images > 1)
@@ -129,9 +129,9 @@ impl Store {
             .sum();
 
         let image_layers: HashSet<Digest> = users.keys().copied().collect();
-        rep.image_totals = Totals {
-            total: idx.images.len(),
-            active: idx
+        report.image_totals = Totals {
+            total: catalog.images.len(),
+            active: catalog
                 .images
                 .values()
                 .filter(|r| active_images.contains(&r.id))
@@ -143,15 +143,15 @@ impl Store {
                 .map(size_of)
                 .sum(),
         };
-        rep.layer_totals = Totals {
-            total: rep.layers.len(),
-            active: rep
+        report.layer_totals = Totals {
+            total: report.layers.len(),
+            active: report
                 .layers
                 .iter()
                 .filter(|l| l.images > 0 || l.in_use)
                 .count(),
-            size: rep.layers.iter().map(|l| l.size).sum(),
-            reclaimable: rep
+            size: report.layers.iter().map(|l| l.size).sum(),
+            reclaimable: report
                 .layers
                 .iter()
                 .filter(|l| l.images == 0 && !l.in_use)
@@ -159,32 +159,32 @@ impl Store {
                 .sum(),
         };
         let mut used_blobs = HashSet::new();
-        for r in idx.images.values() {
+        for r in catalog.images.values() {
             used_blobs.insert(r.manifest_digest);
             used_blobs.insert(r.config_digest);
             used_blobs.extend(r.layers.iter().map(|l| l.blob));
         }
-        let mut bt = Totals::default();
+        let mut blob_totals = Totals::default();
         for b in self.blob_ids()? {
             let size = std::fs::metadata(self.blob_path(&b))
                 .map(|m| m.len())
                 .unwrap_or(0);
-            bt.total += 1;
-            bt.size += size;
+            blob_totals.total += 1;
+            blob_totals.size += size;
             if used_blobs.contains(&b) {
-                bt.active += 1;
+                blob_totals.active += 1;
             } else {
-                bt.reclaimable += size;
+                blob_totals.reclaimable += size;
             }
         }
-        rep.blob_totals = bt;
-        rep.container_totals = Totals {
+        report.blob_totals = blob_totals;
+        report.container_totals = Totals {
             total: containers.len(),
             active: containers.len(),
             size: containers.iter().map(|c| c.size).sum(),
             reclaimable: 0,
         };
-        rep.disk_usage = disk_usage(self.root());
-        Ok(rep)
+        report.disk_usage = disk_usage(self.root());
+        Ok(report)
     }
 }

@@ -166,14 +166,14 @@ impl<'a> Extractor<'a> {
         let parent = parent.as_fd();
 
         if kind.is_file() || kind == EntryType::Continuous {
-            let n = name.as_bytes();
-            if n == OCI_OPAQUE && self.opts.privileged {
+            let file_name = name.as_bytes();
+            if file_name == OCI_OPAQUE && self.opts.privileged {
                 return sys::set_xattr(parent, None, OsStr::new("trusted.overlay.opaque"), b"y", 0)
                     .map_err(|e| sys_err(&path, "marking the directory opaque", e));
             }
             if self.opts.privileged
-                && let Some(target) = n.strip_prefix(OCI_WH_PREFIX)
-                && n != OCI_OPAQUE
+                && let Some(target) = file_name.strip_prefix(OCI_WH_PREFIX)
+                && file_name != OCI_OPAQUE
             {
                 if target.is_empty() || target == b"." || target == b".." {
                     return Err(entry_err(&path, "whiteout for an invalid name"));
@@ -218,18 +218,18 @@ impl<'a> Extractor<'a> {
                 self.hard_link(parent, name, &path, &parent_key, &target)
             }
             EntryType::Char | EntryType::Block | EntryType::Fifo => {
-                let h = entry.header();
+                let header = entry.header();
                 let (ftype, rdev) = match kind {
                     EntryType::Fifo => (libc::S_IFIFO, 0),
                     _ => {
-                        let major = h.device_major().ok().flatten().unwrap_or(0);
-                        let minor = h.device_minor().ok().flatten().unwrap_or(0);
-                        let t = if kind == EntryType::Char {
+                        let major = header.device_major().ok().flatten().unwrap_or(0);
+                        let minor = header.device_minor().ok().flatten().unwrap_or(0);
+                        let node_type = if kind == EntryType::Char {
                             libc::S_IFCHR
                         } else {
                             libc::S_IFBLK
                         };
-                        (t, libc::makedev(major, minor))
+                        (node_type, libc::makedev(major, minor))
                     }
                 };
                 self.clear(parent, name, &path, &parent_key)?;

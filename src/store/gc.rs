@@ -11,7 +11,7 @@ use std::os::fd::AsFd;
 use crate::error::{Error, IoContext, Result};
 use crate::store::digest::{Digest, Hasher};
 use crate::store::extract::remove_tree_at;
-use crate::store::images::{ImageIndex, Reference};
+use crate::store::images::{ImageCatalog, Reference};
 use crate::store::layout::{Layout, read_json};
 use crate::store::lock::StoreLock;
 use crate::store::tree::{self, TreeEntry};
@@ -80,10 +80,13 @@ impl CheckReport {
 }
 
 /// Layers and blobs that images or containers need.
-fn in_use(idx: &ImageIndex, containers: &[ContainerUse]) -> (HashSet<Digest>, HashSet<Digest>) {
+fn in_use(
+    catalog: &ImageCatalog,
+    containers: &[ContainerUse],
+) -> (HashSet<Digest>, HashSet<Digest>) {
     let mut layers = HashSet::new();
     let mut blobs = HashSet::new();
-    for r in idx.images.values() {
+    for r in catalog.images.values() {
         blobs.insert(r.manifest_digest);
         blobs.insert(r.config_digest);
         for l in &r.layers {
@@ -172,13 +175,13 @@ impl Store {
     /// Remove layers and blobs among `candidates_*` that nothing needs any more.
     fn collect(
         &self,
-        idx: &ImageIndex,
+        catalog: &ImageCatalog,
         containers: &[ContainerUse],
         layers: &BTreeSet<Digest>,
         blobs: &BTreeSet<Digest>,
         report: &mut PruneReport,
     ) -> Result<()> {
-        let (used_layers, used_blobs) = in_use(idx, containers);
+        let (used_layers, used_blobs) = in_use(catalog, containers);
         for l in layers {
             if !used_layers.contains(l) && self.layout.layer(l).exists() {
                 report.reclaimed += self.remove_layer(l)?;
@@ -215,14 +218,14 @@ impl Store {
     ) -> Result<Vec<RmiEvent>> {
         let lock = self.lock()?;
         let containers = &containers()[..];
-        let mut idx = self.images()?;
+        let mut catalog = self.images()?;
         let mut events = Vec::new();
         let mut freed_layers = BTreeSet::new();
         let mut freed_blobs = BTreeSet::new();
         // Check every name first: a refused name changes nothing.
         let mut plan = Vec::new();
         for name in names {
-            let rec = idx.resolve(name)?.clone();
+            let rec = catalog.resolve(name)?.clone();
             let by_tag = match Reference::parse(name) {
                 Ok(Reference::Tag(t)) if rec.tags.contains(&t) => Some(t),
                 _ => None,
@@ -253,12 +256,13 @@ impl Store {
             plan.push((rec.id, by_tag, last));
         }
         for (id, by_tag, last) in plan {
-            let Some(rec) = idx.get(&id).cloned() else {
+            let Some(rec) = catalog.get(&id).cloned() else {
                 continue;
             };
             if !last {
                 let t = by_tag.expect("untag by tag");
-                idx.images
+                catalog
+                    .images
                     .get_mut(&id.hex())
                     .expect("present")
                     .tags
@@ -269,7 +273,7 @@ impl Store {
             for t in &rec.tags {
                 events.push(RmiEvent::Untagged(t.clone()));
             }
-            idx.images.remove(&id.hex());
+            catalog.images.remove(&id.hex());
             events.push(RmiEvent::Deleted(id));
             freed_blobs.insert(rec.manifest_digest);
             freed_blobs.insert(rec.config_digest);
@@ -280,9 +284,15 @@ impl Store {
         }
         // Records first: a crash after this leaves unused layers for prune, never an
         // image whose layers are gone.
-        self.write_images(&idx, &lock)?;
+        self.write_images(&catalog, &lock)?;
         let mut report = PruneReport::default();
-        self.collect(&idx, containers, &freed_layers, &freed_blobs, &mut report)?;
+        self.collect(
+            &catalog,
+            containers,
+            &freed_layers,
+            &freed_blobs,
+            &mut report,
+        )?;
         events.extend(report.layers.into_iter().map(RmiEvent::DeletedLayer));
         Ok(events)
     }
@@ -305,24 +315,24 @@ impl Store {
             leftovers: self.leftovers_removed + remove_leftovers(&self.layout, &lock)?,
             ..Default::default()
         };
-        let mut idx = self.images()?;
+        let mut catalog = self.images()?;
         let used: HashSet<Digest> = containers.iter().filter_map(|c| c.image).collect();
-        let doomed: Vec<Digest> = idx
+        let doomed: Vec<Digest> = catalog
             .images
             .values()
             .filter(|r| !used.contains(&r.id) && (all || r.tags.is_empty()))
             .map(|r| r.id)
             .collect();
         for d in &doomed {
-            idx.images.remove(&d.hex());
+            catalog.images.remove(&d.hex());
         }
         if !doomed.is_empty() {
-            self.write_images(&idx, &lock)?;
+            self.write_images(&catalog, &lock)?;
         }
         report.images = doomed;
         let layers: BTreeSet<Digest> = self.layer_ids()?.into_iter().collect();
         let blobs: BTreeSet<Digest> = self.blob_ids()?.into_iter().collect();
-        self.collect(&idx, containers, &layers, &blobs, &mut report)?;
+        self.collect(&catalog, containers, &layers, &blobs, &mut report)?;
         Ok(report)
     }
 
@@ -364,8 +374,8 @@ impl Store {
                 report.damaged_blobs.push(d);
             }
         }
-        let idx = self.images()?;
-        for r in idx.images.values() {
+        let catalog = self.images()?;
+        for r in catalog.images.values() {
             let mut why = Vec::new();
             for l in &r.layers {
                 if bad_layers.contains(&l.diff_id) {

@@ -57,9 +57,10 @@ impl ImageRecord {
     }
 }
 
-/// The whole `images/index.json`.
+/// The image catalog: every image record with its tags, kept whole in `images/index.json`
+/// (not to be confused with an OCI image index, which lists the manifests of one image).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct ImageIndex {
+pub struct ImageCatalog {
     pub version: u32,
     /// Keyed by the id's hex.
     pub images: BTreeMap<String, ImageRecord>,
@@ -175,7 +176,7 @@ impl Reference {
     }
 }
 
-impl ImageIndex {
+impl ImageCatalog {
     pub fn get(&self, id: &Digest) -> Option<&ImageRecord> {
         self.images.get(&id.hex())
     }
@@ -320,36 +321,46 @@ mod tests {
 
     #[test]
     fn resolve_names_ids_prefixes() {
-        let mut idx = ImageIndex::default();
+        let mut catalog = ImageCatalog::default();
         let a = rec(1, &["one:latest", "one:2"]);
         let b = rec(2, &["two:latest"]);
-        idx.images.insert(a.id.hex(), a.clone());
-        idx.images.insert(b.id.hex(), b.clone());
-        assert_eq!(idx.resolve("one").unwrap().id, a.id);
-        assert_eq!(idx.resolve("one:2").unwrap().id, a.id);
-        assert_eq!(idx.resolve(&a.id.to_string()).unwrap().id, a.id);
-        assert_eq!(idx.resolve("ab01").unwrap().id, a.id);
+        catalog.images.insert(a.id.hex(), a.clone());
+        catalog.images.insert(b.id.hex(), b.clone());
+        assert_eq!(catalog.resolve("one").unwrap().id, a.id);
+        assert_eq!(catalog.resolve("one:2").unwrap().id, a.id);
+        assert_eq!(catalog.resolve(&a.id.to_string()).unwrap().id, a.id);
+        assert_eq!(catalog.resolve("ab01").unwrap().id, a.id);
         assert!(
-            idx.resolve("ab0")
+            catalog
+                .resolve("ab0")
                 .unwrap_err()
                 .to_string()
                 .contains("ambiguous")
         );
         assert_eq!(
-            idx.resolve(&format!("one@{}", a.manifest_digest))
+            catalog
+                .resolve(&format!("one@{}", a.manifest_digest))
                 .unwrap()
                 .id,
             a.id
         );
-        assert!(idx.resolve(&format!("two@{}", a.manifest_digest)).is_err());
         assert!(
-            idx.resolve("three")
+            catalog
+                .resolve(&format!("two@{}", a.manifest_digest))
+                .is_err()
+        );
+        assert!(
+            catalog
+                .resolve("three")
                 .unwrap_err()
                 .to_string()
                 .contains("no such image: three")
         );
-        idx.set_tag(&b.id, "one:2");
-        assert_eq!(idx.resolve("one:2").unwrap().id, b.id);
-        assert_eq!(idx.get(&a.id).unwrap().tags, vec!["one:latest".to_string()]);
+        catalog.set_tag(&b.id, "one:2");
+        assert_eq!(catalog.resolve("one:2").unwrap().id, b.id);
+        assert_eq!(
+            catalog.get(&a.id).unwrap().tags,
+            vec!["one:latest".to_string()]
+        );
     }
 }

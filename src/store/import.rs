@@ -19,7 +19,7 @@ use oci_spec::image::{DescriptorBuilder, ImageManifestBuilder, MediaType};
 use crate::error::{Error, IoContext, Result};
 use crate::store::archive::{self, Compression, Format, OCI_CONFIG, OCI_MANIFEST, Source};
 use crate::store::digest::{Digest, Hasher};
-use crate::store::images::{ImageIndex, ImageRecord, LayerRef, Reference};
+use crate::store::images::{ImageCatalog, ImageRecord, LayerRef, Reference};
 use crate::store::plan::{ImagePlan, LayerPlan, ManifestBlob, PlanSource, Platform};
 use crate::store::stage::{Stage, upsert};
 use crate::store::stream::stream_blob;
@@ -45,11 +45,6 @@ pub struct Imported {
     pub images: Vec<ImageRecord>,
     pub layers_extracted: usize,
     pub layers_existing: usize,
-}
-
-/// One layer ready for the image record.
-struct DoneLayer {
-    r: LayerRef,
 }
 
 impl Store {
@@ -85,7 +80,7 @@ impl Store {
         }
         let lock = self.lock()?;
         let mut stage = Stage::new(self)?;
-        let mut idx = self.images()?;
+        let mut catalog = self.images()?;
         let mut out = Imported {
             format: src.format,
             images: Vec::new(),
@@ -94,7 +89,7 @@ impl Store {
         };
         let mut records = Vec::new();
         if let Format::LayerTar(comp) = src.format {
-            records.push(self.import_layer_tar(&src, comp, &mut stage, &idx, obs, &mut out)?);
+            records.push(self.import_layer_tar(&src, comp, &mut stage, &catalog, obs, &mut out)?);
         } else {
             for plan in &plans {
                 records.push(self.import_plan(&src, plan, &mut stage, obs, &mut out)?);
@@ -105,10 +100,10 @@ impl Store {
             if let Some(t) = &tag {
                 tags = vec![t.clone()];
             }
-            let stored = upsert(&mut idx, &mut rec, &tags);
+            let stored = upsert(&mut catalog, &mut rec, &tags);
             out.images.push(stored);
         }
-        self.write_images(&idx, &lock)?;
+        self.write_images(&catalog, &lock)?;
         drop(stage);
         Ok(out)
     }
@@ -121,17 +116,17 @@ impl Store {
         obs: &dyn ImportObserver,
         out: &mut Imported,
     ) -> Result<(ImageRecord, Vec<String>)> {
-        let mut done = Vec::new();
-        for l in &plan.layers {
-            done.push(self.import_layer(src, l, stage, obs, out)?);
+        let mut layers = Vec::new();
+        for layer in &plan.layers {
+            layers.push(self.import_layer(src, layer, stage, obs, out)?);
         }
         let manifest = match &plan.manifest {
             Some(m) => m.clone(),
-            None => make_manifest(&plan.config, &done)?,
+            None => make_manifest(&plan.config, &layers)?,
         };
         stage.put_blob(self, &manifest.bytes)?;
         stage.put_blob(self, &plan.config)?;
-        let rec = plan.record(&manifest, done.into_iter().map(|d| d.r).collect());
+        let rec = plan.record(&manifest, layers);
         Ok((rec, plan.tags.clone()))
     }
 
@@ -146,45 +141,43 @@ impl Store {
     fn import_layer(
         &self,
         src: &Source,
-        l: &LayerPlan,
+        layer: &LayerPlan,
         stage: &mut Stage,
         obs: &dyn ImportObserver,
         out: &mut Imported,
-    ) -> Result<DoneLayer> {
-        let what = match &l.blob {
+    ) -> Result<LayerRef> {
+        let what = match &layer.blob {
             Some(d) => format!("{}: layer {d}", src.path.display()),
-            None => format!("{}: layer {}", src.path.display(), l.member),
+            None => format!("{}: layer {}", src.path.display(), layer.member),
         };
-        let existing = self.known_layer_size(stage, &l.diff_id)?;
-        if let (Some(size), Some(blob)) = (existing, &l.blob)
+        let existing = self.known_layer_size(stage, &layer.diff_id)?;
+        if let (Some(size), Some(blob)) = (existing, &layer.blob)
             && (self.blob_path(blob).is_file() || stage.blobs.contains(blob))
         {
-            obs.layer(&l.diff_id, LayerEvent::Exists);
+            obs.layer(&layer.diff_id, LayerEvent::Exists);
             out.layers_existing += 1;
-            let bsize = match l.blob_size {
+            let blob_size = match layer.blob_size {
                 Some(n) => n,
                 None => fs::metadata(self.blob_path(blob))
                     .or_else(|_| fs::metadata(stage.blob(blob)))
                     .map(|m| m.len())
                     .unwrap_or(0),
             };
-            return Ok(DoneLayer {
-                r: LayerRef {
-                    diff_id: l.diff_id,
-                    blob: *blob,
-                    media_type: l.media_type.clone(),
-                    blob_size: bsize,
-                    size,
-                },
+            return Ok(LayerRef {
+                diff_id: layer.diff_id,
+                blob: *blob,
+                media_type: layer.media_type.clone(),
+                blob_size,
+                size,
             });
         }
-        let (reader, size) = src.files.open(&l.member)?;
+        let (reader, size) = src.files.open(&layer.member)?;
         let incoming = stage.incoming();
         let blob_file = File::create(&incoming).ctx(format!("creating {}", incoming.display()))?;
-        obs.layer(&l.diff_id, LayerEvent::Start { size });
-        let diff_id = l.diff_id;
+        obs.layer(&layer.diff_id, LayerEvent::Start { size });
+        let diff_id = layer.diff_id;
         let progress = |done: u64| obs.layer(&diff_id, LayerEvent::Progress { done });
-        let layer_dir = stage.layer(&l.diff_id);
+        let layer_dir = stage.layer(&layer.diff_id);
         let extract_to = if existing.is_none() {
             fs::create_dir_all(layer_dir.join("diff"))
                 .ctx(format!("creating {}", layer_dir.display()))?;
@@ -194,56 +187,48 @@ impl Store {
         };
         let res = stream_blob(
             &what,
-            l.blob,
+            layer.blob,
             reader,
-            l.compression,
+            layer.compression,
             self.expansion,
             Some(blob_file),
             extract_to.as_ref().map(|(p, o)| (p.as_path(), *o)),
             &progress,
         );
-        let s = match res {
+        let streamed = match res {
             Ok(s) => s,
             Err(e) => {
                 let _ = fs::remove_file(&incoming);
                 return Err(e);
             }
         };
-        l.verify(&what, &s)?;
-        let blob_path = stage.blob(&s.blob);
-        let blob_new = !(self.blob_path(&s.blob).is_file() || stage.blobs.contains(&s.blob));
-        if blob_new {
-            fs::rename(&incoming, &blob_path).ctx(format!("renaming {}", incoming.display()))?;
-            stage.blobs.insert(s.blob);
-        } else {
-            let _ = fs::remove_file(&incoming);
-        }
-        let size = match (existing, s.extracted) {
+        layer.verify(&what, &streamed)?;
+        let blob_new = stage.adopt_blob(self, &incoming, streamed.blob)?;
+        let size = match (existing, streamed.extracted) {
             (Some(size), _) => {
                 let ev = if blob_new {
                     LayerEvent::BlobStored
                 } else {
                     LayerEvent::Exists
                 };
-                obs.layer(&l.diff_id, ev);
+                obs.layer(&layer.diff_id, ev);
                 out.layers_existing += 1;
                 size
             }
-            (None, Some(x)) => {
-                let rec = self.finish_layer(&layer_dir, &l.diff_id, &x)?;
+            (None, Some(tree)) => {
+                let rec = self.finish_layer(&layer_dir, &layer.diff_id, &tree)?;
+                obs.layer(&layer.diff_id, LayerEvent::extracted(&rec));
                 out.layers_extracted += 1;
-                stage.extracted(obs, l.diff_id, rec)
+                stage.record_layer(rec)
             }
             (None, None) => unreachable!("extraction requested"),
         };
-        Ok(DoneLayer {
-            r: LayerRef {
-                diff_id: l.diff_id,
-                blob: s.blob,
-                media_type: l.media_type.clone(),
-                blob_size: s.blob_size,
-                size,
-            },
+        Ok(LayerRef {
+            diff_id: layer.diff_id,
+            blob: streamed.blob,
+            media_type: layer.media_type.clone(),
+            blob_size: streamed.blob_size,
+            size,
         })
     }
 
@@ -252,7 +237,7 @@ impl Store {
         src: &Source,
         comp: Compression,
         stage: &mut Stage,
-        idx: &ImageIndex,
+        catalog: &ImageCatalog,
         obs: &dyn ImportObserver,
         out: &mut Imported,
     ) -> Result<(ImageRecord, Vec<String>)> {
@@ -260,21 +245,24 @@ impl Store {
         // Hash the file first (cheap next to extraction): a layer imported before is
         // found by its blob digest and not extracted again.
         let blob = hash_file(path)?;
-        let known = idx
+        let known = catalog
             .images
             .values()
             .flat_map(|r| r.layers.iter())
             .find(|l| l.blob == blob && self.layer_exists(&l.diff_id))
             .cloned();
-        let lref = match known {
-            Some(l) => {
-                obs.layer(&l.diff_id, LayerEvent::Exists);
+        let layer = match known {
+            Some(known) => {
+                obs.layer(&known.diff_id, LayerEvent::Exists);
                 out.layers_existing += 1;
-                l
+                known
             }
             None => {
-                let f = File::open(path).ctx(format!("opening {}", path.display()))?;
-                let size = f.metadata().ctx(format!("stat {}", path.display()))?.len();
+                let file = File::open(path).ctx(format!("opening {}", path.display()))?;
+                let size = file
+                    .metadata()
+                    .ctx(format!("stat {}", path.display()))?
+                    .len();
                 let incoming = stage.incoming();
                 let blob_file =
                     File::create(&incoming).ctx(format!("creating {}", incoming.display()))?;
@@ -284,27 +272,27 @@ impl Store {
                 obs.layer(&blob, LayerEvent::Start { size });
                 let progress = |done: u64| obs.layer(&blob, LayerEvent::Progress { done });
                 let what = format!("{}: layer", path.display());
-                let s = stream_blob(
+                let streamed = stream_blob(
                     &what,
                     Some(blob),
-                    Box::new(f),
+                    Box::new(file),
                     comp,
                     self.expansion,
                     Some(blob_file),
                     Some((&work.join("diff"), self.extract)),
                     &progress,
                 )?;
-                if s.blob != blob {
+                if streamed.blob != blob {
                     return Err(Error::new(format!(
                         "{}: changed while it was read",
                         path.display()
                     )));
                 }
-                let x = s.extracted.expect("extracted");
+                let extracted = streamed.extracted.expect("extracted");
                 let diff = work.join("diff");
                 if (diff.join("oci-layout").is_file() && diff.join("index.json").is_file())
                     || (diff.join("manifest.json").is_file()
-                        && x.entries < 10_000
+                        && extracted.entries < 10_000
                         && has_json_config(&diff))
                 {
                     return Err(Error::new(format!(
@@ -317,28 +305,25 @@ impl Store {
                         }
                     )));
                 }
-                let size = if self.layer_exists(&s.diff_id) || stage.layers.contains_key(&s.diff_id)
+                let size = if self.layer_exists(&streamed.diff_id)
+                    || stage.layers.contains_key(&streamed.diff_id)
                 {
-                    obs.layer(&s.diff_id, LayerEvent::Exists);
+                    obs.layer(&streamed.diff_id, LayerEvent::Exists);
                     out.layers_existing += 1;
-                    self.known_layer_size(stage, &s.diff_id)?.unwrap_or(0)
+                    self.known_layer_size(stage, &streamed.diff_id)?
+                        .unwrap_or(0)
                 } else {
-                    let rec = self.finish_layer(&work, &s.diff_id, &x)?;
-                    fs::rename(&work, stage.layer(&s.diff_id))
-                        .ctx(format!("renaming {}", work.display()))?;
+                    let rec = self.finish_layer(&work, &streamed.diff_id, &extracted)?;
+                    obs.layer(&streamed.diff_id, LayerEvent::extracted(&rec));
                     out.layers_extracted += 1;
-                    stage.extracted(obs, s.diff_id, rec)
+                    stage.adopt_layer(&work, rec)?
                 };
-                if !self.blob_path(&s.blob).is_file() {
-                    fs::rename(&incoming, stage.blob(&s.blob))
-                        .ctx(format!("renaming {}", incoming.display()))?;
-                    stage.blobs.insert(s.blob);
-                }
+                stage.adopt_blob(self, &incoming, streamed.blob)?;
                 LayerRef {
-                    diff_id: s.diff_id,
-                    blob: s.blob,
+                    diff_id: streamed.diff_id,
+                    blob: streamed.blob,
                     media_type: comp.media_type().to_string(),
-                    blob_size: s.blob_size,
+                    blob_size: streamed.blob_size,
                     size,
                 }
             }
@@ -348,13 +333,12 @@ impl Store {
             "architecture": platform.arch,
             "os": platform.os,
             "config": {},
-            "rootfs": { "type": "layers", "diff_ids": [lref.diff_id.to_string()] },
+            "rootfs": { "type": "layers", "diff_ids": [layer.diff_id.to_string()] },
         });
         let config = serde_json::to_vec(&config)
             .map_err(|e| Error::new(format!("encoding a config: {e}")))?;
         let config_digest = Digest::of(&config);
-        let done = vec![DoneLayer { r: lref }];
-        let manifest = make_manifest(&config, &done)?;
+        let manifest = make_manifest(&config, std::slice::from_ref(&layer))?;
         stage.put_blob(self, &manifest.bytes)?;
         stage.put_blob(self, &config)?;
         let rec = ImageRecord {
@@ -362,8 +346,8 @@ impl Store {
             manifest_digest: manifest.digest,
             manifest_media_type: manifest.media_type,
             config_digest,
-            size: done[0].r.size,
-            layers: done.into_iter().map(|d| d.r).collect(),
+            size: layer.size,
+            layers: vec![layer],
             tags: Vec::new(),
             created: None,
             imported: now_secs(),
@@ -382,7 +366,7 @@ impl Store {
         let blob_file = File::create(&incoming).ctx(format!("creating {}", incoming.display()))?;
         let work = stage.dir.join("layer-tar");
         fs::create_dir_all(work.join("diff")).ctx(format!("creating {}", work.display()))?;
-        let s = stream_blob(
+        let streamed = stream_blob(
             "new layer",
             None,
             Box::new(reader),
@@ -392,29 +376,21 @@ impl Store {
             Some((&work.join("diff"), self.extract)),
             &|_| {},
         )?;
-        let x = s.extracted.expect("extracted");
-        let size = match self.layer_record(&s.diff_id)? {
+        let extracted = streamed.extracted.expect("extracted");
+        let size = match self.layer_record(&streamed.diff_id)? {
             Some(r) => r.size,
             None => {
-                let rec = self.finish_layer(&work, &s.diff_id, &x)?;
-                fs::rename(&work, stage.layer(&s.diff_id))
-                    .ctx(format!("renaming {}", work.display()))?;
-                let size = rec.size;
-                stage.layers.insert(s.diff_id, rec);
-                size
+                let rec = self.finish_layer(&work, &streamed.diff_id, &extracted)?;
+                stage.adopt_layer(&work, rec)?
             }
         };
-        if !self.blob_path(&s.blob).is_file() {
-            fs::rename(&incoming, stage.blob(&s.blob))
-                .ctx(format!("renaming {}", incoming.display()))?;
-            stage.blobs.insert(s.blob);
-        }
+        stage.adopt_blob(self, &incoming, streamed.blob)?;
         self.commit_stage(&stage, &lock)?;
         Ok(LayerRef {
-            diff_id: s.diff_id,
-            blob: s.blob,
+            diff_id: streamed.diff_id,
+            blob: streamed.blob,
             media_type: Compression::None.media_type().to_string(),
-            blob_size: s.blob_size,
+            blob_size: streamed.blob_size,
             size,
         })
     }
@@ -464,9 +440,9 @@ impl Store {
         stage.put_blob(self, &plan.config)?;
         self.commit_stage(&stage, &lock)?;
         let mut rec = plan.record(&manifest, layers);
-        let mut idx = self.images()?;
-        let stored = upsert(&mut idx, &mut rec, &tags);
-        self.write_images(&idx, &lock)?;
+        let mut catalog = self.images()?;
+        let stored = upsert(&mut catalog, &mut rec, &tags);
+        self.write_images(&catalog, &lock)?;
         Ok(stored)
     }
 }
@@ -490,7 +466,7 @@ impl PlanSource for GivenConfig<'_> {
 
 /// An OCI manifest for a config and layers that came without one (docker archives,
 /// layer tars).
-fn make_manifest(config: &[u8], layers: &[DoneLayer]) -> Result<ManifestBlob> {
+fn make_manifest(config: &[u8], layers: &[LayerRef]) -> Result<ManifestBlob> {
     let enc = |e: oci_spec::OciSpecError| Error::new(format!("making a manifest: {e}"));
     let od = |d: &Digest| -> Result<oci_spec::image::Digest> {
         d.to_string()
@@ -504,12 +480,12 @@ fn make_manifest(config: &[u8], layers: &[DoneLayer]) -> Result<ManifestBlob> {
         .build()
         .map_err(enc)?;
     let mut descs = Vec::new();
-    for l in layers {
+    for layer in layers {
         descs.push(
             DescriptorBuilder::default()
-                .media_type(MediaType::from(l.r.media_type.as_str()))
-                .digest(od(&l.r.blob)?)
-                .size(l.r.blob_size)
+                .media_type(MediaType::from(layer.media_type.as_str()))
+                .digest(od(&layer.blob)?)
+                .size(layer.blob_size)
                 .build()
                 .map_err(enc)?,
         );

@@ -15,7 +15,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
 use std::io::{self, Read};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -55,9 +55,20 @@ pub struct Ingested {
 struct Job {
     /// Index of the first layer in the plan with this blob.
     layer: usize,
+    blob: Digest,
+    blob_size: u64,
     /// Extract it (else the layer is here or being extracted by another job: the blob is
     /// fetched and verified, then only stored).
     extract: bool,
+}
+
+/// What every job of one ingest shares.
+struct Fetching<'a> {
+    /// Names the image in errors.
+    what: &'a str,
+    stage_dir: &'a Path,
+    fetch: &'a dyn BlobFetcher,
+    obs: &'a dyn ImportObserver,
 }
 
 /// A finished job.
@@ -115,8 +126,8 @@ impl Store {
         };
         let lock = self.lock()?;
         let mut stage = Stage::new(self)?;
-        let mut idx = self.images()?;
-        let was_present = idx
+        let mut catalog = self.images()?;
+        let was_present = catalog
             .get(&plan.config_digest)
             .is_some_and(|r| r.manifest_digest == manifest.digest);
 
@@ -136,37 +147,37 @@ impl Store {
                     .ok_or_else(|| Error::new(format!("{what}: layer {} has no digest", l.diff_id)))
             })
             .collect::<Result<Vec<(Digest, u64)>>>()?;
-        for (i, (l, &(blob, _))) in plan.layers.iter().zip(&blobs).enumerate() {
+        for (i, (layer, &(blob, blob_size))) in plan.layers.iter().zip(&blobs).enumerate() {
             // A blob listed twice (empty layers often are) is handled once.
             if !seen.insert(blob) {
                 continue;
             }
-            let layer_here = self.layer_exists(&l.diff_id);
+            let layer_here = self.layer_exists(&layer.diff_id);
             if layer_here && self.blob_path(&blob).is_file() {
                 obs.layer(&blob, LayerEvent::Exists);
                 existing += 1;
                 continue;
             }
-            let extract = !layer_here && extracting.insert(l.diff_id);
-            jobs.push(Job { layer: i, extract });
+            let extract = !layer_here && extracting.insert(layer.diff_id);
+            jobs.push(Job {
+                layer: i,
+                blob,
+                blob_size,
+                extract,
+            });
         }
 
         // Fetch: a bounded set of workers takes jobs in manifest order.
         let stage_dir = stage.dir.clone();
-        let results = run_bounded(jobs.len(), parallel, |j, cancel| {
-            let job = &jobs[j];
-            let l = &plan.layers[job.layer];
-            self.fetch_layer(
-                what,
-                j,
-                job,
-                l,
-                blobs[job.layer],
-                &stage_dir,
-                fetch,
-                cancel,
-                obs,
-            )
+        let fetching = Fetching {
+            what,
+            stage_dir: &stage_dir,
+            fetch,
+            obs,
+        };
+        let results = run_bounded(jobs.len(), parallel, |job_no, cancel| {
+            let job = &jobs[job_no];
+            self.fetch_layer(&fetching, job_no, job, &plan.layers[job.layer], cancel)
         })?;
 
         // Everything verified: stage it under its final names.
@@ -175,33 +186,26 @@ impl Store {
         for (job, done) in jobs.iter().zip(results) {
             bytes_fetched += done.blob_size;
             let diff_id = plan.layers[job.layer].diff_id;
-            if self.blob_path(&done.blob).is_file() || stage.blobs.contains(&done.blob) {
-                let _ = fs::remove_file(&done.blob_file);
-            } else {
-                fs::rename(&done.blob_file, stage.blob(&done.blob))
-                    .ctx(format!("renaming {}", done.blob_file.display()))?;
-                stage.blobs.insert(done.blob);
-            }
+            stage.adopt_blob(self, &done.blob_file, done.blob)?;
             if let Some((dir, rec)) = done.layer {
-                fs::rename(&dir, stage.layer(&diff_id))
-                    .ctx(format!("renaming {}", dir.display()))?;
-                sizes.insert(diff_id, rec.size);
-                stage.layers.insert(diff_id, rec);
+                sizes.insert(diff_id, stage.adopt_layer(&dir, rec)?);
             }
         }
         let mut layers = Vec::new();
-        for (l, &(blob, blob_size)) in plan.layers.iter().zip(&blobs) {
-            let size = match sizes.get(&l.diff_id) {
+        for (layer, &(blob, blob_size)) in plan.layers.iter().zip(&blobs) {
+            let size = match sizes.get(&layer.diff_id) {
                 Some(s) => *s,
                 None => self
-                    .layer_record(&l.diff_id)?
+                    .layer_record(&layer.diff_id)?
                     .map(|r| r.size)
-                    .ok_or_else(|| Error::new(format!("{what}: layer {} is missing", l.diff_id)))?,
+                    .ok_or_else(|| {
+                        Error::new(format!("{what}: layer {} is missing", layer.diff_id))
+                    })?,
             };
             layers.push(LayerRef {
-                diff_id: l.diff_id,
+                diff_id: layer.diff_id,
                 blob,
-                media_type: l.media_type.clone(),
+                media_type: layer.media_type.clone(),
                 blob_size,
                 size,
             });
@@ -210,8 +214,8 @@ impl Store {
         stage.put_blob(self, &plan.config)?;
         self.commit_stage(&stage, &lock)?;
         let mut rec = plan.record(manifest, layers);
-        let image = upsert(&mut idx, &mut rec, &tags);
-        self.write_images(&idx, &lock)?;
+        let image = upsert(&mut catalog, &mut rec, &tags);
+        self.write_images(&catalog, &lock)?;
         drop(stage);
         Ok(Ingested {
             image,
@@ -223,28 +227,29 @@ impl Store {
     }
 
     /// Fetch one blob into the staging dir, verifying it, and extract it when asked.
-    #[allow(clippy::too_many_arguments)]
     fn fetch_layer(
         &self,
-        what: &str,
-        n: usize,
+        ctx: &Fetching<'_>,
+        job_no: usize,
         job: &Job,
-        l: &LayerPlan,
-        (blob, size): (Digest, u64),
-        stage_dir: &std::path::Path,
-        fetch: &dyn BlobFetcher,
+        layer: &LayerPlan,
         cancel: &AtomicBool,
-        obs: &dyn ImportObserver,
     ) -> Result<Done> {
-        let what = format!("{what}: layer {blob}");
-        obs.layer(&blob, LayerEvent::Start { size });
-        let blob_file = stage_dir.join(format!("fetch-{n}.blob"));
-        let out = File::create(&blob_file).ctx(format!("creating {}", blob_file.display()))?;
-        let work = stage_dir.join(format!("fetch-{n}"));
+        let (blob, obs) = (job.blob, ctx.obs);
+        let what = format!("{}: layer {blob}", ctx.what);
+        obs.layer(
+            &blob,
+            LayerEvent::Start {
+                size: job.blob_size,
+            },
+        );
+        let blob_file = ctx.stage_dir.join(format!("fetch-{job_no}.blob"));
+        let blob_out = File::create(&blob_file).ctx(format!("creating {}", blob_file.display()))?;
+        let work = ctx.stage_dir.join(format!("fetch-{job_no}"));
         if job.extract {
             fs::create_dir_all(work.join("diff")).ctx(format!("creating {}", work.display()))?;
         }
-        let reader = fetch.open(l)?;
+        let reader = ctx.fetch.open(layer)?;
         let report = |done: u64| obs.layer(&blob, LayerEvent::Progress { done });
         let metered = Metered {
             inner: reader,
@@ -254,27 +259,21 @@ impl Store {
             cancel,
         };
         let extract_to = job.extract.then(|| work.join("diff"));
-        let s = stream_blob(
+        let streamed = stream_blob(
             &what,
             Some(blob),
             Box::new(metered),
-            l.compression,
+            layer.compression,
             self.expansion,
-            Some(out),
+            Some(blob_out),
             extract_to.as_deref().map(|p| (p, self.extract)),
             &|_| {},
         )?;
-        l.verify(&what, &s)?;
-        let layer = match s.extracted {
-            Some(x) => {
-                let rec = self.finish_layer(&work, &l.diff_id, &x)?;
-                obs.layer(
-                    &blob,
-                    LayerEvent::Extracted {
-                        size: rec.size,
-                        entries: rec.entries,
-                    },
-                );
+        layer.verify(&what, &streamed)?;
+        let staged_layer = match streamed.extracted {
+            Some(tree) => {
+                let rec = self.finish_layer(&work, &layer.diff_id, &tree)?;
+                obs.layer(&blob, LayerEvent::extracted(&rec));
                 Some((work, rec))
             }
             None => {
@@ -284,9 +283,9 @@ impl Store {
         };
         Ok(Done {
             blob,
-            blob_size: s.blob_size,
+            blob_size: streamed.blob_size,
             blob_file,
-            layer,
+            layer: staged_layer,
         })
     }
 }

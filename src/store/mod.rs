@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub use digest::Digest;
-pub use images::{ImageIndex, ImageRecord, LayerRef, Reference};
+pub use images::{ImageCatalog, ImageRecord, LayerRef, Reference};
 pub use import::{ExpansionLimit, ImportObserver, ImportOptions, Imported, LayerEvent};
 
 use crate::error::{Error, Result};
@@ -137,15 +137,15 @@ impl Store {
     }
 
     /// All image records.
-    pub fn images(&self) -> Result<ImageIndex> {
+    pub fn images(&self) -> Result<ImageCatalog> {
         Ok(read_json(&self.layout.images_index())?.unwrap_or_default())
     }
 
-    pub(crate) fn write_images(&self, idx: &ImageIndex, _lock: &StoreLock) -> Result<()> {
-        let mut idx = idx.clone();
-        idx.version = 1;
+    pub(crate) fn write_images(&self, catalog: &ImageCatalog, _lock: &StoreLock) -> Result<()> {
+        let mut catalog = catalog.clone();
+        catalog.version = 1;
         self.layout
-            .write_json_atomic(&self.layout.images_index(), &idx)
+            .write_json_atomic(&self.layout.images_index(), &catalog)
     }
 
     /// The image a user named (tag, `name@digest`, id or id prefix).
@@ -207,11 +207,11 @@ impl Store {
     pub fn tag(&self, src: &str, new: &str) -> Result<ImageRecord> {
         let tag = Reference::parse_tag(new)?;
         let lock = self.lock()?;
-        let mut idx = self.images()?;
-        let id = idx.resolve(src)?.id;
-        idx.set_tag(&id, &tag);
-        self.write_images(&idx, &lock)?;
-        Ok(idx.get(&id).cloned().expect("just tagged"))
+        let mut catalog = self.images()?;
+        let id = catalog.resolve(src)?.id;
+        catalog.set_tag(&id, &tag);
+        self.write_images(&catalog, &lock)?;
+        Ok(catalog.get(&id).cloned().expect("just tagged"))
     }
 }
 

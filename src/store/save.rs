@@ -46,10 +46,10 @@ impl Store {
     /// The images to save and their names: a name given as `NAME[:TAG]` is written under
     /// that tag; an id or digest under every tag the image has.
     fn save_plan(&self, names: &[String]) -> Result<Vec<Saved>> {
-        let idx = self.images()?;
+        let catalog = self.images()?;
         let mut out: Vec<Saved> = Vec::new();
         for n in names {
-            let rec = idx.resolve(n)?.clone();
+            let rec = catalog.resolve(n)?.clone();
             let tags = match Reference::parse(n) {
                 Ok(Reference::Tag(t)) if rec.tags.contains(&t) => vec![t],
                 _ => rec.tags.clone(),

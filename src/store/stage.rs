@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use crate::error::{Error, IoContext, Result};
 use crate::store::digest::Digest;
 use crate::store::extract::{Extracted, remove_tree_at};
-use crate::store::images::{ImageIndex, ImageRecord};
+use crate::store::images::{ImageCatalog, ImageRecord};
 use crate::store::layout::sync_dir;
 use crate::store::lock::StoreLock;
 use crate::store::tree;
@@ -35,6 +35,16 @@ pub enum LayerEvent {
     Progress { done: u64 },
     /// Extracted and verified (staged until the whole image is).
     Extracted { size: u64, entries: u64 },
+}
+
+impl LayerEvent {
+    /// A layer is extracted, as its record says.
+    pub(super) fn extracted(rec: &LayerRecord) -> LayerEvent {
+        LayerEvent::Extracted {
+            size: rec.size,
+            entries: rec.entries,
+        }
+    }
 }
 
 /// Receives progress; called from the import's threads.
@@ -97,24 +107,35 @@ impl Stage {
         Ok(d)
     }
 
-    /// A layer extracted and checked into the staging dir: announce it and record it;
-    /// returns its size.
-    pub(super) fn extracted(
+    /// Keep the blob streamed into `incoming` under its digest, unless the store or the
+    /// stage has it already (then this copy is dropped). Returns whether it was new.
+    pub(super) fn adopt_blob(
         &mut self,
-        obs: &dyn ImportObserver,
-        diff_id: Digest,
-        rec: LayerRecord,
-    ) -> u64 {
-        obs.layer(
-            &diff_id,
-            LayerEvent::Extracted {
-                size: rec.size,
-                entries: rec.entries,
-            },
-        );
+        store: &Store,
+        incoming: &Path,
+        digest: Digest,
+    ) -> Result<bool> {
+        if store.blob_path(&digest).is_file() || self.blobs.contains(&digest) {
+            let _ = fs::remove_file(incoming);
+            return Ok(false);
+        }
+        fs::rename(incoming, self.blob(&digest)).ctx(format!("renaming {}", incoming.display()))?;
+        self.blobs.insert(digest);
+        Ok(true)
+    }
+
+    /// Record a layer extracted and checked in its staged place; returns its size.
+    pub(super) fn record_layer(&mut self, rec: LayerRecord) -> u64 {
         let size = rec.size;
-        self.layers.insert(diff_id, rec);
+        self.layers.insert(rec.diff_id, rec);
         size
+    }
+
+    /// Move a layer dir finished elsewhere in the stage (`work`) to its staged place and
+    /// record it; returns its size.
+    pub(super) fn adopt_layer(&mut self, work: &Path, rec: LayerRecord) -> Result<u64> {
+        fs::rename(work, self.layer(&rec.diff_id)).ctx(format!("renaming {}", work.display()))?;
+        Ok(self.record_layer(rec))
     }
 }
 
@@ -200,15 +221,19 @@ fn place(
 }
 
 /// Insert or update an image record; returns the stored record.
-pub(super) fn upsert(idx: &mut ImageIndex, rec: &mut ImageRecord, tags: &[String]) -> ImageRecord {
+pub(super) fn upsert(
+    catalog: &mut ImageCatalog,
+    rec: &mut ImageRecord,
+    tags: &[String],
+) -> ImageRecord {
     let key = rec.id.hex();
-    if let Some(old) = idx.images.get(&key) {
+    if let Some(old) = catalog.images.get(&key) {
         rec.tags = old.tags.clone();
         rec.imported = old.imported;
     }
-    idx.images.insert(key, rec.clone());
+    catalog.images.insert(key, rec.clone());
     for t in tags {
-        idx.set_tag(&rec.id, t);
+        catalog.set_tag(&rec.id, t);
     }
-    idx.get(&rec.id).cloned().expect("just inserted")
+    catalog.get(&rec.id).cloned().expect("just inserted")
 }

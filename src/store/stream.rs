@@ -247,23 +247,24 @@ pub(super) fn stream_blob<'r>(
             };
         let (diff, mut tee) = match comp {
             Compression::None => match pump(&mut tee, tx, &back_rx, limit) {
-                Ok(r) => (r, tee),
+                Ok(diff) => (diff, tee),
                 Err(e) => return Err(classify(e, tee)),
             },
             Compression::Gzip => {
-                let mut d =
+                let mut decoder =
                     flate2::bufread::MultiGzDecoder::new(BufReader::with_capacity(1 << 20, tee));
-                match pump(&mut d, tx, &back_rx, limit) {
-                    Ok(r) => (r, d.into_inner().into_inner()),
-                    Err(e) => return Err(classify(e, d.into_inner().into_inner())),
+                match pump(&mut decoder, tx, &back_rx, limit) {
+                    Ok(diff) => (diff, decoder.into_inner().into_inner()),
+                    Err(e) => return Err(classify(e, decoder.into_inner().into_inner())),
                 }
             }
             Compression::Zstd => {
-                let mut d = zstd::Decoder::with_buffer(BufReader::with_capacity(1 << 20, tee))
-                    .map_err(|e| PumpError::Decode(e, None))?;
-                match pump(&mut d, tx, &back_rx, limit) {
-                    Ok(r) => (r, d.finish().into_inner()),
-                    Err(e) => return Err(classify(e, d.finish().into_inner())),
+                let mut decoder =
+                    zstd::Decoder::with_buffer(BufReader::with_capacity(1 << 20, tee))
+                        .map_err(|e| PumpError::Decode(e, None))?;
+                match pump(&mut decoder, tx, &back_rx, limit) {
+                    Ok(diff) => (diff, decoder.finish().into_inner()),
+                    Err(e) => return Err(classify(e, decoder.finish().into_inner())),
                 }
             }
         };
@@ -280,10 +281,10 @@ pub(super) fn stream_blob<'r>(
         Ok((tee.hasher.finish(), size, diff.0))
     };
     let (pumped, extracted) = std::thread::scope(|s| {
-        let h = s.spawn(produce);
+        let reader = s.spawn(produce);
         let extracted = match extract_to {
             Some((dir, opts)) => {
-                let mut r = ChanReader {
+                let mut tar_stream = ChanReader {
                     rx,
                     back: back_tx,
                     cur: Vec::new(),
@@ -291,12 +292,12 @@ pub(super) fn stream_blob<'r>(
                 };
                 let res = sys::open_root_dir(dir)
                     .map_err(|e| Error::from(e).context(format!("opening {}", dir.display())))
-                    .and_then(|fd| extract::extract(&mut r, fd.as_fd(), opts));
+                    .and_then(|fd| extract::extract(&mut tar_stream, fd.as_fd(), opts));
                 if res.is_ok() {
                     // Trailing blocks after the tar's end still count for the diff-id.
-                    let _ = io::copy(&mut r, &mut io::sink());
+                    let _ = io::copy(&mut tar_stream, &mut io::sink());
                 }
-                drop(r);
+                drop(tar_stream);
                 Some(res)
             }
             None => {
@@ -304,7 +305,7 @@ pub(super) fn stream_blob<'r>(
                 None
             }
         };
-        let pumped = h.join().unwrap_or_else(|_| {
+        let pumped = reader.join().unwrap_or_else(|_| {
             Err(PumpError::Source(io::Error::other(
                 "reader thread panicked",
             )))
