@@ -192,7 +192,7 @@ pub fn run(cmd: ContainerCommand, g: &Globals) -> ExitCode {
                     _ => {
                         let out = std::io::stdout();
                         if out.is_terminal() {
-                            return Err(Error::new(
+                            return Err(Error::invalid_input(
                                 "refusing to write a tar to a terminal: use -o FILE or a pipe",
                             ));
                         }
@@ -228,7 +228,7 @@ fn mount_request(mountpoint: Option<PathBuf>, options: Vec<String>) -> Result<Mo
     for o in options.iter().flat_map(|o| o.split(',')) {
         let key = o.split('=').next().unwrap_or("");
         if matches!(key, "lowerdir" | "upperdir" | "workdir" | "fsname") {
-            return Err(Error::new(format!(
+            return Err(Error::invalid_input(format!(
                 "option {key} is set by layerfs for a container mount"
             )));
         }
@@ -255,7 +255,7 @@ fn umount(cs: &Containers<'_>, targets: &[String], force: bool) -> Result<()> {
             None => match crate::container::find(&all, t) {
                 Ok(c) => c.clone(),
                 Err(_) if t.contains('/') => {
-                    return Err(Error::new(format!("no container is mounted at {t}")));
+                    return Err(Error::not_found(format!("no container is mounted at {t}")));
                 }
                 Err(e) => return Err(e),
             },
@@ -267,7 +267,10 @@ fn umount(cs: &Containers<'_>, targets: &[String], force: bool) -> Result<()> {
     for (t, c) in targets.iter().zip(&plan) {
         let done = mounts::unmount_all(&c.id, &c.name, force)?;
         if done.is_empty() {
-            return Err(Error::new(format!("container {} is not mounted", c.name)));
+            return Err(Error::not_found(format!(
+                "container {} is not mounted",
+                c.name
+            )));
         }
         out.push_str(&format!("{t}\n"));
     }
@@ -319,9 +322,9 @@ fn ps(cs: &Containers<'_>, a: PsArgs) -> Result<()> {
     let mut ids = Vec::new();
     let mut mounted_filter = None;
     for f in &a.filters {
-        let (k, v) = f
-            .split_once('=')
-            .ok_or_else(|| Error::new(format!("bad filter \"{f}\": expected KEY=VALUE")))?;
+        let (k, v) = f.split_once('=').ok_or_else(|| {
+            Error::invalid_input(format!("bad filter \"{f}\": expected KEY=VALUE"))
+        })?;
         match k {
             "ancestor" => ancestors.push(catalog.resolve(v)?.clone()),
             "name" => names.push(v.to_string()),
@@ -330,11 +333,15 @@ fn ps(cs: &Containers<'_>, a: PsArgs) -> Result<()> {
                 mounted_filter = Some(match v {
                     "true" | "1" | "yes" => true,
                     "false" | "0" | "no" => false,
-                    _ => return Err(Error::new(format!("bad filter \"{f}\": true or false"))),
+                    _ => {
+                        return Err(Error::invalid_input(format!(
+                            "bad filter \"{f}\": true or false"
+                        )));
+                    }
                 })
             }
             _ => {
-                return Err(Error::new(format!(
+                return Err(Error::invalid_input(format!(
                     "unknown filter \"{k}\" (ancestor, name, id, mounted)"
                 )));
             }

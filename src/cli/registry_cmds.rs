@@ -42,13 +42,13 @@ pub struct NetArgs {
     pub retries: u32,
 }
 
-fn parse_secs(s: &str) -> std::result::Result<Duration, String> {
+fn parse_secs(s: &str) -> Result<Duration> {
     let s = s.strip_suffix('s').unwrap_or(s);
     match s.parse::<f64>() {
         Ok(v) if v > 0.0 && v <= 86_400.0 => Ok(Duration::from_secs_f64(v)),
-        _ => Err(format!(
+        _ => Err(Error::invalid_input(format!(
             "\"{s}\" is not a number of seconds (0 < SECS <= 86400)"
-        )),
+        ))),
     }
 }
 
@@ -258,7 +258,7 @@ fn login(a: LoginArgs) -> Result<()> {
     let registry = registry::registry_host(a.registry.as_deref())?;
     let interactive = std::io::stdin().is_terminal();
     if a.password.is_some() && a.password_stdin {
-        return Err(Error::new(
+        return Err(Error::invalid_input(
             "--password and --password-stdin cannot be used together",
         ));
     }
@@ -266,13 +266,13 @@ fn login(a: LoginArgs) -> Result<()> {
         Some(u) => u,
         None if interactive && !a.password_stdin => prompt("Username: ")?,
         None => {
-            return Err(Error::new(
+            return Err(Error::invalid_input(
                 "login needs --username when standard input is not a terminal",
             ));
         }
     };
     if username.is_empty() {
-        return Err(Error::new("login: the user name is empty"));
+        return Err(Error::invalid_input("login: the user name is empty"));
     }
     let password = if let Some(p) = a.password {
         eprintln!(
@@ -294,12 +294,12 @@ fn login(a: LoginArgs) -> Result<()> {
         eprintln!();
         p?
     } else {
-        return Err(Error::new(
+        return Err(Error::invalid_input(
             "login needs --password-stdin (or --password) when standard input is not a terminal",
         ));
     };
     if password.is_empty() {
-        return Err(Error::new("login: the password is empty"));
+        return Err(Error::invalid_input("login: the password is empty"));
     }
     let file = registry::login(
         &registry,

@@ -378,10 +378,10 @@ fn inspect(store: &Store, names: &[String]) -> Result<()> {
     for n in names {
         let r = store.image(n)?;
         let config: serde_json::Value = serde_json::from_slice(&store.read_blob(&r.config_digest)?)
-            .map_err(|e| Error::new(format!("config {}: {e}", r.config_digest)))?;
+            .map_err(|e| Error::corrupt(format!("config {}: {e}", r.config_digest)))?;
         let manifest: serde_json::Value =
             serde_json::from_slice(&store.read_blob(&r.manifest_digest)?)
-                .map_err(|e| Error::new(format!("manifest {}: {e}", r.manifest_digest)))?;
+                .map_err(|e| Error::corrupt(format!("manifest {}: {e}", r.manifest_digest)))?;
         let layers: Vec<_> = r
             .layers
             .iter()
@@ -631,12 +631,12 @@ fn check(store: &Store, repair: bool) -> Result<()> {
     if r.is_clean() || (r.repaired && r.broken_images.is_empty()) {
         Ok(())
     } else if r.repaired {
-        Err(Error::new(format!(
+        Err(Error::corrupt(format!(
             "damaged data removed; {} image(s) must be imported again",
             r.broken_images.len()
         )))
     } else {
-        Err(Error::new(format!(
+        Err(Error::corrupt(format!(
             "{} damaged layer(s), {} damaged blob(s); run `layerfs system check --repair` to remove them",
             r.damaged_layers.len(),
             r.damaged_blobs.len()

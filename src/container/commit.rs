@@ -34,7 +34,7 @@ use crate::container::view::{
     self, LinkKey, Links, View, join, write_view_object, write_view_tree,
 };
 use crate::container::{Container, Containers};
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, ErrorKind, IoContext, Result};
 use crate::overlay::whiteout::{self, OCI_OPAQUE, OCI_WH_PREFIX};
 use crate::store::archive::{Compression, OCI_LAYER};
 use crate::store::{ImageRecord, LayerRef};
@@ -239,14 +239,14 @@ pub fn commit(cs: &Containers<'_>, c: &Container, opts: &CommitOptions) -> Resul
     }
     let store = cs.store();
     let base = store.images()?.get(&c.image).cloned().ok_or_else(|| {
-        Error::new(format!(
+        Error::not_found(format!(
             "the image of container {} ({}) is no longer in the store; it cannot be committed",
             c.name,
             c.image.short()
         ))
     })?;
     let base_config: Value = serde_json::from_slice(&store.read_blob(&base.config_digest)?)
-        .map_err(|e| Error::new(format!("config {}: {e}", base.config_digest)))?;
+        .map_err(|e| Error::corrupt(format!("config {}: {e}", base.config_digest)))?;
 
     // Stream the tar from a writer thread straight into the store's layer import.
     let (w, r) = tarball::pipe();
@@ -259,7 +259,7 @@ pub fn commit(cs: &Containers<'_>, c: &Container, opts: &CommitOptions) -> Resul
         match (added, written) {
             (Ok(l), Ok(())) => Ok(l),
             // The store stopped reading: its error says why.
-            (Err(e), Err(w)) if w.message().contains(tarball::READER_STOPPED) => Err(e),
+            (Err(e), Err(w)) if w.kind() == ErrorKind::Cancelled => Err(e),
             (_, Err(w)) => Err(w),
             (Err(e), Ok(())) => Err(e),
         }
@@ -269,7 +269,7 @@ pub fn commit(cs: &Containers<'_>, c: &Container, opts: &CommitOptions) -> Resul
     let mut config = base_config;
     let fields = config
         .as_object_mut()
-        .ok_or_else(|| Error::new("the base image config is not a JSON object"))?;
+        .ok_or_else(|| Error::corrupt("the base image config is not a JSON object"))?;
     fields.insert("created".into(), json!(now));
     if let Some(a) = &opts.author {
         fields.insert("author".into(), json!(a));
@@ -280,7 +280,7 @@ pub fn commit(cs: &Containers<'_>, c: &Container, opts: &CommitOptions) -> Resul
     let ids = rootfs
         .get_mut("diff_ids")
         .and_then(Value::as_array_mut)
-        .ok_or_else(|| Error::new("the base image config has no rootfs.diff_ids"))?;
+        .ok_or_else(|| Error::corrupt("the base image config has no rootfs.diff_ids"))?;
     ids.push(json!(layer.diff_id.to_string()));
     let mut entry = json!({
         "created": now,
@@ -297,7 +297,7 @@ pub fn commit(cs: &Containers<'_>, c: &Container, opts: &CommitOptions) -> Resul
         .entry("history")
         .or_insert_with(|| json!([]))
         .as_array_mut()
-        .ok_or_else(|| Error::new("the base image config has a history that is not a list"))?;
+        .ok_or_else(|| Error::corrupt("the base image config has a history that is not a list"))?;
     let described = history
         .iter()
         .filter(|e| e.get("empty_layer").and_then(Value::as_bool) != Some(true))

@@ -31,7 +31,7 @@ pub fn export_to_file(cs: &Containers<'_>, c: &Container, path: &std::path::Path
     };
     let name = path
         .file_name()
-        .ok_or_else(|| Error::new(format!("invalid output path {}", path.display())))?;
+        .ok_or_else(|| Error::invalid_input(format!("invalid output path {}", path.display())))?;
     let tmp = parent.join(format!(
         ".{}.{}",
         name.to_string_lossy(),

@@ -180,7 +180,7 @@ impl<'a> Containers<'a> {
         let mut out = Vec::with_capacity(c.layers.len());
         for l in c.layers.iter().rev() {
             if !self.store.layer_exists(l) {
-                return Err(Error::new(format!(
+                return Err(Error::not_found(format!(
                     "layer {l} of container {} is missing from the store",
                     c.name
                 )));
@@ -195,14 +195,14 @@ impl<'a> Containers<'a> {
         if let Some(n) = name
             && !valid_name(n)
         {
-            return Err(Error::new(format!(
+            return Err(Error::invalid_input(format!(
                 "invalid container name \"{n}\": use letters, digits, _ . - (starting with a letter or digit)"
             )));
         }
         let lock = self.store.lock()?;
         let rec = self.store.image(image)?;
         if rec.layers.is_empty() {
-            return Err(Error::new(format!(
+            return Err(Error::invalid_input(format!(
                 "image {image} has no layers: nothing to mount"
             )));
         }
@@ -213,7 +213,7 @@ impl<'a> Containers<'a> {
         let name = match name {
             Some(n) => {
                 if let Some(other) = all.iter().find(|c| c.name == n) {
-                    return Err(Error::new(format!(
+                    return Err(Error::already_exists(format!(
                         "the container name \"{n}\" is already in use by container {}",
                         other.short_id()
                     )));
@@ -284,7 +284,7 @@ impl<'a> Containers<'a> {
             if !force {
                 for m in mounts::mounts_of(&c.id)? {
                     if m.live {
-                        return Err(Error::new(format!(
+                        return Err(Error::in_use(format!(
                             "container {} is mounted at {}: unmount it first or use --force",
                             c.name,
                             m.path.display()
@@ -382,7 +382,7 @@ impl<'a> Containers<'a> {
 /// Find a container by full id, exact name, or unique id prefix, in that order.
 pub fn find<'c>(all: &'c [Container], s: &str) -> Result<&'c Container> {
     if s.is_empty() {
-        return Err(Error::new("empty container name"));
+        return Err(Error::invalid_input("empty container name"));
     }
     if let Some(c) = all.iter().find(|c| c.id == s) {
         return Ok(c);
@@ -396,19 +396,22 @@ pub fn find<'c>(all: &'c [Container], s: &str) -> Result<&'c Container> {
             1 => return Ok(hits[0]),
             0 => {}
             n => {
-                return Err(Error::new(format!(
+                return Err(Error::ambiguous(format!(
                     "container id prefix \"{s}\" is ambiguous: it matches {n} containers"
                 )));
             }
         }
     }
-    Err(Error::new(format!("no such container: {s}")))
+    Err(Error::not_found(format!("no such container: {s}")))
 }
 
 /// Remove a directory tree (never following symlinks).
 pub(crate) fn remove_tree(p: &Path) -> Result<()> {
     let (Some(parent), Some(name)) = (p.parent(), p.file_name()) else {
-        return Err(Error::new(format!("cannot remove {}", p.display())));
+        return Err(Error::invalid_input(format!(
+            "cannot remove {}",
+            p.display()
+        )));
     };
     let pfd = sys::open_root_dir(parent).ctx(format!("opening {}", parent.display()))?;
     crate::store::extract::remove_tree_at(pfd.as_fd(), name)
@@ -452,7 +455,7 @@ pub fn tree_size(root: &Path) -> u64 {
 pub(crate) fn escape_opt_path(p: &Path) -> Result<String> {
     let s = p
         .to_str()
-        .ok_or_else(|| Error::new(format!("{}: not a UTF-8 path", p.display())))?;
+        .ok_or_else(|| Error::unsupported(format!("{}: not a UTF-8 path", p.display())))?;
     let mut out = String::with_capacity(s.len());
     for ch in s.chars() {
         if matches!(ch, '\\' | ':' | ',') {
@@ -466,6 +469,7 @@ pub(crate) fn escape_opt_path(p: &Path) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::ErrorKind;
 
     fn c(id: &str, name: &str) -> Container {
         Container {
@@ -488,16 +492,10 @@ mod tests {
         // A name wins over an id prefix.
         assert_eq!(find(&all, "abc").unwrap().id, b.id);
         assert_eq!(find(&all, "abd").unwrap().id, b.id);
-        assert!(
-            find(&all, "ab")
-                .unwrap_err()
-                .to_string()
-                .contains("ambiguous")
-        );
-        assert_eq!(
-            find(&all, "zzz").unwrap_err().to_string(),
-            "no such container: zzz"
-        );
+        assert_eq!(find(&all, "ab").unwrap_err().kind(), ErrorKind::Ambiguous);
+        let missing = find(&all, "zzz").unwrap_err();
+        assert_eq!(missing.kind(), ErrorKind::NotFound);
+        assert_eq!(missing.to_string(), "no such container: zzz");
     }
 
     #[test]

@@ -197,7 +197,7 @@ pub fn unmount_all(id: &str, name: &str, force: bool) -> Result<Vec<PathBuf>> {
                 sys::umount_detach(&m.path).ctx(format!("detaching {}", m.path.display()))?
             }
             Err(Errno::BUSY) => {
-                return Err(Error::new(format!(
+                return Err(Error::in_use(format!(
                     "mountpoint {} of container {name} is busy (a process has files open or its working directory there); use --force to detach it",
                     m.path.display()
                 )));
@@ -241,7 +241,7 @@ pub fn mount(cs: &Containers<'_>, c: &Container, req: &MountRequest) -> Result<M
     };
     if let Some(cur) = live_mount(&c.id)? {
         return match &wanted {
-            Some(w) if *w != cur => Err(Error::new(format!(
+            Some(w) if *w != cur => Err(Error::in_use(format!(
                 "container {} is already mounted at {}",
                 c.name,
                 cur.display()
@@ -258,7 +258,7 @@ pub fn mount(cs: &Containers<'_>, c: &Container, req: &MountRequest) -> Result<M
     match std::fs::symlink_metadata(&path) {
         Ok(md) if md.is_dir() => {}
         Ok(_) => {
-            return Err(Error::new(format!(
+            return Err(Error::invalid_input(format!(
                 "mountpoint {} is not a directory",
                 path.display()
             )));
@@ -271,7 +271,7 @@ pub fn mount(cs: &Containers<'_>, c: &Container, req: &MountRequest) -> Result<M
         Err(e) => return Err(Error::io(format!("mountpoint {}", path.display()), e)),
     }
     if let Some(m) = mount_table()?.into_iter().find(|m| m.path == path) {
-        return Err(Error::new(format!(
+        return Err(Error::in_use(format!(
             "mountpoint {} is busy: {} ({}) is mounted there",
             path.display(),
             m.source,
@@ -314,7 +314,7 @@ fn absolute(p: &Path) -> Result<PathBuf> {
     }
     let name = p
         .file_name()
-        .ok_or_else(|| Error::new(format!("invalid mountpoint {}", p.display())))?;
+        .ok_or_else(|| Error::invalid_input(format!("invalid mountpoint {}", p.display())))?;
     let parent = match p.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::process::{Command, ExitStatus};
 
-use crate::error::Error;
+use crate::error::{Error, ErrorKind};
 use crate::store::Store;
 use crate::sys;
 
@@ -69,15 +69,19 @@ pub fn run(
         error: Error::io(root.display(), e),
         code: 126,
     })?;
-    c.status().map_err(|e| NotStarted {
-        code: if e.kind() == std::io::ErrorKind::NotFound {
+    c.status().map_err(|e| {
+        let code = if e.kind() == std::io::ErrorKind::NotFound {
             127
         } else {
             126
-        },
-        error: Error::new(format!(
+        };
+        let msg = format!(
             "{prog}: {} in the container",
             crate::error::describe(&e).to_lowercase()
-        )),
+        );
+        NotStarted {
+            code,
+            error: Error::with_kind(ErrorKind::of_io(&e), msg).with_source(e),
+        }
     })
 }

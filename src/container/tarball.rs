@@ -243,7 +243,7 @@ impl<W: Write> TarWriter<W> {
 
 enum Msg {
     Data(Vec<u8>),
-    End(std::result::Result<(), String>),
+    End(crate::error::Result<()>),
 }
 
 /// The writing half: buffered chunks; `close` sends the verdict.
@@ -279,11 +279,13 @@ pub fn pipe() -> (PipeWriter, PipeReader) {
     )
 }
 
-/// The writer's error when the reading side went away.
-pub const READER_STOPPED: &str = "the reader stopped";
-
+/// The writer's error when the reading side went away: cancelled, for the reader has
+/// its own error to tell.
 fn closed() -> io::Error {
-    io::Error::new(io::ErrorKind::BrokenPipe, READER_STOPPED)
+    io::Error::new(
+        io::ErrorKind::BrokenPipe,
+        crate::error::Error::cancelled("the reader stopped"),
+    )
 }
 
 impl Write for PipeWriter {
@@ -306,9 +308,9 @@ impl Write for PipeWriter {
 
 impl PipeWriter {
     /// Send what is buffered and the verdict (an error makes the reader fail).
-    pub fn close(mut self, res: std::result::Result<(), String>) {
+    pub fn close(mut self, res: crate::error::Result<()>) {
         let res = match (res, self.flush()) {
-            (Ok(()), Err(e)) => Err(e.to_string()),
+            (Ok(()), Err(e)) => Err(crate::error::Error::from(e)),
             (r, _) => r,
         };
         let _ = self.tx.send(Msg::End(res));
@@ -334,7 +336,11 @@ impl Read for PipeReader {
                 }
                 Ok(Msg::End(Ok(()))) => self.done = true,
                 Ok(Msg::End(Err(e))) => return Err(io::Error::other(e)),
-                Err(_) => return Err(io::Error::other("the tar writer stopped")),
+                Err(_) => {
+                    return Err(io::Error::other(crate::error::Error::cancelled(
+                        "the tar writer stopped",
+                    )));
+                }
             }
         }
     }
@@ -430,11 +436,21 @@ mod tests {
     }
 
     #[test]
+    fn a_stopped_reader_cancels_the_writer() {
+        let (mut w, r) = pipe();
+        drop(r);
+        let err = w.write_all(&vec![0u8; 2 * CHUNK]).unwrap_err();
+        let err = crate::error::Error::io("/a/file", err);
+        assert_eq!(err.kind(), crate::error::ErrorKind::Cancelled);
+        assert_eq!(err.to_string(), "/a/file: the reader stopped");
+    }
+
+    #[test]
     fn pipe_carries_errors() {
         let (mut w, mut r) = pipe();
         std::thread::spawn(move || {
             w.write_all(b"abc").unwrap();
-            w.close(Err("boom".into()));
+            w.close(Err(crate::error::Error::new("boom")));
         });
         let mut s = Vec::new();
         let err = r.read_to_end(&mut s).unwrap_err();

@@ -121,7 +121,7 @@ fn read_file(p: &Path) -> Result<Option<Value>> {
         return Ok(Some(Value::Object(Map::new())));
     }
     serde_json::from_slice(&data).map(Some).map_err(|e| {
-        Error::new(format!(
+        Error::corrupt(format!(
             "{}: not a valid credentials file: {e}",
             p.display()
         ))
@@ -139,13 +139,13 @@ fn decode_entry(p: &Path, key: &str, v: &Value) -> Result<Option<Credentials>> {
             .ok()
             .and_then(|b| String::from_utf8(b).ok())
             .ok_or_else(|| {
-                Error::new(format!(
+                Error::corrupt(format!(
                     "{}: the \"auth\" of {key} is not base64 of user:password",
                     p.display()
                 ))
             })?;
         let (u, pw) = raw.split_once(':').ok_or_else(|| {
-            Error::new(format!(
+            Error::corrupt(format!(
                 "{}: the \"auth\" of {key} is not base64 of user:password",
                 p.display()
             ))
@@ -243,13 +243,13 @@ pub fn save(registry: &str, c: &Credentials) -> Result<PathBuf> {
     let mut v = read_file(&p)?.unwrap_or_else(|| Value::Object(Map::new()));
     let obj = v
         .as_object_mut()
-        .ok_or_else(|| Error::new(format!("{}: not a JSON object", p.display())))?;
+        .ok_or_else(|| Error::corrupt(format!("{}: not a JSON object", p.display())))?;
     let auths = obj
         .entry("auths")
         .or_insert_with(|| Value::Object(Map::new()));
     let auths = auths
         .as_object_mut()
-        .ok_or_else(|| Error::new(format!("{}: \"auths\" is not an object", p.display())))?;
+        .ok_or_else(|| Error::corrupt(format!("{}: \"auths\" is not an object", p.display())))?;
     // One entry per registry: drop other spellings of the same key.
     let reg = canonical_host(registry).to_string();
     auths.retain(|k, _| normalize_key(k) != reg);

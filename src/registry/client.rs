@@ -194,6 +194,18 @@ pub fn describe_status(resp: &mut Response<ureq::Body>) -> (u16, Option<String>,
     (status, None, format!("HTTP {status} {reason}"))
 }
 
+/// What a registry said, as the source of an error that quotes it.
+#[derive(Debug)]
+pub struct RegistrySaid(pub String);
+
+impl std::fmt::Display for RegistrySaid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for RegistrySaid {}
+
 /// One phrase for a transport failure.
 pub fn describe_ureq(e: &ureq::Error) -> String {
     match e {
@@ -390,7 +402,7 @@ impl Client {
             let err = match res {
                 Ok(resp) => return Ok(self.found_base(https, resp)),
                 Err(e) if cert_error(&e) => {
-                    return Err(Error::new(format!(
+                    return Err(Error::network(format!(
                         "registry {}: {}; mark it insecure (--insecure) if you trust it",
                         self.registry,
                         describe_ureq(&e)
@@ -421,7 +433,7 @@ impl Client {
             } else {
                 String::new()
             };
-            return Err(Error::new(format!(
+            return Err(Error::network(format!(
                 "cannot reach registry {}: {}{tries}",
                 self.registry,
                 describe_ureq(&err)
@@ -477,7 +489,7 @@ impl Client {
                     req = req.header("Authorization", c.basic_header());
                 }
                 let mut resp = req.call().map_err(|e| {
-                    Error::new(format!(
+                    Error::network(format!(
                         "registry {}: token service {realm}: {}",
                         self.registry,
                         describe_ureq(&e)
@@ -491,7 +503,7 @@ impl Client {
                 }
                 if !resp.status().is_success() {
                     let (_, _, msg) = describe_status(&mut resp);
-                    return Err(Error::new(format!(
+                    return Err(Error::network(format!(
                         "registry {}: token service {realm}: {msg}",
                         self.registry
                     )));
@@ -502,21 +514,21 @@ impl Client {
                     .limit(MAX_JSON)
                     .read_to_vec()
                     .map_err(|e| {
-                        Error::new(format!(
+                        Error::network(format!(
                             "registry {}: token service {realm}: {}",
                             self.registry,
                             describe_ureq(&e)
                         ))
                     })?;
                 let t: TokenAnswer = serde_json::from_slice(&body).map_err(|e| {
-                    Error::new(format!(
+                    Error::network(format!(
                         "registry {}: token service {realm}: not a token answer: {e}",
                         self.registry
                     ))
                 })?;
                 let token = t.token.or(t.access_token).filter(|t| !t.is_empty());
                 let Some(token) = token else {
-                    return Err(Error::new(format!(
+                    return Err(Error::network(format!(
                         "registry {}: token service {realm} gave no token",
                         self.registry
                     )));
@@ -529,7 +541,7 @@ impl Client {
     }
 
     pub fn login_needed(&self) -> Error {
-        Error::new(format!(
+        Error::unauthorized(format!(
             "registry {}: authentication required; log in with `layerfs login {}`",
             self.registry, self.registry
         ))
@@ -541,7 +553,7 @@ impl Client {
             Some((c, None)) => (c.username.as_str(), String::new()),
             None => ("", String::new()),
         };
-        Error::new(format!(
+        Error::unauthorized(format!(
             "registry {}: the credentials of user \"{user}\"{from} were refused; log in again with `layerfs login {}`",
             self.registry, self.registry
         ))
@@ -677,7 +689,7 @@ impl Client {
                     } else {
                         String::new()
                     };
-                    return Err(Error::new(format!(
+                    return Err(Error::network(format!(
                         "registry {}: {}{tries}",
                         self.registry,
                         describe_ureq(&e)
@@ -687,16 +699,15 @@ impl Client {
         }
     }
 
-    /// GET a small document whole; a 404 is an error naming `what`.
+    /// GET a small document whole; a 404 is a `NotFound` error naming `what`, with what
+    /// the registry said as its source.
     pub fn get_small(&self, target: &str, accept: Option<&str>, what: &str) -> Result<Small> {
         let headers: Vec<(&str, &str)> = accept.map(|a| ("Accept", a)).into_iter().collect();
         let mut resp = self.send(Method::GET, target, &headers, &Body::Empty, true)?;
         if resp.status() == 404 {
             let (_, _, msg) = describe_status(&mut resp);
-            return Err(Error::with_errno(
-                format!("{what}: not found: {msg}"),
-                libc::ENOENT,
-            ));
+            return Err(Error::not_found(format!("{what}: not found: {msg}"))
+                .with_source(RegistrySaid(msg)));
         }
         if !resp.status().is_success() {
             return Err(self.status_error(what, &mut resp));
@@ -709,7 +720,7 @@ impl Client {
             .limit(MAX_JSON)
             .read_to_vec()
             .map_err(|e| {
-                Error::new(format!(
+                Error::network(format!(
                     "{what}: registry {}: {}",
                     self.registry,
                     describe_ureq(&e)
@@ -726,15 +737,15 @@ impl Client {
     pub fn status_error(&self, what: &str, resp: &mut Response<ureq::Body>) -> Error {
         let (status, code, msg) = describe_status(resp);
         match status {
-            403 => Error::new(format!(
+            403 => Error::unauthorized(format!(
                 "{what}: registry {} denied access{}: {msg}",
                 self.registry,
                 self.username()
                     .map(|u| format!(" to user \"{u}\""))
                     .unwrap_or_default()
             )),
-            404 => Error::new(format!("{what}: {}", not_found(code.as_deref(), &msg))),
-            _ => Error::new(format!("{what}: registry {}: {msg}", self.registry)),
+            404 => Error::not_found(format!("{what}: {}", not_found(code.as_deref(), &msg))),
+            _ => Error::network(format!("{what}: registry {}: {msg}", self.registry)),
         }
     }
 }

@@ -32,11 +32,11 @@ pub fn registry_host(arg: Option<&str>) -> Result<String> {
     let host = rest.split('/').next().unwrap_or(rest);
     // Parse a reference on it to check the host the same way.
     let probe = ImageRef::parse(&format!("{host}/x"))
-        .map_err(|_| Error::new(format!("invalid registry \"{a}\"")))?;
+        .map_err(|_| Error::invalid_input(format!("invalid registry \"{a}\"")))?;
     if probe.registry != host
         && !(probe.registry == reference::DEFAULT_REGISTRY && host.contains("docker.io"))
     {
-        return Err(Error::new(format!("invalid registry \"{a}\"")));
+        return Err(Error::invalid_input(format!("invalid registry \"{a}\"")));
     }
     Ok(probe.registry)
 }

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use oci_spec::image::ImageIndex;
 use ureq::http::Method;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::registry::client::{self, Body, Client, Options};
 use crate::registry::reference::ImageRef;
 use crate::store::archive::{DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST};
@@ -103,7 +103,7 @@ pub fn fetch_manifest(
     let got = client
         .get_small(&path, Some(MANIFEST_ACCEPT), what)
         .map_err(|e| {
-            if e.errno() != Some(libc::ENOENT) {
+            if e.kind() != ErrorKind::NotFound {
                 return e;
             }
             let thing = if reference.starts_with("sha256:") {
@@ -111,24 +111,28 @@ pub fn fetch_manifest(
             } else {
                 format!("tag {reference}")
             };
-            Error::new(format!(
-                "{what}: {thing} not found in repository {repository} on {} (registry: {})",
+            // The registry's own words are the source of its "not found".
+            let said = std::error::Error::source(&e)
+                .map(|s| s.to_string())
+                .unwrap_or_default();
+            Error::not_found(format!(
+                "{what}: {thing} not found in repository {repository} on {} (registry: {said})",
                 client.registry,
-                e.message().rsplit_once(": ").map(|x| x.1).unwrap_or("")
             ))
+            .with_source(e)
         })?;
     let (bytes, ct, dcd) = (got.data, got.content_type, got.digest);
     let digest = Digest::of(&bytes);
     if let Some((want, size)) = expected {
         if want != digest {
-            return Err(Error::new(format!(
+            return Err(Error::corrupt(format!(
                 "{what}: manifest digest mismatch: asked for {want}, the registry sent one that hashes to {digest}"
             )));
         }
         if let Some(s) = size
             && s != bytes.len() as u64
         {
-            return Err(Error::new(format!(
+            return Err(Error::corrupt(format!(
                 "{what}: manifest size mismatch: the index says {s} bytes, the registry sent {}",
                 bytes.len()
             )));
@@ -137,7 +141,7 @@ pub fn fetch_manifest(
         && let Ok(d) = d.parse::<Digest>()
         && d != digest
     {
-        return Err(Error::new(format!(
+        return Err(Error::corrupt(format!(
             "{what}: manifest digest mismatch: the registry says {d}, the manifest hashes to {digest}"
         )));
     }
@@ -156,7 +160,7 @@ fn choose_platform(
     platform: &Platform,
 ) -> Result<(Digest, u64, String)> {
     let index = ImageIndex::from_reader(index_bytes)
-        .map_err(|e| Error::new(format!("{what}: not a valid image index: {e}")))?;
+        .map_err(|e| Error::corrupt(format!("{what}: not a valid image index: {e}")))?;
     let mut seen = Vec::new();
     for d in index.manifests() {
         let mt = d.media_type().to_string();
@@ -167,10 +171,9 @@ fn choose_platform(
             continue;
         };
         if platform.matches(&p) {
-            let digest: Digest =
-                d.digest().to_string().parse().map_err(|e: Error| {
-                    Error::new(format!("{what}: index entry: {}", e.message()))
-                })?;
+            let digest: Digest = d.digest().to_string().parse().map_err(|e: Error| {
+                Error::corrupt(format!("{what}: index entry: {}", e.message()))
+            })?;
             return Ok((digest, d.size(), mt));
         }
         if p.os != "unknown" {
@@ -184,7 +187,7 @@ fn choose_platform(
     } else {
         format!("available: {}", seen.join(", "))
     };
-    Err(Error::new(format!(
+    Err(Error::not_found(format!(
         "{what}: no image for platform {platform} ({avail}); choose one with --platform"
     )))
 }
@@ -241,12 +244,12 @@ impl PlanSource for Repository<'_> {
         let config = self.client.get_small(&path, None, &cwhat)?.data;
         let got = Digest::of(&config);
         if got != *digest {
-            return Err(Error::new(format!(
+            return Err(Error::corrupt(format!(
                 "{cwhat}: digest mismatch: the registry sent a config that hashes to {got}"
             )));
         }
         if size != config.len() as u64 {
-            return Err(Error::new(format!(
+            return Err(Error::corrupt(format!(
                 "{cwhat}: size mismatch: the manifest says {size} bytes, the registry sent {}",
                 config.len()
             )));
@@ -269,7 +272,7 @@ fn unsupported(what: &str, mt: &str) -> Error {
     } else {
         ""
     };
-    Error::new(format!("{what}: unsupported manifest type {mt}{hint}"))
+    Error::unsupported(format!("{what}: unsupported manifest type {mt}{hint}"))
 }
 
 /// Pull `r` into the store.
@@ -359,10 +362,10 @@ impl BlobReader {
         self.resumes += 1;
         let max = self.client.opts.retries;
         if self.failures > max || self.resumes > 10 * (max + 1) {
-            return Err(io::Error::other(format!(
+            return Err(io::Error::other(Error::network(format!(
                 "registry {}: {why} ({} attempts)",
                 self.client.registry, self.failures
-            )));
+            ))));
         }
         log::info!(
             "registry {}: {}: {why} at byte {}; trying again",
@@ -381,7 +384,7 @@ impl BlobReader {
         if self.pos > 0 {
             headers.push(("Range", &range));
         }
-        let fatal = |e: Error| io::Error::other(e.to_string());
+        let fatal = io::Error::other;
         let url = self.client.url(&self.path).map_err(fatal)?;
         let mut resp = match self
             .client
@@ -394,11 +397,11 @@ impl BlobReader {
                 return Ok(false);
             }
             Err(e) => {
-                return Err(io::Error::other(format!(
+                return Err(io::Error::other(Error::network(format!(
                     "registry {}: {}",
                     self.client.registry,
                     client::describe_ureq(&e)
-                )));
+                ))));
             }
         };
         let status = resp.status().as_u16();
@@ -412,21 +415,21 @@ impl BlobReader {
             206 if self.pos > 0 => {
                 let cr = client::header(&resp, "content-range").unwrap_or_default();
                 if !cr.starts_with(&format!("bytes {}-", self.pos)) {
-                    return Err(io::Error::other(format!(
+                    return Err(io::Error::other(Error::network(format!(
                         "registry {}: resumed download answered with range \"{cr}\", not from byte {}",
                         self.client.registry, self.pos
-                    )));
+                    ))));
                 }
             }
             416 => {
-                return Err(io::Error::other(format!(
+                return Err(io::Error::other(Error::corrupt(format!(
                     "size mismatch: the registry's blob ends at byte {}, the manifest says {}",
                     self.pos, self.size
-                )));
+                ))));
             }
             _ => {
                 let e = self.client.status_error("downloading", &mut resp);
-                return Err(io::Error::other(e.to_string()));
+                return Err(io::Error::other(e));
             }
         }
         let mut body = resp.into_body().into_reader();

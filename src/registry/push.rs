@@ -118,13 +118,13 @@ pub fn push(
     if let Some(d) = r.digest
         && d != rec.manifest_digest
     {
-        return Err(Error::new(format!(
+        return Err(Error::invalid_input(format!(
             "{what}: the image's manifest is {}, not the digest named",
             rec.manifest_digest
         )));
     }
     let m = ImageManifest::from_reader(&manifest[..]).map_err(|e| {
-        Error::new(format!(
+        Error::corrupt(format!(
             "image {}: stored manifest {} is not a valid image manifest: {e}",
             rec.id.short(),
             rec.manifest_digest
@@ -162,13 +162,13 @@ pub fn push(
         }
         let path = store.blob_path(&digest);
         let md = std::fs::metadata(&path).map_err(|_| {
-            Error::new(format!(
+            Error::not_found(format!(
                 "image {}: blob {digest} is not in the store, so the image cannot be pushed; pull or import it again",
                 rec.id.short()
             ))
         })?;
         if md.len() != d.size() {
-            return Err(Error::new(format!(
+            return Err(Error::corrupt(format!(
                 "image {}: blob {digest} has {} bytes, the manifest says {}; run `layerfs system check`",
                 rec.id.short(),
                 md.len(),
@@ -240,7 +240,7 @@ pub fn push(
         && let Ok(d) = d.parse::<Digest>()
         && d != rec.manifest_digest
     {
-        return Err(Error::new(format!(
+        return Err(Error::corrupt(format!(
             "{what}: the registry stored the manifest as {d}, not {}",
             rec.manifest_digest
         )));
@@ -287,7 +287,7 @@ fn push_blob(
                 std::thread::sleep(client::backoff(attempt));
             }
             Err(Fail::Transient(why)) => {
-                return Err(Error::new(format!(
+                return Err(Error::network(format!(
                     "registry {}: {why} ({attempt} attempts)",
                     client.registry
                 )));
@@ -317,7 +317,7 @@ fn call(
             "{what}: {}",
             client::describe_ureq(&e)
         ))),
-        Err(e) => Err(Fail::Fatal(Error::new(format!(
+        Err(e) => Err(Fail::Fatal(Error::network(format!(
             "{what}: registry {}: {}",
             client.registry,
             client::describe_ureq(&e)
@@ -327,7 +327,7 @@ fn call(
 
 fn location(r: &ureq::http::Response<ureq::Body>, what: &str) -> std::result::Result<String, Fail> {
     client::header(r, "location").ok_or_else(|| {
-        Fail::Fatal(Error::new(format!(
+        Fail::Fatal(Error::network(format!(
             "{what}: the registry gave no upload location"
         )))
     })

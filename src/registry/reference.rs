@@ -74,7 +74,7 @@ fn valid_tag(t: &str) -> bool {
 
 impl ImageRef {
     pub fn parse(s: &str) -> Result<ImageRef> {
-        let bad = |why: &str| Error::new(format!("invalid reference \"{s}\": {why}"));
+        let bad = |why: &str| Error::invalid_input(format!("invalid reference \"{s}\": {why}"));
         let (rest, digest) = match s.split_once('@') {
             Some((r, d)) => (r, Some(d.parse::<Digest>().map_err(|e| bad(e.message()))?)),
             None => (s, None),

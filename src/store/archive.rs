@@ -234,7 +234,7 @@ impl SourceFiles {
     /// Open a file of the source for streaming; returns the reader and its size.
     pub fn open(&self, name: &str) -> Result<(Box<dyn Read + Send>, u64)> {
         let missing = || {
-            Error::new(format!(
+            Error::corrupt(format!(
                 "{}: {name} is missing from the archive",
                 self.describe().display()
             ))
@@ -265,7 +265,7 @@ impl SourceFiles {
     pub fn read(&self, name: &str) -> Result<Vec<u8>> {
         let (r, size) = self.open(name)?;
         if size > MAX_JSON {
-            return Err(Error::new(format!(
+            return Err(Error::corrupt(format!(
                 "{}: {name} is too large for a JSON document ({size} bytes)",
                 self.describe().display()
             )));
@@ -333,7 +333,7 @@ pub fn detect(path: &Path) -> Result<Source> {
         } else if files.exists("manifest.json") {
             Format::DockerDir
         } else {
-            return Err(Error::new(format!(
+            return Err(Error::invalid_input(format!(
                 "{}: not an image: a directory needs oci-layout and index.json (OCI layout) or manifest.json (docker-archive)",
                 path.display()
             )));
@@ -345,7 +345,7 @@ pub fn detect(path: &Path) -> Result<Source> {
         });
     }
     if !md.is_file() {
-        return Err(Error::new(format!(
+        return Err(Error::invalid_input(format!(
             "{}: not a file or directory",
             path.display()
         )));
@@ -364,7 +364,7 @@ pub fn detect(path: &Path) -> Result<Source> {
         });
     }
     if n < 512 || !looks_like_tar(&head) {
-        return Err(Error::new(format!(
+        return Err(Error::invalid_input(format!(
             "{}: not an image: neither an OCI layout, an image archive nor a layer tar (.tar, .tar.gz, .tar.zst)",
             path.display()
         )));
@@ -429,14 +429,14 @@ fn looks_like_tar(h: &[u8]) -> bool {
 fn oci_digest(src: &Source, what: &str, d: &oci_spec::image::Digest) -> Result<Digest> {
     d.to_string()
         .parse::<Digest>()
-        .map_err(|e| Error::new(format!("{}: {what}: {}", src.path.display(), e.message())))
+        .map_err(|e| Error::corrupt(format!("{}: {what}: {}", src.path.display(), e.message())))
 }
 
 /// Read a blob by descriptor and check its digest and size.
 fn read_verified(src: &Source, what: &str, digest: &Digest, size: Option<u64>) -> Result<Vec<u8>> {
     let name = SourceFiles::blob_name(digest);
     if !src.files.exists(&name) {
-        return Err(Error::new(format!(
+        return Err(Error::corrupt(format!(
             "{}: {what} {digest}: blob missing from the archive",
             src.path.display()
         )));
@@ -444,7 +444,7 @@ fn read_verified(src: &Source, what: &str, digest: &Digest, size: Option<u64>) -
     let data = src.files.read(&name)?;
     let actual = Digest::of(&data);
     if actual != *digest {
-        return Err(Error::new(format!(
+        return Err(Error::corrupt(format!(
             "{}: {what} {digest}: digest mismatch (the blob hashes to {actual})",
             src.path.display()
         )));
@@ -452,7 +452,7 @@ fn read_verified(src: &Source, what: &str, digest: &Digest, size: Option<u64>) -
     if let Some(s) = size
         && s != data.len() as u64
     {
-        return Err(Error::new(format!(
+        return Err(Error::corrupt(format!(
             "{}: {what} {digest}: size mismatch (descriptor says {s}, blob has {})",
             src.path.display(),
             data.len()
@@ -482,7 +482,7 @@ pub fn oci_plans(
 ) -> Result<Vec<ImagePlan>> {
     let index_bytes = src.files.read("index.json")?;
     let index = OciIndex::from_reader(&index_bytes[..]).map_err(|e| {
-        Error::new(format!(
+        Error::corrupt(format!(
             "{}: index.json: not a valid image index: {e}",
             src.path.display()
         ))
@@ -506,7 +506,7 @@ pub fn oci_plans(
             other_platforms.dedup();
             format!("available: {}", other_platforms.join(", "))
         };
-        return Err(Error::new(format!(
+        return Err(Error::not_found(format!(
             "{}: no image for platform {platform} ({avail}); choose one with --platform",
             src.path.display()
         )));
@@ -524,7 +524,7 @@ pub fn oci_plans(
             let want = platform.to_string();
             let got = &plan.platform;
             if !Platform::parse(got).is_ok_and(|p| platform.matches(&p)) {
-                return Err(Error::new(format!(
+                return Err(Error::not_found(format!(
                     "{}: the image is for {got}, not {want}",
                     src.path.display()
                 )));
@@ -568,7 +568,7 @@ fn walk_index(
     inherited_tags: &[String],
 ) -> Result<()> {
     if depth > 4 {
-        return Err(Error::new(format!(
+        return Err(Error::corrupt(format!(
             "{}: image indexes nested too deeply",
             src.path.display()
         )));
@@ -590,7 +590,7 @@ fn walk_index(
             OCI_INDEX | DOCKER_LIST => {
                 let bytes = read_verified(src, "index", &digest, Some(d.size()))?;
                 let sub = OciIndex::from_reader(&bytes[..]).map_err(|e| {
-                    Error::new(format!(
+                    Error::corrupt(format!(
                         "{}: index {digest}: not a valid image index: {e}",
                         src.path.display()
                     ))
@@ -636,7 +636,7 @@ impl PlanSource for Source {
     fn layer_member(&self, digest: &Digest) -> Result<String> {
         let member = SourceFiles::blob_name(digest);
         if !self.files.exists(&member) {
-            return Err(Error::new(format!(
+            return Err(Error::corrupt(format!(
                 "{}: layer {digest}: blob missing from the archive",
                 self.path.display()
             )));
@@ -674,13 +674,13 @@ fn digest_in_name(name: &str) -> Option<Digest> {
 pub fn docker_plans(src: &Source) -> Result<Vec<ImagePlan>> {
     let bytes = src.files.read("manifest.json")?;
     let entries: Vec<DockerManifestEntry> = serde_json::from_slice(&bytes).map_err(|e| {
-        Error::new(format!(
+        Error::corrupt(format!(
             "{}: manifest.json: not a docker-archive manifest: {e}",
             src.path.display()
         ))
     })?;
     if entries.is_empty() {
-        return Err(Error::new(format!(
+        return Err(Error::corrupt(format!(
             "{}: manifest.json lists no image",
             src.path.display()
         )));
@@ -688,7 +688,7 @@ pub fn docker_plans(src: &Source) -> Result<Vec<ImagePlan>> {
     let mut plans = Vec::new();
     for e in entries {
         if !src.files.exists(&e.config) {
-            return Err(Error::new(format!(
+            return Err(Error::corrupt(format!(
                 "{}: config {}: missing from the archive",
                 src.path.display(),
                 e.config
@@ -699,7 +699,7 @@ pub fn docker_plans(src: &Source) -> Result<Vec<ImagePlan>> {
         if let Some(named) = digest_in_name(&e.config)
             && named != config_digest
         {
-            return Err(Error::new(format!(
+            return Err(Error::corrupt(format!(
                 "{}: config {}: digest mismatch (the file hashes to {config_digest})",
                 src.path.display(),
                 e.config
@@ -714,7 +714,7 @@ pub fn docker_plans(src: &Source) -> Result<Vec<ImagePlan>> {
         let mut layers = Vec::new();
         for (name, diff_id) in e.layers.iter().zip(facts.diff_ids) {
             if !src.files.exists(name) {
-                return Err(Error::new(format!(
+                return Err(Error::corrupt(format!(
                     "{}: layer {name}: missing from the archive",
                     src.path.display()
                 )));

@@ -56,17 +56,17 @@ impl FromStr for Digest {
 
     fn from_str(s: &str) -> Result<Digest> {
         let Some((alg, hex)) = s.split_once(':') else {
-            return Err(Error::new(format!(
+            return Err(Error::invalid_input(format!(
                 "invalid digest \"{s}\": expected sha256:<64 hex digits>"
             )));
         };
         if alg != Self::ALGORITHM {
-            return Err(Error::new(format!(
+            return Err(Error::unsupported(format!(
                 "unsupported digest algorithm \"{alg}\" in \"{s}\" (only sha256)"
             )));
         }
         Digest::from_hex(hex).ok_or_else(|| {
-            Error::new(format!(
+            Error::invalid_input(format!(
                 "invalid digest \"{s}\": expected sha256:<64 lowercase hex digits>"
             ))
         })

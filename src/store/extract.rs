@@ -80,7 +80,7 @@ struct Meta {
 }
 
 fn entry_err(name: &[u8], what: impl std::fmt::Display) -> Error {
-    Error::new(format!("entry {}: {what}", String::from_utf8_lossy(name)))
+    Error::corrupt(format!("entry {}: {what}", String::from_utf8_lossy(name)))
 }
 
 fn sys_err(name: &[u8], what: &str, e: Errno) -> Error {

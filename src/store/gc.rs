@@ -238,7 +238,7 @@ impl Store {
                     .map(|c| c.name.as_str())
                     .collect();
                 if !users.is_empty() && !force {
-                    return Err(Error::new(format!(
+                    return Err(Error::in_use(format!(
                         "image {name} ({}) is used by container {}; remove the container first or use --force",
                         rec.id.short(),
                         users.join(", ")
@@ -246,7 +246,7 @@ impl Store {
                 }
                 let repos: BTreeSet<&str> = rec.repositories().collect();
                 if by_tag.is_none() && repos.len() > 1 && !force {
-                    return Err(Error::new(format!(
+                    return Err(Error::in_use(format!(
                         "image {} is tagged in several repositories ({}); remove the tags or use --force",
                         rec.id.short(),
                         rec.tags.join(", ")

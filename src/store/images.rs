@@ -133,7 +133,8 @@ fn valid_tag(tag: &str) -> bool {
 impl Reference {
     /// Parse `NAME[:TAG]` or `NAME@sha256:HEX`.
     pub fn parse(s: &str) -> Result<Reference> {
-        let bad = |why: &str| Error::new(format!("invalid image reference \"{s}\": {why}"));
+        let bad =
+            |why: &str| Error::invalid_input(format!("invalid image reference \"{s}\": {why}"));
         if let Some((name, digest)) = s.split_once('@') {
             if !valid_name(name) {
                 return Err(bad(
@@ -169,7 +170,7 @@ impl Reference {
     pub fn parse_tag(s: &str) -> Result<String> {
         match Reference::parse(s)? {
             Reference::Tag(t) => Ok(t),
-            Reference::Digest { .. } => Err(Error::new(format!(
+            Reference::Digest { .. } => Err(Error::invalid_input(format!(
                 "invalid tag \"{s}\": a tag cannot contain a digest"
             ))),
         }
@@ -191,7 +192,7 @@ impl ImageCatalog {
     pub fn resolve(&self, s: &str) -> Result<&ImageRecord> {
         let s = s.trim();
         if s.is_empty() {
-            return Err(Error::new("empty image name"));
+            return Err(Error::invalid_input("empty image name"));
         }
         // A full id, with or without the algorithm.
         let full = s.strip_prefix("sha256:").unwrap_or(s);
@@ -202,7 +203,7 @@ impl ImageCatalog {
             if let Some(r) = self.images.values().find(|r| r.manifest_digest == d) {
                 return Ok(r);
             }
-            return Err(Error::new(format!("no such image: {s}")));
+            return Err(Error::not_found(format!("no such image: {s}")));
         }
         if let Ok(reference) = Reference::parse(s) {
             let hit = match &reference {
@@ -231,13 +232,13 @@ impl ImageCatalog {
                 1 => return Ok(hits[0]),
                 0 => {}
                 n => {
-                    return Err(Error::new(format!(
+                    return Err(Error::ambiguous(format!(
                         "image id prefix \"{s}\" is ambiguous: it matches {n} images"
                     )));
                 }
             }
         }
-        Err(Error::new(format!("no such image: {s}")))
+        Err(Error::not_found(format!("no such image: {s}")))
     }
 
     /// Give `tag` to the image `id`, taking it from whichever image had it.
@@ -262,6 +263,7 @@ impl ImageCatalog {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::ErrorKind;
 
     fn rec(first: u8, tags: &[&str]) -> ImageRecord {
         let mut b = [0u8; 32];
@@ -330,12 +332,9 @@ mod tests {
         assert_eq!(catalog.resolve("one:2").unwrap().id, a.id);
         assert_eq!(catalog.resolve(&a.id.to_string()).unwrap().id, a.id);
         assert_eq!(catalog.resolve("ab01").unwrap().id, a.id);
-        assert!(
-            catalog
-                .resolve("ab0")
-                .unwrap_err()
-                .to_string()
-                .contains("ambiguous")
+        assert_eq!(
+            catalog.resolve("ab0").unwrap_err().kind(),
+            ErrorKind::Ambiguous
         );
         assert_eq!(
             catalog
@@ -349,13 +348,9 @@ mod tests {
                 .resolve(&format!("two@{}", a.manifest_digest))
                 .is_err()
         );
-        assert!(
-            catalog
-                .resolve("three")
-                .unwrap_err()
-                .to_string()
-                .contains("no such image: three")
-        );
+        let missing = catalog.resolve("three").unwrap_err();
+        assert_eq!(missing.kind(), ErrorKind::NotFound);
+        assert_eq!(missing.to_string(), "no such image: three");
         catalog.set_tag(&b.id, "one:2");
         assert_eq!(catalog.resolve("one:2").unwrap().id, b.id);
         assert_eq!(

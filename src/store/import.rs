@@ -72,7 +72,7 @@ impl Store {
             Format::LayerTar(_) => Vec::new(),
         };
         if tag.is_some() && plans.len() > 1 {
-            return Err(Error::new(format!(
+            return Err(Error::invalid_input(format!(
                 "{}: holds {} images; --tag needs a source with one",
                 path.display(),
                 plans.len()
@@ -295,7 +295,7 @@ impl Store {
                         && extracted.entries < 10_000
                         && has_json_config(&diff))
                 {
-                    return Err(Error::new(format!(
+                    return Err(Error::invalid_input(format!(
                         "{}: this is a compressed image archive, not a layer; decompress it first ({} -d)",
                         path.display(),
                         if comp == Compression::Zstd {
@@ -421,11 +421,11 @@ impl Store {
         let mut layers = Vec::new();
         for l in &plan.layers {
             let blob = l.blob.expect("planned from a manifest");
-            let rec = self
-                .layer_record(&l.diff_id)?
-                .ok_or_else(|| Error::new(format!("layer {} is not in the store", l.diff_id)))?;
+            let rec = self.layer_record(&l.diff_id)?.ok_or_else(|| {
+                Error::not_found(format!("layer {} is not in the store", l.diff_id))
+            })?;
             if !self.blob_path(&blob).is_file() {
-                return Err(Error::new(format!("blob {blob} is not in the store")));
+                return Err(Error::not_found(format!("blob {blob} is not in the store")));
             }
             layers.push(LayerRef {
                 diff_id: l.diff_id,

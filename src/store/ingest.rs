@@ -92,7 +92,9 @@ struct Metered<'a> {
 impl Read for Metered<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if self.cancel.load(Ordering::Relaxed) {
-            return Err(io::Error::other("stopped: another layer failed"));
+            return Err(io::Error::other(Error::cancelled(
+                "stopped: another layer failed",
+            )));
         }
         let n = self.inner.read(buf)?;
         self.done += n as u64;
@@ -142,9 +144,9 @@ impl Store {
             .layers
             .iter()
             .map(|l| {
-                l.blob
-                    .zip(l.blob_size)
-                    .ok_or_else(|| Error::new(format!("{what}: layer {} has no digest", l.diff_id)))
+                l.blob.zip(l.blob_size).ok_or_else(|| {
+                    Error::corrupt(format!("{what}: layer {} has no digest", l.diff_id))
+                })
             })
             .collect::<Result<Vec<(Digest, u64)>>>()?;
         for (i, (layer, &(blob, blob_size))) in plan.layers.iter().zip(&blobs).enumerate() {
@@ -199,7 +201,7 @@ impl Store {
                     .layer_record(&layer.diff_id)?
                     .map(|r| r.size)
                     .ok_or_else(|| {
-                        Error::new(format!("{what}: layer {} is missing", layer.diff_id))
+                        Error::not_found(format!("{what}: layer {} is missing", layer.diff_id))
                     })?,
             };
             layers.push(LayerRef {

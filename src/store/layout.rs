@@ -141,7 +141,7 @@ pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T
     };
     serde_json::from_slice(&data)
         .map(Some)
-        .map_err(|e| Error::new(format!("{}: damaged record: {e}", path.display())))
+        .map_err(|e| Error::corrupt(format!("{}: damaged record: {e}", path.display())))
 }
 
 #[cfg(test)]

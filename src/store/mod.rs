@@ -177,7 +177,7 @@ impl Store {
         let mut out = Vec::with_capacity(image.layers.len());
         for l in image.layers.iter().rev() {
             if !self.layer_exists(&l.diff_id) {
-                return Err(Error::new(format!(
+                return Err(Error::not_found(format!(
                     "layer {} of image {} is missing from the store; import the image again",
                     l.diff_id,
                     image.id.short()

@@ -36,7 +36,7 @@ impl Platform {
     pub fn parse(s: &str) -> Result<Platform> {
         let parts: Vec<&str> = s.split('/').collect();
         if parts.len() < 2 || parts.len() > 3 || parts.iter().any(|p| p.is_empty()) {
-            return Err(Error::new(format!(
+            return Err(Error::invalid_input(format!(
                 "invalid platform \"{s}\": expected OS/ARCH[/VARIANT], e.g. linux/amd64"
             )));
         }
@@ -138,13 +138,13 @@ impl ConfigFacts {
         layers: usize,
     ) -> Result<ConfigFacts> {
         let cfg = ImageConfiguration::from_reader(config).map_err(|e| {
-            Error::new(format!(
+            Error::corrupt(format!(
                 "{what}: config {digest}: not a valid image config: {e}"
             ))
         })?;
         let ids = cfg.rootfs().diff_ids();
         if ids.len() != layers {
-            return Err(Error::new(format!(
+            return Err(Error::corrupt(format!(
                 "{what}: config {digest} lists {} diff-ids but the image has {layers} layers",
                 ids.len()
             )));
@@ -153,7 +153,7 @@ impl ConfigFacts {
             .iter()
             .map(|s| {
                 s.parse::<Digest>().map_err(|e| {
-                    Error::new(format!("{what}: config {digest}: diff-id: {}", e.message()))
+                    Error::corrupt(format!("{what}: config {digest}: diff-id: {}", e.message()))
                 })
             })
             .collect::<Result<Vec<_>>>()?;
@@ -174,7 +174,7 @@ impl ConfigFacts {
 fn descriptor_digest(what: &str, field: &str, d: &oci_spec::image::Digest) -> Result<Digest> {
     d.to_string()
         .parse::<Digest>()
-        .map_err(|e| Error::new(format!("{what}: {field}: {}", e.message())))
+        .map_err(|e| Error::corrupt(format!("{what}: {field}: {}", e.message())))
 }
 
 impl ImagePlan {
@@ -190,7 +190,7 @@ impl ImagePlan {
         tags: Vec<String>,
     ) -> Result<ImagePlan> {
         let m = ImageManifest::from_reader(&manifest.bytes[..]).map_err(|e| {
-            Error::new(format!(
+            Error::corrupt(format!(
                 "{what}: manifest {}: not a valid image manifest: {e}",
                 manifest.digest
             ))
@@ -207,7 +207,7 @@ impl ImagePlan {
         let config = source.config(&config_digest, cdesc.size())?;
         let got = Digest::of(&config);
         if got != config_digest {
-            return Err(Error::new(format!(
+            return Err(Error::corrupt(format!(
                 "{what}: config digest mismatch: the manifest says {config_digest}, the config hashes to {got}"
             )));
         }
@@ -217,7 +217,7 @@ impl ImagePlan {
             let digest = descriptor_digest(what, "layer descriptor", d.digest())?;
             let media_type = d.media_type().to_string();
             let compression = Compression::from_media_type(&media_type).ok_or_else(|| {
-                Error::new(format!(
+                Error::unsupported(format!(
                     "{what}: layer {digest}: {} media type {media_type}",
                     source.unreadable_media_type()
                 ))
@@ -266,7 +266,7 @@ impl LayerPlan {
         if let Some(want) = self.blob
             && got.blob != want
         {
-            return Err(Error::new(format!(
+            return Err(Error::corrupt(format!(
                 "{what}: blob digest mismatch: the blob hashes to {} (damaged or altered)",
                 got.blob
             )));
@@ -274,13 +274,13 @@ impl LayerPlan {
         if let Some(want) = self.blob_size
             && got.blob_size != want
         {
-            return Err(Error::new(format!(
+            return Err(Error::corrupt(format!(
                 "{what}: size mismatch: the manifest says {want} bytes, the blob has {}",
                 got.blob_size
             )));
         }
         if got.diff_id != self.diff_id {
-            return Err(Error::new(format!(
+            return Err(Error::corrupt(format!(
                 "{what}: diff-id mismatch: the uncompressed layer hashes to {}, the config says {}",
                 got.diff_id, self.diff_id
             )));

@@ -69,13 +69,13 @@ impl Store {
     /// Write images to `out` in `format`.
     pub fn save(&self, names: &[String], format: SaveFormat, out: &Path) -> Result<Vec<Saved>> {
         if names.is_empty() {
-            return Err(Error::new("no image to save"));
+            return Err(Error::invalid_input("no image to save"));
         }
         let plan = self.save_plan(names)?;
         for s in &plan {
             for b in blobs_of(&s.image) {
                 if !self.blob_path(&b).is_file() {
-                    return Err(Error::new(format!(
+                    return Err(Error::not_found(format!(
                         "blob {b} of image {} is missing from the store",
                         s.image.id.short()
                     )));
@@ -86,9 +86,9 @@ impl Store {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
         };
-        let base = out
-            .file_name()
-            .ok_or_else(|| Error::new(format!("invalid output path {}", out.display())))?;
+        let base = out.file_name().ok_or_else(|| {
+            Error::invalid_input(format!("invalid output path {}", out.display()))
+        })?;
         let tmp = parent.join(format!(
             ".{}.{}",
             base.to_string_lossy(),
@@ -97,7 +97,10 @@ impl Store {
         let res = match format {
             SaveFormat::OciDir => {
                 if out.exists() {
-                    return Err(Error::new(format!("{} exists already", out.display())));
+                    return Err(Error::already_exists(format!(
+                        "{} exists already",
+                        out.display()
+                    )));
                 }
                 self.write_oci_dir(&plan, &tmp)
             }
@@ -292,7 +295,7 @@ impl Store {
         }
         let len = h.len();
         if h.finish() != l.diff_id {
-            return Err(Error::new(format!(
+            return Err(Error::corrupt(format!(
                 "layer blob {} does not decompress to its diff-id {}",
                 l.blob, l.diff_id
             )));
@@ -344,7 +347,7 @@ fn append_reader<W: Write>(
     b.append(&h, &mut counting)
         .ctx(format!("writing archive member {name}"))?;
     if counting.n != len {
-        return Err(Error::new(format!(
+        return Err(Error::corrupt(format!(
             "archive member {name}: expected {len} bytes, read {}",
             counting.n
         )));

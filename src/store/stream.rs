@@ -100,7 +100,7 @@ impl ExpansionLimit {
                 .to_str()
                 .and_then(|s| s.trim().parse().ok())
                 .ok_or_else(|| {
-                    Error::new(format!(
+                    Error::invalid_input(format!(
                         "LAYERFS_MAX_EXPANSION={}: expected a whole number (0 for no limit)",
                         v.to_string_lossy()
                     ))
@@ -319,7 +319,7 @@ pub(super) fn stream_blob<'r>(
             if let (Some(want), Some(got)) = (expected, whole)
                 && want != got
             {
-                return Err(Error::new(format!(
+                return Err(Error::corrupt(format!(
                     "{what}: blob digest mismatch: the blob hashes to {got} (damaged or altered)"
                 )));
             }
@@ -332,10 +332,10 @@ pub(super) fn stream_blob<'r>(
                     crate::error::describe(&e)
                 )
             };
-            return Err(Error::new(format!("{what}: {why}")));
+            return Err(Error::corrupt(format!("{what}: {why}")));
         }
         Err(PumpError::Expands(out, read)) => {
-            return Err(Error::new(format!(
+            return Err(Error::corrupt(format!(
                 "{what}: refused: the {} stream expands to more than {out} bytes from {read} bytes \
                  (a layer may expand at most {}:1 past {} MiB; a decompression bomb? \
                  LAYERFS_MAX_EXPANSION=RATIO allows more)",
