@@ -17,6 +17,7 @@
 pub mod commit;
 pub mod diff;
 pub mod export;
+pub mod list;
 pub mod mounts;
 mod names;
 pub mod shell;

@@ -13,7 +13,7 @@ use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use crate::container::{Container, Containers, escape_opt_path};
+use crate::container::{Container, Containers, escape_opt_path, find};
 use crate::error::{Error, IoContext, Result};
 use crate::sys::{self, Errno};
 
@@ -230,6 +230,29 @@ pub struct MountRequest {
     pub program: PathBuf,
 }
 
+impl MountRequest {
+    /// A request, refusing the options layerfs sets itself for a container mount.
+    pub fn new(
+        mountpoint: Option<PathBuf>,
+        options: Vec<String>,
+        program: PathBuf,
+    ) -> Result<MountRequest> {
+        for o in options.iter().flat_map(|o| o.split(',')) {
+            let key = o.split('=').next().unwrap_or("");
+            if matches!(key, "lowerdir" | "upperdir" | "workdir" | "fsname") {
+                return Err(Error::invalid_input(format!(
+                    "option {key} is set by layerfs for a container mount"
+                )));
+            }
+        }
+        Ok(MountRequest {
+            mountpoint,
+            options,
+            program,
+        })
+    }
+}
+
 /// Mount a container (or report where it is mounted already). Takes the store lock, so
 /// two commands never mount one container twice.
 pub fn mount(cs: &Containers<'_>, c: &Container, req: &MountRequest) -> Result<Mounted> {
@@ -347,6 +370,42 @@ fn run_daemon(program: &Path, opts: &str, mnt: &Path) -> Result<()> {
     Err(Error::new(
         line.strip_prefix("layerfs: ").unwrap_or(line).to_string(),
     ))
+}
+
+/// `umount`: every target is a mountpoint (a path that is a container mount) or else a
+/// container name; all are resolved first, then each container's mounts are unmounted
+/// (see `unmount_all`) under the store lock. A target without a mount is an error.
+pub fn umount(cs: &Containers<'_>, targets: &[String], force: bool) -> Result<()> {
+    let all = cs.list()?;
+    let mut plan: Vec<&Container> = Vec::new();
+    for t in targets {
+        let by_path = if t.contains('/') || Path::new(t).exists() {
+            container_at(Path::new(t))?
+        } else {
+            None
+        };
+        let c = match by_path {
+            Some(id) => find(&all, &id)?,
+            None => match find(&all, t) {
+                Ok(c) => c,
+                Err(_) if t.contains('/') => {
+                    return Err(Error::not_found(format!("no container is mounted at {t}")));
+                }
+                Err(e) => return Err(e),
+            },
+        };
+        plan.push(c);
+    }
+    let _lock = cs.store().lock()?;
+    for c in plan {
+        if unmount_all(&c.id, &c.name, force)?.is_empty() {
+            return Err(Error::not_found(format!(
+                "container {} is not mounted",
+                c.name
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Find the container mounted at `path`, if any (the path may be given in any form).
