@@ -18,7 +18,7 @@ use crate::store::Store;
 use crate::store::save::SaveFormat;
 
 #[derive(Debug, Subcommand)]
-pub enum ContainerCommand {
+pub(crate) enum ContainerCommand {
     /// Create a container from an image (its own writable layer over the image's layers); prints its id
     Create {
         image: String,
@@ -91,14 +91,14 @@ pub enum ContainerCommand {
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum SaveFormatArg {
+pub(crate) enum SaveFormatArg {
     OciArchive,
     DockerArchive,
     OciDir,
 }
 
 #[derive(Debug, Args)]
-pub struct PsArgs {
+pub(crate) struct PsArgs {
     /// Show all containers (default: mounted ones)
     #[arg(short, long)]
     pub all: bool,
@@ -119,7 +119,7 @@ pub struct PsArgs {
 }
 
 /// Run a container command; returns the exit code (a shell's is its command's).
-pub fn run(cmd: ContainerCommand, g: &Globals) -> ExitCode {
+pub(crate) fn run(cmd: ContainerCommand, g: &Globals) -> ExitCode {
     let res = (|| {
         let mut store = Store::open(&g.store_root())?;
         store.set_lock_wait_notice(|| {
@@ -161,7 +161,7 @@ pub fn run(cmd: ContainerCommand, g: &Globals) -> ExitCode {
                 author,
             } => {
                 let c = cs.resolve(&container)?;
-                let r = commit::commit(
+                let image = commit::commit(
                     &cs,
                     &c,
                     &commit::CommitOptions {
@@ -170,7 +170,7 @@ pub fn run(cmd: ContainerCommand, g: &Globals) -> ExitCode {
                         author,
                     },
                 )?;
-                print(&format!("{}\n", r.image.id))?;
+                print(&format!("{}\n", image.id))?;
             }
             ContainerCommand::Save {
                 images,

@@ -14,7 +14,7 @@ use crate::registry::{self, Credentials, ImageRef, PushEvent, PushObserver};
 use crate::store::{Digest, ImportObserver, LayerEvent, Store};
 
 #[derive(Debug, Subcommand)]
-pub enum RegistryCommand {
+pub(crate) enum RegistryCommand {
     /// Download an image from a registry: layerfs pull [REGISTRY/]NAME[:TAG|@DIGEST]
     Pull(PullArgs),
     /// Upload an image to a registry: layerfs push IMAGE [[REGISTRY/]NAME[:TAG]]
@@ -30,7 +30,7 @@ pub enum RegistryCommand {
 
 /// How to talk to a registry.
 #[derive(Debug, Clone, Args)]
-pub struct NetArgs {
+pub(crate) struct NetArgs {
     /// Allow plain HTTP and unverified TLS for this registry (localhost always may)
     #[arg(long)]
     pub insecure: bool,
@@ -63,7 +63,7 @@ impl NetArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct PullArgs {
+pub(crate) struct PullArgs {
     /// [REGISTRY/]NAME[:TAG|@sha256:DIGEST]; Docker Hub and :latest by default
     pub reference: String,
     /// Platform to take from a multi-platform image [default: the host's]
@@ -80,7 +80,7 @@ pub struct PullArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct PushArgs {
+pub(crate) struct PushArgs {
     /// The image in the store (name, id or digest)
     pub image: String,
     /// Where to push: [REGISTRY/]NAME[:TAG] [default: the image name itself]
@@ -99,7 +99,7 @@ pub struct PushArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct LoginArgs {
+pub(crate) struct LoginArgs {
     /// host[:port] [default: Docker Hub]
     pub registry: Option<String>,
     #[arg(short, long)]
@@ -115,7 +115,7 @@ pub struct LoginArgs {
 }
 
 /// Run a registry command.
-pub fn run(cmd: RegistryCommand, g: &Globals) -> Result<()> {
+pub(crate) fn run(cmd: RegistryCommand, g: &Globals) -> Result<()> {
     match cmd {
         RegistryCommand::Pull(a) => pull(a, g),
         RegistryCommand::Push(a) => push(a, g),

@@ -36,28 +36,21 @@ use crate::container::view::{
 use crate::container::{Container, Containers};
 use crate::error::{Error, ErrorKind, IoContext, Result};
 use crate::overlay::whiteout::{self, OCI_OPAQUE, OCI_WH_PREFIX};
+use crate::store::ImageRecord;
 use crate::store::archive::{Compression, OCI_LAYER};
-use crate::store::{ImageRecord, LayerRef};
 use crate::sys::{self, Errno};
 
 /// What to record with the new image.
 #[derive(Debug, Clone, Default)]
-pub struct CommitOptions {
+pub(crate) struct CommitOptions {
     /// `NAME[:TAG]` for the new image.
     pub tag: Option<String>,
     pub message: Option<String>,
     pub author: Option<String>,
 }
 
-/// The result of a commit.
-#[derive(Debug, Clone)]
-pub struct Committed {
-    pub image: ImageRecord,
-    pub layer: LayerRef,
-}
-
 /// Write the layer tar of a container's changes to `out`.
-pub fn write_layer<W: Write>(cs: &Containers<'_>, c: &Container, out: W) -> Result<W> {
+pub(crate) fn write_layer<W: Write>(cs: &Containers<'_>, c: &Container, out: W) -> Result<W> {
     let image = View::image_of(cs, c)?;
     let merged = View::container(cs, c)?;
     let upper = cs.upper(c);
@@ -232,8 +225,13 @@ fn oci_layer_type(mt: &str) -> String {
     }
 }
 
-/// Commit a container: store its changes as a layer and record the new image.
-pub fn commit(cs: &Containers<'_>, c: &Container, opts: &CommitOptions) -> Result<Committed> {
+/// Commit a container: store its changes as a layer and record the new image; returns
+/// the image as stored.
+pub(crate) fn commit(
+    cs: &Containers<'_>,
+    c: &Container,
+    opts: &CommitOptions,
+) -> Result<ImageRecord> {
     if let Some(t) = &opts.tag {
         crate::store::Reference::parse_tag(t)?;
     }
@@ -337,5 +335,5 @@ pub fn commit(cs: &Containers<'_>, c: &Container, opts: &CommitOptions) -> Resul
     .map_err(|e| Error::new(format!("encoding the new manifest: {e}")))?;
     let tags: Vec<String> = opts.tag.iter().cloned().collect();
     let image = store.add_image(&manifest, &config, &tags)?;
-    Ok(Committed { image, layer })
+    Ok(image)
 }

@@ -12,7 +12,7 @@ use crate::store::ImageRecord;
 
 /// Which containers to list.
 #[derive(Debug, Clone, Default)]
-pub struct Filter {
+pub(crate) struct Filter {
     /// Unmounted ones too (they are left out otherwise, unless `mounted` is given).
     pub all: bool,
     /// Made from one of these images, or from an image built on one of them.
@@ -28,7 +28,7 @@ pub struct Filter {
 impl Filter {
     /// From `KEY=VALUE` filters: `ancestor=IMAGE`, `name=TEXT`, `id=PREFIX`,
     /// `mounted=true|false` (each repeatable; values of one key are alternatives).
-    pub fn parse(cs: &Containers<'_>, all: bool, filters: &[String]) -> Result<Filter> {
+    pub(crate) fn parse(cs: &Containers<'_>, all: bool, filters: &[String]) -> Result<Filter> {
         let catalog = cs.store().images()?;
         let mut filter = Filter {
             all,
@@ -64,7 +64,7 @@ impl Filter {
     }
 
     /// Whether `c` is listed, `mounted` saying whether it has a live mount.
-    pub fn matches(&self, c: &Container, mounted: bool) -> bool {
+    pub(crate) fn matches(&self, c: &Container, mounted: bool) -> bool {
         if !self.all && self.mounted.is_none() && !mounted {
             return false;
         }
@@ -83,7 +83,7 @@ impl Filter {
 
 /// An image is an ancestor of a container made from it, or from an image whose first
 /// layers are its layers.
-pub fn is_ancestor(image: &ImageRecord, c: &Container) -> bool {
+pub(crate) fn is_ancestor(image: &ImageRecord, c: &Container) -> bool {
     image.id == c.image
         || (image.layers.len() <= c.layers.len()
             && image
@@ -95,7 +95,7 @@ pub fn is_ancestor(image: &ImageRecord, c: &Container) -> bool {
 
 /// One container as `ps` shows it.
 #[derive(Debug, Clone)]
-pub struct Listed {
+pub(crate) struct Listed {
     pub container: Container,
     /// The image as it was named, while that name still means the same image; else
     /// its short id.
@@ -109,7 +109,7 @@ pub struct Listed {
 }
 
 /// The containers `filter` selects, newest first; `sizes` adds their sizes.
-pub fn list(cs: &Containers<'_>, filter: &Filter, sizes: bool) -> Result<Vec<Listed>> {
+pub(crate) fn list(cs: &Containers<'_>, filter: &Filter, sizes: bool) -> Result<Vec<Listed>> {
     let store = cs.store();
     let catalog = store.images()?;
     let containers = cs.list()?;

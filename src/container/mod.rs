@@ -14,15 +14,15 @@
 //! The record keeps the diff-ids of the image's layers, so a container keeps working
 //! (mount, diff, export) even after its image was untagged or removed with `rmi -f`.
 
-pub mod commit;
-pub mod diff;
-pub mod export;
-pub mod list;
-pub mod mounts;
+pub(crate) mod commit;
+pub(crate) mod diff;
+pub(crate) mod export;
+pub(crate) mod list;
+pub(crate) mod mounts;
 mod names;
-pub mod shell;
-pub mod tarball;
-pub mod view;
+pub(crate) mod shell;
+pub(crate) mod tarball;
+pub(crate) mod view;
 
 use std::collections::HashSet;
 use std::fs;
@@ -34,12 +34,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, IoContext, Result};
 use crate::store::layout::{read_json, sync_dir, unique_name};
-use crate::store::{ContainerUse, Digest, ImageRecord, Store};
+use crate::store::{ContainerUse, Digest, Store};
 use crate::sys;
 
 /// One container record, `containers/<id>/container.json`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Container {
+pub(crate) struct Container {
     /// 64 lowercase hex digits.
     pub id: String,
     pub name: String,
@@ -55,12 +55,12 @@ pub struct Container {
 
 impl Container {
     /// The first 12 hex digits, as ids are shown.
-    pub fn short_id(&self) -> &str {
+    pub(crate) fn short_id(&self) -> &str {
         &self.id[..12]
     }
 
     /// Seconds since the epoch of `created`.
-    pub fn created_secs(&self) -> i64 {
+    pub(crate) fn created_secs(&self) -> i64 {
         self.created
             .parse::<jiff::Timestamp>()
             .map(|t| t.as_second())
@@ -69,7 +69,7 @@ impl Container {
 }
 
 /// Now, in whole seconds, as RFC 3339.
-pub fn now_rfc3339() -> String {
+pub(crate) fn now_rfc3339() -> String {
     jiff::Timestamp::from_second(crate::store::now_secs() as i64)
         .unwrap_or(jiff::Timestamp::UNIX_EPOCH)
         .to_string()
@@ -77,7 +77,7 @@ pub fn now_rfc3339() -> String {
 
 /// Whether a string is a usable container name: `[a-zA-Z0-9][a-zA-Z0-9_.-]*`, as docker
 /// allows, at most 128 characters.
-pub fn valid_name(name: &str) -> bool {
+pub(crate) fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 128
         && name.as_bytes()[0].is_ascii_alphanumeric()
@@ -101,42 +101,42 @@ fn new_id() -> Result<String> {
 }
 
 /// The containers of a store.
-pub struct Containers<'a> {
+pub(crate) struct Containers<'a> {
     store: &'a Store,
 }
 
 impl<'a> Containers<'a> {
-    pub fn new(store: &'a Store) -> Self {
+    pub(crate) fn new(store: &'a Store) -> Self {
         Containers { store }
     }
 
-    pub fn store(&self) -> &Store {
+    pub(crate) fn store(&self) -> &Store {
         self.store
     }
 
-    pub fn dir(&self) -> PathBuf {
+    pub(crate) fn dir(&self) -> PathBuf {
         self.store.layout().containers_dir()
     }
 
-    pub fn container_dir(&self, c: &Container) -> PathBuf {
+    pub(crate) fn container_dir(&self, c: &Container) -> PathBuf {
         self.dir().join(&c.id)
     }
 
-    pub fn upper(&self, c: &Container) -> PathBuf {
+    pub(crate) fn upper(&self, c: &Container) -> PathBuf {
         self.container_dir(c).join("upper")
     }
 
-    pub fn work(&self, c: &Container) -> PathBuf {
+    pub(crate) fn work(&self, c: &Container) -> PathBuf {
         self.container_dir(c).join("work")
     }
 
     /// Where `mount` puts it when no mountpoint is given.
-    pub fn default_mountpoint(&self, c: &Container) -> PathBuf {
+    pub(crate) fn default_mountpoint(&self, c: &Container) -> PathBuf {
         self.container_dir(c).join("merged")
     }
 
     /// Every container, newest first.
-    pub fn list(&self) -> Result<Vec<Container>> {
+    pub(crate) fn list(&self) -> Result<Vec<Container>> {
         let dir = self.dir();
         let rd = match fs::read_dir(&dir) {
             Ok(r) => r,
@@ -166,18 +166,13 @@ impl<'a> Containers<'a> {
     }
 
     /// The container a user named: full id, name, or unique id prefix (as docker does).
-    pub fn resolve(&self, s: &str) -> Result<Container> {
+    pub(crate) fn resolve(&self, s: &str) -> Result<Container> {
         let all = self.list()?;
         find(&all, s).cloned()
     }
 
-    /// The image a container comes from, if the store still has it.
-    pub fn image_of(&self, c: &Container) -> Option<ImageRecord> {
-        self.store.images().ok()?.get(&c.image).cloned()
-    }
-
     /// Lower dirs for a mount, top first; fails naming the first missing layer.
-    pub fn layer_dirs(&self, c: &Container) -> Result<Vec<PathBuf>> {
+    pub(crate) fn layer_dirs(&self, c: &Container) -> Result<Vec<PathBuf>> {
         let mut out = Vec::with_capacity(c.layers.len());
         for l in c.layers.iter().rev() {
             if !self.store.layer_exists(l) {
@@ -192,7 +187,7 @@ impl<'a> Containers<'a> {
     }
 
     /// Create a container from an image. Returns the record.
-    pub fn create(&self, image: &str, name: Option<&str>) -> Result<Container> {
+    pub(crate) fn create(&self, image: &str, name: Option<&str>) -> Result<Container> {
         if let Some(n) = name
             && !valid_name(n)
         {
@@ -276,7 +271,7 @@ impl<'a> Containers<'a> {
 
     /// Remove containers. Every name is checked first: an unknown one, or a mounted one
     /// without `force`, changes nothing. With `force`, mounted ones are unmounted first.
-    pub fn remove(&self, names: &[String], force: bool) -> Result<Vec<Container>> {
+    pub(crate) fn remove(&self, names: &[String], force: bool) -> Result<Vec<Container>> {
         let _lock = self.store.lock()?;
         let all = self.list()?;
         let mut doomed: Vec<Container> = Vec::new();
@@ -312,7 +307,7 @@ impl<'a> Containers<'a> {
 
     /// Bytes of file data in a container's own layer (hard links once), as docker's
     /// `SizeRw`.
-    pub fn rw_size(&self, c: &Container) -> u64 {
+    pub(crate) fn rw_size(&self, c: &Container) -> u64 {
         tree_size(&self.upper(c))
     }
 
@@ -322,7 +317,7 @@ impl<'a> Containers<'a> {
     /// under `containers/` whose record names an image or layers counts, even a record
     /// this version would not list (missing fields, another id form); the name falls
     /// back to the id, then to the dir name, and the layers to the image's.
-    pub fn uses(&self) -> Result<Vec<ContainerUse>> {
+    pub(crate) fn uses(&self) -> Result<Vec<ContainerUse>> {
         #[derive(Deserialize)]
         struct Lenient {
             #[serde(default)]
@@ -381,7 +376,7 @@ impl<'a> Containers<'a> {
 }
 
 /// Find a container by full id, exact name, or unique id prefix, in that order.
-pub fn find<'c>(all: &'c [Container], s: &str) -> Result<&'c Container> {
+pub(crate) fn find<'c>(all: &'c [Container], s: &str) -> Result<&'c Container> {
     if s.is_empty() {
         return Err(Error::invalid_input("empty container name"));
     }
@@ -420,7 +415,7 @@ pub(crate) fn remove_tree(p: &Path) -> Result<()> {
 }
 
 /// Bytes of file data below a directory (hard links counted once).
-pub fn tree_size(root: &Path) -> u64 {
+pub(crate) fn tree_size(root: &Path) -> u64 {
     fn walk(dir: std::os::fd::BorrowedFd<'_>, seen: &mut HashSet<(u64, u64)>) -> u64 {
         let Ok(entries) = sys::read_dir_all(dir) else {
             return 0;

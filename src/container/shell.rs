@@ -13,7 +13,7 @@ const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/s
 
 /// The environment: the image's `Env` (from its config, when the store still has it),
 /// else a default `PATH`; `TERM` from the caller; `HOME=/root`.
-pub fn environment(store: &Store, image: &crate::store::Digest) -> Vec<(String, String)> {
+pub(crate) fn environment(store: &Store, image: &crate::store::Digest) -> Vec<(String, String)> {
     let mut env: Vec<(String, String)> = Vec::new();
     let cfg = store
         .images()
@@ -44,14 +44,14 @@ pub fn environment(store: &Store, image: &crate::store::Digest) -> Vec<(String, 
 
 /// Why a command could not be started, with the exit code a shell would give.
 #[derive(Debug)]
-pub struct NotStarted {
+pub(crate) struct NotStarted {
     pub error: Error,
     /// 127 when the program does not exist, 126 when it cannot be run.
     pub code: u8,
 }
 
 /// Run `cmd` (default `/bin/sh`) chrooted at `root`; returns its exit status.
-pub fn run(
+pub(crate) fn run(
     root: &Path,
     cmd: &[String],
     env: &[(String, String)],

@@ -12,7 +12,7 @@ use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
 /// What an entry is.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Kind {
+pub(crate) enum Kind {
     Dir,
     File,
     Symlink(Vec<u8>),
@@ -25,7 +25,7 @@ pub enum Kind {
 
 /// One tar entry (the data of a regular file is passed separately).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Entry {
+pub(crate) struct Entry {
     /// Relative path, without a leading `/` or `./`, without a trailing `/`.
     pub path: Vec<u8>,
     pub kind: Kind,
@@ -43,7 +43,7 @@ pub struct Entry {
 
 impl Entry {
     /// An OCI marker file (`.wh.NAME` or `.wh..wh..opq`): empty, fixed metadata.
-    pub fn marker(path: Vec<u8>) -> Entry {
+    pub(crate) fn marker(path: Vec<u8>) -> Entry {
         Entry {
             path,
             kind: Kind::File,
@@ -64,7 +64,7 @@ const MAX_OCTAL_11: u64 = 0o77_777_777_777;
 const MAX_OCTAL_7: u64 = 0o7_777_777;
 
 /// Writes entries to a stream; `finish` writes the end-of-archive blocks.
-pub struct TarWriter<W: Write> {
+pub(crate) struct TarWriter<W: Write> {
     out: W,
     buf: Vec<u8>,
 }
@@ -90,7 +90,7 @@ fn put_bytes(field: &mut [u8], v: &[u8]) {
 }
 
 impl<W: Write> TarWriter<W> {
-    pub fn new(out: W) -> Self {
+    pub(crate) fn new(out: W) -> Self {
         TarWriter {
             out,
             buf: vec![0u8; 1 << 20],
@@ -121,7 +121,7 @@ impl<W: Write> TarWriter<W> {
     }
 
     /// Append one entry; `data` must give exactly `e.size` bytes for a regular file.
-    pub fn append(&mut self, e: &Entry, data: Option<&mut dyn Read>) -> io::Result<()> {
+    pub(crate) fn append(&mut self, e: &Entry, data: Option<&mut dyn Read>) -> io::Result<()> {
         let mut path = e.path.clone();
         if e.kind == Kind::Dir {
             path.push(b'/');
@@ -231,7 +231,7 @@ impl<W: Write> TarWriter<W> {
     }
 
     /// Write the two zero blocks that end an archive; returns the stream.
-    pub fn finish(mut self) -> io::Result<W> {
+    pub(crate) fn finish(mut self) -> io::Result<W> {
         self.out.write_all(&[0u8; 2 * BLOCK])?;
         self.out.flush()?;
         Ok(self.out)
@@ -247,13 +247,13 @@ enum Msg {
 }
 
 /// The writing half: buffered chunks; `close` sends the verdict.
-pub struct PipeWriter {
+pub(crate) struct PipeWriter {
     tx: SyncSender<Msg>,
     buf: Vec<u8>,
 }
 
 /// The reading half: EOF only after the writer said it succeeded; its error otherwise.
-pub struct PipeReader {
+pub(crate) struct PipeReader {
     rx: Receiver<Msg>,
     cur: Vec<u8>,
     pos: usize,
@@ -263,7 +263,7 @@ pub struct PipeReader {
 const CHUNK: usize = 256 * 1024;
 
 /// A pipe holding at most a few MiB in flight.
-pub fn pipe() -> (PipeWriter, PipeReader) {
+pub(crate) fn pipe() -> (PipeWriter, PipeReader) {
     let (tx, rx) = sync_channel(16);
     (
         PipeWriter {
@@ -308,7 +308,7 @@ impl Write for PipeWriter {
 
 impl PipeWriter {
     /// Send what is buffered and the verdict (an error makes the reader fail).
-    pub fn close(mut self, res: crate::error::Result<()>) {
+    pub(crate) fn close(mut self, res: crate::error::Result<()>) {
         let res = match (res, self.flush()) {
             (Ok(()), Err(e)) => Err(crate::error::Error::from(e)),
             (r, _) => r,

@@ -18,11 +18,11 @@ use crate::error::{Error, Result};
 use crate::registry::auth::{self, Challenge, Credentials};
 
 /// Largest JSON answer read whole (manifests, tokens, error bodies).
-pub const MAX_JSON: u64 = 16 << 20;
+pub(crate) const MAX_JSON: u64 = 16 << 20;
 
 /// How a client behaves.
 #[derive(Debug, Clone)]
-pub struct Options {
+pub(crate) struct Options {
     /// Allow plain HTTP and unverified TLS for this registry (as for localhost).
     pub insecure: bool,
     /// Connecting, and each wait for data, may take this long.
@@ -42,7 +42,7 @@ impl Default for Options {
 }
 
 /// A request body that can be sent again (after a `401`, or a retry).
-pub enum Body<'a> {
+pub(crate) enum Body<'a> {
     Empty,
     Bytes(&'a [u8]),
     /// `len` bytes of a file from `offset`, with progress (bytes sent so far).
@@ -64,7 +64,7 @@ struct State {
 }
 
 /// A client for one registry host, for a set of scopes (`repository:NAME:pull`).
-pub struct Client {
+pub(crate) struct Client {
     agent: Agent,
     /// The registry as references name it (`docker.io`, `localhost:5000`).
     pub registry: String,
@@ -77,7 +77,7 @@ pub struct Client {
 }
 
 /// Whether `host[:port]` is this machine (`localhost`, 127.0.0.0/8, ::1).
-pub fn is_local(host: &str) -> bool {
+pub(crate) fn is_local(host: &str) -> bool {
     let h = host_part(host);
     h == "localhost" || h.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
@@ -92,7 +92,7 @@ fn host_part(host: &str) -> &str {
 /// Registries marked insecure: `$LAYERFS_INSECURE_REGISTRIES` (comma-separated) and
 /// docker's `/etc/docker/daemon.json` `insecure-registries`. Entries are `host`,
 /// `host:port` or an IP range (`10.0.0.0/8`).
-pub fn configured_insecure() -> Vec<String> {
+pub(crate) fn configured_insecure() -> Vec<String> {
     let mut out: Vec<String> = std::env::var("LAYERFS_INSECURE_REGISTRIES")
         .unwrap_or_default()
         .split(',')
@@ -109,7 +109,7 @@ pub fn configured_insecure() -> Vec<String> {
 }
 
 /// Whether `host[:port]` matches one of `entries`.
-pub fn listed_insecure(host: &str, entries: &[String]) -> bool {
+pub(crate) fn listed_insecure(host: &str, entries: &[String]) -> bool {
     let h = host_part(host);
     entries.iter().any(|e| {
         let e = e
@@ -168,7 +168,7 @@ struct ApiError {
 
 /// What went wrong with a response, for a message: `MANIFEST_UNKNOWN: manifest unknown`
 /// from an error body, else the status.
-pub fn describe_status(resp: &mut Response<ureq::Body>) -> (u16, Option<String>, String) {
+pub(crate) fn describe_status(resp: &mut Response<ureq::Body>) -> (u16, Option<String>, String) {
     let status = resp.status().as_u16();
     let body = resp
         .body_mut()
@@ -196,7 +196,7 @@ pub fn describe_status(resp: &mut Response<ureq::Body>) -> (u16, Option<String>,
 
 /// What a registry said, as the source of an error that quotes it.
 #[derive(Debug)]
-pub struct RegistrySaid(pub String);
+pub(crate) struct RegistrySaid(pub String);
 
 impl std::fmt::Display for RegistrySaid {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -207,7 +207,7 @@ impl std::fmt::Display for RegistrySaid {
 impl std::error::Error for RegistrySaid {}
 
 /// One phrase for a transport failure.
-pub fn describe_ureq(e: &ureq::Error) -> String {
+pub(crate) fn describe_ureq(e: &ureq::Error) -> String {
     match e {
         ureq::Error::Io(io) => describe_io(io),
         ureq::Error::Timeout(_) => "timed out waiting for the registry".into(),
@@ -222,7 +222,7 @@ pub fn describe_ureq(e: &ureq::Error) -> String {
 }
 
 /// One phrase for an I/O failure while talking to a registry.
-pub fn describe_io(e: &io::Error) -> String {
+pub(crate) fn describe_io(e: &io::Error) -> String {
     if let Some(inner) = e.get_ref().and_then(|i| i.downcast_ref::<ureq::Error>()) {
         return describe_ureq(inner);
     }
@@ -236,12 +236,12 @@ pub fn describe_io(e: &io::Error) -> String {
 }
 
 /// Statuses worth another try.
-pub fn retryable_status(s: u16) -> bool {
+pub(crate) fn retryable_status(s: u16) -> bool {
     matches!(s, 408 | 429 | 500 | 502 | 503 | 504)
 }
 
 /// Whether trying again may help.
-pub fn transient(e: &ureq::Error) -> bool {
+pub(crate) fn transient(e: &ureq::Error) -> bool {
     match e {
         ureq::Error::Io(io) => !matches!(
             io.kind(),
@@ -262,7 +262,7 @@ fn cert_error(e: &ureq::Error) -> bool {
 }
 
 /// Wait before attempt `n` (1-based): 0.5 s, 1 s, 2 s, … at most 8 s.
-pub fn backoff(n: u32) -> Duration {
+pub(crate) fn backoff(n: u32) -> Duration {
     Duration::from_millis(500u64.saturating_mul(1 << n.saturating_sub(1).min(4)))
 }
 
@@ -280,7 +280,7 @@ fn pct(s: &str) -> String {
 }
 
 /// A URL with query parameters appended.
-pub fn with_query(url: &str, query: &[(&str, &str)]) -> String {
+pub(crate) fn with_query(url: &str, query: &[(&str, &str)]) -> String {
     let mut u = url.to_string();
     for (k, v) in query {
         u.push(if u.contains('?') { '&' } else { '?' });
@@ -310,7 +310,7 @@ impl Read for FilePart<'_> {
 }
 
 /// A small document as fetched.
-pub struct Small {
+pub(crate) struct Small {
     pub data: Vec<u8>,
     pub content_type: Option<String>,
     /// The `Docker-Content-Digest` header.
@@ -328,7 +328,7 @@ struct TokenAnswer {
 impl Client {
     /// A client for `registry` (as references name it), whose API is at `host`, for
     /// `scopes`. Credentials are looked up in the usual files unless given.
-    pub fn new(
+    pub(crate) fn new(
         registry: &str,
         host: &str,
         repository_for_creds: &str,
@@ -374,23 +374,14 @@ impl Client {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Ask for more scopes (a repository to mount blobs from); a token is fetched again
-    /// on the next `401`.
-    pub fn add_scope(&self, scope: String) {
-        let mut st = self.state();
-        if !st.scopes.contains(&scope) {
-            st.scopes.push(scope);
-        }
-    }
-
     /// The user whose credentials are in use, if any.
-    pub fn username(&self) -> Option<&str> {
+    pub(crate) fn username(&self) -> Option<&str> {
         self.creds.as_ref().map(|(c, _)| c.username.as_str())
     }
 
     /// The base URL (`https://host`), finding the scheme on first use: HTTPS, then plain
     /// HTTP where allowed, and the first answer's challenge.
-    pub fn base(&self) -> Result<String> {
+    pub(crate) fn base(&self) -> Result<String> {
         if let Some(b) = &self.state().base {
             return Ok(b.clone());
         }
@@ -540,7 +531,7 @@ impl Client {
         }
     }
 
-    pub fn login_needed(&self) -> Error {
+    pub(crate) fn login_needed(&self) -> Error {
         Error::unauthorized(format!(
             "registry {}: authentication required; log in with `layerfs login {}`",
             self.registry, self.registry
@@ -569,7 +560,7 @@ impl Client {
 
     /// The URL for `target`: a path under the base, or an absolute URL the registry gave
     /// (a relative `Location` is taken as a path).
-    pub fn url(&self, target: &str) -> Result<String> {
+    pub(crate) fn url(&self, target: &str) -> Result<String> {
         if target.starts_with("http://") || target.starts_with("https://") {
             Ok(target.to_string())
         } else {
@@ -579,7 +570,7 @@ impl Client {
 
     /// One request, answering a `401` once: `Err` for what retrying cannot fix,
     /// `Ok(Err)` for a transport failure (which may be transient).
-    pub fn attempt(
+    pub(crate) fn attempt(
         &self,
         method: &Method,
         url: &str,
@@ -649,7 +640,7 @@ impl Client {
     /// Send a request to `target` (see `url`), authenticating on a `401` and, when
     /// `retry`, trying again after transient failures (connection lost, 429, 5xx) with
     /// backoff. Returns any response that is not a `401`; the caller judges the status.
-    pub fn send(
+    pub(crate) fn send(
         &self,
         method: Method,
         target: &str,
@@ -701,7 +692,12 @@ impl Client {
 
     /// GET a small document whole; a 404 is a `NotFound` error naming `what`, with what
     /// the registry said as its source.
-    pub fn get_small(&self, target: &str, accept: Option<&str>, what: &str) -> Result<Small> {
+    pub(crate) fn get_small(
+        &self,
+        target: &str,
+        accept: Option<&str>,
+        what: &str,
+    ) -> Result<Small> {
         let headers: Vec<(&str, &str)> = accept.map(|a| ("Accept", a)).into_iter().collect();
         let mut resp = self.send(Method::GET, target, &headers, &Body::Empty, true)?;
         if resp.status() == 404 {
@@ -734,7 +730,7 @@ impl Client {
     }
 
     /// The one-line error for an unexpected status.
-    pub fn status_error(&self, what: &str, resp: &mut Response<ureq::Body>) -> Error {
+    pub(crate) fn status_error(&self, what: &str, resp: &mut Response<ureq::Body>) -> Error {
         let (status, code, msg) = describe_status(resp);
         match status {
             403 => Error::unauthorized(format!(
@@ -759,7 +755,7 @@ fn not_found(code: Option<&str>, msg: &str) -> String {
     }
 }
 
-pub fn header(resp: &Response<ureq::Body>, name: &str) -> Option<String> {
+pub(crate) fn header(resp: &Response<ureq::Body>, name: &str) -> Option<String> {
     resp.headers()
         .get(name)
         .and_then(|v| v.to_str().ok())

@@ -22,11 +22,11 @@ use crate::store::plan::{ImagePlan, LayerPlan, ManifestBlob, PlanSource, Platfor
 use crate::store::{Digest, ImportObserver, Store};
 
 /// What `Accept` lists for manifests.
-pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json";
+pub(crate) const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json";
 
 /// How to pull.
 #[derive(Debug, Clone)]
-pub struct PullOptions {
+pub(crate) struct PullOptions {
     /// `os/arch[/variant]` to take from a multi-platform image (default: the host's).
     pub platform: Option<String>,
     /// Layers downloaded at once.
@@ -46,11 +46,7 @@ impl Default for PullOptions {
 
 /// What a pull did.
 #[derive(Debug, Clone)]
-pub struct Pulled {
-    pub reference: ImageRef,
-    /// The manifest's digest (of the platform's manifest when the reference named an
-    /// index).
-    pub manifest_digest: Digest,
+pub(crate) struct Pulled {
     /// The digest the reference resolved to (the index's, for a multi-platform image).
     pub resolved_digest: Digest,
     pub ingested: Ingested,
@@ -92,7 +88,7 @@ fn media_type_of(bytes: &[u8], content_type: Option<&str>) -> String {
 
 /// GET a manifest (by tag or digest) and check its digest: against the digest asked for,
 /// or the registry's `Docker-Content-Digest`.
-pub fn fetch_manifest(
+pub(crate) fn fetch_manifest(
     client: &Client,
     repository: &str,
     reference: &str,
@@ -194,7 +190,7 @@ fn choose_platform(
 
 /// Resolve `r` to one image manifest, verified; also the digest `r` resolved to (the
 /// index's, for a multi-platform image).
-pub fn resolve(
+pub(crate) fn resolve(
     client: &Client,
     r: &ImageRef,
     platform: &Platform,
@@ -276,7 +272,7 @@ fn unsupported(what: &str, mt: &str) -> Error {
 }
 
 /// Pull `r` into the store.
-pub fn pull(
+pub(crate) fn pull(
     store: &Store,
     r: &ImageRef,
     opts: &PullOptions,
@@ -310,8 +306,6 @@ pub fn pull(
     };
     let ingested = store.ingest(&what, &plan, &fetcher, opts.parallel, obs)?;
     Ok(Pulled {
-        reference: r.clone(),
-        manifest_digest: plan.manifest.as_ref().map(|m| m.digest).unwrap_or(resolved),
         resolved_digest: resolved,
         ingested,
     })
@@ -342,7 +336,7 @@ impl BlobFetcher for Fetcher {
 }
 
 /// A blob download that resumes where it broke off.
-pub struct BlobReader {
+pub(crate) struct BlobReader {
     client: Arc<Client>,
     path: String,
     size: u64,

@@ -18,7 +18,7 @@ use crate::store::{Digest, Store};
 
 /// Progress of one blob.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PushEvent {
+pub(crate) enum PushEvent {
     /// The registry has it: nothing sent.
     Exists,
     /// Mounted from another repository of the registry: nothing sent.
@@ -32,7 +32,7 @@ pub enum PushEvent {
 }
 
 /// Receives push progress; called from the upload threads.
-pub trait PushObserver: Sync {
+pub(crate) trait PushObserver: Sync {
     fn blob(&self, digest: &Digest, event: PushEvent);
 }
 
@@ -44,7 +44,7 @@ impl PushObserver for Unseen {
 
 /// How to push.
 #[derive(Debug, Clone)]
-pub struct PushOptions {
+pub(crate) struct PushOptions {
     /// Blobs uploaded at once.
     pub parallel: usize,
     /// Blobs larger than this go up in chunks of this size; smaller ones in one request.
@@ -64,8 +64,7 @@ impl Default for PushOptions {
 
 /// What a push did.
 #[derive(Debug, Clone)]
-pub struct Pushed {
-    pub reference: ImageRef,
+pub(crate) struct Pushed {
     pub digest: Digest,
     /// Manifest size in bytes.
     pub size: usize,
@@ -105,7 +104,7 @@ impl From<Error> for Fail {
 }
 
 /// Push the store's image `image` to `r`.
-pub fn push(
+pub(crate) fn push(
     store: &Store,
     image: &str,
     r: &ImageRef,
@@ -206,7 +205,6 @@ pub fn push(
             .map_err(|e| e.context(format!("{what}: blob {}", b.digest)))
     })?;
     let mut out = Pushed {
-        reference: r.clone(),
         digest: rec.manifest_digest,
         size: manifest.len(),
         uploaded: 0,

@@ -27,14 +27,14 @@ use crate::store::plan::{ConfigFacts, ImagePlan, LayerPlan, ManifestBlob, PlanSo
 /// Largest JSON document (index, manifest, config) read from a source.
 const MAX_JSON: u64 = 16 << 20;
 
-pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
-pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
-pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
-pub const OCI_LAYER: &str = "application/vnd.oci.image.layer.v1.tar";
-pub const OCI_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
-pub const OCI_LAYER_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
+pub(crate) const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub(crate) const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+pub(crate) const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+pub(crate) const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+pub(crate) const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+pub(crate) const OCI_LAYER: &str = "application/vnd.oci.image.layer.v1.tar";
+pub(crate) const OCI_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+pub(crate) const OCI_LAYER_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
 
 /// How a layer blob is compressed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,7 +46,7 @@ pub enum Compression {
 
 impl Compression {
     /// From the first bytes of a blob.
-    pub fn sniff(head: &[u8]) -> Compression {
+    pub(crate) fn sniff(head: &[u8]) -> Compression {
         if head.starts_with(&[0x1f, 0x8b]) {
             Compression::Gzip
         } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
@@ -57,7 +57,7 @@ impl Compression {
     }
 
     /// From a layer media type; `None` for a type we do not know.
-    pub fn from_media_type(mt: &str) -> Option<Compression> {
+    pub(crate) fn from_media_type(mt: &str) -> Option<Compression> {
         match mt {
             OCI_LAYER
             | "application/vnd.oci.image.layer.nondistributable.v1.tar"
@@ -76,7 +76,7 @@ impl Compression {
     }
 
     /// The OCI media type for a layer blob of this compression.
-    pub fn media_type(self) -> &'static str {
+    pub(crate) fn media_type(self) -> &'static str {
         match self {
             Compression::None => OCI_LAYER,
             Compression::Gzip => OCI_LAYER_GZIP,
@@ -84,7 +84,7 @@ impl Compression {
         }
     }
 
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Compression::None => "uncompressed",
             Compression::Gzip => "gzip",
@@ -95,7 +95,7 @@ impl Compression {
 
 /// One member of a tar archive.
 #[derive(Debug, Clone)]
-pub struct Member {
+pub(crate) struct Member {
     offset: u64,
     size: u64,
     /// For a symlink member: the member it points to (resolved within the archive).
@@ -104,7 +104,7 @@ pub struct Member {
 
 /// Where the files of a source are: a directory, or members of an uncompressed tar.
 #[derive(Debug)]
-pub enum SourceFiles {
+pub(crate) enum SourceFiles {
     Dir(PathBuf),
     Tar {
         path: PathBuf,
@@ -224,7 +224,7 @@ impl SourceFiles {
     }
 
     /// Whether the source has a file of this name.
-    pub fn exists(&self, name: &str) -> bool {
+    pub(crate) fn exists(&self, name: &str) -> bool {
         match self {
             SourceFiles::Dir(d) => canonical(name).is_some_and(|n| d.join(n).is_file()),
             SourceFiles::Tar { .. } => self.member(name).is_some(),
@@ -232,7 +232,7 @@ impl SourceFiles {
     }
 
     /// Open a file of the source for streaming; returns the reader and its size.
-    pub fn open(&self, name: &str) -> Result<(Box<dyn Read + Send>, u64)> {
+    pub(crate) fn open(&self, name: &str) -> Result<(Box<dyn Read + Send>, u64)> {
         let missing = || {
             Error::corrupt(format!(
                 "{}: {name} is missing from the archive",
@@ -262,7 +262,7 @@ impl SourceFiles {
     }
 
     /// Read a small file (JSON) whole.
-    pub fn read(&self, name: &str) -> Result<Vec<u8>> {
+    pub(crate) fn read(&self, name: &str) -> Result<Vec<u8>> {
         let (r, size) = self.open(name)?;
         if size > MAX_JSON {
             return Err(Error::corrupt(format!(
@@ -278,7 +278,7 @@ impl SourceFiles {
     }
 
     /// The first bytes of a file, to sniff its compression.
-    pub fn head(&self, name: &str) -> Result<Vec<u8>> {
+    pub(crate) fn head(&self, name: &str) -> Result<Vec<u8>> {
         let (r, _) = self.open(name)?;
         let mut v = Vec::new();
         r.take(8)
@@ -288,7 +288,7 @@ impl SourceFiles {
     }
 
     /// A blob of an OCI layout by digest.
-    pub fn blob_name(d: &Digest) -> String {
+    pub(crate) fn blob_name(d: &Digest) -> String {
         format!("blobs/sha256/{}", d.hex())
     }
 }
@@ -304,7 +304,7 @@ pub enum Format {
 }
 
 impl Format {
-    pub fn describe(self) -> String {
+    pub(crate) fn describe(self) -> String {
         match self {
             Format::OciLayout => "OCI image layout".into(),
             Format::OciArchive => "oci-archive".into(),
@@ -317,14 +317,14 @@ impl Format {
 
 /// An opened source.
 #[derive(Debug)]
-pub struct Source {
+pub(crate) struct Source {
     pub path: PathBuf,
     pub format: Format,
     pub files: SourceFiles,
 }
 
 /// Look at a path and decide what it is.
-pub fn detect(path: &Path) -> Result<Source> {
+pub(crate) fn detect(path: &Path) -> Result<Source> {
     let md = std::fs::metadata(path).ctx(format!("{}", path.display()))?;
     if md.is_dir() {
         let files = SourceFiles::Dir(path.to_path_buf());
@@ -462,7 +462,7 @@ fn read_verified(src: &Source, what: &str, digest: &Digest, size: Option<u64>) -
 }
 
 /// Turn a name from an archive into a tag, when it is a full reference.
-pub fn normalize_tag(name: &str) -> Option<String> {
+pub(crate) fn normalize_tag(name: &str) -> Option<String> {
     let n = name
         .strip_prefix("docker.io/library/")
         .or_else(|| name.strip_prefix("docker.io/"))
@@ -475,7 +475,7 @@ pub fn normalize_tag(name: &str) -> Option<String> {
 }
 
 /// The images an OCI layout (dir or archive) holds for `platform`.
-pub fn oci_plans(
+pub(crate) fn oci_plans(
     src: &Source,
     platform: &Platform,
     explicit_platform: bool,
@@ -671,7 +671,7 @@ fn digest_in_name(name: &str) -> Option<Digest> {
 }
 
 /// The images of a docker archive (`manifest.json`).
-pub fn docker_plans(src: &Source) -> Result<Vec<ImagePlan>> {
+pub(crate) fn docker_plans(src: &Source) -> Result<Vec<ImagePlan>> {
     let bytes = src.files.read("manifest.json")?;
     let entries: Vec<DockerManifestEntry> = serde_json::from_slice(&bytes).map_err(|e| {
         Error::corrupt(format!(

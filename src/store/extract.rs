@@ -31,7 +31,7 @@ pub struct ExtractOptions {
 }
 
 impl ExtractOptions {
-    pub fn for_this_process() -> Self {
+    pub(crate) fn for_this_process() -> Self {
         ExtractOptions {
             privileged: sys::is_privileged(),
         }
@@ -40,7 +40,7 @@ impl ExtractOptions {
 
 /// What one extraction did.
 #[derive(Debug, Default)]
-pub struct Extracted {
+pub(crate) struct Extracted {
     /// Entries read from the tar.
     pub entries: u64,
     /// sha256 of each regular file written, by inode number.
@@ -96,7 +96,7 @@ fn sys_err(name: &[u8], what: &str, e: Errno) -> Error {
 
 /// Split an entry path into its components, refusing anything that could leave the root.
 /// `./a//b/` gives `[a, b]`; the root itself gives `[]`.
-pub fn safe_components(path: &[u8]) -> std::result::Result<Vec<&[u8]>, &'static str> {
+pub(crate) fn safe_components(path: &[u8]) -> std::result::Result<Vec<&[u8]>, &'static str> {
     if path.first() == Some(&b'/') {
         return Err("absolute path refused");
     }
@@ -112,7 +112,7 @@ pub fn safe_components(path: &[u8]) -> std::result::Result<Vec<&[u8]>, &'static 
 }
 
 /// Extract a whole tar stream into the directory `root`.
-pub fn extract<R: Read>(
+pub(crate) fn extract<R: Read>(
     reader: R,
     root: BorrowedFd<'_>,
     opts: ExtractOptions,
@@ -642,7 +642,7 @@ fn parse_pax_time(s: &str) -> Option<TimeSpec> {
 }
 
 /// Remove `name` in `dir` and everything below it, never following symlinks.
-pub fn remove_tree_at(dir: BorrowedFd<'_>, name: &OsStr) -> sys::SysResult<()> {
+pub(crate) fn remove_tree_at(dir: BorrowedFd<'_>, name: &OsStr) -> sys::SysResult<()> {
     let st = match sys::stat_at(dir, name) {
         Ok(st) => st,
         Err(Errno::NOENT) => return Ok(()),

@@ -20,7 +20,7 @@ use crate::sys;
 
 /// Remove everything under `tmp/` (only ever called with the lock held, so nothing there
 /// belongs to a live command).
-pub fn remove_leftovers(layout: &Layout, _lock: &StoreLock) -> Result<usize> {
+pub(crate) fn remove_leftovers(layout: &Layout, _lock: &StoreLock) -> Result<usize> {
     let tmp = layout.tmp_dir();
     let fd = match sys::open_root_dir(&tmp) {
         Ok(fd) => fd,
@@ -101,7 +101,7 @@ fn in_use(
 }
 
 /// Disk blocks used below a path (hard links counted once).
-pub fn disk_usage(path: &std::path::Path) -> u64 {
+pub(crate) fn disk_usage(path: &std::path::Path) -> u64 {
     fn walk(dir: std::os::fd::BorrowedFd<'_>, seen: &mut HashSet<(u64, u64)>) -> u64 {
         let Ok(entries) = sys::read_dir_all(dir) else {
             return 0;
@@ -210,7 +210,7 @@ impl Store {
 
     /// `remove_images`, asking what containers use once the store lock is held, so a
     /// container created meanwhile is seen.
-    pub fn remove_images_with(
+    pub(crate) fn remove_images_with(
         &self,
         names: &[String],
         force: bool,
@@ -304,7 +304,7 @@ impl Store {
     }
 
     /// `prune`, asking what containers use once the store lock is held.
-    pub fn prune_with(
+    pub(crate) fn prune_with(
         &self,
         all: bool,
         containers: &dyn Fn() -> Vec<ContainerUse>,

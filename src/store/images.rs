@@ -52,7 +52,7 @@ pub struct ImageRecord {
 
 impl ImageRecord {
     /// Repository names of the tags (`a` for `a:1`).
-    pub fn repositories(&self) -> impl Iterator<Item = &str> {
+    pub(crate) fn repositories(&self) -> impl Iterator<Item = &str> {
         self.tags.iter().map(|t| split_tag(t).0)
     }
 }
@@ -68,7 +68,7 @@ pub struct ImageCatalog {
 
 /// A parsed image name.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Reference {
+pub(crate) enum Reference {
     /// `name:tag` (normalized, `:latest` added).
     Tag(String),
     /// `name@sha256:…`.
@@ -85,7 +85,7 @@ impl fmt::Display for Reference {
 }
 
 /// Split `name:tag` at the tag's colon (a registry port is not a tag).
-pub fn split_tag(s: &str) -> (&str, &str) {
+pub(crate) fn split_tag(s: &str) -> (&str, &str) {
     let last_slash = s.rfind('/').map(|i| i + 1).unwrap_or(0);
     match s[last_slash..].rfind(':') {
         Some(i) => (&s[..last_slash + i], &s[last_slash + i + 1..]),
@@ -132,7 +132,7 @@ fn valid_tag(tag: &str) -> bool {
 
 impl Reference {
     /// Parse `NAME[:TAG]` or `NAME@sha256:HEX`.
-    pub fn parse(s: &str) -> Result<Reference> {
+    pub(crate) fn parse(s: &str) -> Result<Reference> {
         let bad =
             |why: &str| Error::invalid_input(format!("invalid image reference \"{s}\": {why}"));
         if let Some((name, digest)) = s.split_once('@') {
@@ -167,7 +167,7 @@ impl Reference {
     }
 
     /// A name for tagging: `NAME[:TAG]` only.
-    pub fn parse_tag(s: &str) -> Result<String> {
+    pub(crate) fn parse_tag(s: &str) -> Result<String> {
         match Reference::parse(s)? {
             Reference::Tag(t) => Ok(t),
             Reference::Digest { .. } => Err(Error::invalid_input(format!(
@@ -178,18 +178,18 @@ impl Reference {
 }
 
 impl ImageCatalog {
-    pub fn get(&self, id: &Digest) -> Option<&ImageRecord> {
+    pub(crate) fn get(&self, id: &Digest) -> Option<&ImageRecord> {
         self.images.get(&id.hex())
     }
 
-    pub fn by_tag(&self, tag: &str) -> Option<&ImageRecord> {
+    pub(crate) fn by_tag(&self, tag: &str) -> Option<&ImageRecord> {
         self.images
             .values()
             .find(|r| r.tags.iter().any(|t| t == tag))
     }
 
     /// Find the image a user named. Errors say what was looked for.
-    pub fn resolve(&self, s: &str) -> Result<&ImageRecord> {
+    pub(crate) fn resolve(&self, s: &str) -> Result<&ImageRecord> {
         let s = s.trim();
         if s.is_empty() {
             return Err(Error::invalid_input("empty image name"));
@@ -242,7 +242,7 @@ impl ImageCatalog {
     }
 
     /// Give `tag` to the image `id`, taking it from whichever image had it.
-    pub fn set_tag(&mut self, id: &Digest, tag: &str) {
+    pub(crate) fn set_tag(&mut self, id: &Digest, tag: &str) {
         for r in self.images.values_mut() {
             r.tags.retain(|t| t != tag);
         }
@@ -253,7 +253,7 @@ impl ImageCatalog {
     }
 
     /// Records sorted newest import first, as `images` lists them.
-    pub fn sorted(&self) -> Vec<&ImageRecord> {
+    pub(crate) fn sorted(&self) -> Vec<&ImageRecord> {
         let mut v: Vec<&ImageRecord> = self.images.values().collect();
         v.sort_by(|a, b| b.imported.cmp(&a.imported).then(a.id.cmp(&b.id)));
         v

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, IoContext, Result};
 use crate::store::digest::Digest;
-use crate::store::images::{ImageRecord, LayerRef, Reference};
+use crate::store::images::{LayerRef, Reference};
 use crate::store::parallel::run_bounded;
 use crate::store::plan::{ImagePlan, LayerPlan};
 use crate::store::stage::{ImportObserver, LayerEvent, Stage, upsert};
@@ -29,7 +29,7 @@ use crate::store::stream::stream_blob;
 use crate::store::{LayerRecord, Store};
 
 /// Where layer blobs come from.
-pub trait BlobFetcher: Sync {
+pub(crate) trait BlobFetcher: Sync {
     /// A reader over the whole blob of `layer`, from its first byte. It may resume
     /// interrupted transfers underneath; whatever it yields is verified against the
     /// layer's digest and size.
@@ -38,17 +38,9 @@ pub trait BlobFetcher: Sync {
 
 /// What `ingest` did.
 #[derive(Debug, Clone)]
-pub struct Ingested {
-    /// The record as stored.
-    pub image: ImageRecord,
+pub(crate) struct Ingested {
     /// Whether the store had this image (same id and manifest) before.
     pub was_present: bool,
-    /// Layers whose blob was fetched (extracted or not).
-    pub layers_fetched: usize,
-    /// Layers found in the store: nothing fetched for them.
-    pub layers_existing: usize,
-    /// Blob bytes fetched.
-    pub bytes_fetched: u64,
 }
 
 /// One blob to fetch.
@@ -74,7 +66,6 @@ struct Fetching<'a> {
 /// A finished job.
 struct Done {
     blob: Digest,
-    blob_size: u64,
     blob_file: PathBuf,
     /// The staged layer dir and its record, when extracted.
     layer: Option<(PathBuf, LayerRecord)>,
@@ -110,7 +101,7 @@ impl Store {
     /// Ingest the image `plan` describes, fetching the layer blobs the store lacks from
     /// `fetch`, up to `parallel` at once. `what` names the image in errors. The plan's
     /// tags are given to the image. On any error the store is left as it was.
-    pub fn ingest(
+    pub(crate) fn ingest(
         &self,
         what: &str,
         plan: &ImagePlan,
@@ -138,7 +129,6 @@ impl Store {
         let mut jobs: Vec<Job> = Vec::new();
         let mut seen: HashSet<Digest> = HashSet::new();
         let mut extracting: HashSet<Digest> = HashSet::new();
-        let mut existing = 0;
         // Every layer of a manifest names its blob by digest and size.
         let blobs = plan
             .layers
@@ -157,7 +147,6 @@ impl Store {
             let layer_here = self.layer_exists(&layer.diff_id);
             if layer_here && self.blob_path(&blob).is_file() {
                 obs.layer(&blob, LayerEvent::Exists);
-                existing += 1;
                 continue;
             }
             let extract = !layer_here && extracting.insert(layer.diff_id);
@@ -183,10 +172,8 @@ impl Store {
         })?;
 
         // Everything verified: stage it under its final names.
-        let mut bytes_fetched = 0;
         let mut sizes: HashMap<Digest, u64> = HashMap::new();
         for (job, done) in jobs.iter().zip(results) {
-            bytes_fetched += done.blob_size;
             let diff_id = plan.layers[job.layer].diff_id;
             stage.adopt_blob(self, &done.blob_file, done.blob)?;
             if let Some((dir, rec)) = done.layer {
@@ -216,16 +203,10 @@ impl Store {
         stage.put_blob(self, &plan.config)?;
         self.commit_stage(&stage, &lock)?;
         let mut rec = plan.record(manifest, layers);
-        let image = upsert(&mut catalog, &mut rec, &tags);
+        upsert(&mut catalog, &mut rec, &tags);
         self.write_images(&catalog, &lock)?;
         drop(stage);
-        Ok(Ingested {
-            image,
-            was_present,
-            layers_fetched: jobs.len(),
-            layers_existing: existing,
-            bytes_fetched,
-        })
+        Ok(Ingested { was_present })
     }
 
     /// Fetch one blob into the staging dir, verifying it, and extract it when asked.
@@ -285,7 +266,6 @@ impl Store {
         };
         Ok(Done {
             blob,
-            blob_size: streamed.blob_size,
             blob_file,
             layer: staged_layer,
         })

@@ -18,14 +18,14 @@ use crate::store::stream::Streamed;
 
 /// A platform as `os/arch[/variant]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Platform {
+pub(crate) struct Platform {
     pub os: String,
     pub arch: String,
     pub variant: Option<String>,
 }
 
 impl Platform {
-    pub fn host() -> Platform {
+    pub(crate) fn host() -> Platform {
         Platform {
             os: oci_spec::image::Os::default().to_string(),
             arch: oci_spec::image::Arch::default().to_string(),
@@ -33,7 +33,7 @@ impl Platform {
         }
     }
 
-    pub fn parse(s: &str) -> Result<Platform> {
+    pub(crate) fn parse(s: &str) -> Result<Platform> {
         let parts: Vec<&str> = s.split('/').collect();
         if parts.len() < 2 || parts.len() > 3 || parts.iter().any(|p| p.is_empty()) {
             return Err(Error::invalid_input(format!(
@@ -76,7 +76,7 @@ impl std::fmt::Display for Platform {
 
 /// A verified manifest: its bytes, their digest, and its media type.
 #[derive(Debug, Clone)]
-pub struct ManifestBlob {
+pub(crate) struct ManifestBlob {
     pub bytes: Vec<u8>,
     pub digest: Digest,
     pub media_type: String,
@@ -84,7 +84,7 @@ pub struct ManifestBlob {
 
 /// One layer to import.
 #[derive(Debug, Clone)]
-pub struct LayerPlan {
+pub(crate) struct LayerPlan {
     /// Where the blob is in the source.
     pub member: String,
     /// The blob digest the manifest promises (unknown for old docker archives).
@@ -98,7 +98,7 @@ pub struct LayerPlan {
 
 /// One image to import, its manifest and config verified.
 #[derive(Debug, Clone)]
-pub struct ImagePlan {
+pub(crate) struct ImagePlan {
     /// `None` for docker archives: a manifest is made once the blob digests are known.
     pub manifest: Option<ManifestBlob>,
     pub config: Vec<u8>,

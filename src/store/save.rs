@@ -24,7 +24,7 @@ use crate::store::layout::unique_name;
 
 /// The form to write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SaveFormat {
+pub(crate) enum SaveFormat {
     /// A tar of an OCI image layout.
     OciArchive,
     /// `docker save` form: `manifest.json`, `<config>.json`, `<diff-id>/layer.tar`.
@@ -35,7 +35,7 @@ pub enum SaveFormat {
 
 /// One image written, with the names it was written under.
 #[derive(Debug, Clone)]
-pub struct Saved {
+pub(crate) struct Saved {
     pub image: ImageRecord,
     pub tags: Vec<String>,
 }
@@ -67,7 +67,12 @@ impl Store {
     }
 
     /// Write images to `out` in `format`.
-    pub fn save(&self, names: &[String], format: SaveFormat, out: &Path) -> Result<Vec<Saved>> {
+    pub(crate) fn save(
+        &self,
+        names: &[String],
+        format: SaveFormat,
+        out: &Path,
+    ) -> Result<Vec<Saved>> {
         if names.is_empty() {
             return Err(Error::invalid_input("no image to save"));
         }

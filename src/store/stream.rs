@@ -93,7 +93,7 @@ impl Default for ExpansionLimit {
 impl ExpansionLimit {
     /// The default, or the ratio in `$LAYERFS_MAX_EXPANSION` (`0`: no limit), for the
     /// rare real layer that holds gigabytes of zeros.
-    pub fn from_env() -> Result<Self> {
+    pub(crate) fn from_env() -> Result<Self> {
         let mut lim = ExpansionLimit::default();
         if let Some(v) = std::env::var_os("LAYERFS_MAX_EXPANSION") {
             let ratio: u64 = v

@@ -18,7 +18,7 @@ use crate::sys::{self, Errno, OFlags};
 /// A byte string in JSON: the plain string when it is UTF-8, else `"\0hex:<hex>"` (a real
 /// name can never contain NUL, so the two forms cannot collide).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Bytes(pub Vec<u8>);
+pub(crate) struct Bytes(pub Vec<u8>);
 
 impl Serialize for Bytes {
     fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
@@ -47,7 +47,7 @@ impl std::fmt::Display for Bytes {
 
 /// One object of a layer tree as extraction left it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TreeEntry {
+pub(crate) struct TreeEntry {
     pub path: Bytes,
     /// `f` file, `d` dir, `l` symlink, `c`/`b` device, `p` fifo, `s` socket.
     pub kind: char,
@@ -75,7 +75,7 @@ fn is_zero<T: Default + PartialEq>(v: &T) -> bool {
 
 /// A scanned tree: entries sorted by path, plus totals.
 #[derive(Debug, Default)]
-pub struct Scan {
+pub(crate) struct Scan {
     pub entries: Vec<TreeEntry>,
     /// Sum of regular file sizes (hard links counted once).
     pub size: u64,
@@ -83,7 +83,10 @@ pub struct Scan {
 
 /// Walk the tree below `root`. File contents are hashed only where `known` has no hash
 /// for the inode (extraction already hashed what it wrote).
-pub fn scan_tree(root: BorrowedFd<'_>, known: &HashMap<u64, Digest>) -> sys::SysResult<Scan> {
+pub(crate) fn scan_tree(
+    root: BorrowedFd<'_>,
+    known: &HashMap<u64, Digest>,
+) -> sys::SysResult<Scan> {
     let mut scan = Scan::default();
     let mut seen = std::collections::HashSet::new();
     let st = sys::stat_fd(root)?;
@@ -207,7 +210,7 @@ fn hash_file_at(dir: BorrowedFd<'_>, name: &OsStr) -> sys::SysResult<Digest> {
 }
 
 /// Differences between a recorded tree and a scanned one, one line each.
-pub fn compare_trees(expected: &[TreeEntry], actual: &[TreeEntry]) -> Vec<String> {
+pub(crate) fn compare_trees(expected: &[TreeEntry], actual: &[TreeEntry]) -> Vec<String> {
     let exp: BTreeMap<&Bytes, &TreeEntry> = expected.iter().map(|e| (&e.path, e)).collect();
     let act: BTreeMap<&Bytes, &TreeEntry> = actual.iter().map(|e| (&e.path, e)).collect();
     let mut out = Vec::new();
