@@ -33,6 +33,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, IoContext, Result};
+use crate::store::df::data_size;
+use crate::store::images::by_id_prefix;
 use crate::store::layout::{read_json, sync_dir, unique_name};
 use crate::store::{ContainerUse, Digest, Store};
 use crate::sys;
@@ -308,7 +310,7 @@ impl<'a> Containers<'a> {
     /// Bytes of file data in a container's own layer (hard links once), as docker's
     /// `SizeRw`.
     pub(crate) fn rw_size(&self, c: &Container) -> u64 {
-        tree_size(&self.upper(c))
+        data_size(&self.upper(c))
     }
 
     /// What containers need from the store, for `rmi`, `system df` and `system prune`.
@@ -364,7 +366,7 @@ impl<'a> Containers<'a> {
                 layers = r.layers.iter().map(|l| l.diff_id).collect();
             }
             out.push(ContainerUse {
-                size: tree_size(&e.path().join("upper")),
+                size: data_size(&e.path().join("upper")),
                 name,
                 image,
                 layers,
@@ -387,15 +389,8 @@ pub(crate) fn find<'c>(all: &'c [Container], s: &str) -> Result<&'c Container> {
         return Ok(c);
     }
     if s.bytes().all(|b| b.is_ascii_hexdigit()) {
-        let hits: Vec<&Container> = all.iter().filter(|c| c.id.starts_with(s)).collect();
-        match hits.len() {
-            1 => return Ok(hits[0]),
-            0 => {}
-            n => {
-                return Err(Error::ambiguous(format!(
-                    "container id prefix \"{s}\" is ambiguous: it matches {n} containers"
-                )));
-            }
+        if let Some(c) = by_id_prefix(all, |c| c.id.clone(), s, s, "container")? {
+            return Ok(c);
         }
     }
     Err(Error::not_found(format!("no such container: {s}")))
@@ -412,39 +407,6 @@ pub(crate) fn remove_tree(p: &Path) -> Result<()> {
     let pfd = sys::open_root_dir(parent).ctx(format!("opening {}", parent.display()))?;
     crate::store::extract::remove_tree_at(pfd.as_fd(), name)
         .ctx(format!("removing {}", p.display()))
-}
-
-/// Bytes of file data below a directory (hard links counted once).
-pub(crate) fn tree_size(root: &Path) -> u64 {
-    fn walk(dir: std::os::fd::BorrowedFd<'_>, seen: &mut HashSet<(u64, u64)>) -> u64 {
-        let Ok(entries) = sys::read_dir_all(dir) else {
-            return 0;
-        };
-        let mut total = 0;
-        for e in entries {
-            let Ok(st) = sys::stat_at(dir, &e.name) else {
-                continue;
-            };
-            if sys::is_dir_mode(st.st_mode) {
-                if let Ok(sub) = sys::open_dir_path(dir, &e.name) {
-                    total += walk(sub.as_fd(), seen);
-                }
-                continue;
-            }
-            if sys::mode_type(st.st_mode) != libc::S_IFREG {
-                continue;
-            }
-            if st.st_nlink > 1 && !seen.insert((st.st_dev, st.st_ino)) {
-                continue;
-            }
-            total += st.st_size as u64;
-        }
-        total
-    }
-    match sys::open_root_dir(root) {
-        Ok(fd) => walk(fd.as_fd(), &mut HashSet::new()),
-        Err(_) => 0,
-    }
 }
 
 /// A path as the overlay command line wants it (`\`, `:` and `,` escaped).

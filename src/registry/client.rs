@@ -261,6 +261,20 @@ fn cert_error(e: &ureq::Error) -> bool {
     )
 }
 
+/// A JSON answer whole, at most `MAX_JSON` bytes.
+fn read_small_body(resp: &mut Response<ureq::Body>) -> std::result::Result<Vec<u8>, ureq::Error> {
+    resp.body_mut().with_config().limit(MAX_JSON).read_to_vec()
+}
+
+/// " (N attempts)" after a failure that was tried more than once, for its message.
+fn attempts_note(attempt: u32) -> String {
+    if attempt > 1 {
+        format!(" ({attempt} attempts)")
+    } else {
+        String::new()
+    }
+}
+
 /// Wait before attempt `n` (1-based): 0.5 s, 1 s, 2 s, … at most 8 s.
 pub(crate) fn backoff(n: u32) -> Duration {
     Duration::from_millis(500u64.saturating_mul(1 << n.saturating_sub(1).min(4)))
@@ -419,15 +433,11 @@ impl Client {
                 std::thread::sleep(backoff(attempt));
                 continue;
             }
-            let tries = if attempt > 1 {
-                format!(" ({attempt} attempts)")
-            } else {
-                String::new()
-            };
             return Err(Error::network(format!(
-                "cannot reach registry {}: {}{tries}",
+                "cannot reach registry {}: {}{}",
                 self.registry,
-                describe_ureq(&err)
+                describe_ureq(&err),
+                attempts_note(attempt)
             )));
         }
     }
@@ -499,18 +509,13 @@ impl Client {
                         self.registry
                     )));
                 }
-                let body = resp
-                    .body_mut()
-                    .with_config()
-                    .limit(MAX_JSON)
-                    .read_to_vec()
-                    .map_err(|e| {
-                        Error::network(format!(
-                            "registry {}: token service {realm}: {}",
-                            self.registry,
-                            describe_ureq(&e)
-                        ))
-                    })?;
+                let body = read_small_body(&mut resp).map_err(|e| {
+                    Error::network(format!(
+                        "registry {}: token service {realm}: {}",
+                        self.registry,
+                        describe_ureq(&e)
+                    ))
+                })?;
                 let t: TokenAnswer = serde_json::from_slice(&body).map_err(|e| {
                     Error::network(format!(
                         "registry {}: token service {realm}: not a token answer: {e}",
@@ -675,15 +680,11 @@ impl Client {
                     std::thread::sleep(backoff(attempt));
                 }
                 Err(e) => {
-                    let tries = if attempt > 1 {
-                        format!(" ({attempt} attempts)")
-                    } else {
-                        String::new()
-                    };
                     return Err(Error::network(format!(
-                        "registry {}: {}{tries}",
+                        "registry {}: {}{}",
                         self.registry,
-                        describe_ureq(&e)
+                        describe_ureq(&e),
+                        attempts_note(attempt)
                     )));
                 }
             }
@@ -710,18 +711,13 @@ impl Client {
         }
         let ct = header(&resp, "content-type");
         let dcd = header(&resp, "docker-content-digest");
-        let data = resp
-            .body_mut()
-            .with_config()
-            .limit(MAX_JSON)
-            .read_to_vec()
-            .map_err(|e| {
-                Error::network(format!(
-                    "{what}: registry {}: {}",
-                    self.registry,
-                    describe_ureq(&e)
-                ))
-            })?;
+        let data = read_small_body(&mut resp).map_err(|e| {
+            Error::network(format!(
+                "{what}: registry {}: {}",
+                self.registry,
+                describe_ureq(&e)
+            ))
+        })?;
         Ok(Small {
             data,
             content_type: ct,

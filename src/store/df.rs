@@ -3,12 +3,14 @@
 //! and containers; the sum of image sizes next to what the store really uses on disk.
 
 use std::collections::{HashMap, HashSet};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::path::Path;
 
 use crate::error::Result;
 use crate::store::digest::Digest;
-use crate::store::gc::disk_usage;
 use crate::store::images::ImageRecord;
 use crate::store::{ContainerUse, Store};
+use crate::sys;
 
 /// One image's share of the space.
 #[derive(Debug, Clone)]
@@ -187,4 +189,60 @@ impl Store {
         report.disk_usage = disk_usage(self.root());
         Ok(report)
     }
+}
+
+/// Disk blocks used by a path and everything below it (an object with several names
+/// counted once).
+pub(crate) fn disk_usage(path: &Path) -> u64 {
+    let Ok(fd) = sys::open_root_dir(path) else {
+        return std::fs::symlink_metadata(path)
+            .map(|m| std::os::unix::fs::MetadataExt::blocks(&m) * 512)
+            .unwrap_or(0);
+    };
+    let blocks = |st: &sys::Stat| st.st_blocks as u64 * 512;
+    let own = sys::stat_fd(fd.as_fd()).map(|st| blocks(&st)).unwrap_or(0);
+    own + sum_below(fd.as_fd(), &blocks, &mut HashSet::new())
+}
+
+/// Bytes of file data below a directory (hard links counted once), as docker's
+/// `SizeRw`.
+pub(crate) fn data_size(root: &Path) -> u64 {
+    let file_bytes = |st: &sys::Stat| {
+        if sys::mode_type(st.st_mode) == libc::S_IFREG {
+            st.st_size as u64
+        } else {
+            0
+        }
+    };
+    match sys::open_root_dir(root) {
+        Ok(fd) => sum_below(fd.as_fd(), &file_bytes, &mut HashSet::new()),
+        Err(_) => 0,
+    }
+}
+
+/// `measure` summed over everything below `dir`, never following symlinks; an object
+/// with several names counts once, what cannot be read counts nothing.
+fn sum_below(
+    dir: BorrowedFd<'_>,
+    measure: &dyn Fn(&sys::Stat) -> u64,
+    seen: &mut HashSet<(u64, u64)>,
+) -> u64 {
+    let Ok(entries) = sys::read_dir_all(dir) else {
+        return 0;
+    };
+    let mut total = 0;
+    for e in entries {
+        let Ok(st) = sys::stat_at(dir, &e.name) else {
+            continue;
+        };
+        let is_dir = sys::is_dir_mode(st.st_mode);
+        if !is_dir && st.st_nlink > 1 && !seen.insert((st.st_dev, st.st_ino)) {
+            continue;
+        }
+        total += measure(&st);
+        if is_dir && let Ok(sub) = sys::open_dir_path(dir, &e.name) {
+            total += sum_below(sub.as_fd(), measure, seen);
+        }
+    }
+    total
 }

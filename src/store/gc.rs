@@ -9,6 +9,7 @@ use std::ffi::OsStr;
 use std::os::fd::AsFd;
 
 use crate::error::{Error, IoContext, Result};
+use crate::store::df::disk_usage;
 use crate::store::digest::{Digest, Hasher};
 use crate::store::extract::remove_tree_at;
 use crate::store::images::{ImageCatalog, Reference};
@@ -98,43 +99,6 @@ fn in_use(
         layers.extend(c.layers.iter().copied());
     }
     (layers, blobs)
-}
-
-/// Disk blocks used below a path (hard links counted once).
-pub(crate) fn disk_usage(path: &std::path::Path) -> u64 {
-    fn walk(dir: std::os::fd::BorrowedFd<'_>, seen: &mut HashSet<(u64, u64)>) -> u64 {
-        let Ok(entries) = sys::read_dir_all(dir) else {
-            return 0;
-        };
-        let mut total = 0;
-        for e in entries {
-            let Ok(st) = sys::stat_at(dir, &e.name) else {
-                continue;
-            };
-            if st.st_nlink > 1
-                && !sys::is_dir_mode(st.st_mode)
-                && !seen.insert((st.st_dev, st.st_ino))
-            {
-                continue;
-            }
-            total += st.st_blocks as u64 * 512;
-            if sys::is_dir_mode(st.st_mode)
-                && let Ok(sub) = sys::open_dir_path(dir, &e.name)
-            {
-                total += walk(sub.as_fd(), seen);
-            }
-        }
-        total
-    }
-    let Ok(fd) = sys::open_root_dir(path) else {
-        return std::fs::symlink_metadata(path)
-            .map(|m| std::os::unix::fs::MetadataExt::blocks(&m) * 512)
-            .unwrap_or(0);
-    };
-    let own = sys::stat_fd(fd.as_fd())
-        .map(|s| s.st_blocks as u64 * 512)
-        .unwrap_or(0);
-    own + walk(fd.as_fd(), &mut HashSet::new())
 }
 
 impl Store {

@@ -177,6 +177,29 @@ impl Reference {
     }
 }
 
+/// The one item whose id starts with `prefix` (docker's id-prefix rule): `None` when
+/// none does, an `Ambiguous` error when several do. `shown` is the name as the user gave
+/// it, `noun` what the items are ("image").
+pub(crate) fn by_id_prefix<'a, T>(
+    items: impl IntoIterator<Item = &'a T>,
+    id: impl Fn(&T) -> String,
+    prefix: &str,
+    shown: &str,
+    noun: &str,
+) -> Result<Option<&'a T>> {
+    let hits: Vec<&T> = items
+        .into_iter()
+        .filter(|item| id(item).starts_with(prefix))
+        .collect();
+    match hits.len() {
+        0 => Ok(None),
+        1 => Ok(Some(hits[0])),
+        n => Err(Error::ambiguous(format!(
+            "{noun} id prefix \"{shown}\" is ambiguous: it matches {n} {noun}s"
+        ))),
+    }
+}
+
 impl ImageCatalog {
     pub(crate) fn get(&self, id: &Digest) -> Option<&ImageRecord> {
         self.images.get(&id.hex())
@@ -223,19 +246,8 @@ impl ImageCatalog {
                 .bytes()
                 .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
         {
-            let hits: Vec<&ImageRecord> = self
-                .images
-                .values()
-                .filter(|r| r.id.hex().starts_with(full))
-                .collect();
-            match hits.len() {
-                1 => return Ok(hits[0]),
-                0 => {}
-                n => {
-                    return Err(Error::ambiguous(format!(
-                        "image id prefix \"{s}\" is ambiguous: it matches {n} images"
-                    )));
-                }
+            if let Some(r) = by_id_prefix(self.images.values(), |r| r.id.hex(), full, s, "image")? {
+                return Ok(r);
             }
         }
         Err(Error::not_found(format!("no such image: {s}")))
