@@ -2,9 +2,8 @@
 //! Argument definitions and output only; the work is in `crate::container` (and
 //! `crate::store` for save).
 
-use std::collections::HashMap;
 use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand, ValueEnum};
@@ -12,14 +11,14 @@ use serde_json::json;
 
 use crate::cli::Globals;
 use crate::cli::store_cmds::{Format, ago, human_size, print, table};
-use crate::container::mounts::{self, ContainerMount, MountRequest};
-use crate::container::{Container, Containers, commit, diff, export, shell};
+use crate::container::mounts::{self, MountRequest};
+use crate::container::{Container, Containers, commit, diff, export, list, shell};
 use crate::error::{Error, Result};
 use crate::store::Store;
 use crate::store::save::SaveFormat;
 
 #[derive(Debug, Subcommand)]
-pub enum ContainerCommand {
+pub(crate) enum ContainerCommand {
     /// Create a container from an image (its own writable layer over the image's layers); prints its id
     Create {
         image: String,
@@ -92,14 +91,14 @@ pub enum ContainerCommand {
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum SaveFormatArg {
+pub(crate) enum SaveFormatArg {
     OciArchive,
     DockerArchive,
     OciDir,
 }
 
 #[derive(Debug, Args)]
-pub struct PsArgs {
+pub(crate) struct PsArgs {
     /// Show all containers (default: mounted ones)
     #[arg(short, long)]
     pub all: bool,
@@ -120,7 +119,7 @@ pub struct PsArgs {
 }
 
 /// Run a container command; returns the exit code (a shell's is its command's).
-pub fn run(cmd: ContainerCommand, g: &Globals) -> ExitCode {
+pub(crate) fn run(cmd: ContainerCommand, g: &Globals) -> ExitCode {
     let res = (|| {
         let mut store = Store::open(&g.store_root())?;
         store.set_lock_wait_notice(|| {
@@ -142,7 +141,7 @@ pub fn run(cmd: ContainerCommand, g: &Globals) -> ExitCode {
                 print(&format!("{}\n", m.path.display()))?;
             }
             ContainerCommand::Umount { force, targets } => umount(&cs, &targets, force)?,
-            ContainerCommand::Ps(a) => ps(&cs, a)?,
+            ContainerCommand::Ps(args) => ps(&cs, args)?,
             ContainerCommand::Diff { container } => {
                 let c = cs.resolve(&container)?;
                 let mut out = String::new();
@@ -162,7 +161,7 @@ pub fn run(cmd: ContainerCommand, g: &Globals) -> ExitCode {
                 author,
             } => {
                 let c = cs.resolve(&container)?;
-                let r = commit::commit(
+                let image = commit::commit(
                     &cs,
                     &c,
                     &commit::CommitOptions {
@@ -171,7 +170,7 @@ pub fn run(cmd: ContainerCommand, g: &Globals) -> ExitCode {
                         author,
                     },
                 )?;
-                print(&format!("{}\n", r.image.id))?;
+                print(&format!("{}\n", image.id))?;
             }
             ContainerCommand::Save {
                 images,
@@ -192,7 +191,7 @@ pub fn run(cmd: ContainerCommand, g: &Globals) -> ExitCode {
                     _ => {
                         let out = std::io::stdout();
                         if out.is_terminal() {
-                            return Err(Error::new(
+                            return Err(Error::invalid_input(
                                 "refusing to write a tar to a terminal: use -o FILE or a pipe",
                             ));
                         }
@@ -225,53 +224,12 @@ fn program() -> Result<PathBuf> {
 }
 
 fn mount_request(mountpoint: Option<PathBuf>, options: Vec<String>) -> Result<MountRequest> {
-    for o in options.iter().flat_map(|o| o.split(',')) {
-        let key = o.split('=').next().unwrap_or("");
-        if matches!(key, "lowerdir" | "upperdir" | "workdir" | "fsname") {
-            return Err(Error::new(format!(
-                "option {key} is set by layerfs for a container mount"
-            )));
-        }
-    }
-    Ok(MountRequest {
-        mountpoint,
-        options,
-        program: program()?,
-    })
+    MountRequest::new(mountpoint, options, program()?)
 }
 
 fn umount(cs: &Containers<'_>, targets: &[String], force: bool) -> Result<()> {
-    let all = cs.list()?;
-    // A mountpoint first (a path that is a container mount), else a container name.
-    let mut plan: Vec<Container> = Vec::new();
-    for t in targets {
-        let by_path = if t.contains('/') || Path::new(t).exists() {
-            mounts::container_at(Path::new(t))?
-        } else {
-            None
-        };
-        let c = match by_path {
-            Some(id) => crate::container::find(&all, &id)?.clone(),
-            None => match crate::container::find(&all, t) {
-                Ok(c) => c.clone(),
-                Err(_) if t.contains('/') => {
-                    return Err(Error::new(format!("no container is mounted at {t}")));
-                }
-                Err(e) => return Err(e),
-            },
-        };
-        plan.push(c);
-    }
-    let _lock = cs.store().lock()?;
-    let mut out = String::new();
-    for (t, c) in targets.iter().zip(&plan) {
-        let done = mounts::unmount_all(&c.id, &c.name, force)?;
-        if done.is_empty() {
-            return Err(Error::new(format!("container {} is not mounted", c.name)));
-        }
-        out.push_str(&format!("{t}\n"));
-    }
-    print(&out)
+    mounts::umount(cs, targets, force)?;
+    print(&targets.iter().map(|t| format!("{t}\n")).collect::<String>())
 }
 
 fn shell_cmd(cs: &Containers<'_>, container: &str, cmd: &[String]) -> Result<ExitCode> {
@@ -303,130 +261,40 @@ fn shell_cmd(cs: &Containers<'_>, container: &str, cmd: &[String]) -> Result<Exi
 // ---------------------------------------------------------------------------------------
 // ps
 
-struct Row {
-    c: Container,
-    image: String,
-    mounted: Option<PathBuf>,
-    dead: Vec<PathBuf>,
-    sizes: Option<(u64, u64)>,
-}
-
-fn ps(cs: &Containers<'_>, a: PsArgs) -> Result<()> {
-    let store = cs.store();
-    let idx = store.images()?;
-    let mut ancestors = Vec::new();
-    let mut names = Vec::new();
-    let mut ids = Vec::new();
-    let mut mounted_filter = None;
-    for f in &a.filters {
-        let (k, v) = f
-            .split_once('=')
-            .ok_or_else(|| Error::new(format!("bad filter \"{f}\": expected KEY=VALUE")))?;
-        match k {
-            "ancestor" => ancestors.push(idx.resolve(v)?.clone()),
-            "name" => names.push(v.to_string()),
-            "id" => ids.push(v.to_string()),
-            "mounted" => {
-                mounted_filter = Some(match v {
-                    "true" | "1" | "yes" => true,
-                    "false" | "0" | "no" => false,
-                    _ => return Err(Error::new(format!("bad filter \"{f}\": true or false"))),
-                })
-            }
-            _ => {
-                return Err(Error::new(format!(
-                    "unknown filter \"{k}\" (ancestor, name, id, mounted)"
-                )));
-            }
-        }
-    }
-    let containers = cs.list()?;
-    let all_mounts: HashMap<String, Vec<ContainerMount>> =
-        mounts::mounts_for(containers.iter().map(|c| c.id.as_str()))?;
-    let mut rows = Vec::new();
-    for c in containers {
-        let ms = all_mounts.get(&c.id).cloned().unwrap_or_default();
-        let mounted = ms.iter().find(|m| m.live).map(|m| m.path.clone());
-        let dead: Vec<PathBuf> = ms
-            .iter()
-            .filter(|m| !m.live)
-            .map(|m| m.path.clone())
-            .collect();
-        if !a.all && mounted_filter.is_none() && mounted.is_none() {
-            continue;
-        }
-        if mounted_filter.is_some_and(|want| want != mounted.is_some()) {
-            continue;
-        }
-        if !names.is_empty() && !names.iter().any(|n| c.name.contains(n.as_str())) {
-            continue;
-        }
-        if !ids.is_empty() && !ids.iter().any(|i| c.id.starts_with(i.as_str())) {
-            continue;
-        }
-        // An image is an ancestor when its layers are the first layers of the container.
-        if !ancestors.is_empty()
-            && !ancestors.iter().any(|r| {
-                r.id == c.image
-                    || (r.layers.len() <= c.layers.len()
-                        && r.layers.iter().zip(&c.layers).all(|(l, d)| l.diff_id == *d))
-            })
-        {
-            continue;
-        }
-        let image = match idx.resolve(&c.image_ref) {
-            Ok(r) if r.id == c.image => c.image_ref.clone(),
-            _ => c.image.short(),
-        };
-        let sizes = a.size.then(|| {
-            let rw = cs.rw_size(&c);
-            let base: u64 = c
-                .layers
-                .iter()
-                .filter_map(|l| store.layer_record(l).ok().flatten())
-                .map(|r| r.size)
-                .sum();
-            (rw, base + rw)
-        });
-        rows.push(Row {
-            c,
-            image,
-            mounted,
-            dead,
-            sizes,
-        });
-    }
+fn ps(cs: &Containers<'_>, args: PsArgs) -> Result<()> {
+    let filter = list::Filter::parse(cs, args.all, &args.filters)?;
+    let rows = list::list(cs, &filter, args.size)?;
     let id = |c: &Container| {
-        if a.no_trunc {
+        if args.no_trunc {
             c.id.clone()
         } else {
             c.short_id().to_string()
         }
     };
-    if a.quiet {
+    if args.quiet {
         return print(
             &rows
                 .iter()
-                .map(|r| format!("{}\n", id(&r.c)))
+                .map(|r| format!("{}\n", id(&r.container)))
                 .collect::<String>(),
         );
     }
     let now = crate::store::now_secs() as i64;
-    match a.format {
+    match args.format {
         Format::Json => {
             let v: Vec<_> = rows
                 .iter()
                 .map(|r| {
                     let mut o = json!({
-                        "ID": r.c.id,
-                        "Name": r.c.name,
+                        "ID": r.container.id,
+                        "Name": r.container.name,
                         "Image": r.image,
-                        "ImageID": r.c.image.to_string(),
-                        "Created": r.c.created,
-                        "CreatedSince": ago((now - r.c.created_secs()).max(0)),
+                        "ImageID": r.container.image.to_string(),
+                        "Created": r.container.created,
+                        "CreatedSince": ago((now - r.container.created_secs()).max(0)),
                         "Mounted": r.mounted.is_some(),
                         "MountedAt": r.mounted,
-                        "Layers": r.c.layers.iter().map(|l| l.to_string()).collect::<Vec<_>>(),
+                        "Layers": r.container.layers.iter().map(|l| l.to_string()).collect::<Vec<_>>(),
                     });
                     if !r.dead.is_empty() {
                         o["DeadMounts"] = json!(r.dead);
@@ -448,16 +316,16 @@ fn ps(cs: &Containers<'_>, a: PsArgs) -> Result<()> {
                 ["CONTAINER ID", "NAME", "IMAGE", "CREATED", "MOUNTED AT"]
                     .map(String::from)
                     .to_vec();
-            if a.size {
+            if args.size {
                 header.push("SIZE".into());
             }
             let mut out = vec![header];
             for r in &rows {
                 let mut row = vec![
-                    id(&r.c),
-                    r.c.name.clone(),
+                    id(&r.container),
+                    r.container.name.clone(),
                     r.image.clone(),
-                    ago((now - r.c.created_secs()).max(0)),
+                    ago((now - r.container.created_secs()).max(0)),
                     match &r.mounted {
                         Some(p) => p.display().to_string(),
                         None => "-".into(),

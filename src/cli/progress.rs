@@ -10,14 +10,14 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
 use crate::store::Digest;
 
-pub struct LayerBars {
+pub(crate) struct LayerBars {
     bars: Option<MultiProgress>,
     active: Mutex<HashMap<Digest, ProgressBar>>,
     quiet: bool,
 }
 
 impl LayerBars {
-    pub fn new(quiet: bool) -> LayerBars {
+    pub(crate) fn new(quiet: bool) -> LayerBars {
         let bars = (!quiet && std::io::stderr().is_terminal()).then(MultiProgress::new);
         LayerBars {
             bars,
@@ -27,7 +27,7 @@ impl LayerBars {
     }
 
     /// A line on stdout (above the bars when there are some).
-    pub fn line(&self, s: String) {
+    pub(crate) fn line(&self, s: String) {
         if self.quiet {
             return;
         }
@@ -43,7 +43,7 @@ impl LayerBars {
     }
 
     /// Start a bar for `d` (on a terminal only), labelled `verb`.
-    pub fn start(&self, d: &Digest, size: u64, verb: &str) {
+    pub(crate) fn start(&self, d: &Digest, size: u64, verb: &str) {
         let Some(m) = &self.bars else { return };
         let b = m.add(ProgressBar::new(size));
         b.set_style(
@@ -59,14 +59,14 @@ impl LayerBars {
         self.bars_of().insert(*d, b);
     }
 
-    pub fn progress(&self, d: &Digest, done: u64) {
+    pub(crate) fn progress(&self, d: &Digest, done: u64) {
         if let Some(b) = self.bars_of().get(d) {
             b.set_position(done);
         }
     }
 
     /// Clear the bar of `d`, if any, and print `line`.
-    pub fn finish(&self, d: &Digest, line: String) {
+    pub(crate) fn finish(&self, d: &Digest, line: String) {
         if let Some(b) = self.bars_of().remove(d) {
             b.finish_and_clear();
         }

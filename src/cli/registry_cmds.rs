@@ -14,7 +14,7 @@ use crate::registry::{self, Credentials, ImageRef, PushEvent, PushObserver};
 use crate::store::{Digest, ImportObserver, LayerEvent, Store};
 
 #[derive(Debug, Subcommand)]
-pub enum RegistryCommand {
+pub(crate) enum RegistryCommand {
     /// Download an image from a registry: layerfs pull [REGISTRY/]NAME[:TAG|@DIGEST]
     Pull(PullArgs),
     /// Upload an image to a registry: layerfs push IMAGE [[REGISTRY/]NAME[:TAG]]
@@ -30,7 +30,7 @@ pub enum RegistryCommand {
 
 /// How to talk to a registry.
 #[derive(Debug, Clone, Args)]
-pub struct NetArgs {
+pub(crate) struct NetArgs {
     /// Allow plain HTTP and unverified TLS for this registry (localhost always may)
     #[arg(long)]
     pub insecure: bool,
@@ -42,13 +42,13 @@ pub struct NetArgs {
     pub retries: u32,
 }
 
-fn parse_secs(s: &str) -> std::result::Result<Duration, String> {
+fn parse_secs(s: &str) -> Result<Duration> {
     let s = s.strip_suffix('s').unwrap_or(s);
     match s.parse::<f64>() {
         Ok(v) if v > 0.0 && v <= 86_400.0 => Ok(Duration::from_secs_f64(v)),
-        _ => Err(format!(
+        _ => Err(Error::invalid_input(format!(
             "\"{s}\" is not a number of seconds (0 < SECS <= 86400)"
-        )),
+        ))),
     }
 }
 
@@ -63,7 +63,7 @@ impl NetArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct PullArgs {
+pub(crate) struct PullArgs {
     /// [REGISTRY/]NAME[:TAG|@sha256:DIGEST]; Docker Hub and :latest by default
     pub reference: String,
     /// Platform to take from a multi-platform image [default: the host's]
@@ -80,7 +80,7 @@ pub struct PullArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct PushArgs {
+pub(crate) struct PushArgs {
     /// The image in the store (name, id or digest)
     pub image: String,
     /// Where to push: [REGISTRY/]NAME[:TAG] [default: the image name itself]
@@ -99,7 +99,7 @@ pub struct PushArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct LoginArgs {
+pub(crate) struct LoginArgs {
     /// host[:port] [default: Docker Hub]
     pub registry: Option<String>,
     #[arg(short, long)]
@@ -115,7 +115,7 @@ pub struct LoginArgs {
 }
 
 /// Run a registry command.
-pub fn run(cmd: RegistryCommand, g: &Globals) -> Result<()> {
+pub(crate) fn run(cmd: RegistryCommand, g: &Globals) -> Result<()> {
     match cmd {
         RegistryCommand::Pull(a) => pull(a, g),
         RegistryCommand::Push(a) => push(a, g),
@@ -258,7 +258,7 @@ fn login(a: LoginArgs) -> Result<()> {
     let registry = registry::registry_host(a.registry.as_deref())?;
     let interactive = std::io::stdin().is_terminal();
     if a.password.is_some() && a.password_stdin {
-        return Err(Error::new(
+        return Err(Error::invalid_input(
             "--password and --password-stdin cannot be used together",
         ));
     }
@@ -266,13 +266,13 @@ fn login(a: LoginArgs) -> Result<()> {
         Some(u) => u,
         None if interactive && !a.password_stdin => prompt("Username: ")?,
         None => {
-            return Err(Error::new(
+            return Err(Error::invalid_input(
                 "login needs --username when standard input is not a terminal",
             ));
         }
     };
     if username.is_empty() {
-        return Err(Error::new("login: the user name is empty"));
+        return Err(Error::invalid_input("login: the user name is empty"));
     }
     let password = if let Some(p) = a.password {
         eprintln!(
@@ -294,12 +294,12 @@ fn login(a: LoginArgs) -> Result<()> {
         eprintln!();
         p?
     } else {
-        return Err(Error::new(
+        return Err(Error::invalid_input(
             "login needs --password-stdin (or --password) when standard input is not a terminal",
         ));
     };
     if password.is_empty() {
-        return Err(Error::new("login: the password is empty"));
+        return Err(Error::invalid_input("login: the password is empty"));
     }
     let file = registry::login(
         &registry,

@@ -16,7 +16,7 @@ use crate::store::{
 };
 
 #[derive(Debug, Subcommand)]
-pub enum StoreCommand {
+pub(crate) enum StoreCommand {
     /// Import an image from a file or directory: OCI layout, oci-archive, docker-archive, or a layer tar (.tar, .tar.gz, .tar.zst)
     Import(ImportArgs),
     /// List images
@@ -44,7 +44,7 @@ pub enum StoreCommand {
 }
 
 #[derive(Debug, Args)]
-pub struct ImportArgs {
+pub(crate) struct ImportArgs {
     /// The image: a directory or an archive file
     pub path: PathBuf,
     /// Name the imported image NAME[:TAG]
@@ -59,7 +59,7 @@ pub struct ImportArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct ImagesArgs {
+pub(crate) struct ImagesArgs {
     /// Show manifest digests
     #[arg(long)]
     pub digests: bool,
@@ -75,13 +75,13 @@ pub struct ImagesArgs {
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
-pub enum Format {
+pub(crate) enum Format {
     Table,
     Json,
 }
 
 #[derive(Debug, Subcommand)]
-pub enum SystemCommand {
+pub(crate) enum SystemCommand {
     /// Show how much space images, layers and containers use (-v: per image and per layer)
     Df {
         #[arg(long, value_enum, default_value = "table")]
@@ -102,7 +102,7 @@ pub enum SystemCommand {
 }
 
 /// Run a store command.
-pub fn run(cmd: StoreCommand, g: &Globals) -> Result<()> {
+pub(crate) fn run(cmd: StoreCommand, g: &Globals) -> Result<()> {
     let mut store = Store::open(&g.store_root())?;
     store.set_lock_wait_notice(|| {
         eprintln!("layerfs: waiting for another command to release the store lock")
@@ -129,7 +129,7 @@ pub fn run(cmd: StoreCommand, g: &Globals) -> Result<()> {
 
 /// What containers use, from the container records (an unreadable container dir is
 /// logged and skipped: it must not block rmi/df/prune).
-pub fn containers_in_use(store: &Store) -> Vec<ContainerUse> {
+pub(crate) fn containers_in_use(store: &Store) -> Vec<ContainerUse> {
     crate::container::Containers::new(store)
         .uses()
         .unwrap_or_else(|e| {
@@ -142,7 +142,7 @@ pub fn containers_in_use(store: &Store) -> Vec<ContainerUse> {
 // Formatting.
 
 /// Sizes as docker prints them: decimal units, three significant digits ("12.3MB").
-pub fn human_size(n: u64) -> String {
+pub(crate) fn human_size(n: u64) -> String {
     const UNITS: [&str; 7] = ["B", "kB", "MB", "GB", "TB", "PB", "EB"];
     let mut v = n as f64;
     let mut i = 0;
@@ -299,8 +299,8 @@ fn import(store: &Store, a: ImportArgs) -> Result<()> {
 // images, inspect
 
 fn images(store: &Store, a: ImagesArgs) -> Result<()> {
-    let idx = store.images()?;
-    let recs = idx.sorted();
+    let catalog = store.images()?;
+    let recs = catalog.sorted();
     if a.quiet {
         let mut out = String::new();
         for r in recs {
@@ -378,10 +378,10 @@ fn inspect(store: &Store, names: &[String]) -> Result<()> {
     for n in names {
         let r = store.image(n)?;
         let config: serde_json::Value = serde_json::from_slice(&store.read_blob(&r.config_digest)?)
-            .map_err(|e| Error::new(format!("config {}: {e}", r.config_digest)))?;
+            .map_err(|e| Error::corrupt(format!("config {}: {e}", r.config_digest)))?;
         let manifest: serde_json::Value =
             serde_json::from_slice(&store.read_blob(&r.manifest_digest)?)
-                .map_err(|e| Error::new(format!("manifest {}: {e}", r.manifest_digest)))?;
+                .map_err(|e| Error::corrupt(format!("manifest {}: {e}", r.manifest_digest)))?;
         let layers: Vec<_> = r
             .layers
             .iter()
@@ -631,12 +631,12 @@ fn check(store: &Store, repair: bool) -> Result<()> {
     if r.is_clean() || (r.repaired && r.broken_images.is_empty()) {
         Ok(())
     } else if r.repaired {
-        Err(Error::new(format!(
+        Err(Error::corrupt(format!(
             "damaged data removed; {} image(s) must be imported again",
             r.broken_images.len()
         )))
     } else {
-        Err(Error::new(format!(
+        Err(Error::corrupt(format!(
             "{} damaged layer(s), {} damaged blob(s); run `layerfs system check --repair` to remove them",
             r.damaged_layers.len(),
             r.damaged_blobs.len()

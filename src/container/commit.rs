@@ -34,43 +34,37 @@ use crate::container::view::{
     self, LinkKey, Links, View, join, write_view_object, write_view_tree,
 };
 use crate::container::{Container, Containers};
-use crate::error::{Error, IoContext, Result};
+use crate::error::{Error, ErrorKind, IoContext, Result};
 use crate::markers::{self, OCI_OPAQUE, OCI_WH_PREFIX};
+use crate::store::ImageRecord;
 use crate::store::archive::{Compression, OCI_LAYER};
-use crate::store::{ImageRecord, LayerRef};
 use crate::sys::{self, Errno};
 
 /// What to record with the new image.
 #[derive(Debug, Clone, Default)]
-pub struct CommitOptions {
+pub(crate) struct CommitOptions {
     /// `NAME[:TAG]` for the new image.
     pub tag: Option<String>,
     pub message: Option<String>,
     pub author: Option<String>,
 }
 
-/// The result of a commit.
-#[derive(Debug, Clone)]
-pub struct Committed {
-    pub image: ImageRecord,
-    pub layer: LayerRef,
-}
-
 /// Write the layer tar of a container's changes to `out`.
-pub fn write_layer<W: Write>(cs: &Containers<'_>, c: &Container, out: W) -> Result<W> {
+pub(crate) fn write_layer<W: Write>(cs: &Containers<'_>, c: &Container, out: W) -> Result<W> {
     let image = View::image_of(cs, c)?;
     let merged = View::container(cs, c)?;
     let upper = cs.upper(c);
     let fd = sys::open_root_dir(&upper).ctx(format!("opening {}", upper.display()))?;
-    let mut lw = LayerWriter {
+    let mut writer = LayerWriter {
         image: &image,
         merged: &merged,
         tw: TarWriter::new(out),
         links: Links::default(),
     };
     let root = image.root_attr()?;
-    lw.dir(fd.as_fd(), b"", Some(root))?;
-    lw.tw
+    writer.dir(fd.as_fd(), b"", Some(root))?;
+    writer
+        .tw
         .finish()
         .map_err(|e| Error::io("writing the layer", e))
 }
@@ -102,8 +96,8 @@ impl<W: Write> LayerWriter<'_, W> {
         let markers = markers::read_markers(fd, None).map_err(at(prefix))?;
         let mut entries = sys::read_dir_all(fd).map_err(at(prefix))?;
         entries.sort_by(|a, b| a.name.cmp(&b.name));
-        for e in entries {
-            let name = e.name.as_bytes();
+        for entry in entries {
+            let name = entry.name.as_bytes();
             if name == OCI_OPAQUE {
                 continue; // written right after its directory
             }
@@ -112,37 +106,38 @@ impl<W: Write> LayerWriter<'_, W> {
                 self.append(&Entry::marker(path), None)?;
                 continue;
             }
-            let st = match sys::stat_at(fd, &e.name) {
+            let st = match sys::stat_at(fd, &entry.name) {
                 Ok(st) => st,
                 Err(Errno::NOENT) => continue,
                 Err(err) => return Err(at(&path)(err)),
             };
-            if is_kernel_whiteout(fd, &e.name, &st, markers.xattr_whiteouts) {
+            if is_kernel_whiteout(fd, &entry.name, &st, markers.xattr_whiteouts) {
                 let mut wh = OCI_WH_PREFIX.to_vec();
                 wh.extend_from_slice(name);
                 self.append(&Entry::marker(join(prefix, &wh)), None)?;
                 continue;
             }
-            let img_child = match img {
-                Some(d) if d.is_dir() => self.image.lookup(d.ino, &e.name)?,
+            let in_image = match img {
+                Some(d) if d.is_dir() => self.image.lookup(d.ino, &entry.name)?,
                 _ => None,
             };
             if sys::is_dir_mode(st.st_mode) {
-                let m = markers::read_markers(fd, Some(&e.name)).map_err(at(&path))?;
-                if m.redirect.is_some() {
-                    self.redirected(&path, img_child)?;
+                let dir_markers =
+                    markers::read_markers(fd, Some(&entry.name)).map_err(at(&path))?;
+                if dir_markers.redirect.is_some() {
+                    self.redirected(&path, in_image)?;
                     continue;
                 }
-                let sub = sys::open_dir_path(fd, &e.name).map_err(at(&path))?;
+                let sub = sys::open_dir_path(fd, &entry.name).map_err(at(&path))?;
                 let oci_opaque = sys::stat_at(sub.as_fd(), OsStr::from_bytes(OCI_OPAQUE)).is_ok();
-                self.real_object(fd, &e.name, &path, &st)?;
-                if m.opaque || oci_opaque {
+                self.real_object(fd, &entry.name, &path, &st)?;
+                if dir_markers.opaque || oci_opaque {
                     self.append(&Entry::marker(join(&path, OCI_OPAQUE)), None)?;
                 }
-                self.dir(sub.as_fd(), &path, img_child)?;
+                self.dir(sub.as_fd(), &path, in_image)?;
                 continue;
             }
-            self.real_object(fd, &e.name, &path, &st)?;
+            self.real_object(fd, &entry.name, &path, &st)?;
         }
         Ok(())
     }
@@ -230,21 +225,26 @@ fn oci_layer_type(mt: &str) -> String {
     }
 }
 
-/// Commit a container: store its changes as a layer and record the new image.
-pub fn commit(cs: &Containers<'_>, c: &Container, opts: &CommitOptions) -> Result<Committed> {
+/// Commit a container: store its changes as a layer and record the new image; returns
+/// the image as stored.
+pub(crate) fn commit(
+    cs: &Containers<'_>,
+    c: &Container,
+    opts: &CommitOptions,
+) -> Result<ImageRecord> {
     if let Some(t) = &opts.tag {
         crate::store::Reference::parse_tag(t)?;
     }
     let store = cs.store();
     let base = store.images()?.get(&c.image).cloned().ok_or_else(|| {
-        Error::new(format!(
+        Error::not_found(format!(
             "the image of container {} ({}) is no longer in the store; it cannot be committed",
             c.name,
             c.image.short()
         ))
     })?;
     let base_config: Value = serde_json::from_slice(&store.read_blob(&base.config_digest)?)
-        .map_err(|e| Error::new(format!("config {}: {e}", base.config_digest)))?;
+        .map_err(|e| Error::corrupt(format!("config {}: {e}", base.config_digest)))?;
 
     // Stream the tar from a writer thread straight into the store's layer import.
     let (w, r) = tarball::pipe();
@@ -257,7 +257,7 @@ pub fn commit(cs: &Containers<'_>, c: &Container, opts: &CommitOptions) -> Resul
         match (added, written) {
             (Ok(l), Ok(())) => Ok(l),
             // The store stopped reading: its error says why.
-            (Err(e), Err(w)) if w.message().contains(tarball::READER_STOPPED) => Err(e),
+            (Err(e), Err(w)) if w.kind() == ErrorKind::Cancelled => Err(e),
             (_, Err(w)) => Err(w),
             (Err(e), Ok(())) => Err(e),
         }
@@ -265,45 +265,45 @@ pub fn commit(cs: &Containers<'_>, c: &Container, opts: &CommitOptions) -> Resul
 
     let now = crate::container::now_rfc3339();
     let mut config = base_config;
-    let obj = config
+    let fields = config
         .as_object_mut()
-        .ok_or_else(|| Error::new("the base image config is not a JSON object"))?;
-    obj.insert("created".into(), json!(now));
+        .ok_or_else(|| Error::corrupt("the base image config is not a JSON object"))?;
+    fields.insert("created".into(), json!(now));
     if let Some(a) = &opts.author {
-        obj.insert("author".into(), json!(a));
+        fields.insert("author".into(), json!(a));
     }
-    let rootfs = obj
+    let rootfs = fields
         .entry("rootfs")
         .or_insert_with(|| json!({"type": "layers", "diff_ids": []}));
     let ids = rootfs
         .get_mut("diff_ids")
         .and_then(Value::as_array_mut)
-        .ok_or_else(|| Error::new("the base image config has no rootfs.diff_ids"))?;
+        .ok_or_else(|| Error::corrupt("the base image config has no rootfs.diff_ids"))?;
     ids.push(json!(layer.diff_id.to_string()));
-    let mut h = json!({
+    let mut entry = json!({
         "created": now,
         "created_by": format!("layerfs commit {}", c.name),
     });
     if let Some(m) = &opts.message {
-        h["comment"] = json!(m);
+        entry["comment"] = json!(m);
     }
     if let Some(a) = &opts.author {
-        h["author"] = json!(a);
+        entry["author"] = json!(a);
     }
     // One history entry per layer that is not marked empty, as docker expects.
-    let hist = obj
+    let history = fields
         .entry("history")
         .or_insert_with(|| json!([]))
         .as_array_mut()
-        .ok_or_else(|| Error::new("the base image config has a history that is not a list"))?;
-    let described = hist
+        .ok_or_else(|| Error::corrupt("the base image config has a history that is not a list"))?;
+    let described = history
         .iter()
         .filter(|e| e.get("empty_layer").and_then(Value::as_bool) != Some(true))
         .count();
     for _ in described..base.layers.len() {
-        hist.push(json!({ "created_by": "(layer without history)" }));
+        history.push(json!({ "created_by": "(layer without history)" }));
     }
-    hist.push(h);
+    history.push(entry);
     let config = serde_json::to_vec(&config)
         .map_err(|e| Error::new(format!("encoding the new config: {e}")))?;
     let mut layers: Vec<Value> = base
@@ -335,5 +335,5 @@ pub fn commit(cs: &Containers<'_>, c: &Container, opts: &CommitOptions) -> Resul
     .map_err(|e| Error::new(format!("encoding the new manifest: {e}")))?;
     let tags: Vec<String> = opts.tag.iter().cloned().collect();
     let image = store.add_image(&manifest, &config, &tags)?;
-    Ok(Committed { image, layer })
+    Ok(image)
 }

@@ -25,14 +25,14 @@ use crate::sys;
 
 /// What happened to a path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Change {
+pub(crate) enum Change {
     Added,
     Changed,
     Deleted,
 }
 
 impl Change {
-    pub fn letter(self) -> char {
+    pub(crate) fn letter(self) -> char {
         match self {
             Change::Added => 'A',
             Change::Changed => 'C',
@@ -42,7 +42,7 @@ impl Change {
 }
 
 /// The changes of a container, sorted by path (relative, without a leading `/`).
-pub fn changes(cs: &Containers<'_>, c: &Container) -> Result<Vec<(Vec<u8>, Change)>> {
+pub(crate) fn changes(cs: &Containers<'_>, c: &Container) -> Result<Vec<(Vec<u8>, Change)>> {
     let image = View::image_of(cs, c)?;
     let merged = View::container(cs, c)?;
     let upper = cs.upper(c);
@@ -64,7 +64,12 @@ struct Differ<'v> {
 }
 
 /// Whether an upper entry is a whiteout in the kernel's forms.
-pub fn is_kernel_whiteout(dir: BorrowedFd<'_>, name: &OsStr, st: &sys::Stat, xwh: bool) -> bool {
+pub(crate) fn is_kernel_whiteout(
+    dir: BorrowedFd<'_>,
+    name: &OsStr,
+    st: &sys::Stat,
+    xwh: bool,
+) -> bool {
     markers::is_whiteout_stat(st)
         || (xwh
             && sys::mode_type(st.st_mode) == libc::S_IFREG

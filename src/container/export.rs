@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 use crate::overlay::ROOT_INO;
 
 /// Write the merged tree of a container to `out`.
-pub fn export<W: Write>(cs: &Containers<'_>, c: &Container, out: W) -> Result<W> {
+pub(crate) fn export<W: Write>(cs: &Containers<'_>, c: &Container, out: W) -> Result<W> {
     let view = View::container(cs, c)?;
     let mut tw = TarWriter::new(out);
     let mut links = Links::default();
@@ -23,7 +23,11 @@ pub fn export<W: Write>(cs: &Containers<'_>, c: &Container, out: W) -> Result<W>
 }
 
 /// Export to a file: written next to it and renamed into place when complete.
-pub fn export_to_file(cs: &Containers<'_>, c: &Container, path: &std::path::Path) -> Result<()> {
+pub(crate) fn export_to_file(
+    cs: &Containers<'_>,
+    c: &Container,
+    path: &std::path::Path,
+) -> Result<()> {
     use crate::error::IoContext;
     let parent = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
@@ -31,7 +35,7 @@ pub fn export_to_file(cs: &Containers<'_>, c: &Container, path: &std::path::Path
     };
     let name = path
         .file_name()
-        .ok_or_else(|| Error::new(format!("invalid output path {}", path.display())))?;
+        .ok_or_else(|| Error::invalid_input(format!("invalid output path {}", path.display())))?;
     let tmp = parent.join(format!(
         ".{}.{}",
         name.to_string_lossy(),

@@ -14,14 +14,15 @@
 //! The record keeps the diff-ids of the image's layers, so a container keeps working
 //! (mount, diff, export) even after its image was untagged or removed with `rmi -f`.
 
-pub mod commit;
-pub mod diff;
-pub mod export;
-pub mod mounts;
+pub(crate) mod commit;
+pub(crate) mod diff;
+pub(crate) mod export;
+pub(crate) mod list;
+pub(crate) mod mounts;
 mod names;
-pub mod shell;
-pub mod tarball;
-pub mod view;
+pub(crate) mod shell;
+pub(crate) mod tarball;
+pub(crate) mod view;
 
 use std::collections::HashSet;
 use std::fs;
@@ -32,13 +33,15 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, IoContext, Result};
+use crate::store::df::data_size;
+use crate::store::images::by_id_prefix;
 use crate::store::layout::{read_json, sync_dir, unique_name};
-use crate::store::{ContainerUse, Digest, ImageRecord, Store};
+use crate::store::{ContainerUse, Digest, Store};
 use crate::sys;
 
 /// One container record, `containers/<id>/container.json`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Container {
+pub(crate) struct Container {
     /// 64 lowercase hex digits.
     pub id: String,
     pub name: String,
@@ -54,12 +57,12 @@ pub struct Container {
 
 impl Container {
     /// The first 12 hex digits, as ids are shown.
-    pub fn short_id(&self) -> &str {
+    pub(crate) fn short_id(&self) -> &str {
         &self.id[..12]
     }
 
     /// Seconds since the epoch of `created`.
-    pub fn created_secs(&self) -> i64 {
+    pub(crate) fn created_secs(&self) -> i64 {
         self.created
             .parse::<jiff::Timestamp>()
             .map(|t| t.as_second())
@@ -68,7 +71,7 @@ impl Container {
 }
 
 /// Now, in whole seconds, as RFC 3339.
-pub fn now_rfc3339() -> String {
+pub(crate) fn now_rfc3339() -> String {
     jiff::Timestamp::from_second(crate::store::now_secs() as i64)
         .unwrap_or(jiff::Timestamp::UNIX_EPOCH)
         .to_string()
@@ -76,7 +79,7 @@ pub fn now_rfc3339() -> String {
 
 /// Whether a string is a usable container name: `[a-zA-Z0-9][a-zA-Z0-9_.-]*`, as docker
 /// allows, at most 128 characters.
-pub fn valid_name(name: &str) -> bool {
+pub(crate) fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 128
         && name.as_bytes()[0].is_ascii_alphanumeric()
@@ -100,42 +103,42 @@ fn new_id() -> Result<String> {
 }
 
 /// The containers of a store.
-pub struct Containers<'a> {
+pub(crate) struct Containers<'a> {
     store: &'a Store,
 }
 
 impl<'a> Containers<'a> {
-    pub fn new(store: &'a Store) -> Self {
+    pub(crate) fn new(store: &'a Store) -> Self {
         Containers { store }
     }
 
-    pub fn store(&self) -> &Store {
+    pub(crate) fn store(&self) -> &Store {
         self.store
     }
 
-    pub fn dir(&self) -> PathBuf {
+    pub(crate) fn dir(&self) -> PathBuf {
         self.store.layout().containers_dir()
     }
 
-    pub fn container_dir(&self, c: &Container) -> PathBuf {
+    pub(crate) fn container_dir(&self, c: &Container) -> PathBuf {
         self.dir().join(&c.id)
     }
 
-    pub fn upper(&self, c: &Container) -> PathBuf {
+    pub(crate) fn upper(&self, c: &Container) -> PathBuf {
         self.container_dir(c).join("upper")
     }
 
-    pub fn work(&self, c: &Container) -> PathBuf {
+    pub(crate) fn work(&self, c: &Container) -> PathBuf {
         self.container_dir(c).join("work")
     }
 
     /// Where `mount` puts it when no mountpoint is given.
-    pub fn default_mountpoint(&self, c: &Container) -> PathBuf {
+    pub(crate) fn default_mountpoint(&self, c: &Container) -> PathBuf {
         self.container_dir(c).join("merged")
     }
 
     /// Every container, newest first.
-    pub fn list(&self) -> Result<Vec<Container>> {
+    pub(crate) fn list(&self) -> Result<Vec<Container>> {
         let dir = self.dir();
         let rd = match fs::read_dir(&dir) {
             Ok(r) => r,
@@ -165,22 +168,17 @@ impl<'a> Containers<'a> {
     }
 
     /// The container a user named: full id, name, or unique id prefix (as docker does).
-    pub fn resolve(&self, s: &str) -> Result<Container> {
+    pub(crate) fn resolve(&self, s: &str) -> Result<Container> {
         let all = self.list()?;
         find(&all, s).cloned()
     }
 
-    /// The image a container comes from, if the store still has it.
-    pub fn image_of(&self, c: &Container) -> Option<ImageRecord> {
-        self.store.images().ok()?.get(&c.image).cloned()
-    }
-
     /// Lower dirs for a mount, top first; fails naming the first missing layer.
-    pub fn layer_dirs(&self, c: &Container) -> Result<Vec<PathBuf>> {
+    pub(crate) fn layer_dirs(&self, c: &Container) -> Result<Vec<PathBuf>> {
         let mut out = Vec::with_capacity(c.layers.len());
         for l in c.layers.iter().rev() {
             if !self.store.layer_exists(l) {
-                return Err(Error::new(format!(
+                return Err(Error::not_found(format!(
                     "layer {l} of container {} is missing from the store",
                     c.name
                 )));
@@ -191,18 +189,18 @@ impl<'a> Containers<'a> {
     }
 
     /// Create a container from an image. Returns the record.
-    pub fn create(&self, image: &str, name: Option<&str>) -> Result<Container> {
+    pub(crate) fn create(&self, image: &str, name: Option<&str>) -> Result<Container> {
         if let Some(n) = name
             && !valid_name(n)
         {
-            return Err(Error::new(format!(
+            return Err(Error::invalid_input(format!(
                 "invalid container name \"{n}\": use letters, digits, _ . - (starting with a letter or digit)"
             )));
         }
         let lock = self.store.lock()?;
         let rec = self.store.image(image)?;
         if rec.layers.is_empty() {
-            return Err(Error::new(format!(
+            return Err(Error::invalid_input(format!(
                 "image {image} has no layers: nothing to mount"
             )));
         }
@@ -213,7 +211,7 @@ impl<'a> Containers<'a> {
         let name = match name {
             Some(n) => {
                 if let Some(other) = all.iter().find(|c| c.name == n) {
-                    return Err(Error::new(format!(
+                    return Err(Error::already_exists(format!(
                         "the container name \"{n}\" is already in use by container {}",
                         other.short_id()
                     )));
@@ -275,7 +273,7 @@ impl<'a> Containers<'a> {
 
     /// Remove containers. Every name is checked first: an unknown one, or a mounted one
     /// without `force`, changes nothing. With `force`, mounted ones are unmounted first.
-    pub fn remove(&self, names: &[String], force: bool) -> Result<Vec<Container>> {
+    pub(crate) fn remove(&self, names: &[String], force: bool) -> Result<Vec<Container>> {
         let _lock = self.store.lock()?;
         let all = self.list()?;
         let mut doomed: Vec<Container> = Vec::new();
@@ -284,7 +282,7 @@ impl<'a> Containers<'a> {
             if !force {
                 for m in mounts::mounts_of(&c.id)? {
                     if m.live {
-                        return Err(Error::new(format!(
+                        return Err(Error::in_use(format!(
                             "container {} is mounted at {}: unmount it first or use --force",
                             c.name,
                             m.path.display()
@@ -311,8 +309,8 @@ impl<'a> Containers<'a> {
 
     /// Bytes of file data in a container's own layer (hard links once), as docker's
     /// `SizeRw`.
-    pub fn rw_size(&self, c: &Container) -> u64 {
-        tree_size(&self.upper(c))
+    pub(crate) fn rw_size(&self, c: &Container) -> u64 {
+        data_size(&self.upper(c))
     }
 
     /// What containers need from the store, for `rmi`, `system df` and `system prune`.
@@ -321,7 +319,7 @@ impl<'a> Containers<'a> {
     /// under `containers/` whose record names an image or layers counts, even a record
     /// this version would not list (missing fields, another id form); the name falls
     /// back to the id, then to the dir name, and the layers to the image's.
-    pub fn uses(&self) -> Result<Vec<ContainerUse>> {
+    pub(crate) fn uses(&self) -> Result<Vec<ContainerUse>> {
         #[derive(Deserialize)]
         struct Lenient {
             #[serde(default)]
@@ -368,7 +366,7 @@ impl<'a> Containers<'a> {
                 layers = r.layers.iter().map(|l| l.diff_id).collect();
             }
             out.push(ContainerUse {
-                size: tree_size(&e.path().join("upper")),
+                size: data_size(&e.path().join("upper")),
                 name,
                 image,
                 layers,
@@ -380,9 +378,9 @@ impl<'a> Containers<'a> {
 }
 
 /// Find a container by full id, exact name, or unique id prefix, in that order.
-pub fn find<'c>(all: &'c [Container], s: &str) -> Result<&'c Container> {
+pub(crate) fn find<'c>(all: &'c [Container], s: &str) -> Result<&'c Container> {
     if s.is_empty() {
-        return Err(Error::new("empty container name"));
+        return Err(Error::invalid_input("empty container name"));
     }
     if let Some(c) = all.iter().find(|c| c.id == s) {
         return Ok(c);
@@ -391,68 +389,31 @@ pub fn find<'c>(all: &'c [Container], s: &str) -> Result<&'c Container> {
         return Ok(c);
     }
     if s.bytes().all(|b| b.is_ascii_hexdigit()) {
-        let hits: Vec<&Container> = all.iter().filter(|c| c.id.starts_with(s)).collect();
-        match hits.len() {
-            1 => return Ok(hits[0]),
-            0 => {}
-            n => {
-                return Err(Error::new(format!(
-                    "container id prefix \"{s}\" is ambiguous: it matches {n} containers"
-                )));
-            }
+        if let Some(c) = by_id_prefix(all, |c| c.id.clone(), s, s, "container")? {
+            return Ok(c);
         }
     }
-    Err(Error::new(format!("no such container: {s}")))
+    Err(Error::not_found(format!("no such container: {s}")))
 }
 
 /// Remove a directory tree (never following symlinks).
 pub(crate) fn remove_tree(p: &Path) -> Result<()> {
     let (Some(parent), Some(name)) = (p.parent(), p.file_name()) else {
-        return Err(Error::new(format!("cannot remove {}", p.display())));
+        return Err(Error::invalid_input(format!(
+            "cannot remove {}",
+            p.display()
+        )));
     };
     let pfd = sys::open_root_dir(parent).ctx(format!("opening {}", parent.display()))?;
     crate::store::extract::remove_tree_at(pfd.as_fd(), name)
         .ctx(format!("removing {}", p.display()))
 }
 
-/// Bytes of file data below a directory (hard links counted once).
-pub fn tree_size(root: &Path) -> u64 {
-    fn walk(dir: std::os::fd::BorrowedFd<'_>, seen: &mut HashSet<(u64, u64)>) -> u64 {
-        let Ok(entries) = sys::read_dir_all(dir) else {
-            return 0;
-        };
-        let mut total = 0;
-        for e in entries {
-            let Ok(st) = sys::stat_at(dir, &e.name) else {
-                continue;
-            };
-            if sys::is_dir_mode(st.st_mode) {
-                if let Ok(sub) = sys::open_dir_path(dir, &e.name) {
-                    total += walk(sub.as_fd(), seen);
-                }
-                continue;
-            }
-            if sys::mode_type(st.st_mode) != libc::S_IFREG {
-                continue;
-            }
-            if st.st_nlink > 1 && !seen.insert((st.st_dev, st.st_ino)) {
-                continue;
-            }
-            total += st.st_size as u64;
-        }
-        total
-    }
-    match sys::open_root_dir(root) {
-        Ok(fd) => walk(fd.as_fd(), &mut HashSet::new()),
-        Err(_) => 0,
-    }
-}
-
 /// A path as the overlay command line wants it (`\`, `:` and `,` escaped).
 pub(crate) fn escape_opt_path(p: &Path) -> Result<String> {
     let s = p
         .to_str()
-        .ok_or_else(|| Error::new(format!("{}: not a UTF-8 path", p.display())))?;
+        .ok_or_else(|| Error::unsupported(format!("{}: not a UTF-8 path", p.display())))?;
     let mut out = String::with_capacity(s.len());
     for ch in s.chars() {
         if matches!(ch, '\\' | ':' | ',') {
@@ -466,6 +427,7 @@ pub(crate) fn escape_opt_path(p: &Path) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::ErrorKind;
 
     fn c(id: &str, name: &str) -> Container {
         Container {
@@ -488,16 +450,10 @@ mod tests {
         // A name wins over an id prefix.
         assert_eq!(find(&all, "abc").unwrap().id, b.id);
         assert_eq!(find(&all, "abd").unwrap().id, b.id);
-        assert!(
-            find(&all, "ab")
-                .unwrap_err()
-                .to_string()
-                .contains("ambiguous")
-        );
-        assert_eq!(
-            find(&all, "zzz").unwrap_err().to_string(),
-            "no such container: zzz"
-        );
+        assert_eq!(find(&all, "ab").unwrap_err().kind(), ErrorKind::Ambiguous);
+        let missing = find(&all, "zzz").unwrap_err();
+        assert_eq!(missing.kind(), ErrorKind::NotFound);
+        assert_eq!(missing.to_string(), "no such container: zzz");
     }
 
     #[test]

@@ -13,16 +13,16 @@ use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use crate::container::{Container, Containers, escape_opt_path};
+use crate::container::{Container, Containers, escape_opt_path, find};
 use crate::error::{Error, IoContext, Result};
 use crate::sys::{self, Errno};
 
 /// Mount source of container mounts: `layerfs:<container id>`.
-pub const SOURCE_PREFIX: &str = "layerfs:";
+pub(crate) const SOURCE_PREFIX: &str = "layerfs:";
 
 /// One line of `/proc/self/mountinfo`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MountInfo {
+pub(crate) struct MountInfo {
     pub path: PathBuf,
     pub fstype: String,
     pub source: String,
@@ -52,7 +52,7 @@ fn unescape(s: &str) -> Vec<u8> {
 }
 
 /// Parse mountinfo text.
-pub fn parse_mountinfo(text: &str) -> Vec<MountInfo> {
+pub(crate) fn parse_mountinfo(text: &str) -> Vec<MountInfo> {
     let mut out = Vec::new();
     for line in text.lines() {
         let Some((left, right)) = line.split_once(" - ") else {
@@ -74,7 +74,7 @@ pub fn parse_mountinfo(text: &str) -> Vec<MountInfo> {
 }
 
 /// Every mount in this mount namespace.
-pub fn mount_table() -> Result<Vec<MountInfo>> {
+pub(crate) fn mount_table() -> Result<Vec<MountInfo>> {
     let text =
         std::fs::read_to_string("/proc/self/mountinfo").ctx("reading /proc/self/mountinfo")?;
     Ok(parse_mountinfo(&text))
@@ -82,7 +82,7 @@ pub fn mount_table() -> Result<Vec<MountInfo>> {
 
 /// One mount of a container.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ContainerMount {
+pub(crate) struct ContainerMount {
     pub path: PathBuf,
     /// False when the daemon behind it is gone (`ENOTCONN`).
     pub live: bool,
@@ -99,7 +99,7 @@ fn is_live(path: &Path) -> bool {
 
 /// The mountpoints of container mounts, by container id (no liveness check: that
 /// touches the mount, so it is done only for the containers a command cares about).
-pub fn mountpoints() -> Result<HashMap<String, Vec<PathBuf>>> {
+pub(crate) fn mountpoints() -> Result<HashMap<String, Vec<PathBuf>>> {
     let mut out: HashMap<String, Vec<PathBuf>> = HashMap::new();
     for m in mount_table()? {
         if let Some(id) = m.source.strip_prefix(SOURCE_PREFIX)
@@ -122,7 +122,7 @@ fn with_liveness(paths: Vec<PathBuf>) -> Vec<ContainerMount> {
 }
 
 /// The mounts of the given containers, by id, with their liveness.
-pub fn mounts_for<'a>(
+pub(crate) fn mounts_for<'a>(
     ids: impl IntoIterator<Item = &'a str>,
 ) -> Result<HashMap<String, Vec<ContainerMount>>> {
     let mut all = mountpoints()?;
@@ -136,7 +136,7 @@ pub fn mounts_for<'a>(
 }
 
 /// The mounts of one container.
-pub fn mounts_of(id: &str) -> Result<Vec<ContainerMount>> {
+pub(crate) fn mounts_of(id: &str) -> Result<Vec<ContainerMount>> {
     Ok(mountpoints()?
         .remove(id)
         .map(with_liveness)
@@ -144,12 +144,12 @@ pub fn mounts_of(id: &str) -> Result<Vec<ContainerMount>> {
 }
 
 /// The first live mount of a container.
-pub fn live_mount(id: &str) -> Result<Option<PathBuf>> {
+pub(crate) fn live_mount(id: &str) -> Result<Option<PathBuf>> {
     Ok(mounts_of(id)?.into_iter().find(|m| m.live).map(|m| m.path))
 }
 
 /// Detach the mounts of a container whose daemon died. Returns how many.
-pub fn clean_dead(id: &str) -> Result<usize> {
+pub(crate) fn clean_dead(id: &str) -> Result<usize> {
     let mut n = 0;
     for m in mounts_of(id)? {
         if !m.live {
@@ -183,7 +183,7 @@ fn umount_patiently(path: &Path) -> sys::SysResult<()> {
 /// Unmount every mount of a container (dead ones are detached). A busy mount fails
 /// unless `force`, which detaches it (processes using it keep their files; it goes away
 /// when they are done). Returns the paths unmounted.
-pub fn unmount_all(id: &str, name: &str, force: bool) -> Result<Vec<PathBuf>> {
+pub(crate) fn unmount_all(id: &str, name: &str, force: bool) -> Result<Vec<PathBuf>> {
     let mut done = Vec::new();
     for m in mounts_of(id)? {
         if !m.live {
@@ -197,7 +197,7 @@ pub fn unmount_all(id: &str, name: &str, force: bool) -> Result<Vec<PathBuf>> {
                 sys::umount_detach(&m.path).ctx(format!("detaching {}", m.path.display()))?
             }
             Err(Errno::BUSY) => {
-                return Err(Error::new(format!(
+                return Err(Error::in_use(format!(
                     "mountpoint {} of container {name} is busy (a process has files open or its working directory there); use --force to detach it",
                     m.path.display()
                 )));
@@ -213,7 +213,7 @@ pub fn unmount_all(id: &str, name: &str, force: bool) -> Result<Vec<PathBuf>> {
 
 /// What `mount` did.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Mounted {
+pub(crate) struct Mounted {
     pub path: PathBuf,
     /// It was mounted there already.
     pub already: bool,
@@ -221,7 +221,7 @@ pub struct Mounted {
 
 /// How to mount.
 #[derive(Debug, Clone, Default)]
-pub struct MountRequest {
+pub(crate) struct MountRequest {
     /// Where; the container's `merged` dir when `None`.
     pub mountpoint: Option<PathBuf>,
     /// More overlay options (`ro`, `volatile`, `threads=N`, …).
@@ -230,9 +230,32 @@ pub struct MountRequest {
     pub program: PathBuf,
 }
 
+impl MountRequest {
+    /// A request, refusing the options layerfs sets itself for a container mount.
+    pub(crate) fn new(
+        mountpoint: Option<PathBuf>,
+        options: Vec<String>,
+        program: PathBuf,
+    ) -> Result<MountRequest> {
+        for o in options.iter().flat_map(|o| o.split(',')) {
+            let key = o.split('=').next().unwrap_or("");
+            if matches!(key, "lowerdir" | "upperdir" | "workdir" | "fsname") {
+                return Err(Error::invalid_input(format!(
+                    "option {key} is set by layerfs for a container mount"
+                )));
+            }
+        }
+        Ok(MountRequest {
+            mountpoint,
+            options,
+            program,
+        })
+    }
+}
+
 /// Mount a container (or report where it is mounted already). Takes the store lock, so
 /// two commands never mount one container twice.
-pub fn mount(cs: &Containers<'_>, c: &Container, req: &MountRequest) -> Result<Mounted> {
+pub(crate) fn mount(cs: &Containers<'_>, c: &Container, req: &MountRequest) -> Result<Mounted> {
     let _lock = cs.store().lock()?;
     clean_dead(&c.id)?;
     let wanted = match &req.mountpoint {
@@ -241,7 +264,7 @@ pub fn mount(cs: &Containers<'_>, c: &Container, req: &MountRequest) -> Result<M
     };
     if let Some(cur) = live_mount(&c.id)? {
         return match &wanted {
-            Some(w) if *w != cur => Err(Error::new(format!(
+            Some(w) if *w != cur => Err(Error::in_use(format!(
                 "container {} is already mounted at {}",
                 c.name,
                 cur.display()
@@ -258,7 +281,7 @@ pub fn mount(cs: &Containers<'_>, c: &Container, req: &MountRequest) -> Result<M
     match std::fs::symlink_metadata(&path) {
         Ok(md) if md.is_dir() => {}
         Ok(_) => {
-            return Err(Error::new(format!(
+            return Err(Error::invalid_input(format!(
                 "mountpoint {} is not a directory",
                 path.display()
             )));
@@ -271,7 +294,7 @@ pub fn mount(cs: &Containers<'_>, c: &Container, req: &MountRequest) -> Result<M
         Err(e) => return Err(Error::io(format!("mountpoint {}", path.display()), e)),
     }
     if let Some(m) = mount_table()?.into_iter().find(|m| m.path == path) {
-        return Err(Error::new(format!(
+        return Err(Error::in_use(format!(
             "mountpoint {} is busy: {} ({}) is mounted there",
             path.display(),
             m.source,
@@ -314,7 +337,7 @@ fn absolute(p: &Path) -> Result<PathBuf> {
     }
     let name = p
         .file_name()
-        .ok_or_else(|| Error::new(format!("invalid mountpoint {}", p.display())))?;
+        .ok_or_else(|| Error::invalid_input(format!("invalid mountpoint {}", p.display())))?;
     let parent = match p.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
@@ -349,8 +372,44 @@ fn run_daemon(program: &Path, opts: &str, mnt: &Path) -> Result<()> {
     ))
 }
 
+/// `umount`: every target is a mountpoint (a path that is a container mount) or else a
+/// container name; all are resolved first, then each container's mounts are unmounted
+/// (see `unmount_all`) under the store lock. A target without a mount is an error.
+pub(crate) fn umount(cs: &Containers<'_>, targets: &[String], force: bool) -> Result<()> {
+    let all = cs.list()?;
+    let mut plan: Vec<&Container> = Vec::new();
+    for t in targets {
+        let by_path = if t.contains('/') || Path::new(t).exists() {
+            container_at(Path::new(t))?
+        } else {
+            None
+        };
+        let c = match by_path {
+            Some(id) => find(&all, &id)?,
+            None => match find(&all, t) {
+                Ok(c) => c,
+                Err(_) if t.contains('/') => {
+                    return Err(Error::not_found(format!("no container is mounted at {t}")));
+                }
+                Err(e) => return Err(e),
+            },
+        };
+        plan.push(c);
+    }
+    let _lock = cs.store().lock()?;
+    for c in plan {
+        if unmount_all(&c.id, &c.name, force)?.is_empty() {
+            return Err(Error::not_found(format!(
+                "container {} is not mounted",
+                c.name
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Find the container mounted at `path`, if any (the path may be given in any form).
-pub fn container_at(path: &Path) -> Result<Option<String>> {
+pub(crate) fn container_at(path: &Path) -> Result<Option<String>> {
     let Ok(p) = std::fs::canonicalize(path).or_else(|_| absolute(path)) else {
         return Ok(None);
     };

@@ -31,7 +31,7 @@ fn random_u64() -> u64 {
 }
 
 /// A name `taken` says is free.
-pub fn generate(taken: impl Fn(&str) -> bool) -> String {
+pub(crate) fn generate(taken: impl Fn(&str) -> bool) -> String {
     for attempt in 0u32.. {
         let r = random_u64();
         let a = ADJECTIVES[(r % ADJECTIVES.len() as u64) as usize];

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::process::{Command, ExitStatus};
 
-use crate::error::Error;
+use crate::error::{Error, ErrorKind};
 use crate::store::Store;
 use crate::sys;
 
@@ -13,12 +13,12 @@ const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/s
 
 /// The environment: the image's `Env` (from its config, when the store still has it),
 /// else a default `PATH`; `TERM` from the caller; `HOME=/root`.
-pub fn environment(store: &Store, image: &crate::store::Digest) -> Vec<(String, String)> {
+pub(crate) fn environment(store: &Store, image: &crate::store::Digest) -> Vec<(String, String)> {
     let mut env: Vec<(String, String)> = Vec::new();
     let cfg = store
         .images()
         .ok()
-        .and_then(|idx| idx.get(image).cloned())
+        .and_then(|catalog| catalog.get(image).cloned())
         .and_then(|r| store.read_blob(&r.config_digest).ok())
         .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
     if let Some(list) = cfg
@@ -44,14 +44,14 @@ pub fn environment(store: &Store, image: &crate::store::Digest) -> Vec<(String, 
 
 /// Why a command could not be started, with the exit code a shell would give.
 #[derive(Debug)]
-pub struct NotStarted {
+pub(crate) struct NotStarted {
     pub error: Error,
     /// 127 when the program does not exist, 126 when it cannot be run.
     pub code: u8,
 }
 
 /// Run `cmd` (default `/bin/sh`) chrooted at `root`; returns its exit status.
-pub fn run(
+pub(crate) fn run(
     root: &Path,
     cmd: &[String],
     env: &[(String, String)],
@@ -69,15 +69,19 @@ pub fn run(
         error: Error::io(root.display(), e),
         code: 126,
     })?;
-    c.status().map_err(|e| NotStarted {
-        code: if e.kind() == std::io::ErrorKind::NotFound {
+    c.status().map_err(|e| {
+        let code = if e.kind() == std::io::ErrorKind::NotFound {
             127
         } else {
             126
-        },
-        error: Error::new(format!(
+        };
+        let msg = format!(
             "{prog}: {} in the container",
             crate::error::describe(&e).to_lowercase()
-        )),
+        );
+        NotStarted {
+            code,
+            error: Error::with_kind(ErrorKind::of_io(&e), msg).with_source(e),
+        }
     })
 }

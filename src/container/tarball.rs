@@ -12,7 +12,7 @@ use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 
 /// What an entry is.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Kind {
+pub(crate) enum Kind {
     Dir,
     File,
     Symlink(Vec<u8>),
@@ -25,7 +25,7 @@ pub enum Kind {
 
 /// One tar entry (the data of a regular file is passed separately).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Entry {
+pub(crate) struct Entry {
     /// Relative path, without a leading `/` or `./`, without a trailing `/`.
     pub path: Vec<u8>,
     pub kind: Kind,
@@ -43,7 +43,7 @@ pub struct Entry {
 
 impl Entry {
     /// An OCI marker file (`.wh.NAME` or `.wh..wh..opq`): empty, fixed metadata.
-    pub fn marker(path: Vec<u8>) -> Entry {
+    pub(crate) fn marker(path: Vec<u8>) -> Entry {
         Entry {
             path,
             kind: Kind::File,
@@ -64,7 +64,7 @@ const MAX_OCTAL_11: u64 = 0o77_777_777_777;
 const MAX_OCTAL_7: u64 = 0o7_777_777;
 
 /// Writes entries to a stream; `finish` writes the end-of-archive blocks.
-pub struct TarWriter<W: Write> {
+pub(crate) struct TarWriter<W: Write> {
     out: W,
     buf: Vec<u8>,
 }
@@ -90,7 +90,7 @@ fn put_bytes(field: &mut [u8], v: &[u8]) {
 }
 
 impl<W: Write> TarWriter<W> {
-    pub fn new(out: W) -> Self {
+    pub(crate) fn new(out: W) -> Self {
         TarWriter {
             out,
             buf: vec![0u8; 1 << 20],
@@ -121,7 +121,7 @@ impl<W: Write> TarWriter<W> {
     }
 
     /// Append one entry; `data` must give exactly `e.size` bytes for a regular file.
-    pub fn append(&mut self, e: &Entry, data: Option<&mut dyn Read>) -> io::Result<()> {
+    pub(crate) fn append(&mut self, e: &Entry, data: Option<&mut dyn Read>) -> io::Result<()> {
         let mut path = e.path.clone();
         if e.kind == Kind::Dir {
             path.push(b'/');
@@ -231,7 +231,7 @@ impl<W: Write> TarWriter<W> {
     }
 
     /// Write the two zero blocks that end an archive; returns the stream.
-    pub fn finish(mut self) -> io::Result<W> {
+    pub(crate) fn finish(mut self) -> io::Result<W> {
         self.out.write_all(&[0u8; 2 * BLOCK])?;
         self.out.flush()?;
         Ok(self.out)
@@ -243,17 +243,17 @@ impl<W: Write> TarWriter<W> {
 
 enum Msg {
     Data(Vec<u8>),
-    End(std::result::Result<(), String>),
+    End(crate::error::Result<()>),
 }
 
 /// The writing half: buffered chunks; `close` sends the verdict.
-pub struct PipeWriter {
+pub(crate) struct PipeWriter {
     tx: SyncSender<Msg>,
     buf: Vec<u8>,
 }
 
 /// The reading half: EOF only after the writer said it succeeded; its error otherwise.
-pub struct PipeReader {
+pub(crate) struct PipeReader {
     rx: Receiver<Msg>,
     cur: Vec<u8>,
     pos: usize,
@@ -263,7 +263,7 @@ pub struct PipeReader {
 const CHUNK: usize = 256 * 1024;
 
 /// A pipe holding at most a few MiB in flight.
-pub fn pipe() -> (PipeWriter, PipeReader) {
+pub(crate) fn pipe() -> (PipeWriter, PipeReader) {
     let (tx, rx) = sync_channel(16);
     (
         PipeWriter {
@@ -279,11 +279,13 @@ pub fn pipe() -> (PipeWriter, PipeReader) {
     )
 }
 
-/// The writer's error when the reading side went away.
-pub const READER_STOPPED: &str = "the reader stopped";
-
+/// The writer's error when the reading side went away: cancelled, for the reader has
+/// its own error to tell.
 fn closed() -> io::Error {
-    io::Error::new(io::ErrorKind::BrokenPipe, READER_STOPPED)
+    io::Error::new(
+        io::ErrorKind::BrokenPipe,
+        crate::error::Error::cancelled("the reader stopped"),
+    )
 }
 
 impl Write for PipeWriter {
@@ -306,9 +308,9 @@ impl Write for PipeWriter {
 
 impl PipeWriter {
     /// Send what is buffered and the verdict (an error makes the reader fail).
-    pub fn close(mut self, res: std::result::Result<(), String>) {
+    pub(crate) fn close(mut self, res: crate::error::Result<()>) {
         let res = match (res, self.flush()) {
-            (Ok(()), Err(e)) => Err(e.to_string()),
+            (Ok(()), Err(e)) => Err(crate::error::Error::from(e)),
             (r, _) => r,
         };
         let _ = self.tx.send(Msg::End(res));
@@ -334,7 +336,11 @@ impl Read for PipeReader {
                 }
                 Ok(Msg::End(Ok(()))) => self.done = true,
                 Ok(Msg::End(Err(e))) => return Err(io::Error::other(e)),
-                Err(_) => return Err(io::Error::other("the tar writer stopped")),
+                Err(_) => {
+                    return Err(io::Error::other(crate::error::Error::cancelled(
+                        "the tar writer stopped",
+                    )));
+                }
             }
         }
     }
@@ -430,11 +436,21 @@ mod tests {
     }
 
     #[test]
+    fn a_stopped_reader_cancels_the_writer() {
+        let (mut w, r) = pipe();
+        drop(r);
+        let err = w.write_all(&vec![0u8; 2 * CHUNK]).unwrap_err();
+        let err = crate::error::Error::io("/a/file", err);
+        assert_eq!(err.kind(), crate::error::ErrorKind::Cancelled);
+        assert_eq!(err.to_string(), "/a/file: the reader stopped");
+    }
+
+    #[test]
     fn pipe_carries_errors() {
         let (mut w, mut r) = pipe();
         std::thread::spawn(move || {
             w.write_all(b"abc").unwrap();
-            w.close(Err("boom".into()));
+            w.close(Err(crate::error::Error::new("boom")));
         });
         let mut s = Vec::new();
         let err = r.read_to_end(&mut s).unwrap_err();

@@ -22,7 +22,7 @@ use crate::overlay::{Attr, Ctx, Options, OverlayFs, ROOT_INO};
 use crate::sys::{self, Errno};
 
 /// A read-only union of directories, top first.
-pub struct View {
+pub(crate) struct View {
     fs: OverlayFs,
 }
 
@@ -35,30 +35,30 @@ fn err_at(p: &[u8], e: Errno) -> Error {
 }
 
 impl View {
-    pub fn open(lowers: Vec<PathBuf>) -> Result<View> {
+    pub(crate) fn open(lowers: Vec<PathBuf>) -> Result<View> {
         let fs = OverlayFs::new(Options::new(lowers, None, None))
-            .map_err(|e| Error::new(e.to_string()))?;
+            .map_err(|e| Error::with_errno(e.to_string(), e.errno.raw_os_error()))?;
         Ok(View { fs })
     }
 
     /// The image a container was made from (its layers only).
-    pub fn image_of(cs: &Containers<'_>, c: &Container) -> Result<View> {
+    pub(crate) fn image_of(cs: &Containers<'_>, c: &Container) -> Result<View> {
         View::open(cs.layer_dirs(c)?)
     }
 
     /// A container's merged tree.
-    pub fn container(cs: &Containers<'_>, c: &Container) -> Result<View> {
+    pub(crate) fn container(cs: &Containers<'_>, c: &Container) -> Result<View> {
         let mut lowers = vec![cs.upper(c)];
         lowers.extend(cs.layer_dirs(c)?);
         View::open(lowers)
     }
 
-    pub fn root_attr(&self) -> Result<Attr> {
+    pub(crate) fn root_attr(&self) -> Result<Attr> {
         self.fs.getattr(ROOT_INO, None).map_err(|e| err_at(b"", e))
     }
 
     /// `name` in the directory `dir` (an inode of this view), if present.
-    pub fn lookup(&self, dir: u64, name: &OsStr) -> Result<Option<Attr>> {
+    pub(crate) fn lookup(&self, dir: u64, name: &OsStr) -> Result<Option<Attr>> {
         match self.fs.lookup(dir, name) {
             Ok(e) => Ok(Some(e.attr)),
             Err(Errno::NOENT) | Err(Errno::NOTDIR) => Ok(None),
@@ -67,7 +67,7 @@ impl View {
     }
 
     /// A relative path (`a/b/c`) from the root, if present.
-    pub fn lookup_path(&self, rel: &[u8]) -> Result<Option<Attr>> {
+    pub(crate) fn lookup_path(&self, rel: &[u8]) -> Result<Option<Attr>> {
         let mut cur = self.root_attr()?;
         for c in rel.split(|b| *b == b'/').filter(|c| !c.is_empty()) {
             if !cur.is_dir() {
@@ -82,7 +82,7 @@ impl View {
     }
 
     /// Names in a directory, sorted bytewise.
-    pub fn list(&self, dir: u64) -> Result<Vec<OsString>> {
+    pub(crate) fn list(&self, dir: u64) -> Result<Vec<OsString>> {
         let (list, _) = self.fs.readdir(dir, 0).map_err(|e| err_at(b"", e))?;
         let mut names: Vec<OsString> = list
             .entries
@@ -94,12 +94,12 @@ impl View {
         Ok(names)
     }
 
-    pub fn readlink(&self, ino: u64) -> Result<Vec<u8>> {
+    pub(crate) fn readlink(&self, ino: u64) -> Result<Vec<u8>> {
         self.fs.readlink(ino).map_err(|e| err_at(b"", e))
     }
 
     /// Every xattr (the overlay's own are never shown), sorted by name.
-    pub fn xattrs(&self, ino: u64) -> Result<Xattrs> {
+    pub(crate) fn xattrs(&self, ino: u64) -> Result<Xattrs> {
         let list = match self.fs.xattr_names(ino) {
             Ok(l) => l,
             Err(Errno::NOTSUP) => return Ok(Vec::new()),
@@ -129,7 +129,7 @@ impl View {
     }
 
     /// The real file behind a regular file, opened read-only.
-    pub fn open_file(&self, ino: u64) -> Result<File> {
+    pub(crate) fn open_file(&self, ino: u64) -> Result<File> {
         let o = self
             .fs
             .open(Ctx::ROOT, ino, libc::O_RDONLY)
@@ -151,7 +151,7 @@ impl View {
 
 /// Identity of a multi-link object, to write later names as tar hard links.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum LinkKey {
+pub(crate) enum LinkKey {
     /// A real file: device and inode.
     Real(u64, u64),
     /// An object of a view, by the view's inode number.
@@ -160,13 +160,13 @@ pub enum LinkKey {
 
 /// Paths already written for multi-link objects.
 #[derive(Default)]
-pub struct Links {
+pub(crate) struct Links {
     seen: HashMap<LinkKey, Vec<u8>>,
 }
 
 impl Links {
     /// The earlier path of this object, or `None` (and remember `path`) if it is new.
-    pub fn earlier(&mut self, key: LinkKey, path: &[u8]) -> Option<Vec<u8>> {
+    pub(crate) fn earlier(&mut self, key: LinkKey, path: &[u8]) -> Option<Vec<u8>> {
         match self.seen.get(&key) {
             Some(p) => Some(p.clone()),
             None => {
@@ -178,7 +178,7 @@ impl Links {
 }
 
 /// `path/name`, or `name` at the top.
-pub fn join(prefix: &[u8], name: &[u8]) -> Vec<u8> {
+pub(crate) fn join(prefix: &[u8], name: &[u8]) -> Vec<u8> {
     if prefix.is_empty() {
         return name.to_vec();
     }
@@ -233,7 +233,7 @@ fn view_entry(view: &View, path: &[u8], a: &Attr) -> Result<Option<(Entry, Optio
 }
 
 /// Write one object of a view (and, for a directory, nothing below it).
-pub fn write_view_object<W: Write>(
+pub(crate) fn write_view_object<W: Write>(
     view: &View,
     path: &[u8],
     a: &Attr,
@@ -266,7 +266,7 @@ pub fn write_view_object<W: Write>(
 }
 
 /// Write everything below the directory `dir` of a view, depth first in name order.
-pub fn write_view_tree<W: Write>(
+pub(crate) fn write_view_tree<W: Write>(
     view: &View,
     dir: u64,
     prefix: &[u8],
@@ -287,10 +287,10 @@ pub fn write_view_tree<W: Write>(
 }
 
 /// Extended attributes: (name, value) sorted by name.
-pub type Xattrs = Vec<(Vec<u8>, Vec<u8>)>;
+pub(crate) type Xattrs = Vec<(Vec<u8>, Vec<u8>)>;
 
 /// Xattrs of a real object, without the overlay's own, sorted.
-pub fn real_xattrs(
+pub(crate) fn real_xattrs(
     dir: std::os::fd::BorrowedFd<'_>,
     name: Option<&OsStr>,
 ) -> std::result::Result<Xattrs, Errno> {

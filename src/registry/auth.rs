@@ -23,7 +23,7 @@ use crate::registry::reference::DEFAULT_REGISTRY;
 
 /// A user name and password (or a token used as one).
 #[derive(Clone, PartialEq, Eq)]
-pub struct Credentials {
+pub(crate) struct Credentials {
     pub username: String,
     pub password: String,
 }
@@ -36,7 +36,7 @@ impl std::fmt::Debug for Credentials {
 
 impl Credentials {
     /// The `Authorization` value for basic auth.
-    pub fn basic_header(&self) -> String {
+    pub(crate) fn basic_header(&self) -> String {
         format!(
             "Basic {}",
             B64.encode(format!("{}:{}", self.username, self.password))
@@ -57,7 +57,7 @@ fn docker_config() -> Option<PathBuf> {
 }
 
 /// The files credentials are read from, in order.
-pub fn auth_files() -> Vec<PathBuf> {
+pub(crate) fn auth_files() -> Vec<PathBuf> {
     let mut out = Vec::new();
     out.extend(env_path("REGISTRY_AUTH_FILE"));
     out.extend(env_path("XDG_RUNTIME_DIR").map(|d| d.join("containers/auth.json")));
@@ -67,7 +67,7 @@ pub fn auth_files() -> Vec<PathBuf> {
 }
 
 /// The file `login` writes.
-pub fn login_file() -> Result<PathBuf> {
+pub(crate) fn login_file() -> Result<PathBuf> {
     env_path("REGISTRY_AUTH_FILE")
         .or_else(docker_config)
         .ok_or_else(|| Error::new("no place for credentials: set HOME or REGISTRY_AUTH_FILE"))
@@ -121,7 +121,7 @@ fn read_file(p: &Path) -> Result<Option<Value>> {
         return Ok(Some(Value::Object(Map::new())));
     }
     serde_json::from_slice(&data).map(Some).map_err(|e| {
-        Error::new(format!(
+        Error::corrupt(format!(
             "{}: not a valid credentials file: {e}",
             p.display()
         ))
@@ -139,13 +139,13 @@ fn decode_entry(p: &Path, key: &str, v: &Value) -> Result<Option<Credentials>> {
             .ok()
             .and_then(|b| String::from_utf8(b).ok())
             .ok_or_else(|| {
-                Error::new(format!(
+                Error::corrupt(format!(
                     "{}: the \"auth\" of {key} is not base64 of user:password",
                     p.display()
                 ))
             })?;
         let (u, pw) = raw.split_once(':').ok_or_else(|| {
-            Error::new(format!(
+            Error::corrupt(format!(
                 "{}: the \"auth\" of {key} is not base64 of user:password",
                 p.display()
             ))
@@ -168,11 +168,11 @@ fn decode_entry(p: &Path, key: &str, v: &Value) -> Result<Option<Credentials>> {
 }
 
 /// Credentials for `registry` (and `repository` on it), with the file they came from.
-pub fn lookup(registry: &str, repository: &str) -> Result<Option<(Credentials, PathBuf)>> {
+pub(crate) fn lookup(registry: &str, repository: &str) -> Result<Option<(Credentials, PathBuf)>> {
     lookup_in(&auth_files(), registry, repository)
 }
 
-pub fn lookup_in(
+pub(crate) fn lookup_in(
     files: &[PathBuf],
     registry: &str,
     repository: &str,
@@ -238,18 +238,18 @@ fn write_private(p: &Path, v: &Value) -> Result<()> {
 }
 
 /// Save credentials for `registry` in the login file; other entries and keys are kept.
-pub fn save(registry: &str, c: &Credentials) -> Result<PathBuf> {
+pub(crate) fn save(registry: &str, c: &Credentials) -> Result<PathBuf> {
     let p = login_file()?;
     let mut v = read_file(&p)?.unwrap_or_else(|| Value::Object(Map::new()));
     let obj = v
         .as_object_mut()
-        .ok_or_else(|| Error::new(format!("{}: not a JSON object", p.display())))?;
+        .ok_or_else(|| Error::corrupt(format!("{}: not a JSON object", p.display())))?;
     let auths = obj
         .entry("auths")
         .or_insert_with(|| Value::Object(Map::new()));
     let auths = auths
         .as_object_mut()
-        .ok_or_else(|| Error::new(format!("{}: \"auths\" is not an object", p.display())))?;
+        .ok_or_else(|| Error::corrupt(format!("{}: \"auths\" is not an object", p.display())))?;
     // One entry per registry: drop other spellings of the same key.
     let reg = canonical_host(registry).to_string();
     auths.retain(|k, _| normalize_key(k) != reg);
@@ -263,7 +263,7 @@ pub fn save(registry: &str, c: &Credentials) -> Result<PathBuf> {
 
 /// Remove the credentials for `registry` from every file they are read from; returns the
 /// files changed.
-pub fn remove(registry: &str) -> Result<Vec<PathBuf>> {
+pub(crate) fn remove(registry: &str) -> Result<Vec<PathBuf>> {
     let reg = canonical_host(registry).to_string();
     let mut changed = Vec::new();
     for p in auth_files() {
@@ -289,7 +289,7 @@ pub fn remove(registry: &str) -> Result<Vec<PathBuf>> {
 
 /// What a `401`'s `WWW-Authenticate` asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Challenge {
+pub(crate) enum Challenge {
     Basic,
     Bearer {
         realm: String,
@@ -300,7 +300,7 @@ pub enum Challenge {
 }
 
 /// Pick the challenge we can answer from a `WWW-Authenticate` value: Bearer before Basic.
-pub fn parse_challenge(header: &str) -> Option<Challenge> {
+pub(crate) fn parse_challenge(header: &str) -> Option<Challenge> {
     let list = http_auth::parse_challenges(header).ok()?;
     let mut basic = false;
     for c in &list {

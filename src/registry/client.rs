@@ -18,11 +18,11 @@ use crate::error::{Error, Result};
 use crate::registry::auth::{self, Challenge, Credentials};
 
 /// Largest JSON answer read whole (manifests, tokens, error bodies).
-pub const MAX_JSON: u64 = 16 << 20;
+pub(crate) const MAX_JSON: u64 = 16 << 20;
 
 /// How a client behaves.
 #[derive(Debug, Clone)]
-pub struct Options {
+pub(crate) struct Options {
     /// Allow plain HTTP and unverified TLS for this registry (as for localhost).
     pub insecure: bool,
     /// Connecting, and each wait for data, may take this long.
@@ -42,7 +42,7 @@ impl Default for Options {
 }
 
 /// A request body that can be sent again (after a `401`, or a retry).
-pub enum Body<'a> {
+pub(crate) enum Body<'a> {
     Empty,
     Bytes(&'a [u8]),
     /// `len` bytes of a file from `offset`, with progress (bytes sent so far).
@@ -64,7 +64,7 @@ struct State {
 }
 
 /// A client for one registry host, for a set of scopes (`repository:NAME:pull`).
-pub struct Client {
+pub(crate) struct Client {
     agent: Agent,
     /// The registry as references name it (`docker.io`, `localhost:5000`).
     pub registry: String,
@@ -77,7 +77,7 @@ pub struct Client {
 }
 
 /// Whether `host[:port]` is this machine (`localhost`, 127.0.0.0/8, ::1).
-pub fn is_local(host: &str) -> bool {
+pub(crate) fn is_local(host: &str) -> bool {
     let h = host_part(host);
     h == "localhost" || h.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
@@ -92,7 +92,7 @@ fn host_part(host: &str) -> &str {
 /// Registries marked insecure: `$LAYERFS_INSECURE_REGISTRIES` (comma-separated) and
 /// docker's `/etc/docker/daemon.json` `insecure-registries`. Entries are `host`,
 /// `host:port` or an IP range (`10.0.0.0/8`).
-pub fn configured_insecure() -> Vec<String> {
+pub(crate) fn configured_insecure() -> Vec<String> {
     let mut out: Vec<String> = std::env::var("LAYERFS_INSECURE_REGISTRIES")
         .unwrap_or_default()
         .split(',')
@@ -109,7 +109,7 @@ pub fn configured_insecure() -> Vec<String> {
 }
 
 /// Whether `host[:port]` matches one of `entries`.
-pub fn listed_insecure(host: &str, entries: &[String]) -> bool {
+pub(crate) fn listed_insecure(host: &str, entries: &[String]) -> bool {
     let h = host_part(host);
     entries.iter().any(|e| {
         let e = e
@@ -168,7 +168,7 @@ struct ApiError {
 
 /// What went wrong with a response, for a message: `MANIFEST_UNKNOWN: manifest unknown`
 /// from an error body, else the status.
-pub fn describe_status(resp: &mut Response<ureq::Body>) -> (u16, Option<String>, String) {
+pub(crate) fn describe_status(resp: &mut Response<ureq::Body>) -> (u16, Option<String>, String) {
     let status = resp.status().as_u16();
     let body = resp
         .body_mut()
@@ -194,8 +194,20 @@ pub fn describe_status(resp: &mut Response<ureq::Body>) -> (u16, Option<String>,
     (status, None, format!("HTTP {status} {reason}"))
 }
 
+/// What a registry said, as the source of an error that quotes it.
+#[derive(Debug)]
+pub(crate) struct RegistrySaid(pub String);
+
+impl std::fmt::Display for RegistrySaid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for RegistrySaid {}
+
 /// One phrase for a transport failure.
-pub fn describe_ureq(e: &ureq::Error) -> String {
+pub(crate) fn describe_ureq(e: &ureq::Error) -> String {
     match e {
         ureq::Error::Io(io) => describe_io(io),
         ureq::Error::Timeout(_) => "timed out waiting for the registry".into(),
@@ -210,7 +222,7 @@ pub fn describe_ureq(e: &ureq::Error) -> String {
 }
 
 /// One phrase for an I/O failure while talking to a registry.
-pub fn describe_io(e: &io::Error) -> String {
+pub(crate) fn describe_io(e: &io::Error) -> String {
     if let Some(inner) = e.get_ref().and_then(|i| i.downcast_ref::<ureq::Error>()) {
         return describe_ureq(inner);
     }
@@ -224,12 +236,12 @@ pub fn describe_io(e: &io::Error) -> String {
 }
 
 /// Statuses worth another try.
-pub fn retryable_status(s: u16) -> bool {
+pub(crate) fn retryable_status(s: u16) -> bool {
     matches!(s, 408 | 429 | 500 | 502 | 503 | 504)
 }
 
 /// Whether trying again may help.
-pub fn transient(e: &ureq::Error) -> bool {
+pub(crate) fn transient(e: &ureq::Error) -> bool {
     match e {
         ureq::Error::Io(io) => !matches!(
             io.kind(),
@@ -249,8 +261,22 @@ fn cert_error(e: &ureq::Error) -> bool {
     )
 }
 
+/// A JSON answer whole, at most `MAX_JSON` bytes.
+fn read_small_body(resp: &mut Response<ureq::Body>) -> std::result::Result<Vec<u8>, ureq::Error> {
+    resp.body_mut().with_config().limit(MAX_JSON).read_to_vec()
+}
+
+/// " (N attempts)" after a failure that was tried more than once, for its message.
+fn attempts_note(attempt: u32) -> String {
+    if attempt > 1 {
+        format!(" ({attempt} attempts)")
+    } else {
+        String::new()
+    }
+}
+
 /// Wait before attempt `n` (1-based): 0.5 s, 1 s, 2 s, … at most 8 s.
-pub fn backoff(n: u32) -> Duration {
+pub(crate) fn backoff(n: u32) -> Duration {
     Duration::from_millis(500u64.saturating_mul(1 << n.saturating_sub(1).min(4)))
 }
 
@@ -268,7 +294,7 @@ fn pct(s: &str) -> String {
 }
 
 /// A URL with query parameters appended.
-pub fn with_query(url: &str, query: &[(&str, &str)]) -> String {
+pub(crate) fn with_query(url: &str, query: &[(&str, &str)]) -> String {
     let mut u = url.to_string();
     for (k, v) in query {
         u.push(if u.contains('?') { '&' } else { '?' });
@@ -298,7 +324,7 @@ impl Read for FilePart<'_> {
 }
 
 /// A small document as fetched.
-pub struct Small {
+pub(crate) struct Small {
     pub data: Vec<u8>,
     pub content_type: Option<String>,
     /// The `Docker-Content-Digest` header.
@@ -316,7 +342,7 @@ struct TokenAnswer {
 impl Client {
     /// A client for `registry` (as references name it), whose API is at `host`, for
     /// `scopes`. Credentials are looked up in the usual files unless given.
-    pub fn new(
+    pub(crate) fn new(
         registry: &str,
         host: &str,
         repository_for_creds: &str,
@@ -362,23 +388,14 @@ impl Client {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Ask for more scopes (a repository to mount blobs from); a token is fetched again
-    /// on the next `401`.
-    pub fn add_scope(&self, scope: String) {
-        let mut st = self.state();
-        if !st.scopes.contains(&scope) {
-            st.scopes.push(scope);
-        }
-    }
-
     /// The user whose credentials are in use, if any.
-    pub fn username(&self) -> Option<&str> {
+    pub(crate) fn username(&self) -> Option<&str> {
         self.creds.as_ref().map(|(c, _)| c.username.as_str())
     }
 
     /// The base URL (`https://host`), finding the scheme on first use: HTTPS, then plain
     /// HTTP where allowed, and the first answer's challenge.
-    pub fn base(&self) -> Result<String> {
+    pub(crate) fn base(&self) -> Result<String> {
         if let Some(b) = &self.state().base {
             return Ok(b.clone());
         }
@@ -390,7 +407,7 @@ impl Client {
             let err = match res {
                 Ok(resp) => return Ok(self.found_base(https, resp)),
                 Err(e) if cert_error(&e) => {
-                    return Err(Error::new(format!(
+                    return Err(Error::network(format!(
                         "registry {}: {}; mark it insecure (--insecure) if you trust it",
                         self.registry,
                         describe_ureq(&e)
@@ -416,15 +433,11 @@ impl Client {
                 std::thread::sleep(backoff(attempt));
                 continue;
             }
-            let tries = if attempt > 1 {
-                format!(" ({attempt} attempts)")
-            } else {
-                String::new()
-            };
-            return Err(Error::new(format!(
-                "cannot reach registry {}: {}{tries}",
+            return Err(Error::network(format!(
+                "cannot reach registry {}: {}{}",
                 self.registry,
-                describe_ureq(&err)
+                describe_ureq(&err),
+                attempts_note(attempt)
             )));
         }
     }
@@ -477,7 +490,7 @@ impl Client {
                     req = req.header("Authorization", c.basic_header());
                 }
                 let mut resp = req.call().map_err(|e| {
-                    Error::new(format!(
+                    Error::network(format!(
                         "registry {}: token service {realm}: {}",
                         self.registry,
                         describe_ureq(&e)
@@ -491,32 +504,27 @@ impl Client {
                 }
                 if !resp.status().is_success() {
                     let (_, _, msg) = describe_status(&mut resp);
-                    return Err(Error::new(format!(
+                    return Err(Error::network(format!(
                         "registry {}: token service {realm}: {msg}",
                         self.registry
                     )));
                 }
-                let body = resp
-                    .body_mut()
-                    .with_config()
-                    .limit(MAX_JSON)
-                    .read_to_vec()
-                    .map_err(|e| {
-                        Error::new(format!(
-                            "registry {}: token service {realm}: {}",
-                            self.registry,
-                            describe_ureq(&e)
-                        ))
-                    })?;
+                let body = read_small_body(&mut resp).map_err(|e| {
+                    Error::network(format!(
+                        "registry {}: token service {realm}: {}",
+                        self.registry,
+                        describe_ureq(&e)
+                    ))
+                })?;
                 let t: TokenAnswer = serde_json::from_slice(&body).map_err(|e| {
-                    Error::new(format!(
+                    Error::network(format!(
                         "registry {}: token service {realm}: not a token answer: {e}",
                         self.registry
                     ))
                 })?;
                 let token = t.token.or(t.access_token).filter(|t| !t.is_empty());
                 let Some(token) = token else {
-                    return Err(Error::new(format!(
+                    return Err(Error::network(format!(
                         "registry {}: token service {realm} gave no token",
                         self.registry
                     )));
@@ -528,8 +536,8 @@ impl Client {
         }
     }
 
-    pub fn login_needed(&self) -> Error {
-        Error::new(format!(
+    pub(crate) fn login_needed(&self) -> Error {
+        Error::unauthorized(format!(
             "registry {}: authentication required; log in with `layerfs login {}`",
             self.registry, self.registry
         ))
@@ -541,7 +549,7 @@ impl Client {
             Some((c, None)) => (c.username.as_str(), String::new()),
             None => ("", String::new()),
         };
-        Error::new(format!(
+        Error::unauthorized(format!(
             "registry {}: the credentials of user \"{user}\"{from} were refused; log in again with `layerfs login {}`",
             self.registry, self.registry
         ))
@@ -557,7 +565,7 @@ impl Client {
 
     /// The URL for `target`: a path under the base, or an absolute URL the registry gave
     /// (a relative `Location` is taken as a path).
-    pub fn url(&self, target: &str) -> Result<String> {
+    pub(crate) fn url(&self, target: &str) -> Result<String> {
         if target.starts_with("http://") || target.starts_with("https://") {
             Ok(target.to_string())
         } else {
@@ -567,7 +575,7 @@ impl Client {
 
     /// One request, answering a `401` once: `Err` for what retrying cannot fix,
     /// `Ok(Err)` for a transport failure (which may be transient).
-    pub fn attempt(
+    pub(crate) fn attempt(
         &self,
         method: &Method,
         url: &str,
@@ -637,7 +645,7 @@ impl Client {
     /// Send a request to `target` (see `url`), authenticating on a `401` and, when
     /// `retry`, trying again after transient failures (connection lost, 429, 5xx) with
     /// backoff. Returns any response that is not a `401`; the caller judges the status.
-    pub fn send(
+    pub(crate) fn send(
         &self,
         method: Method,
         target: &str,
@@ -672,49 +680,44 @@ impl Client {
                     std::thread::sleep(backoff(attempt));
                 }
                 Err(e) => {
-                    let tries = if attempt > 1 {
-                        format!(" ({attempt} attempts)")
-                    } else {
-                        String::new()
-                    };
-                    return Err(Error::new(format!(
-                        "registry {}: {}{tries}",
+                    return Err(Error::network(format!(
+                        "registry {}: {}{}",
                         self.registry,
-                        describe_ureq(&e)
+                        describe_ureq(&e),
+                        attempts_note(attempt)
                     )));
                 }
             }
         }
     }
 
-    /// GET a small document whole; a 404 is an error naming `what`.
-    pub fn get_small(&self, target: &str, accept: Option<&str>, what: &str) -> Result<Small> {
+    /// GET a small document whole; a 404 is a `NotFound` error naming `what`, with what
+    /// the registry said as its source.
+    pub(crate) fn get_small(
+        &self,
+        target: &str,
+        accept: Option<&str>,
+        what: &str,
+    ) -> Result<Small> {
         let headers: Vec<(&str, &str)> = accept.map(|a| ("Accept", a)).into_iter().collect();
         let mut resp = self.send(Method::GET, target, &headers, &Body::Empty, true)?;
         if resp.status() == 404 {
             let (_, _, msg) = describe_status(&mut resp);
-            return Err(Error::with_errno(
-                format!("{what}: not found: {msg}"),
-                libc::ENOENT,
-            ));
+            return Err(Error::not_found(format!("{what}: not found: {msg}"))
+                .with_source(RegistrySaid(msg)));
         }
         if !resp.status().is_success() {
             return Err(self.status_error(what, &mut resp));
         }
         let ct = header(&resp, "content-type");
         let dcd = header(&resp, "docker-content-digest");
-        let data = resp
-            .body_mut()
-            .with_config()
-            .limit(MAX_JSON)
-            .read_to_vec()
-            .map_err(|e| {
-                Error::new(format!(
-                    "{what}: registry {}: {}",
-                    self.registry,
-                    describe_ureq(&e)
-                ))
-            })?;
+        let data = read_small_body(&mut resp).map_err(|e| {
+            Error::network(format!(
+                "{what}: registry {}: {}",
+                self.registry,
+                describe_ureq(&e)
+            ))
+        })?;
         Ok(Small {
             data,
             content_type: ct,
@@ -723,18 +726,18 @@ impl Client {
     }
 
     /// The one-line error for an unexpected status.
-    pub fn status_error(&self, what: &str, resp: &mut Response<ureq::Body>) -> Error {
+    pub(crate) fn status_error(&self, what: &str, resp: &mut Response<ureq::Body>) -> Error {
         let (status, code, msg) = describe_status(resp);
         match status {
-            403 => Error::new(format!(
+            403 => Error::unauthorized(format!(
                 "{what}: registry {} denied access{}: {msg}",
                 self.registry,
                 self.username()
                     .map(|u| format!(" to user \"{u}\""))
                     .unwrap_or_default()
             )),
-            404 => Error::new(format!("{what}: {}", not_found(code.as_deref(), &msg))),
-            _ => Error::new(format!("{what}: registry {}: {msg}", self.registry)),
+            404 => Error::not_found(format!("{what}: {}", not_found(code.as_deref(), &msg))),
+            _ => Error::network(format!("{what}: registry {}: {msg}", self.registry)),
         }
     }
 }
@@ -748,7 +751,7 @@ fn not_found(code: Option<&str>, msg: &str) -> String {
     }
 }
 
-pub fn header(resp: &Response<ureq::Body>, name: &str) -> Option<String> {
+pub(crate) fn header(resp: &Response<ureq::Body>, name: &str) -> Option<String> {
     resp.headers()
         .get(name)
         .and_then(|v| v.to_str().ok())

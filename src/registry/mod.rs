@@ -2,26 +2,26 @@
 //! for it. Pulled images go into the store through `Store::ingest` (the same verified,
 //! staged path as `import`); the store never calls this code.
 
-pub mod auth;
-pub mod client;
-pub mod pull;
-pub mod push;
-pub mod reference;
+pub(crate) mod auth;
+pub(crate) mod client;
+pub(crate) mod pull;
+pub(crate) mod push;
+pub(crate) mod reference;
 
 use std::path::PathBuf;
 
 use ureq::http::Method;
 
 use crate::error::{Error, Result};
-pub use auth::Credentials;
-pub use client::Options;
-pub use pull::{PullOptions, Pulled, pull};
-pub use push::{PushEvent, PushObserver, PushOptions, Pushed, push};
-pub use reference::ImageRef;
+pub(crate) use auth::Credentials;
+pub(crate) use client::Options;
+pub(crate) use pull::{PullOptions, pull};
+pub(crate) use push::{PushEvent, PushObserver, PushOptions, push};
+pub(crate) use reference::ImageRef;
 
 /// A registry named on the command line (`localhost:5000`, `https://reg.example/`,
 /// nothing for Docker Hub) as `host[:port]`.
-pub fn registry_host(arg: Option<&str>) -> Result<String> {
+pub(crate) fn registry_host(arg: Option<&str>) -> Result<String> {
     let Some(a) = arg.map(str::trim).filter(|a| !a.is_empty()) else {
         return Ok(reference::DEFAULT_REGISTRY.to_string());
     };
@@ -32,17 +32,17 @@ pub fn registry_host(arg: Option<&str>) -> Result<String> {
     let host = rest.split('/').next().unwrap_or(rest);
     // Parse a reference on it to check the host the same way.
     let probe = ImageRef::parse(&format!("{host}/x"))
-        .map_err(|_| Error::new(format!("invalid registry \"{a}\"")))?;
+        .map_err(|_| Error::invalid_input(format!("invalid registry \"{a}\"")))?;
     if probe.registry != host
         && !(probe.registry == reference::DEFAULT_REGISTRY && host.contains("docker.io"))
     {
-        return Err(Error::new(format!("invalid registry \"{a}\"")));
+        return Err(Error::invalid_input(format!("invalid registry \"{a}\"")));
     }
     Ok(probe.registry)
 }
 
 /// Check credentials against a registry and save them; returns the file written.
-pub fn login(registry: &str, creds: Credentials, opts: Options) -> Result<PathBuf> {
+pub(crate) fn login(registry: &str, creds: Credentials, opts: Options) -> Result<PathBuf> {
     let probe = ImageRef::parse(&format!("{registry}/x"))?;
     let client = client::Client::new(
         registry,
@@ -60,6 +60,6 @@ pub fn login(registry: &str, creds: Credentials, opts: Options) -> Result<PathBu
 }
 
 /// Forget the credentials for a registry; returns the files changed.
-pub fn logout(registry: &str) -> Result<Vec<PathBuf>> {
+pub(crate) fn logout(registry: &str) -> Result<Vec<PathBuf>> {
     auth::remove(registry)
 }

@@ -10,24 +10,23 @@
 use std::io::{self, Read};
 use std::sync::Arc;
 
-use oci_spec::image::{ImageIndex, ImageManifest};
+use oci_spec::image::ImageIndex;
 use ureq::http::Method;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::registry::client::{self, Body, Client, Options};
 use crate::registry::reference::ImageRef;
-use crate::store::archive::{
-    DOCKER_LIST, DOCKER_MANIFEST, LayerPlan, ManifestBlob, OCI_INDEX, OCI_MANIFEST, Platform,
-};
-use crate::store::ingest::{self, BlobFetcher, Ingested};
+use crate::store::archive::{DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST};
+use crate::store::ingest::{BlobFetcher, Ingested};
+use crate::store::plan::{ImagePlan, LayerPlan, ManifestBlob, PlanSource, Platform};
 use crate::store::{Digest, ImportObserver, Store};
 
 /// What `Accept` lists for manifests.
-pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json";
+pub(crate) const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json";
 
 /// How to pull.
 #[derive(Debug, Clone)]
-pub struct PullOptions {
+pub(crate) struct PullOptions {
     /// `os/arch[/variant]` to take from a multi-platform image (default: the host's).
     pub platform: Option<String>,
     /// Layers downloaded at once.
@@ -47,21 +46,10 @@ impl Default for PullOptions {
 
 /// What a pull did.
 #[derive(Debug, Clone)]
-pub struct Pulled {
-    pub reference: ImageRef,
-    /// The manifest's digest (of the platform's manifest when the reference named an
-    /// index).
-    pub manifest_digest: Digest,
+pub(crate) struct Pulled {
     /// The digest the reference resolved to (the index's, for a multi-platform image).
     pub resolved_digest: Digest,
     pub ingested: Ingested,
-}
-
-/// A fetched manifest or index.
-pub struct Fetched {
-    pub bytes: Vec<u8>,
-    pub digest: Digest,
-    pub media_type: String,
 }
 
 /// The media type of a manifest: its `mediaType` field, else the `Content-Type`.
@@ -100,18 +88,18 @@ fn media_type_of(bytes: &[u8], content_type: Option<&str>) -> String {
 
 /// GET a manifest (by tag or digest) and check its digest: against the digest asked for,
 /// or the registry's `Docker-Content-Digest`.
-pub fn fetch_manifest(
+pub(crate) fn fetch_manifest(
     client: &Client,
     repository: &str,
     reference: &str,
     expected: Option<(Digest, Option<u64>)>,
     what: &str,
-) -> Result<Fetched> {
+) -> Result<ManifestBlob> {
     let path = format!("/v2/{repository}/manifests/{reference}");
     let got = client
         .get_small(&path, Some(MANIFEST_ACCEPT), what)
         .map_err(|e| {
-            if e.errno() != Some(libc::ENOENT) {
+            if e.kind() != ErrorKind::NotFound {
                 return e;
             }
             let thing = if reference.starts_with("sha256:") {
@@ -119,24 +107,28 @@ pub fn fetch_manifest(
             } else {
                 format!("tag {reference}")
             };
-            Error::new(format!(
-                "{what}: {thing} not found in repository {repository} on {} (registry: {})",
+            // The registry's own words are the source of its "not found".
+            let said = std::error::Error::source(&e)
+                .map(|s| s.to_string())
+                .unwrap_or_default();
+            Error::not_found(format!(
+                "{what}: {thing} not found in repository {repository} on {} (registry: {said})",
                 client.registry,
-                e.message().rsplit_once(": ").map(|x| x.1).unwrap_or("")
             ))
+            .with_source(e)
         })?;
     let (bytes, ct, dcd) = (got.data, got.content_type, got.digest);
     let digest = Digest::of(&bytes);
     if let Some((want, size)) = expected {
         if want != digest {
-            return Err(Error::new(format!(
+            return Err(Error::corrupt(format!(
                 "{what}: manifest digest mismatch: asked for {want}, the registry sent one that hashes to {digest}"
             )));
         }
         if let Some(s) = size
             && s != bytes.len() as u64
         {
-            return Err(Error::new(format!(
+            return Err(Error::corrupt(format!(
                 "{what}: manifest size mismatch: the index says {s} bytes, the registry sent {}",
                 bytes.len()
             )));
@@ -145,22 +137,16 @@ pub fn fetch_manifest(
         && let Ok(d) = d.parse::<Digest>()
         && d != digest
     {
-        return Err(Error::new(format!(
+        return Err(Error::corrupt(format!(
             "{what}: manifest digest mismatch: the registry says {d}, the manifest hashes to {digest}"
         )));
     }
     let media_type = media_type_of(&bytes, ct.as_deref());
-    Ok(Fetched {
+    Ok(ManifestBlob {
         bytes,
         digest,
         media_type,
     })
-}
-
-fn platform_matches(want: &Platform, os: &str, arch: &str, variant: Option<&str>) -> bool {
-    want.os == os
-        && want.arch == arch
-        && (want.variant.is_none() || want.variant.as_deref() == variant)
 }
 
 /// The manifest for `platform` in an index: its digest and size.
@@ -169,33 +155,25 @@ fn choose_platform(
     index_bytes: &[u8],
     platform: &Platform,
 ) -> Result<(Digest, u64, String)> {
-    let idx = ImageIndex::from_reader(index_bytes)
-        .map_err(|e| Error::new(format!("{what}: not a valid image index: {e}")))?;
+    let index = ImageIndex::from_reader(index_bytes)
+        .map_err(|e| Error::corrupt(format!("{what}: not a valid image index: {e}")))?;
     let mut seen = Vec::new();
-    for d in idx.manifests() {
+    for d in index.manifests() {
         let mt = d.media_type().to_string();
         if mt != OCI_MANIFEST && mt != DOCKER_MANIFEST {
             continue;
         }
-        let Some(p) = d.platform() else {
+        let Some(p) = d.platform().as_ref().map(Platform::of_descriptor) else {
             continue;
         };
-        let os = p.os().to_string();
-        let arch = p.architecture().to_string();
-        if platform_matches(platform, &os, &arch, p.variant().as_deref()) {
-            let digest: Digest =
-                d.digest().to_string().parse().map_err(|e: Error| {
-                    Error::new(format!("{what}: index entry: {}", e.message()))
-                })?;
+        if platform.matches(&p) {
+            let digest: Digest = d.digest().to_string().parse().map_err(|e: Error| {
+                Error::corrupt(format!("{what}: index entry: {}", e.message()))
+            })?;
             return Ok((digest, d.size(), mt));
         }
-        if os != "unknown" {
-            let mut s = format!("{os}/{arch}");
-            if let Some(v) = p.variant() {
-                s.push('/');
-                s.push_str(v);
-            }
-            seen.push(s);
+        if p.os != "unknown" {
+            seen.push(p.to_string());
         }
     }
     seen.sort();
@@ -205,17 +183,18 @@ fn choose_platform(
     } else {
         format!("available: {}", seen.join(", "))
     };
-    Err(Error::new(format!(
+    Err(Error::not_found(format!(
         "{what}: no image for platform {platform} ({avail}); choose one with --platform"
     )))
 }
 
-/// Resolve `r` to one image manifest and its config, verified.
-pub fn resolve(
+/// Resolve `r` to one image manifest, verified; also the digest `r` resolved to (the
+/// index's, for a multi-platform image).
+pub(crate) fn resolve(
     client: &Client,
     r: &ImageRef,
     platform: &Platform,
-) -> Result<(Fetched, Digest, Vec<u8>)> {
+) -> Result<(ManifestBlob, Digest)> {
     let what = r.to_string();
     let top = fetch_manifest(
         client,
@@ -243,30 +222,44 @@ pub fn resolve(
         OCI_MANIFEST | DOCKER_MANIFEST => top,
         other => return Err(unsupported(&what, other)),
     };
-    let m = ImageManifest::from_reader(&manifest.bytes[..])
-        .map_err(|e| Error::new(format!("{what}: not a valid image manifest: {e}")))?;
-    let cd = m.config();
-    let config_digest: Digest =
-        cd.digest().to_string().parse().map_err(|e: Error| {
-            Error::new(format!("{what}: config descriptor: {}", e.message()))
-        })?;
-    let cwhat = format!("{what}: config {config_digest}");
-    let path = format!("/v2/{}/blobs/{config_digest}", r.repository);
-    let config = client.get_small(&path, None, &cwhat)?.data;
-    let got = Digest::of(&config);
-    if got != config_digest {
-        return Err(Error::new(format!(
-            "{cwhat}: digest mismatch: the registry sent a config that hashes to {got}"
-        )));
+    Ok((manifest, resolved))
+}
+
+/// A repository as the source of a plan: the config fetched and checked here, layer
+/// blobs named by digest (`Fetcher` streams them).
+struct Repository<'a> {
+    client: &'a Client,
+    name: &'a str,
+    what: &'a str,
+}
+
+impl PlanSource for Repository<'_> {
+    fn config(&self, digest: &Digest, size: u64) -> Result<Vec<u8>> {
+        let cwhat = format!("{}: config {digest}", self.what);
+        let path = format!("/v2/{}/blobs/{digest}", self.name);
+        let config = self.client.get_small(&path, None, &cwhat)?.data;
+        let got = Digest::of(&config);
+        if got != *digest {
+            return Err(Error::corrupt(format!(
+                "{cwhat}: digest mismatch: the registry sent a config that hashes to {got}"
+            )));
+        }
+        if size != config.len() as u64 {
+            return Err(Error::corrupt(format!(
+                "{cwhat}: size mismatch: the manifest says {size} bytes, the registry sent {}",
+                config.len()
+            )));
+        }
+        Ok(config)
     }
-    if cd.size() != config.len() as u64 {
-        return Err(Error::new(format!(
-            "{cwhat}: size mismatch: the manifest says {} bytes, the registry sent {}",
-            cd.size(),
-            config.len()
-        )));
+
+    fn layer_member(&self, digest: &Digest) -> Result<String> {
+        Ok(digest.to_string())
     }
-    Ok((manifest, resolved, config))
+
+    fn unreadable_media_type(&self) -> &'static str {
+        "unsupported"
+    }
 }
 
 fn unsupported(what: &str, mt: &str) -> Error {
@@ -275,11 +268,11 @@ fn unsupported(what: &str, mt: &str) -> Error {
     } else {
         ""
     };
-    Error::new(format!("{what}: unsupported manifest type {mt}{hint}"))
+    Error::unsupported(format!("{what}: unsupported manifest type {mt}{hint}"))
 }
 
 /// Pull `r` into the store.
-pub fn pull(
+pub(crate) fn pull(
     store: &Store,
     r: &ImageRef,
     opts: &PullOptions,
@@ -298,27 +291,21 @@ pub fn pull(
         None,
     )?);
     let what = r.to_string();
-    let (manifest, resolved, config) = resolve(&client, r, &platform)?;
+    let (manifest, resolved) = resolve(&client, r, &platform)?;
     obs.note(&format!("{what}: manifest {}", manifest.digest));
     let tags: Vec<String> = r.local_tag().into_iter().collect();
-    let plan = ingest::plan_from_blobs(
-        &what,
-        ManifestBlob {
-            bytes: manifest.bytes,
-            digest: manifest.digest,
-            media_type: manifest.media_type,
-        },
-        config,
-        tags,
-    )?;
+    let repository = Repository {
+        client: &client,
+        name: &r.repository,
+        what: &what,
+    };
+    let plan = ImagePlan::from_manifest(&what, &repository, manifest, tags)?;
     let fetcher = Fetcher {
         client: client.clone(),
         repository: r.repository.clone(),
     };
     let ingested = store.ingest(&what, &plan, &fetcher, opts.parallel, obs)?;
     Ok(Pulled {
-        reference: r.clone(),
-        manifest_digest: plan.manifest.as_ref().map(|m| m.digest).unwrap_or(resolved),
         resolved_digest: resolved,
         ingested,
     })
@@ -334,6 +321,7 @@ impl BlobFetcher for Fetcher {
     fn open(&self, layer: &LayerPlan) -> Result<Box<dyn Read + Send>> {
         let (digest, size) = layer
             .blob
+            .zip(layer.blob_size)
             .ok_or_else(|| Error::new("a layer without a digest"))?;
         Ok(Box::new(BlobReader {
             client: self.client.clone(),
@@ -348,7 +336,7 @@ impl BlobFetcher for Fetcher {
 }
 
 /// A blob download that resumes where it broke off.
-pub struct BlobReader {
+pub(crate) struct BlobReader {
     client: Arc<Client>,
     path: String,
     size: u64,
@@ -368,10 +356,10 @@ impl BlobReader {
         self.resumes += 1;
         let max = self.client.opts.retries;
         if self.failures > max || self.resumes > 10 * (max + 1) {
-            return Err(io::Error::other(format!(
+            return Err(io::Error::other(Error::network(format!(
                 "registry {}: {why} ({} attempts)",
                 self.client.registry, self.failures
-            )));
+            ))));
         }
         log::info!(
             "registry {}: {}: {why} at byte {}; trying again",
@@ -390,7 +378,7 @@ impl BlobReader {
         if self.pos > 0 {
             headers.push(("Range", &range));
         }
-        let fatal = |e: Error| io::Error::other(e.to_string());
+        let fatal = io::Error::other;
         let url = self.client.url(&self.path).map_err(fatal)?;
         let mut resp = match self
             .client
@@ -403,11 +391,11 @@ impl BlobReader {
                 return Ok(false);
             }
             Err(e) => {
-                return Err(io::Error::other(format!(
+                return Err(io::Error::other(Error::network(format!(
                     "registry {}: {}",
                     self.client.registry,
                     client::describe_ureq(&e)
-                )));
+                ))));
             }
         };
         let status = resp.status().as_u16();
@@ -421,21 +409,21 @@ impl BlobReader {
             206 if self.pos > 0 => {
                 let cr = client::header(&resp, "content-range").unwrap_or_default();
                 if !cr.starts_with(&format!("bytes {}-", self.pos)) {
-                    return Err(io::Error::other(format!(
+                    return Err(io::Error::other(Error::network(format!(
                         "registry {}: resumed download answered with range \"{cr}\", not from byte {}",
                         self.client.registry, self.pos
-                    )));
+                    ))));
                 }
             }
             416 => {
-                return Err(io::Error::other(format!(
+                return Err(io::Error::other(Error::corrupt(format!(
                     "size mismatch: the registry's blob ends at byte {}, the manifest says {}",
                     self.pos, self.size
-                )));
+                ))));
             }
             _ => {
                 let e = self.client.status_error("downloading", &mut resp);
-                return Err(io::Error::other(e.to_string()));
+                return Err(io::Error::other(e));
             }
         }
         let mut body = resp.into_body().into_reader();

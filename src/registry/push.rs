@@ -5,8 +5,6 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use oci_spec::image::ImageManifest;
 use ureq::http::Method;
@@ -15,11 +13,12 @@ use crate::error::{Error, Result};
 use crate::registry::client::{self, Body, Client, Options};
 use crate::registry::reference::ImageRef;
 use crate::store::archive::OCI_MANIFEST;
+use crate::store::parallel::run_bounded;
 use crate::store::{Digest, Store};
 
 /// Progress of one blob.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PushEvent {
+pub(crate) enum PushEvent {
     /// The registry has it: nothing sent.
     Exists,
     /// Mounted from another repository of the registry: nothing sent.
@@ -33,7 +32,7 @@ pub enum PushEvent {
 }
 
 /// Receives push progress; called from the upload threads.
-pub trait PushObserver: Sync {
+pub(crate) trait PushObserver: Sync {
     fn blob(&self, digest: &Digest, event: PushEvent);
 }
 
@@ -45,7 +44,7 @@ impl PushObserver for Unseen {
 
 /// How to push.
 #[derive(Debug, Clone)]
-pub struct PushOptions {
+pub(crate) struct PushOptions {
     /// Blobs uploaded at once.
     pub parallel: usize,
     /// Blobs larger than this go up in chunks of this size; smaller ones in one request.
@@ -65,8 +64,7 @@ impl Default for PushOptions {
 
 /// What a push did.
 #[derive(Debug, Clone)]
-pub struct Pushed {
-    pub reference: ImageRef,
+pub(crate) struct Pushed {
     pub digest: Digest,
     /// Manifest size in bytes.
     pub size: usize,
@@ -106,7 +104,7 @@ impl From<Error> for Fail {
 }
 
 /// Push the store's image `image` to `r`.
-pub fn push(
+pub(crate) fn push(
     store: &Store,
     image: &str,
     r: &ImageRef,
@@ -119,13 +117,13 @@ pub fn push(
     if let Some(d) = r.digest
         && d != rec.manifest_digest
     {
-        return Err(Error::new(format!(
+        return Err(Error::invalid_input(format!(
             "{what}: the image's manifest is {}, not the digest named",
             rec.manifest_digest
         )));
     }
     let m = ImageManifest::from_reader(&manifest[..]).map_err(|e| {
-        Error::new(format!(
+        Error::corrupt(format!(
             "image {}: stored manifest {} is not a valid image manifest: {e}",
             rec.id.short(),
             rec.manifest_digest
@@ -163,13 +161,13 @@ pub fn push(
         }
         let path = store.blob_path(&digest);
         let md = std::fs::metadata(&path).map_err(|_| {
-            Error::new(format!(
+            Error::not_found(format!(
                 "image {}: blob {digest} is not in the store, so the image cannot be pushed; pull or import it again",
                 rec.id.short()
             ))
         })?;
         if md.len() != d.size() {
-            return Err(Error::new(format!(
+            return Err(Error::corrupt(format!(
                 "image {}: blob {digest} has {} bytes, the manifest says {}; run `layerfs system check`",
                 rec.id.short(),
                 md.len(),
@@ -200,44 +198,13 @@ pub fn push(
     )?;
 
     // Blobs first, several at once; the manifest only when all are there.
-    let next = AtomicUsize::new(0);
-    let cancel = AtomicBool::new(false);
-    let outcomes: Mutex<Vec<Option<Outcome>>> =
-        Mutex::new((0..blobs.len()).map(|_| None).collect());
-    let first_error: Mutex<Option<Error>> = Mutex::new(None);
-    let workers = opts.parallel.clamp(1, 16).min(blobs.len().max(1));
-    std::thread::scope(|s| {
-        for _ in 0..workers {
-            s.spawn(|| {
-                loop {
-                    if cancel.load(Ordering::Relaxed) {
-                        return;
-                    }
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(b) = blobs.get(i) else { return };
-                    let shown: &dyn PushObserver = if b.config { &Unseen } else { obs };
-                    match push_blob(&client, &r.repository, b, opts.chunk_size, shown) {
-                        Ok(o) => {
-                            outcomes.lock().unwrap_or_else(|e| e.into_inner())[i] = Some(o);
-                        }
-                        Err(e) => {
-                            let mut first = first_error.lock().unwrap_or_else(|e| e.into_inner());
-                            if first.is_none() {
-                                *first = Some(e.context(format!("{what}: blob {}", b.digest)));
-                            }
-                            cancel.store(true, Ordering::Relaxed);
-                            return;
-                        }
-                    }
-                }
-            });
-        }
-    });
-    if let Some(e) = first_error.into_inner().unwrap_or_else(|e| e.into_inner()) {
-        return Err(e);
-    }
+    let outcomes = run_bounded(blobs.len(), opts.parallel, |i, _| {
+        let b = &blobs[i];
+        let shown: &dyn PushObserver = if b.config { &Unseen } else { obs };
+        push_blob(&client, &r.repository, b, opts.chunk_size, shown)
+            .map_err(|e| e.context(format!("{what}: blob {}", b.digest)))
+    })?;
     let mut out = Pushed {
-        reference: r.clone(),
         digest: rec.manifest_digest,
         size: manifest.len(),
         uploaded: 0,
@@ -245,15 +212,14 @@ pub fn push(
         mounted: 0,
         bytes: 0,
     };
-    for o in outcomes.into_inner().unwrap_or_else(|e| e.into_inner()) {
+    for o in outcomes {
         match o {
-            Some(Outcome::Exists) => out.existing += 1,
-            Some(Outcome::Mounted) => out.mounted += 1,
-            Some(Outcome::Uploaded(n)) => {
+            Outcome::Exists => out.existing += 1,
+            Outcome::Mounted => out.mounted += 1,
+            Outcome::Uploaded(n) => {
                 out.uploaded += 1;
                 out.bytes += n;
             }
-            None => return Err(Error::new(format!("{what}: a blob was not pushed"))),
         }
     }
 
@@ -272,7 +238,7 @@ pub fn push(
         && let Ok(d) = d.parse::<Digest>()
         && d != rec.manifest_digest
     {
-        return Err(Error::new(format!(
+        return Err(Error::corrupt(format!(
             "{what}: the registry stored the manifest as {d}, not {}",
             rec.manifest_digest
         )));
@@ -319,7 +285,7 @@ fn push_blob(
                 std::thread::sleep(client::backoff(attempt));
             }
             Err(Fail::Transient(why)) => {
-                return Err(Error::new(format!(
+                return Err(Error::network(format!(
                     "registry {}: {why} ({attempt} attempts)",
                     client.registry
                 )));
@@ -349,7 +315,7 @@ fn call(
             "{what}: {}",
             client::describe_ureq(&e)
         ))),
-        Err(e) => Err(Fail::Fatal(Error::new(format!(
+        Err(e) => Err(Fail::Fatal(Error::network(format!(
             "{what}: registry {}: {}",
             client.registry,
             client::describe_ureq(&e)
@@ -359,7 +325,7 @@ fn call(
 
 fn location(r: &ureq::http::Response<ureq::Body>, what: &str) -> std::result::Result<String, Fail> {
     client::header(r, "location").ok_or_else(|| {
-        Fail::Fatal(Error::new(format!(
+        Fail::Fatal(Error::network(format!(
             "{what}: the registry gave no upload location"
         )))
     })

@@ -10,13 +10,13 @@ use crate::error::{Error, Result};
 use crate::store::Digest;
 
 /// The registry a reference without one names.
-pub const DEFAULT_REGISTRY: &str = "docker.io";
+pub(crate) const DEFAULT_REGISTRY: &str = "docker.io";
 /// Where Docker Hub's distribution API is served.
 const DOCKER_HUB_API: &str = "registry-1.docker.io";
 
 /// A parsed reference.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ImageRef {
+pub(crate) struct ImageRef {
     /// `host[:port]`, `docker.io` for Docker Hub.
     pub registry: String,
     /// `library/alpine`, `demo/one`.
@@ -73,8 +73,8 @@ fn valid_tag(t: &str) -> bool {
 }
 
 impl ImageRef {
-    pub fn parse(s: &str) -> Result<ImageRef> {
-        let bad = |why: &str| Error::new(format!("invalid reference \"{s}\": {why}"));
+    pub(crate) fn parse(s: &str) -> Result<ImageRef> {
+        let bad = |why: &str| Error::invalid_input(format!("invalid reference \"{s}\": {why}"));
         let (rest, digest) = match s.split_once('@') {
             Some((r, d)) => (r, Some(d.parse::<Digest>().map_err(|e| bad(e.message()))?)),
             None => (s, None),
@@ -135,7 +135,7 @@ impl ImageRef {
     }
 
     /// The `host[:port]` that serves the distribution API.
-    pub fn api_host(&self) -> &str {
+    pub(crate) fn api_host(&self) -> &str {
         if self.registry == DEFAULT_REGISTRY {
             DOCKER_HUB_API
         } else {
@@ -144,7 +144,7 @@ impl ImageRef {
     }
 
     /// What the manifest URL names: the digest when there is one, else the tag.
-    pub fn manifest_ref(&self) -> String {
+    pub(crate) fn manifest_ref(&self) -> String {
         match (&self.digest, &self.tag) {
             (Some(d), _) => d.to_string(),
             (None, Some(t)) => t.clone(),
@@ -154,7 +154,7 @@ impl ImageRef {
 
     /// The repository as users write it: `alpine` for `docker.io/library/alpine`,
     /// `user/x` for Docker Hub, `host/path` otherwise.
-    pub fn familiar_name(&self) -> String {
+    pub(crate) fn familiar_name(&self) -> String {
         if self.registry == DEFAULT_REGISTRY {
             self.repository
                 .strip_prefix("library/")
@@ -166,19 +166,10 @@ impl ImageRef {
     }
 
     /// The local tag a pull gives the image (`name:tag`), when the reference has a tag.
-    pub fn local_tag(&self) -> Option<String> {
+    pub(crate) fn local_tag(&self) -> Option<String> {
         self.tag
             .as_ref()
             .map(|t| format!("{}:{t}", self.familiar_name()))
-    }
-
-    /// The same repository with a digest instead of a tag.
-    pub fn with_digest(&self, d: Digest) -> ImageRef {
-        ImageRef {
-            digest: Some(d),
-            tag: None,
-            ..self.clone()
-        }
     }
 }
 

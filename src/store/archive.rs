@@ -16,24 +16,25 @@ use std::fs::File;
 use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
-use oci_spec::image::{Descriptor, ImageConfiguration, ImageIndex as OciIndex, ImageManifest};
+use oci_spec::image::{Descriptor, ImageIndex as OciIndex};
 use serde::Deserialize;
 
 use crate::error::{Error, IoContext, Result};
 use crate::store::digest::Digest;
 use crate::store::extract::safe_components;
+use crate::store::plan::{ConfigFacts, ImagePlan, LayerPlan, ManifestBlob, PlanSource, Platform};
 
 /// Largest JSON document (index, manifest, config) read from a source.
 const MAX_JSON: u64 = 16 << 20;
 
-pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-pub const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
-pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
-pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
-pub const OCI_LAYER: &str = "application/vnd.oci.image.layer.v1.tar";
-pub const OCI_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
-pub const OCI_LAYER_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
+pub(crate) const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub(crate) const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+pub(crate) const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+pub(crate) const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+pub(crate) const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+pub(crate) const OCI_LAYER: &str = "application/vnd.oci.image.layer.v1.tar";
+pub(crate) const OCI_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+pub(crate) const OCI_LAYER_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
 
 /// How a layer blob is compressed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,7 +46,7 @@ pub enum Compression {
 
 impl Compression {
     /// From the first bytes of a blob.
-    pub fn sniff(head: &[u8]) -> Compression {
+    pub(crate) fn sniff(head: &[u8]) -> Compression {
         if head.starts_with(&[0x1f, 0x8b]) {
             Compression::Gzip
         } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
@@ -56,7 +57,7 @@ impl Compression {
     }
 
     /// From a layer media type; `None` for a type we do not know.
-    pub fn from_media_type(mt: &str) -> Option<Compression> {
+    pub(crate) fn from_media_type(mt: &str) -> Option<Compression> {
         match mt {
             OCI_LAYER
             | "application/vnd.oci.image.layer.nondistributable.v1.tar"
@@ -75,7 +76,7 @@ impl Compression {
     }
 
     /// The OCI media type for a layer blob of this compression.
-    pub fn media_type(self) -> &'static str {
+    pub(crate) fn media_type(self) -> &'static str {
         match self {
             Compression::None => OCI_LAYER,
             Compression::Gzip => OCI_LAYER_GZIP,
@@ -83,7 +84,7 @@ impl Compression {
         }
     }
 
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Compression::None => "uncompressed",
             Compression::Gzip => "gzip",
@@ -94,7 +95,7 @@ impl Compression {
 
 /// One member of a tar archive.
 #[derive(Debug, Clone)]
-pub struct Member {
+pub(crate) struct Member {
     offset: u64,
     size: u64,
     /// For a symlink member: the member it points to (resolved within the archive).
@@ -103,7 +104,7 @@ pub struct Member {
 
 /// Where the files of a source are: a directory, or members of an uncompressed tar.
 #[derive(Debug)]
-pub enum Container {
+pub(crate) enum SourceFiles {
     Dir(PathBuf),
     Tar {
         path: PathBuf,
@@ -143,8 +144,8 @@ fn resolve_link(dir: &str, target: &str) -> Option<String> {
     (!parts.is_empty()).then(|| parts.join("/"))
 }
 
-impl Container {
-    fn index_tar(path: &Path) -> Result<Container> {
+impl SourceFiles {
+    fn index_tar(path: &Path) -> Result<SourceFiles> {
         let f = File::open(path).ctx(format!("opening {}", path.display()))?;
         let mut ar = tar::Archive::new(BufReader::with_capacity(1 << 16, f));
         let mut members = HashMap::new();
@@ -194,14 +195,14 @@ impl Container {
                 },
             );
         }
-        Ok(Container::Tar {
+        Ok(SourceFiles::Tar {
             path: path.to_path_buf(),
             members,
         })
     }
 
     fn member(&self, name: &str) -> Option<(u64, u64)> {
-        let Container::Tar { members, .. } = self else {
+        let SourceFiles::Tar { members, .. } = self else {
             return None;
         };
         let mut name = canonical(name)?;
@@ -217,29 +218,29 @@ impl Container {
 
     fn describe(&self) -> &Path {
         match self {
-            Container::Dir(p) => p,
-            Container::Tar { path, .. } => path,
+            SourceFiles::Dir(p) => p,
+            SourceFiles::Tar { path, .. } => path,
         }
     }
 
     /// Whether the source has a file of this name.
-    pub fn exists(&self, name: &str) -> bool {
+    pub(crate) fn exists(&self, name: &str) -> bool {
         match self {
-            Container::Dir(d) => canonical(name).is_some_and(|n| d.join(n).is_file()),
-            Container::Tar { .. } => self.member(name).is_some(),
+            SourceFiles::Dir(d) => canonical(name).is_some_and(|n| d.join(n).is_file()),
+            SourceFiles::Tar { .. } => self.member(name).is_some(),
         }
     }
 
     /// Open a file of the source for streaming; returns the reader and its size.
-    pub fn open(&self, name: &str) -> Result<(Box<dyn Read + Send>, u64)> {
+    pub(crate) fn open(&self, name: &str) -> Result<(Box<dyn Read + Send>, u64)> {
         let missing = || {
-            Error::new(format!(
+            Error::corrupt(format!(
                 "{}: {name} is missing from the archive",
                 self.describe().display()
             ))
         };
         match self {
-            Container::Dir(d) => {
+            SourceFiles::Dir(d) => {
                 let n = canonical(name).ok_or_else(missing)?;
                 let p = d.join(n);
                 let f = match File::open(&p) {
@@ -250,7 +251,7 @@ impl Container {
                 let size = f.metadata().ctx(format!("stat {}", p.display()))?.len();
                 Ok((Box::new(f), size))
             }
-            Container::Tar { path, .. } => {
+            SourceFiles::Tar { path, .. } => {
                 let (off, size) = self.member(name).ok_or_else(missing)?;
                 let mut f = File::open(path).ctx(format!("opening {}", path.display()))?;
                 f.seek(SeekFrom::Start(off))
@@ -261,10 +262,10 @@ impl Container {
     }
 
     /// Read a small file (JSON) whole.
-    pub fn read(&self, name: &str) -> Result<Vec<u8>> {
+    pub(crate) fn read(&self, name: &str) -> Result<Vec<u8>> {
         let (r, size) = self.open(name)?;
         if size > MAX_JSON {
-            return Err(Error::new(format!(
+            return Err(Error::corrupt(format!(
                 "{}: {name} is too large for a JSON document ({size} bytes)",
                 self.describe().display()
             )));
@@ -277,7 +278,7 @@ impl Container {
     }
 
     /// The first bytes of a file, to sniff its compression.
-    pub fn head(&self, name: &str) -> Result<Vec<u8>> {
+    pub(crate) fn head(&self, name: &str) -> Result<Vec<u8>> {
         let (r, _) = self.open(name)?;
         let mut v = Vec::new();
         r.take(8)
@@ -287,7 +288,7 @@ impl Container {
     }
 
     /// A blob of an OCI layout by digest.
-    pub fn blob_name(d: &Digest) -> String {
+    pub(crate) fn blob_name(d: &Digest) -> String {
         format!("blobs/sha256/{}", d.hex())
     }
 }
@@ -303,7 +304,7 @@ pub enum Format {
 }
 
 impl Format {
-    pub fn describe(self) -> String {
+    pub(crate) fn describe(self) -> String {
         match self {
             Format::OciLayout => "OCI image layout".into(),
             Format::OciArchive => "oci-archive".into(),
@@ -316,23 +317,23 @@ impl Format {
 
 /// An opened source.
 #[derive(Debug)]
-pub struct Source {
+pub(crate) struct Source {
     pub path: PathBuf,
     pub format: Format,
-    pub container: Container,
+    pub files: SourceFiles,
 }
 
 /// Look at a path and decide what it is.
-pub fn detect(path: &Path) -> Result<Source> {
+pub(crate) fn detect(path: &Path) -> Result<Source> {
     let md = std::fs::metadata(path).ctx(format!("{}", path.display()))?;
     if md.is_dir() {
-        let c = Container::Dir(path.to_path_buf());
-        let format = if c.exists("oci-layout") && c.exists("index.json") {
+        let files = SourceFiles::Dir(path.to_path_buf());
+        let format = if files.exists("oci-layout") && files.exists("index.json") {
             Format::OciLayout
-        } else if c.exists("manifest.json") {
+        } else if files.exists("manifest.json") {
             Format::DockerDir
         } else {
-            return Err(Error::new(format!(
+            return Err(Error::invalid_input(format!(
                 "{}: not an image: a directory needs oci-layout and index.json (OCI layout) or manifest.json (docker-archive)",
                 path.display()
             )));
@@ -340,11 +341,11 @@ pub fn detect(path: &Path) -> Result<Source> {
         return Ok(Source {
             path: path.to_path_buf(),
             format,
-            container: c,
+            files,
         });
     }
     if !md.is_file() {
-        return Err(Error::new(format!(
+        return Err(Error::invalid_input(format!(
             "{}: not a file or directory",
             path.display()
         )));
@@ -359,19 +360,19 @@ pub fn detect(path: &Path) -> Result<Source> {
         return Ok(Source {
             path: path.to_path_buf(),
             format: Format::LayerTar(comp),
-            container: Container::Dir(path.parent().unwrap_or(Path::new(".")).to_path_buf()),
+            files: SourceFiles::Dir(path.parent().unwrap_or(Path::new(".")).to_path_buf()),
         });
     }
     if n < 512 || !looks_like_tar(&head) {
-        return Err(Error::new(format!(
+        return Err(Error::invalid_input(format!(
             "{}: not an image: neither an OCI layout, an image archive nor a layer tar (.tar, .tar.gz, .tar.zst)",
             path.display()
         )));
     }
-    let c = Container::index_tar(path)?;
-    let format = if c.exists("oci-layout") && c.exists("index.json") {
+    let files = SourceFiles::index_tar(path)?;
+    let format = if files.exists("oci-layout") && files.exists("index.json") {
         Format::OciArchive
-    } else if c.exists("manifest.json") {
+    } else if files.exists("manifest.json") {
         Format::DockerArchive
     } else {
         Format::LayerTar(Compression::None)
@@ -379,7 +380,7 @@ pub fn detect(path: &Path) -> Result<Source> {
     Ok(Source {
         path: path.to_path_buf(),
         format,
-        container: c,
+        files,
     })
 }
 
@@ -423,108 +424,27 @@ fn looks_like_tar(h: &[u8]) -> bool {
 }
 
 // ---------------------------------------------------------------------------------------
-// What to import.
-
-/// A platform as `os/arch[/variant]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Platform {
-    pub os: String,
-    pub arch: String,
-    pub variant: Option<String>,
-}
-
-impl Platform {
-    pub fn host() -> Platform {
-        Platform {
-            os: oci_spec::image::Os::default().to_string(),
-            arch: oci_spec::image::Arch::default().to_string(),
-            variant: None,
-        }
-    }
-
-    pub fn parse(s: &str) -> Result<Platform> {
-        let parts: Vec<&str> = s.split('/').collect();
-        if parts.len() < 2 || parts.len() > 3 || parts.iter().any(|p| p.is_empty()) {
-            return Err(Error::new(format!(
-                "invalid platform \"{s}\": expected OS/ARCH[/VARIANT], e.g. linux/amd64"
-            )));
-        }
-        Ok(Platform {
-            os: parts[0].to_string(),
-            arch: parts[1].to_string(),
-            variant: parts.get(2).map(|v| v.to_string()),
-        })
-    }
-
-    fn matches(&self, os: &str, arch: &str, variant: Option<&str>) -> bool {
-        self.os == os
-            && self.arch == arch
-            && (self.variant.is_none() || self.variant.as_deref() == variant)
-    }
-}
-
-impl std::fmt::Display for Platform {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.os, self.arch)?;
-        if let Some(v) = &self.variant {
-            write!(f, "/{v}")?;
-        }
-        Ok(())
-    }
-}
-
-/// A verified manifest.
-#[derive(Debug, Clone)]
-pub struct ManifestBlob {
-    pub bytes: Vec<u8>,
-    pub digest: Digest,
-    pub media_type: String,
-}
-
-/// One layer to import.
-#[derive(Debug, Clone)]
-pub struct LayerPlan {
-    /// Where the blob is in the source.
-    pub member: String,
-    /// Digest and size the manifest promises (unknown for old docker archives).
-    pub blob: Option<(Digest, u64)>,
-    pub compression: Compression,
-    pub media_type: String,
-    pub diff_id: Digest,
-}
-
-/// One image to import, its manifest and config verified.
-#[derive(Debug, Clone)]
-pub struct ImagePlan {
-    /// `None` for docker archives: a manifest is made once the blob digests are known.
-    pub manifest: Option<ManifestBlob>,
-    pub config: Vec<u8>,
-    pub config_digest: Digest,
-    pub created: Option<String>,
-    pub platform: String,
-    pub layers: Vec<LayerPlan>,
-    pub tags: Vec<String>,
-}
+// What to import: the plans of the images a source holds.
 
 fn oci_digest(src: &Source, what: &str, d: &oci_spec::image::Digest) -> Result<Digest> {
     d.to_string()
         .parse::<Digest>()
-        .map_err(|e| Error::new(format!("{}: {what}: {}", src.path.display(), e.message())))
+        .map_err(|e| Error::corrupt(format!("{}: {what}: {}", src.path.display(), e.message())))
 }
 
 /// Read a blob by descriptor and check its digest and size.
 fn read_verified(src: &Source, what: &str, digest: &Digest, size: Option<u64>) -> Result<Vec<u8>> {
-    let name = Container::blob_name(digest);
-    if !src.container.exists(&name) {
-        return Err(Error::new(format!(
+    let name = SourceFiles::blob_name(digest);
+    if !src.files.exists(&name) {
+        return Err(Error::corrupt(format!(
             "{}: {what} {digest}: blob missing from the archive",
             src.path.display()
         )));
     }
-    let data = src.container.read(&name)?;
+    let data = src.files.read(&name)?;
     let actual = Digest::of(&data);
     if actual != *digest {
-        return Err(Error::new(format!(
+        return Err(Error::corrupt(format!(
             "{}: {what} {digest}: digest mismatch (the blob hashes to {actual})",
             src.path.display()
         )));
@@ -532,7 +452,7 @@ fn read_verified(src: &Source, what: &str, digest: &Digest, size: Option<u64>) -
     if let Some(s) = size
         && s != data.len() as u64
     {
-        return Err(Error::new(format!(
+        return Err(Error::corrupt(format!(
             "{}: {what} {digest}: size mismatch (descriptor says {s}, blob has {})",
             src.path.display(),
             data.len()
@@ -542,7 +462,7 @@ fn read_verified(src: &Source, what: &str, digest: &Digest, size: Option<u64>) -
 }
 
 /// Turn a name from an archive into a tag, when it is a full reference.
-pub fn normalize_tag(name: &str) -> Option<String> {
+pub(crate) fn normalize_tag(name: &str) -> Option<String> {
     let n = name
         .strip_prefix("docker.io/library/")
         .or_else(|| name.strip_prefix("docker.io/"))
@@ -554,60 +474,15 @@ pub fn normalize_tag(name: &str) -> Option<String> {
     crate::store::images::Reference::parse_tag(n).ok()
 }
 
-fn parse_config(src: &Source, digest: &Digest, bytes: &[u8]) -> Result<ImageConfiguration> {
-    ImageConfiguration::from_reader(bytes).map_err(|e| {
-        Error::new(format!(
-            "{}: config {digest}: not a valid image config: {e}",
-            src.path.display()
-        ))
-    })
-}
-
-fn diff_ids(
-    src: &Source,
-    digest: &Digest,
-    cfg: &ImageConfiguration,
-    layers: usize,
-) -> Result<Vec<Digest>> {
-    let ids = cfg.rootfs().diff_ids();
-    if ids.len() != layers {
-        return Err(Error::new(format!(
-            "{}: config {digest} lists {} diff-ids but the image has {layers} layers",
-            src.path.display(),
-            ids.len()
-        )));
-    }
-    ids.iter()
-        .map(|s| {
-            s.parse::<Digest>().map_err(|e| {
-                Error::new(format!(
-                    "{}: config {digest}: diff-id: {}",
-                    src.path.display(),
-                    e.message()
-                ))
-            })
-        })
-        .collect()
-}
-
-fn platform_of(cfg: &ImageConfiguration) -> String {
-    let mut p = format!("{}/{}", cfg.os(), cfg.architecture());
-    if let Some(v) = cfg.variant() {
-        p.push('/');
-        p.push_str(v);
-    }
-    p
-}
-
 /// The images an OCI layout (dir or archive) holds for `platform`.
-pub fn oci_plans(
+pub(crate) fn oci_plans(
     src: &Source,
     platform: &Platform,
     explicit_platform: bool,
 ) -> Result<Vec<ImagePlan>> {
-    let index_bytes = src.container.read("index.json")?;
+    let index_bytes = src.files.read("index.json")?;
     let index = OciIndex::from_reader(&index_bytes[..]).map_err(|e| {
-        Error::new(format!(
+        Error::corrupt(format!(
             "{}: index.json: not a valid image index: {e}",
             src.path.display()
         ))
@@ -631,7 +506,7 @@ pub fn oci_plans(
             other_platforms.dedup();
             format!("available: {}", other_platforms.join(", "))
         };
-        return Err(Error::new(format!(
+        return Err(Error::not_found(format!(
             "{}: no image for platform {platform} ({avail}); choose one with --platform",
             src.path.display()
         )));
@@ -644,13 +519,12 @@ pub fn oci_plans(
             plans[i].tags.extend(tags);
             continue;
         }
-        let plan = oci_manifest_plan(src, m, tags)?;
+        let plan = ImagePlan::from_manifest(&src.path.display().to_string(), src, m, tags)?;
         if explicit_platform {
             let want = platform.to_string();
             let got = &plan.platform;
-            let p = Platform::parse(got).ok();
-            if !p.is_some_and(|p| platform.matches(&p.os, &p.arch, p.variant.as_deref())) {
-                return Err(Error::new(format!(
+            if !Platform::parse(got).is_ok_and(|p| platform.matches(&p)) {
+                return Err(Error::not_found(format!(
                     "{}: the image is for {got}, not {want}",
                     src.path.display()
                 )));
@@ -694,7 +568,7 @@ fn walk_index(
     inherited_tags: &[String],
 ) -> Result<()> {
     if depth > 4 {
-        return Err(Error::new(format!(
+        return Err(Error::corrupt(format!(
             "{}: image indexes nested too deeply",
             src.path.display()
         )));
@@ -704,26 +578,19 @@ fn walk_index(
         let digest = oci_digest(src, "index entry", d.digest())?;
         let mut tags = ref_names(d);
         tags.extend(inherited_tags.iter().cloned());
-        if let Some(p) = d.platform() {
-            let os = p.os().to_string();
-            let arch = p.architecture().to_string();
-            if !platform.matches(&os, &arch, p.variant().as_deref()) {
-                let mut s = format!("{os}/{arch}");
-                if let Some(v) = p.variant() {
-                    s.push('/');
-                    s.push_str(v);
-                }
-                if os != "unknown" {
-                    other.push(s);
-                }
-                continue;
+        if let Some(p) = d.platform().as_ref().map(Platform::of_descriptor)
+            && !platform.matches(&p)
+        {
+            if p.os != "unknown" {
+                other.push(p.to_string());
             }
+            continue;
         }
         match mt.as_str() {
             OCI_INDEX | DOCKER_LIST => {
                 let bytes = read_verified(src, "index", &digest, Some(d.size()))?;
                 let sub = OciIndex::from_reader(&bytes[..]).map_err(|e| {
-                    Error::new(format!(
+                    Error::corrupt(format!(
                         "{}: index {digest}: not a valid image index: {e}",
                         src.path.display()
                     ))
@@ -760,53 +627,26 @@ fn walk_index(
     Ok(())
 }
 
-fn oci_manifest_plan(src: &Source, m: ManifestBlob, tags: Vec<String>) -> Result<ImagePlan> {
-    let manifest = ImageManifest::from_reader(&m.bytes[..]).map_err(|e| {
-        Error::new(format!(
-            "{}: manifest {}: not a valid image manifest: {e}",
-            src.path.display(),
-            m.digest
-        ))
-    })?;
-    let cdesc = manifest.config();
-    let config_digest = oci_digest(src, "config descriptor", cdesc.digest())?;
-    let config = read_verified(src, "config", &config_digest, Some(cdesc.size()))?;
-    let cfg = parse_config(src, &config_digest, &config)?;
-    let ids = diff_ids(src, &config_digest, &cfg, manifest.layers().len())?;
-    let mut layers = Vec::new();
-    for (d, diff_id) in manifest.layers().iter().zip(ids) {
-        let digest = oci_digest(src, "layer descriptor", d.digest())?;
-        let mt = d.media_type().to_string();
-        let compression = Compression::from_media_type(&mt).ok_or_else(|| {
-            Error::new(format!(
-                "{}: layer {digest}: unknown media type {mt}",
-                src.path.display()
-            ))
-        })?;
-        let member = Container::blob_name(&digest);
-        if !src.container.exists(&member) {
-            return Err(Error::new(format!(
+/// An archive as the source of a plan: blobs by digest under `blobs/sha256/`.
+impl PlanSource for Source {
+    fn config(&self, digest: &Digest, size: u64) -> Result<Vec<u8>> {
+        read_verified(self, "config", digest, Some(size))
+    }
+
+    fn layer_member(&self, digest: &Digest) -> Result<String> {
+        let member = SourceFiles::blob_name(digest);
+        if !self.files.exists(&member) {
+            return Err(Error::corrupt(format!(
                 "{}: layer {digest}: blob missing from the archive",
-                src.path.display()
+                self.path.display()
             )));
         }
-        layers.push(LayerPlan {
-            member,
-            blob: Some((digest, d.size())),
-            compression,
-            media_type: mt,
-            diff_id,
-        });
+        Ok(member)
     }
-    Ok(ImagePlan {
-        created: cfg.created().clone(),
-        platform: platform_of(&cfg),
-        manifest: Some(m),
-        config,
-        config_digest,
-        layers,
-        tags,
-    })
+
+    fn unreadable_media_type(&self) -> &'static str {
+        "unknown"
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -831,58 +671,62 @@ fn digest_in_name(name: &str) -> Option<Digest> {
 }
 
 /// The images of a docker archive (`manifest.json`).
-pub fn docker_plans(src: &Source) -> Result<Vec<ImagePlan>> {
-    let bytes = src.container.read("manifest.json")?;
+pub(crate) fn docker_plans(src: &Source) -> Result<Vec<ImagePlan>> {
+    let bytes = src.files.read("manifest.json")?;
     let entries: Vec<DockerManifestEntry> = serde_json::from_slice(&bytes).map_err(|e| {
-        Error::new(format!(
+        Error::corrupt(format!(
             "{}: manifest.json: not a docker-archive manifest: {e}",
             src.path.display()
         ))
     })?;
     if entries.is_empty() {
-        return Err(Error::new(format!(
+        return Err(Error::corrupt(format!(
             "{}: manifest.json lists no image",
             src.path.display()
         )));
     }
     let mut plans = Vec::new();
     for e in entries {
-        if !src.container.exists(&e.config) {
-            return Err(Error::new(format!(
+        if !src.files.exists(&e.config) {
+            return Err(Error::corrupt(format!(
                 "{}: config {}: missing from the archive",
                 src.path.display(),
                 e.config
             )));
         }
-        let config = src.container.read(&e.config)?;
+        let config = src.files.read(&e.config)?;
         let config_digest = Digest::of(&config);
         if let Some(named) = digest_in_name(&e.config)
             && named != config_digest
         {
-            return Err(Error::new(format!(
+            return Err(Error::corrupt(format!(
                 "{}: config {}: digest mismatch (the file hashes to {config_digest})",
                 src.path.display(),
                 e.config
             )));
         }
-        let cfg = parse_config(src, &config_digest, &config)?;
-        let ids = diff_ids(src, &config_digest, &cfg, e.layers.len())?;
+        let facts = ConfigFacts::parse(
+            &src.path.display().to_string(),
+            &config_digest,
+            &config,
+            e.layers.len(),
+        )?;
         let mut layers = Vec::new();
-        for (name, diff_id) in e.layers.iter().zip(ids) {
-            if !src.container.exists(name) {
-                return Err(Error::new(format!(
+        for (name, diff_id) in e.layers.iter().zip(facts.diff_ids) {
+            if !src.files.exists(name) {
+                return Err(Error::corrupt(format!(
                     "{}: layer {name}: missing from the archive",
                     src.path.display()
                 )));
             }
-            let compression = Compression::sniff(&src.container.head(name)?);
+            let compression = Compression::sniff(&src.files.head(name)?);
             // An uncompressed layer tar is its own diff-id: known without reading it.
-            let blob = digest_in_name(name)
-                .or((compression == Compression::None).then_some(diff_id))
-                .map(|d| (d, 0));
+            let blob =
+                digest_in_name(name).or((compression == Compression::None).then_some(diff_id));
             layers.push(LayerPlan {
                 member: name.clone(),
                 blob,
+                blob_size: None,
                 compression,
                 media_type: compression.media_type().to_string(),
                 diff_id,
@@ -896,8 +740,8 @@ pub fn docker_plans(src: &Source) -> Result<Vec<ImagePlan>> {
             .collect();
         plans.push(ImagePlan {
             manifest: None,
-            created: cfg.created().clone(),
-            platform: platform_of(&cfg),
+            created: facts.created,
+            platform: facts.platform,
             config,
             config_digest,
             layers,
@@ -950,19 +794,6 @@ mod tests {
         );
         assert_eq!(digest_in_name(&format!("{}.json", d.hex())), Some(d));
         assert_eq!(digest_in_name("abc/layer.tar"), None);
-    }
-
-    #[test]
-    fn platforms() {
-        let p = Platform::parse("linux/arm64/v8").unwrap();
-        assert!(p.matches("linux", "arm64", Some("v8")));
-        assert!(!p.matches("linux", "arm64", Some("v7")));
-        assert!(Platform::parse("linux").is_err());
-        assert!(Platform::parse("linux//x").is_err());
-        assert_eq!(
-            Platform::parse("linux/amd64").unwrap().to_string(),
-            "linux/amd64"
-        );
     }
 
     #[test]

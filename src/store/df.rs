@@ -3,12 +3,14 @@
 //! and containers; the sum of image sizes next to what the store really uses on disk.
 
 use std::collections::{HashMap, HashSet};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::path::Path;
 
 use crate::error::Result;
 use crate::store::digest::Digest;
-use crate::store::gc::disk_usage;
 use crate::store::images::ImageRecord;
 use crate::store::{ContainerUse, Store};
+use crate::sys;
 
 /// One image's share of the space.
 #[derive(Debug, Clone)]
@@ -62,7 +64,7 @@ pub struct DfReport {
 impl Store {
     /// The space report. `containers` comes from the caller (the store knows none).
     pub fn df(&self, containers: &[ContainerUse]) -> Result<DfReport> {
-        let idx = self.images()?;
+        let catalog = self.images()?;
         let mut sizes: HashMap<Digest, u64> = HashMap::new();
         for d in self.layer_ids()? {
             let size = self
@@ -74,7 +76,7 @@ impl Store {
             sizes.insert(d, size);
         }
         let mut users: HashMap<Digest, usize> = HashMap::new();
-        for r in idx.images.values() {
+        for r in catalog.images.values() {
             let distinct: HashSet<Digest> = r.layers.iter().map(|l| l.diff_id).collect();
             for d in distinct {
                 *users.entry(d).or_default() += 1;
@@ -85,15 +87,15 @@ impl Store {
             .iter()
             .flat_map(|c| c.layers.iter().copied())
             .collect();
-        for r in idx.images.values() {
+        for r in catalog.images.values() {
             if active_images.contains(&r.id) {
                 active_layers.extend(r.layers.iter().map(|l| l.diff_id));
             }
         }
         let size_of = |d: &Digest| sizes.get(d).copied().unwrap_or(0);
 
-        let mut rep = DfReport::default();
-        for r in idx.sorted() {
+        let mut report = DfReport::default();
+        for r in catalog.sorted() {
             let distinct: HashSet<Digest> = r.layers.iter().map(|l| l.diff_id).collect();
             let size: u64 = distinct.iter().map(size_of).sum();
             let shared: u64 = distinct
@@ -101,8 +103,8 @@ impl Store {
                 .filter(|d| users.get(d).copied().unwrap_or(0) > 1)
                 .map(size_of)
                 .sum();
-            rep.sum_of_image_sizes += size;
-            rep.images.push(ImageUsage {
+            report.sum_of_image_sizes += size;
+            report.images.push(ImageUsage {
                 record: r.clone(),
                 size,
                 shared,
@@ -114,14 +116,14 @@ impl Store {
         ids.sort();
         for d in ids {
             let n = users.get(d).copied().unwrap_or(0);
-            rep.layers.push(LayerUsage {
+            report.layers.push(LayerUsage {
                 diff_id: *d,
                 size: size_of(d),
                 images: n,
                 in_use: active_layers.contains(d),
             });
         }
-        rep.shared_size = rep
+        report.shared_size = report
             .layers
             .iter()
             .filter(|l| l.images > 1)
@@ -129,9 +131,9 @@ impl Store {
             .sum();
 
         let image_layers: HashSet<Digest> = users.keys().copied().collect();
-        rep.image_totals = Totals {
-            total: idx.images.len(),
-            active: idx
+        report.image_totals = Totals {
+            total: catalog.images.len(),
+            active: catalog
                 .images
                 .values()
                 .filter(|r| active_images.contains(&r.id))
@@ -143,15 +145,15 @@ impl Store {
                 .map(size_of)
                 .sum(),
         };
-        rep.layer_totals = Totals {
-            total: rep.layers.len(),
-            active: rep
+        report.layer_totals = Totals {
+            total: report.layers.len(),
+            active: report
                 .layers
                 .iter()
                 .filter(|l| l.images > 0 || l.in_use)
                 .count(),
-            size: rep.layers.iter().map(|l| l.size).sum(),
-            reclaimable: rep
+            size: report.layers.iter().map(|l| l.size).sum(),
+            reclaimable: report
                 .layers
                 .iter()
                 .filter(|l| l.images == 0 && !l.in_use)
@@ -159,32 +161,88 @@ impl Store {
                 .sum(),
         };
         let mut used_blobs = HashSet::new();
-        for r in idx.images.values() {
+        for r in catalog.images.values() {
             used_blobs.insert(r.manifest_digest);
             used_blobs.insert(r.config_digest);
             used_blobs.extend(r.layers.iter().map(|l| l.blob));
         }
-        let mut bt = Totals::default();
+        let mut blob_totals = Totals::default();
         for b in self.blob_ids()? {
             let size = std::fs::metadata(self.blob_path(&b))
                 .map(|m| m.len())
                 .unwrap_or(0);
-            bt.total += 1;
-            bt.size += size;
+            blob_totals.total += 1;
+            blob_totals.size += size;
             if used_blobs.contains(&b) {
-                bt.active += 1;
+                blob_totals.active += 1;
             } else {
-                bt.reclaimable += size;
+                blob_totals.reclaimable += size;
             }
         }
-        rep.blob_totals = bt;
-        rep.container_totals = Totals {
+        report.blob_totals = blob_totals;
+        report.container_totals = Totals {
             total: containers.len(),
             active: containers.len(),
             size: containers.iter().map(|c| c.size).sum(),
             reclaimable: 0,
         };
-        rep.disk_usage = disk_usage(self.root());
-        Ok(rep)
+        report.disk_usage = disk_usage(self.root());
+        Ok(report)
     }
+}
+
+/// Disk blocks used by a path and everything below it (an object with several names
+/// counted once).
+pub(crate) fn disk_usage(path: &Path) -> u64 {
+    let Ok(fd) = sys::open_root_dir(path) else {
+        return std::fs::symlink_metadata(path)
+            .map(|m| std::os::unix::fs::MetadataExt::blocks(&m) * 512)
+            .unwrap_or(0);
+    };
+    let blocks = |st: &sys::Stat| st.st_blocks as u64 * 512;
+    let own = sys::stat_fd(fd.as_fd()).map(|st| blocks(&st)).unwrap_or(0);
+    own + sum_below(fd.as_fd(), &blocks, &mut HashSet::new())
+}
+
+/// Bytes of file data below a directory (hard links counted once), as docker's
+/// `SizeRw`.
+pub(crate) fn data_size(root: &Path) -> u64 {
+    let file_bytes = |st: &sys::Stat| {
+        if sys::mode_type(st.st_mode) == libc::S_IFREG {
+            st.st_size as u64
+        } else {
+            0
+        }
+    };
+    match sys::open_root_dir(root) {
+        Ok(fd) => sum_below(fd.as_fd(), &file_bytes, &mut HashSet::new()),
+        Err(_) => 0,
+    }
+}
+
+/// `measure` summed over everything below `dir`, never following symlinks; an object
+/// with several names counts once, what cannot be read counts nothing.
+fn sum_below(
+    dir: BorrowedFd<'_>,
+    measure: &dyn Fn(&sys::Stat) -> u64,
+    seen: &mut HashSet<(u64, u64)>,
+) -> u64 {
+    let Ok(entries) = sys::read_dir_all(dir) else {
+        return 0;
+    };
+    let mut total = 0;
+    for e in entries {
+        let Ok(st) = sys::stat_at(dir, &e.name) else {
+            continue;
+        };
+        let is_dir = sys::is_dir_mode(st.st_mode);
+        if !is_dir && st.st_nlink > 1 && !seen.insert((st.st_dev, st.st_ino)) {
+            continue;
+        }
+        total += measure(&st);
+        if is_dir && let Ok(sub) = sys::open_dir_path(dir, &e.name) {
+            total += sum_below(sub.as_fd(), measure, seen);
+        }
+    }
+    total
 }

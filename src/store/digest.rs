@@ -2,7 +2,6 @@
 //! of this type can be turned into a path component without further checks.
 
 use std::fmt;
-use std::io::{self, Read};
 use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -56,17 +55,17 @@ impl FromStr for Digest {
 
     fn from_str(s: &str) -> Result<Digest> {
         let Some((alg, hex)) = s.split_once(':') else {
-            return Err(Error::new(format!(
+            return Err(Error::invalid_input(format!(
                 "invalid digest \"{s}\": expected sha256:<64 hex digits>"
             )));
         };
         if alg != Self::ALGORITHM {
-            return Err(Error::new(format!(
+            return Err(Error::unsupported(format!(
                 "unsupported digest algorithm \"{alg}\" in \"{s}\" (only sha256)"
             )));
         }
         Digest::from_hex(hex).ok_or_else(|| {
-            Error::new(format!(
+            Error::invalid_input(format!(
                 "invalid digest \"{s}\": expected sha256:<64 lowercase hex digits>"
             ))
         })
@@ -100,68 +99,27 @@ impl<'de> Deserialize<'de> for Digest {
 
 /// An incremental sha256 that also counts bytes.
 #[derive(Clone, Default)]
-pub struct Hasher {
+pub(crate) struct Hasher {
     h: Sha256,
     len: u64,
 }
 
 impl Hasher {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::default()
     }
 
-    pub fn update(&mut self, data: &[u8]) {
+    pub(crate) fn update(&mut self, data: &[u8]) {
         self.h.update(data);
         self.len += data.len() as u64;
     }
 
-    pub fn len(&self) -> u64 {
+    pub(crate) fn len(&self) -> u64 {
         self.len
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    pub fn finish(self) -> Digest {
+    pub(crate) fn finish(self) -> Digest {
         Digest(self.h.finalize().into())
-    }
-}
-
-/// A reader that hashes everything read through it.
-pub struct HashingReader<R> {
-    inner: R,
-    hasher: Hasher,
-}
-
-impl<R: Read> HashingReader<R> {
-    pub fn new(inner: R) -> Self {
-        HashingReader {
-            inner,
-            hasher: Hasher::new(),
-        }
-    }
-
-    /// Bytes read so far.
-    pub fn len(&self) -> u64 {
-        self.hasher.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.hasher.is_empty()
-    }
-
-    pub fn finish(self) -> (Digest, u64) {
-        let n = self.hasher.len();
-        (self.hasher.finish(), n)
-    }
-}
-
-impl<R: Read> Read for HashingReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
-        Ok(n)
     }
 }
 
@@ -201,15 +159,5 @@ mod tests {
         let j = serde_json::to_string(&d).unwrap();
         assert_eq!(serde_json::from_str::<Digest>(&j).unwrap(), d);
         assert!(serde_json::from_str::<Digest>("\"sha256:zz\"").is_err());
-    }
-
-    #[test]
-    fn hashing_reader_counts() {
-        let mut r = HashingReader::new(&b"hello"[..]);
-        let mut s = Vec::new();
-        r.read_to_end(&mut s).unwrap();
-        let (d, n) = r.finish();
-        assert_eq!(n, 5);
-        assert_eq!(d, Digest::of(b"hello"));
     }
 }

@@ -9,17 +9,19 @@ use std::ffi::OsStr;
 use std::os::fd::AsFd;
 
 use crate::error::{Error, IoContext, Result};
+use crate::store::df::disk_usage;
 use crate::store::digest::{Digest, Hasher};
-use crate::store::extract::{self, TreeEntry, remove_tree_at};
-use crate::store::images::{ImageIndex, Reference};
+use crate::store::extract::remove_tree_at;
+use crate::store::images::{ImageCatalog, Reference};
 use crate::store::layout::{Layout, read_json};
 use crate::store::lock::StoreLock;
+use crate::store::tree::{self, TreeEntry};
 use crate::store::{ContainerUse, Store};
 use crate::sys;
 
 /// Remove everything under `tmp/` (only ever called with the lock held, so nothing there
 /// belongs to a live command).
-pub fn remove_leftovers(layout: &Layout, _lock: &StoreLock) -> Result<usize> {
+pub(crate) fn remove_leftovers(layout: &Layout, _lock: &StoreLock) -> Result<usize> {
     let tmp = layout.tmp_dir();
     let fd = match sys::open_root_dir(&tmp) {
         Ok(fd) => fd,
@@ -79,10 +81,13 @@ impl CheckReport {
 }
 
 /// Layers and blobs that images or containers need.
-fn in_use(idx: &ImageIndex, containers: &[ContainerUse]) -> (HashSet<Digest>, HashSet<Digest>) {
+fn in_use(
+    catalog: &ImageCatalog,
+    containers: &[ContainerUse],
+) -> (HashSet<Digest>, HashSet<Digest>) {
     let mut layers = HashSet::new();
     let mut blobs = HashSet::new();
-    for r in idx.images.values() {
+    for r in catalog.images.values() {
         blobs.insert(r.manifest_digest);
         blobs.insert(r.config_digest);
         for l in &r.layers {
@@ -94,43 +99,6 @@ fn in_use(idx: &ImageIndex, containers: &[ContainerUse]) -> (HashSet<Digest>, Ha
         layers.extend(c.layers.iter().copied());
     }
     (layers, blobs)
-}
-
-/// Disk blocks used below a path (hard links counted once).
-pub fn disk_usage(path: &std::path::Path) -> u64 {
-    fn walk(dir: std::os::fd::BorrowedFd<'_>, seen: &mut HashSet<(u64, u64)>) -> u64 {
-        let Ok(entries) = sys::read_dir_all(dir) else {
-            return 0;
-        };
-        let mut total = 0;
-        for e in entries {
-            let Ok(st) = sys::stat_at(dir, &e.name) else {
-                continue;
-            };
-            if st.st_nlink > 1
-                && !sys::is_dir_mode(st.st_mode)
-                && !seen.insert((st.st_dev, st.st_ino))
-            {
-                continue;
-            }
-            total += st.st_blocks as u64 * 512;
-            if sys::is_dir_mode(st.st_mode)
-                && let Ok(sub) = sys::open_dir_path(dir, &e.name)
-            {
-                total += walk(sub.as_fd(), seen);
-            }
-        }
-        total
-    }
-    let Ok(fd) = sys::open_root_dir(path) else {
-        return std::fs::symlink_metadata(path)
-            .map(|m| std::os::unix::fs::MetadataExt::blocks(&m) * 512)
-            .unwrap_or(0);
-    };
-    let own = sys::stat_fd(fd.as_fd())
-        .map(|s| s.st_blocks as u64 * 512)
-        .unwrap_or(0);
-    own + walk(fd.as_fd(), &mut HashSet::new())
 }
 
 impl Store {
@@ -171,13 +139,13 @@ impl Store {
     /// Remove layers and blobs among `candidates_*` that nothing needs any more.
     fn collect(
         &self,
-        idx: &ImageIndex,
+        catalog: &ImageCatalog,
         containers: &[ContainerUse],
         layers: &BTreeSet<Digest>,
         blobs: &BTreeSet<Digest>,
         report: &mut PruneReport,
     ) -> Result<()> {
-        let (used_layers, used_blobs) = in_use(idx, containers);
+        let (used_layers, used_blobs) = in_use(catalog, containers);
         for l in layers {
             if !used_layers.contains(l) && self.layout.layer(l).exists() {
                 report.reclaimed += self.remove_layer(l)?;
@@ -206,7 +174,7 @@ impl Store {
 
     /// `remove_images`, asking what containers use once the store lock is held, so a
     /// container created meanwhile is seen.
-    pub fn remove_images_with(
+    pub(crate) fn remove_images_with(
         &self,
         names: &[String],
         force: bool,
@@ -214,14 +182,14 @@ impl Store {
     ) -> Result<Vec<RmiEvent>> {
         let lock = self.lock()?;
         let containers = &containers()[..];
-        let mut idx = self.images()?;
+        let mut catalog = self.images()?;
         let mut events = Vec::new();
         let mut freed_layers = BTreeSet::new();
         let mut freed_blobs = BTreeSet::new();
         // Check every name first: a refused name changes nothing.
         let mut plan = Vec::new();
         for name in names {
-            let rec = idx.resolve(name)?.clone();
+            let rec = catalog.resolve(name)?.clone();
             let by_tag = match Reference::parse(name) {
                 Ok(Reference::Tag(t)) if rec.tags.contains(&t) => Some(t),
                 _ => None,
@@ -234,7 +202,7 @@ impl Store {
                     .map(|c| c.name.as_str())
                     .collect();
                 if !users.is_empty() && !force {
-                    return Err(Error::new(format!(
+                    return Err(Error::in_use(format!(
                         "image {name} ({}) is used by container {}; remove the container first or use --force",
                         rec.id.short(),
                         users.join(", ")
@@ -242,7 +210,7 @@ impl Store {
                 }
                 let repos: BTreeSet<&str> = rec.repositories().collect();
                 if by_tag.is_none() && repos.len() > 1 && !force {
-                    return Err(Error::new(format!(
+                    return Err(Error::in_use(format!(
                         "image {} is tagged in several repositories ({}); remove the tags or use --force",
                         rec.id.short(),
                         rec.tags.join(", ")
@@ -252,12 +220,13 @@ impl Store {
             plan.push((rec.id, by_tag, last));
         }
         for (id, by_tag, last) in plan {
-            let Some(rec) = idx.get(&id).cloned() else {
+            let Some(rec) = catalog.get(&id).cloned() else {
                 continue;
             };
             if !last {
                 let t = by_tag.expect("untag by tag");
-                idx.images
+                catalog
+                    .images
                     .get_mut(&id.hex())
                     .expect("present")
                     .tags
@@ -268,7 +237,7 @@ impl Store {
             for t in &rec.tags {
                 events.push(RmiEvent::Untagged(t.clone()));
             }
-            idx.images.remove(&id.hex());
+            catalog.images.remove(&id.hex());
             events.push(RmiEvent::Deleted(id));
             freed_blobs.insert(rec.manifest_digest);
             freed_blobs.insert(rec.config_digest);
@@ -279,9 +248,15 @@ impl Store {
         }
         // Records first: a crash after this leaves unused layers for prune, never an
         // image whose layers are gone.
-        self.write_images(&idx, &lock)?;
+        self.write_images(&catalog, &lock)?;
         let mut report = PruneReport::default();
-        self.collect(&idx, containers, &freed_layers, &freed_blobs, &mut report)?;
+        self.collect(
+            &catalog,
+            containers,
+            &freed_layers,
+            &freed_blobs,
+            &mut report,
+        )?;
         events.extend(report.layers.into_iter().map(RmiEvent::DeletedLayer));
         Ok(events)
     }
@@ -293,7 +268,7 @@ impl Store {
     }
 
     /// `prune`, asking what containers use once the store lock is held.
-    pub fn prune_with(
+    pub(crate) fn prune_with(
         &self,
         all: bool,
         containers: &dyn Fn() -> Vec<ContainerUse>,
@@ -304,24 +279,24 @@ impl Store {
             leftovers: self.leftovers_removed + remove_leftovers(&self.layout, &lock)?,
             ..Default::default()
         };
-        let mut idx = self.images()?;
+        let mut catalog = self.images()?;
         let used: HashSet<Digest> = containers.iter().filter_map(|c| c.image).collect();
-        let doomed: Vec<Digest> = idx
+        let doomed: Vec<Digest> = catalog
             .images
             .values()
             .filter(|r| !used.contains(&r.id) && (all || r.tags.is_empty()))
             .map(|r| r.id)
             .collect();
         for d in &doomed {
-            idx.images.remove(&d.hex());
+            catalog.images.remove(&d.hex());
         }
         if !doomed.is_empty() {
-            self.write_images(&idx, &lock)?;
+            self.write_images(&catalog, &lock)?;
         }
         report.images = doomed;
         let layers: BTreeSet<Digest> = self.layer_ids()?.into_iter().collect();
         let blobs: BTreeSet<Digest> = self.blob_ids()?.into_iter().collect();
-        self.collect(&idx, containers, &layers, &blobs, &mut report)?;
+        self.collect(&catalog, containers, &layers, &blobs, &mut report)?;
         Ok(report)
     }
 
@@ -363,8 +338,8 @@ impl Store {
                 report.damaged_blobs.push(d);
             }
         }
-        let idx = self.images()?;
-        for r in idx.images.values() {
+        let catalog = self.images()?;
+        for r in catalog.images.values() {
             let mut why = Vec::new();
             for l in &r.layers {
                 if bad_layers.contains(&l.diff_id) {
@@ -412,9 +387,9 @@ impl Store {
             Ok(fd) => fd,
             Err(e) => return vec![format!("diff: {}", Error::from(e))],
         };
-        match extract::scan_tree(fd.as_fd(), &Default::default()) {
+        match tree::scan_tree(fd.as_fd(), &Default::default()) {
             Ok(scan) => {
-                let mut d = extract::compare_trees(&tree, &scan.entries);
+                let mut d = tree::compare_trees(&tree, &scan.entries);
                 let n = d.len();
                 if n > 20 {
                     d.truncate(20);

@@ -52,14 +52,15 @@ pub struct ImageRecord {
 
 impl ImageRecord {
     /// Repository names of the tags (`a` for `a:1`).
-    pub fn repositories(&self) -> impl Iterator<Item = &str> {
+    pub(crate) fn repositories(&self) -> impl Iterator<Item = &str> {
         self.tags.iter().map(|t| split_tag(t).0)
     }
 }
 
-/// The whole `images/index.json`.
+/// The image catalog: every image record with its tags, kept whole in `images/index.json`
+/// (not to be confused with an OCI image index, which lists the manifests of one image).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct ImageIndex {
+pub struct ImageCatalog {
     pub version: u32,
     /// Keyed by the id's hex.
     pub images: BTreeMap<String, ImageRecord>,
@@ -67,7 +68,7 @@ pub struct ImageIndex {
 
 /// A parsed image name.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Reference {
+pub(crate) enum Reference {
     /// `name:tag` (normalized, `:latest` added).
     Tag(String),
     /// `name@sha256:…`.
@@ -84,7 +85,7 @@ impl fmt::Display for Reference {
 }
 
 /// Split `name:tag` at the tag's colon (a registry port is not a tag).
-pub fn split_tag(s: &str) -> (&str, &str) {
+pub(crate) fn split_tag(s: &str) -> (&str, &str) {
     let last_slash = s.rfind('/').map(|i| i + 1).unwrap_or(0);
     match s[last_slash..].rfind(':') {
         Some(i) => (&s[..last_slash + i], &s[last_slash + i + 1..]),
@@ -131,8 +132,9 @@ fn valid_tag(tag: &str) -> bool {
 
 impl Reference {
     /// Parse `NAME[:TAG]` or `NAME@sha256:HEX`.
-    pub fn parse(s: &str) -> Result<Reference> {
-        let bad = |why: &str| Error::new(format!("invalid image reference \"{s}\": {why}"));
+    pub(crate) fn parse(s: &str) -> Result<Reference> {
+        let bad =
+            |why: &str| Error::invalid_input(format!("invalid image reference \"{s}\": {why}"));
         if let Some((name, digest)) = s.split_once('@') {
             if !valid_name(name) {
                 return Err(bad(
@@ -165,32 +167,55 @@ impl Reference {
     }
 
     /// A name for tagging: `NAME[:TAG]` only.
-    pub fn parse_tag(s: &str) -> Result<String> {
+    pub(crate) fn parse_tag(s: &str) -> Result<String> {
         match Reference::parse(s)? {
             Reference::Tag(t) => Ok(t),
-            Reference::Digest { .. } => Err(Error::new(format!(
+            Reference::Digest { .. } => Err(Error::invalid_input(format!(
                 "invalid tag \"{s}\": a tag cannot contain a digest"
             ))),
         }
     }
 }
 
-impl ImageIndex {
-    pub fn get(&self, id: &Digest) -> Option<&ImageRecord> {
+/// The one item whose id starts with `prefix` (docker's id-prefix rule): `None` when
+/// none does, an `Ambiguous` error when several do. `shown` is the name as the user gave
+/// it, `noun` what the items are ("image").
+pub(crate) fn by_id_prefix<'a, T>(
+    items: impl IntoIterator<Item = &'a T>,
+    id: impl Fn(&T) -> String,
+    prefix: &str,
+    shown: &str,
+    noun: &str,
+) -> Result<Option<&'a T>> {
+    let hits: Vec<&T> = items
+        .into_iter()
+        .filter(|item| id(item).starts_with(prefix))
+        .collect();
+    match hits.len() {
+        0 => Ok(None),
+        1 => Ok(Some(hits[0])),
+        n => Err(Error::ambiguous(format!(
+            "{noun} id prefix \"{shown}\" is ambiguous: it matches {n} {noun}s"
+        ))),
+    }
+}
+
+impl ImageCatalog {
+    pub(crate) fn get(&self, id: &Digest) -> Option<&ImageRecord> {
         self.images.get(&id.hex())
     }
 
-    pub fn by_tag(&self, tag: &str) -> Option<&ImageRecord> {
+    pub(crate) fn by_tag(&self, tag: &str) -> Option<&ImageRecord> {
         self.images
             .values()
             .find(|r| r.tags.iter().any(|t| t == tag))
     }
 
     /// Find the image a user named. Errors say what was looked for.
-    pub fn resolve(&self, s: &str) -> Result<&ImageRecord> {
+    pub(crate) fn resolve(&self, s: &str) -> Result<&ImageRecord> {
         let s = s.trim();
         if s.is_empty() {
-            return Err(Error::new("empty image name"));
+            return Err(Error::invalid_input("empty image name"));
         }
         // A full id, with or without the algorithm.
         let full = s.strip_prefix("sha256:").unwrap_or(s);
@@ -201,7 +226,7 @@ impl ImageIndex {
             if let Some(r) = self.images.values().find(|r| r.manifest_digest == d) {
                 return Ok(r);
             }
-            return Err(Error::new(format!("no such image: {s}")));
+            return Err(Error::not_found(format!("no such image: {s}")));
         }
         if let Ok(reference) = Reference::parse(s) {
             let hit = match &reference {
@@ -221,26 +246,15 @@ impl ImageIndex {
                 .bytes()
                 .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
         {
-            let hits: Vec<&ImageRecord> = self
-                .images
-                .values()
-                .filter(|r| r.id.hex().starts_with(full))
-                .collect();
-            match hits.len() {
-                1 => return Ok(hits[0]),
-                0 => {}
-                n => {
-                    return Err(Error::new(format!(
-                        "image id prefix \"{s}\" is ambiguous: it matches {n} images"
-                    )));
-                }
+            if let Some(r) = by_id_prefix(self.images.values(), |r| r.id.hex(), full, s, "image")? {
+                return Ok(r);
             }
         }
-        Err(Error::new(format!("no such image: {s}")))
+        Err(Error::not_found(format!("no such image: {s}")))
     }
 
     /// Give `tag` to the image `id`, taking it from whichever image had it.
-    pub fn set_tag(&mut self, id: &Digest, tag: &str) {
+    pub(crate) fn set_tag(&mut self, id: &Digest, tag: &str) {
         for r in self.images.values_mut() {
             r.tags.retain(|t| t != tag);
         }
@@ -251,7 +265,7 @@ impl ImageIndex {
     }
 
     /// Records sorted newest import first, as `images` lists them.
-    pub fn sorted(&self) -> Vec<&ImageRecord> {
+    pub(crate) fn sorted(&self) -> Vec<&ImageRecord> {
         let mut v: Vec<&ImageRecord> = self.images.values().collect();
         v.sort_by(|a, b| b.imported.cmp(&a.imported).then(a.id.cmp(&b.id)));
         v
@@ -261,6 +275,7 @@ impl ImageIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::ErrorKind;
 
     fn rec(first: u8, tags: &[&str]) -> ImageRecord {
         let mut b = [0u8; 32];
@@ -320,36 +335,39 @@ mod tests {
 
     #[test]
     fn resolve_names_ids_prefixes() {
-        let mut idx = ImageIndex::default();
+        let mut catalog = ImageCatalog::default();
         let a = rec(1, &["one:latest", "one:2"]);
         let b = rec(2, &["two:latest"]);
-        idx.images.insert(a.id.hex(), a.clone());
-        idx.images.insert(b.id.hex(), b.clone());
-        assert_eq!(idx.resolve("one").unwrap().id, a.id);
-        assert_eq!(idx.resolve("one:2").unwrap().id, a.id);
-        assert_eq!(idx.resolve(&a.id.to_string()).unwrap().id, a.id);
-        assert_eq!(idx.resolve("ab01").unwrap().id, a.id);
-        assert!(
-            idx.resolve("ab0")
-                .unwrap_err()
-                .to_string()
-                .contains("ambiguous")
+        catalog.images.insert(a.id.hex(), a.clone());
+        catalog.images.insert(b.id.hex(), b.clone());
+        assert_eq!(catalog.resolve("one").unwrap().id, a.id);
+        assert_eq!(catalog.resolve("one:2").unwrap().id, a.id);
+        assert_eq!(catalog.resolve(&a.id.to_string()).unwrap().id, a.id);
+        assert_eq!(catalog.resolve("ab01").unwrap().id, a.id);
+        assert_eq!(
+            catalog.resolve("ab0").unwrap_err().kind(),
+            ErrorKind::Ambiguous
         );
         assert_eq!(
-            idx.resolve(&format!("one@{}", a.manifest_digest))
+            catalog
+                .resolve(&format!("one@{}", a.manifest_digest))
                 .unwrap()
                 .id,
             a.id
         );
-        assert!(idx.resolve(&format!("two@{}", a.manifest_digest)).is_err());
         assert!(
-            idx.resolve("three")
-                .unwrap_err()
-                .to_string()
-                .contains("no such image: three")
+            catalog
+                .resolve(&format!("two@{}", a.manifest_digest))
+                .is_err()
         );
-        idx.set_tag(&b.id, "one:2");
-        assert_eq!(idx.resolve("one:2").unwrap().id, b.id);
-        assert_eq!(idx.get(&a.id).unwrap().tags, vec!["one:latest".to_string()]);
+        let missing = catalog.resolve("three").unwrap_err();
+        assert_eq!(missing.kind(), ErrorKind::NotFound);
+        assert_eq!(missing.to_string(), "no such image: three");
+        catalog.set_tag(&b.id, "one:2");
+        assert_eq!(catalog.resolve("one:2").unwrap().id, b.id);
+        assert_eq!(
+            catalog.get(&a.id).unwrap().tags,
+            vec!["one:latest".to_string()]
+        );
     }
 }

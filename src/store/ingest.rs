@@ -15,22 +15,21 @@
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
 use std::io::{self, Read};
-use std::path::PathBuf;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use oci_spec::image::{ImageConfiguration, ImageManifest};
-
 use crate::error::{Error, IoContext, Result};
-use crate::store::archive::{Compression, ImagePlan, LayerPlan, ManifestBlob};
 use crate::store::digest::Digest;
-use crate::store::images::{ImageRecord, LayerRef, Reference};
-use crate::store::import::{ImportObserver, LayerEvent, Stage, stream_blob, upsert};
-use crate::store::{LayerRecord, Store, now_secs};
+use crate::store::images::{LayerRef, Reference};
+use crate::store::parallel::run_bounded;
+use crate::store::plan::{ImagePlan, LayerPlan};
+use crate::store::stage::{ImportObserver, LayerEvent, Stage, upsert};
+use crate::store::stream::stream_blob;
+use crate::store::{LayerRecord, Store};
 
 /// Where layer blobs come from.
-pub trait BlobFetcher: Sync {
+pub(crate) trait BlobFetcher: Sync {
     /// A reader over the whole blob of `layer`, from its first byte. It may resume
     /// interrupted transfers underneath; whatever it yields is verified against the
     /// layer's digest and size.
@@ -39,112 +38,34 @@ pub trait BlobFetcher: Sync {
 
 /// What `ingest` did.
 #[derive(Debug, Clone)]
-pub struct Ingested {
-    /// The record as stored.
-    pub image: ImageRecord,
+pub(crate) struct Ingested {
     /// Whether the store had this image (same id and manifest) before.
     pub was_present: bool,
-    /// Layers whose blob was fetched (extracted or not).
-    pub layers_fetched: usize,
-    /// Layers found in the store: nothing fetched for them.
-    pub layers_existing: usize,
-    /// Blob bytes fetched.
-    pub bytes_fetched: u64,
-}
-
-/// An image plan from a manifest and config that arrived separately. The manifest's
-/// digest is the caller's to check (it knows what it asked for); the config is checked
-/// here against the manifest, and every layer's media type must be one we can read.
-pub fn plan_from_blobs(
-    what: &str,
-    manifest: ManifestBlob,
-    config: Vec<u8>,
-    tags: Vec<String>,
-) -> Result<ImagePlan> {
-    let m = ImageManifest::from_reader(&manifest.bytes[..])
-        .map_err(|e| Error::new(format!("{what}: not a valid image manifest: {e}")))?;
-    let config_digest = Digest::of(&config);
-    let want: Digest = m
-        .config()
-        .digest()
-        .to_string()
-        .parse()
-        .map_err(|e: Error| {
-            Error::new(format!("{what}: manifest config digest: {}", e.message()))
-        })?;
-    if want != config_digest {
-        return Err(Error::new(format!(
-            "{what}: config digest mismatch: the manifest says {want}, the config hashes to {config_digest}"
-        )));
-    }
-    let cfg = ImageConfiguration::from_reader(&config[..]).map_err(|e| {
-        Error::new(format!(
-            "{what}: config {config_digest}: not a valid image config: {e}"
-        ))
-    })?;
-    let ids = cfg.rootfs().diff_ids();
-    if ids.len() != m.layers().len() {
-        return Err(Error::new(format!(
-            "{what}: config {config_digest} lists {} diff-ids but the manifest has {} layers",
-            ids.len(),
-            m.layers().len()
-        )));
-    }
-    let mut layers = Vec::new();
-    for (d, id) in m.layers().iter().zip(ids) {
-        let digest: Digest =
-            d.digest().to_string().parse().map_err(|e: Error| {
-                Error::new(format!("{what}: layer descriptor: {}", e.message()))
-            })?;
-        let diff_id: Digest = id.parse().map_err(|e: Error| {
-            Error::new(format!(
-                "{what}: config {config_digest}: diff-id: {}",
-                e.message()
-            ))
-        })?;
-        let mt = d.media_type().to_string();
-        let compression = Compression::from_media_type(&mt).ok_or_else(|| {
-            Error::new(format!(
-                "{what}: layer {digest}: unsupported media type {mt}"
-            ))
-        })?;
-        layers.push(LayerPlan {
-            member: digest.to_string(),
-            blob: Some((digest, d.size())),
-            compression,
-            media_type: mt,
-            diff_id,
-        });
-    }
-    let mut platform = format!("{}/{}", cfg.os(), cfg.architecture());
-    if let Some(v) = cfg.variant() {
-        platform.push('/');
-        platform.push_str(v);
-    }
-    Ok(ImagePlan {
-        manifest: Some(manifest),
-        config,
-        config_digest,
-        created: cfg.created().clone(),
-        platform,
-        layers,
-        tags,
-    })
 }
 
 /// One blob to fetch.
 struct Job {
     /// Index of the first layer in the plan with this blob.
     layer: usize,
+    blob: Digest,
+    blob_size: u64,
     /// Extract it (else the layer is here or being extracted by another job: the blob is
     /// fetched and verified, then only stored).
     extract: bool,
 }
 
+/// What every job of one ingest shares.
+struct Fetching<'a> {
+    /// Names the image in errors.
+    what: &'a str,
+    stage_dir: &'a Path,
+    fetch: &'a dyn BlobFetcher,
+    obs: &'a dyn ImportObserver,
+}
+
 /// A finished job.
 struct Done {
     blob: Digest,
-    blob_size: u64,
     blob_file: PathBuf,
     /// The staged layer dir and its record, when extracted.
     layer: Option<(PathBuf, LayerRecord)>,
@@ -162,7 +83,9 @@ struct Metered<'a> {
 impl Read for Metered<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if self.cancel.load(Ordering::Relaxed) {
-            return Err(io::Error::other("stopped: another layer failed"));
+            return Err(io::Error::other(Error::cancelled(
+                "stopped: another layer failed",
+            )));
         }
         let n = self.inner.read(buf)?;
         self.done += n as u64;
@@ -178,7 +101,7 @@ impl Store {
     /// Ingest the image `plan` describes, fetching the layer blobs the store lacks from
     /// `fetch`, up to `parallel` at once. `what` names the image in errors. The plan's
     /// tags are given to the image. On any error the store is left as it was.
-    pub fn ingest(
+    pub(crate) fn ingest(
         &self,
         what: &str,
         plan: &ImagePlan,
@@ -196,8 +119,8 @@ impl Store {
         };
         let lock = self.lock()?;
         let mut stage = Stage::new(self)?;
-        let mut idx = self.images()?;
-        let was_present = idx
+        let mut catalog = self.images()?;
+        let was_present = catalog
             .get(&plan.config_digest)
             .is_some_and(|r| r.manifest_digest == manifest.digest);
 
@@ -206,101 +129,72 @@ impl Store {
         let mut jobs: Vec<Job> = Vec::new();
         let mut seen: HashSet<Digest> = HashSet::new();
         let mut extracting: HashSet<Digest> = HashSet::new();
-        let mut existing = 0;
-        for (i, l) in plan.layers.iter().enumerate() {
-            let (blob, _) = l
-                .blob
-                .ok_or_else(|| Error::new(format!("{what}: layer {} has no digest", l.diff_id)))?;
+        // Every layer of a manifest names its blob by digest and size.
+        let blobs = plan
+            .layers
+            .iter()
+            .map(|l| {
+                l.blob.zip(l.blob_size).ok_or_else(|| {
+                    Error::corrupt(format!("{what}: layer {} has no digest", l.diff_id))
+                })
+            })
+            .collect::<Result<Vec<(Digest, u64)>>>()?;
+        for (i, (layer, &(blob, blob_size))) in plan.layers.iter().zip(&blobs).enumerate() {
             // A blob listed twice (empty layers often are) is handled once.
             if !seen.insert(blob) {
                 continue;
             }
-            let layer_here = self.layer_exists(&l.diff_id);
+            let layer_here = self.layer_exists(&layer.diff_id);
             if layer_here && self.blob_path(&blob).is_file() {
                 obs.layer(&blob, LayerEvent::Exists);
-                existing += 1;
                 continue;
             }
-            let extract = !layer_here && extracting.insert(l.diff_id);
-            jobs.push(Job { layer: i, extract });
+            let extract = !layer_here && extracting.insert(layer.diff_id);
+            jobs.push(Job {
+                layer: i,
+                blob,
+                blob_size,
+                extract,
+            });
         }
 
         // Fetch: a bounded set of workers takes jobs in manifest order.
-        let next = AtomicUsize::new(0);
-        let cancel = AtomicBool::new(false);
-        let results: Mutex<Vec<Option<Done>>> = Mutex::new((0..jobs.len()).map(|_| None).collect());
-        let first_error: Mutex<Option<Error>> = Mutex::new(None);
         let stage_dir = stage.dir.clone();
-        let workers = parallel.clamp(1, 16).min(jobs.len().max(1));
-        std::thread::scope(|s| {
-            for _ in 0..workers {
-                s.spawn(|| {
-                    loop {
-                        if cancel.load(Ordering::Relaxed) {
-                            return;
-                        }
-                        let j = next.fetch_add(1, Ordering::Relaxed);
-                        let Some(job) = jobs.get(j) else { return };
-                        let l = &plan.layers[job.layer];
-                        match self.fetch_layer(what, j, job, l, &stage_dir, fetch, &cancel, obs) {
-                            Ok(done) => {
-                                results.lock().unwrap_or_else(|e| e.into_inner())[j] = Some(done);
-                            }
-                            Err(e) => {
-                                let mut first =
-                                    first_error.lock().unwrap_or_else(|e| e.into_inner());
-                                if first.is_none() {
-                                    *first = Some(e);
-                                }
-                                cancel.store(true, Ordering::Relaxed);
-                                return;
-                            }
-                        }
-                    }
-                });
-            }
-        });
-        if let Some(e) = first_error.into_inner().unwrap_or_else(|e| e.into_inner()) {
-            return Err(e);
-        }
+        let fetching = Fetching {
+            what,
+            stage_dir: &stage_dir,
+            fetch,
+            obs,
+        };
+        let results = run_bounded(jobs.len(), parallel, |job_no, cancel| {
+            let job = &jobs[job_no];
+            self.fetch_layer(&fetching, job_no, job, &plan.layers[job.layer], cancel)
+        })?;
 
         // Everything verified: stage it under its final names.
-        let mut bytes_fetched = 0;
         let mut sizes: HashMap<Digest, u64> = HashMap::new();
-        let results = results.into_inner().unwrap_or_else(|e| e.into_inner());
         for (job, done) in jobs.iter().zip(results) {
-            let done =
-                done.ok_or_else(|| Error::new(format!("{what}: a layer was not fetched")))?;
-            bytes_fetched += done.blob_size;
             let diff_id = plan.layers[job.layer].diff_id;
-            if self.blob_path(&done.blob).is_file() || stage.blobs.contains(&done.blob) {
-                let _ = fs::remove_file(&done.blob_file);
-            } else {
-                fs::rename(&done.blob_file, stage.blob(&done.blob))
-                    .ctx(format!("renaming {}", done.blob_file.display()))?;
-                stage.blobs.insert(done.blob);
-            }
+            stage.adopt_blob(self, &done.blob_file, done.blob)?;
             if let Some((dir, rec)) = done.layer {
-                fs::rename(&dir, stage.layer(&diff_id))
-                    .ctx(format!("renaming {}", dir.display()))?;
-                sizes.insert(diff_id, rec.size);
-                stage.layers.insert(diff_id, rec);
+                sizes.insert(diff_id, stage.adopt_layer(&dir, rec)?);
             }
         }
         let mut layers = Vec::new();
-        for l in &plan.layers {
-            let (blob, blob_size) = l.blob.expect("checked above");
-            let size = match sizes.get(&l.diff_id) {
+        for (layer, &(blob, blob_size)) in plan.layers.iter().zip(&blobs) {
+            let size = match sizes.get(&layer.diff_id) {
                 Some(s) => *s,
                 None => self
-                    .layer_record(&l.diff_id)?
+                    .layer_record(&layer.diff_id)?
                     .map(|r| r.size)
-                    .ok_or_else(|| Error::new(format!("{what}: layer {} is missing", l.diff_id)))?,
+                    .ok_or_else(|| {
+                        Error::not_found(format!("{what}: layer {} is missing", layer.diff_id))
+                    })?,
             };
             layers.push(LayerRef {
-                diff_id: l.diff_id,
+                diff_id: layer.diff_id,
                 blob,
-                media_type: l.media_type.clone(),
+                media_type: layer.media_type.clone(),
                 blob_size,
                 size,
             });
@@ -308,53 +202,37 @@ impl Store {
         stage.put_blob(self, &manifest.bytes)?;
         stage.put_blob(self, &plan.config)?;
         self.commit_stage(&stage, &lock)?;
-        let mut rec = ImageRecord {
-            id: plan.config_digest,
-            manifest_digest: manifest.digest,
-            manifest_media_type: manifest.media_type.clone(),
-            config_digest: plan.config_digest,
-            size: layers.iter().map(|l| l.size).sum(),
-            layers,
-            tags: Vec::new(),
-            created: plan.created.clone(),
-            imported: now_secs(),
-            platform: plan.platform.clone(),
-        };
-        let image = upsert(&mut idx, &mut rec, &tags);
-        self.write_images(&idx, &lock)?;
+        let mut rec = plan.record(manifest, layers);
+        upsert(&mut catalog, &mut rec, &tags);
+        self.write_images(&catalog, &lock)?;
         drop(stage);
-        Ok(Ingested {
-            image,
-            was_present,
-            layers_fetched: jobs.len(),
-            layers_existing: existing,
-            bytes_fetched,
-        })
+        Ok(Ingested { was_present })
     }
 
     /// Fetch one blob into the staging dir, verifying it, and extract it when asked.
-    #[allow(clippy::too_many_arguments)]
     fn fetch_layer(
         &self,
-        what: &str,
-        n: usize,
+        ctx: &Fetching<'_>,
+        job_no: usize,
         job: &Job,
-        l: &LayerPlan,
-        stage_dir: &std::path::Path,
-        fetch: &dyn BlobFetcher,
+        layer: &LayerPlan,
         cancel: &AtomicBool,
-        obs: &dyn ImportObserver,
     ) -> Result<Done> {
-        let (blob, size) = l.blob.expect("checked by the caller");
-        let what = format!("{what}: layer {blob}");
-        obs.layer(&blob, LayerEvent::Start { size });
-        let blob_file = stage_dir.join(format!("fetch-{n}.blob"));
-        let out = File::create(&blob_file).ctx(format!("creating {}", blob_file.display()))?;
-        let work = stage_dir.join(format!("fetch-{n}"));
+        let (blob, obs) = (job.blob, ctx.obs);
+        let what = format!("{}: layer {blob}", ctx.what);
+        obs.layer(
+            &blob,
+            LayerEvent::Start {
+                size: job.blob_size,
+            },
+        );
+        let blob_file = ctx.stage_dir.join(format!("fetch-{job_no}.blob"));
+        let blob_out = File::create(&blob_file).ctx(format!("creating {}", blob_file.display()))?;
+        let work = ctx.stage_dir.join(format!("fetch-{job_no}"));
         if job.extract {
             fs::create_dir_all(work.join("diff")).ctx(format!("creating {}", work.display()))?;
         }
-        let reader = fetch.open(l)?;
+        let reader = ctx.fetch.open(layer)?;
         let report = |done: u64| obs.layer(&blob, LayerEvent::Progress { done });
         let metered = Metered {
             inner: reader,
@@ -364,44 +242,21 @@ impl Store {
             cancel,
         };
         let extract_to = job.extract.then(|| work.join("diff"));
-        let s = stream_blob(
+        let streamed = stream_blob(
             &what,
             Some(blob),
             Box::new(metered),
-            l.compression,
+            layer.compression,
             self.expansion,
-            Some(out),
+            Some(blob_out),
             extract_to.as_deref().map(|p| (p, self.extract)),
             &|_| {},
         )?;
-        if s.blob != blob {
-            return Err(Error::new(format!(
-                "{what}: blob digest mismatch: the blob hashes to {} (damaged or altered)",
-                s.blob
-            )));
-        }
-        if s.blob_size != size {
-            return Err(Error::new(format!(
-                "{what}: size mismatch: the manifest says {size} bytes, the blob has {}",
-                s.blob_size
-            )));
-        }
-        if s.diff_id != l.diff_id {
-            return Err(Error::new(format!(
-                "{what}: diff-id mismatch: the uncompressed layer hashes to {}, the config says {}",
-                s.diff_id, l.diff_id
-            )));
-        }
-        let layer = match s.extracted {
-            Some(x) => {
-                let rec = self.finish_layer(&work, &l.diff_id, &x)?;
-                obs.layer(
-                    &blob,
-                    LayerEvent::Extracted {
-                        size: rec.size,
-                        entries: rec.entries,
-                    },
-                );
+        layer.verify(&what, &streamed)?;
+        let staged_layer = match streamed.extracted {
+            Some(tree) => {
+                let rec = self.finish_layer(&work, &layer.diff_id, &tree)?;
+                obs.layer(&blob, LayerEvent::extracted(&rec));
                 Some((work, rec))
             }
             None => {
@@ -411,9 +266,8 @@ impl Store {
         };
         Ok(Done {
             blob,
-            blob_size: s.blob_size,
             blob_file,
-            layer,
+            layer: staged_layer,
         })
     }
 }

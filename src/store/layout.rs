@@ -25,48 +25,48 @@ use crate::error::{Error, IoContext, Result};
 use crate::store::digest::Digest;
 
 #[derive(Debug, Clone)]
-pub struct Layout {
+pub(crate) struct Layout {
     pub root: PathBuf,
 }
 
 impl Layout {
-    pub fn new(root: &Path) -> Layout {
+    pub(crate) fn new(root: &Path) -> Layout {
         Layout {
             root: root.to_path_buf(),
         }
     }
 
-    pub fn lock_file(&self) -> PathBuf {
+    pub(crate) fn lock_file(&self) -> PathBuf {
         self.root.join("lock")
     }
-    pub fn blobs_dir(&self) -> PathBuf {
+    pub(crate) fn blobs_dir(&self) -> PathBuf {
         self.root.join("blobs/sha256")
     }
-    pub fn blob(&self, d: &Digest) -> PathBuf {
+    pub(crate) fn blob(&self, d: &Digest) -> PathBuf {
         self.blobs_dir().join(d.hex())
     }
-    pub fn layers_dir(&self) -> PathBuf {
+    pub(crate) fn layers_dir(&self) -> PathBuf {
         self.root.join("layers/sha256")
     }
-    pub fn layer(&self, diff_id: &Digest) -> PathBuf {
+    pub(crate) fn layer(&self, diff_id: &Digest) -> PathBuf {
         self.layers_dir().join(diff_id.hex())
     }
     /// The extracted tree of a layer: what a mount uses as a lower dir.
-    pub fn layer_diff(&self, diff_id: &Digest) -> PathBuf {
+    pub(crate) fn layer_diff(&self, diff_id: &Digest) -> PathBuf {
         self.layer(diff_id).join("diff")
     }
-    pub fn images_index(&self) -> PathBuf {
+    pub(crate) fn images_index(&self) -> PathBuf {
         self.root.join("images/index.json")
     }
-    pub fn containers_dir(&self) -> PathBuf {
+    pub(crate) fn containers_dir(&self) -> PathBuf {
         self.root.join("containers")
     }
-    pub fn tmp_dir(&self) -> PathBuf {
+    pub(crate) fn tmp_dir(&self) -> PathBuf {
         self.root.join("tmp")
     }
 
     /// Create the directory skeleton (idempotent).
-    pub fn create(&self) -> Result<()> {
+    pub(crate) fn create(&self) -> Result<()> {
         for d in [
             self.root.clone(),
             self.blobs_dir(),
@@ -80,7 +80,7 @@ impl Layout {
     }
 
     /// A fresh private directory under `tmp/`.
-    pub fn new_tmp_dir(&self, what: &str) -> Result<PathBuf> {
+    pub(crate) fn new_tmp_dir(&self, what: &str) -> Result<PathBuf> {
         let p = self.tmp_dir().join(unique_name(what));
         fs::create_dir(&p).ctx(format!("creating {}", p.display()))?;
         Ok(p)
@@ -88,7 +88,7 @@ impl Layout {
 
     /// Write a file atomically: temp file in `tmp/`, fsync, rename over `dest`, fsync
     /// the directory. Readers see the old or the new content, never a mix.
-    pub fn write_atomic(&self, dest: &Path, data: &[u8]) -> Result<()> {
+    pub(crate) fn write_atomic(&self, dest: &Path, data: &[u8]) -> Result<()> {
         let tmp = self.tmp_dir().join(unique_name("write"));
         let res = (|| {
             let mut f = File::create(&tmp).ctx(format!("creating {}", tmp.display()))?;
@@ -104,7 +104,7 @@ impl Layout {
         res
     }
 
-    pub fn write_json_atomic<T: Serialize>(&self, dest: &Path, value: &T) -> Result<()> {
+    pub(crate) fn write_json_atomic<T: Serialize>(&self, dest: &Path, value: &T) -> Result<()> {
         let mut data = serde_json::to_vec_pretty(value)
             .map_err(|e| Error::new(format!("encoding {}: {e}", dest.display())))?;
         data.push(b'\n');
@@ -112,14 +112,14 @@ impl Layout {
     }
 }
 
-pub fn sync_dir(dir: &Path) -> Result<()> {
+pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir)
         .and_then(|f| f.sync_all())
         .ctx(format!("syncing {}", dir.display()))
 }
 
 /// A name no other process or call uses: pid, time and a counter.
-pub fn unique_name(what: &str) -> String {
+pub(crate) fn unique_name(what: &str) -> String {
     static N: AtomicU64 = AtomicU64::new(0);
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -133,7 +133,7 @@ pub fn unique_name(what: &str) -> String {
 }
 
 /// Read a JSON file; `Ok(None)` when it does not exist.
-pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>> {
+pub(crate) fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>> {
     let data = match fs::read(path) {
         Ok(d) => d,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -141,7 +141,7 @@ pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T
     };
     serde_json::from_slice(&data)
         .map(Some)
-        .map_err(|e| Error::new(format!("{}: damaged record: {e}", path.display())))
+        .map_err(|e| Error::corrupt(format!("{}: damaged record: {e}", path.display())))
 }
 
 #[cfg(test)]

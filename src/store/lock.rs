@@ -11,7 +11,7 @@ use crate::sys::{self, Errno};
 
 /// Held while alive; dropping it releases the lock.
 #[derive(Debug)]
-pub struct StoreLock {
+pub(crate) struct StoreLock {
     _file: File,
 }
 
@@ -28,7 +28,7 @@ fn open(layout: &Layout) -> Result<File> {
 
 impl StoreLock {
     /// Wait for the lock; `on_wait` is called once if another command holds it.
-    pub fn acquire(layout: &Layout, on_wait: &dyn Fn()) -> Result<StoreLock> {
+    pub(crate) fn acquire(layout: &Layout, on_wait: &dyn Fn()) -> Result<StoreLock> {
         let f = open(layout)?;
         match sys::flock_exclusive(f.as_fd(), false) {
             Ok(()) => return Ok(StoreLock { _file: f }),
@@ -53,7 +53,7 @@ impl StoreLock {
     }
 
     /// The lock if nobody holds it, else `None`.
-    pub fn try_acquire(layout: &Layout) -> Result<Option<StoreLock>> {
+    pub(crate) fn try_acquire(layout: &Layout) -> Result<Option<StoreLock>> {
         let f = open(layout)?;
         match sys::flock_exclusive(f.as_fd(), false) {
             Ok(()) => Ok(Some(StoreLock { _file: f })),

@@ -6,24 +6,33 @@
 //! Store code never calls container code: callers that know about containers pass what
 //! they use as `ContainerUse` values.
 
-pub mod archive;
-pub mod df;
-pub mod digest;
+pub(crate) mod archive;
+pub(crate) mod df;
+pub(crate) mod digest;
 pub mod extract;
-pub mod gc;
-pub mod images;
+pub(crate) mod gc;
+pub(crate) mod images;
 pub mod import;
-pub mod ingest;
-pub mod layout;
-pub mod lock;
-pub mod save;
+pub(crate) mod ingest;
+pub(crate) mod layout;
+pub(crate) mod lock;
+pub(crate) mod parallel;
+pub(crate) mod plan;
+pub(crate) mod save;
+mod stage;
+mod stream;
+pub(crate) mod tree;
 
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use archive::{Compression, Format};
+pub use df::{DfReport, ImageUsage, LayerUsage, Totals};
 pub use digest::Digest;
-pub use images::{ImageIndex, ImageRecord, LayerRef, Reference};
+pub use gc::{CheckReport, PruneReport, RmiEvent};
+pub(crate) use images::Reference;
+pub use images::{ImageCatalog, ImageRecord, LayerRef};
 pub use import::{ExpansionLimit, ImportObserver, ImportOptions, Imported, LayerEvent};
 
 use crate::error::{Error, Result};
@@ -102,7 +111,7 @@ impl Store {
     }
 
     /// Called once when a command has to wait for another one's lock.
-    pub fn set_lock_wait_notice(&mut self, f: impl Fn() + Send + Sync + 'static) {
+    pub(crate) fn set_lock_wait_notice(&mut self, f: impl Fn() + Send + Sync + 'static) {
         self.on_wait = Box::new(f);
     }
 
@@ -116,31 +125,31 @@ impl Store {
         self.expansion = limit;
     }
 
-    pub fn root(&self) -> &Path {
+    pub(crate) fn root(&self) -> &Path {
         &self.layout.root
     }
 
-    pub fn layout(&self) -> &Layout {
+    pub(crate) fn layout(&self) -> &Layout {
         &self.layout
     }
 
     /// Take the store lock, then clear what interrupted commands left.
-    pub fn lock(&self) -> Result<StoreLock> {
+    pub(crate) fn lock(&self) -> Result<StoreLock> {
         let lock = StoreLock::acquire(&self.layout, &*self.on_wait)?;
         gc::remove_leftovers(&self.layout, &lock)?;
         Ok(lock)
     }
 
     /// All image records.
-    pub fn images(&self) -> Result<ImageIndex> {
+    pub fn images(&self) -> Result<ImageCatalog> {
         Ok(read_json(&self.layout.images_index())?.unwrap_or_default())
     }
 
-    pub(crate) fn write_images(&self, idx: &ImageIndex, _lock: &StoreLock) -> Result<()> {
-        let mut idx = idx.clone();
-        idx.version = 1;
+    pub(crate) fn write_images(&self, catalog: &ImageCatalog, _lock: &StoreLock) -> Result<()> {
+        let mut catalog = catalog.clone();
+        catalog.version = 1;
         self.layout
-            .write_json_atomic(&self.layout.images_index(), &idx)
+            .write_json_atomic(&self.layout.images_index(), &catalog)
     }
 
     /// The image a user named (tag, `name@digest`, id or id prefix).
@@ -148,11 +157,11 @@ impl Store {
         self.images()?.resolve(name).cloned()
     }
 
-    pub fn layer_exists(&self, diff_id: &Digest) -> bool {
+    pub(crate) fn layer_exists(&self, diff_id: &Digest) -> bool {
         self.layout.layer(diff_id).join("layer.json").is_file()
     }
 
-    pub fn layer_record(&self, diff_id: &Digest) -> Result<Option<LayerRecord>> {
+    pub(crate) fn layer_record(&self, diff_id: &Digest) -> Result<Option<LayerRecord>> {
         read_json(&self.layout.layer(diff_id).join("layer.json"))
     }
 
@@ -172,7 +181,7 @@ impl Store {
         let mut out = Vec::with_capacity(image.layers.len());
         for l in image.layers.iter().rev() {
             if !self.layer_exists(&l.diff_id) {
-                return Err(Error::new(format!(
+                return Err(Error::not_found(format!(
                     "layer {} of image {} is missing from the store; import the image again",
                     l.diff_id,
                     image.id.short()
@@ -194,19 +203,19 @@ impl Store {
         std::fs::read(&p).map_err(|e| Error::io(format!("blob {d} ({})", p.display()), e))
     }
 
-    pub fn blob_path(&self, d: &Digest) -> PathBuf {
+    pub(crate) fn blob_path(&self, d: &Digest) -> PathBuf {
         self.layout.blob(d)
     }
 
     /// Give an image another tag (taking it from the image that had it).
-    pub fn tag(&self, src: &str, new: &str) -> Result<ImageRecord> {
+    pub(crate) fn tag(&self, src: &str, new: &str) -> Result<ImageRecord> {
         let tag = Reference::parse_tag(new)?;
         let lock = self.lock()?;
-        let mut idx = self.images()?;
-        let id = idx.resolve(src)?.id;
-        idx.set_tag(&id, &tag);
-        self.write_images(&idx, &lock)?;
-        Ok(idx.get(&id).cloned().expect("just tagged"))
+        let mut catalog = self.images()?;
+        let id = catalog.resolve(src)?.id;
+        catalog.set_tag(&id, &tag);
+        self.write_images(&catalog, &lock)?;
+        Ok(catalog.get(&id).cloned().expect("just tagged"))
     }
 }
 

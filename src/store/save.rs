@@ -24,7 +24,7 @@ use crate::store::layout::unique_name;
 
 /// The form to write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SaveFormat {
+pub(crate) enum SaveFormat {
     /// A tar of an OCI image layout.
     OciArchive,
     /// `docker save` form: `manifest.json`, `<config>.json`, `<diff-id>/layer.tar`.
@@ -35,7 +35,7 @@ pub enum SaveFormat {
 
 /// One image written, with the names it was written under.
 #[derive(Debug, Clone)]
-pub struct Saved {
+pub(crate) struct Saved {
     pub image: ImageRecord,
     pub tags: Vec<String>,
 }
@@ -46,10 +46,10 @@ impl Store {
     /// The images to save and their names: a name given as `NAME[:TAG]` is written under
     /// that tag; an id or digest under every tag the image has.
     fn save_plan(&self, names: &[String]) -> Result<Vec<Saved>> {
-        let idx = self.images()?;
+        let catalog = self.images()?;
         let mut out: Vec<Saved> = Vec::new();
         for n in names {
-            let rec = idx.resolve(n)?.clone();
+            let rec = catalog.resolve(n)?.clone();
             let tags = match Reference::parse(n) {
                 Ok(Reference::Tag(t)) if rec.tags.contains(&t) => vec![t],
                 _ => rec.tags.clone(),
@@ -67,15 +67,20 @@ impl Store {
     }
 
     /// Write images to `out` in `format`.
-    pub fn save(&self, names: &[String], format: SaveFormat, out: &Path) -> Result<Vec<Saved>> {
+    pub(crate) fn save(
+        &self,
+        names: &[String],
+        format: SaveFormat,
+        out: &Path,
+    ) -> Result<Vec<Saved>> {
         if names.is_empty() {
-            return Err(Error::new("no image to save"));
+            return Err(Error::invalid_input("no image to save"));
         }
         let plan = self.save_plan(names)?;
         for s in &plan {
             for b in blobs_of(&s.image) {
                 if !self.blob_path(&b).is_file() {
-                    return Err(Error::new(format!(
+                    return Err(Error::not_found(format!(
                         "blob {b} of image {} is missing from the store",
                         s.image.id.short()
                     )));
@@ -86,9 +91,9 @@ impl Store {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
         };
-        let base = out
-            .file_name()
-            .ok_or_else(|| Error::new(format!("invalid output path {}", out.display())))?;
+        let base = out.file_name().ok_or_else(|| {
+            Error::invalid_input(format!("invalid output path {}", out.display()))
+        })?;
         let tmp = parent.join(format!(
             ".{}.{}",
             base.to_string_lossy(),
@@ -97,7 +102,10 @@ impl Store {
         let res = match format {
             SaveFormat::OciDir => {
                 if out.exists() {
-                    return Err(Error::new(format!("{} exists already", out.display())));
+                    return Err(Error::already_exists(format!(
+                        "{} exists already",
+                        out.display()
+                    )));
                 }
                 self.write_oci_dir(&plan, &tmp)
             }
@@ -292,7 +300,7 @@ impl Store {
         }
         let len = h.len();
         if h.finish() != l.diff_id {
-            return Err(Error::new(format!(
+            return Err(Error::corrupt(format!(
                 "layer blob {} does not decompress to its diff-id {}",
                 l.blob, l.diff_id
             )));
@@ -344,7 +352,7 @@ fn append_reader<W: Write>(
     b.append(&h, &mut counting)
         .ctx(format!("writing archive member {name}"))?;
     if counting.n != len {
-        return Err(Error::new(format!(
+        return Err(Error::corrupt(format!(
             "archive member {name}: expected {len} bytes, read {}",
             counting.n
         )));
