@@ -4,17 +4,18 @@
 
 use std::os::fd::{AsFd, OwnedFd};
 
-use crate::overlay::fuse::{self as session, MountError, MountRequest};
+use crate::error::{Error, Result};
+use crate::overlay::fuse::{self as session, MountRequest};
 use crate::sys;
 
 /// Run the overlay command: foreground, or daemonize once the mount is ready.
-pub fn run_overlay(req: &MountRequest, foreground: bool) -> Result<(), MountError> {
+pub fn run_overlay(req: &MountRequest, foreground: bool) -> Result<()> {
     let plan = session::plan(req)?;
     if foreground {
         return session::serve(plan, req, |_| {});
     }
-    let (rd, wr) = sys::pipe().map_err(|e| MountError(format!("pipe: {e}")))?;
-    match sys::fork().map_err(|e| MountError(format!("fork: {e}")))? {
+    let (rd, wr) = sys::pipe().map_err(|e| Error::new(format!("pipe: {e}")))?;
+    match sys::fork().map_err(|e| Error::new(format!("fork: {e}")))? {
         Some(_child) => {
             drop(wr);
             parent_wait(rd)
@@ -42,15 +43,15 @@ pub fn run_overlay(req: &MountRequest, foreground: bool) -> Result<(), MountErro
 }
 
 /// In the parent: wait for the child's verdict.
-fn parent_wait(rd: OwnedFd) -> Result<(), MountError> {
-    let msg = sys::read_to_end_fd(rd.as_fd()).map_err(|e| MountError(format!("read: {e}")))?;
+fn parent_wait(rd: OwnedFd) -> Result<()> {
+    let msg = sys::read_to_end_fd(rd.as_fd()).map_err(|e| Error::new(format!("read: {e}")))?;
     let msg = String::from_utf8_lossy(&msg);
     let line = msg.lines().next().unwrap_or("");
     match line {
         "ok" => Ok(()),
-        "" => Err(MountError(
-            "the mount daemon exited before the mount was ready".into(),
+        "" => Err(Error::new(
+            "the mount daemon exited before the mount was ready",
         )),
-        l => Err(MountError(l.to_string())),
+        l => Err(Error::new(l)),
     }
 }

@@ -405,8 +405,7 @@ pub(crate) fn remove_tree(p: &Path) -> Result<()> {
         )));
     };
     let pfd = sys::open_root_dir(parent).ctx(format!("opening {}", parent.display()))?;
-    crate::store::extract::remove_tree_at(pfd.as_fd(), name)
-        .ctx(format!("removing {}", p.display()))
+    crate::sys::remove_tree(pfd.as_fd(), name).ctx(format!("removing {}", p.display()))
 }
 
 /// A path as the overlay command line wants it (`\`, `:` and `,` escaped).

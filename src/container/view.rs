@@ -36,8 +36,7 @@ fn err_at(p: &[u8], e: Errno) -> Error {
 
 impl View {
     pub(crate) fn open(lowers: Vec<PathBuf>) -> Result<View> {
-        let fs = OverlayFs::new(Options::new(lowers, None, None))
-            .map_err(|e| Error::with_errno(e.to_string(), e.errno.raw_os_error()))?;
+        let fs = OverlayFs::new(Options::new(lowers, None, None))?;
         Ok(View { fs })
     }
 

@@ -67,35 +67,23 @@ pub struct OverlayFs {
     kernel: std::sync::OnceLock<Box<dyn KernelCache>>,
 }
 
-/// Error opening the layers, naming the path at fault.
-#[derive(Debug)]
-pub struct OpenError {
-    pub path: PathBuf,
-    pub errno: Errno,
-}
-
-impl std::fmt::Display for OpenError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{}: {}",
-            self.path.display(),
-            std::io::Error::from_raw_os_error(self.errno.raw_os_error())
-        )
-    }
-}
-
 impl OverlayFs {
-    pub fn new(opts: Options) -> Result<Self, OpenError> {
+    /// Open the layers; an error names the path at fault ("PATH: reason").
+    pub fn new(opts: Options) -> crate::error::Result<Self> {
+        let at = |path: &std::path::Path, errno: Errno| {
+            let e = std::io::Error::from_raw_os_error(errno.raw_os_error());
+            crate::error::Error::with_errno(
+                format!("{}: {e}", path.display()),
+                errno.raw_os_error(),
+            )
+        };
         let mut layers = Layers::open(&opts.lowers, opts.upper.as_deref(), opts.work.as_deref())
-            .map_err(|(path, errno)| OpenError { path, errno })?;
+            .map_err(|(path, errno)| at(&path, errno))?;
         let writer = layers.work.take().map(UpperWriter::new);
         let upper_oci_whiteouts = writer.as_ref().is_some_and(|w| !w.device_whiteouts());
         if let Some(w) = &writer {
-            w.clean().map_err(|errno| OpenError {
-                path: opts.work.clone().unwrap_or_default().join("work"),
-                errno,
-            })?;
+            w.clean()
+                .map_err(|errno| at(&opts.work.clone().unwrap_or_default().join("work"), errno))?;
         }
         let layers = Arc::new(layers);
         let upper = layers.upper.as_ref().map(|u| u.root.clone());

@@ -381,7 +381,8 @@ impl<'a> Extractor<'a> {
                 let prefix = [key.as_slice(), b"/"].concat();
                 self.deferred_dirs
                     .retain(|k, _| k != &key && !k.starts_with(&prefix));
-                remove_tree_at(parent, name).map_err(|e| sys_err(path, "replacing a directory", e))
+                sys::remove_tree(parent, name)
+                    .map_err(|e| sys_err(path, "replacing a directory", e))
             }
             Ok(_) => sys::unlink_at(parent, name).map_err(|e| sys_err(path, "replacing a file", e)),
         }
@@ -639,29 +640,6 @@ fn parse_pax_time(s: &str) -> Option<TimeSpec> {
         return Some(TimeSpec::Set(sec - 1, 1_000_000_000 - ns));
     }
     Some(TimeSpec::Set(sec, ns))
-}
-
-/// Remove `name` in `dir` and everything below it, never following symlinks.
-pub(crate) fn remove_tree_at(dir: BorrowedFd<'_>, name: &OsStr) -> sys::SysResult<()> {
-    let st = match sys::stat_at(dir, name) {
-        Ok(st) => st,
-        Err(Errno::NOENT) => return Ok(()),
-        Err(e) => return Err(e),
-    };
-    if !sys::is_dir_mode(st.st_mode) {
-        return sys::unlink_at(dir, name);
-    }
-    let sub = sys::open_dir_path(dir, name)?;
-    if !sys::is_privileged() && st.st_mode & 0o700 != 0o700 {
-        let _ = sys::chmod_at(dir, Some(name), 0o700);
-    }
-    for e in sys::read_dir_all(sub.as_fd())? {
-        remove_tree_at(sub.as_fd(), &e.name)?;
-    }
-    match sys::rmdir_at(dir, name) {
-        Ok(()) | Err(Errno::NOENT) => Ok(()),
-        Err(e) => Err(e),
-    }
 }
 
 #[cfg(test)]

@@ -11,7 +11,6 @@ use std::os::fd::AsFd;
 use crate::error::{Error, IoContext, Result};
 use crate::store::df::disk_usage;
 use crate::store::digest::{Digest, Hasher};
-use crate::store::extract::remove_tree_at;
 use crate::store::images::{ImageCatalog, Reference};
 use crate::store::layout::{Layout, read_json};
 use crate::store::lock::StoreLock;
@@ -30,7 +29,7 @@ pub(crate) fn remove_leftovers(layout: &Layout, _lock: &StoreLock) -> Result<usi
     };
     let entries = sys::read_dir_all(fd.as_fd()).ctx(format!("reading {}", tmp.display()))?;
     for e in &entries {
-        remove_tree_at(fd.as_fd(), &e.name).ctx(format!(
+        sys::remove_tree(fd.as_fd(), &e.name).ctx(format!(
             "removing the leftover {}",
             tmp.join(&e.name).display()
         ))?;
@@ -120,7 +119,7 @@ impl Store {
             Err(sys::Errno::NOENT) => return Ok(0),
             Err(e) => return Err(Error::from(e).context(format!("removing layer {d}"))),
         }
-        remove_tree_at(tmp.as_fd(), OsStr::new(&aside)).ctx(format!("removing layer {d}"))?;
+        sys::remove_tree(tmp.as_fd(), OsStr::new(&aside)).ctx(format!("removing layer {d}"))?;
         Ok(used)
     }
 

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, IoContext, Result};
 use crate::store::digest::Digest;
-use crate::store::extract::{Extracted, remove_tree_at};
+use crate::store::extract::Extracted;
 use crate::store::images::{ImageCatalog, ImageRecord};
 use crate::store::layout::sync_dir;
 use crate::store::lock::StoreLock;
@@ -144,7 +144,7 @@ impl Drop for Stage {
         if let Some((parent, name)) = self.dir.parent().zip(self.dir.file_name())
             && let Ok(fd) = sys::open_root_dir(parent)
         {
-            let _ = remove_tree_at(fd.as_fd(), name);
+            let _ = sys::remove_tree(fd.as_fd(), name);
         }
     }
 }

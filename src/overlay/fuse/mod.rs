@@ -9,5 +9,5 @@ pub mod passthrough;
 pub mod request;
 pub mod session;
 
-pub use request::{MountError, MountPlan, MountRequest, PassthroughMode, plan};
+pub use request::{MountPlan, MountRequest, PassthroughMode, plan};
 pub use session::serve;

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::error::describe;
+use crate::error::{Error, ErrorKind, Result, describe};
 use crate::overlay::idmap::IdMap;
 use crate::sys;
 
@@ -95,28 +95,20 @@ impl MountRequest {
     }
 }
 
-/// A mount failure with a one-line message.
-#[derive(Debug)]
-pub struct MountError(pub String);
-
-impl std::fmt::Display for MountError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+/// "WHAT PATH: reason", with the kind and errno of the I/O error.
+fn io_err(what: &str, p: &Path, e: &std::io::Error) -> Error {
+    let msg = format!("{what} {}: {}", p.display(), describe(e));
+    match e.raw_os_error() {
+        Some(errno) => Error::with_errno(msg, errno),
+        None => Error::with_kind(ErrorKind::of_io(e), msg),
     }
 }
 
-impl std::error::Error for MountError {}
-
-fn abs(p: &Path) -> Result<PathBuf, MountError> {
-    std::fs::canonicalize(p).map_err(|e| MountError(format!("{}: {}", p.display(), describe(&e))))
-}
-
-fn check_dir(p: &Path, what: &str) -> Result<PathBuf, MountError> {
-    let c = abs(p).map_err(|e| MountError(format!("{what} {e}")))?;
-    let md = std::fs::metadata(&c)
-        .map_err(|e| MountError(format!("{what} {}: {}", p.display(), describe(&e))))?;
+fn check_dir(p: &Path, what: &str) -> Result<PathBuf> {
+    let c = std::fs::canonicalize(p).map_err(|e| io_err(what, p, &e))?;
+    let md = std::fs::metadata(&c).map_err(|e| io_err(what, p, &e))?;
     if !md.is_dir() {
-        return Err(MountError(format!(
+        return Err(Error::invalid_input(format!(
             "{what} {} is not a directory",
             p.display()
         )));
@@ -134,16 +126,12 @@ pub struct MountPlan {
 }
 
 /// Check every path: existence, type, readability, overlaps, same filesystem.
-pub fn plan(a: &MountRequest) -> Result<MountPlan, MountError> {
+pub fn plan(a: &MountRequest) -> Result<MountPlan> {
     let mut lowers = Vec::new();
     for l in &a.lowers {
         let c = check_dir(l, "lowerdir")?;
         if let Err(e) = std::fs::read_dir(&c) {
-            return Err(MountError(format!(
-                "lowerdir {}: {}",
-                l.display(),
-                describe(&e)
-            )));
+            return Err(io_err("lowerdir", l, &e));
         }
         lowers.push(c);
     }
@@ -160,14 +148,14 @@ pub fn plan(a: &MountRequest) -> Result<MountPlan, MountError> {
     let mountpoint = check_dir(&a.mountpoint, "mountpoint")?;
     for l in lowers.iter().chain(upper.iter()).chain(work.iter()) {
         if mountpoint.starts_with(l) {
-            return Err(MountError(format!(
+            return Err(Error::invalid_input(format!(
                 "mountpoint {} is inside layer {}",
                 mountpoint.display(),
                 l.display()
             )));
         }
         if l.starts_with(&mountpoint) {
-            return Err(MountError(format!(
+            return Err(Error::invalid_input(format!(
                 "layer {} is inside the mountpoint {}",
                 l.display(),
                 mountpoint.display()
@@ -176,7 +164,7 @@ pub fn plan(a: &MountRequest) -> Result<MountPlan, MountError> {
     }
     if let (Some(u), Some(w)) = (&upper, &work) {
         if u == w || u.starts_with(w) || w.starts_with(u) {
-            return Err(MountError(format!(
+            return Err(Error::invalid_input(format!(
                 "upperdir {} and workdir {} must not contain each other",
                 u.display(),
                 w.display()
@@ -184,7 +172,7 @@ pub fn plan(a: &MountRequest) -> Result<MountPlan, MountError> {
         }
         for l in &lowers {
             if u.starts_with(l) || l.starts_with(u) {
-                return Err(MountError(format!(
+                return Err(Error::invalid_input(format!(
                     "upperdir {} overlaps lowerdir {}",
                     u.display(),
                     l.display()
@@ -195,7 +183,7 @@ pub fn plan(a: &MountRequest) -> Result<MountPlan, MountError> {
         let du = std::fs::metadata(u).map(|m| m.dev()).unwrap_or(0);
         let dw = std::fs::metadata(w).map(|m| m.dev()).unwrap_or(1);
         if du != dw {
-            return Err(MountError(format!(
+            return Err(Error::invalid_input(format!(
                 "workdir {} must be on the same filesystem as upperdir {}",
                 w.display(),
                 u.display()
@@ -206,15 +194,15 @@ pub fn plan(a: &MountRequest) -> Result<MountPlan, MountError> {
             .unwrap_or(false)
             && !sys::is_privileged()
         {
-            return Err(MountError(format!(
+            return Err(Error::invalid_input(format!(
                 "upperdir {} is not writable",
                 u.display()
             )));
         }
     }
     if !Path::new("/dev/fuse").exists() {
-        return Err(MountError(
-            "/dev/fuse is missing (load the fuse module, or run with --device /dev/fuse)".into(),
+        return Err(Error::not_found(
+            "/dev/fuse is missing (load the fuse module, or run with --device /dev/fuse)",
         ));
     }
     Ok(MountPlan {

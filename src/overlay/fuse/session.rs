@@ -8,8 +8,9 @@ use fuser::{Config, MountOption, SessionACL};
 
 use super::adapter::FuseAdapter;
 use super::notify::FuseNotifier;
-use super::request::{MountError, MountPlan, MountRequest};
+use super::request::{MountPlan, MountRequest};
 use crate::error::describe;
+use crate::error::{Error, Result};
 use crate::overlay::fs::{Options, OverlayFs};
 use crate::sys;
 
@@ -54,8 +55,8 @@ fn mount_config(a: &MountRequest, writable: bool) -> Config {
 pub fn serve(
     plan: MountPlan,
     a: &MountRequest,
-    ready: impl FnOnce(Result<(), &MountError>),
-) -> Result<(), MountError> {
+    ready: impl FnOnce(std::result::Result<(), &Error>),
+) -> Result<()> {
     // The kernel applies the caller's umask before asking us to create anything: ours
     // must not mask the mode again.
     sys::set_umask(0);
@@ -68,7 +69,7 @@ pub fn serve(
     let fs = match OverlayFs::new(opts) {
         Ok(fs) => Arc::new(fs),
         Err(e) => {
-            let err = MountError(e.to_string());
+            let err = e;
             ready(Err(&err));
             return Err(err);
         }
@@ -81,7 +82,7 @@ pub fn serve(
     let session = match fuser::Session::new(adapter, &plan.mountpoint, &config) {
         Ok(s) => s,
         Err(e) => {
-            let err = MountError(format!(
+            let err = Error::new(format!(
                 "cannot mount {}: {}",
                 plan.mountpoint.display(),
                 describe(&e)
@@ -93,7 +94,7 @@ pub fn serve(
     match FuseNotifier::new(session.notifier()) {
         Ok(n) => fs.set_kernel_cache(Box::new(n)),
         Err(e) => {
-            let err = MountError(format!("cannot start the notification thread: {e}"));
+            let err = Error::new(format!("cannot start the notification thread: {e}"));
             ready(Err(&err));
             return Err(err);
         }
@@ -110,7 +111,7 @@ pub fn serve(
                 log::warn!("unmount of {} failed: {e}", mnt.display());
             }
         })
-        .map_err(|e| MountError(format!("cannot start signal thread: {e}")))?;
+        .map_err(|e| Error::new(format!("cannot start signal thread: {e}")))?;
     // Serve in fuser's background thread and wait for it here, so that the end of the
     // session does not drop fuser's mount handle: that drop unmounts the mount point by
     // path, and fuser 0.18 does so even after the filesystem was unmounted from outside
@@ -118,7 +119,7 @@ pub fn serve(
     // path (unmount, then mount again at once), and it would be the one unmounted.
     let mut bg = session
         .spawn()
-        .map_err(|e| MountError(format!("cannot start the session: {e}")))?;
+        .map_err(|e| Error::new(format!("cannot start the session: {e}")))?;
     let worker = std::mem::replace(&mut bg.guard, std::thread::spawn(|| Ok(())));
     match worker.join() {
         // Ended by an unmount: nothing is left to unmount.
@@ -127,7 +128,7 @@ pub fn serve(
             Ok(())
         }
         // Ended by an error while perhaps still mounted: let fuser unmount.
-        Ok(Err(e)) => Err(MountError(format!("session ended with error: {e}"))),
-        Err(_) => Err(MountError("session thread panicked".into())),
+        Ok(Err(e)) => Err(Error::new(format!("session ended with error: {e}"))),
+        Err(_) => Err(Error::new("session thread panicked")),
     }
 }
