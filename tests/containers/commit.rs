@@ -113,6 +113,9 @@ fn blob_of_top_layer(env: &Env, image: &str) -> PathBuf {
 
 #[test]
 fn committed_layer_holds_the_changes_in_oci_form() {
+    if support::skip_unless_root() {
+        return;
+    }
     let env = Env::new();
     env.import(&sample_image(), "sample:1");
     env.create("sample:1", "c1");
@@ -202,6 +205,9 @@ fn committed_layer_holds_the_changes_in_oci_form() {
 
 #[test]
 fn commit_is_reproducible() {
+    if support::skip_unless_root() {
+        return;
+    }
     let env = Env::new();
     env.import(&sample_image(), "sample:1");
     env.create("sample:1", "c1");
@@ -243,6 +249,9 @@ fn merged_tree(m: &Path) -> Tree {
 
 #[test]
 fn round_trip_commit_save_import_mount() {
+    if support::skip_unless_root() {
+        return;
+    }
     let env = Env::new();
     env.import(&sample_image(), "sample:1");
     env.create("sample:1", "c1");
@@ -303,6 +312,9 @@ fn round_trip_commit_save_import_mount() {
 
 #[test]
 fn export_is_the_merged_tree() {
+    if support::skip_unless_root() {
+        return;
+    }
     let env = Env::new();
     env.import(&sample_image(), "sample:1");
     env.create("sample:1", "c1");

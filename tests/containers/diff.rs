@@ -11,6 +11,9 @@ use support::store_env::*;
 
 #[test]
 fn changes_like_docker_diff() {
+    if support::skip_unless_root() {
+        return;
+    }
     let env = Env::new();
     env.import(&sample_image(), "sample:1");
     env.create("sample:1", "c1");
@@ -71,6 +74,9 @@ fn changes_like_docker_diff() {
 
 #[test]
 fn deep_deletes_under_opaque_and_renamed_dirs() {
+    if support::skip_unless_root() {
+        return;
+    }
     let env = Env::new();
     env.import(&sample_image(), "sample:1");
     env.create("sample:1", "c1");

@@ -31,6 +31,9 @@ fn churn(m: &Path, tag: &str) {
 
 #[test]
 fn two_containers_never_see_each_other() {
+    if support::skip_unless_root() {
+        return;
+    }
     let env = Env::new();
     env.import(&sample_image(), "sample:1");
     let layers = env.layer_dirs("sample:1");

@@ -15,6 +15,9 @@ use support::store_env::*;
 
 #[test]
 fn create_mount_ps_umount_rm() {
+    if support::skip_unless_root() {
+        return;
+    }
     let env = Env::new();
     env.import(&sample_image(), "sample:1");
     let id = env.create("sample:1", "c1");
@@ -151,6 +154,9 @@ fn create_mount_ps_umount_rm() {
 
 #[test]
 fn sizes_and_ancestors() {
+    if support::skip_unless_root() {
+        return;
+    }
     let env = Env::new();
     env.import(&sample_image(), "sample:1");
     env.import(&sibling_image(), "sibling:1");
@@ -194,6 +200,9 @@ fn sizes_and_ancestors() {
 
 #[test]
 fn errors_are_one_line_and_change_nothing() {
+    if support::skip_unless_root() {
+        return;
+    }
     let env = Env::new();
     env.import(&sample_image(), "sample:1");
     env.create("sample:1", "c1");
@@ -278,6 +287,9 @@ fn errors_are_one_line_and_change_nothing() {
 
 #[test]
 fn dead_daemon_is_detected_and_cleaned() {
+    if support::skip_unless_root() {
+        return;
+    }
     let env = Env::new();
     env.import(&sample_image(), "sample:1");
     let id = env.create("sample:1", "c1");
@@ -323,6 +335,9 @@ fn dead_daemon_is_detected_and_cleaned() {
 
 #[test]
 fn busy_mount_needs_force() {
+    if support::skip_unless_root() {
+        return;
+    }
     let env = Env::new();
     env.import(&sample_image(), "sample:1");
     env.create("sample:1", "c1");
@@ -357,6 +372,9 @@ fn busy_mount_needs_force() {
 
 #[test]
 fn container_outlives_its_image() {
+    if support::skip_unless_root() {
+        return;
+    }
     let env = Env::new();
     env.import(&sample_image(), "sample:1");
     let id = env.create("sample:1", "c1");

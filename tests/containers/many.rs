@@ -16,6 +16,9 @@ const N: usize = 50;
 
 #[test]
 fn fifty_containers_mounted_at_once() {
+    if support::skip_unless_root() {
+        return;
+    }
     let env = Env::new();
     env.import(&sample_image(), "sample:1");
     let t0 = Instant::now();

@@ -99,6 +99,9 @@ fn skopeo_reads_every_form_with_the_same_digests() {
 
 #[test]
 fn committed_image_loads_in_podman() {
+    if support::skip_unless_root() {
+        return;
+    }
     let env = Env::new();
     env.import(&sample_image(), "sample:1");
     env.create("sample:1", "c1");

@@ -13,6 +13,9 @@ use support::store_env::*;
 
 #[test]
 fn shell_runs_in_the_container() {
+    if support::skip_unless_root() {
+        return;
+    }
     let env = Env::new();
     env.import(&image(vec![shell_layer(), base_layer()]), "sh:1");
     env.create("sh:1", "c1");
@@ -76,6 +79,9 @@ fn debian_rootfs() -> PathBuf {
 
 #[test]
 fn dpkg_lists_packages_in_a_debian_image() {
+    if support::skip_unless_root() {
+        return;
+    }
     let env = Env::new();
     let rootfs = debian_rootfs();
     let tar = env.path("rootfs.tar");

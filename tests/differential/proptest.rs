@@ -15,6 +15,9 @@ fn env_u64(name: &str) -> Option<u64> {
 
 #[test]
 fn random_operations_match_kernel() {
+    if support::skip_unless_root() {
+        return;
+    }
     let cases = env_u64("LAYERFS_PROPTEST_CASES").unwrap_or(60) as u32;
     let seed = env_u64("LAYERFS_PROPTEST_SEED").unwrap_or(0x001a_7ef5);
     let config = Config {

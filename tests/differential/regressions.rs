@@ -24,6 +24,9 @@ fn run(layers: Vec<LayerSpec>, form: Form, ops: Vec<Op>) {
 /// must fail (EPERM, as with the kernel) instead of hiding the name.
 #[test]
 fn mknod_whiteout_device_is_refused() {
+    if support::skip_unless_root() {
+        return;
+    }
     run(
         vec![base_layer()],
         Form::Kernel,
@@ -48,6 +51,9 @@ fn mknod_whiteout_device_is_refused() {
 /// file's other visible name (`d/a`) too, or it keeps showing the lower file.
 #[test]
 fn copy_up_links_other_names_of_a_lower_hard_link() {
+    if support::skip_unless_root() {
+        return;
+    }
     run(
         vec![base_layer()],
         Form::Kernel,
@@ -83,6 +89,9 @@ fn copy_up_links_other_names_of_a_lower_hard_link() {
 /// Replacing one name of a lower hard link: the other name's link count goes down.
 #[test]
 fn rename_over_a_lower_hard_link_drops_its_count() {
+    if support::skip_unless_root() {
+        return;
+    }
     run(
         vec![base_layer()],
         Form::Kernel,
@@ -103,6 +112,9 @@ fn rename_over_a_lower_hard_link_drops_its_count() {
 /// not reach past an OCI whiteout of the old name in a middle layer.
 #[test]
 fn redirect_stops_at_a_whiteout_on_the_way() {
+    if support::skip_unless_root() {
+        return;
+    }
     for form in [Form::Oci, Form::Kernel] {
         run(
             vec![
@@ -150,6 +162,9 @@ fn redirect_stops_at_a_whiteout_on_the_way() {
 /// at its new path (through the redirect) and link it too.
 #[test]
 fn copy_up_links_names_in_renamed_dirs() {
+    if support::skip_unless_root() {
+        return;
+    }
     run(
         vec![base_layer()],
         Form::Kernel,
@@ -191,6 +206,9 @@ fn copy_up_links_names_in_renamed_dirs() {
 /// names of a lower hard link are relinked) must not leave it showing stale link counts.
 #[test]
 fn copy_up_side_effects_leave_no_stale_link_counts() {
+    if support::skip_unless_root() {
+        return;
+    }
     run(
         vec![base_layer()],
         Form::Kernel,

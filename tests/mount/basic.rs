@@ -11,6 +11,9 @@ use support::xattr::*;
 
 #[test]
 fn readonly_merge_matches_kernel() {
+    if support::skip_unless_root() {
+        return;
+    }
     let t = tempfile::tempdir().unwrap();
     let l1 = t.path().join("l1");
     let l2 = t.path().join("l2");

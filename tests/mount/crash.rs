@@ -153,10 +153,16 @@ fn crash_during_copy_up(min: u64) {
 
 #[test]
 fn sigkill_as_copy_up_begins() {
+    if support::skip_unless_root() {
+        return;
+    }
     crash_during_copy_up(0);
 }
 
 #[test]
 fn sigkill_in_the_middle_of_copy_up() {
+    if support::skip_unless_root() {
+        return;
+    }
     crash_during_copy_up(64 << 20);
 }

@@ -24,6 +24,9 @@ fn ino(p: &Path) -> u64 {
 /// mount must still give every object its own number, the same after a remount.
 #[test]
 fn unique_across_layers_on_different_filesystems() {
+    if support::skip_unless_root() {
+        return;
+    }
     let t = tempfile::tempdir().unwrap();
     let (a, b) = (t.path().join("a"), t.path().join("b"));
     let _ta = mount_tmpfs(&a, "16m");
@@ -72,6 +75,9 @@ fn unique_across_layers_on_different_filesystems() {
 /// rename of files and lower dirs, new files and links; all the same after a remount.
 #[test]
 fn stable_across_copy_up_and_remount() {
+    if support::skip_unless_root() {
+        return;
+    }
     let t = tempfile::tempdir().unwrap();
     let l1 = t.path().join("l1");
     let l2 = t.path().join("l2");
@@ -133,6 +139,9 @@ fn stable_across_copy_up_and_remount() {
 /// Hard links inside one layer share one number; `find -inum` finds all names.
 #[test]
 fn hard_links_share_a_number_and_find_inum_works() {
+    if support::skip_unless_root() {
+        return;
+    }
     let t = tempfile::tempdir().unwrap();
     let (l1, l2) = (t.path().join("l1"), t.path().join("l2"));
     write(&l1.join("x/one"), b"1");

@@ -23,6 +23,9 @@ fn wait_until(what: &str, f: impl Fn() -> bool) {
 /// exiting, must not unmount the new one.
 #[test]
 fn remount_at_the_same_path_right_away() {
+    if support::skip_unless_root() {
+        return;
+    }
     let t = tempfile::tempdir().unwrap();
     let l = t.path().join("l");
     write(&l.join("f"), b"x");
@@ -47,6 +50,9 @@ fn remount_at_the_same_path_right_away() {
 
 #[test]
 fn sigterm_unmounts_and_exits() {
+    if support::skip_unless_root() {
+        return;
+    }
     let t = tempfile::tempdir().unwrap();
     let l = t.path().join("l");
     write(&l.join("f"), b"x");

@@ -147,6 +147,9 @@ fn kernel_names(base: &Path, lowers: &[PathBuf], dir: &str) -> BTreeSet<OsString
 
 #[test]
 fn large_dir_read_in_many_small_calls() {
+    if support::skip_unless_root() {
+        return;
+    }
     let t = tempfile::tempdir().unwrap();
     let l = big_stack(t.path(), 6000);
     let want = kernel_names(t.path(), &l, "big");
@@ -172,6 +175,9 @@ fn large_dir_read_in_many_small_calls() {
 
 #[test]
 fn seeking_back_and_forth_gives_the_same_entries() {
+    if support::skip_unless_root() {
+        return;
+    }
     let t = tempfile::tempdir().unwrap();
     let l = big_stack(t.path(), 3000);
     let lm = t.path().join("m");
@@ -208,6 +214,9 @@ fn seeking_back_and_forth_gives_the_same_entries() {
 /// The libc interface (`telldir`/`seekdir` with a `DIR*` stream), as programs use it.
 #[test]
 fn telldir_and_seekdir() {
+    if support::skip_unless_root() {
+        return;
+    }
     let t = tempfile::tempdir().unwrap();
     let l = big_stack(t.path(), 1500);
     let lm = t.path().join("m");
@@ -247,6 +256,9 @@ fn telldir_and_seekdir() {
 /// whole time is listed exactly once; after a rewind the listing is current.
 #[test]
 fn changes_during_a_listing() {
+    if support::skip_unless_root() {
+        return;
+    }
     let t = tempfile::tempdir().unwrap();
     let l = big_stack(t.path(), 2000);
     let lowers_check = LowersUnchanged::record(&l);
@@ -295,6 +307,9 @@ fn changes_during_a_listing() {
 /// renames and new files (programs like `find` and `du` rely on it).
 #[test]
 fn readdir_inode_numbers_match_stat() {
+    if support::skip_unless_root() {
+        return;
+    }
     let t = tempfile::tempdir().unwrap();
     let l = big_stack(t.path(), 300);
     write(&l[2].join("big/sub/deep"), b"d");

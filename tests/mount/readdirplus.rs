@@ -42,6 +42,9 @@ fn layers(base: &Path) -> Vec<std::path::PathBuf> {
 
 #[test]
 fn read_only_tree_matches_kernel() {
+    if support::skip_unless_root() {
+        return;
+    }
     let t = tempfile::tempdir().unwrap();
     let l = layers(t.path());
     let stack = Stack::ro(l.clone());
@@ -70,6 +73,9 @@ fn read_only_tree_matches_kernel() {
 
 #[test]
 fn changes_show_in_listings_as_on_the_kernel() {
+    if support::skip_unless_root() {
+        return;
+    }
     let t = tempfile::tempdir().unwrap();
     let l = layers(t.path());
     let ks = rw_stack(t.path(), &l, "k");
@@ -103,6 +109,9 @@ fn changes_show_in_listings_as_on_the_kernel() {
 
 #[test]
 fn listings_stay_complete_during_creates_and_deletes() {
+    if support::skip_unless_root() {
+        return;
+    }
     let t = tempfile::tempdir().unwrap();
     let l = layers(t.path());
     let ls = rw_stack(t.path(), &l, "o");

@@ -91,6 +91,9 @@ fn whiteout(dir: &Path, name: &str, form: Wh) {
 
 #[test]
 fn whiteouts_in_every_form_match_kernel() {
+    if support::skip_unless_root() {
+        return;
+    }
     for form in [Wh::Device, Wh::Oci, Wh::Xattr] {
         let t = tempfile::tempdir().unwrap();
         let l = dirs(t.path(), "l", 4);
@@ -147,6 +150,9 @@ fn whiteouts_in_every_form_match_kernel() {
 
 #[test]
 fn opaque_dirs_at_several_depths() {
+    if support::skip_unless_root() {
+        return;
+    }
     for oci in [false, true] {
         let t = tempfile::tempdir().unwrap();
         let l = dirs(t.path(), "l", 4);
@@ -185,6 +191,9 @@ fn opaque_dirs_at_several_depths() {
 
 #[test]
 fn names_of_different_types_in_different_layers() {
+    if support::skip_unless_root() {
+        return;
+    }
     let t = tempfile::tempdir().unwrap();
     let l = dirs(t.path(), "l", 4);
     // A file over a dir, a dir over a file.
@@ -231,6 +240,9 @@ fn names_of_different_types_in_different_layers() {
 
 #[test]
 fn symlinks_hard_links_special_files_and_xattrs() {
+    if support::skip_unless_root() {
+        return;
+    }
     let t = tempfile::tempdir().unwrap();
     let l = dirs(t.path(), "l", 2);
     symlink("file", &l[0].join("rel"));
@@ -303,6 +315,9 @@ fn symlinks_hard_links_special_files_and_xattrs() {
 
 #[test]
 fn directory_with_ten_thousand_entries() {
+    if support::skip_unless_root() {
+        return;
+    }
     let t = tempfile::tempdir().unwrap();
     let l = dirs(t.path(), "l", 3);
     for i in 0..10_000 {
@@ -337,6 +352,9 @@ fn directory_with_ten_thousand_entries() {
 
 #[test]
 fn stack_of_a_hundred_layers() {
+    if support::skip_unless_root() {
+        return;
+    }
     let t = tempfile::tempdir().unwrap();
     let l = dirs(t.path(), "", 100);
     for (i, layer) in l.iter().enumerate() {
@@ -366,6 +384,9 @@ fn stack_of_a_hundred_layers() {
 
 #[test]
 fn names_with_odd_bytes() {
+    if support::skip_unless_root() {
+        return;
+    }
     let names: Vec<Vec<u8>> = vec![
         b"with space".to_vec(),
         b" leading and trailing ".to_vec(),
@@ -424,6 +445,9 @@ fn names_with_odd_bytes() {
 /// Layer dirs themselves with odd names (the lowerdir list escapes `:` and `,`).
 #[test]
 fn layer_paths_with_odd_characters() {
+    if support::skip_unless_root() {
+        return;
+    }
     let t = tempfile::tempdir().unwrap();
     let a = t.path().join("layer with space");
     let b = t.path().join("layer:colon");
@@ -449,6 +473,9 @@ fn layer_paths_with_odd_characters() {
 /// reports them, so `find -inum` and hard-link detection work the same.
 #[test]
 fn inode_numbers_equal_the_kernels() {
+    if support::skip_unless_root() {
+        return;
+    }
     let t = tempfile::tempdir().unwrap();
     let l = dirs(t.path(), "l", 3);
     for (i, layer) in l.iter().enumerate() {

@@ -132,6 +132,9 @@ const CAP: [u8; 20] = [
 
 #[test]
 fn copy_up_keeps_data_holes_and_metadata() {
+    if support::skip_unless_root() {
+        return;
+    }
     let mut e = Env::new(1, |l| {
         let f = fs::File::create(l[0].join("sparse")).unwrap();
         f.set_len(32 << 20).unwrap();
@@ -234,6 +237,9 @@ fn copy_up_keeps_data_holes_and_metadata() {
 /// Reading in every way leaves the upper dir untouched.
 #[test]
 fn reading_never_copies_up() {
+    if support::skip_unless_root() {
+        return;
+    }
     let e = Env::new(2, |l| {
         write(&l[0].join("d/file"), b"data");
         write(&l[1].join("d/lower"), b"lower");
@@ -277,6 +283,9 @@ fn is_whiteout(p: &Path) -> bool {
 
 #[test]
 fn whiteouts_only_where_a_lower_layer_has_the_name() {
+    if support::skip_unless_root() {
+        return;
+    }
     let mut e = Env::new(2, |l| {
         write(&l[1].join("lower-file"), b"x");
         write(&l[0].join("d/top-file"), b"x");
@@ -330,6 +339,9 @@ fn whiteouts_only_where_a_lower_layer_has_the_name() {
 
 #[test]
 fn creating_over_whiteouts() {
+    if support::skip_unless_root() {
+        return;
+    }
     let mut e = Env::new(1, |l| {
         write(&l[0].join("f"), b"lower file");
         write(&l[0].join("dir/old"), b"old");
@@ -386,6 +398,9 @@ fn creating_over_whiteouts() {
 
 #[test]
 fn renaming_lower_directories_keeps_every_file() {
+    if support::skip_unless_root() {
+        return;
+    }
     let mut e = Env::new(3, |l| {
         for (i, layer) in l.iter().enumerate() {
             for d in ["a", "a/b", "a/b/c", "other"] {
@@ -441,6 +456,9 @@ fn renaming_lower_directories_keeps_every_file() {
 
 #[test]
 fn hard_links_and_copy_up() {
+    if support::skip_unless_root() {
+        return;
+    }
     let mut e = Env::new(1, |l| {
         write(&l[0].join("plain"), b"plain");
         write(&l[0].join("x/one"), b"linked");
@@ -485,6 +503,9 @@ fn hard_links_and_copy_up() {
 /// allow_other): owners, modes from the umask, the setgid-directory rules must match.
 #[test]
 fn new_objects_belong_to_the_calling_user() {
+    if support::skip_unless_root() {
+        return;
+    }
     let t = tempfile::tempdir().unwrap();
     let l = t.path().join("l");
     fs::create_dir_all(l.join("pub")).unwrap();
@@ -563,6 +584,9 @@ fn new_objects_belong_to_the_calling_user() {
 
 #[test]
 fn errno_values() {
+    if support::skip_unless_root() {
+        return;
+    }
     let e = Env::new(2, |l| {
         write(&l[0].join("file"), b"x");
         write(&l[1].join("dir/inner"), b"x");
@@ -637,6 +661,9 @@ fn errno_values() {
 
 #[test]
 fn erofs_without_an_upper_layer() {
+    if support::skip_unless_root() {
+        return;
+    }
     let t = tempfile::tempdir().unwrap();
     let l = t.path().join("l");
     write(&l.join("file"), b"x");
@@ -706,6 +733,9 @@ fn erofs_without_an_upper_layer() {
 /// before that.
 #[test]
 fn unlinked_open_files_keep_working() {
+    if support::skip_unless_root() {
+        return;
+    }
     let e = Env::new(1, |l| write(&l[0].join("lower"), b"lower data"));
     let mut f = fs::OpenOptions::new()
         .read(true)
@@ -740,6 +770,9 @@ fn unlinked_open_files_keep_working() {
 /// as with the kernel's overlayfs (it is the same file).
 #[test]
 fn descriptors_opened_before_copy_up_see_the_copy() {
+    if support::skip_unless_root() {
+        return;
+    }
     let e = Env::new(1, |l| write(&l[0].join("f"), b"old content\n"));
     let r = fs::File::open(e.p("f")).unwrap();
     let mut buf = [0u8; 3];
@@ -762,6 +795,9 @@ fn descriptors_opened_before_copy_up_see_the_copy() {
 /// nothing written before; a copy-up that does not fit fails cleanly.
 #[test]
 fn enospc_on_a_small_upper() {
+    if support::skip_unless_root() {
+        return;
+    }
     let t = tempfile::tempdir().unwrap();
     let l = t.path().join("l");
     let big: Vec<u8> = (0..24u32 << 20).map(|i| (i % 251) as u8).collect();

@@ -195,6 +195,9 @@ fn change(m: &Path) {
 
 #[test]
 fn xattr_call_forms_match_the_kernel() {
+    if support::skip_unless_root() {
+        return;
+    }
     let t = tempfile::tempdir().unwrap();
     let lowers = build_lowers(t.path());
     let check = LowersUnchanged::record(&lowers);
@@ -281,6 +284,9 @@ fn dir_links(m: &Path, rels: &[&str]) -> BTreeMap<String, u64> {
 
 #[test]
 fn directory_link_counts_match_the_kernel_across_copy_up() {
+    if support::skip_unless_root() {
+        return;
+    }
     let t = tempfile::tempdir().unwrap();
     let lowers = build_lowers(t.path());
     let check = LowersUnchanged::record(&lowers);

@@ -98,6 +98,9 @@ fn kernel_agrees(t: &Path, stack: &Stack, report: &mut Report) {
 /// moment, each writing its own block: one copy-up, every write kept.
 #[test]
 fn first_writers_race_on_lower_files() {
+    if support::skip_unless_root() {
+        return;
+    }
     let nfiles = env_u64("LAYERFS_CONC_FILES", 24) as usize;
     let seed = env_u64("LAYERFS_CONC_SEED", 7);
     let mut report = Report::new("concurrency", "first-writers");
@@ -292,6 +295,9 @@ fn churn_op(rng: &mut Rng, mnt: &Path) -> Result<(), String> {
 /// time and checks that every recorded file shows, exactly once.
 #[test]
 fn random_operations_in_shared_dirs() {
+    if support::skip_unless_root() {
+        return;
+    }
     let ops = env_u64("LAYERFS_CONC_OPS", 2000);
     let threads = env_u64("LAYERFS_CONC_THREADS", 6) as usize;
     let seed = env_u64("LAYERFS_CONC_SEED", 7);
@@ -472,6 +478,9 @@ fn random_operations_in_shared_dirs() {
 /// once in every listing.
 #[test]
 fn readdir_during_creates_and_deletes() {
+    if support::skip_unless_root() {
+        return;
+    }
     let entries = env_u64("LAYERFS_CONC_DIR_ENTRIES", 3000);
     let rounds = env_u64("LAYERFS_CONC_OPS", 2000);
     let mut report = Report::new("concurrency", "readdir-churn");
@@ -578,6 +587,9 @@ fn readdir_during_creates_and_deletes() {
 /// and read them: a lookup finds the file or ENOENT, never another error or wrong bytes.
 #[test]
 fn renames_race_lookups() {
+    if support::skip_unless_root() {
+        return;
+    }
     let rounds = env_u64("LAYERFS_CONC_OPS", 2000);
     let mut report = Report::new("concurrency", "rename-vs-lookup");
     let t = tempfile::tempdir().unwrap();

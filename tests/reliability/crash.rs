@@ -240,6 +240,9 @@ fn workload(tid: usize, round: u64, mnt: PathBuf, rec: Shared, stop: Arc<AtomicB
 
 #[test]
 fn kill_daemon_during_writes() {
+    if support::skip_unless_root() {
+        return;
+    }
     let rounds = env_u64("LAYERFS_CRASH_ROUNDS", 12);
     let seed = env_u64("LAYERFS_CRASH_SEED", 3);
     let mut report = Report::new("crash", "kill-9");

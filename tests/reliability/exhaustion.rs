@@ -29,6 +29,9 @@ fn errno_of(r: &std::io::Result<impl Sized>) -> Option<i32> {
 
 #[test]
 fn upper_on_a_full_filesystem() {
+    if support::skip_unless_root() {
+        return;
+    }
     let mut r = Report::new("exhaustion", "enospc");
     let t = tempfile::tempdir().unwrap();
     let small = t.path().join("small");
@@ -169,6 +172,9 @@ fn upper_on_a_full_filesystem() {
 
 #[test]
 fn daemon_with_a_low_open_file_limit() {
+    if support::skip_unless_root() {
+        return;
+    }
     let mut r = Report::new("exhaustion", "emfile");
     let t = tempfile::tempdir().unwrap();
     let stack = new_stack(t.path(), 1);
@@ -255,6 +261,9 @@ fn daemon_with_a_low_open_file_limit() {
 
 #[test]
 fn directory_with_very_many_entries() {
+    if support::skip_unless_root() {
+        return;
+    }
     let entries = env_u64("LAYERFS_BIGDIR_ENTRIES", 20_000);
     let mut r = Report::new("exhaustion", "big-dir");
     let t = tempfile::tempdir().unwrap();
@@ -309,6 +318,9 @@ fn directory_with_very_many_entries() {
 
 #[test]
 fn sparse_file_of_100_gib() {
+    if support::skip_unless_root() {
+        return;
+    }
     let mut r = Report::new("exhaustion", "sparse-100g");
     let t = tempfile::tempdir().unwrap();
     let stack = new_stack(t.path(), 1);

@@ -621,15 +621,24 @@ fn run_fsx(mode: &str, salt: u64) {
 
 #[test]
 fn fsx_passthrough_upper() {
+    if support::skip_unless_root() {
+        return;
+    }
     run_fsx("passthrough-upper", 0);
 }
 
 #[test]
 fn fsx_passthrough_off() {
+    if support::skip_unless_root() {
+        return;
+    }
     run_fsx("passthrough-off", 0x5eed_0001);
 }
 
 #[test]
 fn fsx_passthrough_all() {
+    if support::skip_unless_root() {
+        return;
+    }
     run_fsx("passthrough-all", 0x5eed_0002);
 }

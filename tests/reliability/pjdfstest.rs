@@ -9,6 +9,9 @@ use support::report::*;
 
 #[test]
 fn pjdfstest_matches_kernel_overlay() {
+    if support::skip_unless_root() {
+        return;
+    }
     let repo = env!("CARGO_MANIFEST_DIR");
     let out = Command::new(format!("{repo}/scripts/pjdfstest"))
         .args(["upper", "off"])

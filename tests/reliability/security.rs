@@ -380,10 +380,16 @@ fn run(mode: &str, extra: &[&str]) {
 
 #[test]
 fn security_passthrough_upper() {
+    if support::skip_unless_root() {
+        return;
+    }
     run("passthrough-upper", &[]);
 }
 
 #[test]
 fn security_passthrough_off() {
+    if support::skip_unless_root() {
+        return;
+    }
     run("passthrough-off", &["passthrough=off"]);
 }

@@ -236,6 +236,9 @@ fn prepare(env: &Env, name: &str, round: u64) -> Result<(), String> {
 
 #[test]
 fn kill_9_during_commit() {
+    if support::skip_unless_root() {
+        return;
+    }
     let rounds = env_u64("LAYERFS_STORE_KILLS", 10);
     let mut rng = Rng::new(env_u64("LAYERFS_STORE_KILL_SEED", 5) + 1);
     let mut report = Report::new("store-crash", "commit");

@@ -43,6 +43,9 @@ fn exits_cleanly(d: &mut Daemon, r: &mut Report, what: &str) {
 
 #[test]
 fn umount_busy_then_lazy() {
+    if support::skip_unless_root() {
+        return;
+    }
     let mut r = Report::new("unmount", "busy-and-lazy");
     let t = tempfile::tempdir().unwrap();
     let stack = lower_stack(t.path());
@@ -149,6 +152,9 @@ fn umount_busy_then_lazy() {
 
 #[test]
 fn mountpoint_removed_from_another_namespace() {
+    if support::skip_unless_root() {
+        return;
+    }
     let mut r = Report::new("unmount", "mountpoint-removed");
     let t = tempfile::tempdir().unwrap();
     let stack = lower_stack(t.path());
@@ -174,6 +180,9 @@ fn mountpoint_removed_from_another_namespace() {
 
 #[test]
 fn filesystem_holding_the_mountpoint_goes_away() {
+    if support::skip_unless_root() {
+        return;
+    }
     let mut r = Report::new("unmount", "parent-detached");
     let t = tempfile::tempdir().unwrap();
     let stack = lower_stack(t.path());
@@ -206,6 +215,9 @@ fn filesystem_holding_the_mountpoint_goes_away() {
 
 #[test]
 fn signals_and_daemonized_mounts_end_cleanly() {
+    if support::skip_unless_root() {
+        return;
+    }
     let mut r = Report::new("unmount", "signals");
     let t = tempfile::tempdir().unwrap();
     let stack = lower_stack(t.path());

@@ -296,8 +296,7 @@ fn extraction_keeps_metadata_and_converts_whiteouts() {
 
 #[test]
 fn kernel_overlayfs_mounts_store_layers() {
-    if !support::is_root() {
-        eprintln!("skipped: needs root");
+    if support::skip_unless_root() {
         return;
     }
     let t = tempfile::tempdir().unwrap();
@@ -537,12 +536,7 @@ fn inspect_shows_ids_digests_layers_and_config() {
 
 #[test]
 fn archives_written_by_skopeo() {
-    if std::process::Command::new("skopeo")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        eprintln!("skipped: skopeo is not installed (scripts/deps installs it)");
+    if support::skip_without_tool("skopeo") {
         return;
     }
     let t = tempfile::tempdir().unwrap();

@@ -2,18 +2,19 @@
 //! a failure; a normal user's `cargo test` skips, with the reason printed, each test that
 //! mounts or needs root, and runs the rest.
 
+use std::io::Write;
 use std::process::{Command, Stdio};
 
 pub fn is_root() -> bool {
     rustix::process::geteuid().is_root()
 }
 
-/// The running test's name, as the test harness calls it.
-fn test_name() -> String {
-    std::thread::current()
-        .name()
-        .unwrap_or("this test")
-        .to_string()
+/// Say why the running test skips. Straight to stderr: the test harness captures what
+/// `eprintln!` prints and shows it only for failures.
+fn say_skipped(why: &str) {
+    let thread = std::thread::current();
+    let name = thread.name().unwrap_or("a test");
+    let _ = writeln!(std::io::stderr(), "skipped: {name} {why}");
 }
 
 /// `true` (with the reason printed) when the calling test must skip because it does not
@@ -23,10 +24,7 @@ pub fn skip_unless_root() -> bool {
     if is_root() {
         return false;
     }
-    eprintln!(
-        "skipped: {} needs root (mounts, owners, device nodes); scripts/test runs it",
-        test_name()
-    );
+    say_skipped("needs root (mounts, owners, device nodes); scripts/test runs it as root");
     true
 }
 
@@ -46,9 +44,6 @@ pub fn skip_without_tool(tool: &str) -> bool {
         !is_root(),
         "{tool} is not installed (scripts/deps installs it)"
     );
-    eprintln!(
-        "skipped: {} needs {tool} (scripts/deps installs it)",
-        test_name()
-    );
+    say_skipped(&format!("needs {tool} (scripts/deps installs it)"));
     true
 }
