@@ -6,6 +6,8 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use rustix::process::Signal;
+
 use support::cli::*;
 use support::fingerprint::*;
 use support::mounts::*;
@@ -297,8 +299,7 @@ fn dead_daemon_is_detected_and_cleaned() {
     fs::write(m.join("kept"), b"written before the crash").unwrap();
     let kill = |id: &str| {
         let pid = container_daemon_pid(id).expect("daemon pid");
-        // SAFETY: kill(2) on a pid we found for our own daemon.
-        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        signal(pid, Signal::KILL);
         wait_gone(pid);
     };
     kill(&id);

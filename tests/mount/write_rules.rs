@@ -10,6 +10,9 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{FileExt, FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use rustix::fs::{Access, XattrFlags, access, setxattr};
+use rustix::io::Errno;
+
 use support::files::*;
 use support::fingerprint::*;
 use support::mounts::*;
@@ -264,10 +267,8 @@ fn reading_never_copies_up() {
     let _ = list_xattrs(&e.p("d/lower"));
     let _ = snapshot(&e.m, &SnapOpts::default());
     for n in ["d/file", "d", ""] {
-        let c = std::ffi::CString::new(e.p(n).as_os_str().as_encoded_bytes()).unwrap();
-        // SAFETY: access with a NUL-terminated path.
-        let r = unsafe { libc::access(c.as_ptr(), libc::R_OK | libc::W_OK) };
-        assert_eq!(r, 0, "access({n}, W_OK) on a writable mount");
+        let r = access(e.p(n), Access::READ_OK | Access::WRITE_OK);
+        assert_eq!(r, Ok(()), "access({n}, W_OK) on a writable mount");
     }
     assert!(
         e.upper_names("").is_empty(),
@@ -642,14 +643,9 @@ fn errno_values() {
         libc::EINVAL
     );
     // The overlay's own xattrs are neither shown nor settable.
-    let c = std::ffi::CString::new(p("dir").as_os_str().as_encoded_bytes()).unwrap();
-    for name in [c"trusted.overlay.opaque", c"user.overlay.redirect"] {
-        // SAFETY: setxattr with NUL-terminated strings and a 1-byte value.
-        let r = unsafe { libc::setxattr(c.as_ptr(), name.as_ptr(), b"y".as_ptr().cast(), 1, 0) };
-        assert_eq!(
-            (r, std::io::Error::last_os_error().raw_os_error()),
-            (-1, Some(libc::EPERM))
-        );
+    for name in ["trusted.overlay.opaque", "user.overlay.redirect"] {
+        let r = setxattr(p("dir"), name, b"y", XattrFlags::empty());
+        assert_eq!(r, Err(Errno::PERM), "{name}");
     }
     assert!(
         e.upper_names("").is_empty(),
@@ -711,19 +707,10 @@ fn erofs_without_an_upper_layer() {
         ),
         rofs
     );
-    let c = std::ffi::CString::new(p("file").as_os_str().as_encoded_bytes()).unwrap();
-    // SAFETY: setxattr/truncate with NUL-terminated strings.
-    let r = unsafe { libc::setxattr(c.as_ptr(), c"user.x".as_ptr(), b"y".as_ptr().cast(), 1, 0) };
-    assert_eq!(
-        (r, std::io::Error::last_os_error().raw_os_error()),
-        (-1, Some(rofs))
-    );
-    // SAFETY: as above.
-    let r = unsafe { libc::truncate(c.as_ptr(), 0) };
-    assert_eq!(
-        (r, std::io::Error::last_os_error().raw_os_error()),
-        (-1, Some(rofs))
-    );
+    let r = setxattr(p("file"), "user.x", b"y", XattrFlags::empty());
+    assert_eq!(r.map_err(|e| e.raw_os_error()), Err(rofs));
+    let r = truncate(&p("file"), 0);
+    assert_eq!(r.map_err(|e| e.raw_os_error()), Err(Some(rofs)));
     assert_eq!(fs::read(p("file")).unwrap(), b"x");
     drop(g);
     check.check();

@@ -8,10 +8,11 @@
 use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::Path;
 use std::time::Duration;
+
+use rustix::fs::{SeekFrom, seek};
 
 use support::daemon::*;
 use support::files::*;
@@ -353,12 +354,11 @@ fn sparse_file_of_100_gib() {
         r.ok(&format!("{what}: a hole reads zeros"), ok, || {
             "not zeros".into()
         });
-        // SAFETY: lseek on an fd we own.
-        let data = unsafe { libc::lseek(f.as_raw_fd(), 4096, libc::SEEK_DATA) };
+        let data = seek(&f, SeekFrom::Data(4096));
         r.ok(
             &format!("{what}: SEEK_DATA skips the hole"),
-            data as u64 == 50 << 30,
-            || format!("SEEK_DATA from 4096 = {data}"),
+            data == Ok(50 << 30),
+            || format!("SEEK_DATA from 4096 = {data:?}"),
         );
     };
     check_marks(&mut r, "lower");

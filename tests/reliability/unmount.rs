@@ -9,6 +9,8 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::time::Duration;
 
+use rustix::process::Signal;
+
 use support::daemon::*;
 use support::files::*;
 use support::mounts::*;
@@ -223,10 +225,9 @@ fn signals_and_daemonized_mounts_end_cleanly() {
     let stack = lower_stack(t.path());
     let mnt = t.path().join("m");
     let wd = Watchdog::new("signals", 120, vec![mnt.clone()]);
-    for (sig, name) in [(libc::SIGTERM, "SIGTERM"), (libc::SIGINT, "SIGINT")] {
+    for (sig, name) in [(Signal::TERM, "SIGTERM"), (Signal::INT, "SIGINT")] {
         let mut d = Daemon::start(&stack, &mnt, &[]).unwrap();
-        // SAFETY: sending a signal to our own child process.
-        unsafe { libc::kill(d.pid() as i32, sig) };
+        signal(d.pid(), sig);
         exits_cleanly(&mut d, &mut r, name);
     }
     // A daemonized mount (the default form) ends with a plain umount.

@@ -2,13 +2,16 @@
 //! damaged layers found by `system check`, leftovers and unused data removed by prune.
 
 use std::fs;
-use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use rustix::fs::{FlockOperation, flock};
+use rustix::process::Signal;
+
 use support::cli::*;
 use support::images::*;
+use support::procs::signal;
 use support::samples::*;
 
 /// An image big enough that importing it takes a while: many small files and some data.
@@ -84,8 +87,7 @@ fn a_command_waits_for_the_lock() {
     let src = t.path().join("a");
     write_oci_layout(&src, &[(&a, Some("a:1"))], false);
     let lock = fs::File::open(root.join("lock")).unwrap();
-    // SAFETY: flock on an fd we own.
-    assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
+    flock(&lock, FlockOperation::LockExclusive).unwrap();
     let mut child = Command::new(layerfs_bin())
         .arg("--root")
         .arg(&root)
@@ -135,8 +137,7 @@ fn kill_9_at_any_moment_of_an_import() {
             .spawn()
             .unwrap();
         std::thread::sleep(delay);
-        // SAFETY: signalling our own child process.
-        unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+        signal(child.id(), Signal::KILL);
         let _ = child.wait();
 
         // Every command still works, and the first one cleans the leftovers.

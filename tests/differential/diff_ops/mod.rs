@@ -17,12 +17,20 @@ use std::fmt;
 use std::fs;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::io::Read;
+use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use proptest::prelude::*;
+use rustix::fs::{
+    AtFlags, CWD, FallocateFlags, FileType, Gid, Mode, OFlags, RenameFlags, Timespec, Timestamps,
+    UTIME_NOW, UTIME_OMIT, Uid, XattrFlags, chownat, copy_file_range, fallocate, lgetxattr, linkat,
+    llistxattr, lremovexattr, lsetxattr, makedev, mkdirat, mknodat, renameat_with, symlinkat,
+    unlinkat, utimensat,
+};
+use rustix::io::{self, Errno, pwrite};
 
 use support::files::*;
 use support::fingerprint::*;
@@ -390,20 +398,22 @@ pub enum XattrForm {
 /// names included (the kernel's overlayfs does the same); the two mounts' upper dirs hold
 /// different internal records (`trusted.overlay.origin` there, `…layerfs.ino` here), so
 /// for lists the size query is compared as "covers the names shown", not as a number.
-/// `tests/xattr_nlink.rs` compares exact sizes where both read the same real objects.
-fn xattr_form(form: XattrForm, list: bool, call: impl Fn(&mut [u8]) -> isize) -> Outcome {
-    let size = checkl(call(&mut []))?;
+/// `tests/mount/xattr_nlink.rs` compares exact sizes where both read the same real objects.
+fn xattr_form(
+    form: XattrForm,
+    list: bool,
+    call: impl Fn(&mut [u8]) -> io::Result<usize>,
+) -> Outcome {
+    let size = outcome(call(&mut []))?;
     if list && form == XattrForm::Size {
         let mut buf = vec![0u8; 65536];
-        let shown = checkl(call(&mut buf)).map_err(|e| e + 1000)?;
+        let shown = second(outcome(call(&mut buf)))?;
         return Ok(i64::from(size >= shown));
     }
     if list && form == XattrForm::TooSmall {
         // Short of the size query's answer: ERANGE (nothing to ask with fewer than 1 byte).
         let mut buf = vec![0u8; (size as usize).saturating_sub(1)];
-        return Ok(i64::from(
-            size <= 1 || call(&mut buf) < 0 && last_errno() == libc::ERANGE,
-        ));
+        return Ok(i64::from(size <= 1 || call(&mut buf) == Err(Errno::RANGE)));
     }
     let len = match form {
         XattrForm::Size => return Ok(size),
@@ -422,7 +432,7 @@ fn xattr_form(form: XattrForm, list: bool, call: impl Fn(&mut [u8]) -> isize) ->
         });
     }
     let mut buf = vec![0u8; len];
-    let n = checkl(call(&mut buf)).map_err(|e| e + 1000)?;
+    let n = second(outcome(call(&mut buf)))?;
     let mut got = buf[..n as usize].to_vec();
     if form != XattrForm::Size {
         // A list's order is the filesystem's: compare the set of names.
@@ -437,69 +447,34 @@ fn xattr_form(form: XattrForm, list: bool, call: impl Fn(&mut [u8]) -> isize) ->
 /// Errors of a second step (write after a successful open) are offset by 1000.
 pub type Outcome = Result<i64, i32>;
 
-fn cpath(root: &Path, p: &str) -> CString {
-    CString::new(root.join(p).as_os_str().as_bytes()).unwrap()
+/// A syscall's result as an `Outcome`: what it returned (0 for nothing), or its errno.
+fn outcome<T: TryInto<i64>>(r: io::Result<T>) -> Outcome {
+    r.map(|v| v.try_into().unwrap_or(i64::MAX))
+        .map_err(|e| e.raw_os_error())
 }
 
-fn last_errno() -> i32 {
-    std::io::Error::last_os_error().raw_os_error().unwrap_or(-1)
-}
-
-fn check(r: libc::c_int) -> Outcome {
-    if r < 0 {
-        Err(last_errno())
-    } else {
-        Ok(r as i64)
-    }
-}
-
-fn checkl(r: isize) -> Outcome {
-    if r < 0 {
-        Err(last_errno())
-    } else {
-        Ok(r as i64)
-    }
-}
-
-/// An open fd closed on drop.
-struct Fd(libc::c_int);
-
-impl Drop for Fd {
-    fn drop(&mut self) {
-        // SAFETY: closing an fd this struct owns.
-        unsafe { libc::close(self.0) };
-    }
-}
-
-fn open(root: &Path, p: &str, flags: libc::c_int, mode: u32) -> Result<Fd, i32> {
-    let c = cpath(root, p);
-    let fl = flags | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC;
-    // SAFETY: open with a NUL-terminated path.
-    let fd = unsafe { libc::open(c.as_ptr(), fl, mode as libc::c_uint) };
-    if fd < 0 {
-        Err(last_errno())
-    } else {
-        Ok(Fd(fd))
-    }
+fn open(root: &Path, p: &str, flags: OFlags, mode: u32) -> Result<OwnedFd, i32> {
+    let fl = flags | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+    rustix::fs::open(root.join(p), fl, Mode::from_raw_mode(mode)).map_err(|e| e.raw_os_error())
 }
 
 fn second(r: Outcome) -> Outcome {
     r.map_err(|e| e + 1000)
 }
 
-fn timespec(t: Ts) -> libc::timespec {
+fn timespec(t: Ts) -> Timespec {
     match t {
-        Ts::Set(s, n) => libc::timespec {
+        Ts::Set(s, n) => Timespec {
             tv_sec: s,
             tv_nsec: n,
         },
-        Ts::Now => libc::timespec {
+        Ts::Now => Timespec {
             tv_sec: 0,
-            tv_nsec: libc::UTIME_NOW,
+            tv_nsec: UTIME_NOW,
         },
-        Ts::Omit => libc::timespec {
+        Ts::Omit => Timespec {
             tv_sec: 0,
-            tv_nsec: libc::UTIME_OMIT,
+            tv_nsec: UTIME_OMIT,
         },
     }
 }
@@ -510,147 +485,105 @@ fn hash_of(h: impl Hash) -> i64 {
     (s.finish() >> 1) as i64
 }
 
+/// `chmod` of a path without following a symlink, as the C library does it
+/// (`fchmodat(AT_SYMLINK_NOFOLLOW)`): rustix refuses that flag outright, which would turn
+/// every chmod into `EOPNOTSUPP`.
+#[allow(unsafe_code)]
+fn lchmod(p: &Path, mode: u32) -> Outcome {
+    let c = CString::new(p.as_os_str().as_bytes()).unwrap();
+    // SAFETY: fchmodat reads a NUL-terminated path that lives across the call.
+    let r = unsafe { libc::fchmodat(libc::AT_FDCWD, c.as_ptr(), mode, libc::AT_SYMLINK_NOFOLLOW) };
+    if r < 0 {
+        Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(-1))
+    } else {
+        Ok(0)
+    }
+}
+
 /// Apply one operation to the tree under `root`.
 pub fn apply(root: &Path, op: &Op) -> Outcome {
+    let path = |p: &str| root.join(p);
     match op {
         Op::Open { p, fl, mode, data } => {
             let mut flags = match fl.acc {
-                Acc::R => libc::O_RDONLY,
-                Acc::W => libc::O_WRONLY,
-                Acc::RW => libc::O_RDWR,
+                Acc::R => OFlags::RDONLY,
+                Acc::W => OFlags::WRONLY,
+                Acc::RW => OFlags::RDWR,
             };
             if fl.creat {
-                flags |= libc::O_CREAT;
+                flags |= OFlags::CREATE;
             }
             if fl.excl {
-                flags |= libc::O_EXCL;
+                flags |= OFlags::EXCL;
             }
             if fl.trunc {
-                flags |= libc::O_TRUNC;
+                flags |= OFlags::TRUNC;
             }
             if fl.append {
-                flags |= libc::O_APPEND;
+                flags |= OFlags::APPEND;
             }
             let fd = open(root, p, flags, *mode)?;
             match data {
                 None => Ok(0),
-                Some(d) => {
-                    let b = d.bytes();
-                    // SAFETY: write from a live buffer.
-                    second(checkl(unsafe {
-                        libc::write(fd.0, b.as_ptr().cast(), b.len())
-                    }))
-                }
+                Some(d) => second(outcome(rustix::io::write(&fd, &d.bytes()))),
             }
         }
         Op::Mknod { p, kind, mode } => {
             let (t, dev) = match kind {
-                NodeKind::Fifo => (libc::S_IFIFO, 0),
-                NodeKind::Sock => (libc::S_IFSOCK, 0),
-                NodeKind::Chr => (libc::S_IFCHR, libc::makedev(60, 2)),
-                NodeKind::Blk => (libc::S_IFBLK, libc::makedev(60, 1)),
-                NodeKind::Chr00 => (libc::S_IFCHR, 0),
+                NodeKind::Fifo => (FileType::Fifo, 0),
+                NodeKind::Sock => (FileType::Socket, 0),
+                NodeKind::Chr => (FileType::CharacterDevice, makedev(60, 2)),
+                NodeKind::Blk => (FileType::BlockDevice, makedev(60, 1)),
+                NodeKind::Chr00 => (FileType::CharacterDevice, 0),
             };
-            let c = cpath(root, p);
-            // SAFETY: mknod with a NUL-terminated path.
-            check(unsafe { libc::mknod(c.as_ptr(), t | mode, dev) })
+            outcome(mknodat(CWD, path(p), t, Mode::from_raw_mode(*mode), dev).map(|()| 0))
         }
         Op::Mkdir { p, mode } => {
-            let c = cpath(root, p);
-            // SAFETY: mkdir with a NUL-terminated path.
-            check(unsafe { libc::mkdir(c.as_ptr(), *mode) })
+            outcome(mkdirat(CWD, path(p), Mode::from_raw_mode(*mode)).map(|()| 0))
         }
-        Op::Symlink { target, p } => {
-            let c = cpath(root, p);
-            let t = CString::new(*target).unwrap();
-            // SAFETY: symlink with NUL-terminated strings.
-            check(unsafe { libc::symlink(t.as_ptr(), c.as_ptr()) })
-        }
+        Op::Symlink { target, p } => outcome(symlinkat(*target, CWD, path(p)).map(|()| 0)),
+        // link(2) never follows a symlink on Linux: linkat without AT_SYMLINK_FOLLOW.
         Op::Link { from, to } => {
-            let (a, b) = (cpath(root, from), cpath(root, to));
-            // SAFETY: link (never follows a symlink on Linux) with NUL-terminated paths.
-            check(unsafe { libc::link(a.as_ptr(), b.as_ptr()) })
+            outcome(linkat(CWD, path(from), CWD, path(to), AtFlags::empty()).map(|()| 0))
         }
-        Op::Unlink(p) => {
-            let c = cpath(root, p);
-            // SAFETY: unlink with a NUL-terminated path.
-            check(unsafe { libc::unlink(c.as_ptr()) })
-        }
-        Op::Rmdir(p) => {
-            let c = cpath(root, p);
-            // SAFETY: rmdir with a NUL-terminated path.
-            check(unsafe { libc::rmdir(c.as_ptr()) })
-        }
+        Op::Unlink(p) => outcome(unlinkat(CWD, path(p), AtFlags::empty()).map(|()| 0)),
+        Op::Rmdir(p) => outcome(unlinkat(CWD, path(p), AtFlags::REMOVEDIR).map(|()| 0)),
         Op::Rename { from, to, how } => {
-            let (a, b) = (cpath(root, from), cpath(root, to));
             let flags = match how {
-                RenameHow::Plain => 0,
-                RenameHow::NoReplace => libc::RENAME_NOREPLACE,
-                RenameHow::Exchange => libc::RENAME_EXCHANGE,
+                RenameHow::Plain => RenameFlags::empty(),
+                RenameHow::NoReplace => RenameFlags::NOREPLACE,
+                RenameHow::Exchange => RenameFlags::EXCHANGE,
             };
-            // SAFETY: renameat2 with NUL-terminated paths.
-            check(unsafe {
-                libc::renameat2(
-                    libc::AT_FDCWD,
-                    a.as_ptr(),
-                    libc::AT_FDCWD,
-                    b.as_ptr(),
-                    flags,
-                )
-            })
+            outcome(renameat_with(CWD, path(from), CWD, path(to), flags).map(|()| 0))
         }
-        Op::Chmod { p, mode } => {
-            let c = cpath(root, p);
-            // SAFETY: fchmodat with a NUL-terminated path; does not follow symlinks.
-            check(unsafe {
-                libc::fchmodat(libc::AT_FDCWD, c.as_ptr(), *mode, libc::AT_SYMLINK_NOFOLLOW)
-            })
-        }
+        Op::Chmod { p, mode } => lchmod(&path(p), *mode),
         Op::Chown { p, uid, gid } => {
-            let c = cpath(root, p);
-            let u = uid.unwrap_or(u32::MAX);
-            let g = gid.unwrap_or(u32::MAX);
-            // SAFETY: lchown with a NUL-terminated path.
-            check(unsafe { libc::lchown(c.as_ptr(), u, g) })
+            let (u, g) = (uid.map(Uid::from_raw), gid.map(Gid::from_raw));
+            outcome(chownat(CWD, path(p), u, g, AtFlags::SYMLINK_NOFOLLOW).map(|()| 0))
         }
-        Op::Truncate { p, len } => {
-            // Follows a symlink: every target is inside the tree or missing.
-            let c = cpath(root, p);
-            // SAFETY: truncate with a NUL-terminated path.
-            check(unsafe { libc::truncate(c.as_ptr(), *len as i64) })
-        }
+        // Follows a symlink: every target is inside the tree or missing.
+        Op::Truncate { p, len } => truncate(&path(p), *len)
+            .map(|()| 0)
+            .map_err(|e| e.raw_os_error().unwrap_or(-1)),
         Op::Utimens { p, atime, mtime } => {
-            let c = cpath(root, p);
-            let ts = [timespec(*atime), timespec(*mtime)];
-            // SAFETY: utimensat reads the path and two timespecs.
-            check(unsafe {
-                libc::utimensat(
-                    libc::AT_FDCWD,
-                    c.as_ptr(),
-                    ts.as_ptr(),
-                    libc::AT_SYMLINK_NOFOLLOW,
-                )
-            })
+            let times = Timestamps {
+                last_access: timespec(*atime),
+                last_modification: timespec(*mtime),
+            };
+            outcome(utimensat(CWD, path(p), &times, AtFlags::SYMLINK_NOFOLLOW).map(|()| 0))
         }
         Op::Write { p, off, data } => {
-            let fd = open(root, p, libc::O_WRONLY, 0)?;
-            let b = data.bytes();
-            // SAFETY: pwrite from a live buffer.
-            second(checkl(unsafe {
-                libc::pwrite(fd.0, b.as_ptr().cast(), b.len(), *off as i64)
-            }))
+            let fd = open(root, p, OFlags::WRONLY, 0)?;
+            second(outcome(pwrite(&fd, &data.bytes(), *off)))
         }
         Op::Fallocate { p, how, off, len } => {
-            let fd = open(root, p, libc::O_RDWR, 0)?;
+            let fd = open(root, p, OFlags::RDWR, 0)?;
             let mode = match how {
-                Falloc::Alloc => 0,
-                Falloc::KeepSize => libc::FALLOC_FL_KEEP_SIZE,
-                Falloc::PunchHole => libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                Falloc::Alloc => FallocateFlags::empty(),
+                Falloc::KeepSize => FallocateFlags::KEEP_SIZE,
+                Falloc::PunchHole => FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
             };
-            // SAFETY: fallocate on an fd we own.
-            second(check(unsafe {
-                libc::fallocate(fd.0, mode, *off as i64, *len as i64)
-            }))
+            second(outcome(fallocate(&fd, mode, *off, *len).map(|()| 0)))
         }
         Op::CopyRange {
             from,
@@ -659,14 +592,11 @@ pub fn apply(root: &Path, op: &Op) -> Outcome {
             off_out,
             len,
         } => {
-            let fi = open(root, from, libc::O_RDONLY, 0)?;
-            let fo = open(root, to, libc::O_WRONLY, 0).map_err(|e| e + 1000)?;
-            let mut oi = *off_in as i64;
-            let mut oo = *off_out as i64;
-            // SAFETY: copy_file_range between two fds we own, offsets are locals.
-            let r =
-                unsafe { libc::copy_file_range(fi.0, &mut oi, fo.0, &mut oo, *len as usize, 0) };
-            checkl(r).map_err(|e| e + 2000)
+            let fi = open(root, from, OFlags::RDONLY, 0)?;
+            let fo = open(root, to, OFlags::WRONLY, 0).map_err(|e| e + 1000)?;
+            let (mut oi, mut oo) = (*off_in, *off_out);
+            let r = copy_file_range(&fi, Some(&mut oi), &fo, Some(&mut oo), *len as usize);
+            outcome(r).map_err(|e| e + 2000)
         }
         Op::SetXattr {
             p,
@@ -674,53 +604,26 @@ pub fn apply(root: &Path, op: &Op) -> Outcome {
             value,
             how,
         } => {
-            let c = cpath(root, p);
-            let n = CString::new(*name).unwrap();
             let flags = match how {
-                XattrHow::Any => 0,
-                XattrHow::Create => libc::XATTR_CREATE,
-                XattrHow::Replace => libc::XATTR_REPLACE,
+                XattrHow::Any => XattrFlags::empty(),
+                XattrHow::Create => XattrFlags::CREATE,
+                XattrHow::Replace => XattrFlags::REPLACE,
             };
-            // SAFETY: lsetxattr reads the strings and value.len() bytes.
-            check(unsafe {
-                libc::lsetxattr(
-                    c.as_ptr(),
-                    n.as_ptr(),
-                    value.as_ptr().cast(),
-                    value.len(),
-                    flags,
-                )
-            })
+            outcome(lsetxattr(path(p), *name, value.as_bytes(), flags).map(|()| 0))
         }
-        Op::RemoveXattr { p, name } => {
-            let c = cpath(root, p);
-            let n = CString::new(*name).unwrap();
-            // SAFETY: lremovexattr reads two NUL-terminated strings.
-            check(unsafe { libc::lremovexattr(c.as_ptr(), n.as_ptr()) })
-        }
+        Op::RemoveXattr { p, name } => outcome(lremovexattr(path(p), *name).map(|()| 0)),
         Op::GetXattr { p, name, form } => {
-            let c = cpath(root, p);
-            let n = CString::new(*name).unwrap();
-            xattr_form(*form, false, |buf| {
-                // SAFETY: lgetxattr writes at most buf.len() bytes (none for a size query).
-                unsafe {
-                    libc::lgetxattr(c.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len())
-                }
-            })
+            let p = path(p);
+            xattr_form(*form, false, |buf| lgetxattr(&p, *name, buf))
         }
         Op::ListXattr { p, form } => {
-            let c = cpath(root, p);
-            xattr_form(*form, true, |buf| {
-                // SAFETY: llistxattr writes at most buf.len() bytes (none for a size query).
-                unsafe { libc::llistxattr(c.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) }
-            })
+            let p = path(p);
+            xattr_form(*form, true, |buf| llistxattr(&p, buf))
         }
         Op::Read(p) => {
-            let fd = open(root, p, libc::O_RDONLY, 0)?;
-            let mut f = std::mem::ManuallyDrop::new(unsafe_file(fd.0));
+            let mut f = fs::File::from(open(root, p, OFlags::RDONLY, 0)?);
             let mut buf = Vec::new();
-            let r = f.read_to_end(&mut buf);
-            match r {
+            match f.read_to_end(&mut buf) {
                 Ok(_) => Ok(hash_of(&buf)),
                 Err(e) => Err(e.raw_os_error().unwrap_or(-1) + 1000),
             }
@@ -761,13 +664,6 @@ pub fn apply(root: &Path, op: &Op) -> Outcome {
             Ok(hash_of(names))
         }
     }
-}
-
-/// A `File` view of an fd owned elsewhere (wrapped in `ManuallyDrop` by the caller).
-fn unsafe_file(fd: libc::c_int) -> fs::File {
-    use std::os::fd::FromRawFd;
-    // SAFETY: the caller keeps the owning `Fd` alive and never drops this `File`.
-    unsafe { fs::File::from_raw_fd(fd) }
 }
 
 // ---------------------------------------------------------------------------- strategies
