@@ -289,9 +289,10 @@ fn slow_registry_keeps_progress_moving_and_a_stalled_one_times_out() {
         ..Faults::default()
     });
     let dst = t.path().join("dst");
-    // On a terminal (script(1) gives it one) the bar shows the bytes as they come.
+    // On a terminal (script(1) gives it one, TERM names its kind whatever the caller's
+    // environment says) the bar shows the bytes as they come.
     let cmd = format!(
-        "stty cols 120 rows 40; REGISTRY_AUTH_FILE=/nonexistent {} --root {} pull --timeout 1 {}/demo/big:1",
+        "stty cols 120 rows 40; TERM=xterm REGISTRY_AUTH_FILE=/nonexistent {} --root {} pull --timeout 1 {}/demo/big:1",
         layerfs_bin().display(),
         dst.display(),
         proxy.addr()
