@@ -509,10 +509,10 @@ fn readdir_during_creates_and_deletes() {
                     } else {
                         fs::remove_file(&p)
                     };
-                    if let Err(e) = r {
-                        if !expected_race_error(&e) {
-                            problem(&problems, format!("{}: {e}", p.display()));
-                        }
+                    if let Err(e) = r
+                        && !expected_race_error(&e)
+                    {
+                        problem(&problems, format!("{}: {e}", p.display()));
                     }
                     i += 1;
                 }

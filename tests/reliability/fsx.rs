@@ -540,11 +540,11 @@ fn run_fsx(mode: &str, salt: u64) {
             failure = Some(e);
             break;
         }
-        if fsx.ops % 1000 == 0 {
-            if let Err(e) = fsx.verify_all() {
-                failure = Some(format!("full check: {e}"));
-                break;
-            }
+        if fsx.ops % 1000 == 0
+            && let Err(e) = fsx.verify_all()
+        {
+            failure = Some(format!("full check: {e}"));
+            break;
         }
         if remount_every > 0 && fsx.ops % remount_every == 0 && fsx.ops < ops {
             fsx.note("unmount + remount".into());
