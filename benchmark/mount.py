@@ -10,10 +10,12 @@ Needs root (mounts, drop_caches). Installs what it needs on Debian 12: fuse3,
 fuse-overlayfs (1.10, C), fio, debootstrap; `cargo install fuse-overlayfs` (2.x, Rust)
 unless --no-fo2; builds layerfs (release) when needed.
 
-    scripts/bench --quick                    # a few minutes, smaller sizes, 2 rounds
-    scripts/bench                            # full run (about 15 minutes on 2 cores)
-    scripts/bench --backends kernel,layerfs --workloads find,readdir --reps 3
-    scripts/bench --layerfs-opts passthrough=on --json out.json --readme
+    benchmark/run mount --quick              # a few minutes, smaller sizes, 2 rounds
+    benchmark/run mount                      # full run (about 15 minutes on 2 cores)
+    benchmark/run mount --backends kernel,layerfs --workloads find,readdir --reps 3
+    benchmark/run mount --layerfs-opts passthrough=on --json out.json --readme
+
+benchmark/README.md describes the layer sets, the method and every workload.
 """
 
 import argparse
@@ -71,7 +73,7 @@ def drop_caches():
 
 
 # ---------------------------------------------------------------------------------------
-# Child operations: run in a separate process (`scripts/bench --child OP ...`) so a hung
+# Child operations: run in a separate process (`benchmark/mount.py --child OP ...`) so a hung
 # FUSE mount can be aborted and killed. Each prints one JSON line; timing is inside.
 
 def child_main(argv):
@@ -309,7 +311,7 @@ class Bench:
     # --- setup ------------------------------------------------------------------------
     def setup(self):
         if os.geteuid() != 0:
-            raise SystemExit("scripts/bench: run as root (it mounts and drops caches)")
+            raise SystemExit("benchmark/run mount: run as root (it mounts and drops caches)")
         keys = [k.strip() for k in self.args.backends.split(",") if k.strip()]
         for k in keys:
             if k not in BACKEND_NAMES:
@@ -346,7 +348,7 @@ class Bench:
         self.info = {
             "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
             "machine": machine_description(self.workdir),
-            "command": " ".join(["scripts/bench"] + sys.argv[1:]),
+            "command": " ".join(["benchmark/run", "mount"] + sys.argv[1:]),
             "layerfs_commit": git_rev(),
             "reps": self.reps,
             "quick": self.quick,
@@ -370,7 +372,7 @@ class Bench:
     def cargo(self):
         c = shutil.which("cargo") or os.path.expanduser("~/.cargo/bin/cargo")
         if not os.path.exists(c):
-            raise SystemExit("scripts/bench: cargo (Rust toolchain) is required")
+            raise SystemExit("benchmark/run mount: cargo (Rust toolchain) is required")
         return c
 
     def build_layerfs(self):
@@ -380,7 +382,7 @@ class Bench:
         p = subprocess.run([self.cargo(), "build", "--release", "--quiet", "--bin", "layerfs"],
                            cwd=REPO)
         if p.returncode != 0:
-            raise SystemExit("scripts/bench: building layerfs failed")
+            raise SystemExit("benchmark/run mount: building layerfs failed")
         return os.path.join(REPO, "target", "release", "layerfs")
 
     def fo2_path(self):
@@ -1194,7 +1196,8 @@ def main():
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         child_main(sys.argv[2:])
         return
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="benchmark/run mount", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="a few minutes: 2 rounds, smaller files")
     ap.add_argument("--reps", type=int, help="interleaved rounds per figure (default 5, quick 2)")
     ap.add_argument("--rss-reps", type=int, default=0, help="rounds of the RSS test (default 1)")
