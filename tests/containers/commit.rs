@@ -116,10 +116,8 @@ fn committed_layer_holds_the_changes_in_oci_form() {
     if support::skip_unless_root() {
         return;
     }
-    let env = Env::new();
-    env.import(&sample_image(), "sample:1");
-    env.create("sample:1", "c1");
-    let m = env.mount("c1");
+    let env = Env::with_sample();
+    let m = env.mounted("sample:1", "c1");
     change_everything(&m);
     let id = env.line(&["commit", "c1", "out:1", "-m", "all changes", "-a", "me"]);
     assert!(id.starts_with("sha256:"), "{id}");
@@ -208,10 +206,8 @@ fn commit_is_reproducible() {
     if support::skip_unless_root() {
         return;
     }
-    let env = Env::new();
-    env.import(&sample_image(), "sample:1");
-    env.create("sample:1", "c1");
-    let m = env.mount("c1");
+    let env = Env::with_sample();
+    let m = env.mounted("sample:1", "c1");
     change_everything(&m);
     env.ok(&["umount", "c1"]);
     let diff_id = |img: &str| -> String {
@@ -247,18 +243,23 @@ fn merged_tree(m: &Path) -> Tree {
     snapshot(m, &opts())
 }
 
+/// Container `c1` of the sample image, mounted, with every kind of change and more; its
+/// merged tree.
+fn changed_container(env: &Env) -> Tree {
+    env.import(&sample_image(), "sample:1");
+    let m = env.mounted("sample:1", "c1");
+    change_everything(&m);
+    change_more(&m);
+    merged_tree(&m)
+}
+
 #[test]
 fn round_trip_commit_save_import_mount() {
     if support::skip_unless_root() {
         return;
     }
     let env = Env::new();
-    env.import(&sample_image(), "sample:1");
-    env.create("sample:1", "c1");
-    let m = env.mount("c1");
-    change_everything(&m);
-    change_more(&m);
-    let original = merged_tree(&m);
+    let original = changed_container(&env);
     assert!(
         original.link_groups.iter().any(|g| g.len() == 3),
         "{:?}",
@@ -295,15 +296,8 @@ fn round_trip_commit_save_import_mount() {
         let m2 = PathBuf::from(ok(&fresh, &["mount", "copy"]).trim());
         assert_same_tree(&original, &merged_tree(&m2), format);
         // The kernel's overlayfs over the new image's layer dirs shows the same tree.
-        let mut dirs: Vec<PathBuf> = v[0]["Layers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|l| PathBuf::from(l["Path"].as_str().unwrap()))
-            .collect();
-        dirs.reverse();
         let km = env.path(&format!("kernel-{format}"));
-        let kg: MountGuard = mount_kernel(&Stack::ro(dirs), &km);
+        let kg: MountGuard = mount_kernel(&Stack::ro(layer_dirs_of(&v[0])), &km);
         assert_same_tree(&original, &merged_tree(&km), "kernel overlay");
         drop(kg);
         ok(&fresh, &["umount", "copy"]);
@@ -316,12 +310,7 @@ fn export_is_the_merged_tree() {
         return;
     }
     let env = Env::new();
-    env.import(&sample_image(), "sample:1");
-    env.create("sample:1", "c1");
-    let m = env.mount("c1");
-    change_everything(&m);
-    change_more(&m);
-    let original = merged_tree(&m);
+    let original = changed_container(&env);
     let tar = env.path("c1.tar");
     env.ok(&["export", "c1", "-o", tar.to_str().unwrap()]);
     // Also to stdout, unmounted: the same bytes.

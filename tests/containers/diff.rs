@@ -6,7 +6,6 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 
 use support::files::*;
-use support::samples::*;
 use support::store_env::*;
 
 #[test]
@@ -14,8 +13,7 @@ fn changes_like_docker_diff() {
     if support::skip_unless_root() {
         return;
     }
-    let env = Env::new();
-    env.import(&sample_image(), "sample:1");
+    let env = Env::with_sample();
     env.create("sample:1", "c1");
     env.create("sample:1", "quiet");
     let m = env.mount("c1");
@@ -77,10 +75,8 @@ fn deep_deletes_under_opaque_and_renamed_dirs() {
     if support::skip_unless_root() {
         return;
     }
-    let env = Env::new();
-    env.import(&sample_image(), "sample:1");
-    env.create("sample:1", "c1");
-    let m = env.mount("c1");
+    let env = Env::with_sample();
+    let m = env.mounted("sample:1", "c1");
     // Replace /srv with a new tree that has some of the old names again: every old entry
     // that is not there again is gone, at every depth.
     fs::remove_dir_all(m.join("srv")).unwrap();

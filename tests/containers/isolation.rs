@@ -7,7 +7,6 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use support::fingerprint::*;
-use support::samples::*;
 use support::store_env::*;
 use support::tree::*;
 
@@ -34,24 +33,11 @@ fn two_containers_never_see_each_other() {
     if support::skip_unless_root() {
         return;
     }
-    let env = Env::new();
-    env.import(&sample_image(), "sample:1");
+    let env = Env::with_sample();
     let layers = env.layer_dirs("sample:1");
     let before: Vec<_> = layers
         .iter()
-        .map(|l| {
-            (
-                store_fingerprint(l),
-                snapshot(
-                    l,
-                    &SnapOpts {
-                        dir_nlink: true,
-                        mtimes: true,
-                        ..SnapOpts::default()
-                    },
-                ),
-            )
-        })
+        .map(|l| (store_fingerprint(l), snapshot(l, &SnapOpts::with_mtimes())))
         .collect();
     env.create("sample:1", "one");
     env.create("sample:1", "two");
@@ -125,17 +111,6 @@ fn two_containers_never_see_each_other() {
     // The image's layers never changed (content, metadata, xattrs, mtimes).
     for (l, (fp, snap)) in layers.iter().zip(&before) {
         assert_eq!(&store_fingerprint(l), fp, "layer {} changed", l.display());
-        assert_same_tree(
-            snap,
-            &snapshot(
-                l,
-                &SnapOpts {
-                    dir_nlink: true,
-                    mtimes: true,
-                    ..SnapOpts::default()
-                },
-            ),
-            "layer dir",
-        );
+        assert_same_tree(snap, &snapshot(l, &SnapOpts::with_mtimes()), "layer dir");
     }
 }

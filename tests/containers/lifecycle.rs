@@ -20,8 +20,7 @@ fn create_mount_ps_umount_rm() {
     if support::skip_unless_root() {
         return;
     }
-    let env = Env::new();
-    env.import(&sample_image(), "sample:1");
+    let env = Env::with_sample();
     let id = env.create("sample:1", "c1");
     let other = env.line(&["create", "sample:1"]);
     assert!(
@@ -159,8 +158,7 @@ fn sizes_and_ancestors() {
     if support::skip_unless_root() {
         return;
     }
-    let env = Env::new();
-    env.import(&sample_image(), "sample:1");
+    let env = Env::with_sample();
     env.import(&sibling_image(), "sibling:1");
     env.create("sample:1", "a");
     env.create("sibling:1", "b");
@@ -205,8 +203,7 @@ fn errors_are_one_line_and_change_nothing() {
     if support::skip_unless_root() {
         return;
     }
-    let env = Env::new();
-    env.import(&sample_image(), "sample:1");
+    let env = Env::with_sample();
     env.create("sample:1", "c1");
     env.create("sample:1", "c2");
     let before = store_fingerprint(&env.root);
@@ -292,8 +289,7 @@ fn dead_daemon_is_detected_and_cleaned() {
     if support::skip_unless_root() {
         return;
     }
-    let env = Env::new();
-    env.import(&sample_image(), "sample:1");
+    let env = Env::with_sample();
     let id = env.create("sample:1", "c1");
     let m = env.mount("c1");
     fs::write(m.join("kept"), b"written before the crash").unwrap();
@@ -339,10 +335,8 @@ fn busy_mount_needs_force() {
     if support::skip_unless_root() {
         return;
     }
-    let env = Env::new();
-    env.import(&sample_image(), "sample:1");
-    env.create("sample:1", "c1");
-    let m = env.mount("c1");
+    let env = Env::with_sample();
+    let m = env.mounted("sample:1", "c1");
     let held = fs::File::open(m.join("etc/os-release")).unwrap();
     let err = env.fails(&["umount", "c1"]);
     assert!(err.contains("is busy") && err.contains("--force"), "{err}");
@@ -376,8 +370,7 @@ fn container_outlives_its_image() {
     if support::skip_unless_root() {
         return;
     }
-    let env = Env::new();
-    env.import(&sample_image(), "sample:1");
+    let env = Env::with_sample();
     let id = env.create("sample:1", "c1");
     let m = env.mount("c1");
     fs::write(m.join("mine"), b"kept").unwrap();

@@ -9,7 +9,6 @@ use std::time::Instant;
 
 use support::mounts::*;
 use support::procs::*;
-use support::samples::*;
 use support::store_env::*;
 
 const N: usize = 50;
@@ -19,8 +18,7 @@ fn fifty_containers_mounted_at_once() {
     if support::skip_unless_root() {
         return;
     }
-    let env = Env::new();
-    env.import(&sample_image(), "sample:1");
+    let env = Env::with_sample();
     let t0 = Instant::now();
     let ids: Vec<String> = (0..N)
         .map(|i| env.create("sample:1", &format!("c{i:02}")))

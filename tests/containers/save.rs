@@ -102,10 +102,8 @@ fn committed_image_loads_in_podman() {
     if support::skip_unless_root() {
         return;
     }
-    let env = Env::new();
-    env.import(&sample_image(), "sample:1");
-    env.create("sample:1", "c1");
-    let m = env.mount("c1");
+    let env = Env::with_sample();
+    let m = env.mounted("sample:1", "c1");
     fs::write(m.join("added"), "by the container").unwrap();
     let id = env.line(&["commit", "c1", "made/here:2"]);
     let manifest = env.inspect("made/here:2")["ManifestDigest"]
@@ -148,8 +146,7 @@ fn committed_image_loads_in_podman() {
 
 #[test]
 fn several_images_in_one_archive_and_failures_leave_nothing() {
-    let env = Env::new();
-    env.import(&sample_image(), "sample:1");
+    let env = Env::with_sample();
     env.import(&sibling_image(), "sibling:1");
     for format in ["oci-archive", "docker-archive", "oci-dir"] {
         let out = env.path(&format!("both.{format}"));

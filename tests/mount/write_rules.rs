@@ -79,10 +79,7 @@ impl Env {
     /// The tree now, then the same after a remount, then as the kernel's overlayfs shows
     /// the same lower and upper dirs: all three must agree. Leaves layerfs mounted.
     fn check_persistent(&mut self) -> Tree {
-        let o = SnapOpts {
-            mtimes: true,
-            ..SnapOpts::default()
-        };
+        let o = SnapOpts::with_mtimes();
         let now = snapshot(&self.m, &o);
         self.remount();
         let again = snapshot(&self.m, &o);
@@ -95,14 +92,7 @@ impl Env {
         self.g.take().unwrap().unmount();
         let km = self.t.path().join("kernel-view");
         let kg = mount_kernel(&self.s, &km);
-        let k = snapshot(
-            &km,
-            &SnapOpts {
-                mtimes: true,
-                ..SnapOpts::default()
-            }
-            .kernel(),
-        );
+        let k = snapshot(&km, &SnapOpts::with_mtimes().kernel());
         drop(kg);
         assert_same_tree(
             &k,

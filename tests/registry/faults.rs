@@ -14,38 +14,21 @@ use support::images::*;
 use support::proxy::*;
 use support::registry::*;
 
+/// `layerfs --root ROOT ARGS…` with a credentials file of its own (none there).
 fn lf(root: &Path, args: &[&str]) -> Output {
-    Command::new(layerfs_bin())
-        .arg("--root")
-        .arg(root)
+    command(root)
         .args(args)
-        .env_remove("LAYERFS_ROOT")
         .env("REGISTRY_AUTH_FILE", root.with_extension("auth.json"))
-        .stdin(Stdio::null())
         .output()
         .unwrap()
 }
 
 fn lf_ok(root: &Path, args: &[&str]) -> String {
-    let o = lf(root, args);
-    assert!(
-        o.status.success(),
-        "layerfs {args:?} failed:\n{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8(o.stdout).unwrap()
+    succeeded(args, lf(root, args))
 }
 
 fn lf_fails(root: &Path, args: &[&str]) -> String {
-    let o = lf(root, args);
-    let err = String::from_utf8_lossy(&o.stderr).into_owned();
-    assert!(!o.status.success(), "layerfs {args:?} succeeded");
-    assert!(!err.contains("panicked"), "{err}");
-    let lines: Vec<&str> = err.lines().filter(|l| !l.is_empty()).collect();
-    assert_eq!(lines.len(), 1, "expected one error line:\n{err}");
-    assert!(lines[0].starts_with("layerfs: "), "{err}");
-    lines[0].to_string()
+    one_error_line(args, lf(root, args))
 }
 
 /// Pseudo-random bytes (incompressible enough to make a big blob).

@@ -17,41 +17,23 @@ use support::tree::*;
 
 /// `layerfs` with a private credentials file (nothing from the machine's).
 fn lf(root: &Path, auth: &Path, args: &[&str]) -> Output {
-    Command::new(layerfs_bin())
-        .arg("--root")
-        .arg(root)
+    command(root)
         .args(args)
-        .env_remove("LAYERFS_ROOT")
         .env("REGISTRY_AUTH_FILE", auth)
         .env("HOME", auth.parent().unwrap())
         .env_remove("XDG_RUNTIME_DIR")
         .env_remove("DOCKER_CONFIG")
-        .stdin(Stdio::null())
         .output()
         .unwrap()
 }
 
 fn lf_ok(root: &Path, auth: &Path, args: &[&str]) -> String {
-    let o = lf(root, auth, args);
-    assert!(
-        o.status.success(),
-        "layerfs {args:?} failed:\n{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8(o.stdout).unwrap()
+    succeeded(args, lf(root, auth, args))
 }
 
 /// The one error line of a failed command.
 fn lf_fails(root: &Path, auth: &Path, args: &[&str]) -> String {
-    let o = lf(root, auth, args);
-    let err = String::from_utf8_lossy(&o.stderr).into_owned();
-    assert!(!o.status.success(), "layerfs {args:?} succeeded");
-    assert!(!err.contains("panicked"), "{err}");
-    let lines: Vec<&str> = err.lines().filter(|l| !l.is_empty()).collect();
-    assert_eq!(lines.len(), 1, "expected one error line:\n{err}");
-    assert!(lines[0].starts_with("layerfs: "), "{err}");
-    lines[0].to_string()
+    one_error_line(args, lf(root, auth, args))
 }
 
 fn inspect(root: &Path, name: &str) -> serde_json::Value {

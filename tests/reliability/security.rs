@@ -96,11 +96,7 @@ fn run(mode: &str, extra: &[&str]) {
     let mnt = t.path().join("m");
     let host = t.path().join("host");
     write(&host.join("passwd"), b"host file\n");
-    let snap_opts = SnapOpts {
-        dir_nlink: true,
-        mtimes: true,
-        ..SnapOpts::default()
-    };
+    let snap_opts = SnapOpts::with_mtimes();
     let host_before = snapshot(&host, &snap_opts);
     // Symlinks in the layers pointing out to the "host", shadowing a real lower dir.
     std::os::unix::fs::symlink(&host, stack.lowers[0].join("escape")).unwrap();

@@ -203,21 +203,8 @@ fn read_only_rootfs_matches_kernel() {
         String::from_utf8_lossy(&diff.stdout),
         String::from_utf8_lossy(&diff.stderr)
     );
-    let k = snapshot(
-        &km,
-        &SnapOpts {
-            mtimes: true,
-            ..SnapOpts::default()
-        }
-        .kernel(),
-    );
-    let l = snapshot(
-        &lm,
-        &SnapOpts {
-            mtimes: true,
-            ..SnapOpts::default()
-        },
-    );
+    let k = snapshot(&km, &SnapOpts::with_mtimes().kernel());
+    let l = snapshot(&lm, &SnapOpts::with_mtimes());
     assert_same_tree(&k, &l, "snapshots");
     assert_unique_inos(&l, "layerfs");
     assert!(!l.entries.contains_key(Path::new("usr/share/doc/bash")));
@@ -321,10 +308,7 @@ fn programs_in_a_writable_rootfs() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    let o = SnapOpts {
-        mtimes: true,
-        ..SnapOpts::default()
-    };
+    let o = SnapOpts::with_mtimes();
     let ours = snapshot(&m, &o);
     assert_unique_inos(&ours, "after the programs");
     for p in [

@@ -53,6 +53,20 @@ fn two_layers() -> Image {
     image(vec![l1, l2])
 }
 
+/// `img` as an OCI layout (untagged) in a new temp dir: the dir and the layout.
+fn layout(img: &Image) -> (tempfile::TempDir, PathBuf) {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    write_oci_layout(&src, &[(img, None)], false);
+    (t, src)
+}
+
+/// Importing `img` is refused with one line naming every `want`.
+fn refused_image(img: &Image, want: &[&str]) {
+    let (t, src) = layout(img);
+    refused(t.path(), &src, &[], want);
+}
+
 fn blob_path(dir: &Path, digest: &str) -> PathBuf {
     dir.join("blobs/sha256").join(hex_of(digest))
 }
@@ -79,10 +93,8 @@ fn flipped_bit_in_a_layer_blob() {
 
 #[test]
 fn manifest_or_config_digest_mismatch() {
-    let t = tempfile::tempdir().unwrap();
     let img = two_layers();
-    let src = t.path().join("m");
-    write_oci_layout(&src, &[(&img, None)], false);
+    let (t, src) = layout(&img);
     let p = blob_path(&src, &img.manifest_digest);
     let mut m = fs::read(&p).unwrap();
     m.push(b' ');
@@ -94,9 +106,7 @@ fn manifest_or_config_digest_mismatch() {
         &["manifest", &img.manifest_digest, "digest mismatch"],
     );
 
-    let t = tempfile::tempdir().unwrap();
-    let src = t.path().join("c");
-    write_oci_layout(&src, &[(&img, None)], false);
+    let (t, src) = layout(&img);
     let p = blob_path(&src, &img.config_digest);
     let c = String::from_utf8(fs::read(&p).unwrap())
         .unwrap()
@@ -112,10 +122,8 @@ fn manifest_or_config_digest_mismatch() {
 
 #[test]
 fn missing_blob() {
-    let t = tempfile::tempdir().unwrap();
     let img = two_layers();
-    let src = t.path().join("src");
-    write_oci_layout(&src, &[(&img, None)], false);
+    let (t, src) = layout(&img);
     fs::remove_file(blob_path(&src, &img.layers[0].digest)).unwrap();
     refused(t.path(), &src, &[], &[&img.layers[0].digest, "missing"]);
 }
@@ -123,7 +131,6 @@ fn missing_blob() {
 #[test]
 fn truncated_gzip_and_zstd_streams() {
     for comp in [Comp::Gzip, Comp::Zstd] {
-        let t = tempfile::tempdir().unwrap();
         let tar = LayerBuilder::new()
             .file("big", &vec![9u8; 200_000])
             .file("more", b"x")
@@ -133,15 +140,12 @@ fn truncated_gzip_and_zstd_streams() {
         // decompression can notice.
         layer.blob.truncate(layer.blob.len() - 12);
         layer.digest = sha(&layer.blob);
-        let img = image(vec![layer.clone()]);
-        let src = t.path().join("src");
-        write_oci_layout(&src, &[(&img, None)], false);
         let name = if comp == Comp::Gzip {
             "truncated gzip"
         } else {
             "zstd"
         };
-        refused(t.path(), &src, &[], &[&layer.digest, name]);
+        refused_image(&image(vec![layer.clone()]), &[&layer.digest, name]);
     }
 }
 
@@ -230,10 +234,8 @@ fn hard_link_to_outside() {
 
 #[test]
 fn unknown_media_type() {
-    let t = tempfile::tempdir().unwrap();
     let img = two_layers();
-    let src = t.path().join("src");
-    write_oci_layout(&src, &[(&img, None)], false);
+    let (t, src) = layout(&img);
     // Rewrite the manifest with a layer type nobody knows, and point the index at it.
     let m = String::from_utf8(img.manifest.clone()).unwrap().replacen(
         "application/vnd.oci.image.layer.v1.tar+gzip",
@@ -275,38 +277,20 @@ fn not_an_image() {
 
 #[test]
 fn diff_id_count_or_value_mismatch() {
-    let t = tempfile::tempdir().unwrap();
     let base = two_layers();
     let one_id = vec![base.layers[0].diff_id.clone()];
     let img = image_for(base.layers.clone(), host_arch(), Some(one_id));
-    let src = t.path().join("src");
-    write_oci_layout(&src, &[(&img, None)], false);
-    refused(
-        t.path(),
-        &src,
-        &[],
-        &[&img.config_digest, "1 diff-ids", "2 layers"],
-    );
+    refused_image(&img, &[&img.config_digest, "1 diff-ids", "2 layers"]);
 
-    let t = tempfile::tempdir().unwrap();
     let wrong = vec![base.layers[0].diff_id.clone(), sha(b"something else")];
     let img = image_for(base.layers.clone(), host_arch(), Some(wrong));
-    let src = t.path().join("src");
-    write_oci_layout(&src, &[(&img, None)], false);
-    refused(
-        t.path(),
-        &src,
-        &[],
-        &[&base.layers[1].digest, "diff-id mismatch"],
-    );
+    refused_image(&img, &[&base.layers[1].digest, "diff-id mismatch"]);
 }
 
 #[test]
 fn bad_arguments() {
-    let t = tempfile::tempdir().unwrap();
     let img = two_layers();
-    let src = t.path().join("src");
-    write_oci_layout(&src, &[(&img, None)], false);
+    let (t, src) = layout(&img);
     refused(
         t.path(),
         &src,

@@ -3,7 +3,7 @@
 
 use std::fs;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use support::cli::*;
 use support::fingerprint::*;
@@ -54,14 +54,21 @@ fn assert_three_layers(root: &Path, img: &Image) {
     }
 }
 
+/// `img` tagged `tag` as an OCI layout in `t/oci`, imported into a new store `t/store`:
+/// the store, the layout, and what the import printed.
+fn imported(t: &Path, img: &Image, tag: &str) -> (PathBuf, PathBuf, String) {
+    let root = t.join("store");
+    let src = t.join("oci");
+    write_oci_layout(&src, &[(img, Some(tag))], false);
+    let out = ok(&root, &["import", src.to_str().unwrap()]);
+    (root, src, out)
+}
+
 #[test]
 fn oci_layout_dir_with_every_compression() {
     let t = tempfile::tempdir().unwrap();
-    let root = t.path().join("store");
     let img = three_layer_image();
-    let src = t.path().join("oci");
-    write_oci_layout(&src, &[(&img, Some("example.com/three:1.0"))], false);
-    let out = ok(&root, &["import", src.to_str().unwrap()]);
+    let (root, _, out) = imported(t.path(), &img, "example.com/three:1.0");
     assert!(out.contains("Loaded image: example.com/three:1.0"), "{out}");
     for l in &img.layers {
         let short = &hex_of(&l.diff_id)[..12];
@@ -412,11 +419,7 @@ fn shared_base_is_stored_once_and_df_shows_it() {
 #[test]
 fn reimport_writes_nothing() {
     let t = tempfile::tempdir().unwrap();
-    let root = t.path().join("store");
-    let img = three_layer_image();
-    let src = t.path().join("oci");
-    write_oci_layout(&src, &[(&img, Some("three:1"))], false);
-    ok(&root, &["import", src.to_str().unwrap()]);
+    let (root, src, _) = imported(t.path(), &three_layer_image(), "three:1");
     let before = store_fingerprint(&root);
     let out = ok(&root, &["import", src.to_str().unwrap()]);
     assert_eq!(out.matches("already exists").count(), 3, "{out}");
@@ -512,11 +515,8 @@ fn references_tags_and_rmi() {
 #[test]
 fn inspect_shows_ids_digests_layers_and_config() {
     let t = tempfile::tempdir().unwrap();
-    let root = t.path().join("store");
     let img = three_layer_image();
-    let src = t.path().join("oci");
-    write_oci_layout(&src, &[(&img, Some("three:1"))], false);
-    ok(&root, &["import", src.to_str().unwrap()]);
+    let (root, _, _) = imported(t.path(), &img, "three:1");
     let v = inspect(&root, "three:1");
     assert_eq!(v["ConfigDigest"], img.config_digest.as_str());
     assert_eq!(v["RepoTags"][0], "three:1");

@@ -8,6 +8,7 @@ use std::process::Output;
 use crate::cli;
 use crate::images::{Image, write_oci_layout};
 use crate::mounts::{is_mounted, unmount_below};
+use crate::samples::sample_image;
 
 /// A temp dir holding a store (`root`) and anything else a test makes; every mount
 /// below it is unmounted when this is dropped.
@@ -24,6 +25,13 @@ impl Env {
             .unwrap();
         let root = dir.path().join("store");
         Env { dir, root }
+    }
+
+    /// A store holding the sample image (`samples::sample_image`) as `sample:1`.
+    pub fn with_sample() -> Env {
+        let env = Env::new();
+        env.import(&sample_image(), "sample:1");
+        env
     }
 
     pub fn path(&self, rel: &str) -> PathBuf {
@@ -59,6 +67,12 @@ impl Env {
         id
     }
 
+    /// Create a container and mount it; returns the mountpoint.
+    pub fn mounted(&self, image: &str, name: &str) -> PathBuf {
+        self.create(image, name);
+        self.mount(name)
+    }
+
     /// Mount a container; returns the mountpoint.
     pub fn mount(&self, c: &str) -> PathBuf {
         let p = PathBuf::from(self.line(&["mount", c]));
@@ -81,15 +95,7 @@ impl Env {
 
     /// The extracted layer dirs of an image, top first (as `lowerdir=` wants them).
     pub fn layer_dirs(&self, image: &str) -> Vec<PathBuf> {
-        let v = self.inspect(image);
-        let mut dirs: Vec<PathBuf> = v["Layers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|l| PathBuf::from(l["Path"].as_str().unwrap()))
-            .collect();
-        dirs.reverse();
-        dirs
+        layer_dirs_of(&self.inspect(image))
     }
 
     /// `ps -a --format json`.
@@ -108,4 +114,17 @@ impl Drop for Env {
     fn drop(&mut self) {
         unmount_below(self.dir.path());
     }
+}
+
+/// The extracted layer dirs of an image as `layerfs inspect` shows it (one element of
+/// its array), top first (as `lowerdir=` wants them).
+pub fn layer_dirs_of(inspect: &serde_json::Value) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = inspect["Layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| PathBuf::from(l["Path"].as_str().unwrap()))
+        .collect();
+    dirs.reverse();
+    dirs
 }

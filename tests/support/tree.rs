@@ -69,6 +69,14 @@ impl Default for SnapOpts {
 }
 
 impl SnapOpts {
+    /// Everything, and the exact mtimes of files, fifos and devices.
+    pub fn with_mtimes() -> Self {
+        SnapOpts {
+            mtimes: true,
+            ..SnapOpts::default()
+        }
+    }
+
     /// The same options for a kernel mount (see `skip_phantoms`).
     pub fn kernel(mut self) -> Self {
         self.skip_phantoms = true;
