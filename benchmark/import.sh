@@ -10,17 +10,8 @@
 # Needs root (owners, device nodes); installs what it lacks (scripts/deps). Not a test:
 # it prints figures.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-export PATH="$HOME/.cargo/bin:$PATH"
-. benchmark/lib.sh
-scripts/deps >/dev/null
-
-rounds="${ROUNDS:-3}"
-work="${BENCH_DIR:-/var/tmp/layerfs-bench-import}"
-
-build_layerfs
-sample_image "${BENCH_IMAGE_DIR:-/var/tmp/layerfs-bench-image}"
-mkdir -p "$work"
+. "$(dirname "$0")/lib.sh"
+bench_setup "${BENCH_DIR:-/var/tmp/layerfs-bench-import}"
 
 tar_times=(); tarsync_times=(); imp_times=(); reimp_times=(); tar_cpu=(); imp_cpu=()
 TIMEFORMAT='%U+%S'

@@ -1,5 +1,19 @@
-# Shared by benchmark/import.sh and benchmark/pull.sh (sourced): the sample image both
-# use, and timing helpers.
+# Shared by benchmark/import.sh and benchmark/pull.sh (sourced): the setup, the sample
+# image both use, and timing helpers.
+
+cd "$(dirname "$0")/.."
+export PATH="$HOME/.cargo/bin:$PATH"
+
+# What both do first: install what they lack, build layerfs (`bin`), make the sample
+# image (`img`, `blobs`), the work dir (`work`, from $1) and the rounds (`rounds`).
+bench_setup() {
+    work="$1"
+    rounds="${ROUNDS:-3}"
+    scripts/deps >/dev/null
+    build_layerfs
+    sample_image "${BENCH_IMAGE_DIR:-/var/tmp/layerfs-bench-image}"
+    mkdir -p "$work"
+}
 
 # The sample image, built once and reused: an OCI layout in DIR/image with two gzip
 # layers, the Debian minbase rootfs (scripts/make-test-rootfs) and this machine's

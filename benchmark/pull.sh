@@ -12,17 +12,8 @@
 #
 # Needs root; installs what it lacks (scripts/deps). Not a test: it prints figures.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-export PATH="$HOME/.cargo/bin:$PATH"
-. benchmark/lib.sh
-scripts/deps >/dev/null
-
-rounds="${ROUNDS:-3}"
-work="${BENCH_DIR:-/var/tmp/layerfs-bench-pull}"
-
-build_layerfs
-sample_image "${BENCH_IMAGE_DIR:-/var/tmp/layerfs-bench-image}"
-mkdir -p "$work"
+. "$(dirname "$0")/lib.sh"
+bench_setup "${BENCH_DIR:-/var/tmp/layerfs-bench-pull}"
 
 # A loopback registry with its own storage, stopped on exit.
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
