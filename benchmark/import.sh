@@ -20,14 +20,7 @@ for r in $(seq 1 "$rounds"); do
     # tar xzf of the same blobs (GNU tar runs gzip in a second process).
     rm -rf "$work/tarout"; mkdir -p "$work/tarout"; sync
     t0=$(now)
-    { time (
-        i=0
-        for b in $blobs; do
-            mkdir -p "$work/tarout/$i"
-            tar -xzf "$img/blobs/sha256/$b" -C "$work/tarout/$i"
-            i=$((i + 1))
-        done
-    ) ; } 2>"$work/cpu"
+    { time (untar_blobs "$img/blobs/sha256") ; } 2>"$work/cpu"
     t1=$(now)
     tar_cpu+=("$(cat "$work/cpu")")
     sync

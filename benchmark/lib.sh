@@ -85,6 +85,17 @@ build_layerfs() {
     bin="$PWD/target/release/layerfs"
 }
 
+# The baseline's extraction: `tar xzf` of each layer blob (named by its hex digest in
+# $1), in order, into $work/tarout/0, 1, … (GNU tar runs gzip in a second process).
+untar_blobs() {
+    local i=0 b
+    for b in $blobs; do
+        mkdir -p "$work/tarout/$i"
+        tar -xzf "$1/$b" -C "$work/tarout/$i"
+        i=$((i + 1))
+    done
+}
+
 now() { date +%s.%N; }
 # Seconds from $1 to $2 (two `now`s).
 secs() { python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.2f}')" "$1" "$2"; }

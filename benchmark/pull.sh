@@ -52,12 +52,7 @@ for r in $(seq 1 "$rounds"); do
     t0=$(now)
     skopeo --insecure-policy copy -q --src-tls-verify=false "docker://$ref" "dir:$work/skopeo"
     t1=$(now)
-    i=0
-    for b in $blobs; do
-        mkdir -p "$work/tarout/$i"
-        tar -xzf "$work/skopeo/$b" -C "$work/tarout/$i"
-        i=$((i + 1))
-    done
+    untar_blobs "$work/skopeo"
     t2=$(now)
     copy_times+=("$(secs "$t0" "$t1")"); base_times+=("$(secs "$t0" "$t2")")
     rm -rf "$work/skopeo" "$work/tarout"
