@@ -3,23 +3,20 @@
 //! after a remount, and the kernel's view of layerfs's upper dir must match.
 //!
 //! CI runs a fixed number of cases from a fixed seed. More on demand:
-//! `LAYERFS_PROPTEST_CASES=5000 cargo test --release --test ops_proptest`, and another
+//! `LAYERFS_PROPTEST_CASES=5000 cargo test --release --test differential proptest::`, and another
 //! seed with `LAYERFS_PROPTEST_SEED=N`.
 
 use crate::diff_ops::*;
 use proptest::test_runner::{Config, RngSeed, TestCaseError, TestRunner};
-
-fn env_u64(name: &str) -> Option<u64> {
-    std::env::var(name).ok().and_then(|v| v.parse().ok())
-}
+use support::rng::env_u64;
 
 #[test]
 fn random_operations_match_kernel() {
     if support::skip_unless_root() {
         return;
     }
-    let cases = env_u64("LAYERFS_PROPTEST_CASES").unwrap_or(60) as u32;
-    let seed = env_u64("LAYERFS_PROPTEST_SEED").unwrap_or(0x001a_7ef5);
+    let cases = env_u64("LAYERFS_PROPTEST_CASES", 60) as u32;
+    let seed = env_u64("LAYERFS_PROPTEST_SEED", 0x001a_7ef5);
     let config = Config {
         cases,
         rng_seed: RngSeed::Fixed(seed),

@@ -1,4 +1,4 @@
-//! Cases the differential proptest (`ops_proptest.rs`) found, kept as fixed tests: each
+//! Cases the differential proptest (`proptest.rs`) found, kept as fixed tests: each
 //! runs the same operations on the kernel's overlayfs and on layerfs and compares every
 //! result, the tree, the tree after a remount, and the kernel's view of layerfs's upper.
 

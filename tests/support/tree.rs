@@ -292,7 +292,7 @@ pub fn diff_trees(a: &Tree, b: &Tree) -> Vec<String> {
 ///   directory's real count. Accepted where layerfs reports 1 for a directory that holds,
 ///   at any depth in a lower layer, a file with several names. Any other directory's
 ///   count must match
-///   (`tests/xattr_nlink.rs` pins the counts across copy-up).
+///   (`tests/mount/xattr_nlink.rs` pins the counts across copy-up).
 pub fn accept_visible_link_counts(kernel: &Tree, ours: &Tree, lowers: &[PathBuf]) -> Tree {
     let linked_dirs = dirs_holding_lower_links(lowers);
     let mut out = ours.clone();
