@@ -10,7 +10,6 @@
 //! non-following variants, and symlink targets are relative names inside the tree or
 //! dangling absolute names, so nothing here can reach outside the test directory. Device
 //! nodes use major 60 (reserved for local use, no driver), so opening them fails.
-#![allow(dead_code)]
 
 use std::ffi::CString;
 use std::fmt;
