@@ -1,0 +1,14 @@
+//! The union mount, compared with the kernel's overlayfs on identical layers: read-only
+//! views, every write rule, inode numbers, readdir offsets and READDIRPLUS, xattrs and
+//! link counts, the daemon's life cycle, and `kill -9` during a copy-up. Every test
+//! mounts, so each needs root (a normal user's `cargo test` skips them, saying so).
+
+mod basic;
+mod crash;
+mod inodes;
+mod lifecycle;
+mod readdir_offsets;
+mod readdirplus;
+mod readonly_diff;
+mod write_rules;
+mod xattr_nlink;

@@ -1,0 +1,337 @@
+//! Merged directory listings with stable offsets: a large directory read in many small
+//! `getdents64` calls, `telldir`/`seekdir` back and forth, and changes made while a
+//! listing is open never make a name appear twice or go missing.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::{CStr, CString, OsString};
+use std::fs;
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{Mode, OFlags, RawDir, SeekFrom, open, seek};
+
+use support::files::*;
+use support::fingerprint::*;
+use support::stack::*;
+
+/// One `linux_dirent64` record.
+#[derive(Debug, Clone)]
+struct Dent {
+    ino: u64,
+    off: i64,
+    name: OsString,
+}
+
+/// An open directory fd.
+struct DirFd(OwnedFd);
+
+impl DirFd {
+    fn open(p: &Path) -> DirFd {
+        let fd = open(
+            p,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .unwrap_or_else(|e| panic!("open {}: {e}", p.display()));
+        DirFd(fd)
+    }
+
+    /// One `getdents64` call with a buffer of `size` bytes.
+    fn getdents(&self, size: usize) -> Vec<Dent> {
+        let mut buf = Vec::<u8>::with_capacity(size);
+        let spare = buf.spare_capacity_mut();
+        // `RawDir` would skip bytes to align the records: the call must get all `size`.
+        assert_eq!(spare.as_ptr().align_offset(8), 0, "unaligned buffer");
+        let mut dir = RawDir::new(&self.0, &mut spare[..size]);
+        let mut out = Vec::new();
+        // The first `next` makes the call; stop when what it returned is used up.
+        while let Some(e) = dir.next() {
+            let e = e.unwrap_or_else(|e| panic!("getdents64: {e}"));
+            out.push(Dent {
+                ino: e.ino(),
+                off: e.next_entry_cookie() as i64,
+                name: OsString::from_vec(e.file_name().to_bytes().to_vec()),
+            });
+            if dir.is_buffer_empty() {
+                break;
+            }
+        }
+        out
+    }
+
+    fn seek(&self, off: i64) {
+        let r = seek(&self.0, SeekFrom::Start(off as u64));
+        assert_eq!(r, Ok(off as u64), "lseek");
+    }
+
+    /// Read to the end with `size`-byte calls.
+    fn read_all(&self, size: usize) -> Vec<Dent> {
+        let mut all = Vec::new();
+        loop {
+            let batch = self.getdents(size);
+            if batch.is_empty() {
+                return all;
+            }
+            all.extend(batch);
+        }
+    }
+}
+
+fn names(d: &[Dent]) -> Vec<OsString> {
+    d.iter().map(|e| e.name.clone()).collect()
+}
+
+fn assert_no_repeats(d: &[Dent], what: &str) {
+    let mut seen = BTreeSet::new();
+    for e in d {
+        assert!(
+            seen.insert(e.name.clone()),
+            "{what}: {:?} listed twice",
+            e.name
+        );
+    }
+}
+
+/// A merged dir of `n` names over three layers, with duplicates and whiteouts.
+fn big_stack(base: &Path, n: usize) -> Vec<PathBuf> {
+    let l: Vec<PathBuf> = (0..3).map(|i| base.join(format!("l{i}"))).collect();
+    for d in &l {
+        fs::create_dir_all(d.join("big")).unwrap();
+    }
+    for i in 0..n {
+        fs::write(
+            l[i % 3]
+                .join("big")
+                .join(format!("name-{i:05}-{}", "x".repeat(i % 40))),
+            b"",
+        )
+        .unwrap();
+    }
+    for i in (0..n).step_by(5) {
+        let name = format!("name-{i:05}-{}", "x".repeat(i % 40));
+        fs::write(l[0].join("big").join(&name), b"dup").unwrap();
+    }
+    for i in (1..n).step_by(11) {
+        let name = format!("name-{i:05}-{}", "x".repeat(i % 40));
+        if i % 3 == 2 && i % 5 != 0 {
+            kernel_whiteout(&l[1].join("big").join(name));
+        }
+    }
+    l
+}
+
+/// The names a kernel overlay of the same stack lists (without `.` and `..`).
+fn kernel_names(base: &Path, lowers: &[PathBuf], dir: &str) -> BTreeSet<OsString> {
+    let km = base.join("kernel-view");
+    let _g = mount_kernel(&Stack::ro(lowers.to_vec()), &km);
+    fs::read_dir(km.join(dir))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect()
+}
+
+#[test]
+fn large_dir_read_in_many_small_calls() {
+    if support::skip_unless_root() {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let l = big_stack(t.path(), 6000);
+    let want = kernel_names(t.path(), &l, "big");
+    let lm = t.path().join("m");
+    let _g = mount_layerfs(&Stack::ro(l.clone()), &lm, &[]);
+    for size in [300usize, 1024, 4096, 32768] {
+        let d = DirFd::open(&lm.join("big"));
+        let all = d.read_all(size);
+        assert_no_repeats(&all, &format!("buffer {size}"));
+        let got: BTreeSet<OsString> = names(&all)
+            .into_iter()
+            .filter(|n| n != "." && n != "..")
+            .collect();
+        assert_eq!(got.len(), want.len(), "buffer {size}: count");
+        assert!(got == want, "buffer {size}: names differ from the kernel's");
+        // Offsets increase, so a reader may resume at any of them.
+        assert!(
+            all.windows(2).all(|w| w[0].off < w[1].off),
+            "buffer {size}: offsets not increasing"
+        );
+    }
+}
+
+#[test]
+fn seeking_back_and_forth_gives_the_same_entries() {
+    if support::skip_unless_root() {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let l = big_stack(t.path(), 3000);
+    let lm = t.path().join("m");
+    let _g = mount_layerfs(&Stack::ro(l), &lm, &[]);
+    let d = DirFd::open(&lm.join("big"));
+    let all = d.read_all(2048);
+    // Each entry's d_off is where the next one starts (telldir after reading it).
+    let next_of: BTreeMap<i64, OsString> = all
+        .windows(2)
+        .map(|w| (w[0].off, w[1].name.clone()))
+        .collect();
+    let mut positions: Vec<i64> = next_of.keys().copied().collect();
+    // A fixed shuffle: every seventh position, backwards, then the rest.
+    positions.sort_by_key(|p| (p % 7 != 0, -p));
+    for p in positions.iter().take(600) {
+        d.seek(*p);
+        let first = d.getdents(512);
+        assert_eq!(
+            first.first().map(|e| &e.name),
+            next_of.get(p),
+            "after seeking to {p}"
+        );
+    }
+    // Resuming from the middle reads exactly the rest.
+    let mid = all[all.len() / 2].off;
+    d.seek(mid);
+    let rest = d.read_all(700);
+    assert_eq!(names(&rest), names(&all[all.len() / 2 + 1..]));
+    // And back to the start: everything again.
+    d.seek(0);
+    assert_eq!(names(&d.read_all(4096)), names(&all));
+}
+
+/// The libc interface (`telldir`/`seekdir` with a `DIR*` stream), as programs use it:
+/// the C library's stream buffering is the point, so this calls libc, not rustix.
+#[test]
+#[allow(unsafe_code)]
+fn telldir_and_seekdir() {
+    if support::skip_unless_root() {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let l = big_stack(t.path(), 1500);
+    let lm = t.path().join("m");
+    let _g = mount_layerfs(&Stack::ro(l), &lm, &[]);
+    let c = CString::new(lm.join("big").as_os_str().as_bytes()).unwrap();
+    // SAFETY: opendir/readdir/telldir/seekdir/closedir on one stream owned here; each
+    // dirent pointer is read before the next call on the stream.
+    unsafe {
+        let dir = libc::opendir(c.as_ptr());
+        assert!(!dir.is_null());
+        let mut seen = Vec::new();
+        loop {
+            let pos = libc::telldir(dir);
+            let e = libc::readdir(dir);
+            if e.is_null() {
+                break;
+            }
+            let name = CStr::from_ptr((*e).d_name.as_ptr()).to_bytes().to_vec();
+            seen.push((pos, name));
+        }
+        let uniq: BTreeSet<&Vec<u8>> = seen.iter().map(|(_, n)| n).collect();
+        assert_eq!(uniq.len(), seen.len(), "a name listed twice");
+        for (pos, name) in seen.iter().rev().step_by(13) {
+            libc::seekdir(dir, *pos);
+            let e = libc::readdir(dir);
+            assert!(!e.is_null());
+            assert_eq!(
+                &CStr::from_ptr((*e).d_name.as_ptr()).to_bytes().to_vec(),
+                name
+            );
+        }
+        libc::closedir(dir);
+    }
+}
+
+/// Names created or removed while a listing is being read: every name that exists the
+/// whole time is listed exactly once; after a rewind the listing is current.
+#[test]
+fn changes_during_a_listing() {
+    if support::skip_unless_root() {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let l = big_stack(t.path(), 2000);
+    let lowers_check = LowersUnchanged::record(&l);
+    let s = rw_stack(t.path(), &l, "x");
+    let lm = t.path().join("m");
+    let g = mount_layerfs(&s, &lm, &[]);
+    let big = lm.join("big");
+    let before: BTreeSet<OsString> = fs::read_dir(&big)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    let d = DirFd::open(&big);
+    let mut got = d.getdents(4096);
+    // Remove some names (lower and upper), add new ones, copy one up, mid-listing.
+    let removed: Vec<OsString> = before.iter().step_by(9).cloned().collect();
+    for n in &removed {
+        fs::remove_file(big.join(n)).unwrap();
+    }
+    for i in 0..300 {
+        fs::write(big.join(format!("new-{i}")), b"n").unwrap();
+    }
+    fs::write(big.join(before.iter().nth(5).unwrap()), b"rewritten").unwrap();
+    got.extend(d.read_all(1024));
+    assert_no_repeats(&got, "during changes");
+    let got: BTreeSet<OsString> = names(&got).into_iter().collect();
+    for n in before.iter().filter(|n| !removed.contains(n)) {
+        assert!(got.contains(n), "{n:?} skipped");
+    }
+    d.seek(0);
+    let now: BTreeSet<OsString> = names(&d.read_all(8192))
+        .into_iter()
+        .filter(|n| n != "." && n != "..")
+        .collect();
+    let want: BTreeSet<OsString> = fs::read_dir(&big)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(now, want, "after rewinding");
+    assert_eq!(now.len(), before.len() - removed.len() + 300);
+    drop(d);
+    drop(g);
+    lowers_check.check();
+}
+
+/// `d_ino` from readdir is the `st_ino` of the name, in merged dirs, after copy-ups,
+/// renames and new files (programs like `find` and `du` rely on it).
+#[test]
+fn readdir_inode_numbers_match_stat() {
+    if support::skip_unless_root() {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let l = big_stack(t.path(), 300);
+    write(&l[2].join("big/sub/deep"), b"d");
+    write(&l[1].join("big/sub/deep2"), b"d");
+    let s = rw_stack(t.path(), &l, "x");
+    let lm = t.path().join("m");
+    let _g = mount_layerfs(&s, &lm, &[]);
+    let big = lm.join("big");
+    let check = |what: &str| {
+        let d = DirFd::open(&big);
+        for e in d.read_all(4096) {
+            if e.name == "." || e.name == ".." {
+                continue;
+            }
+            let st = lstat(&big.join(&e.name)).unwrap();
+            use std::os::unix::fs::MetadataExt;
+            assert_eq!(e.ino, st.ino(), "{what}: {:?}", e.name);
+        }
+    };
+    check("lower only");
+    let names: Vec<OsString> = fs::read_dir(&big)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    for n in names.iter().step_by(4) {
+        if n != "sub" {
+            fs::OpenOptions::new()
+                .append(true)
+                .open(big.join(n))
+                .unwrap();
+        }
+    }
+    fs::rename(big.join(&names[1]), big.join("renamed")).unwrap();
+    fs::rename(big.join("sub"), big.join("sub-renamed")).unwrap();
+    fs::write(big.join("brand-new"), b"n").unwrap();
+    check("after changes");
+}

@@ -1,0 +1,5 @@
+//! Pull and push against a real registry on 127.0.0.1, through a counting and
+//! fault-injecting proxy.
+
+mod faults;
+mod pull_push;

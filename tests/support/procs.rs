@@ -1,0 +1,108 @@
+//! Processes, found through `/proc`: the daemons serving a mount or a container, whether
+//! one still runs, its memory, and signals to it.
+
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use rustix::process::{Pid, Signal, kill_process};
+
+use crate::cli::layerfs_bin;
+
+/// A running process and its command line.
+pub struct Process {
+    pub pid: u32,
+    pub args: Vec<Vec<u8>>,
+}
+
+/// Every process this one can see (the one scan of `/proc`).
+pub fn processes() -> Vec<Process> {
+    let Ok(rd) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    rd.flatten()
+        .filter_map(|e| {
+            let pid = e.file_name().to_str()?.parse::<u32>().ok()?;
+            let cmd = fs::read(e.path().join("cmdline")).ok()?;
+            let args = cmd.split(|b| *b == 0).map(<[u8]>::to_vec).collect();
+            Some(Process { pid, args })
+        })
+        .collect()
+}
+
+/// Live layerfs daemons (this build's binary) whose command line names `mnt`, old ones
+/// that are still exiting included.
+pub fn daemons_for(mnt: &Path) -> Vec<u32> {
+    let want = mnt.as_os_str().as_bytes();
+    let bin = layerfs_bin();
+    processes()
+        .into_iter()
+        .filter(|p| {
+            p.args.iter().any(|a| a == want)
+                && fs::read_link(format!("/proc/{}/exe", p.pid)).is_ok_and(|x| x == bin)
+                && pid_alive(p.pid)
+        })
+        .map(|p| p.pid)
+        .collect()
+}
+
+/// The pid of the layerfs daemon serving `mnt`.
+pub fn daemon_pid(mnt: &Path) -> Option<u32> {
+    daemons_for(mnt).into_iter().next()
+}
+
+/// The pid of the daemon serving a container (by the container id in its command line).
+pub fn container_daemon_pid(id: &str) -> Option<u32> {
+    let needle = format!("fsname=layerfs:{id}");
+    processes()
+        .into_iter()
+        .find(|p| {
+            p.args
+                .iter()
+                .any(|a| String::from_utf8_lossy(a).contains(&needle))
+        })
+        .map(|p| p.pid)
+}
+
+/// Whether a process runs with this pid (a zombie does not).
+pub fn pid_alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists() && !is_zombie(pid).unwrap_or(true)
+}
+
+fn is_zombie(pid: u32) -> Option<bool> {
+    fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .map(|s| s.contains(") Z "))
+}
+
+/// Wait until a process is gone or a zombie (at most 10 s): the daemons are reparented,
+/// so nobody here reaps them.
+pub fn wait_gone(pid: u32) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
+        if is_zombie(pid) == Some(true) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Resident memory of a process in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Send a signal to a process; one that has exited already is not an error here.
+pub fn signal(pid: u32, sig: Signal) {
+    let pid = i32::try_from(pid)
+        .ok()
+        .and_then(Pid::from_raw)
+        .expect("a valid pid");
+    let _ = kill_process(pid, sig);
+}
