@@ -8,4 +8,5 @@ pub mod markers;
 pub mod overlay;
 pub mod registry;
 pub mod store;
+#[allow(unsafe_code)]
 pub mod sys;

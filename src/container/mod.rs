@@ -388,10 +388,10 @@ pub(crate) fn find<'c>(all: &'c [Container], s: &str) -> Result<&'c Container> {
     if let Some(c) = all.iter().find(|c| c.name == s) {
         return Ok(c);
     }
-    if s.bytes().all(|b| b.is_ascii_hexdigit()) {
-        if let Some(c) = by_id_prefix(all, |c| c.id.clone(), s, s, "container")? {
-            return Ok(c);
-        }
+    if s.bytes().all(|b| b.is_ascii_hexdigit())
+        && let Some(c) = by_id_prefix(all, |c| c.id.clone(), s, s, "container")?
+    {
+        return Ok(c);
     }
     Err(Error::not_found(format!("no such container: {s}")))
 }

@@ -71,10 +71,10 @@ impl<V: Weighted> ShardedLru<V> {
     /// Remove the value under `key` if `pred` says so.
     pub fn remove_if(&self, key: u64, pred: impl Fn(&Arc<V>) -> bool) {
         let mut s = self.shard(key).lock();
-        if s.lru.peek(&key).is_some_and(&pred) {
-            if let Some(old) = s.lru.pop(&key) {
-                s.weight -= old.weight();
-            }
+        if s.lru.peek(&key).is_some_and(&pred)
+            && let Some(old) = s.lru.pop(&key)
+        {
+            s.weight -= old.weight();
         }
     }
 

@@ -387,10 +387,10 @@ impl OverlayFs {
             TimeSpec::Set(st.st_atime, st.st_atime_nsec as i64),
             TimeSpec::Set(st.st_mtime, st.st_mtime_nsec as i64),
         )?;
-        if let Some(f) = file {
-            if self.opts.fsync {
-                sys::fsync(f.as_fd())?;
-            }
+        if let Some(f) = file
+            && self.opts.fsync
+        {
+            sys::fsync(f.as_fd())?;
         }
         Ok(())
     }

@@ -385,11 +385,11 @@ impl OverlayFs {
 
     pub fn getattr(&self, ino: u64, fh: Option<u64>) -> SysResult<Attr> {
         let node = self.node(ino)?;
-        if let Some(h) = fh.and_then(|fh| self.files.get(fh)) {
-            if h.node.ino == ino {
-                let st = sys::stat_fd(h.file().as_fd())?;
-                return Ok(self.attr_of(&node, &st));
-            }
+        if let Some(h) = fh.and_then(|fh| self.files.get(fh))
+            && h.node.ino == ino
+        {
+            let st = sys::stat_fd(h.file().as_fd())?;
+            return Ok(self.attr_of(&node, &st));
         }
         let st = self.stat_node(&node)?;
         Ok(self.attr_of(&node, &st))

@@ -218,10 +218,10 @@ impl Drop for Node {
             }
             let shard = &table.shards[shard_of(self.ino)];
             let mut map = shard.write();
-            if let Some(w) = map.get(&self.ino) {
-                if std::ptr::eq(w.as_ptr(), self as *const Node) {
-                    map.remove(&self.ino);
-                }
+            if let Some(w) = map.get(&self.ino)
+                && std::ptr::eq(w.as_ptr(), self as *const Node)
+            {
+                map.remove(&self.ino);
             }
         }
     }
@@ -285,16 +285,18 @@ impl InodeTable {
         make: impl FnOnce() -> NodeState,
     ) -> Arc<Node> {
         let shard = &self.inner.shards[shard_of(ino)];
-        if let Some(n) = shard.read().get(&ino).and_then(Weak::upgrade) {
-            if n.kind == kind && keep(&n) {
-                return n;
-            }
+        if let Some(n) = shard.read().get(&ino).and_then(Weak::upgrade)
+            && n.kind == kind
+            && keep(&n)
+        {
+            return n;
         }
         let mut map = shard.write();
-        if let Some(n) = map.get(&ino).and_then(Weak::upgrade) {
-            if n.kind == kind && keep(&n) {
-                return n;
-            }
+        if let Some(n) = map.get(&ino).and_then(Weak::upgrade)
+            && n.kind == kind
+            && keep(&n)
+        {
+            return n;
         }
         let node = self.make_node(ino, ino, kind, make());
         map.insert(ino, Arc::downgrade(&node));

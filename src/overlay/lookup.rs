@@ -221,10 +221,10 @@ impl Resolver {
                 return Ok(None);
             }
             let mut ino = self.layers.map_ino(st.st_dev, st.st_ino);
-            if dir.impure {
-                if let Some(o) = markers::read_markers(up.fd(), Some(name))?.origin_ino {
-                    ino = o;
-                }
+            if dir.impure
+                && let Some(o) = markers::read_markers(up.fd(), Some(name))?.origin_ino
+            {
+                ino = o;
             }
             return Ok(Some(Resolved {
                 stat: st,

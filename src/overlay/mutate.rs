@@ -193,10 +193,8 @@ impl OverlayFs {
                 let fd = self.make_obj(pu.fd(), name, &obj, mode, uid, gid, created_as)?;
                 if matches!(slot, Slot::OciWhiteout) {
                     let _ = sys::unlink_at(pu.fd(), &markers::oci_whiteout_name(name));
-                    if is_dir {
-                        if let Some(w) = &self.writer {
-                            w.set_opaque(pu.fd(), Some(name))?;
-                        }
+                    if is_dir && let Some(w) = &self.writer {
+                        w.set_opaque(pu.fd(), Some(name))?;
                     }
                 }
                 fd
@@ -452,12 +450,11 @@ impl OverlayFs {
                 .all(|a| a.parent.ino == pnode.ino && a.name == name),
             NodeState::Dir(_) => false,
         };
-        if last {
-            if let Ok(fd) = sys::open_path_at(pu.fd(), name) {
-                if let NodeState::File(f) = &mut *node.state.write() {
-                    f.orphan = Some(fd);
-                }
-            }
+        if last
+            && let Ok(fd) = sys::open_path_at(pu.fd(), name)
+            && let NodeState::File(f) = &mut *node.state.write()
+        {
+            f.orphan = Some(fd);
         }
     }
 
@@ -526,10 +523,10 @@ impl OverlayFs {
                 set.gid.map(|g| m.gid_stored(g)),
             )?;
         }
-        if let Some(mode) = set.mode {
-            if node.kind != Kind::Symlink {
-                sys::chmod_at(real.fd(), name, mode & 0o7777)?;
-            }
+        if let Some(mode) = set.mode
+            && node.kind != Kind::Symlink
+        {
+            sys::chmod_at(real.fd(), name, mode & 0o7777)?;
         }
         if let Some(size) = set.size {
             let h = set

@@ -150,10 +150,8 @@ impl OverlayFs {
         // opaque before it moves (it hides nothing where it is), so no crash can leave
         // it merged at its new place.
         let make_opaque = src.is_dir() && redirect.is_none() && dst_lower;
-        if make_opaque {
-            if let Some(w) = &self.writer {
-                w.set_opaque(pu.fd(), Some(name))?;
-            }
+        if make_opaque && let Some(w) = &self.writer {
+            w.set_opaque(pu.fd(), Some(name))?;
         }
         // Clear what is in the upper dir at the destination.
         if let Some(d) = &dst {
@@ -196,11 +194,11 @@ impl OverlayFs {
             } else {
                 sys::rename_at(pu.fd(), name, npu.fd(), newname, RenameFlags::empty())?;
             }
-            if let Some(mut d) = dst_st {
-                if let NodeState::File(f) = &mut *d {
-                    f.aliases
-                        .retain(|a| !(a.parent.ino == npnode.ino && a.name == newname));
-                }
+            if let Some(mut d) = dst_st
+                && let NodeState::File(f) = &mut *d
+            {
+                f.aliases
+                    .retain(|a| !(a.parent.ino == npnode.ino && a.name == newname));
             }
             record_move(
                 &mut src_st,
@@ -215,10 +213,8 @@ impl OverlayFs {
         if src_needs_wh && !wh_done {
             self.writer()?.whiteout(pu.fd(), name)?;
         }
-        if make_opaque {
-            if let NodeState::Dir(s) = &mut *src.state.write() {
-                s.lowers = Arc::from(Vec::new());
-            }
+        if make_opaque && let NodeState::Dir(s) = &mut *src.state.write() {
+            s.lowers = Arc::from(Vec::new());
         }
 
         // Update the nodes.

@@ -245,10 +245,9 @@ impl ImageCatalog {
             && full
                 .bytes()
                 .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            && let Some(r) = by_id_prefix(self.images.values(), |r| r.id.hex(), full, s, "image")?
         {
-            if let Some(r) = by_id_prefix(self.images.values(), |r| r.id.hex(), full, s, "image")? {
-                return Ok(r);
-            }
+            return Ok(r);
         }
         Err(Error::not_found(format!("no such image: {s}")))
     }

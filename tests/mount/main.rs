@@ -7,6 +7,7 @@ mod basic;
 mod crash;
 mod inodes;
 mod lifecycle;
+mod passthrough;
 mod readdir_offsets;
 mod readdirplus;
 mod readonly_diff;

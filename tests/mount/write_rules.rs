@@ -29,11 +29,17 @@ struct Env {
     m: PathBuf,
     g: Option<MountGuard>,
     check: LowersUnchanged,
+    opts: Vec<&'static str>,
 }
 
 impl Env {
     /// `n` lower layers (top first), filled by `build`, then mounted.
     fn new(n: usize, build: impl FnOnce(&[PathBuf])) -> Env {
+        Self::with_opts(n, &[], build)
+    }
+
+    /// The same, mounted with extra options.
+    fn with_opts(n: usize, opts: &[&'static str], build: impl FnOnce(&[PathBuf])) -> Env {
         let t = tempfile::tempdir().unwrap();
         let lowers: Vec<PathBuf> = (0..n).map(|i| t.path().join(format!("l{i}"))).collect();
         for l in &lowers {
@@ -43,7 +49,7 @@ impl Env {
         let check = LowersUnchanged::record(&lowers);
         let s = rw_stack(t.path(), &lowers, "u");
         let m = t.path().join("m");
-        let g = Some(mount_layerfs(&s, &m, &[]));
+        let g = Some(mount_layerfs(&s, &m, opts));
         Env {
             t,
             lowers,
@@ -51,6 +57,7 @@ impl Env {
             m,
             g,
             check,
+            opts: opts.to_vec(),
         }
     }
 
@@ -73,7 +80,7 @@ impl Env {
 
     fn remount(&mut self) {
         self.g.take().unwrap().unmount();
-        self.g = Some(mount_layerfs(&self.s, &self.m, &[]));
+        self.g = Some(mount_layerfs(&self.s, &self.m, &self.opts));
     }
 
     /// The tree now, then the same after a remount, then as the kernel's overlayfs shows
@@ -99,7 +106,7 @@ impl Env {
             &accept_visible_link_counts(&k, &now, &self.lowers),
             "kernel view of the upper dir",
         );
-        self.g = Some(mount_layerfs(&self.s, &self.m, &[]));
+        self.g = Some(mount_layerfs(&self.s, &self.m, &self.opts));
         now
     }
 
@@ -743,14 +750,18 @@ fn unlinked_open_files_keep_working() {
     e.finish();
 }
 
-/// A read-only descriptor opened before a copy-up reads the copied-up data afterwards,
-/// as with the kernel's overlayfs (it is the same file).
+/// With lower files read through the daemon (`passthrough=upper`), a read-only descriptor
+/// opened before a copy-up reads the copied-up data afterwards, as with the kernel's
+/// overlayfs (it is the same file). With the default (lower files pass through), it keeps
+/// reading the lower file: `tests/mount/passthrough.rs`.
 #[test]
 fn descriptors_opened_before_copy_up_see_the_copy() {
     if support::skip_unless_root() {
         return;
     }
-    let e = Env::new(1, |l| write(&l[0].join("f"), b"old content\n"));
+    let e = Env::with_opts(1, &["passthrough=upper"], |l| {
+        write(&l[0].join("f"), b"old content\n")
+    });
     let r = fs::File::open(e.p("f")).unwrap();
     let mut buf = [0u8; 3];
     r.read_exact_at(&mut buf, 0).unwrap();

@@ -504,7 +504,7 @@ fn readdir_during_creates_and_deletes() {
                 let mut i = 0u64;
                 while !stop.load(Ordering::Acquire) {
                     let p = dir.join(format!("new-{k}-{}", i % 500));
-                    let r = if (i / 500) % 2 == 0 {
+                    let r = if (i / 500).is_multiple_of(2) {
                         File::create(&p).map(|_| ())
                     } else {
                         fs::remove_file(&p)
@@ -615,7 +615,7 @@ fn renames_race_lookups() {
                 let mut n = 0u64;
                 while !stop.load(Ordering::Acquire) {
                     let (rel, want) = checks[(n as usize + k) % 3];
-                    let side = if n % 2 == 0 { "a" } else { "b" };
+                    let side = if n.is_multiple_of(2) { "a" } else { "b" };
                     let p = mnt.join(side).join(rel);
                     match fs::read(&p) {
                         Ok(d) if d == want => {}
@@ -654,7 +654,7 @@ fn renames_race_lookups() {
     }
     report.passed(renames + reads);
     report.check("lookups see the file or ENOENT", take(&problems));
-    let end = if rounds % 2 == 0 { "a" } else { "b" };
+    let end = if rounds.is_multiple_of(2) { "a" } else { "b" };
     report.ok(
         "contents survive the renames",
         fs::read(mnt.join(end).join("dir/deep/leaf"))

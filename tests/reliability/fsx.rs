@@ -540,13 +540,13 @@ fn run_fsx(mode: &str, salt: u64) {
             failure = Some(e);
             break;
         }
-        if fsx.ops % 1000 == 0
+        if fsx.ops.is_multiple_of(1000)
             && let Err(e) = fsx.verify_all()
         {
             failure = Some(format!("full check: {e}"));
             break;
         }
-        if remount_every > 0 && fsx.ops % remount_every == 0 && fsx.ops < ops {
+        if remount_every > 0 && fsx.ops.is_multiple_of(remount_every) && fsx.ops < ops {
             fsx.note("unmount + remount".into());
             fsx.close_all();
             guard.unmount();

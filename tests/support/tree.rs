@@ -240,6 +240,11 @@ pub fn assert_unique_inos(t: &Tree, what: &str) {
     );
 }
 
+/// Node ids (and so inode numbers) of successor nodes start here: a file opened for
+/// writing while read-only descriptors of it pass through to its lower file moves to a
+/// new kernel inode until the next mount.
+pub const SUCCESSOR_INOS: u64 = 0xff00_0000_0000_0000;
+
 /// Paths whose inode number differs between two snapshots of the same tree.
 pub fn ino_changes(a: &Tree, b: &Tree) -> Vec<String> {
     a.inos

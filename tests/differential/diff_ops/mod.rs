@@ -987,7 +987,13 @@ pub fn run_case(c: &Case) -> Result<(), String> {
     let tl2 = snapshot(&lm, &snap_opts(cutoff));
     compare(&tk, &tl2, &klowers, "after remounting layerfs")
         .map_err(|e| format!("{e}\nsteps:\n{steps}"))?;
-    let moved = ino_changes(&tl, &tl2);
+    let mut moved = ino_changes(&tl, &tl2);
+    // A file opened for writing while a read-only descriptor of it is open (one op does
+    // that: a copy range between two names of one file) gets a new kernel inode, and a
+    // number from the successor range until the next mount (see `OverlayFs::supersede`;
+    // `tests/mount/passthrough.rs` pins when exactly).
+    let holds_two = c.ops.iter().any(|o| matches!(o, Op::CopyRange { .. }));
+    moved.retain(|m| !(holds_two && from_successor_range(m)));
     if !moved.is_empty() {
         return Err(format!(
             "inode numbers changed by a remount:\n{}\nsteps:\n{steps}",
@@ -1026,4 +1032,13 @@ fn show(r: Outcome) -> String {
             )
         }
     }
+}
+
+/// Whether an `ino_changes` line starts from a successor node's number.
+fn from_successor_range(line: &str) -> bool {
+    line.rsplit(": ")
+        .next()
+        .and_then(|r| r.split(" -> ").next())
+        .and_then(|n| n.parse::<u64>().ok())
+        .is_some_and(|n| n >= SUCCESSOR_INOS)
 }
