@@ -742,7 +742,7 @@ class Bench:
             mounts = []
             try:
                 for i in range(n):
-                    mounts.append(self.mount(b, [self.big], writable=False, slot=i + 1))
+                    mounts.append(self.mount(b, [self.big], slot=i + 1))
                     mounts[-1].mount()
                 drop_caches()
                 before = cached_mib()
