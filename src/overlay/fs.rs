@@ -543,6 +543,12 @@ fn without_internal(list: &[u8]) -> Vec<u8> {
     out
 }
 
+impl Drop for OverlayFs {
+    fn drop(&mut self) {
+        self.table.unpin_all();
+    }
+}
+
 impl std::fmt::Debug for OverlayFs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("OverlayFs")

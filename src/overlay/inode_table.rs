@@ -378,6 +378,19 @@ impl InodeTable {
         node
     }
 
+    /// Drop every pin (the kernel's lookups): when the filesystem object goes away, its
+    /// nodes must not keep each other, and their directory handles, alive.
+    pub fn unpin_all(&self) {
+        for shard in &self.inner.shards {
+            let nodes: Vec<Arc<Node>> = shard.read().values().filter_map(Weak::upgrade).collect();
+            for n in nodes {
+                n.nlookup.store(0, Ordering::Release);
+                let pin = n.pin.lock().take();
+                drop(pin);
+            }
+        }
+    }
+
     /// Number of live nodes (for tests and memory reports).
     pub fn len(&self) -> usize {
         self.inner
