@@ -56,9 +56,12 @@ impl OverlayFs {
         let NodeState::File(f) = &*st else {
             return Err(Errno::ISDIR);
         };
+        // A name may briefly hold something else while a change is under way (the
+        // whiteout of an unlink, a rename over it): `ESTALE` then makes the kernel look
+        // the path up again.
         let mut last = Errno::STALE;
         for a in &f.aliases {
-            match sys::open_at(a.real.fd(), &a.name, flags, 0) {
+            match sys::open_regular_at(a.real.fd(), &a.name, flags) {
                 Ok(fd) => return Ok(fd),
                 Err(e) => last = e,
             }

@@ -40,6 +40,24 @@ pub fn open_at(
     )
 }
 
+/// Open a regular file by name with `O_NOFOLLOW | O_CLOEXEC` added, never opening (or
+/// blocking on) anything else: a symlink, FIFO, socket or device that took the name in a
+/// race (a whiteout is a device) answers `ESTALE`, and so does a name that went away.
+pub fn open_regular_at(dirfd: BorrowedFd<'_>, name: &OsStr, flags: OFlags) -> SysResult<OwnedFd> {
+    let probe = flags | OFlags::NONBLOCK | OFlags::NOCTTY;
+    let fd = open_at(dirfd, name, probe, 0).map_err(|e| match e {
+        Errno::NOENT | Errno::LOOP | Errno::NXIO | Errno::NODEV | Errno::ISDIR => Errno::STALE,
+        e => e,
+    })?;
+    if mode_type(stat_fd(fd.as_fd())?.st_mode) != libc::S_IFREG {
+        return Err(Errno::STALE);
+    }
+    if !flags.contains(OFlags::NONBLOCK) {
+        rustix::fs::fcntl_setfl(&fd, rustix::fs::fcntl_getfl(&fd)? - OFlags::NONBLOCK)?;
+    }
+    Ok(fd)
+}
+
 /// Open a non-directory as an `O_PATH` handle.
 pub fn open_path_at(dirfd: BorrowedFd<'_>, name: &OsStr) -> SysResult<OwnedFd> {
     rustix::fs::openat(

@@ -674,3 +674,60 @@ fn renames_race_lookups() {
     kernel_agrees(t.path(), &stack, &mut report);
     report.finish();
 }
+
+/// Opens of a copied-up file race its unlink (which puts a whiteout where the file was):
+/// an open gets the file or `ENOENT`, never the whiteout (a device: `ENXIO`) or anything
+/// else that held the name for a moment.
+#[test]
+fn opens_race_unlinks_of_copied_up_files() {
+    if support::skip_unless_root() {
+        return;
+    }
+    let files = env_u64("LAYERFS_CONC_FILES", 24) as usize * 16;
+    let mut report = Report::new("concurrency", "open-vs-unlink");
+    let t = tempfile::tempdir().unwrap();
+    let stack = new_stack(t.path(), 1);
+    let mnt = t.path().join("m");
+    for i in 0..files {
+        write(&stack.lowers[0].join(format!("f{i}")), b"lower bytes");
+    }
+    let mut daemon = Daemon::start(&stack, &mnt, &[]).unwrap();
+    let wd = Watchdog::new("open vs unlink", 300, vec![mnt.clone()]);
+    let problems: Problems = Default::default();
+    let mut opens = 0;
+    for i in 0..files {
+        let p = mnt.join(format!("f{i}"));
+        // Copied up: removing it now replaces the upper file with a whiteout.
+        OpenOptions::new()
+            .append(true)
+            .open(&p)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, b" and more"))
+            .unwrap();
+        let go = Arc::new(Barrier::new(2));
+        let reader = {
+            let (p, go, problems) = (p.clone(), go.clone(), problems.clone());
+            std::thread::spawn(move || {
+                go.wait();
+                for n in 0..100_000u64 {
+                    match File::open(&p) {
+                        Ok(_) => {}
+                        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return n,
+                        Err(e) => problem(&problems, format!("open {}: {e}", p.display())),
+                    }
+                }
+                100_000
+            })
+        };
+        go.wait();
+        std::thread::sleep(Duration::from_micros(50));
+        if let Err(e) = fs::remove_file(&p) {
+            problem(&problems, format!("unlink {}: {e}", p.display()));
+        }
+        opens += reader.join().unwrap();
+    }
+    report.passed(opens);
+    report.check("opens see the file or ENOENT", take(&problems));
+    report.check("no hang", wd.disarm());
+    daemon.stop();
+    report.finish();
+}
