@@ -116,6 +116,10 @@ pub struct Node {
     /// Set when a newer node took over this one's names: the kernel pins this node's
     /// open files to a lower file it cannot switch, so new opens go to the successor.
     successor: Mutex<Option<Arc<Node>>>,
+    /// For directories: what listing found for names it had to resolve (upper entries of
+    /// merged or impure directories): name → (real inode number, inode number shown,
+    /// `DT_*` type). Every change to a name here goes through this node and drops it.
+    resolved: Mutex<HashMap<OsString, (u64, u64, u8)>>,
     table: Weak<TableInner>,
 }
 
@@ -185,6 +189,28 @@ impl Node {
                 Err(actual) => cur = actual,
             }
         }
+    }
+
+    /// A name of this directory changed (created, removed, renamed): forget what a
+    /// listing resolved for it, and mark the entries changed.
+    pub fn name_changed(&self, name: &OsStr) {
+        self.resolved.lock().remove(name);
+        self.entries_changed();
+    }
+
+    /// What a listing resolved for `name` while its real entry was `real_ino`.
+    pub fn resolved_name(&self, name: &OsStr, real_ino: u64) -> Option<(u64, u8)> {
+        self.resolved
+            .lock()
+            .get(name)
+            .filter(|r| r.0 == real_ino)
+            .map(|r| (r.1, r.2))
+    }
+
+    pub fn remember_resolved(&self, name: &OsStr, real_ino: u64, ino: u64, dtype: u8) {
+        self.resolved
+            .lock()
+            .insert(name.to_os_string(), (real_ino, ino, dtype));
     }
 
     /// The node that took over this one's names, if any.
@@ -316,6 +342,7 @@ impl InodeTable {
             version: AtomicU64::new(0),
             open_files: AtomicU64::new(0),
             successor: Mutex::new(None),
+            resolved: Mutex::new(HashMap::new()),
             table: Arc::downgrade(&self.inner),
         })
     }

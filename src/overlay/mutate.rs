@@ -247,7 +247,7 @@ impl OverlayFs {
             })
         };
         let node = self.table.insert_new(ino, kind, state);
-        pnode.entries_changed();
+        pnode.name_changed(name);
         Ok((node, fd, st))
     }
 
@@ -378,7 +378,7 @@ impl OverlayFs {
                 real: pu,
             });
         }
-        np.entries_changed();
+        np.name_changed(newname);
         self.twin_changed(&node);
         self.entry_for(&node)
     }
@@ -425,7 +425,7 @@ impl OverlayFs {
             self.keep_orphan_if_last(&node, &pnode, &pu, name);
         }
         let r = self.remove_name(&pnode, &pu, name, in_upper, false);
-        pnode.entries_changed();
+        pnode.name_changed(name);
         r?;
         self.drop_alias(&node, &pnode, name);
         Ok(())
@@ -489,7 +489,7 @@ impl OverlayFs {
         let pu = self.upper_dir(&pnode)?;
         let in_upper = matches!(&*node.state.read(), NodeState::Dir(d) if d.upper.is_some());
         let r = self.remove_name(&pnode, &pu, name, in_upper, true);
-        pnode.entries_changed();
+        pnode.name_changed(name);
         r
     }
 

@@ -64,9 +64,9 @@ impl OverlayFs {
     ) -> SysResult<()> {
         let r = self.rename_inner(parent, name, newparent, newname, flags);
         // Listings of both directories are stale whatever happened.
-        for p in [parent, newparent] {
-            if let Ok(n) = self.node(p) {
-                n.entries_changed();
+        for (p, n) in [(parent, name), (newparent, newname)] {
+            if let Ok(node) = self.node(p) {
+                node.name_changed(n);
             }
         }
         r
