@@ -200,7 +200,7 @@ impl OverlayFs {
         Ok(Entry {
             immutable: self.is_lower_only(&node),
             attr,
-            generation: 0,
+            generation: node.generation,
         })
     }
 

@@ -103,6 +103,9 @@ pub struct Node {
     pub identity: u64,
     /// Never reused, unlike inode numbers: a key for caches.
     pub serial: u64,
+    /// FUSE generation: goes up when the number is reused while the kernel still holds
+    /// the old object (see `insert_new`).
+    pub generation: u64,
     pub kind: Kind,
     nlookup: AtomicU64,
     pin: Mutex<Option<Arc<Node>>>,
@@ -333,6 +336,7 @@ impl InodeTable {
         Arc::new(Node {
             ino,
             identity,
+            generation: 0,
             serial: self.serial.fetch_add(1, Ordering::Relaxed),
             kind,
             nlookup: AtomicU64::new(0),
@@ -385,12 +389,22 @@ impl InodeTable {
 
     /// Insert a node for a brand-new object, replacing any stale entry.
     pub fn insert_new(&self, ino: u64, kind: Kind, state: NodeState) -> Arc<Node> {
-        let node = self.make_node(ino, ino, kind, state);
-        let replaced = {
+        let (node, replaced) = {
             let mut map = self.inner.shards[shard_of(ino)].write();
             let old = map.get(&ino).and_then(|w| w.upgrade());
+            let mut node = self.make_node(ino, ino, kind, state);
+            // The kernel may still hold the old object under this number (an open file,
+            // an O_PATH descriptor, a dentry being walked): a new generation makes it take
+            // this object for a new inode and fail calls made through the old one,
+            // instead of applying them (a link, a setattr) to this object.
+            if let Some(o) = &old
+                && o.nlookup() > 0
+                && let Some(n) = Arc::get_mut(&mut node)
+            {
+                n.generation = o.generation + 1;
+            }
             map.insert(ino, Arc::downgrade(&node));
-            old
+            (node, old)
         };
         // The number was reused (the old object is gone) but the kernel may still hold
         // lookups of the old node under it: its FORGETs now reach the new node, so the
@@ -480,6 +494,22 @@ mod tests {
         assert!(t.get(9).is_some(), "the new node is still looked up once");
         t.get(9).unwrap().forget(1);
         assert!(t.get(9).is_none());
+    }
+
+    #[test]
+    fn reused_number_held_by_the_kernel_gets_a_new_generation() {
+        let t = InodeTable::new();
+        let old = t.insert_new(9, Kind::File, file_state());
+        assert_eq!(old.generation, 0);
+        old.inc_lookup(1);
+        drop(old);
+        let new = t.insert_new(9, Kind::File, file_state());
+        assert_eq!(new.generation, 1, "the kernel still holds the old object");
+        new.forget(1); // the old object's FORGET
+        drop(new);
+        // Nothing held any more: a later object under the number starts again.
+        let later = t.insert_new(9, Kind::File, file_state());
+        assert_eq!(later.generation, 0);
     }
 
     #[test]

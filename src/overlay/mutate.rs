@@ -262,7 +262,7 @@ impl OverlayFs {
         node.inc_lookup(1);
         Entry {
             attr,
-            generation: 0,
+            generation: node.generation,
             immutable: false,
         }
     }

@@ -201,11 +201,12 @@ struct Kernel<'f> {
     ctx: Ctx,
     /// path → node id (positive dentries only).
     dentries: BTreeMap<String, u64>,
-    /// node id → the kernel inode that answers to it now: whether it is a directory, and
-    /// the lookups it holds.
-    counts: HashMap<u64, (bool, u64)>,
-    /// Kernel inodes a reply with the same node id but another type replaced (the kernel
-    /// marks the old one bad and makes a new one): their lookups, forgotten separately.
+    /// node id → the kernel inode that answers to it now: whether it is a directory, its
+    /// generation, and the lookups it holds.
+    counts: HashMap<u64, (bool, u64, u64)>,
+    /// Kernel inodes a reply with the same node id but another type or generation
+    /// replaced (the kernel marks the old one bad and makes a new one): their lookups,
+    /// forgotten separately.
     replaced: Vec<(u64, u64)>,
     /// Open files: (node id, handle).
     open: Vec<(u64, u64)>,
@@ -230,17 +231,18 @@ fn errno(e: Errno) -> i32 {
 
 impl<'f> Kernel<'f> {
     /// A reply (lookup, create, mkdir) gave the kernel a lookup of `id`, an object of
-    /// that type. A number the kernel still holds for an object of another type (a
-    /// deleted file whose number a new directory reuses) is another kernel inode.
-    fn got(&mut self, id: u64, is_dir: bool) {
-        let e = self.counts.entry(id).or_insert((is_dir, 0));
-        if e.0 != is_dir {
-            if e.1 > 0 {
-                self.replaced.push((id, e.1));
+    /// that type and generation. A number the kernel still holds for an object of another
+    /// type or generation (a deleted file whose number a new object reuses) is another
+    /// kernel inode.
+    fn got(&mut self, id: u64, is_dir: bool, generation: u64) {
+        let e = self.counts.entry(id).or_insert((is_dir, generation, 0));
+        if e.0 != is_dir || e.1 != generation {
+            if e.2 > 0 {
+                self.replaced.push((id, e.2));
             }
-            *e = (is_dir, 0);
+            *e = (is_dir, generation, 0);
         }
-        e.1 += 1;
+        e.2 += 1;
     }
 
     /// The node id of `p`, looking up what the dentry cache lacks; ENOENT/ENOTDIR as the
@@ -264,7 +266,7 @@ impl<'f> Kernel<'f> {
                 Some(&id) => id,
                 None => match self.fs.lookup(cur, OsStr::new(comp)) {
                     Ok(e) => {
-                        self.got(e.attr.ino, e.attr.is_dir());
+                        self.got(e.attr.ino, e.attr.is_dir(), e.generation);
                         self.dentries.insert(so_far.clone(), e.attr.ino);
                         e.attr.ino
                     }
@@ -307,7 +309,7 @@ impl<'f> Kernel<'f> {
                     .fs
                     .create(self.ctx, parent, name_of(p), 0o644, flags)
                     .map_err(errno)?;
-                self.got(e.attr.ino, false);
+                self.got(e.attr.ino, false, e.generation);
                 self.dentries.insert(p.to_string(), e.attr.ino);
                 self.fs.release(o.fh);
                 Ok(String::new())
@@ -321,7 +323,7 @@ impl<'f> Kernel<'f> {
                     .fs
                     .mkdir(self.ctx, parent, name_of(p), 0o755)
                     .map_err(errno)?;
-                self.got(e.attr.ino, true);
+                self.got(e.attr.ino, true, e.generation);
                 self.dentries.insert(p.to_string(), e.attr.ino);
                 Ok(String::new())
             }
@@ -545,7 +547,7 @@ impl<'f> Kernel<'f> {
             .take(budget)
             .collect();
         for id in free {
-            let (_, c) = self.counts.remove(&id).unwrap();
+            let (_, _, c) = self.counts.remove(&id).unwrap();
             self.fs.forget(id, c);
         }
     }
@@ -714,7 +716,7 @@ fn tree_of(
         let e =
             k.fs.lookup(id, &n)
                 .map_err(|e| format!("lookup of listed {p:?}: {e}"))?;
-        k.got(e.attr.ino, e.attr.is_dir());
+        k.got(e.attr.ino, e.attr.is_dir(), e.generation);
         if e.attr.is_dir() {
             out.insert(p.clone(), MNode::Dir);
             tree_of(k, &p, e.attr.ino, out)?;

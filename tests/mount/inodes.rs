@@ -178,3 +178,53 @@ fn hard_links_share_a_number_and_find_inum_works() {
         );
     }
 }
+
+/// The kernel still holds a deleted file (here through an `O_PATH` fd, which sends no
+/// OPEN) when the upper filesystem gives its inode number to a new file. The new file
+/// must be a new inode to the kernel (a new FUSE generation): otherwise the kernel takes
+/// it for the old one, and a `link` through the stale reference (in the concurrency
+/// suite: a `link` whose path walk found the name just before it was unlinked) links the
+/// new, unrelated file under another name.
+#[test]
+fn a_reused_number_is_a_new_inode_to_the_kernel() {
+    use rustix::fs::{AtFlags, CWD, Mode, OFlags, linkat, open};
+    if support::skip_unless_root() {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let lower = t.path().join("l0");
+    fs::create_dir_all(lower.join("d")).unwrap();
+    let s = rw_stack(t.path(), &[lower], "x");
+    let lm = t.path().join("m");
+    let _g = mount_layerfs(&s, &lm, &[]);
+    let d = lm.join("d");
+    let mut hit = None;
+    for round in 0..50 {
+        let old = d.join(format!("old-{round}"));
+        write(&old, b"old");
+        let old_ino = ino(&old);
+        let fd = open(&old, OFlags::PATH | OFlags::NOFOLLOW, Mode::empty()).unwrap();
+        fs::remove_file(&old).unwrap();
+        // The upper filesystem reuses the freed number soon.
+        let reused = (0..20).find_map(|i| {
+            let p = d.join(format!("new-{round}-{i}"));
+            write(&p, b"precious");
+            (ino(&p) == old_ino).then_some(p)
+        });
+        if let Some(p) = reused {
+            let r = linkat(&fd, "", CWD, d.join("linked"), AtFlags::EMPTY_PATH);
+            hit = Some((p, r));
+            break;
+        }
+    }
+    let Some((p, r)) = hit else {
+        panic!("the upper filesystem never reused an inode number");
+    };
+    assert!(
+        r.is_err(),
+        "a link through the deleted file's stale fd linked {} instead",
+        p.display()
+    );
+    assert!(fs::symlink_metadata(d.join("linked")).is_err());
+    assert_eq!(fs::read(&p).unwrap(), b"precious");
+}
