@@ -229,21 +229,21 @@ impl OverlayFs {
         name: &OsStr,
     ) -> SysResult<()> {
         let (real, existing) = self.first_alias(node)?;
-        let pu = self.upper_dir(parent)?;
-        let saved = SavedTimes::capture(&pu)?;
-        match sys::link_at(real.fd(), &existing, pu.fd(), name) {
-            Ok(()) => saved.restore(&pu),
+        let parent_upper = self.upper_dir(parent)?;
+        let saved = SavedTimes::capture(&parent_upper)?;
+        match sys::link_at(real.fd(), &existing, parent_upper.fd(), name) {
+            Ok(()) => saved.restore(&parent_upper),
             Err(Errno::EXIST) => {
                 // Linked already (a lookup raced with the copy-up): fine if it is ours.
                 let a = sys::stat_at(real.fd(), &existing)?;
-                let b = sys::stat_at(pu.fd(), name)?;
+                let b = sys::stat_at(parent_upper.fd(), name)?;
                 if (a.st_dev, a.st_ino) != (b.st_dev, b.st_ino) {
                     return Err(Errno::EXIST);
                 }
             }
             Err(e) => return Err(e),
         }
-        self.mark_impure(parent, &pu);
+        self.mark_impure(parent, &parent_upper);
         if let NodeState::File(f) = &mut *node.state.write() {
             if f.aliases
                 .iter()
@@ -254,7 +254,7 @@ impl OverlayFs {
             f.aliases.push(Alias {
                 parent: parent.clone(),
                 name: name.to_os_string(),
-                real: pu,
+                real: parent_upper,
             });
         }
         Ok(())

@@ -183,18 +183,19 @@ impl OverlayFs {
         obj: NewObj<'_>,
     ) -> SysResult<(Arc<Node>, Option<OwnedFd>, Stat)> {
         self.check_new_name(name)?;
-        let pnode = self.node(parent)?;
-        let pu = self.upper_dir(&pnode)?;
-        let slot = self.slot(&pu, name)?;
-        let (uid, gid, mode, created_as) = self.new_owner(ctx, &pu, mode)?;
+        let parent_node = self.node(parent)?;
+        let parent_upper = self.upper_dir(&parent_node)?;
+        let slot = self.slot(&parent_upper, name)?;
+        let (uid, gid, mode, created_as) = self.new_owner(ctx, &parent_upper, mode)?;
         let is_dir = matches!(obj, NewObj::Dir);
         let fd = match slot {
             Slot::Empty | Slot::OciWhiteout => {
-                let fd = self.make_obj(pu.fd(), name, &obj, mode, uid, gid, created_as)?;
+                let fd =
+                    self.make_obj(parent_upper.fd(), name, &obj, mode, uid, gid, created_as)?;
                 if matches!(slot, Slot::OciWhiteout) {
-                    let _ = sys::unlink_at(pu.fd(), &markers::oci_whiteout_name(name));
+                    let _ = sys::unlink_at(parent_upper.fd(), &markers::oci_whiteout_name(name));
                     if is_dir && let Some(w) = &self.writer {
-                        w.set_opaque(pu.fd(), Some(name))?;
+                        w.set_opaque(parent_upper.fd(), Some(name))?;
                     }
                 }
                 fd
@@ -209,10 +210,10 @@ impl OverlayFs {
                         if let Some(w) = &self.writer {
                             w.set_opaque(work, Some(&tmp))?;
                         }
-                        sys::rename_at(work, &tmp, pu.fd(), name, RenameFlags::EXCHANGE)?;
+                        sys::rename_at(work, &tmp, parent_upper.fd(), name, RenameFlags::EXCHANGE)?;
                         sys::unlink_at(work, &tmp)
                     } else {
-                        sys::rename_at(work, &tmp, pu.fd(), name, RenameFlags::empty())
+                        sys::rename_at(work, &tmp, parent_upper.fd(), name, RenameFlags::empty())
                     }
                 })();
                 if let Err(e) = res {
@@ -222,13 +223,13 @@ impl OverlayFs {
                 fd
             }
         };
-        let st = sys::stat_at(pu.fd(), name)?;
+        let st = sys::stat_at(parent_upper.fd(), name)?;
         let ino = self.layers().map_ino(st.st_dev, st.st_ino);
         let kind = Kind::from_mode(st.st_mode);
         let state = if is_dir {
-            let dfd = sys::open_dir_path(pu.fd(), name)?;
+            let dfd = sys::open_dir_path(parent_upper.fd(), name)?;
             NodeState::Dir(DirState {
-                parent: Some(pnode.clone()),
+                parent: Some(parent_node.clone()),
                 name: name.to_os_string(),
                 upper: Some(RealDir::new(UPPER, dfd)),
                 lowers: Arc::from(Vec::new()),
@@ -238,16 +239,16 @@ impl OverlayFs {
         } else {
             NodeState::File(FileState {
                 aliases: vec![Alias {
-                    parent: pnode.clone(),
+                    parent: parent_node.clone(),
                     name: name.to_os_string(),
-                    real: pu.clone(),
+                    real: parent_upper.clone(),
                 }],
                 layer: UPPER,
                 orphan: None,
             })
         };
         let node = self.table.insert_new(ino, kind, state);
-        pnode.name_changed(name);
+        parent_node.name_changed(name);
         Ok((node, fd, st))
     }
 
@@ -349,36 +350,38 @@ impl OverlayFs {
             return Err(Errno::PERM);
         }
         self.copy_up(&node)?;
-        let np = self.node(newparent)?;
-        let pu = self.upper_dir(&np)?;
-        let slot = self.slot(&pu, newname)?;
+        let new_parent = self.node(newparent)?;
+        let parent_upper = self.upper_dir(&new_parent)?;
+        let slot = self.slot(&parent_upper, newname)?;
         let (real, name) = self.first_alias(&node)?;
         match slot {
             Slot::Whiteout => {
                 let work = self.work()?;
                 let tmp = self.tmp_name();
                 sys::link_at(real.fd(), &name, work, &tmp)?;
-                if let Err(e) = sys::rename_at(work, &tmp, pu.fd(), newname, RenameFlags::empty()) {
+                if let Err(e) =
+                    sys::rename_at(work, &tmp, parent_upper.fd(), newname, RenameFlags::empty())
+                {
                     let _ = sys::unlink_at(work, &tmp);
                     return Err(e);
                 }
             }
             Slot::Empty | Slot::OciWhiteout => {
-                sys::link_at(real.fd(), &name, pu.fd(), newname)?;
+                sys::link_at(real.fd(), &name, parent_upper.fd(), newname)?;
                 if matches!(slot, Slot::OciWhiteout) {
-                    let _ = sys::unlink_at(pu.fd(), &markers::oci_whiteout_name(newname));
+                    let _ = sys::unlink_at(parent_upper.fd(), &markers::oci_whiteout_name(newname));
                 }
             }
         }
-        self.mark_impure(&np, &pu);
+        self.mark_impure(&new_parent, &parent_upper);
         if let NodeState::File(f) = &mut *node.state.write() {
             f.aliases.push(Alias {
-                parent: np.clone(),
+                parent: new_parent.clone(),
                 name: newname.to_os_string(),
-                real: pu,
+                real: parent_upper,
             });
         }
-        np.name_changed(newname);
+        new_parent.name_changed(newname);
         self.twin_changed(&node);
         self.entry_for(&node)
     }
@@ -413,21 +416,21 @@ impl OverlayFs {
         if !self.is_writable() {
             return Err(Errno::ROFS);
         }
-        let pnode = self.node(parent)?;
-        let (node, _) = self.lookup_node(&pnode, name)?.ok_or(Errno::NOENT)?;
+        let parent_node = self.node(parent)?;
+        let (node, _) = self.lookup_node(&parent_node, name)?.ok_or(Errno::NOENT)?;
         if node.is_dir() {
             return Err(Errno::ISDIR);
         }
-        let pu = self.upper_dir(&pnode)?;
+        let parent_upper = self.upper_dir(&parent_node)?;
         self.copy_up_if_linked(&node)?;
         let in_upper = self.file_layer(&node) == UPPER;
         if in_upper {
-            self.keep_orphan_if_last(&node, &pnode, &pu, name);
+            self.keep_orphan_if_last(&node, &parent_node, &parent_upper, name);
         }
-        let r = self.remove_name(&pnode, &pu, name, in_upper, false);
-        pnode.name_changed(name);
+        let r = self.remove_name(&parent_node, &parent_upper, name, in_upper, false);
+        parent_node.name_changed(name);
         r?;
-        self.drop_alias(&node, &pnode, name);
+        self.drop_alias(&node, &parent_node, name);
         Ok(())
     }
 
@@ -436,8 +439,8 @@ impl OverlayFs {
     pub(super) fn keep_orphan_if_last(
         &self,
         node: &Arc<Node>,
-        pnode: &Node,
-        pu: &RealDir,
+        parent_node: &Node,
+        parent_upper: &RealDir,
         name: &OsStr,
     ) {
         if node.open_files.load(std::sync::atomic::Ordering::Acquire) == 0 {
@@ -447,21 +450,21 @@ impl OverlayFs {
             NodeState::File(f) => f
                 .aliases
                 .iter()
-                .all(|a| a.parent.ino == pnode.ino && a.name == name),
+                .all(|a| a.parent.ino == parent_node.ino && a.name == name),
             NodeState::Dir(_) => false,
         };
         if last
-            && let Ok(fd) = sys::open_path_at(pu.fd(), name)
+            && let Ok(fd) = sys::open_path_at(parent_upper.fd(), name)
             && let NodeState::File(f) = &mut *node.state.write()
         {
             f.orphan = Some(fd);
         }
     }
 
-    pub(super) fn drop_alias(&self, node: &Arc<Node>, pnode: &Node, name: &OsStr) {
+    pub(super) fn drop_alias(&self, node: &Arc<Node>, parent_node: &Node, name: &OsStr) {
         if let NodeState::File(f) = &mut *node.state.write() {
             f.aliases
-                .retain(|a| !(a.parent.ino == pnode.ino && a.name == name));
+                .retain(|a| !(a.parent.ino == parent_node.ino && a.name == name));
         }
     }
 
@@ -478,18 +481,18 @@ impl OverlayFs {
         if name == "." {
             return Err(Errno::INVAL);
         }
-        let pnode = self.node(parent)?;
-        let (node, _) = self.lookup_node(&pnode, name)?.ok_or(Errno::NOENT)?;
+        let parent_node = self.node(parent)?;
+        let (node, _) = self.lookup_node(&parent_node, name)?.ok_or(Errno::NOENT)?;
         if !node.is_dir() {
             return Err(Errno::NOTDIR);
         }
         if !self.dir_is_empty(&node)? {
             return Err(Errno::NOTEMPTY);
         }
-        let pu = self.upper_dir(&pnode)?;
+        let parent_upper = self.upper_dir(&parent_node)?;
         let in_upper = matches!(&*node.state.read(), NodeState::Dir(d) if d.upper.is_some());
-        let r = self.remove_name(&pnode, &pu, name, in_upper, true);
-        pnode.name_changed(name);
+        let r = self.remove_name(&parent_node, &parent_upper, name, in_upper, true);
+        parent_node.name_changed(name);
         r
     }
 

@@ -91,9 +91,9 @@ impl OverlayFs {
         } else if !self.is_writable() {
             return Err(Errno::ROFS);
         }
-        let pnode = self.node(parent)?;
+        let parent_node = self.node(parent)?;
         let npnode = self.node(newparent)?;
-        let (src, _) = self.lookup_node(&pnode, name)?.ok_or(Errno::NOENT)?;
+        let (src, _) = self.lookup_node(&parent_node, name)?.ok_or(Errno::NOENT)?;
         let dst = self.lookup_node(&npnode, newname)?.map(|(n, _)| n);
         if noreplace && dst.is_some() {
             return Err(Errno::EXIST);
@@ -123,7 +123,7 @@ impl OverlayFs {
         }
         if exchange {
             return self.rename_exchange(
-                &pnode,
+                &parent_node,
                 name,
                 &src,
                 &npnode,
@@ -132,8 +132,8 @@ impl OverlayFs {
             );
         }
 
-        let pu = self.upper_dir(&pnode)?;
-        let npu = self.upper_dir(&npnode)?;
+        let parent_upper = self.upper_dir(&parent_node)?;
+        let new_parent_upper = self.upper_dir(&npnode)?;
         // The source moves as an upper object.
         let redirect = if src.is_dir() {
             self.prepare_dir_move(&src)?
@@ -141,7 +141,7 @@ impl OverlayFs {
             self.copy_up(&src)?;
             None
         };
-        let src_view = self.dir_view(&pnode)?;
+        let src_view = self.dir_view(&parent_node)?;
         let src_needs_wh = self.res.lower_has(&src_view, name)?;
         let dst_view = self.dir_view(&npnode)?;
         let dst_lower = self.res.lower_has(&dst_view, newname)?;
@@ -151,7 +151,7 @@ impl OverlayFs {
         // it merged at its new place.
         let make_opaque = src.is_dir() && redirect.is_none() && dst_lower;
         if make_opaque && let Some(w) = &self.writer {
-            w.set_opaque(pu.fd(), Some(name))?;
+            w.set_opaque(parent_upper.fd(), Some(name))?;
         }
         // Clear what is in the upper dir at the destination.
         if let Some(d) = &dst {
@@ -163,15 +163,15 @@ impl OverlayFs {
                     self.empty_upper_dir(d)?;
                 }
             } else if self.file_layer(d) == UPPER {
-                self.keep_orphan_if_last(d, &npnode, &npu, newname);
+                self.keep_orphan_if_last(d, &npnode, &new_parent_upper, newname);
             }
         }
-        match self.slot_after_target(&npu, newname)? {
+        match self.slot_after_target(&new_parent_upper, newname)? {
             Slot::Whiteout if src.is_dir() => {
-                sys::unlink_at(npu.fd(), newname)?;
+                sys::unlink_at(new_parent_upper.fd(), newname)?;
             }
             Slot::OciWhiteout => {
-                let _ = sys::unlink_at(npu.fd(), &markers::oci_whiteout_name(newname));
+                let _ = sys::unlink_at(new_parent_upper.fd(), &markers::oci_whiteout_name(newname));
             }
             _ => {}
         }
@@ -184,15 +184,31 @@ impl OverlayFs {
             // name, or the replaced file at the new one.
             let (mut src_st, dst_st) = lock_states(&src, dst.as_ref());
             if src_needs_wh && device_wh {
-                match sys::rename_at(pu.fd(), name, npu.fd(), newname, RenameFlags::WHITEOUT) {
+                match sys::rename_at(
+                    parent_upper.fd(),
+                    name,
+                    new_parent_upper.fd(),
+                    newname,
+                    RenameFlags::WHITEOUT,
+                ) {
                     Ok(()) => wh_done = true,
-                    Err(Errno::INVAL) | Err(Errno::PERM) => {
-                        sys::rename_at(pu.fd(), name, npu.fd(), newname, RenameFlags::empty())?
-                    }
+                    Err(Errno::INVAL) | Err(Errno::PERM) => sys::rename_at(
+                        parent_upper.fd(),
+                        name,
+                        new_parent_upper.fd(),
+                        newname,
+                        RenameFlags::empty(),
+                    )?,
                     Err(e) => return Err(e),
                 }
             } else {
-                sys::rename_at(pu.fd(), name, npu.fd(), newname, RenameFlags::empty())?;
+                sys::rename_at(
+                    parent_upper.fd(),
+                    name,
+                    new_parent_upper.fd(),
+                    newname,
+                    RenameFlags::empty(),
+                )?;
             }
             if let Some(mut d) = dst_st
                 && let NodeState::File(f) = &mut *d
@@ -202,16 +218,16 @@ impl OverlayFs {
             }
             record_move(
                 &mut src_st,
-                &pnode,
+                &parent_node,
                 name,
                 &npnode,
                 newname,
-                &npu,
+                &new_parent_upper,
                 redirect.clone(),
             );
         }
         if src_needs_wh && !wh_done {
-            self.writer()?.whiteout(pu.fd(), name)?;
+            self.writer()?.whiteout(parent_upper.fd(), name)?;
         }
         if make_opaque && let NodeState::Dir(s) = &mut *src.state.write() {
             s.lowers = Arc::from(Vec::new());
@@ -221,13 +237,21 @@ impl OverlayFs {
         if let Some(d) = &dst {
             self.drop_alias(d, &npnode, newname);
         }
-        self.moved(&src, &pnode, name, &npnode, newname, &npu, redirect);
+        self.moved(
+            &src,
+            &parent_node,
+            name,
+            &npnode,
+            newname,
+            &new_parent_upper,
+            redirect,
+        );
         Ok(())
     }
 
     /// The slot at the destination once a replaced target is out of the way.
-    fn slot_after_target(&self, pu: &RealDir, name: &OsStr) -> SysResult<Slot> {
-        match self.slot(pu, name) {
+    fn slot_after_target(&self, parent_upper: &RealDir, name: &OsStr) -> SysResult<Slot> {
+        match self.slot(parent_upper, name) {
             Err(Errno::EXIST) => Ok(Slot::Empty),
             other => other,
         }
@@ -275,7 +299,7 @@ impl OverlayFs {
 
     fn rename_exchange(
         &self,
-        pnode: &Arc<Node>,
+        parent_node: &Arc<Node>,
         name: &OsStr,
         src: &Arc<Node>,
         npnode: &Arc<Node>,
@@ -283,12 +307,12 @@ impl OverlayFs {
         dst: &Arc<Node>,
     ) -> SysResult<()> {
         if src.is_dir() && self.is_ancestor(src, npnode)
-            || dst.is_dir() && self.is_ancestor(dst, pnode)
+            || dst.is_dir() && self.is_ancestor(dst, parent_node)
         {
             return Err(Errno::INVAL);
         }
-        let pu = self.upper_dir(pnode)?;
-        let npu = self.upper_dir(npnode)?;
+        let parent_upper = self.upper_dir(parent_node)?;
+        let new_parent_upper = self.upper_dir(npnode)?;
         let r1 = if src.is_dir() {
             self.prepare_dir_move(src)?
         } else {
@@ -301,18 +325,26 @@ impl OverlayFs {
             self.copy_up(dst)?;
             None
         };
-        sys::rename_at(pu.fd(), name, npu.fd(), newname, RenameFlags::EXCHANGE)?;
+        sys::rename_at(
+            parent_upper.fd(),
+            name,
+            new_parent_upper.fd(),
+            newname,
+            RenameFlags::EXCHANGE,
+        )?;
         // Moved plain dirs must not merge with what lies below their new names.
         for (node, dir_upper, n, redirected) in [
-            (src, &npu, newname, r1.is_some()),
-            (dst, &pu, name, r2.is_some()),
+            (src, &new_parent_upper, newname, r1.is_some()),
+            (dst, &parent_upper, name, r2.is_some()),
         ] {
             if node.is_dir() && !redirected {
-                let view = self.dir_view(if std::ptr::eq(dir_upper.as_ref(), npu.as_ref()) {
-                    npnode
-                } else {
-                    pnode
-                })?;
+                let view = self.dir_view(
+                    if std::ptr::eq(dir_upper.as_ref(), new_parent_upper.as_ref()) {
+                        npnode
+                    } else {
+                        parent_node
+                    },
+                )?;
                 if self.res.lower_has(&view, n)? {
                     if let Some(w) = &self.writer {
                         w.set_opaque(dir_upper.fd(), Some(n))?;
@@ -325,9 +357,25 @@ impl OverlayFs {
         }
         // Swap the names in both nodes (src first with a placeholder to avoid clashes).
         let placeholder = OsString::from("\0exchange");
-        self.moved(src, pnode, name, npnode, &placeholder, &npu, r1);
-        self.moved(dst, npnode, newname, pnode, name, &pu, r2);
-        self.moved(src, npnode, &placeholder, npnode, newname, &npu, None);
+        self.moved(
+            src,
+            parent_node,
+            name,
+            npnode,
+            &placeholder,
+            &new_parent_upper,
+            r1,
+        );
+        self.moved(dst, npnode, newname, parent_node, name, &parent_upper, r2);
+        self.moved(
+            src,
+            npnode,
+            &placeholder,
+            npnode,
+            newname,
+            &new_parent_upper,
+            None,
+        );
         Ok(())
     }
 
