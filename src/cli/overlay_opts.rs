@@ -23,7 +23,7 @@ pub struct OverlayArgs {
     /// Entry/attribute timeout in seconds for objects that may change.
     pub timeout: Option<f64>,
     pub writeback: bool,
-    /// READDIRPLUS (listings carry attributes; turns off the kernel's listing cache).
+    /// READDIRPLUS: listings carry attributes (on unless `readdirplus=off`).
     pub readdirplus: bool,
     pub noexec: bool,
     pub nodev: bool,
@@ -296,7 +296,10 @@ fn unescape(s: &str) -> String {
 
 /// Parse the arguments after the program name.
 pub fn parse(args: &[String]) -> Result<OverlayArgs, String> {
-    let mut a = OverlayArgs::default();
+    let mut a = OverlayArgs {
+        readdirplus: true,
+        ..OverlayArgs::default()
+    };
     let mut mountpoint: Option<PathBuf> = None;
     let mut i = 0;
     let mut saw_o = false;
@@ -367,7 +370,8 @@ Options (fuse-overlayfs compatible):
   passthrough=MODE   FUSE passthrough: upper (default as root; =on), all (lower files
                      too; a write-open of a lower file open elsewhere gets EBUSY), off
   writeback=on|off   kernel writeback cache (when passthrough is off)
-  readdirplus=on|off listings carry attributes (off: the kernel caches listings)
+  readdirplus=on|off listings carry attributes (default on: a first walk needs
+                     far fewer lookups; the kernel caches listings either way)
   timeout=SECONDS    attribute/entry cache time for writable objects
   uidmapping=HOST:TO:LEN[:...], gidmapping=...  on-disk ids HOST.. are shown as TO..
   squash_to_root, squash_to_uid=N, squash_to_gid=N  report every file as owned by N

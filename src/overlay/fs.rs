@@ -129,6 +129,17 @@ impl OverlayFs {
         &self.res.layers
     }
 
+    /// A name of directory `node` was created, removed or renamed: listings built before
+    /// are stale, ours and the kernel's.
+    pub(crate) fn name_changed(&self, node: &Node, name: &OsStr) {
+        node.name_changed(name);
+        if node.take_listed()
+            && let Some(k) = self.kernel.get()
+        {
+            k.listing_changed(node.ino);
+        }
+    }
+
     /// Install the channel to the kernel's caches (once, after mounting).
     pub fn set_kernel_cache(&self, k: Box<dyn KernelCache>) {
         let _ = self.kernel.set(k);

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
 use parking_lot::{Mutex, RwLock};
@@ -123,6 +123,9 @@ pub struct Node {
     /// merged or impure directories): name → (real inode number, inode number shown,
     /// `DT_*` type). Every change to a name here goes through this node and drops it.
     resolved: Mutex<HashMap<OsString, (u64, u64, u8)>>,
+    /// For directories: a listing was served since the kernel last dropped its cached
+    /// one (the kernel can only cache what we served).
+    listed: AtomicBool,
     table: Weak<TableInner>,
 }
 
@@ -199,6 +202,17 @@ impl Node {
     pub fn name_changed(&self, name: &OsStr) {
         self.resolved.lock().remove(name);
         self.entries_changed();
+    }
+
+    /// A listing of this directory is being served: the kernel may cache it.
+    pub fn mark_listed(&self) {
+        self.listed.store(true, Ordering::Release);
+    }
+
+    /// Whether a listing was served since the last call (which the kernel's cache of it
+    /// is then dropped for).
+    pub fn take_listed(&self) -> bool {
+        self.listed.swap(false, Ordering::AcqRel)
     }
 
     /// What a listing resolved for `name` while its real entry was `real_ino`.
@@ -347,6 +361,7 @@ impl InodeTable {
             open_files: AtomicU64::new(0),
             successor: Mutex::new(None),
             resolved: Mutex::new(HashMap::new()),
+            listed: AtomicBool::new(false),
             table: Arc::downgrade(&self.inner),
         })
     }

@@ -15,4 +15,10 @@ pub trait KernelCache: Send + Sync {
     /// `name` in directory `parent` leads to another node now: drop the cached entry, so
     /// that the next path walk looks it up again. Sent in the background.
     fn name_moved(&self, parent: u64, name: &std::ffi::OsStr);
+
+    /// The entries of directory `ino` changed: drop the kernel's cached listing of it.
+    /// Called before the reply to the request that made the change, while the kernel
+    /// holds the directory's lock, so no listing is in progress and none can start
+    /// before the cache is gone. Must not block on the kernel's inode locks.
+    fn listing_changed(&self, ino: u64);
 }

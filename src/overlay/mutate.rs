@@ -248,7 +248,7 @@ impl OverlayFs {
             })
         };
         let node = self.table.insert_new(ino, kind, state);
-        parent_node.name_changed(name);
+        self.name_changed(&parent_node, name);
         Ok((node, fd, st))
     }
 
@@ -381,7 +381,7 @@ impl OverlayFs {
                 real: parent_upper,
             });
         }
-        new_parent.name_changed(newname);
+        self.name_changed(&new_parent, newname);
         self.twin_changed(&node);
         self.entry_for(&node)
     }
@@ -428,7 +428,7 @@ impl OverlayFs {
             self.keep_orphan_if_last(&node, &parent_node, &parent_upper, name);
         }
         let r = self.remove_name(&parent_node, &parent_upper, name, in_upper, false);
-        parent_node.name_changed(name);
+        self.name_changed(&parent_node, name);
         r?;
         self.drop_alias(&node, &parent_node, name);
         Ok(())
@@ -492,7 +492,7 @@ impl OverlayFs {
         let parent_upper = self.upper_dir(&parent_node)?;
         let in_upper = matches!(&*node.state.read(), NodeState::Dir(d) if d.upper.is_some());
         let r = self.remove_name(&parent_node, &parent_upper, name, in_upper, true);
-        parent_node.name_changed(name);
+        self.name_changed(&parent_node, name);
         r
     }
 

@@ -291,6 +291,7 @@ impl OverlayFs {
     /// index of the first entry after `offset`. Reading from offset 0 rebuilds it.
     pub fn readdir(&self, ino: u64, offset: u64) -> SysResult<(Arc<Listing>, usize)> {
         let node = self.node(ino)?;
+        node.mark_listed();
         let version = node.version();
         let cached = if offset == 0 {
             None

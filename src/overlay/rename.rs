@@ -66,7 +66,7 @@ impl OverlayFs {
         // Listings of both directories are stale whatever happened.
         for (p, n) in [(parent, name), (newparent, newname)] {
             if let Ok(node) = self.node(p) {
-                node.name_changed(n);
+                self.name_changed(&node, n);
             }
         }
         r
@@ -92,9 +92,9 @@ impl OverlayFs {
             return Err(Errno::ROFS);
         }
         let parent_node = self.node(parent)?;
-        let npnode = self.node(newparent)?;
+        let new_parent_node = self.node(newparent)?;
         let (src, _) = self.lookup_node(&parent_node, name)?.ok_or(Errno::NOENT)?;
-        let dst = self.lookup_node(&npnode, newname)?.map(|(n, _)| n);
+        let dst = self.lookup_node(&new_parent_node, newname)?.map(|(n, _)| n);
         if noreplace && dst.is_some() {
             return Err(Errno::EXIST);
         }
@@ -118,7 +118,7 @@ impl OverlayFs {
                 }
             }
         }
-        if src.is_dir() && self.is_ancestor(&src, &npnode) {
+        if src.is_dir() && self.is_ancestor(&src, &new_parent_node) {
             return Err(Errno::INVAL);
         }
         if exchange {
@@ -126,14 +126,14 @@ impl OverlayFs {
                 &parent_node,
                 name,
                 &src,
-                &npnode,
+                &new_parent_node,
                 newname,
                 dst.as_ref().ok_or(Errno::NOENT)?,
             );
         }
 
         let parent_upper = self.upper_dir(&parent_node)?;
-        let new_parent_upper = self.upper_dir(&npnode)?;
+        let new_parent_upper = self.upper_dir(&new_parent_node)?;
         // The source moves as an upper object.
         let redirect = if src.is_dir() {
             self.prepare_dir_move(&src)?
@@ -143,7 +143,7 @@ impl OverlayFs {
         };
         let src_view = self.dir_view(&parent_node)?;
         let src_needs_wh = self.res.lower_has(&src_view, name)?;
-        let dst_view = self.dir_view(&npnode)?;
+        let dst_view = self.dir_view(&new_parent_node)?;
         let dst_lower = self.res.lower_has(&dst_view, newname)?;
 
         // A plain upper directory moved over a lower one must not merge with it: mark it
@@ -163,7 +163,7 @@ impl OverlayFs {
                     self.empty_upper_dir(d)?;
                 }
             } else if self.file_layer(d) == UPPER {
-                self.keep_orphan_if_last(d, &npnode, &new_parent_upper, newname);
+                self.keep_orphan_if_last(d, &new_parent_node, &new_parent_upper, newname);
             }
         }
         match self.slot_after_target(&new_parent_upper, newname)? {
@@ -214,13 +214,13 @@ impl OverlayFs {
                 && let NodeState::File(f) = &mut *d
             {
                 f.aliases
-                    .retain(|a| !(a.parent.ino == npnode.ino && a.name == newname));
+                    .retain(|a| !(a.parent.ino == new_parent_node.ino && a.name == newname));
             }
             record_move(
                 &mut src_st,
                 &parent_node,
                 name,
-                &npnode,
+                &new_parent_node,
                 newname,
                 &new_parent_upper,
                 redirect.clone(),
@@ -235,13 +235,13 @@ impl OverlayFs {
 
         // Update the nodes.
         if let Some(d) = &dst {
-            self.drop_alias(d, &npnode, newname);
+            self.drop_alias(d, &new_parent_node, newname);
         }
         self.moved(
             &src,
             &parent_node,
             name,
-            &npnode,
+            &new_parent_node,
             newname,
             &new_parent_upper,
             redirect,
@@ -302,17 +302,17 @@ impl OverlayFs {
         parent_node: &Arc<Node>,
         name: &OsStr,
         src: &Arc<Node>,
-        npnode: &Arc<Node>,
+        new_parent_node: &Arc<Node>,
         newname: &OsStr,
         dst: &Arc<Node>,
     ) -> SysResult<()> {
-        if src.is_dir() && self.is_ancestor(src, npnode)
+        if src.is_dir() && self.is_ancestor(src, new_parent_node)
             || dst.is_dir() && self.is_ancestor(dst, parent_node)
         {
             return Err(Errno::INVAL);
         }
         let parent_upper = self.upper_dir(parent_node)?;
-        let new_parent_upper = self.upper_dir(npnode)?;
+        let new_parent_upper = self.upper_dir(new_parent_node)?;
         let r1 = if src.is_dir() {
             self.prepare_dir_move(src)?
         } else {
@@ -340,7 +340,7 @@ impl OverlayFs {
             if node.is_dir() && !redirected {
                 let view = self.dir_view(
                     if std::ptr::eq(dir_upper.as_ref(), new_parent_upper.as_ref()) {
-                        npnode
+                        new_parent_node
                     } else {
                         parent_node
                     },
@@ -361,17 +361,25 @@ impl OverlayFs {
             src,
             parent_node,
             name,
-            npnode,
+            new_parent_node,
             &placeholder,
             &new_parent_upper,
             r1,
         );
-        self.moved(dst, npnode, newname, parent_node, name, &parent_upper, r2);
+        self.moved(
+            dst,
+            new_parent_node,
+            newname,
+            parent_node,
+            name,
+            &parent_upper,
+            r2,
+        );
         self.moved(
             src,
-            npnode,
+            new_parent_node,
             &placeholder,
-            npnode,
+            new_parent_node,
             newname,
             &new_parent_upper,
             None,

@@ -335,3 +335,91 @@ fn readdir_inode_numbers_match_stat() {
     fs::write(big.join("brand-new"), b"n").unwrap();
     check("after changes");
 }
+
+/// The kernel keeps one listing cache per directory, filled by whichever reader is at its
+/// end, and checks it against the directory's change counter only when a reader is at
+/// offset 0. A reader that started after a change, read its first entries from us
+/// because the cache was still being filled, and continues once a slower reader that
+/// started before the change has completed the cache, was served the old entries after
+/// its first batch: a name created before that reader opened the directory was missing.
+/// The daemon drops a directory's kernel listing cache whenever its entries change.
+fn listing_started_after_a_create_sees_it(opts: &[&str]) {
+    let t = tempfile::tempdir().unwrap();
+    let lower = t.path().join("l0");
+    let n = 600;
+    for i in 0..n {
+        write(&lower.join(format!("d/name-{i:04}")), b"");
+    }
+    fs::create_dir_all(lower.join("scratch")).unwrap();
+    let s = rw_stack(t.path(), &[lower], "x");
+    let lm = t.path().join("m");
+    let _g = mount_layerfs(&s, &lm, opts);
+    let d = lm.join("d");
+    // Offsets are a keyed hash of the name, the same in every directory of a mount:
+    // learn some candidates' offsets in another directory.
+    let scratch = lm.join("scratch");
+    for i in 0..64 {
+        write(&scratch.join(format!("new-{i}")), b"");
+    }
+    let cand: BTreeMap<OsString, i64> = DirFd::open(&scratch)
+        .read_all(4096)
+        .into_iter()
+        .map(|e| (e.name, e.off))
+        .collect();
+
+    // A (slow) reads every entry in small calls, filling the kernel's cache, but has not
+    // yet made the call that finds the end.
+    let a = DirFd::open(&d);
+    let mut seen_a = Vec::new();
+    while seen_a.len() < n + 2 {
+        let batch = a.getdents(2048);
+        assert!(!batch.is_empty(), "A: listing ended early");
+        seen_a.extend(batch);
+    }
+    let mut offs: Vec<i64> = seen_a.iter().map(|e| e.off).collect();
+    offs.sort();
+    // A name whose offset lies in the middle of the listing.
+    let (lo, hi) = (offs[offs.len() * 2 / 5], offs[offs.len() * 3 / 5]);
+    let new = cand
+        .iter()
+        .find(|(_, o)| (lo..hi).contains(*o))
+        .map(|(n, _)| n.clone())
+        .expect("a candidate name in the middle of the listing");
+    write(&d.join(&new), b"created before B opens the directory");
+
+    // B opens the directory after the create returned and reads a first small batch
+    // (from the daemon: the cache is not complete yet).
+    let b = DirFd::open(&d);
+    let mut seen_b = b.getdents(512);
+    assert!(
+        seen_b.last().is_some_and(|e| e.off < lo),
+        "B's first batch should end before the new name"
+    );
+    // A reaches the end: the kernel marks its cache complete.
+    assert!(a.getdents(2048).is_empty(), "A: expected the end");
+    // B reads the rest.
+    seen_b.extend(b.read_all(4096));
+    assert_no_repeats(&seen_b, "B");
+    let got: BTreeSet<OsString> = names(&seen_b).into_iter().collect();
+    assert!(
+        got.contains(&new),
+        "B's listing misses {new:?}, created before B opened the directory"
+    );
+    assert_eq!(got.len(), n + 3, "B: {} entries", got.len());
+}
+
+#[test]
+fn listing_started_after_a_create_sees_it_default() {
+    if support::skip_unless_root() {
+        return;
+    }
+    listing_started_after_a_create_sees_it(&[]);
+}
+
+#[test]
+fn listing_started_after_a_create_sees_it_without_readdirplus() {
+    if support::skip_unless_root() {
+        return;
+    }
+    listing_started_after_a_create_sees_it(&["readdirplus=off"]);
+}

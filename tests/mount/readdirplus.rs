@@ -1,6 +1,7 @@
-//! `-o readdirplus=on`: listings answered with READDIRPLUS (entries with attributes, and
-//! no kernel listing cache). The same trees as the kernel's overlayfs, read-only and
-//! after changes, and listings that stay complete while other threads create and delete.
+//! Listings with READDIRPLUS (the default: entries with attributes) and without
+//! (`-o readdirplus=off`), both with the kernel's listing cache: the same trees as the
+//! kernel's overlayfs, read-only and after changes, and listings that stay complete while
+//! other threads create and delete.
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -13,7 +14,7 @@ use support::stack::*;
 use support::tree::*;
 use support::xattr::*;
 
-const OPT: &[&str] = &["readdirplus=on"];
+const MODES: [&[&str]; 2] = [&[], &["readdirplus=off"]];
 
 /// A stack with every whiteout form, an opaque dir, a merged big dir, links and specials.
 fn layers(base: &Path) -> Vec<std::path::PathBuf> {
@@ -42,6 +43,12 @@ fn layers(base: &Path) -> Vec<std::path::PathBuf> {
 
 #[test]
 fn read_only_tree_matches_kernel() {
+    for opt in MODES {
+        read_only_tree_matches_kernel_with(opt);
+    }
+}
+
+fn read_only_tree_matches_kernel_with(opt: &[&str]) {
     if support::skip_unless_root() {
         return;
     }
@@ -50,14 +57,14 @@ fn read_only_tree_matches_kernel() {
     let stack = Stack::ro(l.clone());
     let (km, lm) = (t.path().join("mk"), t.path().join("ml"));
     let kg = mount_kernel(&stack, &km);
-    let lg = mount_layerfs(&stack, &lm, OPT);
+    let lg = mount_layerfs(&stack, &lm, opt);
     let k = snapshot(&km, &SnapOpts::default().kernel());
     let ours = snapshot(&lm, &SnapOpts::default());
     // A second walk is answered from what READDIRPLUS taught the kernel.
     let again = snapshot(&lm, &SnapOpts::default());
     drop(kg);
     drop(lg);
-    assert_same_tree(&k, &ours, "kernel vs layerfs readdirplus");
+    assert_same_tree(&k, &ours, &format!("kernel vs layerfs {opt:?}"));
     assert_same_tree(&ours, &again, "second walk");
     assert_eq!(
         ours.entries.keys().filter(|p| p.starts_with("big")).count(),
@@ -73,6 +80,12 @@ fn read_only_tree_matches_kernel() {
 
 #[test]
 fn changes_show_in_listings_as_on_the_kernel() {
+    for opt in MODES {
+        changes_show_in_listings_as_on_the_kernel_with(opt);
+    }
+}
+
+fn changes_show_in_listings_as_on_the_kernel_with(opt: &[&str]) {
     if support::skip_unless_root() {
         return;
     }
@@ -82,7 +95,7 @@ fn changes_show_in_listings_as_on_the_kernel() {
     let ls = rw_stack(t.path(), &l, "o");
     let (km, lm) = (t.path().join("mk"), t.path().join("ml"));
     let kg = mount_kernel(&ks, &km);
-    let lg = mount_layerfs(&ls, &lm, OPT);
+    let lg = mount_layerfs(&ls, &lm, opt);
     for m in [&km, &lm] {
         // List first, so that the entries are known to the kernel before the changes.
         let _ = snapshot(m, &SnapOpts::default());
@@ -109,6 +122,12 @@ fn changes_show_in_listings_as_on_the_kernel() {
 
 #[test]
 fn listings_stay_complete_during_creates_and_deletes() {
+    for opt in MODES {
+        listings_stay_complete_during_creates_and_deletes_with(opt);
+    }
+}
+
+fn listings_stay_complete_during_creates_and_deletes_with(opt: &[&str]) {
     if support::skip_unless_root() {
         return;
     }
@@ -116,7 +135,7 @@ fn listings_stay_complete_during_creates_and_deletes() {
     let l = layers(t.path());
     let ls = rw_stack(t.path(), &l, "o");
     let lm = t.path().join("ml");
-    let _g = mount_layerfs(&ls, &lm, OPT);
+    let _g = mount_layerfs(&ls, &lm, opt);
     let dir = lm.join("big");
     let stop = Arc::new(AtomicBool::new(false));
     // Listers run all the time; churn adds and removes names of its own.

@@ -69,11 +69,8 @@ impl fuser::Filesystem for FuseAdapter {
 
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
         let caps = config.capabilities();
-        // READDIRPLUS only when asked for: together with the kernel's directory-listing
-        // cache it lost names under concurrent creates and listings (a listing missed
-        // files created before it started, in about half of the runs of the heaviest
-        // concurrency test); either one alone passed every run. The listing cache makes
-        // repeated walks free, which READDIRPLUS cannot, so it is the default.
+        // READDIRPLUS (when on) goes with the kernel's listing cache: every change to a
+        // directory's entries drops that cache (`KernelCache::listing_changed`).
         let mut want = InitFlags::FUSE_PARALLEL_DIROPS
             | InitFlags::FUSE_CACHE_SYMLINKS
             | InitFlags::FUSE_EXPORT_SUPPORT
@@ -432,11 +429,10 @@ impl fuser::Filesystem for FuseAdapter {
         match self.fs.opendir(ino.0) {
             // ENOSYS turns on zero-message opendir: the kernel then opens directories
             // without asking and caches their listings (FOPEN_CACHE_DIR|KEEP_CACHE),
-            // which is safe because every change to a directory goes through the kernel.
-            // Offsets need no per-stream state (see readdir.rs).
-            Ok(()) if !self.opts.readdirplus => reply.error(FErrno::ENOSYS),
-            // With READDIRPLUS: a real open without FOPEN_CACHE_DIR (see `init`).
-            Ok(()) => reply.opened(FileHandle(0), FopenFlags::empty()),
+            // which is safe because every change to a directory's entries goes through
+            // us and drops that cache (`listing_changed`). Offsets need no per-stream
+            // state (see readdir.rs), with or without READDIRPLUS.
+            Ok(()) => reply.error(FErrno::ENOSYS),
             Err(e) => reply.error(err(e)),
         }
     }

@@ -48,6 +48,17 @@ impl KernelCache for FuseNotifier {
         }
     }
 
+    fn listing_changed(&self, ino: u64) {
+        // Offset 0: drop the directory's page cache, where the kernel keeps its listing
+        // (page locks only, no inode lock). The kernel checks a cached listing against
+        // the directory's change counter only at offset 0: without this, a reader that
+        // opened the directory after a change could be served, past its first batch,
+        // entries another reader cached before the change.
+        if let Err(e) = self.notifier.inval_inode(INodeNo(ino), 0, 0) {
+            log::debug!("listing invalidation of directory {ino}: {e}");
+        }
+    }
+
     fn name_moved(&self, parent: u64, name: &std::ffi::OsStr) {
         let _ = self.entries.lock().send((parent, name.to_os_string()));
     }

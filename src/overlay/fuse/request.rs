@@ -59,9 +59,8 @@ pub struct FuseOptions {
     pub passthrough: PassthroughMode,
     /// Cache writes in the kernel (not together with passthrough).
     pub writeback: bool,
-    /// Answer listings with READDIRPLUS (entries with attributes). The kernel's
-    /// listing cache is then off: the two together lost names under concurrent
-    /// creates and listings.
+    /// Answer listings with READDIRPLUS (entries with attributes), as well as keeping
+    /// the kernel's listing cache.
     pub readdirplus: bool,
 }
 
@@ -72,7 +71,7 @@ impl Default for FuseOptions {
             lower_ttl: Duration::from_secs(86400 * 365),
             passthrough: PassthroughMode::Off,
             writeback: false,
-            readdirplus: false,
+            readdirplus: true,
         }
     }
 }
