@@ -6,7 +6,8 @@
 //!
 //! Size: `LAYERFS_CONC_OPS` operations per thread (default 2000), `LAYERFS_CONC_THREADS`
 //! (default 6), `LAYERFS_CONC_FILES` lower files raced on by first writers (default 24),
-//! `LAYERFS_CONC_SEED` (default 7).
+//! `LAYERFS_CONC_SEED` (default 7). `LAYERFS_CONC_MOUNT_OPTS`: extra mount options for
+//! every mount (e.g. `readdirplus=off`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File, OpenOptions};
@@ -42,6 +43,13 @@ fn expected_race_error(e: &std::io::Error) -> bool {
     )
 }
 
+/// Extra mount options from `LAYERFS_CONC_MOUNT_OPTS` (comma-separated).
+fn mount_opts() -> Vec<&'static str> {
+    let v = std::env::var("LAYERFS_CONC_MOUNT_OPTS").unwrap_or_default();
+    let v: &'static str = Box::leak(v.into_boxed_str());
+    v.split(',').filter(|o| !o.is_empty()).collect()
+}
+
 type Problems = Arc<Mutex<Vec<String>>>;
 /// Files written and fsynced by one thread, never touched by the others.
 type Precious = Arc<Mutex<Vec<(PathBuf, Vec<u8>)>>>;
@@ -68,7 +76,7 @@ fn take(p: &Problems) -> Result<(), String> {
 fn kernel_agrees(t: &Path, stack: &Stack, report: &mut Report) {
     let lm = t.join("again");
     let km = t.join("kernel");
-    let lg = mount_layerfs(stack, &lm, &[]);
+    let lg = mount_layerfs(stack, &lm, &mount_opts());
     let ours = snapshot(
         &lm,
         &SnapOpts {
@@ -116,7 +124,7 @@ fn first_writers_race_on_lower_files() {
         write(&layer.join(format!("d{}/f{k}", k % 3)), &data);
         orig.push(data);
     }
-    let mut daemon = Daemon::start(&stack, &mnt, &[]).unwrap();
+    let mut daemon = Daemon::start(&stack, &mnt, &mount_opts()).unwrap();
     let wd = Watchdog::new("first writers", 300, vec![mnt.clone()]);
     const THREADS: usize = 4;
     const PROCS: usize = 2;
@@ -321,7 +329,7 @@ fn random_operations_in_shared_dirs() {
             );
         }
     }
-    let mut daemon = Daemon::start(&stack, &mnt, &[]).unwrap();
+    let mut daemon = Daemon::start(&stack, &mnt, &mount_opts()).unwrap();
     let wd = Watchdog::new("random ops", 600 + ops / 10, vec![mnt.clone()]);
     let problems: Problems = Default::default();
     // (path, content) of files written and fsynced, never touched by churn.
@@ -492,7 +500,7 @@ fn readdir_during_creates_and_deletes() {
         let layer = &stack.lowers[(i % 2) as usize];
         write(&layer.join(format!("{big}/lower-{i:06}")), b"");
     }
-    let mut daemon = Daemon::start(&stack, &mnt, &[]).unwrap();
+    let mut daemon = Daemon::start(&stack, &mnt, &mount_opts()).unwrap();
     let wd = Watchdog::new("readdir churn", 600, vec![mnt.clone()]);
     let problems: Problems = Default::default();
     let stop = Arc::new(AtomicBool::new(false));
@@ -599,7 +607,7 @@ fn renames_race_lookups() {
     write(&stack.lowers[1].join("a/dir/deep/leaf"), b"leaf bytes");
     write(&stack.lowers[0].join("a/dir/top"), b"top bytes");
     fs::create_dir_all(stack.lowers[1].join("b")).unwrap();
-    let mut daemon = Daemon::start(&stack, &mnt, &[]).unwrap();
+    let mut daemon = Daemon::start(&stack, &mnt, &mount_opts()).unwrap();
     let wd = Watchdog::new("rename vs lookup", 600, vec![mnt.clone()]);
     let problems: Problems = Default::default();
     let stop = Arc::new(AtomicBool::new(false));
@@ -691,7 +699,7 @@ fn opens_race_unlinks_of_copied_up_files() {
     for i in 0..files {
         write(&stack.lowers[0].join(format!("f{i}")), b"lower bytes");
     }
-    let mut daemon = Daemon::start(&stack, &mnt, &[]).unwrap();
+    let mut daemon = Daemon::start(&stack, &mnt, &mount_opts()).unwrap();
     let wd = Watchdog::new("open vs unlink", 300, vec![mnt.clone()]);
     let problems: Problems = Default::default();
     let mut opens = 0;
