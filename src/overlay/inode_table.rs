@@ -341,16 +341,23 @@ impl InodeTable {
         {
             return n;
         }
-        let node = self.make_node(ino, ino, kind, make());
+        let node = self.make_node(ino, ino, 0, kind, make());
         map.insert(ino, Arc::downgrade(&node));
         node
     }
 
-    fn make_node(&self, ino: u64, identity: u64, kind: Kind, state: NodeState) -> Arc<Node> {
+    fn make_node(
+        &self,
+        ino: u64,
+        identity: u64,
+        generation: u64,
+        kind: Kind,
+        state: NodeState,
+    ) -> Arc<Node> {
         Arc::new(Node {
             ino,
             identity,
-            generation: 0,
+            generation,
             serial: self.serial.fetch_add(1, Ordering::Relaxed),
             kind,
             nlookup: AtomicU64::new(0),
@@ -390,7 +397,7 @@ impl InodeTable {
             if map.get(&id).is_some_and(|w| w.strong_count() > 0) {
                 continue;
             }
-            let node = self.make_node(id, old.identity, old.kind, state);
+            let node = self.make_node(id, old.identity, 0, old.kind, state);
             map.insert(id, Arc::downgrade(&node));
             break node;
         };
@@ -407,17 +414,15 @@ impl InodeTable {
         let (node, replaced) = {
             let mut map = self.inner.shards[shard_of(ino)].write();
             let old = map.get(&ino).and_then(|w| w.upgrade());
-            let mut node = self.make_node(ino, ino, kind, state);
             // The kernel may still hold the old object under this number (an open file,
             // an O_PATH descriptor, a dentry being walked): a new generation makes it take
             // this object for a new inode and fail calls made through the old one,
             // instead of applying them (a link, a setattr) to this object.
-            if let Some(o) = &old
-                && o.nlookup() > 0
-                && let Some(n) = Arc::get_mut(&mut node)
-            {
-                n.generation = o.generation + 1;
-            }
+            let generation = match &old {
+                Some(o) if o.nlookup() > 0 => o.generation + 1,
+                _ => 0,
+            };
+            let node = self.make_node(ino, ino, generation, kind, state);
             map.insert(ino, Arc::downgrade(&node));
             (node, old)
         };

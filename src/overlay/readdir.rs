@@ -342,32 +342,25 @@ impl OverlayFs {
         });
         for mut e in entries {
             if e.needs_resolve {
+                let real_ino = e.ino;
                 // Resolved by an earlier listing, and the name has not changed since
                 // (every change goes through this node): the same answer.
-                if let Some((ino, dtype)) = node.resolved_name(&e.name, e.ino) {
-                    e.ino = ino;
-                    e.dtype = dtype;
-                    out.push(DirEntryOut {
-                        off: self.listings.offset_of(e.name.as_bytes()),
-                        name: e.name,
-                        ino: e.ino,
-                        dtype: e.dtype,
-                    });
-                    continue;
-                }
-                match self.res.resolve(&view, &e.name) {
-                    Ok(Some(r)) => {
-                        let real_ino = e.ino;
-                        e.ino = r.ino;
-                        e.dtype = sys::dtype_of_mode(r.stat.st_mode);
-                        node.remember_resolved(&e.name, real_ino, e.ino, e.dtype);
-                    }
-                    // Gone or changed since the directory was read (a concurrent
-                    // rename or unlink): leave that one name out, not the listing.
-                    Ok(None) => continue,
-                    Err(err) => {
-                        log::debug!("readdir: {:?} vanished while listing: {err}", e.name);
-                        continue;
+                if let Some((ino, dtype)) = node.resolved_name(&e.name, real_ino) {
+                    (e.ino, e.dtype) = (ino, dtype);
+                } else {
+                    match self.res.resolve(&view, &e.name) {
+                        Ok(Some(r)) => {
+                            e.ino = r.ino;
+                            e.dtype = sys::dtype_of_mode(r.stat.st_mode);
+                            node.remember_resolved(&e.name, real_ino, e.ino, e.dtype);
+                        }
+                        // Gone or changed since the directory was read (a concurrent
+                        // rename or unlink): leave that one name out, not the listing.
+                        Ok(None) => continue,
+                        Err(err) => {
+                            log::debug!("readdir: {:?} vanished while listing: {err}", e.name);
+                            continue;
+                        }
                     }
                 }
             }

@@ -53,7 +53,8 @@ pub fn open_regular_at(dirfd: BorrowedFd<'_>, name: &OsStr, flags: OFlags) -> Sy
         return Err(Errno::STALE);
     }
     if !flags.contains(OFlags::NONBLOCK) {
-        rustix::fs::fcntl_setfl(&fd, rustix::fs::fcntl_getfl(&fd)? - OFlags::NONBLOCK)?;
+        // F_SETFL takes only the status flags (O_NONBLOCK among them) from `flags`.
+        rustix::fs::fcntl_setfl(&fd, flags)?;
     }
     Ok(fd)
 }

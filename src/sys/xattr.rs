@@ -5,22 +5,10 @@
 
 use super::*;
 
-//
-// Linux 6.13 has `getxattrat` & co; older kernels need the `/proc/self/fd/N/name` form.
-// `name = None` means the object the fd itself refers to.
-
 static XATTRAT_MISSING: AtomicBool = AtomicBool::new(false);
 
-#[cfg(target_arch = "x86_64")]
+/// The `*xattrat` calls have one number on every architecture with the generic table.
 mod nr {
-    pub const SETXATTRAT: libc::c_long = 463;
-    pub const GETXATTRAT: libc::c_long = 464;
-    pub const LISTXATTRAT: libc::c_long = 465;
-    pub const REMOVEXATTRAT: libc::c_long = 466;
-}
-#[cfg(not(target_arch = "x86_64"))]
-mod nr {
-    // The *xattrat calls share one number on every architecture with the generic table.
     pub const SETXATTRAT: libc::c_long = 463;
     pub const GETXATTRAT: libc::c_long = 464;
     pub const LISTXATTRAT: libc::c_long = 465;
@@ -41,6 +29,42 @@ fn at_args(name: Option<&OsStr>) -> SysResult<(CString, libc::c_uint)> {
             CString::default(),
             (libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW) as libc::c_uint,
         )),
+    }
+}
+
+/// The answer of an `*xattrat` syscall, or `None` when the kernel lacks them (then the
+/// `/proc/self/fd` form is used from now on).
+fn at_result(r: libc::c_long) -> Option<SysResult<usize>> {
+    if r >= 0 {
+        return Some(Ok(r as usize));
+    }
+    let e = last_errno();
+    if e != Errno::NOSYS {
+        return Some(Err(e));
+    }
+    XATTRAT_MISSING.store(true, Ordering::Relaxed);
+    None
+}
+
+/// Read a value that may not fit: `raw` fills a buffer (`ERANGE`: too small) or, given
+/// an empty one, answers the size; the buffer grows until the value fits.
+fn read_growing(
+    start: usize,
+    mut raw: impl FnMut(&mut [u8]) -> SysResult<usize>,
+) -> SysResult<Vec<u8>> {
+    let mut buf = vec![0u8; start];
+    loop {
+        match raw(&mut buf) {
+            Ok(n) => {
+                buf.truncate(n);
+                return Ok(buf);
+            }
+            Err(Errno::RANGE) => {
+                let n = raw(&mut [])?;
+                buf.resize(n.max(buf.len() * 2), 0);
+            }
+            Err(e) => return Err(e),
+        }
     }
 }
 
@@ -71,14 +95,9 @@ fn getxattr_raw(
                 std::mem::size_of::<XattrArgs>(),
             )
         };
-        if r >= 0 {
-            return Ok(r as usize);
+        if let Some(r) = at_result(r) {
+            return r;
         }
-        let e = last_errno();
-        if e != Errno::NOSYS {
-            return Err(e);
-        }
-        XATTRAT_MISSING.store(true, Ordering::Relaxed);
     }
     let path = proc_fd_path(dirfd, name);
     // rustix answers 0 for a slice of length 0: a size query has its own call.
@@ -97,20 +116,10 @@ pub fn get_xattr(
     attr: &OsStr,
 ) -> SysResult<Option<Vec<u8>>> {
     let attr = cstr(attr)?;
-    let mut buf = vec![0u8; 256];
-    loop {
-        match getxattr_raw(dirfd, name, &attr, &mut buf) {
-            Ok(n) => {
-                buf.truncate(n);
-                return Ok(Some(buf));
-            }
-            Err(Errno::NODATA) => return Ok(None),
-            Err(Errno::RANGE) => {
-                let n = getxattr_raw(dirfd, name, &attr, &mut [])?;
-                buf.resize(n.max(buf.len() * 2), 0);
-            }
-            Err(e) => return Err(e),
-        }
+    match read_growing(256, |buf| getxattr_raw(dirfd, name, &attr, buf)) {
+        Ok(v) => Ok(Some(v)),
+        Err(Errno::NODATA) => Ok(None),
+        Err(e) => Err(e),
     }
 }
 
@@ -127,20 +136,7 @@ pub fn get_xattr_into(
 
 /// List xattr names (each NUL-terminated, as the kernel returns them).
 pub fn list_xattr(dirfd: BorrowedFd<'_>, name: Option<&OsStr>) -> SysResult<Vec<u8>> {
-    let mut buf = vec![0u8; 512];
-    loop {
-        match listxattr_raw(dirfd, name, &mut buf) {
-            Ok(n) => {
-                buf.truncate(n);
-                return Ok(buf);
-            }
-            Err(Errno::RANGE) => {
-                let n = listxattr_raw(dirfd, name, &mut [])?;
-                buf.resize(n.max(buf.len() * 2), 0);
-            }
-            Err(e) => return Err(e),
-        }
-    }
+    read_growing(512, |buf| listxattr_raw(dirfd, name, buf))
 }
 
 fn listxattr_raw(dirfd: BorrowedFd<'_>, name: Option<&OsStr>, buf: &mut [u8]) -> SysResult<usize> {
@@ -157,14 +153,9 @@ fn listxattr_raw(dirfd: BorrowedFd<'_>, name: Option<&OsStr>, buf: &mut [u8]) ->
                 buf.len(),
             )
         };
-        if r >= 0 {
-            return Ok(r as usize);
+        if let Some(r) = at_result(r) {
+            return r;
         }
-        let e = last_errno();
-        if e != Errno::NOSYS {
-            return Err(e);
-        }
-        XATTRAT_MISSING.store(true, Ordering::Relaxed);
     }
     let path = proc_fd_path(dirfd, name);
     match (name.is_some(), buf.is_empty()) {
@@ -203,14 +194,9 @@ pub fn set_xattr(
                 std::mem::size_of::<XattrArgs>(),
             )
         };
-        if r >= 0 {
-            return Ok(());
+        if let Some(r) = at_result(r) {
+            return r.map(drop);
         }
-        let e = last_errno();
-        if e != Errno::NOSYS {
-            return Err(e);
-        }
-        XATTRAT_MISSING.store(true, Ordering::Relaxed);
     }
     let path = proc_fd_path(dirfd, name);
     let f = rustix::fs::XattrFlags::from_bits_retain(flags as u32);
@@ -235,14 +221,9 @@ pub fn remove_xattr(dirfd: BorrowedFd<'_>, name: Option<&OsStr>, attr: &OsStr) -
                 attr.as_ptr(),
             )
         };
-        if r >= 0 {
-            return Ok(());
+        if let Some(r) = at_result(r) {
+            return r.map(drop);
         }
-        let e = last_errno();
-        if e != Errno::NOSYS {
-            return Err(e);
-        }
-        XATTRAT_MISSING.store(true, Ordering::Relaxed);
     }
     let path = proc_fd_path(dirfd, name);
     if name.is_some() {

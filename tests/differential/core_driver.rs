@@ -23,7 +23,6 @@ use std::path::Path;
 use layerfs::overlay::readdir::{DirEntryOut, DirReply};
 use layerfs::overlay::{Ctx, Options, OverlayFs, ROOT_INO};
 use proptest::prelude::*;
-use proptest::test_runner::{Config, RngSeed, TestCaseError, TestRunner};
 use rustix::io::Errno;
 use support::rng::env_u64;
 
@@ -923,19 +922,12 @@ fn case() -> impl Strategy<Value = Case> {
 
 #[test]
 fn the_core_driven_as_the_kernel_drives_it_matches_the_model() {
-    let cases = env_u64("LAYERFS_DRIVER_CASES", 300) as u32;
-    let seed = env_u64("LAYERFS_DRIVER_SEED", 0x0c0e_d71e);
-    let config = Config {
-        cases,
-        rng_seed: RngSeed::Fixed(seed),
-        failure_persistence: None,
-        max_shrink_iters: 4000,
-        ..Config::default()
-    };
-    let mut runner = TestRunner::new(config);
-    if let Err(e) = runner.run(&case(), |c| run_case(&c).map_err(TestCaseError::fail)) {
-        panic!("{e}");
-    }
+    crate::run_fixed(
+        ("LAYERFS_DRIVER_CASES", 300),
+        ("LAYERFS_DRIVER_SEED", 0x0c0e_d71e),
+        case(),
+        run_case,
+    );
 }
 
 /// Lookups race renames of the directory they walk through, in threads, as the kernel's

@@ -7,26 +7,16 @@
 //! seed with `LAYERFS_PROPTEST_SEED=N`.
 
 use crate::diff_ops::*;
-use proptest::test_runner::{Config, RngSeed, TestCaseError, TestRunner};
-use support::rng::env_u64;
 
 #[test]
 fn random_operations_match_kernel() {
     if support::skip_unless_root() {
         return;
     }
-    let cases = env_u64("LAYERFS_PROPTEST_CASES", 60) as u32;
-    let seed = env_u64("LAYERFS_PROPTEST_SEED", 0x001a_7ef5);
-    let config = Config {
-        cases,
-        rng_seed: RngSeed::Fixed(seed),
-        failure_persistence: None,
-        max_shrink_iters: 4000,
-        ..Config::default()
-    };
-    let mut runner = TestRunner::new(config);
-    let result = runner.run(&case(), |c| run_case(&c).map_err(TestCaseError::fail));
-    if let Err(e) = result {
-        panic!("{e}");
-    }
+    crate::run_fixed(
+        ("LAYERFS_PROPTEST_CASES", 60),
+        ("LAYERFS_PROPTEST_SEED", 0x001a_7ef5),
+        case(),
+        run_case,
+    );
 }
