@@ -573,19 +573,6 @@ fn model_apply(m: &mut BTreeMap<String, MNode>, op: &Op) -> Res {
         dir_ok(m, parent_of(p))?;
         m.get(p).cloned().ok_or(libc::ENOENT)
     };
-    let children = |m: &BTreeMap<String, MNode>, p: &str| -> Vec<String> {
-        let pre = if p.is_empty() {
-            String::new()
-        } else {
-            format!("{p}/")
-        };
-        m.keys()
-            .filter(|k| {
-                k.starts_with(&pre) && !k[pre.len()..].contains('/') && !k[pre.len()..].is_empty()
-            })
-            .map(|k| k[pre.len()..].to_string())
-            .collect()
-    };
     let remove_subtree = |m: &mut BTreeMap<String, MNode>, p: &str| {
         let pre = format!("{p}/");
         m.retain(|k, _| k != p && !k.starts_with(&pre));
@@ -613,7 +600,7 @@ fn model_apply(m: &mut BTreeMap<String, MNode>, op: &Op) -> Res {
         },
         Op::Rmdir(p) => match get(m, p)? {
             MNode::File(_) => Err(libc::ENOTDIR),
-            MNode::Dir if !children(m, p).is_empty() => Err(libc::ENOTEMPTY),
+            MNode::Dir if !model_children(m, p).is_empty() => Err(libc::ENOTEMPTY),
             MNode::Dir => {
                 m.remove(p);
                 Ok(String::new())
@@ -641,7 +628,7 @@ fn model_apply(m: &mut BTreeMap<String, MNode>, op: &Op) -> Res {
                     _ => {}
                 }
                 if a.starts_with(&format!("{b}/"))
-                    || (dst == MNode::Dir && !children(m, b).is_empty())
+                    || (dst == MNode::Dir && !model_children(m, b).is_empty())
                 {
                     return Err(libc::ENOTEMPTY);
                 }
@@ -685,7 +672,10 @@ fn model_apply(m: &mut BTreeMap<String, MNode>, op: &Op) -> Res {
             if matches!(op, Op::ListStart(_)) {
                 return Ok(String::new());
             }
-            let c: Vec<OsString> = children(m, p).into_iter().map(OsString::from).collect();
+            let c: Vec<OsString> = model_children(m, p)
+                .into_iter()
+                .map(OsString::from)
+                .collect();
             Ok(format!("{c:?}"))
         }
         Op::Hold(p) => match get(m, p)? {
