@@ -38,10 +38,11 @@ MiB = 1 << 20
 BACKEND_NAMES = {
     "kernel": "kernel overlayfs",
     "layerfs": "layerfs",
+    "layerfs-b": "layerfs (B)",
     "fo2": "fuse-overlayfs 2.x",
     "fo1": "fuse-overlayfs 1.10",
 }
-ALL_BACKENDS = ["kernel", "layerfs", "fo2", "fo1"]
+ALL_BACKENDS = ["kernel", "layerfs", "layerfs-b", "fo2", "fo1"]
 ALL_WORKLOADS = ["find", "du", "readdir", "seqread", "randread", "pagecache", "copyup", "untar", "write",
                  "rm", "tarc", "depth", "rss"]
 DEPTHS = [1, 8, 32, 100]
@@ -331,7 +332,7 @@ class Bench:
         # The slow one-time steps overlap: fuse-overlayfs 2.x builds in the background while
         # layerfs builds and the layer sets are made.
         fo2 = self.start_fo2_install() if "fo2" in keys else None
-        layerfs = self.build_layerfs() if "layerfs" in keys else None
+        layerfs = self.build_layerfs() if {"layerfs", "layerfs-b"} & set(keys) else None
         self.rootfs_src = os.environ.get("LAYERFS_TEST_ROOTFS", "/var/cache/layerfs-test/bookworm")
         sh([os.path.join(REPO, "scripts", "make-test-rootfs"), self.rootfs_src], timeout=3600)
         self.build_datasets()
@@ -342,6 +343,8 @@ class Bench:
                 self.backends.append(Backend("kernel"))
             elif k == "layerfs":
                 self.backends.append(Backend("layerfs", layerfs, self.args.layerfs_opts))
+            elif k == "layerfs-b":
+                self.backends.append(Backend("layerfs-b", layerfs, self.args.layerfs_b_opts))
             elif k == "fo1":
                 self.backends.append(Backend("fo1", "/usr/bin/fuse-overlayfs"))
             elif k == "fo2" and fo2:
@@ -355,6 +358,7 @@ class Bench:
             "quick": self.quick,
             "versions": {b.key: b.version() for b in self.backends},
             "layerfs_opts": self.args.layerfs_opts,
+            "layerfs_b_opts": self.args.layerfs_b_opts,
             "load_start": round(os.getloadavg()[1], 1),
             "nice": os.getpriority(os.PRIO_PROCESS, 0),
         }
@@ -1249,9 +1253,12 @@ def main():
     ap.add_argument("--reps", type=int, help="interleaved rounds per figure (default 5, quick 2)")
     ap.add_argument("--rss-reps", type=int, default=0, help="rounds of the RSS test (default 1)")
     ap.add_argument("--backends", default="kernel,layerfs,fo2,fo1",
-                    help="comma list of kernel, layerfs, fo2 (fuse-overlayfs 2.x), fo1 (1.10)")
+                    help="comma list of kernel, layerfs, layerfs-b (layerfs with --layerfs-b-opts), "
+                         "fo2 (fuse-overlayfs 2.x), fo1 (1.10)")
     ap.add_argument("--workloads", default=",".join(ALL_WORKLOADS), help="comma list of " + ", ".join(ALL_WORKLOADS))
     ap.add_argument("--layerfs-opts", default="", help="extra -o options for layerfs, e.g. passthrough=on")
+    ap.add_argument("--layerfs-b-opts", default="",
+                    help="-o options of the second layerfs backend (layerfs-b), to compare two settings in one run")
     ap.add_argument("--layerfs-bin", help="use this layerfs binary instead of building one")
     ap.add_argument("--fo2-bin", help="fuse-overlayfs 2.x binary (default ~/.cargo/bin/fuse-overlayfs)")
     ap.add_argument("--no-fo2", action="store_true", help="skip fuse-overlayfs 2.x (no cargo install)")

@@ -25,6 +25,8 @@ pub struct OverlayArgs {
     pub writeback: bool,
     /// READDIRPLUS: listings carry attributes (on unless `readdirplus=off`).
     pub readdirplus: bool,
+    /// Read listed directories' subdirectories ahead (on unless `prefetch=off`).
+    pub prefetch: bool,
     pub noexec: bool,
     pub nodev: bool,
     pub nosuid: bool,
@@ -62,6 +64,7 @@ impl OverlayArgs {
             passthrough: self.passthrough,
             writeback: self.writeback,
             readdirplus: self.readdirplus,
+            prefetch: self.prefetch,
             threads: self.threads,
             fsname: self.fsname.clone(),
             noexec: self.noexec,
@@ -231,6 +234,7 @@ fn apply_opt(a: &mut OverlayArgs, opt: &str) -> Result<(), String> {
         }
         "writeback" => a.writeback = bool_value(key, &need(val)?)?,
         "readdirplus" => a.readdirplus = bool_value(key, &need(val)?)?,
+        "prefetch" => a.prefetch = bool_value(key, &need(val)?)?,
         "threads" | "threaded" => {
             let v = need(val)?;
             let n: usize = v
@@ -298,6 +302,7 @@ fn unescape(s: &str) -> String {
 pub fn parse(args: &[String]) -> Result<OverlayArgs, String> {
     let mut a = OverlayArgs {
         readdirplus: true,
+        prefetch: true,
         ..OverlayArgs::default()
     };
     let mut mountpoint: Option<PathBuf> = None;
@@ -367,11 +372,13 @@ Options (fuse-overlayfs compatible):
   volatile, fsync=0  never fsync (throwaway containers)
   ro                 mount read-only even if upperdir is given
   threads=N          request threads (default: number of CPUs)
-  passthrough=MODE   FUSE passthrough: upper (default as root; =on), all (lower files
-                     too; a write-open of a lower file open elsewhere gets EBUSY), off
+  passthrough=MODE   FUSE passthrough (root only): all (default; lower files too, so
+                     mounts of a layer share its page cache), upper (=on), off
   writeback=on|off   kernel writeback cache (when passthrough is off)
   readdirplus=on|off listings carry attributes (default on: a first walk needs
                      far fewer lookups; the kernel caches listings either way)
+  prefetch=on|off    after a listing, read its subdirectories in the background, so a
+                     walk on a cold disk overlaps reads with round trips (default on)
   timeout=SECONDS    attribute/entry cache time for writable objects
   uidmapping=HOST:TO:LEN[:...], gidmapping=...  on-disk ids HOST.. are shown as TO..
   squash_to_root, squash_to_uid=N, squash_to_gid=N  report every file as owned by N
@@ -495,5 +502,17 @@ mod tests {
         assert_eq!((a.squash_uid, a.squash_gid), (Some(1000), Some(100)));
         assert_eq!(a.ignored, vec!["xattr_permissions=2".to_string()]);
         assert!(p(&["--version"]).unwrap().show_version);
+    }
+
+    #[test]
+    fn listing_options_default_on() {
+        let a = p(&["-o", "lowerdir=/a", "/m"]).unwrap();
+        assert!(a.readdirplus && a.prefetch);
+        let r = a.request();
+        assert!(r.readdirplus && r.prefetch);
+        let a = p(&["-o", "lowerdir=/a,readdirplus=off,prefetch=off", "/m"]).unwrap();
+        assert!(!a.readdirplus && !a.prefetch);
+        assert!(!a.request().prefetch);
+        assert!(p(&["-o", "lowerdir=/a,prefetch=maybe", "/m"]).is_err());
     }
 }

@@ -37,6 +37,9 @@ pub struct Options {
     pub index_budget: usize,
     /// Owner mapping between the layers and the mount.
     pub idmap: super::idmap::IdMap,
+    /// Read the subdirectories of a listed directory in the background
+    /// ([`super::prefetch`]).
+    pub prefetch: bool,
 }
 
 impl Options {
@@ -48,6 +51,7 @@ impl Options {
             fsync: true,
             index_budget: 400_000,
             idmap: Default::default(),
+            prefetch: true,
         }
     }
 }
@@ -59,6 +63,7 @@ pub struct OverlayFs {
     pub(crate) files: HandleTable<FileHandle>,
     pub(crate) listings: ListingCache,
     pub(crate) links: super::hardlinks::LinkMaps,
+    pub(crate) prefetch: super::prefetch::Prefetcher,
     pub(crate) root: Arc<Node>,
     /// Present when there is an upper layer.
     pub(crate) writer: Option<UpperWriter>,
@@ -118,6 +123,7 @@ impl OverlayFs {
             files: HandleTable::default(),
             listings: ListingCache::new(opts.index_budget / 2),
             links: super::hardlinks::LinkMaps::new(opts.lowers.len()),
+            prefetch: Default::default(),
             root,
             writer,
             opts,

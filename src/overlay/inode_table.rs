@@ -126,6 +126,9 @@ pub struct Node {
     /// For directories: a listing was served since the kernel last dropped its cached
     /// one (the kernel can only cache what we served).
     listed: AtomicBool,
+    /// For directories: a listing was built for it before (its subdirectories were
+    /// handed to the prefetcher then).
+    ever_listed: AtomicBool,
     table: Weak<TableInner>,
 }
 
@@ -207,6 +210,11 @@ impl Node {
     /// A listing of this directory is being served: the kernel may cache it.
     pub fn mark_listed(&self) {
         self.listed.store(true, Ordering::Release);
+    }
+
+    /// True the first time it is asked: whether no listing was built for this node before.
+    pub fn first_listing(&self) -> bool {
+        !self.ever_listed.swap(true, Ordering::AcqRel)
     }
 
     /// Whether a listing was served since the last call (which the kernel's cache of it
@@ -369,6 +377,7 @@ impl InodeTable {
             successor: Mutex::new(None),
             resolved: Mutex::new(HashMap::new()),
             listed: AtomicBool::new(false),
+            ever_listed: AtomicBool::new(false),
             table: Arc::downgrade(&self.inner),
         })
     }

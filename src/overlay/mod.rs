@@ -22,6 +22,7 @@ pub mod layers;
 pub mod lookup;
 pub mod marker_writer;
 pub mod mutate;
+pub mod prefetch;
 pub mod readdir;
 pub mod rename;
 pub mod types;

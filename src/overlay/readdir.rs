@@ -306,11 +306,35 @@ impl OverlayFs {
                     entries: self.list_dir(&node)?,
                 });
                 self.listings.put(node.serial, l.clone());
+                self.warm_subdirs(&node, &l);
                 l
             }
         };
         let start = start_after(&list.entries, offset);
         Ok((list, start))
+    }
+
+    /// A walk goes on into the subdirectories of what it listed: read them in the
+    /// background, once per directory node ([`super::prefetch`]).
+    fn warm_subdirs(&self, node: &Node, list: &Listing) {
+        if !self.opts.prefetch || !node.first_listing() {
+            return;
+        }
+        let names: Vec<OsString> = list
+            .entries
+            .iter()
+            .filter(|e| e.dtype == libc::DT_DIR && e.name != "." && e.name != "..")
+            .map(|e| e.name.clone())
+            .collect();
+        if let Ok(view) = self.dir_view(node) {
+            let dirs = view
+                .upper
+                .iter()
+                .chain(view.lowers.iter())
+                .cloned()
+                .collect();
+            self.prefetch.warm(dirs, names);
+        }
     }
 
     /// The reader of a listing from `readdir` reached its end: the daemon keeps no copy.

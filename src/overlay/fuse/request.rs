@@ -40,6 +40,8 @@ pub struct MountRequest {
     pub passthrough: Option<PassthroughMode>,
     pub writeback: bool,
     pub readdirplus: bool,
+    /// Warm listed directories' subdirectories in the background.
+    pub prefetch: bool,
     /// Request threads; `None`: one per core (2 to 16).
     pub threads: Option<usize>,
     pub fsname: Option<String>,

@@ -65,6 +65,7 @@ pub fn serve(
     log::debug!("open file limit: {nofile}");
     let mut opts = Options::new(plan.lowers.clone(), plan.upper.clone(), plan.work.clone());
     opts.fsync = a.fsync;
+    opts.prefetch = a.prefetch;
     opts.idmap = a.idmap.clone();
     let fs = match OverlayFs::new(opts) {
         Ok(fs) => Arc::new(fs),

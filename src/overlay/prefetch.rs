@@ -1,0 +1,487 @@
+//! Warming the host's caches ahead of a walk.
+//!
+//! A program that lists a directory usually goes on into its subdirectories (`find`,
+//! `du`, `tar c`, `cp -a`, `rm -r`). Each of its steps reaches the daemon only after the
+//! previous one was answered, so on a cold host cache the disk reads of a walk happen one
+//! at a time, each between two round trips. After building a listing for the first time,
+//! the daemon hands the directory's subdirectories to background threads that read them
+//! in every layer that has them (their entries, and each entry's inode with `fstatat`),
+//! and one level further down, so the disk reads of the requests to come are done, in
+//! parallel, while the walk is still busy with the ones before.
+//!
+//! It only reads, through the directory handles the requests use (opened with
+//! `O_NOFOLLOW | O_DIRECTORY`): nothing of the mount's state changes and no request
+//! waits for it. The work is bounded: the newest listing is warmed first (a walk goes
+//! deep before it goes wide), at most [`MAX_JOBS`] listings wait (the oldest are dropped),
+//! each warms at most [`MAX_SUBDIRS`] subdirectories of at most [`MAX_ENTRIES`] entries,
+//! and a directory is read once. When the host's caches already hold what it reads (a
+//! second mount of an image), it mostly stands aside: after [`CACHED_STREAK`] cached
+//! directories it warms one listing in [`SAMPLE_EVERY`], until one is found cold.
+
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, HashSet};
+use std::ffi::OsString;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use super::layers::RealDir;
+use crate::sys::{self, OFlags};
+
+/// Listings waiting to be warmed; a newer one pushes out the oldest.
+pub const MAX_JOBS: usize = 64;
+/// Subdirectories warmed per listing.
+pub const MAX_SUBDIRS: usize = 256;
+/// Entries stat'ed per subdirectory and layer.
+pub const MAX_ENTRIES: usize = 4096;
+/// Background threads: more than one, so that disk reads overlap each other too.
+const THREADS: usize = 2;
+/// Levels warmed below a listed directory's subdirectories.
+const DEPTH: u32 = 1;
+/// Directories remembered as warmed (then the memory starts over).
+const MAX_DONE: usize = 1 << 16;
+/// Entries stat'ed before deciding whether a directory's inodes are cached.
+const PROBE: usize = 8;
+/// Reading a directory and stat'ing its first entries faster than this (a base plus
+/// per entry) found them in the host's caches: a disk read takes longer.
+const CACHED_BASE: Duration = Duration::from_micros(40);
+const CACHED_STAT: Duration = Duration::from_micros(4);
+/// After this many more cached directories than cold ones (a cold one halves the
+/// count)...
+pub const CACHED_STREAK: u32 = 32;
+/// ...only one listing in this many is warmed.
+pub const SAMPLE_EVERY: u64 = 8;
+
+/// The subdirectories of one listing, in the order the listing gives them.
+struct Job {
+    /// The listed directory in each layer that has it (upper first).
+    dirs: Vec<Arc<RealDir>>,
+    names: Vec<OsString>,
+    next: usize,
+    /// Levels below these subdirectories still to warm.
+    depth: u32,
+}
+
+/// One subdirectory to warm.
+struct Task {
+    dirs: Vec<Arc<RealDir>>,
+    name: OsString,
+    depth: u32,
+}
+
+#[derive(Default)]
+struct Queue {
+    jobs: Vec<Job>,
+    started: bool,
+    closed: bool,
+}
+
+impl Queue {
+    fn push(&mut self, dirs: Vec<Arc<RealDir>>, mut names: Vec<OsString>, depth: u32) {
+        names.truncate(MAX_SUBDIRS);
+        if self.jobs.len() >= MAX_JOBS {
+            self.jobs.remove(0);
+        }
+        self.jobs.push(Job {
+            dirs,
+            names,
+            next: 0,
+            depth,
+        });
+    }
+
+    /// The next subdirectory to warm: from the newest listing.
+    fn take(&mut self) -> Option<Task> {
+        let job = self.jobs.last_mut()?;
+        let task = Task {
+            dirs: job.dirs.clone(),
+            name: job.names[job.next].clone(),
+            depth: job.depth,
+        };
+        job.next += 1;
+        if job.next == job.names.len() {
+            self.jobs.pop();
+        }
+        Some(task)
+    }
+}
+
+struct Shared {
+    /// Below this (plus [`CACHED_STAT`] per entry probed) a directory counts as cached.
+    cached_base: Duration,
+    queue: Mutex<Queue>,
+    wake: Condvar,
+    /// Directories warmed, by (device, inode), with the levels below them warmed too:
+    /// a walk reaches most directories both as a listing's subdirectory and as a level
+    /// below another listing's.
+    done: Mutex<HashMap<(u64, u64), u32>>,
+    /// Up for each directory read that the host's caches held, halved by one that
+    /// they did not (so an odd slow read, on a busy CPU, does not end the sampling).
+    cached: AtomicU32,
+    listings: AtomicU64,
+}
+
+impl Default for Shared {
+    fn default() -> Self {
+        Self::with_threshold(CACHED_BASE)
+    }
+}
+
+impl Shared {
+    fn with_threshold(cached_base: Duration) -> Self {
+        Shared {
+            cached_base,
+            queue: Default::default(),
+            wake: Default::default(),
+            done: Default::default(),
+            cached: Default::default(),
+            listings: Default::default(),
+        }
+    }
+
+    fn queue(&self) -> MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The host's caches have held everything lately: warm only a sample, to notice
+    /// when that changes, and leave the CPU (and the wake-ups) to the requests.
+    fn skip(&self) -> bool {
+        self.cached.load(Ordering::Relaxed) >= CACHED_STREAK
+            && !self
+                .listings
+                .fetch_add(1, Ordering::Relaxed)
+                .is_multiple_of(SAMPLE_EVERY)
+    }
+
+    fn saw(&self, cached: bool) {
+        let _ = self
+            .cached
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                Some(if cached {
+                    (n + 1).min(2 * CACHED_STREAK)
+                } else {
+                    n / 2
+                })
+            });
+    }
+
+    /// Whether `dir` still needs reading to `depth` levels below it (and note that it
+    /// is being read).
+    fn claim(&self, dir: &OwnedFd, depth: u32) -> bool {
+        let Ok(st) = sys::stat_fd(dir.as_fd()) else {
+            return true;
+        };
+        let mut done = self.done.lock().unwrap_or_else(|e| e.into_inner());
+        if done.len() >= MAX_DONE {
+            done.clear();
+        }
+        match done.entry((st.st_dev, st.st_ino)) {
+            Entry::Occupied(e) if *e.get() >= depth => false,
+            Entry::Occupied(mut e) => {
+                e.insert(depth);
+                true
+            }
+            Entry::Vacant(e) => {
+                e.insert(depth);
+                true
+            }
+        }
+    }
+}
+
+/// The background readers; their threads start with the first listing and end when
+/// this is dropped (with the filesystem).
+#[derive(Default)]
+pub struct Prefetcher {
+    shared: Arc<Shared>,
+}
+
+impl Prefetcher {
+    /// Warm `names`, the subdirectories of a directory whose real dirs are `dirs`.
+    pub fn warm(&self, dirs: Vec<Arc<RealDir>>, names: Vec<OsString>) {
+        if dirs.is_empty() || names.is_empty() || self.shared.skip() {
+            return;
+        }
+        let mut q = self.shared.queue();
+        if q.closed {
+            return;
+        }
+        q.push(dirs, names, DEPTH);
+        if !q.started {
+            q.started = true;
+            for _ in 0..THREADS {
+                let shared = self.shared.clone();
+                let spawned = std::thread::Builder::new()
+                    .name("layerfs-prefetch".into())
+                    .spawn(move || run(&shared));
+                // Without these threads nothing is warmed; requests work as before.
+                if let Err(e) = spawned {
+                    log::debug!("prefetch thread: {e}");
+                }
+            }
+        }
+        drop(q);
+        self.shared.wake.notify_one();
+    }
+}
+
+impl Drop for Prefetcher {
+    fn drop(&mut self) {
+        let mut q = self.shared.queue();
+        q.closed = true;
+        q.jobs.clear();
+        drop(q);
+        self.shared.wake.notify_all();
+    }
+}
+
+fn run(shared: &Shared) {
+    loop {
+        let task = {
+            let mut q = shared.queue();
+            loop {
+                if q.closed {
+                    return;
+                }
+                if let Some(t) = q.take() {
+                    break t;
+                }
+                q = shared.wake.wait(q).unwrap_or_else(|e| e.into_inner());
+            }
+        };
+        let mut read = false;
+        let mut cached = true;
+        let mut below = Vec::new();
+        let mut subdirs = Vec::new();
+        let mut seen = HashSet::new();
+        for d in &task.dirs {
+            let w = warm_one(shared, d, &task.name, task.depth);
+            read |= w.read;
+            cached &= w.cached;
+            if let Some(fd) = w.fd {
+                below.push(RealDir::new(d.layer, fd));
+            }
+            for n in w.subdirs {
+                if seen.insert(n.clone()) {
+                    subdirs.push(n);
+                }
+            }
+        }
+        if read {
+            shared.saw(cached);
+        }
+        if task.depth > 0 && !subdirs.is_empty() {
+            let mut q = shared.queue();
+            if q.closed {
+                return;
+            }
+            q.push(below, subdirs, task.depth - 1);
+            drop(q);
+            shared.wake.notify_one();
+        }
+    }
+}
+
+/// What warming one subdirectory in one layer found.
+#[derive(Default)]
+struct Warmed {
+    /// The directory was read (it is one in this layer, and was not read before).
+    read: bool,
+    /// Its entries and first inodes came from the host's caches at once: the other
+    /// inodes were not asked for.
+    cached: bool,
+    /// Entries stat'ed.
+    entries: usize,
+    /// The subdirectory, open, when its own subdirectories were asked for (`depth > 0`).
+    fd: Option<OwnedFd>,
+    subdirs: Vec<OsString>,
+}
+
+/// Read subdirectory `name` of `parent` and stat its entries (and list its own
+/// subdirectories if `depth > 0`). Errors (not a directory in this layer, gone, no
+/// permission) just end the warming of it.
+fn warm_one(shared: &Shared, parent: &RealDir, name: &OsString, depth: u32) -> Warmed {
+    let Ok(fd) = sys::open_at(
+        parent.fd(),
+        name,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NONBLOCK,
+        0,
+    ) else {
+        return Warmed::default();
+    };
+    if !shared.claim(&fd, depth) {
+        return Warmed::default();
+    }
+    let started = Instant::now();
+    let mut names = Vec::new();
+    let _ = sys::read_dir_each(fd.as_fd(), |e| {
+        names.push((e.name, e.dtype));
+        names.len() < MAX_ENTRIES
+    });
+    let mut w = Warmed {
+        read: true,
+        ..Default::default()
+    };
+    let probe = names.len().min(PROBE);
+    let fast = |started: Instant| {
+        started.elapsed() < shared.cached_base + CACHED_STAT * probe as u32 && probe > 0
+    };
+    for (i, (n, dtype)) in names.into_iter().enumerate() {
+        if i == probe {
+            w.cached = fast(started);
+        }
+        let mut is_dir = dtype == libc::DT_DIR;
+        if (!w.cached || dtype == libc::DT_UNKNOWN)
+            && let Ok(st) = sys::stat_at(fd.as_fd(), &n)
+        {
+            w.entries += 1;
+            is_dir = sys::mode_type(st.st_mode) == libc::S_IFDIR;
+        }
+        if depth > 0 && is_dir {
+            w.subdirs.push(n);
+        }
+    }
+    if w.entries == probe && probe < PROBE {
+        w.cached = fast(started);
+    }
+    if depth > 0 {
+        w.fd = Some(fd);
+    }
+    w
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::OwnedFd;
+
+    fn real_dir(path: &std::path::Path) -> Arc<RealDir> {
+        let fd: OwnedFd = sys::open_root_dir(path).unwrap();
+        RealDir::new(1, fd)
+    }
+
+    #[test]
+    fn queue_is_bounded_and_newest_first() {
+        let p = Prefetcher::default();
+        // Fill the queue without a thread to drain it.
+        p.shared.queue.lock().unwrap().started = true;
+        let tmp = tempfile::tempdir().unwrap();
+        for i in 0..MAX_JOBS + 5 {
+            p.warm(vec![real_dir(tmp.path())], vec![format!("d{i}").into()]);
+        }
+        let q = p.shared.queue.lock().unwrap();
+        assert_eq!(q.jobs.len(), MAX_JOBS);
+        assert_eq!(q.jobs[0].names[0], OsString::from("d5"));
+        assert_eq!(
+            q.jobs.last().unwrap().names[0],
+            OsString::from(format!("d{}", MAX_JOBS + 4))
+        );
+    }
+
+    /// Nothing counts as cached: every entry is stat'ed.
+    fn cold() -> Shared {
+        Shared::with_threshold(Duration::ZERO)
+    }
+
+    fn tree() -> tempfile::TempDir {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = tmp.path();
+        std::fs::create_dir_all(p.join("sub/deeper")).unwrap();
+        std::fs::create_dir(p.join("sub/other")).unwrap();
+        for f in ["a", "b", "c"] {
+            std::fs::write(p.join("sub").join(f), b"x").unwrap();
+        }
+        std::fs::create_dir(p.join("big")).unwrap();
+        for i in 0..MAX_ENTRIES + 10 {
+            std::fs::write(p.join("big").join(i.to_string()), b"").unwrap();
+        }
+        std::os::unix::fs::symlink("sub", p.join("link")).unwrap();
+        std::fs::write(p.join("file"), b"x").unwrap();
+        tmp
+    }
+
+    #[test]
+    fn warming_stats_a_subdirectory_and_follows_nothing() {
+        let tmp = tree();
+        let dir = real_dir(tmp.path());
+        let warm = |n: &str| warm_one(&cold(), &dir, &OsString::from(n), 0);
+        let w = warm("sub");
+        assert!(w.read && !w.cached);
+        assert_eq!(w.entries, 5);
+        // Without levels below asked for, no subdirectories and no handle come back.
+        assert!(w.subdirs.is_empty() && w.fd.is_none());
+        assert_eq!(warm("big").entries, MAX_ENTRIES);
+        // A symlink to a directory is not followed; a file or a missing name is no error.
+        for n in ["link", "file", "missing"] {
+            let w = warm(n);
+            assert!(!w.read && w.entries == 0, "{n}");
+        }
+    }
+
+    #[test]
+    fn a_level_below_comes_back_open() {
+        let tmp = tree();
+        let w = warm_one(&cold(), &real_dir(tmp.path()), &"sub".into(), 1);
+        let mut subdirs = w.subdirs.clone();
+        subdirs.sort();
+        assert_eq!(subdirs, [OsString::from("deeper"), OsString::from("other")]);
+        let below = RealDir::new(1, w.fd.unwrap());
+        assert_eq!(warm_one(&cold(), &below, &"deeper".into(), 0).entries, 0);
+        assert!(warm_one(&cold(), &below, &"deeper".into(), 0).read);
+    }
+
+    #[test]
+    fn a_cached_directory_is_probed_not_stat_ed_whole() {
+        let tmp = tree();
+        let always = Shared::with_threshold(Duration::from_secs(3600));
+        let w = warm_one(&always, &real_dir(tmp.path()), &"big".into(), 0);
+        assert!(w.read && w.cached);
+        assert_eq!(w.entries, PROBE);
+    }
+
+    #[test]
+    fn each_directory_is_read_once_per_depth() {
+        let tmp = tree();
+        let shared = cold();
+        let dir = real_dir(tmp.path());
+        assert!(warm_one(&shared, &dir, &"sub".into(), 0).read);
+        assert!(!warm_one(&shared, &dir, &"sub".into(), 0).read);
+        // Asked again for a level more: read again, once.
+        assert!(warm_one(&shared, &dir, &"sub".into(), 1).read);
+        assert!(!warm_one(&shared, &dir, &"sub".into(), 1).read);
+        assert!(!warm_one(&shared, &dir, &"sub".into(), 0).read);
+    }
+
+    #[test]
+    fn cached_directories_turn_warming_into_sampling() {
+        let shared = Shared::default();
+        assert!(!shared.skip());
+        for _ in 0..CACHED_STREAK {
+            shared.saw(true);
+        }
+        let warmed = (0..8 * SAMPLE_EVERY).filter(|_| !shared.skip()).count();
+        assert_eq!(warmed as u64, 8);
+        // One cold directory halves the count: every listing is warmed again.
+        shared.saw(false);
+        assert!((0..SAMPLE_EVERY).all(|_| !shared.skip()));
+    }
+
+    #[test]
+    fn dropping_stops_the_thread() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir(tmp.path().join("sub")).unwrap();
+        let p = Prefetcher::default();
+        p.warm(vec![real_dir(tmp.path())], vec!["sub".into()]);
+        let shared = p.shared.clone();
+        drop(p);
+        // The thread holds one reference until it sees `closed` and returns.
+        for _ in 0..500 {
+            if Arc::strong_count(&shared) == 1 {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        panic!("the prefetch thread did not stop");
+    }
+}
