@@ -36,7 +36,22 @@ struct Config {
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Work {
     Create,
+    /// `lstat` of names never looked up (first LOOKUPs).
     Stat,
+    /// `unlink` of names looked up before the timing starts (as `rm -rf` after its
+    /// listing): UNLINK, and the directory's GETATTR the next permission check needs.
+    Unlink,
+    /// `open` + `fstat` forced to ask + `close` of names looked up before (the requests
+    /// `tar c` costs per file on layerfs: OPEN, GETATTR after the atime went stale,
+    /// RELEASE).
+    OpenStat,
+}
+
+impl Work {
+    /// The directory is populated with `f0..` before the run.
+    fn populated(self) -> bool {
+        self != Work::Create
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -103,9 +118,13 @@ fn parse_workload(s: &str) -> Result<Workload, String> {
         (Work::Create, r)
     } else if let Some(r) = s.strip_prefix("stat") {
         (Work::Stat, r)
+    } else if let Some(r) = s.strip_prefix("unlink") {
+        (Work::Unlink, r)
+    } else if let Some(r) = s.strip_prefix("openstat") {
+        (Work::OpenStat, r)
     } else {
         return Err(format!(
-            "unknown workload {s} (create1, create2, stat1, stat2, ...)"
+            "unknown workload {s} (create1, stat1, unlink1, openstat1, ... 2 for two clients)"
         ));
     };
     let clients = rest
@@ -229,6 +248,26 @@ fn tv_us(t: libc::timeval) -> f64 {
     t.tv_sec as f64 * 1e6 + t.tv_usec as f64
 }
 
+/// `open(O_RDONLY)`, `statx` of the descriptor forced to ask the filesystem, `close`.
+fn open_stat_close(p: &CString) -> bool {
+    // SAFETY: p is NUL-terminated; stx is a plain out-parameter; the fd is closed here.
+    unsafe {
+        let fd = libc::open(p.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+        if fd < 0 {
+            return false;
+        }
+        let mut stx: libc::statx = std::mem::zeroed();
+        let ok = libc::statx(
+            fd,
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH | libc::AT_STATX_FORCE_SYNC,
+            libc::STATX_BASIC_STATS,
+            &mut stx,
+        ) == 0;
+        libc::close(fd) == 0 && ok
+    }
+}
+
 struct ClientResult {
     elapsed: Duration,
     cpu_us: f64,
@@ -249,9 +288,15 @@ fn run_clients(dir: &Path, n: usize, clients: usize, work: Work, pin: bool) -> C
                         .step_by(clients)
                         .map(|j| match work {
                             Work::Create => cpath(&dir.join(format!("c{t}_{j}"))),
-                            Work::Stat => cpath(&dir.join(format!("f{j}"))),
+                            _ => cpath(&dir.join(format!("f{j}"))),
                         })
                         .collect();
+                    if matches!(work, Work::Unlink | Work::OpenStat) {
+                        // Untimed: the names' first lookups.
+                        for p in &names {
+                            lstat(p);
+                        }
+                    }
                     let mut errors = 0;
                     if pin {
                         crate::uring::pin_to(t % crate::possible_cpus());
@@ -262,6 +307,9 @@ fn run_clients(dir: &Path, n: usize, clients: usize, work: Work, pin: bool) -> C
                     for p in &names {
                         let ok = match work {
                             Work::Stat => lstat(p),
+                            // SAFETY: p is NUL-terminated.
+                            Work::Unlink => unsafe { libc::unlink(p.as_ptr()) == 0 },
+                            Work::OpenStat => open_stat_close(p),
                             // SAFETY: p is NUL-terminated; the fd is closed at once.
                             Work::Create => unsafe {
                                 let fd = libc::open(
@@ -356,7 +404,7 @@ fn run_fuse(o: &Opts, mnt: &Path, kind: &Kind, w: &Workload) -> Result<FuseRun, 
         depth: o.depth,
         pin,
         taskrun,
-        populate: if w.work == Work::Stat { o.n } else { 0 },
+        populate: if w.work.populated() { o.n } else { 0 },
     };
     let switch = if uring {
         Some(UringSwitch::on()?)
@@ -396,7 +444,7 @@ fn run_fuse(o: &Opts, mnt: &Path, kind: &Kind, w: &Workload) -> Result<FuseRun, 
             std::fs::create_dir(&c).map_err(|e| format!("mkdir {}: {e}", c.display()))?;
             c
         }
-        Work::Stat => mnt.join("d"),
+        _ => mnt.join("d"),
     };
     let r = run_clients(&dir, o.n, w.clients, w.work, o.pin_clients);
     let m = mnt.to_path_buf();
@@ -443,10 +491,10 @@ fn run_kernel(
                 .map_err(|e| format!("mount tmpfs: {e}"))?;
             dir = match w.work {
                 Work::Create => mnt.join("c"),
-                Work::Stat => mnt.join("d"),
+                _ => mnt.join("d"),
             };
             std::fs::create_dir(&dir).map_err(|e| format!("mkdir: {e}"))?;
-            if w.work == Work::Stat {
+            if w.work.populated() {
                 for j in 0..o.n {
                     std::fs::File::create(dir.join(format!("f{j}")))
                         .map_err(|e| format!("populate tmpfs: {e}"))?;
@@ -474,7 +522,7 @@ fn run_kernel(
                     std::fs::create_dir(&c).map_err(|e| format!("mkdir: {e}"))?;
                     c
                 }
-                Work::Stat => mnt.join("d"),
+                _ => mnt.join("d"),
             };
         }
         Kind::Fuse { .. } => unreachable!(),

@@ -179,10 +179,22 @@ impl Fs {
             SETATTR => self.setattr(h.nodeid, op, out),
             CREATE => self.create(h, op, name(payload), out),
             MKDIR => self.mkdir(h, op, name(payload), out),
-            OPEN | OPENDIR => {
+            // No FLUSH on close (layerfs's read-only opens ask for none either).
+            OPEN => {
+                push(
+                    out,
+                    &OpenOut {
+                        open_flags: FOPEN_NOFLUSH,
+                        ..Default::default()
+                    },
+                );
+                0
+            }
+            OPENDIR => {
                 push(out, &OpenOut::default());
                 0
             }
+            UNLINK => self.unlink(h.nodeid, name(payload)),
             RELEASE | RELEASEDIR | FLUSH | FSYNC | FSYNCDIR | DESTROY => 0,
             READDIR => self.readdir(h.nodeid, op, out),
             STATFS => {
@@ -220,6 +232,20 @@ impl Fs {
             ),
         }
         0
+    }
+
+    fn unlink(&self, parent: u64, name: &[u8]) -> i32 {
+        let mut nodes = self.nodes.lock().unwrap();
+        let Some(dir) = nodes
+            .get_mut(parent as usize)
+            .and_then(|n| n.children.as_mut())
+        else {
+            return -libc::ENOTDIR;
+        };
+        match dir.remove(name) {
+            Some(_) => 0,
+            None => -libc::ENOENT,
+        }
     }
 
     fn getattr(&self, ino: u64, out: &mut Vec<u8>) -> i32 {
@@ -340,6 +366,7 @@ impl Fs {
             (GETATTR, "getattr"),
             (SETATTR, "setattr"),
             (CREATE, "create"),
+            (UNLINK, "unlink"),
             (MKDIR, "mkdir"),
             (OPEN, "open"),
             (FLUSH, "flush"),

@@ -15,6 +15,8 @@ pub const SETATTR: u32 = 4;
 pub const MKNOD: u32 = 8;
 pub const MKDIR: u32 = 9;
 pub const UNLINK: u32 = 10;
+/// `fuse_open_out.open_flags`: no FLUSH when the file is closed.
+pub const FOPEN_NOFLUSH: u32 = 1 << 5;
 pub const RMDIR: u32 = 11;
 pub const RENAME: u32 = 12;
 pub const LINK: u32 = 13;
