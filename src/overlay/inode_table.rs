@@ -84,8 +84,9 @@ pub struct FileState {
     /// Known names of this inode; all in layer `layer`.
     pub aliases: Vec<Alias>,
     pub layer: LayerId,
-    /// An `O_PATH` handle kept when the last known name was removed, so an unlinked but
-    /// still referenced file keeps answering `getattr`.
+    /// An `O_PATH` handle kept when the last known name was removed while the kernel
+    /// still knew the node, so an unlinked but still referenced file keeps answering
+    /// `getattr` and opens, and its inode number is not reused until the node goes.
     pub orphan: Option<OwnedFd>,
 }
 

@@ -434,8 +434,12 @@ impl OverlayFs {
         Ok(())
     }
 
-    /// Before the last known name of an open upper file goes, keep a handle to it (an
-    /// unlinked file stays usable while open).
+    /// Before the last known name of an upper file goes while the kernel still knows the
+    /// node (it is open, or the kernel holds its inode), keep a handle to it: an unlinked
+    /// file stays usable while open, and its inode number is not given to a new file
+    /// while the kernel may still send requests for the old one (a reused number would
+    /// make the kernel mark the old inode bad, failing those requests with EIO). The
+    /// handle goes with the node, when the kernel forgets it.
     pub(super) fn keep_orphan_if_last(
         &self,
         node: &Arc<Node>,
@@ -443,7 +447,7 @@ impl OverlayFs {
         parent_upper: &RealDir,
         name: &OsStr,
     ) {
-        if node.open_files.load(std::sync::atomic::Ordering::Acquire) == 0 {
+        if node.open_files.load(std::sync::atomic::Ordering::Acquire) == 0 && node.nlookup() == 0 {
             return;
         }
         let last = match &*node.state.read() {

@@ -108,8 +108,9 @@ impl Queue {
 }
 
 struct Shared {
-    /// Below this (plus [`CACHED_STAT`] per entry probed) a directory counts as cached.
+    /// Below this plus `cached_stat` per entry probed, a directory counts as cached.
     cached_base: Duration,
+    cached_stat: Duration,
     queue: Mutex<Queue>,
     wake: Condvar,
     /// Directories warmed, by (device, inode), with the levels below them warmed too:
@@ -124,14 +125,15 @@ struct Shared {
 
 impl Default for Shared {
     fn default() -> Self {
-        Self::with_threshold(CACHED_BASE)
+        Self::with_threshold(CACHED_BASE, CACHED_STAT)
     }
 }
 
 impl Shared {
-    fn with_threshold(cached_base: Duration) -> Self {
+    fn with_threshold(cached_base: Duration, cached_stat: Duration) -> Self {
         Shared {
             cached_base,
+            cached_stat,
             queue: Default::default(),
             wake: Default::default(),
             done: Default::default(),
@@ -325,7 +327,7 @@ fn warm_one(shared: &Shared, parent: &RealDir, name: &OsString, depth: u32) -> W
     };
     let probe = names.len().min(PROBE);
     let fast = |started: Instant| {
-        started.elapsed() < shared.cached_base + CACHED_STAT * probe as u32 && probe > 0
+        started.elapsed() < shared.cached_base + shared.cached_stat * probe as u32 && probe > 0
     };
     for (i, (n, dtype)) in names.into_iter().enumerate() {
         if i == probe {
@@ -381,7 +383,7 @@ mod tests {
 
     /// Nothing counts as cached: every entry is stat'ed.
     fn cold() -> Shared {
-        Shared::with_threshold(Duration::ZERO)
+        Shared::with_threshold(Duration::ZERO, Duration::ZERO)
     }
 
     fn tree() -> tempfile::TempDir {
@@ -434,7 +436,7 @@ mod tests {
     #[test]
     fn a_cached_directory_is_probed_not_stat_ed_whole() {
         let tmp = tree();
-        let always = Shared::with_threshold(Duration::from_secs(3600));
+        let always = Shared::with_threshold(Duration::from_secs(3600), Duration::ZERO);
         let w = warm_one(&always, &real_dir(tmp.path()), &"big".into(), 0);
         assert!(w.read && w.cached);
         assert_eq!(w.entries, PROBE);
