@@ -12,6 +12,26 @@ use super::layers::UPPER;
 use super::types::{Ctx, Opened};
 use crate::sys::{self, Errno, OFlags, SysResult};
 
+/// The kernel's marker for an open made by `execve` (`__FMODE_EXEC` in the open flags;
+/// no user-space flag has this value).
+const FMODE_EXEC: i32 = 0o40;
+/// How long an O_TRUNC open waits for the RELEASE of a program that exited (the kernel
+/// sends RELEASE after the close, in the background) before answering ETXTBSY.
+const EXEC_RELEASE_GRACE: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// `ETXTBSY` while a program runs from this file, as the kernel answers an O_TRUNC open
+/// of it; a program that just exited gets a moment for its RELEASE to arrive.
+fn wait_for_exec_releases(node: &Node) -> SysResult<()> {
+    let deadline = std::time::Instant::now() + EXEC_RELEASE_GRACE;
+    while node.exec_opens.load(std::sync::atomic::Ordering::Acquire) > 0 {
+        if std::time::Instant::now() >= deadline {
+            return Err(Errno::TXTBSY);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    Ok(())
+}
+
 impl OverlayFs {
     /// Open a regular file. Writing opens copy the file up first.
     pub fn open(&self, ctx: Ctx, ino: u64, flags: i32) -> SysResult<Opened> {
@@ -26,6 +46,12 @@ impl OverlayFs {
         }
         let acc = flags & libc::O_ACCMODE;
         let writable = acc == libc::O_WRONLY || acc == libc::O_RDWR;
+        if flags & libc::O_TRUNC != 0 {
+            // The kernel sends O_TRUNC with the OPEN and only afterwards checks that
+            // no one is executing the file (`handle_truncate`): refuse here, or a
+            // running program would lose its text to an open that then fails.
+            wait_for_exec_releases(&node)?;
+        }
         if writable || flags & libc::O_TRUNC != 0 {
             if !self.is_writable() {
                 return Err(Errno::ROFS);
@@ -41,9 +67,10 @@ impl OverlayFs {
         let file = self.open_real(&node, real)?;
         let layer = self.file_layer(&node);
         let keep_cache = layer != UPPER;
+        let exec = flags & FMODE_EXEC != 0;
         let fh = self
             .files
-            .insert(FileHandle::new(node, file, layer, writable));
+            .insert(FileHandle::with_exec(node, file, layer, writable, exec));
         Ok(Opened { fh, keep_cache })
     }
 

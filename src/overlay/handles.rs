@@ -19,22 +19,42 @@ pub struct FileHandle {
     file: RwLock<Arc<OwnedFd>>,
     layer: AtomicU16,
     pub writable: bool,
+    /// Opened by an `execve`.
+    exec: bool,
 }
 
 impl Drop for FileHandle {
     fn drop(&mut self) {
         self.node.open_files.fetch_sub(1, Ordering::AcqRel);
+        if self.exec {
+            self.node.exec_opens.fetch_sub(1, Ordering::AcqRel);
+        }
     }
 }
 
 impl FileHandle {
     pub fn new(node: Arc<Node>, file: OwnedFd, layer: LayerId, writable: bool) -> Self {
+        Self::with_exec(node, file, layer, writable, false)
+    }
+
+    /// `exec`: the open comes from an `execve` (the open flags carry `__FMODE_EXEC`).
+    pub fn with_exec(
+        node: Arc<Node>,
+        file: OwnedFd,
+        layer: LayerId,
+        writable: bool,
+        exec: bool,
+    ) -> Self {
         node.open_files.fetch_add(1, Ordering::AcqRel);
+        if exec {
+            node.exec_opens.fetch_add(1, Ordering::AcqRel);
+        }
         FileHandle {
             node,
             file: RwLock::new(Arc::new(file)),
             layer: AtomicU16::new(layer),
             writable,
+            exec,
         }
     }
 

@@ -117,6 +117,9 @@ pub struct Node {
     version: AtomicU64,
     /// Open file handles on this node.
     pub open_files: AtomicU64,
+    /// Of those, the ones an `execve` opened (the kernel denies writes to the file
+    /// while they live).
+    pub exec_opens: AtomicU64,
     /// Set when a newer node took over this one's names: the kernel pins this node's
     /// open files to a lower file it cannot switch, so new opens go to the successor.
     successor: Mutex<Option<Arc<Node>>>,
@@ -375,6 +378,7 @@ impl InodeTable {
             copy_up_lock: Mutex::new(()),
             version: AtomicU64::new(0),
             open_files: AtomicU64::new(0),
+            exec_opens: AtomicU64::new(0),
             successor: Mutex::new(None),
             resolved: Mutex::new(HashMap::new()),
             listed: AtomicBool::new(false),

@@ -858,3 +858,88 @@ fn enospc_on_a_small_upper() {
     drop(_g);
     check.check();
 }
+
+/// While a program runs from a file, `open(O_TRUNC)` of it fails with ETXTBSY and the
+/// file keeps its bytes, as on the kernel's overlayfs. The FUSE kernel client sends the
+/// O_TRUNC with the OPEN and checks for a running program only after the OPEN returned,
+/// so the daemon must refuse it: a truncated text makes the program die of SIGBUS (and
+/// then the open succeeds). A program that has exited does not hold the file back.
+///
+/// Accepted difference: the kernel's overlayfs (6.18) answers ETXTBSY too, but for a
+/// program in a lower layer it has already copied the file up without its data (an
+/// O_TRUNC copy-up skips the data), so the refused open leaves the merged file empty;
+/// layerfs refuses before copying up and the file keeps its bytes.
+#[test]
+fn a_running_program_is_not_truncated() {
+    if support::skip_unless_root() {
+        return;
+    }
+    let sleep = fs::read("/bin/sleep").expect("/bin/sleep");
+    let check = |m: &Path, what: &str, kernel: bool| {
+        for (name, on_lower) in [("lower-exe", true), ("upper-exe", false)] {
+            let p = m.join(name);
+            if !on_lower {
+                fs::write(&p, &sleep).unwrap();
+                fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).unwrap();
+            }
+            let mut child = std::process::Command::new(&p).arg("30").spawn().unwrap();
+            for flags in [
+                libc::O_RDONLY | libc::O_TRUNC,
+                libc::O_WRONLY | libc::O_TRUNC,
+            ] {
+                let r = fs::OpenOptions::new()
+                    .read(flags & libc::O_ACCMODE == libc::O_RDONLY)
+                    .write(flags & libc::O_ACCMODE == libc::O_WRONLY)
+                    .custom_flags(libc::O_TRUNC | libc::O_NOFOLLOW)
+                    .open(&p);
+                assert_eq!(
+                    r.err().and_then(|e| e.raw_os_error()),
+                    Some(libc::ETXTBSY),
+                    "{what}: open({name}, {flags:#o}) of a running program"
+                );
+            }
+            if !(kernel && on_lower) {
+                assert_eq!(
+                    fs::metadata(&p).unwrap().len(),
+                    sleep.len() as u64,
+                    "{what}: {name}"
+                );
+            }
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "{what}: the program died"
+            );
+            child.kill().unwrap();
+            child.wait().unwrap();
+            // Exited: truncating is allowed again.
+            fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_TRUNC | libc::O_NOFOLLOW)
+                .open(&p)
+                .unwrap_or_else(|e| panic!("{what}: O_TRUNC after the program exited: {e}"));
+            assert_eq!(fs::metadata(&p).unwrap().len(), 0, "{what}: {name}");
+        }
+    };
+    let build = |l: &[PathBuf]| {
+        fs::write(l[0].join("lower-exe"), &sleep).unwrap();
+        fs::set_permissions(l[0].join("lower-exe"), fs::Permissions::from_mode(0o755)).unwrap();
+    };
+    for opts in [
+        &["passthrough=all"][..],
+        &["passthrough=off"],
+        &["passthrough=upper"],
+    ] {
+        let e = Env::with_opts(1, opts, build);
+        check(&e.m, opts[0], false);
+        e.finish();
+    }
+    // The kernel's overlayfs, on the same kind of stack.
+    let t = tempfile::tempdir().unwrap();
+    let l = t.path().join("l0");
+    fs::create_dir_all(&l).unwrap();
+    build(std::slice::from_ref(&l));
+    let s = rw_stack(t.path(), &[l], "k");
+    let km = t.path().join("k");
+    let _kg = mount_kernel(&s, &km);
+    check(&km, "kernel overlayfs", true);
+}
