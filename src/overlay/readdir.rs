@@ -301,12 +301,13 @@ impl OverlayFs {
         let list = match cached {
             Some(l) => l,
             None => {
+                let view = self.dir_view(&node)?;
                 let l = Arc::new(Listing {
                     version,
-                    entries: self.list_dir(&node)?,
+                    entries: self.list_dir(&node, &view)?,
                 });
                 self.listings.put(node.serial, l.clone());
-                self.warm_subdirs(&node, &l);
+                self.warm_subdirs(&node, &view, &l);
                 l
             }
         };
@@ -316,7 +317,7 @@ impl OverlayFs {
 
     /// A walk goes on into the subdirectories of what it listed: read them in the
     /// background, once per directory node ([`super::prefetch`]).
-    fn warm_subdirs(&self, node: &Node, list: &Listing) {
+    fn warm_subdirs(&self, node: &Node, view: &DirView, list: &Listing) {
         if !self.opts.prefetch || !node.first_listing() {
             return;
         }
@@ -326,15 +327,13 @@ impl OverlayFs {
             .filter(|e| e.dtype == libc::DT_DIR && e.name != "." && e.name != "..")
             .map(|e| e.name.clone())
             .collect();
-        if let Ok(view) = self.dir_view(node) {
-            let dirs = view
-                .upper
-                .iter()
-                .chain(view.lowers.iter())
-                .cloned()
-                .collect();
-            self.prefetch.warm(dirs, names);
-        }
+        let dirs = view
+            .upper
+            .iter()
+            .chain(view.lowers.iter())
+            .cloned()
+            .collect();
+        self.prefetch.warm(dirs, names);
     }
 
     /// The reader of a listing from `readdir` reached its end: the daemon keeps no copy.
@@ -344,13 +343,12 @@ impl OverlayFs {
         }
     }
 
-    fn list_dir(&self, node: &Arc<Node>) -> SysResult<Vec<DirEntryOut>> {
-        let view = self.dir_view(node)?;
+    fn list_dir(&self, node: &Arc<Node>, view: &DirView) -> SysResult<Vec<DirEntryOut>> {
         let parent_ino = match &*node.state.read() {
             NodeState::Dir(d) => d.parent.as_ref().map_or(ROOT_INO, |p| p.ino),
             NodeState::File(_) => return Err(Errno::NOTDIR),
         };
-        let entries = self.res.list(&view)?;
+        let entries = self.res.list(view)?;
         let mut out = Vec::with_capacity(entries.len() + 2);
         out.push(DirEntryOut {
             name: ".".into(),
@@ -372,7 +370,7 @@ impl OverlayFs {
                 if let Some((ino, dtype)) = node.resolved_name(&e.name, real_ino) {
                     (e.ino, e.dtype) = (ino, dtype);
                 } else {
-                    match self.res.resolve(&view, &e.name) {
+                    match self.res.resolve(view, &e.name) {
                         Ok(Some(r)) => {
                             e.ino = r.ino;
                             e.dtype = sys::dtype_of_mode(r.stat.st_mode);
