@@ -7,6 +7,7 @@ pub mod error;
 pub mod markers;
 pub mod overlay;
 pub mod registry;
+pub mod snapshotter;
 pub mod store;
 #[allow(unsafe_code)]
 pub mod sys;

@@ -7,6 +7,8 @@ pub mod launcher;
 pub mod overlay_opts;
 pub mod progress;
 pub mod registry_cmds;
+#[cfg(feature = "snapshotter")]
+pub mod snapshotter_cmd;
 pub mod store_cmds;
 
 use std::path::PathBuf;
@@ -71,6 +73,9 @@ enum Command {
     Container(container_cmds::ContainerCommand),
     #[command(flatten)]
     Registry(registry_cmds::RegistryCommand),
+    /// Serve containerd's snapshots API over the store (a containerd proxy plugin)
+    #[cfg(feature = "snapshotter")]
+    Snapshotter(snapshotter_cmd::SnapshotterArgs),
 }
 
 /// Print a one-line error and return the failure exit code.
@@ -143,6 +148,8 @@ pub fn main() -> ExitCode {
         Command::Store(c) => finish(store_cmds::run(c, &cli.globals)),
         Command::Container(c) => container_cmds::run(c, &cli.globals),
         Command::Registry(c) => finish(registry_cmds::run(c, &cli.globals)),
+        #[cfg(feature = "snapshotter")]
+        Command::Snapshotter(a) => finish(snapshotter_cmd::run(a, &cli.globals)),
     }
 }
 

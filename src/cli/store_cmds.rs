@@ -127,15 +127,74 @@ pub(crate) fn run(cmd: StoreCommand, g: &Globals) -> Result<()> {
 // ---------------------------------------------------------------------------------------
 // Containers as the store sees them.
 
-/// What containers use, from the container records (an unreadable container dir is
-/// logged and skipped: it must not block rmi/df/prune).
-pub(crate) fn containers_in_use(store: &Store) -> Vec<ContainerUse> {
+/// What containers and containerd snapshots use, from their records (an unreadable
+/// container dir is logged and skipped: it must not block rmi/df/prune; unreadable
+/// snapshot records are an error, so that no layer a snapshot needs is removed).
+pub(crate) fn containers_in_use(store: &Store) -> Result<Vec<ContainerUse>> {
+    let mut out = only_containers(store);
+    out.extend(snapshots_in_use(store)?);
+    Ok(out)
+}
+
+/// `containers_in_use`, or, when the snapshot records cannot be read, a use that keeps
+/// every layer (nothing a snapshot may need is removed on a guess).
+fn users_or_all(store: &Store) -> Vec<ContainerUse> {
+    containers_in_use(store).unwrap_or_else(|e| {
+        log::warn!("{e}: keeping every layer");
+        let mut out = only_containers(store);
+        out.push(ContainerUse {
+            name: "containerd snapshots".into(),
+            layers: store.layer_ids().unwrap_or_default(),
+            ..Default::default()
+        });
+        out
+    })
+}
+
+fn only_containers(store: &Store) -> Vec<ContainerUse> {
     crate::container::Containers::new(store)
         .uses()
         .unwrap_or_else(|e| {
             log::warn!("listing containers: {e}");
             Vec::new()
         })
+}
+
+/// The layers containerd snapshots stand on, as uses the store understands.
+fn snapshots_in_use(store: &Store) -> Result<Vec<ContainerUse>> {
+    Ok(crate::snapshotter::Core::uses(store)?
+        .into_iter()
+        .filter(|s| !s.layers.is_empty())
+        .map(|s| ContainerUse {
+            name: format!("snapshot {}", s.key),
+            image: None,
+            layers: s.layers,
+            size: 0,
+        })
+        .collect())
+}
+
+/// The snapshots row of `system df`: every snapshot, the active ones (active and
+/// views), and the disk blocks of their own trees (a tree shared by two records once);
+/// the numbers containerd's `Usage` gives, summed.
+fn snapshot_totals(store: &Store) -> Result<crate::store::Totals> {
+    let uses = crate::snapshotter::Core::uses(store)?;
+    let mut dirs = std::collections::BTreeSet::new();
+    let mut t = crate::store::Totals {
+        total: uses.len(),
+        ..Default::default()
+    };
+    for s in &uses {
+        if s.kind != crate::snapshotter::Kind::Committed {
+            t.active += 1;
+        }
+        if let Some(d) = &s.own
+            && dirs.insert(d.clone())
+        {
+            t.size += crate::snapshotter::snapshots::tree_usage(d).size;
+        }
+    }
+    Ok(t)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -431,7 +490,7 @@ fn inspect(store: &Store, names: &[String]) -> Result<()> {
 
 fn rmi(store: &Store, names: &[String], force: bool) -> Result<()> {
     // Asked under the store lock: a container created meanwhile keeps its image.
-    let events = store.remove_images_with(names, force, &|| containers_in_use(store))?;
+    let events = store.remove_images_with(names, force, &|| users_or_all(store))?;
     let mut out = String::new();
     for e in events {
         match e {
@@ -451,8 +510,17 @@ fn pct(part: u64, whole: u64) -> String {
 }
 
 fn df(store: &Store, verbose: bool, format: Format) -> Result<()> {
-    let containers = containers_in_use(store);
-    let rep = store.df(&containers)?;
+    let containers = only_containers(store);
+    let mut users = containers.clone();
+    users.extend(snapshots_in_use(store)?);
+    let mut rep = store.df(&users)?;
+    rep.container_totals = crate::store::Totals {
+        total: containers.len(),
+        active: containers.len(),
+        size: containers.iter().map(|c| c.size).sum(),
+        reclaimable: 0,
+    };
+    let snaps = snapshot_totals(store)?;
     if let Format::Json = format {
         let tot = |t: &crate::store::df::Totals| json!({"Total": t.total, "Active": t.active, "Size": t.size, "Reclaimable": t.reclaimable});
         let v = json!({
@@ -460,6 +528,7 @@ fn df(store: &Store, verbose: bool, format: Format) -> Result<()> {
             "Layers": tot(&rep.layer_totals),
             "Blobs": tot(&rep.blob_totals),
             "Containers": tot(&rep.container_totals),
+            "Snapshots": tot(&snaps),
             "SumOfImageSizes": rep.sum_of_image_sizes,
             "SharedSize": rep.shared_size,
             "DiskUsage": rep.disk_usage,
@@ -536,12 +605,16 @@ fn df(store: &Store, verbose: bool, format: Format) -> Result<()> {
             .map(String::from)
             .to_vec(),
     ];
-    for (name, t) in [
+    let mut kinds = vec![
         ("Images", &rep.image_totals),
         ("Layers", &rep.layer_totals),
         ("Blobs", &rep.blob_totals),
         ("Containers", &rep.container_totals),
-    ] {
+    ];
+    if snaps.total > 0 {
+        kinds.push(("Snapshots", &snaps));
+    }
+    for (name, t) in kinds {
         rows.push(vec![
             name.into(),
             t.total.to_string(),
@@ -566,7 +639,7 @@ fn df(store: &Store, verbose: bool, format: Format) -> Result<()> {
 }
 
 fn prune(store: &Store, all: bool) -> Result<()> {
-    let r = store.prune_with(all, &|| containers_in_use(store))?;
+    let r = store.prune_with(all, &|| users_or_all(store))?;
     let mut out = String::new();
     for d in &r.images {
         out.push_str(&format!("Deleted image: {d}\n"));

@@ -90,7 +90,7 @@ pub(crate) struct ContainerMount {
 
 /// Whether the daemon behind a FUSE mountpoint still answers (`statfs` is never
 /// answered from the kernel's caches, unlike `stat`).
-fn is_live(path: &Path) -> bool {
+pub(crate) fn is_live(path: &Path) -> bool {
     !matches!(
         sys::statfs_path(path),
         Err(Errno::NOTCONN) | Err(Errno::CONNABORTED)
@@ -168,7 +168,7 @@ pub(crate) fn clean_dead(id: &str) -> Result<usize> {
 /// `umount`, retried for a moment while it says busy: a passing `stat` or `statfs` of
 /// the mountpoint (another command listing mounts, a shell prompt) holds it for an
 /// instant; open files and working directories do not go away by waiting.
-fn umount_patiently(path: &Path) -> sys::SysResult<()> {
+pub(crate) fn umount_patiently(path: &Path) -> sys::SysResult<()> {
     let mut delay = std::time::Duration::from_millis(5);
     for _ in 0..6 {
         match sys::umount(path) {
@@ -347,7 +347,7 @@ fn absolute(p: &Path) -> Result<PathBuf> {
 }
 
 /// Run the daemon and wait until it says the mount is ready (or why not).
-fn run_daemon(program: &Path, opts: &str, mnt: &Path) -> Result<()> {
+pub(crate) fn run_daemon(program: &Path, opts: &str, mnt: &Path) -> Result<()> {
     let out = Command::new(program)
         .arg("overlay")
         .arg("-o")
