@@ -11,7 +11,7 @@ use std::os::fd::AsFd;
 use crate::error::{Error, IoContext, Result};
 use crate::store::df::disk_usage;
 use crate::store::digest::{Digest, Hasher};
-use crate::store::images::{ImageCatalog, Reference};
+use crate::store::images::ImageCatalog;
 use crate::store::layout::{Layout, read_json};
 use crate::store::lock::StoreLock;
 use crate::store::tree::{self, TreeEntry};
@@ -189,10 +189,7 @@ impl Store {
         let mut plan = Vec::new();
         for name in names {
             let rec = catalog.resolve(name)?.clone();
-            let by_tag = match Reference::parse(name) {
-                Ok(Reference::Tag(t)) if rec.tags.contains(&t) => Some(t),
-                _ => None,
-            };
+            let by_tag = catalog.tag_named(name).filter(|t| rec.tags.contains(t));
             let last = by_tag.is_none() || rec.tags.len() <= 1;
             if last {
                 let users: Vec<&str> = containers
