@@ -1,4 +1,5 @@
-//! Container commands: create, mount, umount, ps, diff, commit, save, export, rm, shell.
+//! Container commands: create, mount, umount, ps, diff, commit, save, export, rm, shell,
+//! and image mount/umount (read-only mounts of images, made as container mounts are).
 //! Argument definitions and output only; the work is in `crate::container` (and
 //! `crate::store` for save).
 
@@ -12,7 +13,7 @@ use serde_json::json;
 use crate::cli::Globals;
 use crate::cli::store_cmds::{Format, ago, human_size, print, table};
 use crate::container::mounts::{self, MountRequest};
-use crate::container::{Container, Containers, commit, diff, export, list, shell};
+use crate::container::{Container, Containers, commit, diff, export, image_mounts, list, shell};
 use crate::error::{Error, Result};
 use crate::store::Store;
 use crate::store::save::SaveFormat;
@@ -87,6 +88,31 @@ pub(crate) enum ContainerCommand {
         container: String,
         #[arg(last = true, value_name = "CMD")]
         cmd: Vec<String>,
+    },
+    /// Mount images read-only (no container) and unmount them: image mount, image umount
+    Image {
+        #[command(subcommand)]
+        cmd: ImageCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ImageCommand {
+    /// Mount an image's layers read-only (no writable layer, no container) and print the mountpoint (default: inside the store)
+    Mount {
+        image: String,
+        mountpoint: Option<PathBuf>,
+    },
+    /// Unmount images, named by image or by mountpoint
+    Umount {
+        /// Detach a busy mount (processes using it keep their files until they let go)
+        #[arg(short, long)]
+        force: bool,
+        /// Unmount every mounted image
+        #[arg(short, long)]
+        all: bool,
+        #[arg(required_unless_present = "all", value_name = "IMAGE|MOUNTPOINT")]
+        targets: Vec<String>,
     },
 }
 
@@ -210,6 +236,25 @@ pub(crate) fn run(cmd: ContainerCommand, g: &Globals) -> ExitCode {
                 )?;
             }
             ContainerCommand::Shell { container, cmd } => return shell_cmd(&cs, &container, &cmd),
+            ContainerCommand::Image { cmd } => match cmd {
+                ImageCommand::Mount { image, mountpoint } => {
+                    let m = image_mounts::mount(&store, &image, mountpoint.as_deref(), program()?)?;
+                    print(&format!("{}\n", m.path.display()))?;
+                }
+                ImageCommand::Umount {
+                    force,
+                    all,
+                    targets,
+                } => {
+                    let done = image_mounts::umount(&store, &targets, all, force)?;
+                    // The targets as given; with --all, every mountpoint unmounted.
+                    let mut out: String = targets.iter().map(|t| format!("{t}\n")).collect();
+                    if all {
+                        out = done.iter().map(|p| format!("{}\n", p.display())).collect();
+                    }
+                    print(&out)?;
+                }
+            },
         }
         Ok(ExitCode::SUCCESS)
     })();

@@ -9,6 +9,7 @@ use serde_json::json;
 
 use crate::cli::Globals;
 use crate::cli::progress::LayerBars;
+use crate::container::image_mounts;
 use crate::error::{Error, Result};
 use crate::store::gc::RmiEvent;
 use crate::store::{
@@ -30,7 +31,7 @@ pub(crate) enum StoreCommand {
     },
     /// Remove images (or just a tag, when the image has others)
     Rmi {
-        /// Remove even when a container uses the image (its layers stay for the container)
+        /// Remove even when a container uses the image (its layers stay for the container) or it is mounted (it is unmounted first)
         #[arg(short, long)]
         force: bool,
         #[arg(required = true)]
@@ -372,6 +373,19 @@ fn images(store: &Store, a: ImagesArgs) -> Result<()> {
         }
         return print(&out);
     }
+    // Where images are mounted (`layerfs image mount`): a live mount, and dead ones.
+    let mounts = image_mounts::mounted(store)?;
+    let mounted_at = |r: &ImageRecord| -> (Option<PathBuf>, Vec<PathBuf>) {
+        let ms = mounts.get(&r.id).map(Vec::as_slice).unwrap_or_default();
+        (
+            ms.iter().find(|m| m.live).map(|m| m.path.clone()),
+            ms.iter()
+                .filter(|m| !m.live)
+                .map(|m| m.path.clone())
+                .collect(),
+        )
+    };
+    let any_mounted = recs.iter().any(|r| mounted_at(r).0.is_some());
     // One row per tag; an untagged image shows as <none>.
     let mut rows_data = Vec::new();
     for r in &recs {
@@ -388,7 +402,8 @@ fn images(store: &Store, a: ImagesArgs) -> Result<()> {
             let v: Vec<_> = rows_data
                 .iter()
                 .map(|(r, n, t)| {
-                    json!({
+                    let (live, dead) = mounted_at(r);
+                    let mut o = json!({
                         "Repository": n,
                         "Tag": t,
                         "ID": r.id.to_string(),
@@ -398,7 +413,13 @@ fn images(store: &Store, a: ImagesArgs) -> Result<()> {
                         "Size": r.size,
                         "Platform": r.platform,
                         "Layers": r.layers.len(),
-                    })
+                        "Mounted": live.is_some(),
+                        "MountedAt": live,
+                    });
+                    if !dead.is_empty() {
+                        o["DeadMounts"] = json!(dead);
+                    }
+                    o
                 })
                 .collect();
             print(&format!(
@@ -412,6 +433,10 @@ fn images(store: &Store, a: ImagesArgs) -> Result<()> {
                 header.push("DIGEST".into());
             }
             header.extend(["IMAGE ID".into(), "CREATED".into(), "SIZE".into()]);
+            // Only while an image is mounted, so the usual table keeps its columns.
+            if any_mounted {
+                header.push("MOUNTED AT".into());
+            }
             let mut rows = vec![header];
             for (r, n, t) in rows_data {
                 let mut row = vec![n, t];
@@ -425,6 +450,12 @@ fn images(store: &Store, a: ImagesArgs) -> Result<()> {
                 });
                 row.push(created_ago(r));
                 row.push(human_size(r.size));
+                if any_mounted {
+                    row.push(match mounted_at(r).0 {
+                        Some(p) => p.display().to_string(),
+                        None => "-".into(),
+                    });
+                }
                 rows.push(row);
             }
             print(&table(&rows))
@@ -489,8 +520,11 @@ fn inspect(store: &Store, names: &[String]) -> Result<()> {
 // rmi, system
 
 fn rmi(store: &Store, names: &[String], force: bool) -> Result<()> {
-    // Asked under the store lock: a container created meanwhile keeps its image.
-    let events = store.remove_images_with(names, force, &|| users_or_all(store))?;
+    // Asked under the store lock: a container created meanwhile keeps its image, and an
+    // image mounted meanwhile is seen.
+    let events = store.remove_images_with(names, force, &|| users_or_all(store), &|doomed| {
+        image_mounts::release(store, doomed, force)
+    })?;
     let mut out = String::new();
     for e in events {
         match e {
@@ -639,7 +673,8 @@ fn df(store: &Store, verbose: bool, format: Format) -> Result<()> {
 }
 
 fn prune(store: &Store, all: bool) -> Result<()> {
-    let r = store.prune_with(all, &|| users_or_all(store))?;
+    // Mounted images (`layerfs image mount`), live or dead, are kept.
+    let r = store.prune_with(all, &|| users_or_all(store), &|| image_mounts::held(store))?;
     let mut out = String::new();
     for d in &r.images {
         out.push_str(&format!("Deleted image: {d}\n"));

@@ -17,6 +17,7 @@
 pub(crate) mod commit;
 pub(crate) mod diff;
 pub(crate) mod export;
+pub(crate) mod image_mounts;
 pub(crate) mod list;
 pub(crate) mod mounts;
 mod names;

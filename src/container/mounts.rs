@@ -1,4 +1,5 @@
-//! Mounting containers through the daemon, and finding their mounts.
+//! Mounting containers (and images, see `image_mounts`) through the daemon, and finding
+//! their mounts.
 //!
 //! A container is mounted by running our own binary as `layerfs overlay -o
 //! lowerdir=…,upperdir=…,workdir=…,fsname=layerfs:<id> MOUNTPOINT`, which returns once the
@@ -6,6 +7,9 @@
 //! id, so `/proc/self/mountinfo` alone tells which containers are mounted where: no
 //! state file can go stale. A mount whose daemon died answers `ENOTCONN`; such a mount
 //! counts as not mounted and is detached by the next `mount`, `umount` or `rm`.
+//!
+//! The functions that take a `source` work on any mount made this way, whatever its
+//! source says it is (`layerfs:<container id>`, `layerfs-image:<image id>`).
 
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -97,12 +101,18 @@ pub(crate) fn is_live(path: &Path) -> bool {
     )
 }
 
-/// The mountpoints of container mounts, by container id (no liveness check: that
-/// touches the mount, so it is done only for the containers a command cares about).
-pub(crate) fn mountpoints() -> Result<HashMap<String, Vec<PathBuf>>> {
+/// The source of a container's mounts.
+fn container_source(id: &str) -> String {
+    format!("{SOURCE_PREFIX}{id}")
+}
+
+/// The mountpoints of FUSE mounts whose source starts with `prefix`, by the rest of the
+/// source (no liveness check: that touches the mount, so it is done only for the mounts
+/// a command cares about).
+pub(crate) fn mountpoints_by(prefix: &str) -> Result<HashMap<String, Vec<PathBuf>>> {
     let mut out: HashMap<String, Vec<PathBuf>> = HashMap::new();
     for m in mount_table()? {
-        if let Some(id) = m.source.strip_prefix(SOURCE_PREFIX)
+        if let Some(id) = m.source.strip_prefix(prefix)
             && m.fstype.starts_with("fuse")
         {
             out.entry(id.to_string()).or_default().push(m.path);
@@ -111,7 +121,12 @@ pub(crate) fn mountpoints() -> Result<HashMap<String, Vec<PathBuf>>> {
     Ok(out)
 }
 
-fn with_liveness(paths: Vec<PathBuf>) -> Vec<ContainerMount> {
+/// The mountpoints of container mounts, by container id.
+pub(crate) fn mountpoints() -> Result<HashMap<String, Vec<PathBuf>>> {
+    mountpoints_by(SOURCE_PREFIX)
+}
+
+pub(crate) fn with_liveness(paths: Vec<PathBuf>) -> Vec<ContainerMount> {
     paths
         .into_iter()
         .map(|path| ContainerMount {
@@ -135,23 +150,25 @@ pub(crate) fn mounts_for<'a>(
     Ok(out)
 }
 
+/// The mounts with this source, with their liveness.
+pub(crate) fn mounts_with_source(source: &str) -> Result<Vec<ContainerMount>> {
+    let paths: Vec<PathBuf> = mount_table()?
+        .into_iter()
+        .filter(|m| m.source == source && m.fstype.starts_with("fuse"))
+        .map(|m| m.path)
+        .collect();
+    Ok(with_liveness(paths))
+}
+
 /// The mounts of one container.
 pub(crate) fn mounts_of(id: &str) -> Result<Vec<ContainerMount>> {
-    Ok(mountpoints()?
-        .remove(id)
-        .map(with_liveness)
-        .unwrap_or_default())
+    mounts_with_source(&container_source(id))
 }
 
-/// The first live mount of a container.
-pub(crate) fn live_mount(id: &str) -> Result<Option<PathBuf>> {
-    Ok(mounts_of(id)?.into_iter().find(|m| m.live).map(|m| m.path))
-}
-
-/// Detach the mounts of a container whose daemon died. Returns how many.
-pub(crate) fn clean_dead(id: &str) -> Result<usize> {
+/// Detach the mounts with this source whose daemon died. Returns how many.
+fn clean_dead(source: &str) -> Result<usize> {
     let mut n = 0;
-    for m in mounts_of(id)? {
+    for m in mounts_with_source(source)? {
         if !m.live {
             match sys::umount_detach(&m.path) {
                 Ok(()) | Err(Errno::INVAL) | Err(Errno::NOENT) => n += 1,
@@ -184,8 +201,14 @@ pub(crate) fn umount_patiently(path: &Path) -> sys::SysResult<()> {
 /// unless `force`, which detaches it (processes using it keep their files; it goes away
 /// when they are done). Returns the paths unmounted.
 pub(crate) fn unmount_all(id: &str, name: &str, force: bool) -> Result<Vec<PathBuf>> {
+    unmount_source(&container_source(id), &format!("container {name}"), force)
+}
+
+/// `unmount_all` for the mounts with this source; `what` names them in messages
+/// ("container web").
+pub(crate) fn unmount_source(source: &str, what: &str, force: bool) -> Result<Vec<PathBuf>> {
     let mut done = Vec::new();
-    for m in mounts_of(id)? {
+    for m in mounts_with_source(source)? {
         if !m.live {
             let _ = sys::umount_detach(&m.path);
             done.push(m.path);
@@ -198,7 +221,7 @@ pub(crate) fn unmount_all(id: &str, name: &str, force: bool) -> Result<Vec<PathB
             }
             Err(Errno::BUSY) => {
                 return Err(Error::in_use(format!(
-                    "mountpoint {} of container {name} is busy (a process has files open or its working directory there); use --force to detach it",
+                    "mountpoint {} of {what} is busy (a process has files open or its working directory there); use --force to detach it",
                     m.path.display()
                 )));
             }
@@ -257,26 +280,61 @@ impl MountRequest {
 /// two commands never mount one container twice.
 pub(crate) fn mount(cs: &Containers<'_>, c: &Container, req: &MountRequest) -> Result<Mounted> {
     let _lock = cs.store().lock()?;
-    clean_dead(&c.id)?;
+    let source = container_source(&c.id);
+    let what = format!("container {}", c.name);
     let wanted = match &req.mountpoint {
         Some(p) => Some(absolute(p)?),
         None => None,
     };
-    if let Some(cur) = live_mount(&c.id)? {
-        return match &wanted {
-            Some(w) if *w != cur => Err(Error::in_use(format!(
-                "container {} is already mounted at {}",
-                c.name,
-                cur.display()
-            ))),
-            _ => Ok(Mounted {
-                path: cur,
-                already: true,
-            }),
-        };
+    if let Some(m) = existing_mount(&source, &what, wanted.as_deref())? {
+        return Ok(m);
     }
     let lowers = cs.layer_dirs(c)?;
     let path = wanted.unwrap_or_else(|| cs.default_mountpoint(c));
+    let (upper, work) = (cs.upper(c), cs.work(c));
+    mount_new(&source, &what, path, &lowers, Some((&upper, &work)), req)
+}
+
+/// Where the mounts with `source` are mounted already, if they are (dead mounts are
+/// detached first); asking for another mountpoint than the live one is refused. Run
+/// under the store lock.
+pub(crate) fn existing_mount(
+    source: &str,
+    what: &str,
+    wanted: Option<&Path>,
+) -> Result<Option<Mounted>> {
+    clean_dead(source)?;
+    let Some(cur) = mounts_with_source(source)?
+        .into_iter()
+        .find(|m| m.live)
+        .map(|m| m.path)
+    else {
+        return Ok(None);
+    };
+    match wanted {
+        Some(w) if w != cur => Err(Error::in_use(format!(
+            "{what} is already mounted at {}",
+            cur.display()
+        ))),
+        _ => Ok(Some(Mounted {
+            path: cur,
+            already: true,
+        })),
+    }
+}
+
+/// Mount a layer stack at `path` through the daemon, with `source` as the mount's
+/// source: read-only without `upper` (upper and work dirs). A missing `path` dir is
+/// created (and removed again if the mount fails). Run under the store lock, after
+/// `existing_mount`.
+pub(crate) fn mount_new(
+    source: &str,
+    what: &str,
+    path: PathBuf,
+    lowers: &[PathBuf],
+    upper: Option<(&Path, &Path)>,
+    req: &MountRequest,
+) -> Result<Mounted> {
     let mut created = false;
     match std::fs::symlink_metadata(&path) {
         Ok(md) if md.is_dir() => {}
@@ -294,6 +352,9 @@ pub(crate) fn mount(cs: &Containers<'_>, c: &Container, req: &MountRequest) -> R
         Err(e) => return Err(Error::io(format!("mountpoint {}", path.display()), e)),
     }
     if let Some(m) = mount_table()?.into_iter().find(|m| m.path == path) {
+        if created {
+            let _ = std::fs::remove_dir(&path);
+        }
         return Err(Error::in_use(format!(
             "mountpoint {} is busy: {} ({}) is mounted there",
             path.display(),
@@ -302,16 +363,21 @@ pub(crate) fn mount(cs: &Containers<'_>, c: &Container, req: &MountRequest) -> R
         )));
     }
     let mut opts = format!(
-        "lowerdir={},upperdir={},workdir={},fsname={SOURCE_PREFIX}{}",
+        "lowerdir={}",
         lowers
             .iter()
             .map(|l| escape_opt_path(l))
             .collect::<Result<Vec<_>>>()?
-            .join(":"),
-        escape_opt_path(&cs.upper(c))?,
-        escape_opt_path(&cs.work(c))?,
-        c.id
+            .join(":")
     );
+    if let Some((upper, work)) = upper {
+        opts.push_str(&format!(
+            ",upperdir={},workdir={}",
+            escape_opt_path(upper)?,
+            escape_opt_path(work)?
+        ));
+    }
+    opts.push_str(&format!(",fsname={source}"));
     for o in &req.options {
         opts.push(',');
         opts.push_str(o);
@@ -321,7 +387,7 @@ pub(crate) fn mount(cs: &Containers<'_>, c: &Container, req: &MountRequest) -> R
         if created {
             let _ = std::fs::remove_dir(&path);
         }
-        return Err(e.context(format!("mounting container {}", c.name)));
+        return Err(e.context(format!("mounting {what}")));
     }
     Ok(Mounted {
         path,
@@ -331,7 +397,7 @@ pub(crate) fn mount(cs: &Containers<'_>, c: &Container, req: &MountRequest) -> R
 
 /// The path as an absolute, symlink-free path (the form mountinfo shows), whether it
 /// exists or not (its parent must).
-fn absolute(p: &Path) -> Result<PathBuf> {
+pub(crate) fn absolute(p: &Path) -> Result<PathBuf> {
     if let Ok(c) = std::fs::canonicalize(p) {
         return Ok(c);
     }
@@ -410,12 +476,18 @@ pub(crate) fn umount(cs: &Containers<'_>, targets: &[String], force: bool) -> Re
 
 /// Find the container mounted at `path`, if any (the path may be given in any form).
 pub(crate) fn container_at(path: &Path) -> Result<Option<String>> {
+    mounted_at(path, SOURCE_PREFIX)
+}
+
+/// What is mounted at `path` (in any form) with a source starting with `prefix`: the
+/// rest of the source.
+pub(crate) fn mounted_at(path: &Path, prefix: &str) -> Result<Option<String>> {
     let Ok(p) = std::fs::canonicalize(path).or_else(|_| absolute(path)) else {
         return Ok(None);
     };
     Ok(mount_table()?.into_iter().find_map(|m| {
         (m.path == p)
-            .then(|| m.source.strip_prefix(SOURCE_PREFIX).map(str::to_string))
+            .then(|| m.source.strip_prefix(prefix).map(str::to_string))
             .flatten()
     }))
 }

@@ -463,15 +463,46 @@ fn read_verified(src: &Source, what: &str, digest: &Digest, size: Option<u64>) -
 
 /// Turn a name from an archive into a tag, when it is a full reference.
 pub(crate) fn normalize_tag(name: &str) -> Option<String> {
+    // A bare tag ("latest", "1.0") names no repository.
+    if !name.contains(':') && !name.contains('/') {
+        return None;
+    }
     let n = name
         .strip_prefix("docker.io/library/")
         .or_else(|| name.strip_prefix("docker.io/"))
         .unwrap_or(name);
-    // A bare tag ("latest", "1.0") names no repository.
-    if !n.contains(':') && !n.contains('/') {
+    crate::store::images::Reference::parse_tag(n).ok()
+}
+
+/// Whether a bare ref name (no `:`, no `/`) reads as a version tag: `latest`, or it
+/// starts with a digit (`1.0`, `20240101`) or with `v` and a digit (`v1`, `v2.3`).
+fn looks_like_version(name: &str) -> bool {
+    let b = name.as_bytes();
+    name == "latest"
+        || b.first().is_some_and(u8::is_ascii_digit)
+        || (matches!(b.first(), Some(b'v' | b'V')) && b.get(1).is_some_and(u8::is_ascii_digit))
+}
+
+/// The tag an OCI layout's `org.opencontainers.image.ref.name` (or containerd's image
+/// name) gives an image.
+///
+/// A full reference (`app2:1.0`, `library/app2`, `localhost/app2`) is taken as
+/// `normalize_tag` takes one. A bare ref name is ambiguous: the OCI spec's usual form is
+/// a tag of whatever repository the reader chooses (`v1.0`, `stable-release`), but skopeo
+/// and umoci write `oci:dir:app2` as `app2`, and `podman load` names such an image
+/// `localhost/app2:latest`, taking every bare ref name as a repository (also `v1` and
+/// `latest`). Here a bare ref name that reads as a version (`looks_like_version`) stays a
+/// tag of no repository, as before: the image gets no name from it. Any other bare ref
+/// name that is a valid repository name names the image `NAME:latest`, the name podman
+/// gives it without its `localhost/`.
+fn ref_name_tag(name: &str) -> Option<String> {
+    if name.contains(':') || name.contains('/') {
+        return normalize_tag(name);
+    }
+    if looks_like_version(name) {
         return None;
     }
-    crate::store::images::Reference::parse_tag(n).ok()
+    crate::store::images::Reference::parse_tag(name).ok()
 }
 
 /// The images an OCI layout (dir or archive) holds for `platform`.
@@ -547,7 +578,7 @@ fn ref_names(d: &Descriptor) -> Vec<String> {
             "io.containerd.image.name",
             "org.opencontainers.image.ref.name",
         ] {
-            if let Some(t) = a.get(key).and_then(|v| normalize_tag(v)) {
+            if let Some(t) = a.get(key).and_then(|v| ref_name_tag(v)) {
                 out.push(t);
             }
         }
@@ -787,6 +818,8 @@ mod tests {
         );
         assert_eq!(normalize_tag("latest"), None);
         assert_eq!(normalize_tag("x/y"), Some("x/y:latest".into()));
+        assert_eq!(normalize_tag("docker.io/app2"), Some("app2:latest".into()));
+        assert_eq!(normalize_tag("app2"), None);
         let d = Digest::of(b"x");
         assert_eq!(
             digest_in_name(&format!("blobs/sha256/{}", d.hex())),
@@ -794,6 +827,39 @@ mod tests {
         );
         assert_eq!(digest_in_name(&format!("{}.json", d.hex())), Some(d));
         assert_eq!(digest_in_name("abc/layer.tar"), None);
+    }
+
+    #[test]
+    fn bare_ref_names() {
+        // A bare name names the image NAME:latest (podman: localhost/NAME:latest).
+        for (n, want) in [
+            ("app2", "app2:latest"),
+            ("stable-release", "stable-release:latest"),
+            ("my.app_1", "my.app_1:latest"),
+            ("version", "version:latest"),
+        ] {
+            assert_eq!(ref_name_tag(n).as_deref(), Some(want), "{n}");
+        }
+        // A version-like bare ref name is a tag of no repository: no name, as before.
+        for n in [
+            "latest", "v1", "v2.3.4", "V1", "1.0", "20240101", "3-alpine",
+        ] {
+            assert_eq!(ref_name_tag(n), None, "{n}");
+        }
+        // Neither a tag nor a valid repository name: no name.
+        for n in ["App2", "_x", "a-", ""] {
+            assert_eq!(ref_name_tag(n), None, "{n}");
+        }
+        // Full references as before.
+        assert_eq!(ref_name_tag("app2:1.0").as_deref(), Some("app2:1.0"));
+        assert_eq!(
+            ref_name_tag("localhost/app2").as_deref(),
+            Some("localhost/app2:latest")
+        );
+        assert_eq!(
+            ref_name_tag("docker.io/library/alpine:3").as_deref(),
+            Some("alpine:3")
+        );
     }
 
     #[test]

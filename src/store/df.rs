@@ -191,8 +191,9 @@ impl Store {
     }
 }
 
-/// Disk blocks used by a path and everything below it (an object with several names
-/// counted once).
+/// Disk blocks used by a path and everything below it on its filesystem (an object with
+/// several names counted once; mounts below it, such as a mounted container or image,
+/// are not entered).
 pub(crate) fn disk_usage(path: &Path) -> u64 {
     let Ok(fd) = sys::open_root_dir(path) else {
         return std::fs::symlink_metadata(path)
@@ -200,8 +201,10 @@ pub(crate) fn disk_usage(path: &Path) -> u64 {
             .unwrap_or(0);
     };
     let blocks = |st: &sys::Stat| st.st_blocks as u64 * 512;
-    let own = sys::stat_fd(fd.as_fd()).map(|st| blocks(&st)).unwrap_or(0);
-    own + sum_below(fd.as_fd(), &blocks, &mut HashSet::new())
+    let Ok(st) = sys::stat_fd(fd.as_fd()) else {
+        return 0;
+    };
+    blocks(&st) + sum_below(fd.as_fd(), st.st_dev, &blocks, &mut HashSet::new())
 }
 
 /// Bytes of file data below a directory (hard links counted once), as docker's
@@ -214,16 +217,21 @@ pub(crate) fn data_size(root: &Path) -> u64 {
             0
         }
     };
-    match sys::open_root_dir(root) {
-        Ok(fd) => sum_below(fd.as_fd(), &file_bytes, &mut HashSet::new()),
+    let Ok(fd) = sys::open_root_dir(root) else {
+        return 0;
+    };
+    match sys::stat_fd(fd.as_fd()) {
+        Ok(st) => sum_below(fd.as_fd(), st.st_dev, &file_bytes, &mut HashSet::new()),
         Err(_) => 0,
     }
 }
 
-/// `measure` summed over everything below `dir`, never following symlinks; an object
-/// with several names counts once, what cannot be read counts nothing.
+/// `measure` summed over everything below `dir` on the filesystem `dev`, never following
+/// symlinks or entering mounts; an object with several names counts once, what cannot be
+/// read counts nothing.
 fn sum_below(
     dir: BorrowedFd<'_>,
+    dev: u64,
     measure: &dyn Fn(&sys::Stat) -> u64,
     seen: &mut HashSet<(u64, u64)>,
 ) -> u64 {
@@ -235,13 +243,16 @@ fn sum_below(
         let Ok(st) = sys::stat_at(dir, &e.name) else {
             continue;
         };
+        if st.st_dev != dev {
+            continue;
+        }
         let is_dir = sys::is_dir_mode(st.st_mode);
         if !is_dir && st.st_nlink > 1 && !seen.insert((st.st_dev, st.st_ino)) {
             continue;
         }
         total += measure(&st);
         if is_dir && let Ok(sub) = sys::open_dir_path(dir, &e.name) {
-            total += sum_below(sub.as_fd(), measure, seen);
+            total += sum_below(sub.as_fd(), dev, measure, seen);
         }
     }
     total

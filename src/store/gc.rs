@@ -11,7 +11,7 @@ use std::os::fd::AsFd;
 use crate::error::{Error, IoContext, Result};
 use crate::store::df::disk_usage;
 use crate::store::digest::{Digest, Hasher};
-use crate::store::images::{ImageCatalog, Reference};
+use crate::store::images::{ImageCatalog, ImageRecord};
 use crate::store::layout::{Layout, read_json};
 use crate::store::lock::StoreLock;
 use crate::store::tree::{self, TreeEntry};
@@ -36,6 +36,9 @@ pub(crate) fn remove_leftovers(layout: &Layout, _lock: &StoreLock) -> Result<usi
     }
     Ok(entries.len())
 }
+
+/// An image `rmi` is about to delete: the name it was given as, and its record.
+pub(crate) type Doomed = (String, ImageRecord);
 
 /// What `rmi` did, in order, for the caller to print.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -168,16 +171,20 @@ impl Store {
         force: bool,
         containers: &[ContainerUse],
     ) -> Result<Vec<RmiEvent>> {
-        self.remove_images_with(names, force, &|| containers.to_vec())
+        self.remove_images_with(names, force, &|| containers.to_vec(), &|_| Ok(()))
     }
 
     /// `remove_images`, asking what containers use once the store lock is held, so a
-    /// container created meanwhile is seen.
+    /// container created meanwhile is seen. `release` is called under the lock, once
+    /// every name has been checked and before anything changes, with the images about to
+    /// be deleted (as named, and their records): the caller frees what it holds of them
+    /// (image mounts), or refuses with an error, and then nothing changes.
     pub(crate) fn remove_images_with(
         &self,
         names: &[String],
         force: bool,
         containers: &dyn Fn() -> Vec<ContainerUse>,
+        release: &dyn Fn(&[Doomed]) -> Result<()>,
     ) -> Result<Vec<RmiEvent>> {
         let lock = self.lock()?;
         let containers = &containers()[..];
@@ -189,10 +196,7 @@ impl Store {
         let mut plan = Vec::new();
         for name in names {
             let rec = catalog.resolve(name)?.clone();
-            let by_tag = match Reference::parse(name) {
-                Ok(Reference::Tag(t)) if rec.tags.contains(&t) => Some(t),
-                _ => None,
-            };
+            let by_tag = catalog.tag_named(name).filter(|t| rec.tags.contains(t));
             let last = by_tag.is_none() || rec.tags.len() <= 1;
             if last {
                 let users: Vec<&str> = containers
@@ -218,6 +222,14 @@ impl Store {
             }
             plan.push((rec.id, by_tag, last));
         }
+        let mut doomed: Vec<Doomed> = Vec::new();
+        for ((id, _, last), name) in plan.iter().zip(names) {
+            if *last && !doomed.iter().any(|(_, r)| r.id == *id) {
+                let rec = catalog.get(id).cloned().expect("resolved above");
+                doomed.push((name.clone(), rec));
+            }
+        }
+        release(&doomed)?;
         for (id, by_tag, last) in plan {
             let Some(rec) = catalog.get(&id).cloned() else {
                 continue;
@@ -263,14 +275,16 @@ impl Store {
     /// `system prune`: remove leftovers, untagged images (all unused images with `all`)
     /// that no container uses, and every layer and blob nothing needs.
     pub fn prune(&self, all: bool, containers: &[ContainerUse]) -> Result<PruneReport> {
-        self.prune_with(all, &|| containers.to_vec())
+        self.prune_with(all, &|| containers.to_vec(), &|| Ok(Vec::new()))
     }
 
-    /// `prune`, asking what containers use once the store lock is held.
+    /// `prune`, asking what containers use once the store lock is held, and which images
+    /// are held otherwise (`held`: mounted images), which are kept too.
     pub(crate) fn prune_with(
         &self,
         all: bool,
         containers: &dyn Fn() -> Vec<ContainerUse>,
+        held: &dyn Fn() -> Result<Vec<Digest>>,
     ) -> Result<PruneReport> {
         let lock = StoreLock::acquire(&self.layout, &*self.on_wait)?;
         let containers = &containers()[..];
@@ -279,7 +293,8 @@ impl Store {
             ..Default::default()
         };
         let mut catalog = self.images()?;
-        let used: HashSet<Digest> = containers.iter().filter_map(|c| c.image).collect();
+        let mut used: HashSet<Digest> = containers.iter().filter_map(|c| c.image).collect();
+        used.extend(held()?);
         let doomed: Vec<Digest> = catalog
             .images
             .values()

@@ -5,7 +5,8 @@
 //!
 //! References follow docker: `NAME` means `NAME:latest`, `NAME@sha256:<hex>` selects by
 //! manifest digest, and an image id (the config digest, with or without `sha256:`) or a
-//! unique prefix of its hex works wherever an image is named.
+//! unique prefix of its hex works wherever an image is named. A name without a registry
+//! is found in podman's spelling too (`localhost/app2` for `app2:latest`, and back).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -90,6 +91,25 @@ pub(crate) fn split_tag(s: &str) -> (&str, &str) {
     match s[last_slash..].rfind(':') {
         Some(i) => (&s[..last_slash + i], &s[last_slash + i + 1..]),
         None => (s, ""),
+    }
+}
+
+/// The registry podman writes before a name that has none (`podman load` names an
+/// image `localhost/app2:latest` where layerfs and docker say `app2:latest`).
+const PODMAN_LOCAL: &str = "localhost/";
+
+/// A name (or `name:tag`) in podman's other spelling: `app2:latest` ↔
+/// `localhost/app2:latest`, `a/b` ↔ `localhost/a/b`. `None` for a name under another
+/// registry (`example.com/x`, `localhost:5000/x`), which has one spelling only.
+pub(crate) fn local_spelling(name: &str) -> Option<String> {
+    if let Some(rest) = name.strip_prefix(PODMAN_LOCAL) {
+        return (!rest.is_empty()).then(|| rest.to_string());
+    }
+    match name.split_once('/') {
+        Some((first, _)) if first.contains('.') || first.contains(':') || first == "localhost" => {
+            None
+        }
+        _ => Some(format!("{PODMAN_LOCAL}{name}")),
     }
 }
 
@@ -211,6 +231,25 @@ impl ImageCatalog {
             .find(|r| r.tags.iter().any(|t| t == tag))
     }
 
+    /// The image a `name:tag` names and the tag as stored: the tag itself, else its other
+    /// spelling with or without podman's `localhost/` (see `local_spelling`).
+    pub(crate) fn find_tag(&self, tag: &str) -> Option<(&ImageRecord, String)> {
+        if let Some(r) = self.by_tag(tag) {
+            return Some((r, tag.to_string()));
+        }
+        let other = local_spelling(tag)?;
+        self.by_tag(&other).map(|r| (r, other))
+    }
+
+    /// The stored tag a user's `NAME[:TAG]` names, if it names one (`None` for an id, a
+    /// digest reference or an unknown name).
+    pub(crate) fn tag_named(&self, s: &str) -> Option<String> {
+        match Reference::parse(s.trim()) {
+            Ok(Reference::Tag(t)) => self.find_tag(&t).map(|(_, t)| t),
+            _ => None,
+        }
+    }
+
     /// Find the image a user named. Errors say what was looked for.
     pub(crate) fn resolve(&self, s: &str) -> Result<&ImageRecord> {
         let s = s.trim();
@@ -230,11 +269,16 @@ impl ImageCatalog {
         }
         if let Ok(reference) = Reference::parse(s) {
             let hit = match &reference {
-                Reference::Tag(t) => self.by_tag(t),
-                Reference::Digest { name, digest } => self.images.values().find(|r| {
-                    r.manifest_digest == *digest
-                        && (r.tags.is_empty() || r.repositories().any(|n| n == name))
-                }),
+                Reference::Tag(t) => self.find_tag(t).map(|(r, _)| r),
+                Reference::Digest { name, digest } => {
+                    let other = local_spelling(name);
+                    self.images.values().find(|r| {
+                        r.manifest_digest == *digest
+                            && (r.tags.is_empty()
+                                || r.repositories()
+                                    .any(|n| n == name || Some(n) == other.as_deref()))
+                    })
+                }
             };
             if let Some(r) = hit {
                 return Ok(r);
@@ -330,6 +374,59 @@ mod tests {
             assert!(Reference::parse(bad).is_err(), "{bad} parsed");
         }
         assert!(Reference::parse_tag(&format!("x@{d}")).is_err());
+    }
+
+    #[test]
+    fn podman_local_spelling() {
+        assert_eq!(
+            local_spelling("app2:latest").as_deref(),
+            Some("localhost/app2:latest")
+        );
+        assert_eq!(
+            local_spelling("localhost/app2:latest").as_deref(),
+            Some("app2:latest")
+        );
+        assert_eq!(local_spelling("a/b").as_deref(), Some("localhost/a/b"));
+        assert_eq!(local_spelling("localhost/a/b").as_deref(), Some("a/b"));
+        assert_eq!(local_spelling("example.com/a:1"), None);
+        assert_eq!(local_spelling("localhost:5000/a:1"), None);
+        assert_eq!(local_spelling("localhost/"), None);
+    }
+
+    #[test]
+    fn resolve_podman_spellings() {
+        let mut catalog = ImageCatalog::default();
+        let a = rec(1, &["one:latest"]);
+        let b = rec(2, &["two:latest"]);
+        catalog.images.insert(a.id.hex(), a.clone());
+        catalog.images.insert(b.id.hex(), b.clone());
+        // podman's spelling of a name without a registry finds the image too, and back.
+        for n in ["localhost/two", "localhost/two:latest", "two", "two:latest"] {
+            assert_eq!(catalog.resolve(n).unwrap().id, b.id, "{n}");
+        }
+        assert_eq!(
+            catalog.tag_named("localhost/two").as_deref(),
+            Some("two:latest")
+        );
+        assert_eq!(
+            catalog
+                .resolve(&format!("localhost/one@{}", a.manifest_digest))
+                .unwrap()
+                .id,
+            a.id
+        );
+        catalog.set_tag(&b.id, "localhost/three:1");
+        assert_eq!(catalog.resolve("three:1").unwrap().id, b.id);
+        assert_eq!(
+            catalog.tag_named("three:1").as_deref(),
+            Some("localhost/three:1")
+        );
+        assert!(catalog.tag_named("localhost/three").is_none());
+        assert!(catalog.resolve("example.com/two").is_err());
+        // An exact name wins over the other spelling.
+        catalog.set_tag(&a.id, "localhost/two:latest");
+        assert_eq!(catalog.resolve("localhost/two").unwrap().id, a.id);
+        assert_eq!(catalog.resolve("two").unwrap().id, b.id);
     }
 
     #[test]

@@ -9,6 +9,8 @@
 //!     layer.json                    summary: diff-id, size, entry count
 //!     tree.json                     every entry with its metadata and content hash
 //! ROOT/images/index.json            image records with their tags
+//! ROOT/images/mounts/<id hex>/      default mountpoints of read-only image mounts
+//!                                   (made and removed by the container code)
 //! ROOT/containers/<id>/             container records (kept by the container code)
 //! ROOT/tmp/                         work in progress; anything here when no command
 //!                                   holds the lock is a leftover and is removed
@@ -57,6 +59,10 @@ impl Layout {
     }
     pub(crate) fn images_index(&self) -> PathBuf {
         self.root.join("images/index.json")
+    }
+    /// Where read-only image mounts go by default (the store itself never mounts).
+    pub(crate) fn image_mounts_dir(&self) -> PathBuf {
+        self.root.join("images/mounts")
     }
     pub(crate) fn containers_dir(&self) -> PathBuf {
         self.root.join("containers")

@@ -4,7 +4,8 @@
 //! The API is plain-typed and UI-free: the CLI and tests call it directly. Every method
 //! that changes the store takes the store lock for its duration; readers take none.
 //! Store code never calls container code: callers that know about containers pass what
-//! they use as `ContainerUse` values.
+//! they use as `ContainerUse` values, and what else holds images (read-only image mounts)
+//! as callbacks to `rmi` and `system prune` (see `gc`).
 
 pub(crate) mod archive;
 pub(crate) mod df;

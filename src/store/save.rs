@@ -19,7 +19,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::store::Store;
 use crate::store::archive::{Compression, OCI_INDEX};
 use crate::store::digest::{Digest, Hasher};
-use crate::store::images::{ImageRecord, Reference};
+use crate::store::images::ImageRecord;
 use crate::store::layout::unique_name;
 
 /// The form to write.
@@ -50,8 +50,8 @@ impl Store {
         let mut out: Vec<Saved> = Vec::new();
         for n in names {
             let rec = catalog.resolve(n)?.clone();
-            let tags = match Reference::parse(n) {
-                Ok(Reference::Tag(t)) if rec.tags.contains(&t) => vec![t],
+            let tags = match catalog.tag_named(n) {
+                Some(t) if rec.tags.contains(&t) => vec![t],
                 _ => rec.tags.clone(),
             };
             match out.iter_mut().find(|s| s.image.id == rec.id) {

@@ -3,6 +3,7 @@
 
 mod commit;
 mod diff;
+mod image_mount;
 mod isolation;
 mod lifecycle;
 mod many;

@@ -46,6 +46,57 @@ fn readonly_merge_matches_kernel() {
     assert!(!is_mounted(&lm));
 }
 
+/// The mount table shows the type `fuse.layerfs` (as fuse-overlayfs shows
+/// `fuse.fuse-overlayfs`), so `findmnt -t fuse.layerfs` finds layerfs mounts, read-only
+/// and writable, with the source given by `fsname`.
+#[test]
+fn mount_table_type_is_fuse_layerfs() {
+    if support::skip_unless_root() || support::skip_without_tool("findmnt") {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let lower = t.path().join("l");
+    write(&lower.join("f"), b"x");
+    let ro = t.path().join("ro");
+    let rw = t.path().join("rw");
+    let _g1 = mount_layerfs(
+        &Stack {
+            lowers: vec![lower.clone()],
+            upper: None,
+            work: None,
+        },
+        &ro,
+        &[],
+    );
+    let _g2 = mount_layerfs(
+        &rw_stack(t.path(), &[lower], "rw"),
+        &rw,
+        &["fsname=layerfs:typed"],
+    );
+    let m = mount_at(&ro).expect("the read-only mount is listed");
+    assert_eq!(
+        (m.fstype.as_str(), m.source.as_str()),
+        ("fuse.layerfs", "layerfs")
+    );
+    let m = mount_at(&rw).expect("the writable mount is listed");
+    assert_eq!(
+        (m.fstype.as_str(), m.source.as_str()),
+        ("fuse.layerfs", "layerfs:typed")
+    );
+    let out = std::process::Command::new("findmnt")
+        .args(["-n", "-l", "-o", "TARGET", "-t", "fuse.layerfs"])
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&out.stdout);
+    for p in [&ro, &rw] {
+        assert!(
+            listed.lines().any(|l| std::path::Path::new(l.trim()) == p),
+            "findmnt -t fuse.layerfs does not list {}: {listed}",
+            p.display()
+        );
+    }
+}
+
 #[test]
 fn bad_arguments_fail_with_one_line() {
     let t = tempfile::tempdir().unwrap();

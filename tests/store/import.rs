@@ -582,6 +582,121 @@ fn archives_written_by_skopeo() {
     ok(&root, &["system", "check"]);
 }
 
+/// `skopeo copy … oci-archive:FILE:app2` (and umoci) write a bare name as the ref name:
+/// the image is named `app2:latest` (podman: `localhost/app2:latest`), and every
+/// spelling of that name finds it. A ref name that reads as a version (`v1`, `latest`)
+/// is a tag of no repository and names nothing, as before.
+#[test]
+fn bare_ref_names_written_by_skopeo() {
+    if support::skip_without_tool("skopeo") {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let img = three_layers_compressed([Comp::Gzip; 3]);
+    let src = t.path().join("src");
+    write_oci_layout(&src, &[(&img, Some("src:1"))], false);
+    let copy = |dest: String| {
+        let o = std::process::Command::new("skopeo")
+            .args(["copy", "--quiet", &format!("oci:{}:src:1", src.display())])
+            .arg(&dest)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "skopeo copy to {dest}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    };
+    let ref_name = |index: &[u8]| -> String {
+        let v: serde_json::Value = serde_json::from_slice(index).unwrap();
+        v["manifests"][0]["annotations"]["org.opencontainers.image.ref.name"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let archive = |name: &str| {
+        let p = t.path().join(format!("{}.oci.tar", name.replace(':', "_")));
+        copy(format!("oci-archive:{}:{name}", p.display()));
+        p
+    };
+
+    // A bare name, in an oci-archive: app2:latest.
+    let app2 = archive("app2");
+    let mut a = tar::Archive::new(fs::File::open(&app2).unwrap());
+    let index = a
+        .entries()
+        .unwrap()
+        .map(|e| e.unwrap())
+        .find(|e| e.path().unwrap().to_str() == Some("index.json"))
+        .map(|mut e| {
+            let mut v = Vec::new();
+            std::io::Read::read_to_end(&mut e, &mut v).unwrap();
+            v
+        })
+        .unwrap();
+    assert_eq!(ref_name(&index), "app2", "skopeo writes the bare name");
+    let root = t.path().join("s1");
+    let out = ok(&root, &["import", app2.to_str().unwrap()]);
+    assert!(out.contains("Loaded image: app2:latest"), "{out}");
+    let v = images_json(&root);
+    assert_eq!(
+        (v.len(), &v[0]["Repository"], &v[0]["Tag"]),
+        (1, &"app2".into(), &"latest".into())
+    );
+    for name in [
+        "app2",
+        "app2:latest",
+        "localhost/app2",
+        "localhost/app2:latest",
+    ] {
+        assert_eq!(
+            inspect(&root, name)["Id"],
+            img.config_digest.as_str(),
+            "{name}"
+        );
+    }
+    assert!(fails(&root, &["inspect", "example.com/app2"]).contains("no such image"));
+    // Saved again under its name; rmi by podman's spelling removes that name.
+    let saved = t.path().join("saved.tar");
+    ok(
+        &root,
+        &["save", "localhost/app2", "-o", saved.to_str().unwrap()],
+    );
+    let out = ok(&root, &["rmi", "localhost/app2:latest"]);
+    assert!(out.starts_with("Untagged: app2:latest\n"), "{out}");
+    assert!(
+        out.contains(&format!("Deleted: {}", img.config_digest)),
+        "{out}"
+    );
+    let out = ok(&root, &["import", saved.to_str().unwrap()]);
+    assert!(out.contains("Loaded image: app2:latest"), "{out}");
+
+    // A bare name in an OCI layout directory, and with a tag.
+    let dir = t.path().join("layout");
+    copy(format!("oci:{}:app3", dir.display()));
+    assert_eq!(ref_name(&fs::read(dir.join("index.json")).unwrap()), "app3");
+    let out = ok(&t.path().join("s2"), &["import", dir.to_str().unwrap()]);
+    assert!(out.contains("Loaded image: app3:latest"), "{out}");
+    let tagged = archive("app4:1.0");
+    let out = ok(&t.path().join("s3"), &["import", tagged.to_str().unwrap()]);
+    assert!(out.contains("Loaded image: app4:1.0"), "{out}");
+
+    // Version-like ref names are tags: the image gets no name from them (--tag names it).
+    for tag in ["v1", "latest", "1.0"] {
+        let p = archive(tag);
+        let root = t.path().join(format!("s-{tag}"));
+        let out = ok(&root, &["import", p.to_str().unwrap()]);
+        assert_eq!(
+            out.lines().last().unwrap(),
+            format!("Loaded image ID: {}", img.config_digest),
+            "{tag}: {out}"
+        );
+        assert_eq!(images_json(&root)[0]["Repository"], "<none>", "{tag}");
+        let out = ok(&root, &["import", p.to_str().unwrap(), "--tag", "named:1"]);
+        assert!(out.contains("Loaded image: named:1"), "{tag}: {out}");
+    }
+}
+
 #[test]
 fn docker_archive_with_symlinked_layer_members() {
     // Older `docker save` output shares a layer between images with a symlink member.

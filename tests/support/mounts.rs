@@ -16,6 +16,10 @@ pub struct Mount {
     /// The device (major, minor) of the mounted filesystem.
     pub dev: (u32, u32),
     pub mount_point: PathBuf,
+    /// The filesystem type (`fuse.layerfs`, `tmpfs`, …).
+    pub fstype: String,
+    /// The mount source (`layerfs`, `layerfs:<container id>`, …).
+    pub source: String,
 }
 
 /// The mount table of this process's namespace, in mount order.
@@ -23,11 +27,17 @@ pub fn mount_table() -> Vec<Mount> {
     let info = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     info.lines()
         .filter_map(|l| {
-            let f: Vec<&str> = l.split(' ').collect();
+            let (left, right) = l.split_once(" - ")?;
+            let f: Vec<&str> = left.split(' ').collect();
             let (major, minor) = f.get(2)?.split_once(':')?;
+            let mut r = right.split(' ');
+            let fstype = r.next()?.to_string();
+            let source = String::from_utf8_lossy(&unescape(r.next()?)).into_owned();
             Some(Mount {
                 dev: (major.parse().ok()?, minor.parse().ok()?),
                 mount_point: PathBuf::from(OsString::from_vec(unescape(f.get(4)?))),
+                fstype,
+                source,
             })
         })
         .collect()
@@ -67,6 +77,14 @@ pub fn mount_dev(mnt: &Path) -> Option<(u32, u32)> {
         .rev()
         .find(|m| m.mount_point == mnt)
         .map(|m| m.dev)
+}
+
+/// The mount at `mnt` (the top one), as the mount table lists it.
+pub fn mount_at(mnt: &Path) -> Option<Mount> {
+    mount_table()
+        .into_iter()
+        .rev()
+        .find(|m| m.mount_point == mnt)
 }
 
 /// Mountpoints at or below `dir`, deepest first.

@@ -14,11 +14,18 @@ use crate::error::{Error, Result};
 use crate::overlay::fs::{Options, OverlayFs};
 use crate::sys;
 
+/// The mount table shows the type `fuse.layerfs`, as fuse-overlayfs's `fuse.fuse-overlayfs`.
+const SUBTYPE_OPTION: &str = "subtype=layerfs";
+
 fn mount_config(a: &MountRequest, writable: bool) -> Config {
     let mut c = Config::default();
     let mut opts = vec![
         MountOption::FSName(a.fsname.clone().unwrap_or_else(|| "layerfs".into())),
-        MountOption::Subtype("layerfs".into()),
+        // The subtype as a kernel option: fuser hands `Subtype` to fusermount3 only, and
+        // mounts with type `fuse` when it calls mount(2) itself (as root), so the mount
+        // table showed `fuse`. The kernel's `subtype=` option makes it `fuse.layerfs`
+        // either way; fusermount3 gets the same `subtype=layerfs` it got before.
+        MountOption::CUSTOM(SUBTYPE_OPTION.into()),
         MountOption::DefaultPermissions,
     ];
     if writable {
