@@ -1,0 +1,11 @@
+//! Container engines on real images: a private containerd (its own config, root, state
+//! and sockets) pulling two Debian-based images that share their base layer from a
+//! registry on 127.0.0.1, unpacking them with the snapshotter under test, running
+//! containers with runc, and driving the snapshots API through `ctr snapshots`.
+//!
+//! The snapshotter under test is [`fixture::SNAPSHOTTER`]: containerd's own `overlayfs`
+//! until `layerfs snapshotter` (a proxy snapshotter) is there.
+
+mod containerd;
+mod fixture;
+mod harness;
