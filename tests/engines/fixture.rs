@@ -136,12 +136,12 @@ pub struct Engine {
 impl Engine {
     /// A fresh world for [`SNAPSHOTTER`].
     pub fn new() -> Engine {
-        Self::with(SNAPSHOTTER == "layerfs", None, |_| {})
+        Self::with(SNAPSHOTTER == "layerfs", None)
     }
 
     /// A fresh world; with `layerfs`, `layerfs snapshotter` runs (with `--mount-type`
-    /// when given) on a store that `prepare` has filled first (`layerfs import`, say).
-    pub fn with(layerfs: bool, mount_type: Option<&str>, prepare: impl FnOnce(&Path)) -> Engine {
+    /// when given) on a store of its own.
+    pub fn with(layerfs: bool, mount_type: Option<&str>) -> Engine {
         let imgs = Images::get();
         let dir = tempfile::tempdir().unwrap();
         let registry = Registry::start(&dir.path().join("registry"), None);
@@ -154,10 +154,8 @@ impl Engine {
         }
         let proxy = Proxy::start(registry.port);
         let store = dir.path().join("store");
-        let snapshotter = layerfs.then(|| {
-            prepare(&store);
-            Snapshotter::start(&dir.path().join("snapshotter"), &store, mount_type)
-        });
+        let snapshotter = layerfs
+            .then(|| Snapshotter::start(&dir.path().join("snapshotter"), &store, mount_type));
         let socket = snapshotter
             .as_ref()
             .map_or(dir.path().join("no-snapshotter.sock"), |s| s.socket.clone());

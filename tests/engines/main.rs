@@ -5,8 +5,8 @@
 //!
 //! The snapshotter under test is [`fixture::SNAPSHOTTER`]: containerd's own `overlayfs`
 //! until `layerfs snapshotter` (a proxy snapshotter) is there; the layerfs-only tests
-//! (a snapshotter killed and restarted under running containers, `layerfs system df`,
-//! images imported beforehand) are in `snapshotter.rs`, ignored until then.
+//! (a snapshotter killed and restarted under running containers, `layerfs system df`)
+//! are in `snapshotter.rs`, ignored until then.
 
 mod containerd;
 mod fixture;
