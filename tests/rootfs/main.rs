@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 
+use support::debian::rootfs;
 use support::files::*;
 use support::fingerprint::*;
 use support::shell::*;
@@ -24,19 +25,6 @@ use support::tree::*;
 use support::xattr::*;
 
 const LAYERS: usize = 3;
-
-fn rootfs() -> PathBuf {
-    let p = PathBuf::from(
-        std::env::var_os("LAYERFS_TEST_ROOTFS")
-            .unwrap_or_else(|| "/var/cache/layerfs-test/bookworm".into()),
-    );
-    assert!(
-        p.join("bin/sh").exists() && p.join("var/lib/dpkg/status").exists(),
-        "no Debian rootfs at {} (scripts/make-test-rootfs builds it; scripts/test runs it)",
-        p.display()
-    );
-    p
-}
 
 /// The rootfs split into layers (top first), built once per test process and shared:
 /// tests only read lower layers, and each checks that they are unchanged.

@@ -1,7 +1,8 @@
 //! What the layerfs integration tests share, one implementation of each: the binary and
 //! how to run it, mounts (layerfs, the kernel's overlayfs, tmpfs) behind guards that
 //! always unmount, whole-tree snapshots and fingerprints, sample layers and images in
-//! every source form, a real registry behind a fault-injecting proxy, foreground daemons,
+//! every source form, a real registry behind a fault-injecting proxy, a private containerd and the
+//! layerfs snapshotter serving it, the Debian test rootfs, foreground daemons,
 //! watchdogs and reports for the reliability suites, and the privilege check that lets a
 //! normal user's `cargo test` skip what needs root.
 //!
@@ -9,7 +10,9 @@
 //! items are `pub`, so no binary warns about the helpers it does not use.
 
 pub mod cli;
+pub mod containerd;
 pub mod daemon;
+pub mod debian;
 pub mod files;
 pub mod fingerprint;
 pub mod images;

@@ -1,0 +1,199 @@
+//! What only `layerfs snapshotter` promises: containers run on while it is killed and
+//! started again on the same socket and store; its snapshots are in the layerfs store,
+//! where `layerfs system df` counts them and the shared base once. Each test runs it
+//! whatever `SNAPSHOTTER` is; they wait, ignored, for the snapshotter.
+//!
+//! Not here: images imported into the store beforehand reaching containerd by chain id.
+//! containerd learns of a snapshot its snapshotter already has only when a `Prepare`
+//! carries the label `containerd.io/snapshot.ref` = chain id (the snapshotter answers
+//! "already exists", containerd looks the chain up with `Walk` and records it:
+//! `metadata/snapshot.go`), and containerd 1.6's `ctr` never sends it: `ctr images pull`
+//! fetches every blob, then unpacks through `rootfs.ApplyLayerWithOpts`, without labels,
+//! and `ctr snapshots prepare` takes none. The unpacker behind the Go client's
+//! `Pull(WithPullUnpack)` (the CRI plugin, nerdctl) does; a test of it needs such a
+//! client.
+
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+
+use support::cli;
+use support::mounts::mounts_below;
+
+use crate::containerd::can_run;
+use crate::fixture::*;
+
+const LAYERFS: &str = "layerfs";
+
+/// `du -s -B1`: bytes on disk.
+fn du(p: &Path) -> u64 {
+    let out = Command::new("du")
+        .arg("-s")
+        .arg("-B1")
+        .arg(p)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "du {}", p.display());
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// `layerfs --root STORE system df --format json`.
+fn system_df(store: &Path) -> serde_json::Value {
+    serde_json::from_str(&cli::ok(store, &["system", "df", "--format", "json"])).unwrap()
+}
+
+fn disk_usage(store: &Path) -> u64 {
+    system_df(store)["DiskUsage"].as_u64().expect("DiskUsage")
+}
+
+/// A container runs on through `kill -9` and SIGTERM of the snapshotter, which starts
+/// again on the same socket and store and picks up where it was.
+fn restart_under_running_containers(mount_type: Option<&str>) {
+    if !can_run() {
+        return;
+    }
+    let imgs = Images::get();
+    let mut e = Engine::with(true, mount_type);
+    e.pull(LAYERFS, "a");
+    e.run_detached(LAYERFS, "a", "long");
+    e.exec("long", "w1", &["sh", "-c", "echo before > /root/mark"]);
+    let before = e.snapshots_listing(LAYERFS);
+    let snap = e.snapshotter.as_ref().unwrap();
+    let (mount_dir, socket) = (snap.mount_dir.clone(), snap.socket.clone());
+    assert!(
+        !mounts_below(&mount_dir).is_empty(),
+        "the container's root is under {}",
+        mount_dir.display()
+    );
+
+    e.snapshotter.as_mut().unwrap().kill9();
+    // The container's root is served apart from the snapshotter.
+    assert_eq!(
+        e.exec("long", "r1", &["cat", "/srv/a/link", "/root/mark"]),
+        format!("{A_HELLO_TEXT}before\n")
+    );
+    e.exec("long", "w2", &["sh", "-c", "echo while-down >> /root/mark"]);
+    // containerd cannot reach it meanwhile.
+    let err = e.snap_fails(LAYERFS, &["ls"]);
+    assert!(err.starts_with("ctr: "), "{err}");
+
+    e.snapshotter.as_mut().unwrap().restart();
+    assert_eq!(e.snapshots_listing(LAYERFS), before);
+    assert_eq!(
+        e.exec("long", "r2", &["cat", "/root/mark"]),
+        "before\nwhile-down\n"
+    );
+    assert_eq!(
+        e.run_sh(LAYERFS, "a", "after", "cat /srv/a/hello.txt"),
+        A_HELLO_TEXT
+    );
+    e.snap_ok(LAYERFS, &["prepare", "work", &imgs.a_chain()]);
+    e.snap_ok(LAYERFS, &["commit", "done", "work"]);
+    e.snap_ok(LAYERFS, &["rm", "done"]);
+
+    // SIGTERM: it exits, the mounts stay.
+    let st = e.snapshotter.as_mut().unwrap().stop();
+    assert!(st.is_some_and(|s| s.success()), "exit on SIGTERM: {st:?}");
+    assert_eq!(
+        e.exec("long", "r3", &["cat", "/srv/a/hello.txt"]),
+        A_HELLO_TEXT
+    );
+    e.snapshotter.as_mut().unwrap().restart();
+    assert_eq!(e.snapshots_listing(LAYERFS), before);
+    e.remove_container("long");
+
+    // The guards leave nothing: no mount under the mount dir, no daemon serving one.
+    let dir = mount_dir.as_os_str().as_encoded_bytes().to_vec();
+    drop(e);
+    assert_eq!(mounts_below(&mount_dir), Vec::<std::path::PathBuf>::new());
+    let daemons: Vec<u32> = support::procs::processes()
+        .into_iter()
+        .filter(|p| {
+            p.args
+                .iter()
+                .any(|a| a.windows(dir.len()).any(|w| w == dir))
+        })
+        .map(|p| p.pid)
+        .collect();
+    assert_eq!(
+        daemons,
+        Vec::<u32>::new(),
+        "processes still naming {}",
+        mount_dir.display()
+    );
+    assert!(!socket.exists() || std::os::unix::net::UnixStream::connect(&socket).is_err());
+}
+
+#[test]
+#[ignore = "needs layerfs snapshotter"]
+fn restart_under_running_containers_fuse() {
+    restart_under_running_containers(None);
+}
+
+#[test]
+#[ignore = "needs layerfs snapshotter"]
+fn restart_under_running_containers_overlay() {
+    restart_under_running_containers(Some("overlay"));
+}
+
+#[test]
+#[ignore = "needs layerfs snapshotter"]
+fn system_df_counts_snapshots_and_the_shared_base_once() {
+    if !can_run() {
+        return;
+    }
+    let imgs = Images::get();
+    let e = Engine::with(true, None);
+    for name in ["a", "b"] {
+        e.pull(LAYERFS, name);
+        e.pull("overlayfs", name);
+    }
+    let store = e.store();
+    let df = system_df(&store);
+    let disk = df["DiskUsage"].as_u64().unwrap();
+    let rootfs = du(&support::debian::rootfs());
+    let overlay = du(&e.ctrd.snapshotter_dir("overlayfs"));
+    // The base once: twice would be over 2x the rootfs.
+    assert!(
+        disk > rootfs * 9 / 10 && disk < rootfs * 3 / 2,
+        "layerfs DiskUsage {disk} for a {rootfs}-byte base: {df:#}"
+    );
+    assert!(
+        overlay > rootfs * 9 / 10 && overlay < rootfs * 3 / 2,
+        "overlayfs {overlay}"
+    );
+    assert!(
+        disk <= overlay + overlay / 10,
+        "layerfs {disk} vs overlayfs {overlay} bytes"
+    );
+    let on_disk = du(&store);
+    assert!(
+        disk.abs_diff(on_disk) < on_disk / 10,
+        "DiskUsage {disk} vs du of the store {on_disk}"
+    );
+    // An active snapshot's writes count, and go with it.
+    e.snap_ok(LAYERFS, &["prepare", "big", &imgs.a_chain()]);
+    let m = e.path("big");
+    let mut g = e.mount_snapshot(LAYERFS, "big", &m);
+    let data: Vec<u8> = (0..32u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    fs::write(m.join("root/big"), &data).unwrap();
+    g.unmount();
+    let with = disk_usage(&store);
+    assert!(
+        with >= disk + (30 << 20),
+        "32 MiB written: {disk} -> {with}"
+    );
+    e.snap_ok(LAYERFS, &["rm", "big"]);
+    let after = disk_usage(&store);
+    assert!(
+        after < disk + (2 << 20),
+        "the snapshot removed: {disk} -> {after}"
+    );
+}
