@@ -176,8 +176,9 @@ fn snapshots_in_use(store: &Store) -> Result<Vec<ContainerUse>> {
 }
 
 /// The snapshots row of `system df`: every snapshot, the active ones (active and
-/// views), and the disk blocks of their own trees (a tree shared by two records once);
-/// the numbers containerd's `Usage` gives, summed.
+/// views), and the disk blocks of their own trees (a tree shared by two records once):
+/// the numbers containerd's `Usage` gives, summed. A snapshot standing on a store layer
+/// counts that layer's tree, which the Layers row counts too.
 fn snapshot_totals(store: &Store) -> Result<crate::store::Totals> {
     let uses = crate::snapshotter::Core::uses(store)?;
     let mut dirs = std::collections::BTreeSet::new();
@@ -189,10 +190,8 @@ fn snapshot_totals(store: &Store) -> Result<crate::store::Totals> {
         if s.kind != crate::snapshotter::Kind::Committed {
             t.active += 1;
         }
-        if let Some(d) = &s.own
-            && dirs.insert(d.clone())
-        {
-            t.size += crate::snapshotter::snapshots::tree_usage(d).size;
+        if dirs.insert(s.tree.clone()) {
+            t.size += crate::snapshotter::snapshots::tree_usage(&s.tree).size;
         }
     }
     Ok(t)

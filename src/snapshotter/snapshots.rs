@@ -301,7 +301,7 @@ impl Core {
         let rec = self.get(key)?.clone();
         if rec.kind == Kind::Committed {
             return Err(Error::in_use(format!(
-                "snapshot {key} is committed: only active snapshots and views have mounts"
+                "failed to get active mount: requested snapshot {key} not active or view"
             )));
         }
         let lowers = self
@@ -360,7 +360,7 @@ impl Core {
         let rec = self.get(key)?.clone();
         if rec.kind != Kind::Active {
             return Err(Error::in_use(format!(
-                "snapshot {key} is not active: only an active snapshot can be committed"
+                "failed to commit snapshot: snapshot \"{key}\" is not active"
             )));
         }
         if self.records.snapshots.contains_key(name) {
@@ -614,15 +614,15 @@ impl Core {
                     Tree::Dir(_) => None,
                 })
                 .collect();
-            let own = match r.tree {
-                Tree::Dir(n) => Some(dir.join(n.to_string()).join("fs")),
-                Tree::Layer(_) => None,
+            let tree = match r.tree {
+                Tree::Dir(n) => dir.join(n.to_string()).join("fs"),
+                Tree::Layer(d) => store.layer_dir(&d),
             };
             out.push(SnapshotUse {
                 key: key.clone(),
                 kind: r.kind,
                 layers,
-                own,
+                tree,
             });
         }
         Ok(out)
@@ -636,8 +636,9 @@ pub(crate) struct SnapshotUse {
     pub kind: Kind,
     /// Store layers it stands on (its own tree included).
     pub layers: Vec<Digest>,
-    /// Its own directory, when it has one (shared trees appear once per record).
-    pub own: Option<PathBuf>,
+    /// Its own tree: a dir of its own, or the store layer it stands on (a tree two
+    /// records share appears in both).
+    pub tree: PathBuf,
 }
 
 /// Bytes on disk and inodes below `path` (hard links counted once).

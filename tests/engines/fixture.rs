@@ -18,7 +18,7 @@ use support::shell::*;
 
 /// The snapshotter the tests drive: containerd's own `overlayfs` until `layerfs
 /// snapshotter` exists; then `"layerfs"`, and [`Engine::new`] starts it.
-pub const SNAPSHOTTER: &str = "overlayfs";
+pub const SNAPSHOTTER: &str = "layerfs";
 
 /// What the snapshotter under test is compared with, tree for tree: containerd's
 /// `overlayfs` for layerfs; for `overlayfs` itself, the `native` one (plain copies).
@@ -227,6 +227,25 @@ impl Engine {
     }
 
     /// `ctr snapshots ls` as printed.
+    /// Wait until containerd reaches snapshotter S again (after a restart of it):
+    /// containerd's gRPC connection to a proxy plugin reconnects with backoff, and
+    /// calls fail as `unavailable` meanwhile.
+    pub fn wait_for_snapshotter(&self, s: &str) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let o = self.ctrd.ctr(&["snapshots", "--snapshotter", s, "ls"]);
+            if o.status.success() {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "containerd does not reach snapshotter {s} again: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+
     pub fn snapshots_listing(&self, s: &str) -> String {
         self.snap_ok(s, &["ls"])
     }
