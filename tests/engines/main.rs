@@ -10,5 +10,7 @@
 
 mod containerd;
 mod fixture;
+#[cfg(feature = "snapshotter")]
+mod grpc;
 mod harness;
 mod snapshotter;
