@@ -20,6 +20,9 @@ use support::images::{Comp, Layer, LayerBuilder, hex_of, image, sha, write_docke
 
 const REF: &str = "containerd.io/snapshot.ref";
 
+/// A snapshot as a walk shows it: name, kind, parent, labels (sorted).
+type Listed = (String, i32, String, Vec<(String, String)>);
+
 struct Api {
     rt: tokio::runtime::Runtime,
     client: SnapshotsClient<Channel>,
@@ -162,7 +165,7 @@ impl Api {
     }
 
     /// Every snapshot (a walk), by name, with kind, parent and labels.
-    fn list(&mut self) -> Vec<(String, i32, String, Vec<(String, String)>)> {
+    fn list(&mut self) -> Vec<Listed> {
         let req = ListSnapshotsRequest {
             snapshotter: "layerfs".into(),
             filters: Vec::new(),
