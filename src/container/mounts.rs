@@ -362,22 +362,7 @@ pub(crate) fn mount_new(
             m.fstype
         )));
     }
-    let mut opts = format!(
-        "lowerdir={}",
-        lowers
-            .iter()
-            .map(|l| escape_opt_path(l))
-            .collect::<Result<Vec<_>>>()?
-            .join(":")
-    );
-    if let Some((upper, work)) = upper {
-        opts.push_str(&format!(
-            ",upperdir={},workdir={}",
-            escape_opt_path(upper)?,
-            escape_opt_path(work)?
-        ));
-    }
-    opts.push_str(&format!(",fsname={source}"));
+    let mut opts = overlay_options(lowers, upper, source)?;
     for o in &req.options {
         opts.push(',');
         opts.push_str(o);
@@ -410,6 +395,31 @@ pub(crate) fn absolute(p: &Path) -> Result<PathBuf> {
     };
     let parent = std::fs::canonicalize(parent).ctx(format!("mountpoint {}", p.display()))?;
     Ok(parent.join(name))
+}
+
+/// The daemon's `-o` for a layer stack: `lowerdir=…[,upperdir=…,workdir=…],fsname=SOURCE`.
+pub(crate) fn overlay_options(
+    lowers: &[PathBuf],
+    upper: Option<(&Path, &Path)>,
+    source: &str,
+) -> Result<String> {
+    let mut opts = format!(
+        "lowerdir={}",
+        lowers
+            .iter()
+            .map(|l| escape_opt_path(l))
+            .collect::<Result<Vec<_>>>()?
+            .join(":")
+    );
+    if let Some((upper, work)) = upper {
+        opts.push_str(&format!(
+            ",upperdir={},workdir={}",
+            escape_opt_path(upper)?,
+            escape_opt_path(work)?
+        ));
+    }
+    opts.push_str(&format!(",fsname={source}"));
+    Ok(opts)
 }
 
 /// Run the daemon and wait until it says the mount is ready (or why not).

@@ -9,8 +9,9 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::container::escape_opt_path;
-use crate::container::mounts::{is_live, mount_table, run_daemon, umount_patiently};
+use crate::container::mounts::{
+    is_live, mount_table, overlay_options, run_daemon, umount_patiently,
+};
 use crate::error::{Error, IoContext, Result};
 use crate::sys::{self, Errno};
 
@@ -65,22 +66,11 @@ pub(crate) fn ensure(
         }
     }
     std::fs::create_dir_all(mp).ctx(format!("creating {}", mp.display()))?;
-    let mut opts = format!(
-        "lowerdir={}",
-        lowers
-            .iter()
-            .map(|l| escape_opt_path(l))
-            .collect::<Result<Vec<_>>>()?
-            .join(":")
-    );
-    if let Some((u, w)) = upper {
-        opts.push_str(&format!(
-            ",upperdir={},workdir={}",
-            escape_opt_path(u)?,
-            escape_opt_path(w)?
-        ));
-    }
-    opts.push_str(&format!(",fsname={source}"));
+    let opts = overlay_options(
+        lowers,
+        upper.map(|(u, w)| (u.as_path(), w.as_path())),
+        &source,
+    )?;
     run_daemon(program, &opts, mp).map_err(|e| e.context(format!("mounting {}", mp.display())))
 }
 

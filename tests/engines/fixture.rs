@@ -16,8 +16,8 @@ use support::proxy::Proxy;
 use support::registry::*;
 use support::shell::*;
 
-/// The snapshotter the tests drive: containerd's own `overlayfs` until `layerfs
-/// snapshotter` exists; then `"layerfs"`, and [`Engine::new`] starts it.
+/// The snapshotter the tests drive: `layerfs snapshotter`, which [`Engine::new`] starts
+/// (`"overlayfs"` here runs the same tests against containerd's own).
 pub const SNAPSHOTTER: &str = "layerfs";
 
 /// What the snapshotter under test is compared with, tree for tree: containerd's

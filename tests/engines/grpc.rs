@@ -13,12 +13,14 @@ use std::path::{Path, PathBuf};
 use containerd_snapshots::api::snapshots::v1::snapshots_client::SnapshotsClient;
 use containerd_snapshots::api::snapshots::v1::*;
 use containerd_snapshots::tonic::transport::{Channel, Endpoint, Uri};
-use containerd_snapshots::tonic::{Code, Request};
+use containerd_snapshots::tonic::{Code, Request, Response, Status};
 use support::cli;
 use support::containerd::Snapshotter;
 use support::images::{Comp, Layer, LayerBuilder, hex_of, image, sha, write_docker_archive};
 
 const REF: &str = "containerd.io/snapshot.ref";
+/// The snapshotter name requests carry (a proxy plugin's own name; ignored by it).
+const SN: &str = "layerfs";
 
 /// A snapshot as a walk shows it: name, kind, parent, labels (sorted).
 type Listed = (String, i32, String, Vec<(String, String)>);
@@ -48,6 +50,17 @@ impl Api {
         Api { rt, client }
     }
 
+    /// One call: the answer, or the gRPC code of the refusal.
+    fn call<T, F>(&mut self, f: impl FnOnce(SnapshotsClient<Channel>) -> F) -> Result<T, Code>
+    where
+        F: std::future::Future<Output = Result<Response<T>, Status>>,
+    {
+        self.rt
+            .block_on(f(self.client.clone()))
+            .map(Response::into_inner)
+            .map_err(|s| s.code())
+    }
+
     fn prepare(
         &mut self,
         key: &str,
@@ -55,7 +68,7 @@ impl Api {
         labels: &[(&str, &str)],
     ) -> Result<Vec<containerd_snapshots::api::types::Mount>, Code> {
         let req = PrepareSnapshotRequest {
-            snapshotter: "layerfs".into(),
+            snapshotter: SN.into(),
             key: key.into(),
             parent: parent.into(),
             labels: labels
@@ -63,92 +76,70 @@ impl Api {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
         };
-        let c = &mut self.client;
-        self.rt
-            .block_on(c.prepare(Request::new(req)))
-            .map(|r| r.into_inner().mounts)
-            .map_err(|s| s.code())
+        self.call(|mut c| async move { c.prepare(req).await })
+            .map(|r| r.mounts)
     }
 
     fn view(&mut self, key: &str, parent: &str) -> Result<(), Code> {
+        let (key, parent) = (key.into(), parent.into());
         let req = ViewSnapshotRequest {
-            snapshotter: "layerfs".into(),
-            key: key.into(),
-            parent: parent.into(),
+            snapshotter: SN.into(),
+            key,
+            parent,
             labels: HashMap::new(),
         };
-        let c = &mut self.client;
-        self.rt
-            .block_on(c.view(Request::new(req)))
-            .map(|_| ())
-            .map_err(|s| s.code())
+        self.call(|mut c| async move { c.view(req).await })
+            .map(drop)
     }
 
     fn commit(&mut self, name: &str, key: &str) -> Result<(), Code> {
+        let (name, key) = (name.into(), key.into());
         let req = CommitSnapshotRequest {
-            snapshotter: "layerfs".into(),
-            name: name.into(),
-            key: key.into(),
+            snapshotter: SN.into(),
+            name,
+            key,
             labels: HashMap::new(),
         };
-        let c = &mut self.client;
-        self.rt
-            .block_on(c.commit(Request::new(req)))
-            .map(|_| ())
-            .map_err(|s| s.code())
+        self.call(|mut c| async move { c.commit(req).await })
     }
 
     fn remove(&mut self, key: &str) -> Result<(), Code> {
         let req = RemoveSnapshotRequest {
-            snapshotter: "layerfs".into(),
+            snapshotter: SN.into(),
             key: key.into(),
         };
-        let c = &mut self.client;
-        self.rt
-            .block_on(c.remove(Request::new(req)))
-            .map(|_| ())
-            .map_err(|s| s.code())
+        self.call(|mut c| async move { c.remove(req).await })
     }
 
     fn stat(&mut self, key: &str) -> Result<Info, Code> {
         let req = StatSnapshotRequest {
-            snapshotter: "layerfs".into(),
+            snapshotter: SN.into(),
             key: key.into(),
         };
-        let c = &mut self.client;
-        self.rt
-            .block_on(c.stat(Request::new(req)))
-            .map(|r| r.into_inner().info.unwrap())
-            .map_err(|s| s.code())
+        self.call(|mut c| async move { c.stat(req).await })
+            .map(|r| r.info.expect("stat answers an info"))
     }
 
     fn mounts(&mut self, key: &str) -> Result<(), Code> {
         let req = MountsRequest {
-            snapshotter: "layerfs".into(),
+            snapshotter: SN.into(),
             key: key.into(),
         };
-        let c = &mut self.client;
-        self.rt
-            .block_on(c.mounts(Request::new(req)))
-            .map(|_| ())
-            .map_err(|s| s.code())
+        self.call(|mut c| async move { c.mounts(req).await })
+            .map(drop)
     }
 
     fn usage(&mut self, key: &str) -> Result<UsageResponse, Code> {
         let req = UsageRequest {
-            snapshotter: "layerfs".into(),
+            snapshotter: SN.into(),
             key: key.into(),
         };
-        let c = &mut self.client;
-        self.rt
-            .block_on(c.usage(Request::new(req)))
-            .map(|r| r.into_inner())
-            .map_err(|s| s.code())
+        self.call(|mut c| async move { c.usage(req).await })
     }
 
     fn update_field(&mut self, key: &str, path: &str) -> Result<(), Code> {
         let req = UpdateSnapshotRequest {
-            snapshotter: "layerfs".into(),
+            snapshotter: SN.into(),
             info: Some(Info {
                 name: key.into(),
                 ..Default::default()
@@ -157,17 +148,14 @@ impl Api {
                 paths: vec![path.into()],
             }),
         };
-        let c = &mut self.client;
-        self.rt
-            .block_on(c.update(Request::new(req)))
-            .map(|_| ())
-            .map_err(|s| s.code())
+        self.call(|mut c| async move { c.update(req).await })
+            .map(drop)
     }
 
     /// Every snapshot (a walk), by name, with kind, parent and labels.
     fn list(&mut self) -> Vec<Listed> {
         let req = ListSnapshotsRequest {
-            snapshotter: "layerfs".into(),
+            snapshotter: SN.into(),
             filters: Vec::new(),
         };
         let c = &mut self.client;
@@ -188,10 +176,10 @@ impl Api {
 
     fn cleanup(&mut self) {
         let req = CleanupRequest {
-            snapshotter: "layerfs".into(),
+            snapshotter: SN.into(),
         };
-        let c = &mut self.client;
-        self.rt.block_on(c.cleanup(Request::new(req))).unwrap();
+        self.call(|mut c| async move { c.cleanup(req).await })
+            .unwrap();
     }
 }
 
