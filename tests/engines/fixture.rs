@@ -226,15 +226,19 @@ impl Engine {
         panic!("view {key} of {parent}: collected each time before it was labelled");
     }
 
-    /// `ctr snapshots ls` as printed.
     /// Wait until containerd reaches snapshotter S again (after a restart of it):
     /// containerd's gRPC connection to a proxy plugin reconnects with backoff, and
-    /// calls fail as `unavailable` meanwhile.
+    /// calls fail as `unavailable` meanwhile. The probe is a `Prepare` (of a snapshot
+    /// removed at once): a listing would not do, containerd answers an empty one from
+    /// its own records.
     pub fn wait_for_snapshotter(&self, s: &str) {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
         loop {
-            let o = self.ctrd.ctr(&["snapshots", "--snapshotter", s, "ls"]);
+            let o = self
+                .ctrd
+                .ctr(&["snapshots", "--snapshotter", s, "prepare", "reach-probe"]);
             if o.status.success() {
+                self.snap_ok(s, &["rm", "reach-probe"]);
                 return;
             }
             assert!(
@@ -246,6 +250,7 @@ impl Engine {
         }
     }
 
+    /// `ctr snapshots ls` as printed.
     pub fn snapshots_listing(&self, s: &str) -> String {
         self.snap_ok(s, &["ls"])
     }
