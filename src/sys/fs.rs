@@ -437,3 +437,13 @@ pub fn remove_tree(dirfd: BorrowedFd<'_>, name: &OsStr) -> SysResult<()> {
         Err(e) => Err(e),
     }
 }
+
+/// Whether this process may open `path` for reading and writing, by its real ids (as
+/// `access(2)` decides).
+pub fn can_read_write(path: &Path) -> bool {
+    rustix::fs::access(
+        path,
+        rustix::fs::Access::READ_OK | rustix::fs::Access::WRITE_OK,
+    )
+    .is_ok()
+}

@@ -67,6 +67,11 @@ pub fn is_privileged() -> bool {
     geteuid() == 0
 }
 
+/// The real user id (the one `access(2)` checks).
+pub fn real_uid() -> u32 {
+    rustix::process::getuid().as_raw()
+}
+
 /// A pipe for parent/child readiness signalling.
 pub fn pipe() -> SysResult<(OwnedFd, OwnedFd)> {
     rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)

@@ -63,3 +63,70 @@ fn sigterm_unmounts_and_exits() {
     wait_until("unmounted", || !is_mounted(&m));
     wait_until("the daemon exited", || daemons_for(&m).is_empty());
 }
+
+/// An ordinary user's mount that cannot happen says what is missing and how to fix it,
+/// in one line: `/dev/fuse` closed to the user, then no `fusermount3`. Each case is
+/// made in a private mount namespace (a 0600 `/dev/fuse` node bound over the real one;
+/// `/dev/null` bound over `fusermount3`), so the host keeps its own; a mount that
+/// happens all the same is taken down in there before the test fails.
+#[test]
+fn an_unprivileged_mount_says_what_is_missing() {
+    if support::skip_unless_root() {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path();
+    for d in ["l", "m"] {
+        fs::create_dir(dir.join(d)).unwrap();
+    }
+    fs::write(dir.join("l/f"), b"x").unwrap();
+    // The user may reach both dirs and owns the mountpoint: only the missing piece
+    // stands in the way.
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).unwrap();
+    std::os::unix::fs::chown(dir.join("m"), Some(65534), Some(65534)).unwrap();
+    let bin = support::cli::layerfs_bin();
+    let fusermount = ["/usr/bin/fusermount3", "/bin/fusermount3"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).is_file())
+        .expect("fusermount3 (fuse3) is installed");
+    let cases = [
+        ("0600", false, "/dev/fuse is closed to uid 65534"),
+        ("0666", true, "fusermount3 is not installed"),
+    ];
+    for (mode, hide_fusermount, want) in cases {
+        let node = dir.join(format!("fuse-{mode}"));
+        let hide = if hide_fusermount {
+            format!("mount --bind /dev/null {fusermount} &&")
+        } else {
+            String::new()
+        };
+        let script = format!(
+            "mknod -m {mode} {node} c 10 229 && mount --bind {node} /dev/fuse && {hide} \
+             setpriv --reuid=65534 --regid=65534 --clear-groups \
+             env PATH=/usr/bin:/bin {bin} -o lowerdir={l} {m}; rc=$?; \
+             [ $rc != 0 ] || umount -l {m}; exit $rc",
+            node = node.display(),
+            bin = bin.display(),
+            l = dir.join("l").display(),
+            m = dir.join("m").display(),
+        );
+        let out = std::process::Command::new("unshare")
+            .args(["-m", "--propagation", "private", "sh", "-c", &script])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{mode}: mounted: {err}");
+        assert_eq!(err.lines().count(), 1, "{mode}: one line: {err}");
+        assert!(
+            err.starts_with("layerfs: cannot mount") && err.contains(want),
+            "{mode}: {err}"
+        );
+        assert!(
+            !fs::read_to_string("/proc/self/mountinfo")
+                .unwrap()
+                .contains(&*dir.join("m").to_string_lossy()),
+            "nothing mounted"
+        );
+    }
+}

@@ -2,6 +2,7 @@
 //! filesystem is unmounted, and unmounting cleanly on signals. Daemonizing is the
 //! launcher's business (`cli::launcher`); this runs in whatever process calls it.
 
+use std::path::Path;
 use std::sync::Arc;
 
 use fuser::{Config, MountOption, SessionACL};
@@ -93,7 +94,7 @@ pub fn serve(
             let err = Error::new(format!(
                 "cannot mount {}: {}",
                 plan.mountpoint.display(),
-                describe(&e)
+                why_not_mounted(&e)
             ));
             ready(Err(&err));
             return Err(err);
@@ -139,4 +140,35 @@ pub fn serve(
         Ok(Err(e)) => Err(Error::new(format!("session ended with error: {e}"))),
         Err(_) => Err(Error::new("session thread panicked")),
     }
+}
+
+/// What stood in the way of a mount, in words a user can act on: `/dev/fuse` missing or
+/// closed to this user, or (unprivileged) no `fusermount3` to mount through.
+fn why_not_mounted(e: &std::io::Error) -> String {
+    let dev = Path::new("/dev/fuse");
+    if !dev.exists() {
+        return "/dev/fuse does not exist: load the fuse module (modprobe fuse)".into();
+    }
+    if !sys::is_privileged() {
+        if !sys::can_read_write(dev) {
+            return format!(
+                "/dev/fuse is closed to uid {}: let users open it (chmod 0666 /dev/fuse, the mode the fuse3 package sets), or mount as root",
+                sys::real_uid()
+            );
+        }
+        // Where fuser looks: $FUSERMOUNT_PATH, then PATH, /sbin and /bin.
+        let dirs: Vec<std::path::PathBuf> = std::env::var_os("PATH")
+            .map(|p| std::env::split_paths(&p).collect())
+            .unwrap_or_default();
+        let found = std::env::var_os("FUSERMOUNT_PATH").is_some()
+            || dirs
+                .iter()
+                .map(|d| d.as_path())
+                .chain([Path::new("/sbin"), Path::new("/bin")])
+                .any(|d| d.join("fusermount3").is_file() || d.join("fusermount").is_file());
+        if !found {
+            return "fusermount3 is not installed (Debian: apt-get install fuse3): an unprivileged mount goes through it".into();
+        }
+    }
+    describe(e)
 }
