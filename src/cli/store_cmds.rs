@@ -546,7 +546,25 @@ fn df(store: &Store, verbose: bool, format: Format) -> Result<()> {
     let containers = only_containers(store);
     let mut users = containers.clone();
     users.extend(snapshots_in_use(store)?);
+    // A mounted image (`layerfs image mount`) is in use, as an image with containers is.
+    users.extend(
+        image_mounts::held(store)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|id| ContainerUse {
+                name: format!("image mount {}", id.short()),
+                image: Some(id),
+                ..Default::default()
+            }),
+    );
     let mut rep = store.df(&users)?;
+    // The per-image and total container counts are of containers only.
+    for i in &mut rep.images {
+        i.containers = containers
+            .iter()
+            .filter(|c| c.image == Some(i.record.id))
+            .count();
+    }
     rep.container_totals = crate::store::Totals {
         total: containers.len(),
         active: containers.len(),

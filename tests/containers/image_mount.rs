@@ -92,6 +92,13 @@ fn image_mount_is_read_only_and_held() {
     // Mounted below the store root, it is not counted as store disk use again: the
     // same use as once it is unmounted (and its mountpoint gone).
     let du = disk_usage(&env);
+    // `system df` counts the mounted image as in use, and as no container.
+    let df: serde_json::Value =
+        serde_json::from_str(&env.ok(&["system", "df", "--format", "json"])).unwrap();
+    assert_eq!(df["Images"]["Active"], 1, "{df:#}");
+    assert_eq!(df["Images"]["Reclaimable"], 0, "{df:#}");
+    assert_eq!(df["Containers"]["Total"], 0, "{df:#}");
+    assert_eq!(df["PerImage"][0]["Containers"], 0, "{df:#}");
 
     // Mounting again gives the same path, by any name of the image; elsewhere is refused.
     for name in ["sample:1", "localhost/sample:1", &hex[..12]] {
@@ -139,6 +146,9 @@ fn image_mount_is_read_only_and_held() {
     assert_eq!(env.ok(&["image", "umount", "sample:1"]), "sample:1\n");
     assert!(!is_mounted(&m) && !m.exists());
     assert_eq!(disk_usage(&env), du);
+    let df: serde_json::Value =
+        serde_json::from_str(&env.ok(&["system", "df", "--format", "json"])).unwrap();
+    assert_eq!(df["Images"]["Active"], 0, "unmounted: {df:#}");
     assert!(!env.ok(&["images"]).contains("MOUNTED AT"));
     assert_eq!(images(&env)[0]["Mounted"], false);
     assert_eq!(
