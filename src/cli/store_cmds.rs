@@ -11,6 +11,7 @@ use crate::cli::Globals;
 use crate::cli::progress::LayerBars;
 use crate::container::image_mounts;
 use crate::error::{Error, Result};
+use crate::snapshotter::snapshots::SnapshotUse;
 use crate::store::gc::RmiEvent;
 use crate::store::{
     ContainerUse, Digest, ImageRecord, ImportObserver, ImportOptions, LayerEvent, Store,
@@ -128,28 +129,24 @@ pub(crate) fn run(cmd: StoreCommand, g: &Globals) -> Result<()> {
 // ---------------------------------------------------------------------------------------
 // Containers as the store sees them.
 
-/// What containers and containerd snapshots use, from their records (an unreadable
-/// container dir is logged and skipped: it must not block rmi/df/prune; unreadable
-/// snapshot records are an error, so that no layer a snapshot needs is removed).
-pub(crate) fn containers_in_use(store: &Store) -> Result<Vec<ContainerUse>> {
-    let mut out = only_containers(store);
-    out.extend(snapshots_in_use(store)?);
-    Ok(out)
-}
-
-/// `containers_in_use`, or, when the snapshot records cannot be read, a use that keeps
-/// every layer (nothing a snapshot may need is removed on a guess).
+/// What containers and containerd snapshots use, from their records. An unreadable
+/// container dir is logged and skipped (it must not block rmi/df/prune); when the
+/// snapshot records cannot be read, a use that keeps every layer stands in for them
+/// (nothing a snapshot may need is removed on a guess).
 fn users_or_all(store: &Store) -> Vec<ContainerUse> {
-    containers_in_use(store).unwrap_or_else(|e| {
-        log::warn!("{e}: keeping every layer");
-        let mut out = only_containers(store);
-        out.push(ContainerUse {
-            name: "containerd snapshots".into(),
-            layers: store.layer_ids().unwrap_or_default(),
-            ..Default::default()
-        });
-        out
-    })
+    let mut out = only_containers(store);
+    match crate::snapshotter::Core::uses(store) {
+        Ok(uses) => out.extend(snapshots_as_users(&uses)),
+        Err(e) => {
+            log::warn!("{e}: keeping every layer");
+            out.push(ContainerUse {
+                name: "containerd snapshots".into(),
+                layers: store.layer_ids().unwrap_or_default(),
+                ..Default::default()
+            });
+        }
+    }
+    out
 }
 
 fn only_containers(store: &Store) -> Vec<ContainerUse> {
@@ -162,39 +159,36 @@ fn only_containers(store: &Store) -> Vec<ContainerUse> {
 }
 
 /// The layers containerd snapshots stand on, as uses the store understands.
-fn snapshots_in_use(store: &Store) -> Result<Vec<ContainerUse>> {
-    Ok(crate::snapshotter::Core::uses(store)?
-        .into_iter()
+fn snapshots_as_users(uses: &[SnapshotUse]) -> impl Iterator<Item = ContainerUse> + '_ {
+    uses.iter()
         .filter(|s| !s.layers.is_empty())
         .map(|s| ContainerUse {
             name: format!("snapshot {}", s.key),
             image: None,
-            layers: s.layers,
+            layers: s.layers.clone(),
             size: 0,
         })
-        .collect())
 }
 
 /// The snapshots row of `system df`: every snapshot, the active ones (active and
 /// views), and the disk blocks of their own trees (a tree shared by two records once):
 /// the numbers containerd's `Usage` gives, summed. A snapshot standing on a store layer
 /// counts that layer's tree, which the Layers row counts too.
-fn snapshot_totals(store: &Store) -> Result<crate::store::Totals> {
-    let uses = crate::snapshotter::Core::uses(store)?;
+fn snapshot_totals(uses: &[SnapshotUse]) -> crate::store::Totals {
     let mut dirs = std::collections::BTreeSet::new();
     let mut t = crate::store::Totals {
         total: uses.len(),
         ..Default::default()
     };
-    for s in &uses {
+    for s in uses {
         if s.kind != crate::snapshotter::Kind::Committed {
             t.active += 1;
         }
-        if dirs.insert(s.tree.clone()) {
+        if dirs.insert(&s.tree) {
             t.size += crate::snapshotter::snapshots::tree_usage(&s.tree).size;
         }
     }
-    Ok(t)
+    t
 }
 
 // ---------------------------------------------------------------------------------------
@@ -544,8 +538,9 @@ fn pct(part: u64, whole: u64) -> String {
 
 fn df(store: &Store, verbose: bool, format: Format) -> Result<()> {
     let containers = only_containers(store);
+    let snapshots = crate::snapshotter::Core::uses(store)?;
     let mut users = containers.clone();
-    users.extend(snapshots_in_use(store)?);
+    users.extend(snapshots_as_users(&snapshots));
     // A mounted image (`layerfs image mount`) is in use, as an image with containers is.
     users.extend(
         image_mounts::held(store)
@@ -571,7 +566,7 @@ fn df(store: &Store, verbose: bool, format: Format) -> Result<()> {
         size: containers.iter().map(|c| c.size).sum(),
         reclaimable: 0,
     };
-    let snaps = snapshot_totals(store)?;
+    let snaps = snapshot_totals(&snapshots);
     if let Format::Json = format {
         let tot = |t: &crate::store::df::Totals| json!({"Total": t.total, "Active": t.active, "Size": t.size, "Reclaimable": t.reclaimable});
         let v = json!({

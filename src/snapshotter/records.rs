@@ -110,12 +110,6 @@ impl Records {
         crate::store::layout::sync_dir(dir)
     }
 
-    /// A new directory number.
-    pub(crate) fn allocate(&mut self) -> u64 {
-        self.next_id += 1;
-        self.next_id
-    }
-
     pub(crate) fn has_children(&self, key: &str) -> bool {
         self.snapshots.values().any(|r| r.parent == key)
     }

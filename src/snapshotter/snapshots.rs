@@ -213,7 +213,7 @@ impl Core {
             tree: Tree::Dir(n),
         };
         let saved = self.change(|r| {
-            r.allocate();
+            r.next_id = n;
             r.snapshots.insert(key.to_string(), rec);
         });
         if let Err(e) = saved {
@@ -481,7 +481,6 @@ impl Core {
         if let Err(e) = crate::container::remove_tree(&target) {
             log::warn!("{e}");
         }
-        let _ = std::fs::remove_dir(self.cfg.mount_dir.join(n.to_string()));
     }
 
     /// `Update`: only labels change (`labels` or `labels.NAME` field paths; none means
@@ -641,28 +640,10 @@ pub(crate) struct SnapshotUse {
     pub tree: PathBuf,
 }
 
-/// Bytes on disk and inodes below `path` (hard links counted once).
+/// Bytes on disk and inodes of a tree (`store::df::usage`).
 pub(crate) fn tree_usage(path: &Path) -> Usage {
-    let mut seen = std::collections::HashSet::new();
-    let mut u = Usage::default();
-    let mut stack = vec![path.to_path_buf()];
-    while let Some(p) = stack.pop() {
-        let Ok(md) = std::fs::symlink_metadata(&p) else {
-            continue;
-        };
-        use std::os::unix::fs::MetadataExt;
-        if !seen.insert((md.dev(), md.ino())) {
-            continue;
-        }
-        u.inodes += 1;
-        u.size += md.blocks() * 512;
-        if md.is_dir()
-            && let Ok(rd) = std::fs::read_dir(&p)
-        {
-            stack.extend(rd.flatten().map(|e| e.path()));
-        }
-    }
-    u
+    let (size, inodes) = crate::store::df::usage(path);
+    Usage { size, inodes }
 }
 
 #[cfg(test)]

@@ -195,50 +195,68 @@ impl Store {
 /// several names counted once; mounts below it, such as a mounted container or image,
 /// are not entered).
 pub(crate) fn disk_usage(path: &Path) -> u64 {
+    usage(path).0
+}
+
+/// Disk blocks (in bytes) and objects under a path, the path itself included (an
+/// object with several names counted once): what containerd's `Usage` reports.
+pub(crate) fn usage(path: &Path) -> (u64, u64) {
     let Ok(fd) = sys::open_root_dir(path) else {
         return std::fs::symlink_metadata(path)
-            .map(|m| std::os::unix::fs::MetadataExt::blocks(&m) * 512)
-            .unwrap_or(0);
+            .map(|m| (std::os::unix::fs::MetadataExt::blocks(&m) * 512, 1))
+            .unwrap_or((0, 0));
     };
-    let blocks = |st: &sys::Stat| st.st_blocks as u64 * 512;
     let Ok(st) = sys::stat_fd(fd.as_fd()) else {
-        return 0;
+        return (0, 0);
     };
-    blocks(&st) + sum_below(fd.as_fd(), st.st_dev, &blocks, &mut HashSet::new())
+    let (mut bytes, mut objects) = (st.st_blocks as u64 * 512, 1);
+    walk_below(
+        fd.as_fd(),
+        st.st_dev,
+        &mut |st| {
+            bytes += st.st_blocks as u64 * 512;
+            objects += 1;
+        },
+        &mut HashSet::new(),
+    );
+    (bytes, objects)
 }
 
 /// Bytes of file data below a directory (hard links counted once), as docker's
 /// `SizeRw`.
 pub(crate) fn data_size(root: &Path) -> u64 {
-    let file_bytes = |st: &sys::Stat| {
-        if sys::mode_type(st.st_mode) == libc::S_IFREG {
-            st.st_size as u64
-        } else {
-            0
-        }
-    };
     let Ok(fd) = sys::open_root_dir(root) else {
         return 0;
     };
-    match sys::stat_fd(fd.as_fd()) {
-        Ok(st) => sum_below(fd.as_fd(), st.st_dev, &file_bytes, &mut HashSet::new()),
-        Err(_) => 0,
-    }
-}
-
-/// `measure` summed over everything below `dir` on the filesystem `dev`, never following
-/// symlinks or entering mounts; an object with several names counts once, what cannot be
-/// read counts nothing.
-fn sum_below(
-    dir: BorrowedFd<'_>,
-    dev: u64,
-    measure: &dyn Fn(&sys::Stat) -> u64,
-    seen: &mut HashSet<(u64, u64)>,
-) -> u64 {
-    let Ok(entries) = sys::read_dir_all(dir) else {
+    let Ok(st) = sys::stat_fd(fd.as_fd()) else {
         return 0;
     };
     let mut total = 0;
+    walk_below(
+        fd.as_fd(),
+        st.st_dev,
+        &mut |st| {
+            if sys::mode_type(st.st_mode) == libc::S_IFREG {
+                total += st.st_size as u64;
+            }
+        },
+        &mut HashSet::new(),
+    );
+    total
+}
+
+/// Visit everything below `dir` on the filesystem `dev`, never following symlinks or
+/// entering mounts; an object with several names is visited once, what cannot be read
+/// not at all.
+fn walk_below(
+    dir: BorrowedFd<'_>,
+    dev: u64,
+    visit: &mut dyn FnMut(&sys::Stat),
+    seen: &mut HashSet<(u64, u64)>,
+) {
+    let Ok(entries) = sys::read_dir_all(dir) else {
+        return;
+    };
     for e in entries {
         let Ok(st) = sys::stat_at(dir, &e.name) else {
             continue;
@@ -250,10 +268,9 @@ fn sum_below(
         if !is_dir && st.st_nlink > 1 && !seen.insert((st.st_dev, st.st_ino)) {
             continue;
         }
-        total += measure(&st);
+        visit(&st);
         if is_dir && let Ok(sub) = sys::open_dir_path(dir, &e.name) {
-            total += sum_below(sub.as_fd(), dev, measure, seen);
+            walk_below(sub.as_fd(), dev, visit, seen);
         }
     }
-    total
 }
