@@ -6,6 +6,7 @@ pub mod container;
 pub mod error;
 pub mod markers;
 pub mod overlay;
+pub mod override_stat;
 pub mod registry;
 pub mod snapshotter;
 pub mod store;

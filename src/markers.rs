@@ -69,10 +69,13 @@ impl XattrNs {
     }
 }
 
-/// xattr names hidden from, and refused through, the mount.
+/// xattr names hidden from, and refused through, the mount, and dropped from image
+/// layers: the overlay's markers and the recorded owners of rootless layers.
 #[inline]
 pub fn is_internal_xattr(name: &[u8]) -> bool {
-    name.starts_with(b"trusted.overlay.") || name.starts_with(b"user.overlay.")
+    name.starts_with(b"trusted.overlay.")
+        || name.starts_with(b"user.overlay.")
+        || crate::override_stat::is_override_xattr(name)
 }
 
 /// Overlay markers found on one real directory.
@@ -198,6 +201,7 @@ mod tests {
         assert!(is_internal_xattr(b"trusted.overlay.opaque"));
         assert!(is_internal_xattr(b"user.overlay.redirect"));
         assert!(!is_internal_xattr(b"user.mime_type"));
+        assert!(is_internal_xattr(b"user.containers.override_stat"));
         assert!(!is_internal_xattr(b"security.capability"));
     }
 }

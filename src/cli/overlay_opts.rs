@@ -35,6 +35,8 @@ pub struct OverlayArgs {
     pub gid_map: Vec<IdMapping>,
     pub squash_uid: Option<u32>,
     pub squash_gid: Option<u32>,
+    /// `xattr_permissions=1|2`: record upper-layer owners and modes in this xattr.
+    pub upper_override: Option<&'static str>,
     /// Options accepted for compatibility that change nothing for us.
     pub ignored: Vec<String>,
     pub show_version: bool,
@@ -70,6 +72,7 @@ impl OverlayArgs {
             noexec: self.noexec,
             nodev: self.nodev,
             nosuid: self.nosuid,
+            upper_override: self.upper_override,
         }
     }
 }
@@ -98,7 +101,6 @@ const ACCEPTED_NOOPS: &[&str] = &[
     "fscontext",
     "defcontext",
     "rootcontext",
-    "xattr_permissions",
     "noxattrs",
     "fast_ino",
     "plugins",
@@ -277,6 +279,14 @@ fn apply_opt(a: &mut OverlayArgs, opt: &str) -> Result<(), String> {
                     .map_err(|_| format!("squash_to_gid: bad id {v:?}"))?,
             );
         }
+        "xattr_permissions" => {
+            a.upper_override = match need(val)?.as_str() {
+                "0" => None,
+                "1" => Some(crate::override_stat::PRIVILEGED),
+                "2" => Some(crate::override_stat::USER),
+                v => return Err(format!("option xattr_permissions: 0, 1 or 2, not {v:?}")),
+            }
+        }
         k if ACCEPTED_NOOPS.contains(&k) => a.ignored.push(opt.to_string()),
         _ => return Err(format!("unknown option {opt:?}")),
     }
@@ -382,11 +392,14 @@ Options (fuse-overlayfs compatible):
   timeout=SECONDS    attribute/entry cache time for writable objects
   uidmapping=HOST:TO:LEN[:...], gidmapping=...  on-disk ids HOST.. are shown as TO..
   squash_to_root, squash_to_uid=N, squash_to_gid=N  report every file as owned by N
+  xattr_permissions=0|1|2  keep upper-layer owners and modes in an xattr (1: security.,
+                     2: user.fuseoverlayfs.override_stat); lower layers that carry one
+                     (rootless stores) are read the same way without the option
   noexec, nodev, nosuid, fsname=NAME
   accepted and ignored: rw dev suid exec atime noatime relatime allow_other allow_root
     default_permissions auto_unmount noacl acl static_nlink redirect_dir index metacopy
-    context fscontext defcontext rootcontext xattr_permissions noxattrs fast_ino plugins
-    subtype max_write userxattr xino nfs_export uuid
+    context fscontext defcontext rootcontext noxattrs fast_ino plugins subtype max_write
+    userxattr xino nfs_export uuid
   -f  stay in the foreground      -d  debug log, implies -f";
 
 #[cfg(test)]
@@ -500,7 +513,9 @@ mod tests {
         ])
         .unwrap();
         assert_eq!((a.squash_uid, a.squash_gid), (Some(1000), Some(100)));
-        assert_eq!(a.ignored, vec!["xattr_permissions=2".to_string()]);
+        assert_eq!(a.upper_override, Some("user.fuseoverlayfs.override_stat"));
+        assert!(a.ignored.is_empty());
+        assert!(p(&["-o", "lowerdir=/a,xattr_permissions=3", "/m"]).is_err());
         assert!(p(&["--version"]).unwrap().show_version);
     }
 

@@ -9,7 +9,8 @@
 //!   view (plus an opaque marker when the image has a directory there too); its old
 //!   place has a whiteout already;
 //! - everything else as it is in the upper dir (owner, mode, mtime, xattrs of copied-up
-//!   files are in the copy); the overlay's own xattrs are never written;
+//!   files are in the copy; in a rootless upper dir, owner, mode and type as recorded);
+//!   the overlay's own xattrs are never written;
 //! - objects with several names become tar hard links to the first name written.
 //!
 //! The tar is reproducible (see `tarball`): committing the same changes twice gives the
@@ -36,6 +37,7 @@ use crate::container::view::{
 use crate::container::{Container, Containers};
 use crate::error::{Error, ErrorKind, IoContext, Result};
 use crate::markers::{self, OCI_OPAQUE, OCI_WH_PREFIX};
+use crate::override_stat::OverrideLayer;
 use crate::store::ImageRecord;
 use crate::store::archive::{Compression, OCI_LAYER};
 use crate::sys::{self, Errno};
@@ -60,6 +62,7 @@ pub(crate) fn write_layer<W: Write>(cs: &Containers<'_>, c: &Container, out: W) 
         merged: &merged,
         tw: TarWriter::new(out),
         links: Links::default(),
+        ovl: OverrideLayer::detect(fd.as_fd()).ctx(format!("reading {}", upper.display()))?,
     };
     let root = image.root_attr()?;
     writer.dir(fd.as_fd(), b"", Some(root))?;
@@ -74,6 +77,8 @@ struct LayerWriter<'v, W: Write> {
     merged: &'v View,
     tw: TarWriter<W>,
     links: Links,
+    /// A rootless upper dir: owners, modes and types come from its records.
+    ovl: Option<OverrideLayer>,
 }
 
 fn at(path: &[u8]) -> impl Fn(Errno) -> Error + '_ {
@@ -162,6 +167,14 @@ impl<W: Write> LayerWriter<'_, W> {
         path: &[u8],
         st: &sys::Stat,
     ) -> Result<()> {
+        let shown;
+        let st = match &self.ovl {
+            Some(o) => {
+                shown = o.shown(dir, Some(name), st);
+                &shown
+            }
+            None => st,
+        };
         let xattrs = view::real_xattrs(dir, Some(name)).map_err(at(path))?;
         let mut e = Entry {
             path: path.to_vec(),

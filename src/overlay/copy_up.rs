@@ -13,8 +13,9 @@ use std::sync::Arc;
 
 use super::fs::OverlayFs;
 use super::inode_table::{Alias, Kind, Node, NodeState};
-use super::layers::{RealDir, UPPER};
+use super::layers::{LayerId, RealDir, UPPER};
 use crate::markers::{self, ORIGIN_INO};
+use crate::override_stat::{self, Recorded};
 use crate::sys::{self, Errno, OFlags, Stat, SysResult, TimeSpec};
 
 /// Saved timestamps of a directory, restored after we add an entry to it internally.
@@ -71,13 +72,13 @@ impl OverlayFs {
         };
         let parent_upper = self.upper_dir(&parent)?;
         let st = sys::stat_fd(src.fd())?;
+        let shown = self.recorded(src.layer, src.fd(), None, &st);
         let work = self.work()?;
         let tmp = self.tmp_name();
         sys::mkdir_at(work, &tmp, 0o700)?;
         let built = (|| {
             copy_xattrs(src.fd(), None, work, Some(&tmp))?;
-            sys::chown_at(work, Some(&tmp), Some(st.st_uid), Some(st.st_gid))?;
-            sys::chmod_at(work, Some(&tmp), st.st_mode & 0o7777)?;
+            self.set_copy_owner(work, &tmp, &shown)?;
             sys::utimens_at(
                 work,
                 Some(&tmp),
@@ -140,7 +141,7 @@ impl OverlayFs {
         let work = self.work()?;
         let tmp = self.tmp_name();
         if let Err(e) = self.build_copy(
-            primary.real.fd(),
+            (primary.real.layer, primary.real.fd()),
             &primary.name,
             &st,
             work,
@@ -340,7 +341,7 @@ impl OverlayFs {
     #[allow(clippy::too_many_arguments)]
     fn build_copy(
         &self,
-        srcdir: BorrowedFd<'_>,
+        (src_layer, srcdir): (LayerId, BorrowedFd<'_>),
         name: &OsStr,
         st: &Stat,
         work: BorrowedFd<'_>,
@@ -348,9 +349,25 @@ impl OverlayFs {
         node: &Node,
         data_len: Option<u64>,
     ) -> SysResult<()> {
+        let shown = self.recorded(src_layer, srcdir, Some(name), st);
+        let upper_records = self.layers().ovl(UPPER).is_some();
         let kind = Kind::from_mode(st.st_mode);
         let mut file = None;
         match kind {
+            // A device node or fifo from a layer that has it for real, into a rootless
+            // upper layer: a stand-in file.
+            Kind::CharDev | Kind::BlockDev | Kind::Fifo | Kind::Socket if upper_records => {
+                sys::open_at(
+                    work,
+                    tmp,
+                    OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY,
+                    0o600,
+                )?;
+            }
+            // A stand-in from a rootless layer, into a layer that has the real thing.
+            Kind::File if !upper_records && shown.is_special() => {
+                sys::mknod_at(work, tmp, shown.mode, shown.rdev)?;
+            }
             Kind::File => {
                 let src = sys::open_at(srcdir, name, OFlags::RDONLY, 0)?;
                 let dst = sys::open_at(
@@ -370,10 +387,7 @@ impl OverlayFs {
             Kind::Dir => return Err(Errno::ISDIR),
             _ => sys::mknod_at(work, tmp, st.st_mode, st.st_rdev)?,
         }
-        sys::chown_at(work, Some(tmp), Some(st.st_uid), Some(st.st_gid))?;
-        if kind != Kind::Symlink {
-            sys::chmod_at(work, Some(tmp), st.st_mode & 0o7777)?;
-        }
+        self.set_copy_owner(work, tmp, &shown)?;
         // After chown: chown clears security.capability.
         copy_xattrs(srcdir, Some(name), work, Some(tmp))?;
         if let Some(w) = &self.writer {
@@ -391,6 +405,43 @@ impl OverlayFs {
             && self.opts.fsync
         {
             sys::fsync(f.as_fd())?;
+        }
+        Ok(())
+    }
+
+    /// What a lower object is: its record in a rootless layer, else its disk stat.
+    fn recorded(
+        &self,
+        layer: LayerId,
+        dir: BorrowedFd<'_>,
+        name: Option<&OsStr>,
+        st: &Stat,
+    ) -> Recorded {
+        match self.layers().ovl(layer) {
+            Some(o) => o.read(dir, name, st),
+            None => Recorded {
+                uid: st.st_uid,
+                gid: st.st_gid,
+                mode: st.st_mode,
+                rdev: st.st_rdev,
+            },
+        }
+    }
+
+    /// Give a copy in the work dir the owner and mode of what it copies: on disk, or in
+    /// the record of a rootless upper layer.
+    fn set_copy_owner(&self, work: BorrowedFd<'_>, tmp: &OsStr, r: &Recorded) -> SysResult<()> {
+        let is_link = sys::mode_type(r.mode) == libc::S_IFLNK;
+        if let Some(ovl) = self.layers().ovl(UPPER) {
+            if !is_link {
+                sys::chmod_at(work, Some(tmp), override_stat::disk_mode(r.mode) & 0o7777)?;
+                ovl.write(work, Some(tmp), r)?;
+            }
+            return Ok(());
+        }
+        sys::chown_at(work, Some(tmp), Some(r.uid), Some(r.gid))?;
+        if !is_link {
+            sys::chmod_at(work, Some(tmp), r.mode & 0o7777)?;
         }
         Ok(())
     }

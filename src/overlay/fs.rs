@@ -40,6 +40,8 @@ pub struct Options {
     /// Read the subdirectories of a listed directory in the background
     /// ([`super::prefetch`]).
     pub prefetch: bool,
+    /// Record owners and modes of the upper layer in this xattr (`xattr_permissions=`).
+    pub upper_override: Option<&'static str>,
 }
 
 impl Options {
@@ -52,12 +54,18 @@ impl Options {
             index_budget: 400_000,
             idmap: Default::default(),
             prefetch: true,
+            upper_override: None,
         }
     }
 }
 
 /// The union filesystem.
 pub struct OverlayFs {
+    /// An unprivileged daemon over rootless layers: every object is the daemon user's
+    /// on disk, so that user acts as root in the mount (as root of a user namespace
+    /// would), and the mount goes without `default_permissions` (only that user can
+    /// reach an unprivileged FUSE mount).
+    pub(crate) owner_is_root: bool,
     pub(crate) res: Resolver,
     pub(crate) table: InodeTable,
     pub(crate) files: HandleTable<FileHandle>,
@@ -84,6 +92,7 @@ impl OverlayFs {
         };
         let mut layers = Layers::open(&opts.lowers, opts.upper.as_deref(), opts.work.as_deref())
             .map_err(|(path, errno)| at(&path, errno))?;
+        layers.setup_upper_override(opts.upper_override, sys::is_privileged());
         let writer = layers.work.take().map(UpperWriter::new);
         let upper_oci_whiteouts = writer.as_ref().is_some_and(|w| !w.device_whiteouts());
         if let Some(w) = &writer {
@@ -114,7 +123,9 @@ impl OverlayFs {
         );
         // The kernel never forgets the root: keep it pinned.
         root.inc_lookup(1);
+        let owner_is_root = !sys::is_privileged() && layers.any_override();
         Ok(OverlayFs {
+            owner_is_root,
             res: Resolver {
                 upper_oci_whiteouts,
                 ..Resolver::new(layers, opts.index_budget)
@@ -129,6 +140,11 @@ impl OverlayFs {
             opts,
             kernel: std::sync::OnceLock::new(),
         })
+    }
+
+    /// See the field: the mount must leave permission checks to the daemon.
+    pub fn owner_is_root(&self) -> bool {
+        self.owner_is_root
     }
 
     pub fn layers(&self) -> &Layers {
@@ -359,6 +375,14 @@ impl OverlayFs {
     // ---------------------------------------------------------------- attributes
 
     pub(crate) fn attr_of(&self, node: &Node, st: &Stat) -> Attr {
+        let shown;
+        let st = match self.override_of(node, st) {
+            Some(s) => {
+                shown = s;
+                &shown
+            }
+            None => st,
+        };
         let mut a = Attr::from_stat(node.ino, st);
         let m = &self.opts.idmap;
         a.uid = m.uid_shown(a.uid);
@@ -373,6 +397,30 @@ impl OverlayFs {
             }
         }
         a
+    }
+
+    /// In a layer that records owners (rootless layers): the stat a node shows, from its
+    /// disk stat `st`.
+    fn override_of(&self, node: &Node, st: &Stat) -> Option<Stat> {
+        if let Some(s) = node.successor() {
+            return self.override_of(&s, st);
+        }
+        let layers = self.layers();
+        match &*node.state.read() {
+            NodeState::Dir(d) => {
+                let top = d.top();
+                let ovl = layers.ovl(top.layer)?;
+                Some(ovl.shown(top.fd(), None, st))
+            }
+            NodeState::File(f) => {
+                let ovl = layers.ovl(f.layer)?;
+                match (f.aliases.first(), &f.orphan) {
+                    (Some(a), _) => Some(ovl.shown(a.real.fd(), Some(&a.name), st)),
+                    (None, Some(fd)) => Some(ovl.shown(fd.as_fd(), None, st)),
+                    (None, None) => None,
+                }
+            }
+        }
     }
 
     /// Stat the real object behind a node.
@@ -525,13 +573,14 @@ impl OverlayFs {
     }
 
     /// `access(2)`: the kernel checks permissions itself under `default_permissions`;
-    /// this answers for existence and write access to a read-only mount.
+    /// this answers for existence and write access to a read-only mount, and for the
+    /// mount owner who acts as root (see [`OverlayFs::owner_is_root`]).
     pub fn access(&self, ctx: Ctx, ino: u64, mask: i32) -> SysResult<()> {
         let attr = self.getattr(ino, None)?;
         if mask & libc::W_OK != 0 && !self.is_writable() {
             return Err(Errno::ROFS);
         }
-        if mask == libc::F_OK || ctx.uid == 0 {
+        if mask == libc::F_OK || ctx.uid == 0 || (self.owner_is_root && ctx.uid == sys::geteuid()) {
             return Ok(());
         }
         let bits = if attr.uid == ctx.uid {

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 use crate::markers;
+use crate::override_stat::OverrideLayer;
 use crate::sys::{self, Errno};
 
 /// Index of a layer: 0 is the upper layer, 1..=N the lower layers, top first.
@@ -68,6 +69,8 @@ pub struct Layer {
     pub path: PathBuf,
     pub root: Arc<RealDir>,
     pub dev: u64,
+    /// Where owners and modes the disk cannot hold are recorded (rootless layers).
+    pub ovl: Option<OverrideLayer>,
 }
 
 /// The whole stack plus the work directory.
@@ -99,11 +102,13 @@ impl Layers {
             // The root of a layer may hold xattr whiteouts like any other dir.
             let markers =
                 markers::read_markers(fd.as_fd(), None).map_err(|e| (path.to_path_buf(), e))?;
+            let ovl = OverrideLayer::detect(fd.as_fd()).map_err(|e| (path.to_path_buf(), e))?;
             Ok(Layer {
                 id,
                 path: path.to_path_buf(),
                 root: RealDir::with_markers(id, fd, markers.xattr_whiteouts),
                 dev: st.st_dev,
+                ovl,
             })
         };
         let upper = match upper {
@@ -152,6 +157,63 @@ impl Layers {
 
     pub fn has_upper(&self) -> bool {
         self.upper.is_some()
+    }
+
+    /// The override form of a layer (rootless layers), if it has one.
+    #[inline]
+    pub fn ovl(&self, id: LayerId) -> Option<&OverrideLayer> {
+        if id == UPPER {
+            self.upper.as_ref()?.ovl.as_ref()
+        } else {
+            self.lowers.get(id as usize - 1)?.ovl.as_ref()
+        }
+    }
+
+    /// Whether any layer records owners in xattrs.
+    pub fn any_override(&self) -> bool {
+        self.upper
+            .iter()
+            .chain(&self.lowers)
+            .any(|l| l.ovl.is_some())
+    }
+
+    /// Decide how the upper layer keeps owners: `name` from `xattr_permissions=`, else
+    /// what its root says; an unprivileged daemon over rootless lowers records them too
+    /// (it cannot `chown` a copy to the owner a lower file shows), and marks the upper
+    /// root so that later mounts and `commit` read it the same way.
+    pub fn setup_upper_override(&mut self, name: Option<&'static str>, privileged: bool) {
+        let lowers_override = self.lowers.iter().any(|l| l.ovl.is_some());
+        let top_root = self.lowers.first().map(|l| (l.root.clone(), l.ovl));
+        let Some(up) = self.upper.as_mut() else {
+            return;
+        };
+        let name = match (name, up.ovl) {
+            (Some(n), _) => n,
+            (None, Some(_)) => return,
+            (None, None) if lowers_override && !privileged => crate::override_stat::CONTAINERS,
+            (None, None) => return,
+        };
+        let Ok(ovl) = OverrideLayer::with_name(up.root.fd(), name) else {
+            return;
+        };
+        let root = up.root.fd();
+        if matches!(sys::get_xattr(root, None, OsStr::new(name)), Ok(None)) {
+            // The merged root shows the upper root: record what the lower root shows.
+            let rec = match (sys::stat_fd(root), top_root) {
+                (Ok(_), Some((lroot, Some(lovl)))) => sys::stat_fd(lroot.fd())
+                    .map(|st| lovl.read(lroot.fd(), None, &st))
+                    .ok(),
+                (Ok(st), _) => Some(ovl.default_for(&st)),
+                _ => None,
+            };
+            if let Some(rec) = rec
+                && let Err(e) = ovl.write(root, None, &rec)
+            {
+                log::warn!("upper dir: cannot record owners in {name}: {e}");
+                return;
+            }
+        }
+        up.ovl = Some(ovl);
     }
 
     pub fn num_lowers(&self) -> usize {

@@ -16,6 +16,7 @@ use super::inode_table::{Alias, DirState, FileState, Kind, Node, NodeState};
 use super::layers::{RealDir, UPPER};
 use super::types::{Attr, Ctx, Entry, Opened, SetAttr};
 use crate::markers;
+use crate::override_stat::{self, Recorded};
 use crate::sys::{self, Errno, OFlags, RenameFlags, Stat, SysResult};
 
 /// A (uid, gid) pair.
@@ -88,12 +89,24 @@ impl OverlayFs {
     ) -> SysResult<(u32, u32, u32, Option<Owner>)> {
         let m = &self.opts.idmap;
         let caller_gid = ctx.gid;
+        // The mount owner acting as root creates root's objects.
+        let as_root = |id: u32, own: u32| {
+            if self.owner_is_root && id == own {
+                0
+            } else {
+                id
+            }
+        };
         let ctx = Ctx {
-            uid: m.uid_stored(ctx.uid),
-            gid: m.gid_stored(ctx.gid),
+            uid: as_root(m.uid_stored(ctx.uid), sys::geteuid()),
+            gid: as_root(m.gid_stored(ctx.gid), sys::getegid()),
             pid: ctx.pid,
         };
         let pst = sys::stat_fd(parent_upper.fd())?;
+        let pst = match self.layers().ovl(UPPER) {
+            Some(o) => o.shown(parent_upper.fd(), None, &pst),
+            None => pst,
+        };
         let mut mode = mode;
         let gid = if pst.st_mode & libc::S_ISGID != 0 {
             if sys::is_dir_mode(mode) {
@@ -133,6 +146,48 @@ impl OverlayFs {
         gid: u32,
         created_as: Option<Owner>,
     ) -> SysResult<Option<OwnedFd>> {
+        if let Some(ovl) = self.layers().ovl(UPPER) {
+            // Rootless upper: the disk keeps what it can, the record the rest.
+            let disk = override_stat::disk_mode(mode) & 0o7777;
+            let fd = match obj {
+                NewObj::File { flags } => Some(sys::open_at(
+                    dirfd,
+                    name,
+                    OFlags::CREATE | OFlags::EXCL | real_access(*flags),
+                    disk,
+                )?),
+                NewObj::Node { .. } => {
+                    sys::open_at(dirfd, name, OFlags::CREATE | OFlags::EXCL, disk)?;
+                    None
+                }
+                NewObj::Dir => {
+                    sys::mkdir_at(dirfd, name, disk)?;
+                    None
+                }
+                NewObj::Symlink { target } => {
+                    sys::symlink_at(target, dirfd, name)?;
+                    return Ok(None);
+                }
+            };
+            let rdev = match obj {
+                NewObj::Node { rdev } => *rdev,
+                _ => 0,
+            };
+            let rec = Recorded {
+                uid,
+                gid,
+                mode,
+                rdev,
+            };
+            if let Err(e) = ovl.write(dirfd, Some(name), &rec) {
+                let _ = match obj {
+                    NewObj::Dir => sys::rmdir_at(dirfd, name),
+                    _ => sys::unlink_at(dirfd, name),
+                };
+                return Err(e);
+            }
+            return Ok(fd);
+        }
         let perm = mode & 0o7777;
         let fd = match obj {
             NewObj::File { flags } => Some(sys::open_at(
@@ -521,7 +576,9 @@ impl OverlayFs {
         }
         let (real, name) = self.upper_target(&node)?;
         let name = name.as_deref();
-        if set.uid.is_some() || set.gid.is_some() {
+        if let Some(ovl) = self.layers().ovl(UPPER) {
+            self.set_recorded(ovl, &real, name, &set)?;
+        } else if set.uid.is_some() || set.gid.is_some() {
             let m = &self.opts.idmap;
             sys::chown_at(
                 real.fd(),
@@ -532,6 +589,7 @@ impl OverlayFs {
         }
         if let Some(mode) = set.mode
             && node.kind != Kind::Symlink
+            && self.layers().ovl(UPPER).is_none()
         {
             sys::chmod_at(real.fd(), name, mode & 0o7777)?;
         }
@@ -559,6 +617,60 @@ impl OverlayFs {
         self.twin_changed(&node);
         let st = self.stat_node(&node)?;
         Ok(self.attr_of(&node, &st))
+    }
+
+    /// Owner and mode changes in a rootless upper layer: into the record (the mode also
+    /// on disk, as far as it is safe there). Symlinks hold no record: their owner goes
+    /// to the disk, where the daemon may set it.
+    fn set_recorded(
+        &self,
+        ovl: &override_stat::OverrideLayer,
+        real: &RealDir,
+        name: Option<&OsStr>,
+        set: &SetAttr,
+    ) -> SysResult<()> {
+        if set.uid.is_none() && set.gid.is_none() && set.mode.is_none() {
+            return Ok(());
+        }
+        let m = &self.opts.idmap;
+        let uid = set.uid.map(|u| m.uid_stored(u));
+        let gid = set.gid.map(|g| m.gid_stored(g));
+        let st = match name {
+            Some(n) => sys::stat_at(real.fd(), n)?,
+            None => sys::stat_fd(real.fd())?,
+        };
+        if sys::mode_type(st.st_mode) == libc::S_IFLNK {
+            if uid.is_some() || gid.is_some() {
+                let on_disk = |id: u32, owner: u32| if id == 0 { owner } else { id };
+                sys::chown_at(
+                    real.fd(),
+                    name,
+                    uid.map(|u| on_disk(u, ovl.owner.0)),
+                    gid.map(|g| on_disk(g, ovl.owner.1)),
+                )?;
+            }
+            return Ok(());
+        }
+        let mut rec = ovl.read(real.fd(), name, &st);
+        if uid.is_some() || gid.is_some() {
+            rec.uid = uid.unwrap_or(rec.uid);
+            rec.gid = gid.unwrap_or(rec.gid);
+            // As chown(2) on a real file: set-uid goes, set-gid with group execute.
+            if set.mode.is_none() && !sys::is_dir_mode(rec.mode) {
+                rec.mode &= !libc::S_ISUID;
+                if rec.mode & libc::S_IXGRP != 0 {
+                    rec.mode &= !libc::S_ISGID;
+                }
+            }
+        }
+        if let Some(mode) = set.mode {
+            rec.mode = sys::mode_type(rec.mode) | (mode & 0o7777);
+            let disk = override_stat::disk_mode(rec.mode) & 0o7777;
+            if st.st_mode & 0o7777 != disk {
+                sys::chmod_at(real.fd(), name, disk)?;
+            }
+        }
+        ovl.write(real.fd(), name, &rec)
     }
 
     pub fn setxattr(&self, ino: u64, name: &OsStr, value: &[u8], flags: i32) -> SysResult<()> {

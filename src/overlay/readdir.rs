@@ -349,6 +349,9 @@ impl OverlayFs {
             NodeState::File(_) => return Err(Errno::NOTDIR),
         };
         let entries = self.res.list(view)?;
+        // In rootless layers a regular file on disk may stand for a device node or fifo
+        // (its record says): its type is left to stat.
+        let stand_ins = self.layers().any_override();
         let mut out = Vec::with_capacity(entries.len() + 2);
         out.push(DirEntryOut {
             name: ".".into(),
@@ -390,7 +393,11 @@ impl OverlayFs {
                 off: self.listings.offset_of(e.name.as_bytes()),
                 name: e.name,
                 ino: e.ino,
-                dtype: e.dtype,
+                dtype: if stand_ins && e.dtype == libc::DT_REG {
+                    libc::DT_UNKNOWN
+                } else {
+                    e.dtype
+                },
             });
         }
         ListingCache::order(&mut out);

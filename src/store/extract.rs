@@ -7,7 +7,12 @@
 //!
 //! OCI whiteouts become the kernel's forms when privileged (`.wh.NAME` → char device 0/0,
 //! `.wh..wh..opq` → `trusted.overlay.opaque=y` on the directory) and stay as they are
-//! otherwise. Overlay xattrs found in the tar are dropped: an image must not forge markers.
+//! otherwise. Overlay xattrs found in the tar are dropped: an image must not forge markers
+//! (nor recorded owners).
+//!
+//! Unprivileged, the layer becomes an override layer (see `override_stat`): owners, set-id
+//! bits, device nodes and fifos the disk cannot hold are recorded in
+//! `user.containers.override_stat`, and the layer root always carries one.
 
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsStr;
@@ -20,6 +25,7 @@ use tar::EntryType;
 
 use crate::error::{Error, Result};
 use crate::markers::{OCI_OPAQUE, OCI_WH_PREFIX, is_internal_xattr};
+use crate::override_stat::{self, OverrideLayer, Recorded};
 use crate::store::digest::{Digest, Hasher};
 use crate::sys::{self, Errno, OFlags, TimeSpec};
 
@@ -45,7 +51,8 @@ pub(crate) struct Extracted {
     pub entries: u64,
     /// sha256 of each regular file written, by inode number.
     pub file_hashes: HashMap<u64, Digest>,
-    /// Device nodes that could not be created (unprivileged).
+    /// Device nodes that could not be created (unprivileged, and no xattrs to record
+    /// them in).
     pub skipped_devices: u64,
 }
 
@@ -56,6 +63,8 @@ const DIR_CACHE_MAX: usize = 2048;
 struct Extractor<'a> {
     root: BorrowedFd<'a>,
     opts: ExtractOptions,
+    /// Unprivileged: where owners and modes the disk cannot hold are recorded.
+    ovl: Option<OverrideLayer>,
     dirs: HashMap<Vec<u8>, OwnedFd>,
     /// Directory metadata applied at the end (children change a dir's mtime, and a
     /// read-only mode would stop an unprivileged extraction from creating children).
@@ -68,6 +77,16 @@ struct Extractor<'a> {
 struct DirMeta {
     mode: u32,
     mtime: TimeSpec,
+}
+
+/// How `Extractor::record` writes a record.
+#[derive(Debug, Clone, Copy)]
+enum RecordWrite {
+    /// A new object: a record only where one is needed.
+    New,
+    /// An object that may hold an older record: removed where none is needed now, unless
+    /// `always` (the layer root).
+    Replace { always: bool },
 }
 
 /// Metadata of one tar entry.
@@ -118,9 +137,18 @@ pub(crate) fn extract<R: Read>(
     opts: ExtractOptions,
 ) -> Result<Extracted> {
     let mut archive = tar::Archive::new(reader);
+    let ovl = if opts.privileged {
+        None
+    } else {
+        Some(
+            OverrideLayer::with_name(root, override_stat::CONTAINERS)
+                .map_err(|e| sys_err(b".", "stat", e))?,
+        )
+    };
     let mut x = Extractor {
         root,
         opts,
+        ovl,
         dirs: HashMap::new(),
         deferred_dirs: BTreeMap::new(),
         out: Extracted::default(),
@@ -233,6 +261,9 @@ impl<'a> Extractor<'a> {
                     }
                 };
                 self.clear(parent, name, &path, &parent_key)?;
+                if self.ovl.is_some() {
+                    return self.stand_in(parent, name, &path, &meta, ftype | meta.mode, rdev);
+                }
                 match sys::mknod_at(parent, name, ftype | (meta.mode & 0o7777), rdev) {
                     Ok(()) => {}
                     Err(Errno::PERM) if !self.opts.privileged && ftype != libc::S_IFIFO => {
@@ -435,7 +466,9 @@ impl<'a> Extractor<'a> {
             sys::fchown(fd, Some(meta.uid), Some(meta.gid))
                 .map_err(|e| sys_err(path, "chown", e))?;
         }
-        sys::fchmod(fd, meta.mode).map_err(|e| sys_err(path, "chmod", e))?;
+        let rec = meta.recorded(libc::S_IFREG, 0);
+        sys::fchmod(fd, self.disk_perm(&rec)).map_err(|e| sys_err(path, "chmod", e))?;
+        self.record(fd, None, path, &rec, RecordWrite::New)?;
         for (k, v) in &meta.xattrs {
             self.set_xattr(parent, Some(name), path, k, v, true)?;
         }
@@ -533,10 +566,106 @@ impl<'a> Extractor<'a> {
             sys::chown_at(dirfd, name, Some(meta.uid), Some(meta.gid))
                 .map_err(|e| sys_err(path, "chown", e))?;
         }
+        // A directory listed twice keeps the last entry's owner: an older record goes.
+        // The root always carries one: it marks the layer as recording owners.
+        let rec = meta.recorded(libc::S_IFDIR, 0);
+        self.record(
+            dirfd,
+            name,
+            path,
+            &rec,
+            RecordWrite::Replace {
+                always: at.is_none(),
+            },
+        )?;
         for (k, v) in &meta.xattrs {
             self.set_xattr(dirfd, name, path, k, v, true)?;
         }
         Ok(())
+    }
+
+    /// The permission bits an object gets on disk.
+    fn disk_perm(&self, rec: &Recorded) -> u32 {
+        match self.ovl {
+            Some(_) => override_stat::disk_mode(rec.mode) & 0o7777,
+            None => rec.mode & 0o7777,
+        }
+    }
+
+    /// Record what an object is, where the disk does not show it (override layers only).
+    fn record(
+        &mut self,
+        dirfd: BorrowedFd<'_>,
+        name: Option<&OsStr>,
+        path: &[u8],
+        rec: &Recorded,
+        how: RecordWrite,
+    ) -> Result<()> {
+        let Some(ovl) = self.ovl else {
+            return Ok(());
+        };
+        // On disk the object has the layer owner's ids and the disk mode.
+        let needed = rec.uid != 0
+            || rec.gid != 0
+            || override_stat::disk_mode(rec.mode) != rec.mode
+            || matches!(how, RecordWrite::Replace { always: true });
+        let res = if needed {
+            ovl.write(dirfd, name, rec)
+        } else if matches!(how, RecordWrite::Replace { .. }) {
+            match sys::remove_xattr(dirfd, name, OsStr::new(ovl.name)) {
+                Err(Errno::NODATA) => Ok(()),
+                r => r,
+            }
+        } else {
+            Ok(())
+        };
+        match res {
+            Ok(()) => Ok(()),
+            Err(e @ (Errno::NOTSUP | Errno::PERM)) => {
+                log::warn!(
+                    "entry {}: the store's filesystem keeps no user xattrs ({}): owners, \
+                     set-id bits and device nodes of this layer are not kept",
+                    String::from_utf8_lossy(path),
+                    crate::error::describe(&std::io::Error::from_raw_os_error(e.raw_os_error()))
+                );
+                self.ovl = None;
+                Ok(())
+            }
+            Err(e) => Err(sys_err(path, "recording the owner", e)),
+        }
+    }
+
+    /// A device node, fifo or socket in an override layer: an empty file and a record.
+    fn stand_in(
+        &mut self,
+        parent: BorrowedFd<'_>,
+        name: &OsStr,
+        path: &[u8],
+        meta: &Meta,
+        mode: u32,
+        rdev: u64,
+    ) -> Result<()> {
+        let rec = Recorded {
+            uid: meta.uid,
+            gid: meta.gid,
+            mode,
+            rdev,
+        };
+        let fd = sys::open_at(
+            parent,
+            name,
+            OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY,
+            override_stat::disk_mode(mode) & 0o7777,
+        )
+        .map_err(|e| sys_err(path, "creating the file for a device node", e))?;
+        sys::fchmod(fd.as_fd(), override_stat::disk_mode(mode) & 0o7777)
+            .map_err(|e| sys_err(path, "chmod", e))?;
+        self.record(fd.as_fd(), None, path, &rec, RecordWrite::New)?;
+        for (k, v) in &meta.xattrs {
+            self.set_xattr(parent, Some(name), path, k, v, true)?;
+        }
+        sys::futimens(fd.as_fd(), TimeSpec::Omit, meta.mtime)
+            .map_err(|e| sys_err(path, "setting times", e))
     }
 
     /// Owner, mode, xattrs and times of a non-directory that is not a regular file.
@@ -593,6 +722,23 @@ impl<'a> Extractor<'a> {
     /// Apply directory modes and times, deepest first.
     fn finish_dirs(&mut self) -> Result<()> {
         self.dirs.clear();
+        if self.ovl.is_some() && !self.deferred_dirs.contains_key(&Vec::new()) {
+            // No entry for the root: it is 0:0 0755, and says the layer records owners.
+            let st = sys::stat_fd(self.root).map_err(|e| sys_err(b".", "stat", e))?;
+            let rec = Recorded {
+                uid: 0,
+                gid: 0,
+                mode: libc::S_IFDIR | (st.st_mode & 0o7777),
+                rdev: 0,
+            };
+            self.record(
+                self.root,
+                None,
+                b".",
+                &rec,
+                RecordWrite::Replace { always: true },
+            )?;
+        }
         let dirs = std::mem::take(&mut self.deferred_dirs);
         for (key, m) in dirs.iter().rev() {
             let comps: Vec<&[u8]> = key
@@ -604,7 +750,11 @@ impl<'a> Extractor<'a> {
                 // Replaced by a later non-directory entry.
                 None => continue,
             };
-            sys::chmod_at(fd.as_fd(), None, m.mode).map_err(|e| sys_err(key, "chmod", e))?;
+            let mode = match self.ovl {
+                Some(_) => override_stat::disk_mode(libc::S_IFDIR | m.mode) & 0o7777,
+                None => m.mode,
+            };
+            sys::chmod_at(fd.as_fd(), None, mode).map_err(|e| sys_err(key, "chmod", e))?;
             sys::utimens_at(fd.as_fd(), None, TimeSpec::Omit, m.mtime)
                 .map_err(|e| sys_err(key, "setting times", e))?;
         }
@@ -613,6 +763,15 @@ impl<'a> Extractor<'a> {
 }
 
 impl Meta {
+    fn recorded(&self, ftype: u32, rdev: u64) -> Recorded {
+        Recorded {
+            uid: self.uid,
+            gid: self.gid,
+            mode: ftype | self.mode,
+            rdev,
+        }
+    }
+
     fn dir(&self) -> DirMeta {
         DirMeta {
             mode: self.mode,

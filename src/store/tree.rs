@@ -12,6 +12,7 @@ use std::os::unix::ffi::OsStrExt;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::markers::is_internal_xattr;
+use crate::override_stat::is_override_xattr;
 use crate::store::digest::{Digest, Hasher};
 use crate::sys::{self, Errno, OFlags};
 
@@ -166,7 +167,8 @@ fn record(
     };
     for attr in sys::split_xattr_names(&list) {
         let a = attr.as_bytes();
-        if is_internal_xattr(a) && !a.ends_with(b".overlay.opaque") {
+        // Opaque markers and recorded owners are part of what extraction made.
+        if is_internal_xattr(a) && !a.ends_with(b".overlay.opaque") && !is_override_xattr(a) {
             continue;
         }
         if let Ok(Some(v)) = sys::get_xattr(dir, name, attr) {

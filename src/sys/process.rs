@@ -53,13 +53,49 @@ pub fn process_groups(pid: u32) -> Vec<u32> {
         .unwrap_or_default()
 }
 
-/// Detach-unmount a path (`umount2(path, MNT_DETACH)`).
+/// Detach-unmount a path (`umount2(path, MNT_DETACH)`); an ordinary user's own FUSE
+/// mount through `fusermount3 -u -z`.
 pub fn umount_detach(path: &Path) -> SysResult<()> {
-    rustix::mount::unmount(path, rustix::mount::UnmountFlags::DETACH)
+    match rustix::mount::unmount(path, rustix::mount::UnmountFlags::DETACH) {
+        Err(Errno::PERM) if !is_privileged() => fusermount_unmount(path, true),
+        r => r,
+    }
 }
 
+/// Unmount a path; an ordinary user's own FUSE mount through `fusermount3 -u`.
 pub fn umount(path: &Path) -> SysResult<()> {
-    rustix::mount::unmount(path, rustix::mount::UnmountFlags::empty())
+    match rustix::mount::unmount(path, rustix::mount::UnmountFlags::empty()) {
+        Err(Errno::PERM) if !is_privileged() => fusermount_unmount(path, false),
+        r => r,
+    }
+}
+
+/// `fusermount3 -u [-z] PATH`, its message turned back into the errno `umount2` gives.
+fn fusermount_unmount(path: &Path, lazy: bool) -> SysResult<()> {
+    let mut cmd = std::process::Command::new("fusermount3");
+    cmd.arg("-u");
+    if lazy {
+        cmd.arg("-z");
+    }
+    let out = cmd
+        .arg(path)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|_| Errno::PERM)?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let msg = String::from_utf8_lossy(&out.stderr);
+    log::debug!("fusermount3 -u {}: {}", path.display(), msg.trim());
+    Err(if msg.contains("busy") {
+        Errno::BUSY
+    } else if msg.contains("not found") || msg.contains("not mounted") {
+        Errno::INVAL
+    } else if msg.contains("No such file") {
+        Errno::NOENT
+    } else {
+        Errno::PERM
+    })
 }
 
 /// Whether this process may create device nodes and set `trusted.*` xattrs.

@@ -48,6 +48,8 @@ pub struct MountRequest {
     pub noexec: bool,
     pub nodev: bool,
     pub nosuid: bool,
+    /// Record upper-layer owners and modes in this xattr (`xattr_permissions=`).
+    pub upper_override: Option<&'static str>,
 }
 
 /// Tunables of the FUSE side.

@@ -18,7 +18,7 @@ use crate::sys;
 /// The mount table shows the type `fuse.layerfs`, as fuse-overlayfs's `fuse.fuse-overlayfs`.
 const SUBTYPE_OPTION: &str = "subtype=layerfs";
 
-fn mount_config(a: &MountRequest, writable: bool) -> Config {
+fn mount_config(a: &MountRequest, writable: bool, kernel_checks: bool) -> Config {
     let mut c = Config::default();
     let mut opts = vec![
         MountOption::FSName(a.fsname.clone().unwrap_or_else(|| "layerfs".into())),
@@ -27,8 +27,10 @@ fn mount_config(a: &MountRequest, writable: bool) -> Config {
         // table showed `fuse`. The kernel's `subtype=` option makes it `fuse.layerfs`
         // either way; fusermount3 gets the same `subtype=layerfs` it got before.
         MountOption::CUSTOM(SUBTYPE_OPTION.into()),
-        MountOption::DefaultPermissions,
     ];
+    if kernel_checks {
+        opts.push(MountOption::DefaultPermissions);
+    }
     if writable {
         opts.push(MountOption::RW);
     } else {
@@ -75,6 +77,7 @@ pub fn serve(
     opts.fsync = a.fsync;
     opts.prefetch = a.prefetch;
     opts.idmap = a.idmap.clone();
+    opts.upper_override = a.upper_override;
     let fs = match OverlayFs::new(opts) {
         Ok(fs) => Arc::new(fs),
         Err(e) => {
@@ -85,7 +88,7 @@ pub fn serve(
     };
     let writable = fs.is_writable();
     let adapter = FuseAdapter::new(fs.clone(), a.fuse_options());
-    let config = mount_config(a, writable);
+    let config = mount_config(a, writable, !fs.owner_is_root());
     // Signals go to one thread that unmounts; request threads never see them.
     sys::block_signals(&[libc::SIGTERM, libc::SIGINT, libc::SIGHUP]);
     let session = match fuser::Session::new(adapter, &plan.mountpoint, &config) {
