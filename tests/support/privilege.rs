@@ -11,7 +11,7 @@ pub fn is_root() -> bool {
 
 /// Say why the running test skips. Straight to stderr: the test harness captures what
 /// `eprintln!` prints and shows it only for failures.
-fn say_skipped(why: &str) {
+pub fn say_skipped(why: &str) {
     let thread = std::thread::current();
     let name = thread.name().unwrap_or("a test");
     let _ = writeln!(std::io::stderr(), "skipped: {name} {why}");

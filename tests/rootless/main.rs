@@ -1,0 +1,310 @@
+//! Rootless: an ordinary user's store, containers and mounts. The same image imported and
+//! mounted by root and by an ordinary user (without subordinate id ranges) must list the
+//! same owners, modes and types; changes made through both mounts must commit to the same
+//! layer; and nothing the user does through layerfs may give the user what the user does
+//! not have.
+//!
+//! As root (scripts/test) the user is `nobody`: every `layerfs` the user runs goes through
+//! `setpriv`, from a copy of the binary the user can read, with a home of its own. The user
+//! needs `/dev/fuse`: scripts/test opens it to `nobody` for the run and closes it again. As
+//! an ordinary user (.ci/unprivileged) the tests run as that user when `/dev/fuse` is usable,
+//! and skip otherwise.
+
+mod commands;
+mod owners;
+mod safety;
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use support::mounts::unmount_below;
+use support::privilege::say_skipped;
+use support::{is_root, layerfs_bin};
+
+/// The user the tests act as when they run as root.
+const NOBODY: u32 = 65534;
+
+/// An ordinary user with a home (its store lives in `$XDG_DATA_HOME/layerfs`, the
+/// default); every mount below the home is taken down on drop.
+pub struct User {
+    pub uid: u32,
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+}
+
+impl User {
+    /// The test user, or `None` (said why) when the test cannot run here.
+    pub fn new() -> Option<User> {
+        let uid = if is_root() {
+            NOBODY
+        } else {
+            rustix::process::geteuid().as_raw()
+        };
+        let dir = tempfile::Builder::new()
+            .prefix("layerfs-rootless.")
+            .tempdir_in("/tmp")
+            .unwrap();
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        let bin = dir.path().join("layerfs");
+        fs::copy(layerfs_bin(), &bin).unwrap();
+        fs::set_permissions(&bin, fs::Permissions::from_mode(0o755)).unwrap();
+        let home = dir.path().join("home");
+        fs::create_dir(&home).unwrap();
+        if is_root() {
+            rustix::fs::chown(
+                &home,
+                Some(rustix::process::Uid::from_raw(uid)),
+                Some(rustix::process::Gid::from_raw(uid)),
+            )
+            .unwrap();
+        }
+        let u = User { uid, dir, bin };
+        let fuse = u.sh("test -r /dev/fuse && test -w /dev/fuse && command -v fusermount3");
+        if !fuse.status.success() {
+            say_skipped(&format!(
+                "needs /dev/fuse open to uid {uid} and fusermount3 (scripts/test opens it to nobody for the run)"
+            ));
+            return None;
+        }
+        Some(u)
+    }
+
+    pub fn home(&self) -> PathBuf {
+        self.dir.path().join("home")
+    }
+
+    /// The user's store: the default root, `$XDG_DATA_HOME/layerfs`.
+    pub fn store(&self) -> PathBuf {
+        self.home().join(".local/share/layerfs")
+    }
+
+    /// A command run as the user, with a clean environment.
+    pub fn command(&self, program: &str) -> Command {
+        let mut c = if is_root() {
+            let mut c = Command::new("setpriv");
+            c.arg(format!("--reuid={}", self.uid))
+                .arg(format!("--regid={}", self.uid))
+                .arg("--clear-groups")
+                .arg("--")
+                .arg(program);
+            c
+        } else {
+            Command::new(program)
+        };
+        c.env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .env("HOME", self.home())
+            .env("XDG_DATA_HOME", self.home().join(".local/share"))
+            .current_dir(self.home())
+            .stdin(Stdio::null());
+        c
+    }
+
+    /// `layerfs ARGS…` as the user (default store).
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.command(self.bin.to_str().unwrap())
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    /// `run`, required to succeed; stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        support::cli::succeeded(args, self.run(args))
+    }
+
+    /// `run`, required to fail with one `layerfs: ` line; that line.
+    pub fn fails(&self, args: &[&str]) -> String {
+        support::cli::one_error_line(args, self.run(args))
+    }
+
+    /// A shell script as the user.
+    pub fn sh(&self, script: &str) -> Output {
+        self.command("sh").arg("-c").arg(script).output().unwrap()
+    }
+
+    /// `sh`, required to succeed; stdout.
+    pub fn sh_ok(&self, script: &str) -> String {
+        let o = self.sh(script);
+        assert!(
+            o.status.success(),
+            "as uid {}: {script}\n{}{}",
+            self.uid,
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8(o.stdout).unwrap()
+    }
+
+    /// A file the user can read, in its home.
+    pub fn put(&self, name: &str, data: &[u8]) -> PathBuf {
+        let p = self.home().join(name);
+        fs::File::create(&p).unwrap().write_all(data).unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o644)).unwrap();
+        p
+    }
+}
+
+impl Drop for User {
+    fn drop(&mut self) {
+        if is_root() {
+            unmount_below(self.dir.path());
+        } else {
+            for m in support::mounts::mount_table() {
+                if m.mount_point.starts_with(self.dir.path()) {
+                    let _ = Command::new("fusermount3")
+                        .arg("-u")
+                        .arg("-z")
+                        .arg(&m.mount_point)
+                        .status();
+                }
+            }
+        }
+        // The user's files may be read-only to their owner (modes from an image).
+        let _ = Command::new("chmod")
+            .args(["-R", "u+rwX"])
+            .arg(self.dir.path())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// `find -printf` of a tree: path, owner, group, mode, type and size of every object.
+pub const LISTING: &str = r"find . -printf '%p %U %G %m %y %s\n' | LC_ALL=C sort";
+
+/// An image layer with what an ordinary user cannot make: other owners (small and large
+/// ids), set-id bits, a sticky dir, unreadable files, device nodes, a fifo, hard links,
+/// symlinks, whiteouts, a user xattr, and an attempt to forge a recorded owner.
+pub fn rich_layer() -> Vec<u8> {
+    use tar::{EntryType, Header};
+    let mut b = tar::Builder::new(Vec::new());
+    let mut add = |kind: EntryType,
+                   path: &str,
+                   mode: u32,
+                   owner: (u64, u64),
+                   data: &[u8],
+                   link: Option<&str>,
+                   dev: Option<(u32, u32)>,
+                   pax: &[(&str, &[u8])]| {
+        if !pax.is_empty() {
+            b.append_pax_extensions(pax.iter().map(|(k, v)| (*k, *v)))
+                .unwrap();
+        }
+        let mut h = Header::new_ustar();
+        h.set_entry_type(kind);
+        h.set_mode(mode);
+        h.set_uid(owner.0);
+        h.set_gid(owner.1);
+        h.set_mtime(1_700_000_000);
+        h.set_size(data.len() as u64);
+        if let Some((ma, mi)) = dev {
+            h.set_device_major(ma).unwrap();
+            h.set_device_minor(mi).unwrap();
+        }
+        match link {
+            Some(t) => b.append_link(&mut h, path, t).unwrap(),
+            None => b.append_data(&mut h, path, data).unwrap(),
+        }
+    };
+    use EntryType::*;
+    add(Directory, "./", 0o755, (0, 0), b"", None, None, &[]);
+    for (d, m, o) in [
+        ("bin", 0o755, (0, 0)),
+        ("etc", 0o755, (0, 0)),
+        ("root", 0o700, (0, 0)),
+        ("tmp", 0o1777, (0, 0)),
+        ("home", 0o755, (0, 0)),
+        ("home/alice", 0o750, (1000, 1000)),
+        ("var", 0o755, (0, 0)),
+        ("var/mail", 0o2775, (0, 8)),
+        ("dev", 0o755, (0, 0)),
+        ("srv", 0o755, (0, 0)),
+    ] {
+        add(Directory, d, m, o, b"", None, None, &[]);
+    }
+    add(Regular, "bin/sh", 0o755, (0, 0), b"#!\n", None, None, &[]);
+    add(Regular, "bin/su", 0o4755, (0, 0), b"su\n", None, None, &[]);
+    add(Regular, "bin/wall", 0o2755, (0, 5), b"wall\n", None, None, &[]);
+    add(Link, "bin/sudoedit", 0o4755, (0, 0), b"", Some("bin/su"), None, &[]);
+    add(Symlink, "bin/ln", 0o777, (0, 0), b"", Some("sh"), None, &[]);
+    add(Regular, "etc/shadow", 0o640, (0, 42), b"root:*:1::::::\n", None, None, &[]);
+    add(Regular, "etc/secret", 0o000, (0, 0), b"nobody reads this\n", None, None, &[]);
+    add(Regular, "root/.profile", 0o600, (0, 0), b"PS1=#\n", None, None, &[]);
+    add(Regular, "home/alice/notes", 0o600, (1000, 1000), b"hi\n", None, None, &[]);
+    add(Regular, "home/alice/big", 0o644, (2_000_000, 2_000_001), b"big\n", None, None, &[]);
+    add(Char, "dev/null", 0o666, (0, 0), b"", None, Some((1, 3)), &[]);
+    add(Block, "dev/sda", 0o660, (0, 6), b"", None, Some((8, 0)), &[]);
+    add(Fifo, "dev/initctl", 0o600, (0, 0), b"", None, None, &[]);
+    let note: &[u8] = b"kept";
+    add(Regular, "srv/noted", 0o644, (0, 0), b"n\n", None, None, &[("SCHILY.xattr.user.note", note)]);
+    let forged: &[u8] = b"0:0:04755:file";
+    add(
+        Regular,
+        "srv/forged",
+        0o644,
+        (0, 0),
+        b"f\n",
+        None,
+        None,
+        &[("SCHILY.xattr.user.containers.override_stat", forged)],
+    );
+    add(Regular, "srv/.wh.gone", 0o644, (0, 0), b"", None, None, &[]);
+    b.into_inner().unwrap()
+}
+
+/// The same root-owned store in a temp dir, driven by root (or skipped by the caller).
+pub struct RootStore {
+    pub env: support::store_env::Env,
+}
+
+impl RootStore {
+    pub fn new() -> RootStore {
+        RootStore {
+            env: support::store_env::Env::new(),
+        }
+    }
+
+    pub fn import_tar(&self, name: &str, data: &[u8]) {
+        let p = self.env.path(&format!("{name}.tar"));
+        fs::write(&p, data).unwrap();
+        self.env.ok(&["import", p.to_str().unwrap(), "-t", name]);
+    }
+
+    /// `LISTING` of a mounted tree (as root).
+    pub fn listing(&self, mnt: &Path) -> String {
+        let o = Command::new("sh")
+            .arg("-c")
+            .arg(LISTING)
+            .current_dir(mnt)
+            .output()
+            .unwrap();
+        assert!(o.status.success());
+        String::from_utf8(o.stdout).unwrap()
+    }
+}
+
+/// Every object below `dir` as the disk has it: (path, uid, mode, is a device node).
+pub fn disk_objects(dir: &Path) -> Vec<(PathBuf, u32, u32, bool)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = fs::read_dir(&d) else { continue };
+        for e in rd.flatten() {
+            let p = e.path();
+            let Ok(md) = fs::symlink_metadata(&p) else {
+                continue;
+            };
+            let ft = md.file_type();
+            use std::os::unix::fs::FileTypeExt;
+            let dev = (ft.is_char_device() && md.rdev() != 0) || ft.is_block_device();
+            out.push((p.clone(), md.uid(), md.mode(), dev));
+            if ft.is_dir() {
+                stack.push(p);
+            }
+        }
+    }
+    out
+}
