@@ -4,7 +4,7 @@
 //! An ordinary user cannot `chown` a file to another uid, create a device node, or keep
 //! a set-id file safely on the host. In a layer written that way (an *override layer*)
 //! every object that needs it carries `user.containers.override_stat` =
-//! `UID:GID:MODE:TYPE` (MODE in octal with a leading 0, TYPE one of `file`, `dir`,
+//! `UID:GID:MODE:TYPE` (MODE in octal with a leading 0, as `0%o` writes it, TYPE one of `file`, `dir`,
 //! `symlink`, `pipe`, `socket`, `block-MAJOR-MINOR`, `char-MAJOR-MINOR`); the older
 //! three-field form `UID:GID:MODE` keeps the type on disk. On disk the object has:
 //! - the user's own ids;
@@ -92,7 +92,7 @@ impl Recorded {
             ),
             _ => "file".to_string(),
         };
-        format!("{}:{}:{:04o}:{}", self.uid, self.gid, self.mode & 0o7777, t)
+        format!("{}:{}:0{:o}:{}", self.uid, self.gid, self.mode & 0o7777, t)
     }
 
     /// Put these into a stat result.

@@ -13,7 +13,10 @@ fn store_commands_work_and_check_sees_a_forged_record() {
     user.ok(&["import", tar.to_str().unwrap(), "-t", "rich"]);
     user.ok(&["tag", "rich", "rich2:v2"]);
     let images = user.ok(&["images"]);
-    assert!(images.contains("rich2") && images.contains("v2"), "{images}");
+    assert!(
+        images.contains("rich2") && images.contains("v2"),
+        "{images}"
+    );
     user.ok(&["create", "rich", "--name", "a"]);
     let mnt = user.ok(&["mount", "a"]);
     assert!(user.ok(&["ps"]).contains('a'));
@@ -27,7 +30,9 @@ fn store_commands_work_and_check_sees_a_forged_record() {
     let layer = user
         .store()
         .join("layers/sha256")
-        .join(support::images::hex_of(&support::images::sha(&rich_layer())))
+        .join(support::images::hex_of(
+            &support::images::sha(&rich_layer()),
+        ))
         .join("diff");
     user.sh_ok(&format!(
         "setfattr -n user.containers.override_stat -v 0:0:04755:file '{}/bin/sh'",
@@ -35,8 +40,10 @@ fn store_commands_work_and_check_sees_a_forged_record() {
     ));
     let o = user.run(&["system", "check"]);
     assert!(!o.status.success(), "a forged record went unnoticed");
-    assert!(String::from_utf8_lossy(&o.stdout).contains("bin/sh")
-        || String::from_utf8_lossy(&o.stderr).contains("bin/sh"));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("bin/sh")
+            || String::from_utf8_lossy(&o.stderr).contains("bin/sh")
+    );
     user.sh_ok(&format!(
         "setfattr -x user.containers.override_stat '{}/bin/sh'",
         layer.display()

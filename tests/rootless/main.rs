@@ -179,85 +179,100 @@ pub const LISTING: &str = r"find . -printf '%p %U %G %m %y %s\n' | LC_ALL=C sort
 /// ids), set-id bits, a sticky dir, unreadable files, device nodes, a fifo, hard links,
 /// symlinks, whiteouts, a user xattr, and an attempt to forge a recorded owner.
 pub fn rich_layer() -> Vec<u8> {
-    use tar::{EntryType, Header};
+    use tar::EntryType::{self, *};
+    type Entry<'a> = (
+        EntryType,
+        &'a str,
+        u32,
+        (u64, u64),
+        &'a [u8],
+        Option<(u32, u32)>,
+    );
+    let dir = |p: &'static str, m: u32, o: (u64, u64)| -> Entry<'static> {
+        (Directory, p, m, o, &b""[..], None)
+    };
+    let file = |p: &'static str, m: u32, o: (u64, u64), d: &'static [u8]| -> Entry<'static> {
+        (Regular, p, m, o, d, None)
+    };
+    let entries: [Entry; 26] = [
+        dir("./", 0o755, (0, 0)),
+        dir("bin", 0o755, (0, 0)),
+        dir("etc", 0o755, (0, 0)),
+        dir("root", 0o700, (0, 0)),
+        dir("tmp", 0o1777, (0, 0)),
+        dir("home", 0o755, (0, 0)),
+        dir("home/alice", 0o750, (1000, 1000)),
+        dir("var", 0o755, (0, 0)),
+        dir("var/mail", 0o2775, (0, 8)),
+        dir("dev", 0o755, (0, 0)),
+        dir("srv", 0o755, (0, 0)),
+        file("bin/sh", 0o755, (0, 0), b"#!\n"),
+        file("bin/su", 0o4755, (0, 0), b"su\n"),
+        file("bin/wall", 0o2755, (0, 5), b"wall\n"),
+        (Link, "bin/sudoedit", 0o4755, (0, 0), b"bin/su", None),
+        (Symlink, "bin/ln", 0o777, (0, 0), b"sh", None),
+        file("etc/shadow", 0o640, (0, 42), b"root:*:1::::::\n"),
+        file("etc/secret", 0o000, (0, 0), b"nobody reads this\n"),
+        file("root/.profile", 0o600, (0, 0), b"PS1=#\n"),
+        file("home/alice/notes", 0o600, (1000, 1000), b"hi\n"),
+        file("home/alice/big", 0o644, (2_000_000, 2_000_001), b"big\n"),
+        (Char, "dev/null", 0o666, (0, 0), b"", Some((1, 3))),
+        (Block, "dev/sda", 0o660, (0, 6), b"", Some((8, 0))),
+        (Fifo, "dev/initctl", 0o600, (0, 0), b"", None),
+        file("srv/.wh.gone", 0o644, (0, 0), b""),
+        file("srv/plain", 0o644, (0, 0), b"p\n"),
+    ];
     let mut b = tar::Builder::new(Vec::new());
-    let mut add = |kind: EntryType,
-                   path: &str,
-                   mode: u32,
-                   owner: (u64, u64),
-                   data: &[u8],
-                   link: Option<&str>,
-                   dev: Option<(u32, u32)>,
-                   pax: &[(&str, &[u8])]| {
-        if !pax.is_empty() {
-            b.append_pax_extensions(pax.iter().map(|(k, v)| (*k, *v)))
-                .unwrap();
-        }
-        let mut h = Header::new_ustar();
+    let header = |kind: EntryType, mode: u32, (uid, gid): (u64, u64), size: usize| {
+        let mut h = tar::Header::new_ustar();
         h.set_entry_type(kind);
         h.set_mode(mode);
-        h.set_uid(owner.0);
-        h.set_gid(owner.1);
+        h.set_uid(uid);
+        h.set_gid(gid);
         h.set_mtime(1_700_000_000);
-        h.set_size(data.len() as u64);
+        h.set_size(size as u64);
+        h
+    };
+    for (kind, path, mode, owner, data, dev) in entries {
+        let linked = matches!(kind, Link | Symlink);
+        let mut h = header(kind, mode, owner, if linked { 0 } else { data.len() });
         if let Some((ma, mi)) = dev {
             h.set_device_major(ma).unwrap();
             h.set_device_minor(mi).unwrap();
         }
-        match link {
-            Some(t) => b.append_link(&mut h, path, t).unwrap(),
-            None => b.append_data(&mut h, path, data).unwrap(),
+        if linked {
+            let target = std::str::from_utf8(data).unwrap();
+            b.append_link(&mut h, path, target).unwrap();
+        } else {
+            b.append_data(&mut h, path, data).unwrap();
         }
-    };
-    use EntryType::*;
-    add(Directory, "./", 0o755, (0, 0), b"", None, None, &[]);
-    for (d, m, o) in [
-        ("bin", 0o755, (0, 0)),
-        ("etc", 0o755, (0, 0)),
-        ("root", 0o700, (0, 0)),
-        ("tmp", 0o1777, (0, 0)),
-        ("home", 0o755, (0, 0)),
-        ("home/alice", 0o750, (1000, 1000)),
-        ("var", 0o755, (0, 0)),
-        ("var/mail", 0o2775, (0, 8)),
-        ("dev", 0o755, (0, 0)),
-        ("srv", 0o755, (0, 0)),
-    ] {
-        add(Directory, d, m, o, b"", None, None, &[]);
     }
-    add(Regular, "bin/sh", 0o755, (0, 0), b"#!\n", None, None, &[]);
-    add(Regular, "bin/su", 0o4755, (0, 0), b"su\n", None, None, &[]);
-    add(Regular, "bin/wall", 0o2755, (0, 5), b"wall\n", None, None, &[]);
-    add(Link, "bin/sudoedit", 0o4755, (0, 0), b"", Some("bin/su"), None, &[]);
-    add(Symlink, "bin/ln", 0o777, (0, 0), b"", Some("sh"), None, &[]);
-    add(Regular, "etc/shadow", 0o640, (0, 42), b"root:*:1::::::\n", None, None, &[]);
-    add(Regular, "etc/secret", 0o000, (0, 0), b"nobody reads this\n", None, None, &[]);
-    add(Regular, "root/.profile", 0o600, (0, 0), b"PS1=#\n", None, None, &[]);
-    add(Regular, "home/alice/notes", 0o600, (1000, 1000), b"hi\n", None, None, &[]);
-    add(Regular, "home/alice/big", 0o644, (2_000_000, 2_000_001), b"big\n", None, None, &[]);
-    add(Char, "dev/null", 0o666, (0, 0), b"", None, Some((1, 3)), &[]);
-    add(Block, "dev/sda", 0o660, (0, 6), b"", None, Some((8, 0)), &[]);
-    add(Fifo, "dev/initctl", 0o600, (0, 0), b"", None, None, &[]);
-    let note: &[u8] = b"kept";
-    add(Regular, "srv/noted", 0o644, (0, 0), b"n\n", None, None, &[("SCHILY.xattr.user.note", note)]);
-    let forged: &[u8] = b"0:0:04755:file";
-    add(
-        Regular,
-        "srv/forged",
-        0o644,
-        (0, 0),
-        b"f\n",
-        None,
-        None,
-        &[("SCHILY.xattr.user.containers.override_stat", forged)],
-    );
-    add(Regular, "srv/.wh.gone", 0o644, (0, 0), b"", None, None, &[]);
+    // A user xattr, kept; a recorded owner in the image, dropped.
+    for (path, xattr, value) in [
+        ("srv/noted", "user.note", &b"kept"[..]),
+        (
+            "srv/forged",
+            "user.containers.override_stat",
+            b"0:0:04755:file",
+        ),
+    ] {
+        b.append_pax_extensions([(format!("SCHILY.xattr.{xattr}").as_str(), value)])
+            .unwrap();
+        let mut h = header(Regular, 0o644, (0, 0), 2);
+        b.append_data(&mut h, path, &b"x\n"[..]).unwrap();
+    }
     b.into_inner().unwrap()
 }
 
 /// The same root-owned store in a temp dir, driven by root (or skipped by the caller).
 pub struct RootStore {
     pub env: support::store_env::Env,
+}
+
+impl Default for RootStore {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl RootStore {

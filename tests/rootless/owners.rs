@@ -20,6 +20,8 @@ ln -s ../etc/shadow srv/link
 mv home/alice home/bob
 cat root/.profile etc/secret >/dev/null
 mkdir srv/untar && tar --same-owner -xpf "$1" -C srv/untar
+# The same times on both sides, so that the committed layers can be compared.
+find . -newermt @1700000001 -exec touch -h -d @1700000000 {} +
 "#;
 
 /// A tar with other owners, for `CHANGES` to unpack.
@@ -100,11 +102,22 @@ fn the_user_sees_the_owners_modes_and_types_root_sees() {
     }
     assert!(!got.contains("./srv/gone"), "a whiteout hides its name");
     // The store is the user's default one.
-    assert!(user.store().join("layers").is_dir(), "{}", user.store().display());
+    assert!(
+        user.store().join("layers").is_dir(),
+        "{}",
+        user.store().display()
+    );
     // ls -l and stat see device numbers; find -type sees the types.
     let ls = user.sh_ok(&format!("ls -ln '{}/dev'", mnt.display()));
-    assert!(ls.lines().any(|l| l.starts_with("crw-rw-rw-") && l.contains("1, 3")), "{ls}");
-    let found = user.sh_ok(&format!("cd '{}' && find . -type c -o -type b -o -type p", mnt.display()));
+    assert!(
+        ls.lines()
+            .any(|l| l.starts_with("crw-rw-rw-") && l.contains("1, 3")),
+        "{ls}"
+    );
+    let found = user.sh_ok(&format!(
+        "cd '{}' && find . -type c -o -type b -o -type p",
+        mnt.display()
+    ));
     assert_eq!(found.lines().count(), 3, "{found}");
 }
 
@@ -118,7 +131,10 @@ fn changes_commit_export_and_save_as_roots_do() {
     let tar = user.put("owned.tar", &owned_tar());
     let (want, _, _) = root_side(&root, Some(&tar));
     let (got, _) = user_side(&user, Some(&tar));
-    assert_eq!(got, want, "after the same changes, the user's mount lists what root's lists");
+    assert_eq!(
+        got, want,
+        "after the same changes, the user's mount lists what root's lists"
+    );
     for line in [
         "./srv/new 5 7 4750 f",
         "./srv/d 9 9 2770 d",
@@ -127,7 +143,10 @@ fn changes_commit_export_and_save_as_roots_do() {
         "./srv/untar/pkg/tool 12 112 4711 f",
         "./home/bob/notes 33 33 600 f",
     ] {
-        assert!(got.lines().any(|l| l.starts_with(line)), "{line:?} not in\n{got}");
+        assert!(
+            got.lines().any(|l| l.starts_with(line)),
+            "{line:?} not in\n{got}"
+        );
     }
     assert_eq!(user.ok(&["diff", "c"]), root.env.ok(&["diff", "c"]));
 
@@ -174,5 +193,9 @@ fn changes_commit_export_and_save_as_roots_do() {
     back.env.ok(&["import", saved.to_str().unwrap()]);
     back.env.create("changed", "back");
     let bmnt = back.env.mount("back");
-    assert_eq!(back.listing(&bmnt), want, "saved by the user, imported by root");
+    assert_eq!(
+        back.listing(&bmnt),
+        want,
+        "saved by the user, imported by root"
+    );
 }

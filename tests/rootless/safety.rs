@@ -29,7 +29,12 @@ fn the_disk_holds_only_the_users_plain_files() {
     assert!(objects.len() > 20, "{objects:?}");
     for (p, uid, mode, dev) in objects {
         assert_eq!(uid, user.uid, "{} is not the user's", p.display());
-        assert_eq!(mode & 0o6000, 0, "{} is set-id on disk ({mode:o})", p.display());
+        assert_eq!(
+            mode & 0o6000,
+            0,
+            "{} is set-id on disk ({mode:o})",
+            p.display()
+        );
         assert!(!dev, "{} is a device node on disk", p.display());
     }
 }
@@ -59,14 +64,21 @@ fn set_id_files_and_device_nodes_in_the_mount_give_nothing() {
         mnt.display()
     ));
     assert!(id.starts_with("-rwsr-xr-x 1 0 0"), "{id}");
-    assert_eq!(id.lines().last(), Some(user.uid.to_string().as_str()), "{id}");
+    assert_eq!(
+        id.lines().last(),
+        Some(user.uid.to_string().as_str()),
+        "{id}"
+    );
     // Device nodes from the image open nothing; new ones cannot be made.
     for dev in ["dev/sda", "dev/null"] {
         let o = user.sh(&format!("head -c1 '{}/{dev}'", mnt.display()));
         assert!(!o.status.success(), "{dev} opened");
     }
     let o = user.sh(&format!("mknod '{}/srv/mem' c 1 1", mnt.display()));
-    assert!(!o.status.success(), "mknod of a device through the mount worked");
+    assert!(
+        !o.status.success(),
+        "mknod of a device through the mount worked"
+    );
 }
 
 #[test]
@@ -100,7 +112,12 @@ fn a_store_the_user_cannot_write_is_refused_in_one_line() {
     }
     let Some(user) = User::new() else { return };
     let tar = user.put("rich.tar", &rich_layer());
-    let line = user.fails(&["--root", "/var/lib/layerfs-rootless-denied", "import", tar.to_str().unwrap()]);
+    let line = user.fails(&[
+        "--root",
+        "/var/lib/layerfs-rootless-denied",
+        "import",
+        tar.to_str().unwrap(),
+    ]);
     assert!(line.contains("/var/lib/layerfs-rootless-denied"), "{line}");
     assert!(!std::path::Path::new("/var/lib/layerfs-rootless-denied").exists());
     let line = user.fails(&[

@@ -259,12 +259,6 @@ fn extraction_keeps_metadata_and_converts_whiteouts() {
     let link = fs::symlink_metadata(d.join("d/suid-link")).unwrap();
     assert_eq!(link.ino(), f.ino(), "hard link kept");
     assert_eq!(fs::read_link(d.join("d/link")).unwrap(), Path::new("suid"));
-    assert!(
-        fs::symlink_metadata(d.join("d/fifo"))
-            .unwrap()
-            .file_type()
-            .is_fifo()
-    );
     let x = xattrs(&d.join("d/xa"));
     assert_eq!(x.get("user.note").map(|v| v.as_slice()), Some(&b"kept"[..]));
     assert!(
@@ -273,7 +267,15 @@ fn extraction_keeps_metadata_and_converts_whiteouts() {
     );
     assert!(!d.join("opq/.wh..wh..opq").exists() || !support::is_root());
 
+    let fifo = fs::symlink_metadata(d.join("d/fifo")).unwrap();
+    let record = |p: &str| {
+        xattrs(&d.join(p))
+            .get("user.containers.override_stat")
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+    };
     if support::is_root() {
+        assert!(fifo.file_type().is_fifo());
+        assert_eq!(record("d/suid"), None, "root keeps owners on disk");
         assert_eq!(f.permissions().mode() & 0o7777, 0o4755);
         assert_eq!((f.uid(), f.gid()), (1000, 1001));
         let dev = fs::symlink_metadata(d.join("d/null")).unwrap();
@@ -294,6 +296,19 @@ fn extraction_keeps_metadata_and_converts_whiteouts() {
         );
         assert!(!d.join("opq/.wh..wh..opq").exists());
     } else {
+        // Unprivileged: what the disk cannot hold is recorded; nothing set-id, no nodes.
+        assert_eq!(f.permissions().mode() & 0o7777, 0o755);
+        assert_eq!(record("d/suid").as_deref(), Some("1000:1001:04755:file"));
+        assert!(fifo.file_type().is_file());
+        assert_eq!(record("d/fifo").as_deref(), Some("0:0:0640:pipe"));
+        assert!(fs::symlink_metadata(d.join("d/null")).unwrap().is_file());
+        assert_eq!(record("d/null").as_deref(), Some("0:0:0666:char-1-3"));
+        assert_eq!(record("d/xa"), None, "root's 0644 file needs no record");
+        assert_eq!(
+            record("").as_deref(),
+            Some("0:0:0755:dir"),
+            "the layer root is marked"
+        );
         assert!(
             d.join(".wh.gone").exists(),
             "unprivileged keeps the OCI form"
