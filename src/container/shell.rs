@@ -1,6 +1,7 @@
 //! `shell`: run a command chrooted in a mounted container, as root, for inspecting it
 //! with ordinary tools (`layerfs shell c1 -- dpkg -l`). Not a container runtime: no
-//! namespaces, and `/proc`, `/sys` and `/dev` are whatever the image has.
+//! namespaces (for an ordinary user, a user namespace mapping only that user, so that it
+//! may chroot), and `/proc`, `/sys` and `/dev` are whatever the image has.
 
 use std::path::Path;
 use std::process::{Command, ExitStatus};

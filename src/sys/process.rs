@@ -211,10 +211,39 @@ pub fn wait_signal(signals: &[i32]) -> i32 {
 pub fn chroot_command(cmd: &mut std::process::Command, root: &Path) -> std::io::Result<()> {
     use std::os::unix::process::CommandExt;
     let root = CString::new(root.as_os_str().as_bytes())?;
+    // An ordinary user may not chroot: the command goes into a user namespace of its own
+    // where the user is root (uid and gid maps of one id each, written by the child).
+    let userns = (!is_privileged()).then(|| {
+        (
+            format!("0 {} 1\n", geteuid()),
+            format!("0 {} 1\n", getegid()),
+        )
+    });
     // SAFETY: the closure runs in the child between fork and exec; it makes only the
-    // chroot and chdir syscalls (async-signal-safe) on memory allocated before the fork.
+    // unshare, open, write, close, chroot and chdir syscalls (async-signal-safe) on
+    // memory allocated before the fork.
     unsafe {
         cmd.pre_exec(move || {
+            if let Some((uid_map, gid_map)) = &userns {
+                if libc::unshare(libc::CLONE_NEWUSER) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                for (path, data) in [
+                    (c"/proc/self/uid_map", uid_map.as_bytes()),
+                    (c"/proc/self/setgroups", b"deny".as_slice()),
+                    (c"/proc/self/gid_map", gid_map.as_bytes()),
+                ] {
+                    let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                    if fd < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    let n = libc::write(fd, data.as_ptr().cast(), data.len());
+                    libc::close(fd);
+                    if n != data.len() as isize {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+            }
             if libc::chroot(root.as_ptr()) != 0 || libc::chdir(c"/".as_ptr()) != 0 {
                 return Err(std::io::Error::last_os_error());
             }

@@ -59,3 +59,48 @@ fn store_commands_work_and_check_sees_a_forged_record() {
         .unwrap_or(0);
     assert_eq!(left, 0, "prune left layers behind");
 }
+
+#[test]
+fn shell_runs_as_root_of_a_user_namespace() {
+    if skip_unless_root() {
+        return;
+    }
+    let Some(user) = User::new() else { return };
+    let tar = user.home().join("debian.tar");
+    let st = std::process::Command::new("tar")
+        .arg("-C")
+        .arg(support::debian::rootfs())
+        .args(["--numeric-owner", "-cf"])
+        .arg(&tar)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    user.ok(&["import", tar.to_str().unwrap(), "-t", "debian"]);
+    user.ok(&["create", "debian", "--name", "box"]);
+    let out = user.ok(&[
+        "shell",
+        "box",
+        "--",
+        "/bin/sh",
+        "-c",
+        "id -u; echo hi > /etc/motd; touch /root/made; dpkg -l dpkg | tail -1",
+    ]);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.first(), Some(&"0"), "{out}");
+    assert!(lines.last().unwrap().starts_with("ii  dpkg"), "{out}");
+    // What the command made is root's in the container.
+    let mnt = user.ok(&["mount", "box"]);
+    let ls = user.sh_ok(&format!(
+        "cd '{}' && ls -ln root/made etc/motd && cat etc/motd",
+        mnt.trim()
+    ));
+    assert!(
+        ls.lines()
+            .take(2)
+            .all(|l| l.split_whitespace().nth(2) == Some("0")),
+        "{ls}"
+    );
+    assert!(ls.ends_with("hi\n"), "{ls}");
+    assert!(user.ok(&["diff", "box"]).contains("A /root/made"));
+}
