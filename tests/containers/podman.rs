@@ -1,6 +1,6 @@
-//! podman (4.3, rootful) with layerfs as the overlay driver's `mount_program`, running
-//! the Debian test rootfs with runc: a plain run, `--uidmap`/`--gidmap`, and
-//! `--userns=auto`. With a user namespace podman 4.3 hands the mount program lower dirs
+//! podman (4.3) with layerfs as the overlay driver's `mount_program`, running the Debian
+//! test rootfs with runc: rootful a plain run, `--uidmap`/`--gidmap` and `--userns=auto`;
+//! rootless a plain run and `--userns keep-id`. With a user namespace podman 4.3 hands the mount program lower dirs
 //! that are idmapped mounts *and* `uidmapping=`: the container must still see its own
 //! ids (root owns `/etc`, so runc can bind-mount `/etc/hosts`), the upper layer must hold
 //! container ids, not host ids, and so must the layer `podman commit` makes of it. The
@@ -218,4 +218,64 @@ fn podman_userns_auto_on_layerfs() {
     assert_eq!(seen(&out), SEEN);
     check_upper(&p, "auto");
     finish(p);
+}
+
+/// Rootless podman (as a user made for the test, through `newuidmap`) with
+/// `--userns keep-id`: the mapping podman passes is not contiguous
+/// (`uidmapping=0:1:U:U:0:1:U+1:U+1:…`), and there are no idmapped lowers.
+#[test]
+fn podman_rootless_keep_id_on_layerfs() {
+    if skip_without_podman() || skip_without_newuidmap() {
+        return;
+    }
+    let user = RootlessUser::create();
+    let p = Podman::rootless(&user, &layerfs_bin());
+    p.import_dir(&debian::rootfs(), IMAGE);
+    let ids = format!("{}:{}", user.uid, user.gid);
+
+    // Without a mapping: the user is root in the container.
+    let (ok, out) = p.sh(&["--rm"], IMAGE, SCRIPT);
+    assert!(ok, "{out}");
+    assert_eq!(seen(&out), SEEN);
+
+    let script = r#"set -e
+echo "ids $(id -u):$(id -g)"
+grep -q localhost /etc/hosts
+echo mine > /tmp/mine
+stat -c 'owner %u:%g %n' / /etc /etc/hosts /tmp /tmp/mine /var/mail /usr/bin/env
+"#;
+    let (ok, out) = p.sh(&["--name", "keep", "--userns", "keep-id"], IMAGE, script);
+    assert!(ok, "{out}");
+    assert_eq!(
+        seen(&out),
+        format!(
+            "ids {ids}
+owner 0:0 /
+owner 0:0 /etc
+owner 0:0 /etc/hosts
+owner 0:0 /tmp
+owner {ids} /tmp/mine
+owner 0:8 /var/mail
+owner 0:0 /usr/bin/env
+"
+        )
+    );
+    p.ok(&["commit", "keep", "localhost/kept:1"]);
+    let owners = p.top_layer_owners("localhost/kept:1");
+    let (uid, gid) = (u64::from(user.uid), u64::from(user.gid));
+    assert_eq!(owners.get("tmp/mine"), Some(&(uid, gid)), "{owners:?}");
+    assert_eq!(owners.get("etc"), Some(&(0, 0)), "{owners:?}");
+    assert_eq!(owners.get("tmp"), Some(&(0, 0)), "{owners:?}");
+    finish(p);
+}
+
+/// `true` (with the reason printed) when `newuidmap` (package `uidmap`) is missing.
+fn skip_without_newuidmap() -> bool {
+    if Path::new("/usr/bin/newuidmap").exists() {
+        return false;
+    }
+    eprintln!(
+        "skipped: rootless podman needs newuidmap (package uidmap; scripts/deps installs it)"
+    );
+    true
 }

@@ -1,23 +1,30 @@
-//! A private podman (rootful) whose overlay storage calls a mount program: its own
-//! `storage.conf` (graph root, run root, `mount_program`), tmp dir and events file under
-//! a temp dir, runc, cgroupfs, no network. Every command runs within a time limit, so a
-//! hang is a failure. On drop its containers are removed (killed first), whatever is
-//! still mounted under its dir is unmounted (FUSE mounts, the idmapped mounts of lower
-//! dirs, the private bind mount podman puts on its overlay dir) and the dir goes.
+//! A private podman whose overlay storage calls a mount program: its own `storage.conf`
+//! (graph root, run root, `mount_program`), tmp dir and events file under a temp dir,
+//! runc, cgroupfs, no network; as root, or rootless as a user made for the test. Every
+//! command runs within a time limit, so a hang is a failure. On drop its containers are
+//! removed (killed first), a rootless podman's processes (its pause process holds the
+//! user and mount namespaces its FUSE mounts live in) are killed, whatever is still
+//! mounted under its dir is unmounted (FUSE mounts, the idmapped mounts of lower dirs,
+//! the private bind mount podman puts on its overlay dir) and the dir goes.
 //!
 //! Also: the owners recorded in an image's top layer (as `podman image save` writes it),
-//! and a guard that gives the `containers` user subordinate ids for `--userns=auto`.
+//! a guard that gives the `containers` user subordinate ids for `--userns=auto`, and one
+//! that makes a user with subordinate ids for rootless podman.
 
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::Read;
+use std::os::unix::fs::{PermissionsExt, chown};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
+use rustix::process::Signal;
+
 use crate::containerd::output_within;
 use crate::mounts::{mounts_below, unmount_below};
+use crate::procs::{signal, wait_gone};
 use crate::shell::out_str;
 
 /// The most one podman command may take (an import of the Debian rootfs takes seconds).
@@ -47,9 +54,12 @@ pub struct Podman {
     pub dir: tempfile::TempDir,
     /// `mount_program` of the overlay driver; `None`: the kernel's overlayfs.
     pub mount_program: Option<PathBuf>,
+    /// Rootless: the user it runs as (name, uid, gid).
+    user: Option<(String, u32, u32)>,
 }
 
 impl Podman {
+    /// A rootful podman.
     pub fn new(mount_program: Option<&Path>) -> Podman {
         let dir = tempfile::Builder::new()
             .prefix("layerfs-podman.")
@@ -58,40 +68,102 @@ impl Podman {
         let p = Podman {
             dir,
             mount_program: mount_program.map(Path::to_path_buf),
+            user: None,
+        };
+        p.write_storage_conf();
+        p
+    }
+
+    /// A rootless podman run by `user`, with a copy of `mount_program` (the user may not
+    /// reach the build dir). Everything it writes is under `home` (its `$HOME`, tmp dir
+    /// and graph root) and `run` (its `$XDG_RUNTIME_DIR` and run root), both the user's.
+    pub fn rootless(user: &RootlessUser, mount_program: &Path) -> Podman {
+        let dir = tempfile::Builder::new()
+            .prefix("layerfs-podman.")
+            .tempdir()
+            .unwrap();
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        let bin = dir.path().join("mount-program");
+        fs::copy(mount_program, &bin).unwrap();
+        fs::set_permissions(&bin, fs::Permissions::from_mode(0o755)).unwrap();
+        for d in ["home", "run"] {
+            let d = dir.path().join(d);
+            fs::create_dir(&d).unwrap();
+            fs::set_permissions(&d, fs::Permissions::from_mode(0o700)).unwrap();
+            chown(&d, Some(user.uid), Some(user.gid)).unwrap();
+        }
+        let p = Podman {
+            dir,
+            mount_program: Some(bin),
+            user: Some((user.name.clone(), user.uid, user.gid)),
+        };
+        p.write_storage_conf();
+        p
+    }
+
+    /// Where podman may write: the dir, or a rootless podman's home.
+    pub fn writable(&self, rel: &str) -> PathBuf {
+        match self.user {
+            Some(_) => self.path("home").join(rel),
+            None => self.path(rel),
+        }
+    }
+
+    fn write_storage_conf(&self) {
+        let (graph, run) = match self.user {
+            Some(_) => (self.path("home/storage"), self.path("run/storage")),
+            None => (self.path("root"), self.path("run")),
         };
         let mut conf = format!(
             "[storage]\ndriver = \"overlay\"\ngraphroot = \"{}\"\nrunroot = \"{}\"\n",
-            p.path("root").display(),
-            p.path("run").display()
+            graph.display(),
+            run.display()
         );
-        if let Some(m) = &p.mount_program {
+        if let Some(m) = &self.mount_program {
             conf.push_str(&format!(
                 "\n[storage.options.overlay]\nmount_program = \"{}\"\n",
                 m.display()
             ));
         }
-        fs::write(p.path("storage.conf"), conf).unwrap();
-        p
+        fs::write(self.path("storage.conf"), conf).unwrap();
     }
 
     pub fn path(&self, rel: &str) -> PathBuf {
         self.dir.path().join(rel)
     }
 
-    /// `podman` with this instance's storage, runtime and tmp dir.
+    /// `podman` with this instance's storage, runtime and tmp dir (rootless: as its user,
+    /// with nothing from this process's environment).
     pub fn command(&self) -> Command {
-        let mut c = Command::new("podman");
-        c.env("CONTAINERS_STORAGE_CONF", self.path("storage.conf"))
-            .arg("--tmpdir")
-            .arg(self.path("tmp"))
-            .args([
-                "--runtime",
-                "runc",
-                "--cgroup-manager",
-                "cgroupfs",
-                "--events-backend",
-                "file",
-            ]);
+        let conf = self.path("storage.conf");
+        let mut c = match &self.user {
+            None => {
+                let mut c = Command::new("podman");
+                c.env("CONTAINERS_STORAGE_CONF", &conf);
+                c
+            }
+            Some((name, _, _)) => {
+                let mut c = Command::new("setpriv");
+                c.arg(format!("--reuid={name}"))
+                    .arg(format!("--regid={name}"))
+                    .args(["--init-groups", "env", "-i"])
+                    .arg(format!("HOME={}", self.path("home").display()))
+                    .arg(format!("XDG_RUNTIME_DIR={}", self.path("run").display()))
+                    .arg(format!("USER={name}"))
+                    .arg("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+                    .arg(format!("CONTAINERS_STORAGE_CONF={}", conf.display()))
+                    .arg("podman");
+                c
+            }
+        };
+        c.arg("--tmpdir").arg(self.writable("tmp")).args([
+            "--runtime",
+            "runc",
+            "--cgroup-manager",
+            "cgroupfs",
+            "--events-backend",
+            "file",
+        ]);
         c
     }
 
@@ -111,6 +183,7 @@ impl Podman {
     /// Import a root filesystem directory as image `name`.
     pub fn import_dir(&self, rootfs: &Path, name: &str) {
         let tar = self.path("rootfs.tar");
+        let _ = fs::remove_file(&tar);
         let st = Command::new("tar")
             .arg("-C")
             .arg(rootfs)
@@ -120,6 +193,7 @@ impl Podman {
             .status()
             .unwrap();
         assert!(st.success(), "tar of {}", rootfs.display());
+        fs::set_permissions(&tar, fs::Permissions::from_mode(0o644)).unwrap();
         self.ok(&["import", tar.to_str().unwrap(), name]);
         let _ = fs::remove_file(&tar);
     }
@@ -170,7 +244,7 @@ impl Podman {
     /// `uid:gid` of every entry of an image's top layer, by path (no leading `./`, no
     /// trailing `/`), read from `podman image save --format oci-dir --uncompressed`.
     pub fn top_layer_owners(&self, image: &str) -> BTreeMap<String, (u64, u64)> {
-        let out = self.path("saved");
+        let out = self.writable("saved");
         let _ = fs::remove_dir_all(&out);
         self.ok(&[
             "image",
@@ -217,20 +291,51 @@ impl Podman {
         owners
     }
 
-    /// Remove every container (killed first) and take down every mount below the dir.
-    /// Safe to call twice.
+    /// Remove every container (killed first), end a rootless podman's processes, and
+    /// take down every mount below the dir. Safe to call twice.
     pub fn cleanup(&mut self) {
         let limit = Duration::from_secs(60);
         let _ = output_within(self.command().args(["rm", "-a", "-f", "-t", "0"]), limit);
+        let pids = self.user_processes();
+        for &pid in &pids {
+            signal(pid, Signal::KILL);
+        }
+        for &pid in &pids {
+            wait_gone(pid);
+        }
         unmount_below(self.dir.path());
     }
 
-    /// What the teardown would leave: mounts below the dir (empty when it worked).
+    /// Live processes of a rootless podman's user (its pause process, conmon, the mount
+    /// daemons); none for a rootful one.
+    fn user_processes(&self) -> Vec<u32> {
+        let Some((_, uid, _)) = self.user else {
+            return Vec::new();
+        };
+        crate::procs::processes()
+            .into_iter()
+            .filter(|p| {
+                fs::read_to_string(format!("/proc/{}/status", p.pid)).is_ok_and(|s| {
+                    s.lines()
+                        .find_map(|l| l.strip_prefix("Uid:"))
+                        .and_then(|v| v.split_whitespace().next())
+                        == Some(uid.to_string().as_str())
+                })
+            })
+            .map(|p| p.pid)
+            .filter(|&pid| crate::procs::pid_alive(pid))
+            .collect()
+    }
+
+    /// What the teardown would leave: mounts below the dir, a rootless podman's
+    /// processes (empty when it worked).
     pub fn leftovers(&self) -> Vec<String> {
-        mounts_below(self.dir.path())
+        let mut out: Vec<String> = mounts_below(self.dir.path())
             .iter()
             .map(|m| format!("mount {}", m.display()))
-            .collect()
+            .collect();
+        out.extend(self.user_processes().iter().map(|p| format!("process {p}")));
+        out
     }
 }
 
@@ -240,49 +345,135 @@ impl Drop for Podman {
     }
 }
 
-/// Serializes the tests that change `/etc/subuid` and `/etc/subgid`.
+/// Serializes the tests that change `/etc/subuid`, `/etc/subgid` and the users.
 static SUBIDS: Mutex<()> = Mutex::new(());
 
+fn lock_subids() -> MutexGuard<'static, ()> {
+    SUBIDS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Append `line` to `/etc/subuid` and `/etc/subgid`; the files that did not exist.
+fn add_subid_line(line: &str) -> Vec<PathBuf> {
+    let mut created = Vec::new();
+    for f in ["/etc/subuid", "/etc/subgid"] {
+        let old = match fs::read_to_string(f) {
+            Ok(s) => s,
+            Err(_) => {
+                created.push(PathBuf::from(f));
+                String::new()
+            }
+        };
+        let mut new = old;
+        if !new.is_empty() && !new.ends_with('\n') {
+            new.push('\n');
+        }
+        new.push_str(line);
+        new.push('\n');
+        fs::write(f, new).unwrap();
+    }
+    created
+}
+
+/// Take out of both files the lines `add_subid_line` added (what others changed
+/// meanwhile stays); remove the files it created, if they are empty again.
+fn remove_subid_line(line: &str, created: &[PathBuf]) {
+    for f in ["/etc/subuid", "/etc/subgid"] {
+        let Ok(text) = fs::read_to_string(f) else {
+            continue;
+        };
+        let kept: String = text
+            .lines()
+            .filter(|l| *l != line)
+            .map(|l| format!("{l}\n"))
+            .collect();
+        if kept.is_empty() && created.iter().any(|c| c == Path::new(f)) {
+            let _ = fs::remove_file(f);
+        } else if kept != text {
+            let _ = fs::write(f, kept);
+        }
+    }
+}
+
+/// The range [`ContainersSubIds`] gives the `containers` user.
+const CONTAINERS_LINE: &str = "containers:2147483647:2147483648";
+
 /// Gives the `containers` user (whose ranges rootful `--userns=auto` takes ids from)
-/// subordinate ids from 2147483647 on, when it has none; puts both files back as they
-/// were on drop.
+/// subordinate ids from 2147483647 on, when it has none; takes them out again on drop.
 pub struct ContainersSubIds {
-    saved: Vec<(PathBuf, Option<Vec<u8>>)>,
+    added: Option<Vec<PathBuf>>,
     _lock: MutexGuard<'static, ()>,
 }
 
 impl ContainersSubIds {
     pub fn add() -> ContainersSubIds {
-        let lock = SUBIDS.lock().unwrap_or_else(|e| e.into_inner());
-        let mut saved = Vec::new();
-        for f in ["/etc/subuid", "/etc/subgid"] {
-            let old = fs::read(f).ok();
-            let text = String::from_utf8_lossy(old.as_deref().unwrap_or_default()).into_owned();
-            saved.push((PathBuf::from(f), old));
-            if !text.lines().any(|l| l.starts_with("containers:")) {
-                let mut new = text.clone();
-                if !new.is_empty() && !new.ends_with('\n') {
-                    new.push('\n');
-                }
-                new.push_str("containers:2147483647:2147483648\n");
-                fs::write(f, new).unwrap();
-            }
-        }
-        ContainersSubIds { saved, _lock: lock }
+        let lock = lock_subids();
+        let has = |f: &str| {
+            fs::read_to_string(f)
+                .unwrap_or_default()
+                .lines()
+                .any(|l| l.starts_with("containers:"))
+        };
+        let added =
+            (!has("/etc/subuid") || !has("/etc/subgid")).then(|| add_subid_line(CONTAINERS_LINE));
+        ContainersSubIds { added, _lock: lock }
     }
 }
 
 impl Drop for ContainersSubIds {
     fn drop(&mut self) {
-        for (f, old) in &self.saved {
-            match old {
-                Some(b) => {
-                    let _ = fs::write(f, b);
-                }
-                None => {
-                    let _ = fs::remove_file(f);
-                }
-            }
+        if let Some(created) = &self.added {
+            remove_subid_line(CONTAINERS_LINE, created);
         }
+    }
+}
+
+/// A user made for a rootless podman test, with 65536 subordinate uids and gids of its
+/// own; deleted (with its group and ranges) on drop.
+pub struct RootlessUser {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+    line: String,
+    created: Vec<PathBuf>,
+    _lock: MutexGuard<'static, ()>,
+}
+
+impl RootlessUser {
+    pub const NAME: &str = "layerfs-rootless";
+
+    pub fn create() -> RootlessUser {
+        let lock = lock_subids();
+        let name = Self::NAME;
+        // One left by a run that was killed.
+        let _ = Command::new("userdel").arg(name).output();
+        let o = Command::new("useradd")
+            .args(["--no-create-home", "--home-dir", "/nonexistent"])
+            .args(["--shell", "/usr/sbin/nologin", "--user-group"])
+            .args(["-K", "SUB_UID_COUNT=0", "-K", "SUB_GID_COUNT=0", name])
+            .output()
+            .expect("useradd");
+        assert!(o.status.success(), "useradd {name}: {}", out_str(&o));
+        let id = |flag: &str| -> u32 {
+            let o = Command::new("id").args([flag, name]).output().unwrap();
+            String::from_utf8_lossy(&o.stdout).trim().parse().unwrap()
+        };
+        let (uid, gid) = (id("-u"), id("-g"));
+        let line = format!("{name}:1500000000:65536");
+        let created = add_subid_line(&line);
+        RootlessUser {
+            name: name.to_string(),
+            uid,
+            gid,
+            line,
+            created,
+            _lock: lock,
+        }
+    }
+}
+
+impl Drop for RootlessUser {
+    fn drop(&mut self) {
+        let _ = Command::new("userdel").arg(&self.name).output();
+        remove_subid_line(&self.line, &self.created);
     }
 }
