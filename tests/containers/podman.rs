@@ -13,6 +13,7 @@ use std::path::Path;
 use support::debian;
 use support::layerfs_bin;
 use support::podman::*;
+use support::privilege::say_skipped;
 
 const IMAGE: &str = "localhost/bookworm:test";
 
@@ -181,7 +182,7 @@ fn podman_uidmap_on_layerfs_sees_and_stores_container_ids() {
     let lines: Vec<&str> = out.lines().collect();
     assert!(lines[0].parse::<u32>().unwrap() > 100, "{out}");
     assert_eq!(&lines[1..], ["0:0", "0:0"], "{out}");
-    p.ok(&["rm", "-f", "-t", "0", "live"]);
+    p.ok(&["stop", "-t", "0", "live"]);
     finish(p);
 
     // The kernel's overlayfs under the same podman shows the container the same ids.
@@ -225,7 +226,7 @@ fn podman_userns_auto_on_layerfs() {
 /// (`uidmapping=0:1:U:U:0:1:U+1:U+1:…`), and there are no idmapped lowers.
 #[test]
 fn podman_rootless_keep_id_on_layerfs() {
-    if skip_without_podman() || skip_without_newuidmap() {
+    if skip_without_podman() || skip_without_newuidmap() || skip_unless_fuse_is_open() {
         return;
     }
     let user = RootlessUser::create();
@@ -274,8 +275,18 @@ fn skip_without_newuidmap() -> bool {
     if Path::new("/usr/bin/newuidmap").exists() {
         return false;
     }
-    eprintln!(
-        "skipped: rootless podman needs newuidmap (package uidmap; scripts/deps installs it)"
-    );
+    say_skipped("needs newuidmap for rootless podman (package uidmap; scripts/deps installs it)");
     true
+}
+
+/// `true` (with the reason printed) when users other than root cannot open `/dev/fuse`:
+/// a rootless podman's mount program mounts as its user.
+fn skip_unless_fuse_is_open() -> bool {
+    let open = std::fs::metadata("/dev/fuse").is_ok_and(|m| m.mode() & 0o006 == 0o006);
+    if !open {
+        say_skipped(
+            "needs /dev/fuse open to every user for rootless podman (scripts/test opens it for the run)",
+        );
+    }
+    !open
 }

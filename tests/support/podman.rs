@@ -40,11 +40,7 @@ pub fn skip_without_podman() -> bool {
         .output()
         .is_ok_and(|o| o.status.success());
     if !found {
-        let thread = std::thread::current();
-        eprintln!(
-            "skipped: {} needs podman (scripts/deps installs it)",
-            thread.name().unwrap_or("a test")
-        );
+        crate::privilege::say_skipped("needs podman (scripts/deps installs it)");
     }
     !found
 }
@@ -114,10 +110,11 @@ impl Podman {
             Some(_) => (self.path("home/storage"), self.path("run/storage")),
             None => (self.path("root"), self.path("run")),
         };
+        // A rootless podman takes `rootless_storage_path`, not `graphroot`.
         let mut conf = format!(
-            "[storage]\ndriver = \"overlay\"\ngraphroot = \"{}\"\nrunroot = \"{}\"\n",
-            graph.display(),
-            run.display()
+            "[storage]\ndriver = \"overlay\"\ngraphroot = \"{g}\"\nrootless_storage_path = \"{g}\"\nrunroot = \"{}\"\n",
+            run.display(),
+            g = graph.display(),
         );
         if let Some(m) = &self.mount_program {
             conf.push_str(&format!(
