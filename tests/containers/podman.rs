@@ -226,7 +226,7 @@ fn podman_userns_auto_on_layerfs() {
 /// (`uidmapping=0:1:U:U:0:1:U+1:U+1:…`), and there are no idmapped lowers.
 #[test]
 fn podman_rootless_keep_id_on_layerfs() {
-    if skip_without_podman() || skip_without_newuidmap() || skip_unless_fuse_is_open() {
+    if skip_without_podman() || skip_without_newuidmap() {
         return;
     }
     let user = RootlessUser::create();
@@ -277,16 +277,4 @@ fn skip_without_newuidmap() -> bool {
     }
     say_skipped("needs newuidmap for rootless podman (package uidmap; scripts/deps installs it)");
     true
-}
-
-/// `true` (with the reason printed) when users other than root cannot open `/dev/fuse`:
-/// a rootless podman's mount program mounts as its user.
-fn skip_unless_fuse_is_open() -> bool {
-    let open = std::fs::metadata("/dev/fuse").is_ok_and(|m| m.mode() & 0o006 == 0o006);
-    if !open {
-        say_skipped(
-            "needs /dev/fuse open to every user for rootless podman (scripts/test opens it for the run)",
-        );
-    }
-    !open
 }

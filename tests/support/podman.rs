@@ -45,6 +45,15 @@ pub fn skip_without_podman() -> bool {
     !found
 }
 
+/// `sh -c` script: `$1` a dir, the rest a command. On a tmpfs at the dir (where device
+/// nodes work), a `/dev/fuse` node open to every user is mounted over `/dev/fuse`; then
+/// the command runs. Only for a private mount namespace.
+const OPEN_FUSE: &str = r#"d=$1; shift
+mount -t tmpfs -o size=64k,mode=755 fuse-node "$d" &&
+mknod -m 666 "$d/fuse" c 10 229 &&
+mount --bind "$d/fuse" /dev/fuse &&
+exec "$@""#;
+
 /// A podman of its own, torn down on drop.
 pub struct Podman {
     pub dir: tempfile::TempDir,
@@ -73,6 +82,8 @@ impl Podman {
     /// A rootless podman run by `user`, with a copy of `mount_program` (the user may not
     /// reach the build dir). Everything it writes is under `home` (its `$HOME`, tmp dir
     /// and graph root) and `run` (its `$XDG_RUNTIME_DIR` and run root), both the user's.
+    /// Each command runs in a private mount namespace where `/dev/fuse` is open to users
+    /// (nothing outside changes).
     pub fn rootless(user: &RootlessUser, mount_program: &Path) -> Podman {
         let dir = tempfile::Builder::new()
             .prefix("layerfs-podman.")
@@ -82,6 +93,7 @@ impl Podman {
         let bin = dir.path().join("mount-program");
         fs::copy(mount_program, &bin).unwrap();
         fs::set_permissions(&bin, fs::Permissions::from_mode(0o755)).unwrap();
+        fs::create_dir(dir.path().join("fuse-node")).unwrap();
         for d in ["home", "run"] {
             let d = dir.path().join(d);
             fs::create_dir(&d).unwrap();
@@ -140,16 +152,31 @@ impl Podman {
                 c
             }
             Some((name, _, _)) => {
-                let mut c = Command::new("setpriv");
-                c.arg(format!("--reuid={name}"))
-                    .arg(format!("--regid={name}"))
-                    .args(["--init-groups", "env", "-i"])
-                    .arg(format!("HOME={}", self.path("home").display()))
-                    .arg(format!("XDG_RUNTIME_DIR={}", self.path("run").display()))
-                    .arg(format!("USER={name}"))
-                    .arg("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
-                    .arg(format!("CONTAINERS_STORAGE_CONF={}", conf.display()))
-                    .arg("podman");
+                // The user's mount program opens /dev/fuse, which may be closed to users:
+                // in a mount namespace of its own podman finds an open node there (its
+                // pause process keeps the namespace the first command made, and later
+                // commands join it).
+                let mut c = Command::new("unshare");
+                c.args([
+                    "--mount",
+                    "--propagation",
+                    "private",
+                    "sh",
+                    "-c",
+                    OPEN_FUSE,
+                    "sh",
+                ])
+                .arg(self.path("fuse-node"))
+                .arg("setpriv")
+                .arg(format!("--reuid={name}"))
+                .arg(format!("--regid={name}"))
+                .args(["--init-groups", "env", "-i"])
+                .arg(format!("HOME={}", self.path("home").display()))
+                .arg(format!("XDG_RUNTIME_DIR={}", self.path("run").display()))
+                .arg(format!("USER={name}"))
+                .arg("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+                .arg(format!("CONTAINERS_STORAGE_CONF={}", conf.display()))
+                .arg("podman");
                 c
             }
         };
