@@ -71,7 +71,7 @@ impl OverlayFs {
             NodeState::File(_) => return Err(Errno::NOTDIR),
         };
         let parent_upper = self.upper_dir(&parent)?;
-        let st = sys::stat_fd(src.fd())?;
+        let st = self.as_stored(src.layer, sys::stat_fd(src.fd())?);
         let shown = self.recorded(src.layer, src.fd(), None, &st);
         let work = self.work()?;
         let tmp = self.tmp_name();
@@ -137,7 +137,10 @@ impl OverlayFs {
         };
         let primary = aliases.first().ok_or(Errno::STALE)?;
         let parent_upper = self.upper_dir(&primary.parent)?;
-        let st = sys::stat_at(primary.real.fd(), &primary.name)?;
+        let st = self.as_stored(
+            primary.real.layer,
+            sys::stat_at(primary.real.fd(), &primary.name)?,
+        );
         let work = self.work()?;
         let tmp = self.tmp_name();
         if let Err(e) = self.build_copy(

@@ -253,7 +253,7 @@ impl OverlayFs {
         let Some(r) = self.res.resolve(&view, name)? else {
             return Ok(None);
         };
-        let st = r.stat;
+        let st = self.as_stored(r.layer(), r.stat);
         Ok(Some((self.node_for(parent, name, r), st)))
     }
 
@@ -429,19 +429,23 @@ impl OverlayFs {
             return self.stat_node(&s);
         }
         match &*node.state.read() {
-            NodeState::Dir(d) => sys::stat_fd(d.top().fd()),
+            NodeState::Dir(d) => {
+                sys::stat_fd(d.top().fd()).map(|st| self.as_stored(d.top().layer, st))
+            }
             NodeState::File(f) => {
                 for a in &f.aliases {
                     match sys::stat_at(a.real.fd(), &a.name) {
                         // A name being removed may briefly hold a whiteout (or another
                         // object): that is not this node.
-                        Ok(st) if Kind::from_mode(st.st_mode) == node.kind => return Ok(st),
+                        Ok(st) if Kind::from_mode(st.st_mode) == node.kind => {
+                            return Ok(self.as_stored(a.real.layer, st));
+                        }
                         Ok(_) | Err(Errno::NOENT) => continue,
                         Err(e) => return Err(e),
                     }
                 }
                 match &f.orphan {
-                    Some(fd) => sys::stat_fd(fd.as_fd()),
+                    Some(fd) => sys::stat_fd(fd.as_fd()).map(|st| self.as_stored(f.layer, st)),
                     None => Err(Errno::STALE),
                 }
             }
@@ -453,7 +457,8 @@ impl OverlayFs {
         if let Some(h) = fh.and_then(|fh| self.files.get(fh))
             && h.node.ino == ino
         {
-            let st = sys::stat_fd(h.file().as_fd())?;
+            let (file, layer) = h.file_and_layer();
+            let st = self.as_stored(layer, sys::stat_fd(file.as_fd())?);
             return Ok(self.attr_of(&node, &st));
         }
         let st = self.stat_node(&node)?;

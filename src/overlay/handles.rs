@@ -67,9 +67,16 @@ impl FileHandle {
         self.layer.load(Ordering::Acquire)
     }
 
+    /// The real open file and its layer, both from one moment.
+    pub fn file_and_layer(&self) -> (Arc<OwnedFd>, LayerId) {
+        let file = self.file.read();
+        (file.clone(), self.layer())
+    }
+
     /// Point the handle at another real file (the upper copy of its file).
     pub fn retarget(&self, file: OwnedFd, layer: LayerId) {
-        *self.file.write() = Arc::new(file);
+        let mut f = self.file.write();
+        *f = Arc::new(file);
         self.layer.store(layer, Ordering::Release);
     }
 }

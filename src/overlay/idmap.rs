@@ -4,6 +4,17 @@
 //! A range `host:to:len` shows on-disk ids `host..host+len` as `to..to+len`; ids the
 //! mount receives (file creation, chown) go the other way. Unmapped ids show as the
 //! overflow id 65534. Squashing replaces every shown owner.
+//!
+//! A lower layer under an idmapped mount (podman 4.3 with `--uidmap` hands a mount program
+//! such lower dirs *and* the mapping) reads with the mapping applied already: its owners
+//! are taken back through the mapping's reverse as soon as they are read
+//! ([`OverlayFs::as_stored`]), so the rest of the mount sees the ids the layer holds on
+//! disk, shows them mapped once, and a copy-up stores them unmapped in the upper layer,
+//! as from any other lower layer.
+
+use super::fs::OverlayFs;
+use super::layers::LayerId;
+use crate::sys::Stat;
 
 /// One contiguous range: on-disk `host..host+len` is shown as `to..to+len`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,6 +75,21 @@ impl IdMap {
 
     pub fn gid_stored(&self, id: u32) -> u32 {
         stored(&self.gids, id)
+    }
+}
+
+impl OverlayFs {
+    /// `st`, read from an object in `layer`, with the owner the layer holds on disk: on
+    /// an idmapped lower layer the ids read are mapped ids, taken back to on-disk ids
+    /// here (an id outside the mapping becomes the overflow id).
+    #[inline]
+    pub(crate) fn as_stored(&self, layer: LayerId, mut st: Stat) -> Stat {
+        if self.layers().idmapped(layer) {
+            let m = &self.opts.idmap;
+            st.st_uid = m.uid_stored(st.st_uid);
+            st.st_gid = m.gid_stored(st.st_gid);
+        }
+        st
     }
 }
 

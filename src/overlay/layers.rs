@@ -71,6 +71,9 @@ pub struct Layer {
     pub dev: u64,
     /// Where owners and modes the disk cannot hold are recorded (rootless layers).
     pub ovl: Option<OverrideLayer>,
+    /// The layer lies under an idmapped mount: the owners read from it are mapped ids
+    /// already (see [`super::idmap`]). Lower layers only.
+    pub idmapped: bool,
 }
 
 /// The whole stack plus the work directory.
@@ -109,6 +112,7 @@ impl Layers {
                 root: RealDir::with_markers(id, fd, markers.xattr_whiteouts),
                 dev: st.st_dev,
                 ovl,
+                idmapped: false,
             })
         };
         let upper = match upper {
@@ -119,6 +123,7 @@ impl Layers {
         for (i, p) in lowers.iter().enumerate() {
             lower_layers.push(open_layer((i + 1) as LayerId, p)?);
         }
+        mark_idmapped(&mut lower_layers);
         let work = match workdir {
             Some(w) => {
                 let wfd = sys::open_root_dir(w).map_err(|e| (w.to_path_buf(), e))?;
@@ -216,6 +221,12 @@ impl Layers {
         up.ovl = Some(ovl);
     }
 
+    /// Whether the owners read from layer `id` come through an idmapped mount.
+    #[inline]
+    pub fn idmapped(&self, id: LayerId) -> bool {
+        id != UPPER && self.lowers[id as usize - 1].idmapped
+    }
+
     pub fn num_lowers(&self) -> usize {
         self.lowers.len()
     }
@@ -235,6 +246,45 @@ impl Layers {
     }
 }
 
+/// Mark the layers whose directory handle lies on an idmapped mount. The handles were
+/// opened before the mount is reported ready and keep such a mount alive: podman 4.3
+/// detaches its idmapped mounts of the lower dirs once the mount program returns.
+fn mark_idmapped(lowers: &mut [Layer]) {
+    if lowers.is_empty() {
+        return;
+    }
+    let ids = match std::fs::read_to_string("/proc/self/mountinfo") {
+        Ok(text) => idmapped_mount_ids(&text),
+        Err(e) => {
+            log::warn!("cannot read /proc/self/mountinfo ({e}): taking no layer as idmapped");
+            return;
+        }
+    };
+    if ids.is_empty() {
+        return;
+    }
+    for l in lowers {
+        l.idmapped = matches!(sys::mount_id(l.root.fd()), Ok(Some(id)) if ids.contains(&id));
+        if l.idmapped {
+            log::info!("lower layer {} is on an idmapped mount", l.path.display());
+        }
+    }
+}
+
+/// The ids of the mounts that `/proc/self/mountinfo` marks `idmapped` (the first field
+/// of a line is the mount id, the sixth the per-mount options).
+fn idmapped_mount_ids(mountinfo: &str) -> Vec<u64> {
+    mountinfo
+        .lines()
+        .filter_map(|line| {
+            let mut f = line.split_ascii_whitespace();
+            let id = f.next()?.parse::<u64>().ok()?;
+            let opts = f.nth(4)?;
+            opts.split(',').any(|o| o == "idmapped").then_some(id)
+        })
+        .collect()
+}
+
 /// FUSE reserves 0 and uses 1 for the root: move any real inode with those numbers away.
 #[inline]
 pub fn fix_reserved_ino(ino: u64) -> u64 {
@@ -247,5 +297,38 @@ pub fn check_dir(path: &Path) -> Result<(), String> {
         Ok(m) if m.is_dir() => Ok(()),
         Ok(_) => Err(format!("{} is not a directory", path.display())),
         Err(e) => Err(format!("{}: {}", path.display(), e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idmapped_mounts_from_mountinfo() {
+        // As podman 4.3 leaves them while it runs a mount program with `--uidmap`.
+        let text = "\
+22 1 254:0 / / rw,relatime shared:1 - ext4 /dev/vda rw,discard
+50 48 254:0 /var/lib/containers/storage/overlay /var/lib/containers/storage/overlay/c1/mapped/0 rw,relatime,idmapped - ext4 /dev/vda rw,discard
+51 48 254:0 /srv/a\\040b /mnt/idmapped\\040dir ro,idmapped shared:7 - ext4 /dev/vda rw
+52 22 0:45 / /idmapped rw,nosuid - tmpfs idmapped rw
+bad line
+";
+        assert_eq!(idmapped_mount_ids(text), vec![50, 51]);
+        assert!(idmapped_mount_ids("").is_empty());
+    }
+
+    #[test]
+    fn mount_ids_match_mountinfo() {
+        let fd = sys::open_root_dir(Path::new("/")).unwrap();
+        let Some(id) = sys::mount_id(fd.as_fd()).unwrap() else {
+            return; // a kernel before 5.8
+        };
+        let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        assert!(
+            text.lines()
+                .any(|l| l.split(' ').next() == Some(id.to_string().as_str())),
+            "mount id {id} of / is not in mountinfo"
+        );
     }
 }

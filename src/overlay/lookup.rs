@@ -44,6 +44,17 @@ pub struct Resolved {
     pub detail: Detail,
 }
 
+impl Resolved {
+    /// The layer whose object `stat` describes.
+    pub fn layer(&self) -> LayerId {
+        match &self.detail {
+            Detail::Dir { upper: Some(_), .. } => UPPER,
+            Detail::Dir { lowers, .. } => lowers.first().map_or(UPPER, |l| l.layer),
+            Detail::File { layer, .. } => *layer,
+        }
+    }
+}
+
 #[derive(Debug)]
 pub enum Detail {
     Dir {

@@ -101,6 +101,19 @@ pub fn stat_fd(fd: BorrowedFd<'_>) -> SysResult<Stat> {
     rustix::fs::statat(fd, c"", AtFlags::EMPTY_PATH | AtFlags::SYMLINK_NOFOLLOW)
 }
 
+/// The id of the mount an fd lies on, as the first field of `/proc/self/mountinfo` shows
+/// it (`STATX_MNT_ID`); `None` where the kernel does not report it (before 5.8).
+pub fn mount_id(fd: BorrowedFd<'_>) -> SysResult<Option<u64>> {
+    let mask = rustix::fs::StatxFlags::MNT_ID;
+    let sx = rustix::fs::statx(
+        fd,
+        c"",
+        AtFlags::EMPTY_PATH | AtFlags::SYMLINK_NOFOLLOW,
+        mask,
+    )?;
+    Ok((sx.stx_mask & mask.bits() != 0).then_some(sx.stx_mnt_id))
+}
+
 pub fn statfs_fd(fd: BorrowedFd<'_>) -> SysResult<StatFs> {
     rustix::fs::fstatfs(fd)
 }

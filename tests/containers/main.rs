@@ -1,5 +1,6 @@
 //! Containers as users drive them: create, mount, `ps`, `rm`, isolation between
-//! containers of one image, `diff`, `commit`, `save`/`export`, `shell`, and fifty at once.
+//! containers of one image, `diff`, `commit`, `save`/`export`, `shell`, fifty at once, and
+//! podman running containers on layerfs as its `mount_program`.
 
 mod commit;
 mod diff;
@@ -7,5 +8,6 @@ mod image_mount;
 mod isolation;
 mod lifecycle;
 mod many;
+mod podman;
 mod save;
 mod shell;
