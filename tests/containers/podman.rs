@@ -278,3 +278,39 @@ fn skip_without_newuidmap() -> bool {
     say_skipped("needs newuidmap for rootless podman (package uidmap; scripts/deps installs it)");
     true
 }
+
+#[test]
+fn podman_build_rootless_on_layerfs() {
+    if skip_without_podman() || skip_without_newuidmap() {
+        return;
+    }
+    let user = RootlessUser::create();
+    let p = Podman::rootless(&user, &layerfs_bin());
+    p.import_dir(&debian::rootfs(), IMAGE);
+    // A build context the user can read.
+    let ctx = p.path("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    std::fs::write(
+        ctx.join("Containerfile"),
+        format!(
+            "FROM {IMAGE}\nRUN echo built > /built && chown 1:2 /built && mkdir -p /srv/app && rm /etc/motd\nCOPY note /srv/app/note\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(ctx.join("note"), "copied\n").unwrap();
+    let ctx_s = ctx.to_str().unwrap();
+    let _ = std::process::Command::new("chmod")
+        .args(["-R", "a+rX", ctx_s])
+        .status();
+    p.ok(&["build", "-t", "localhost/built:1", ctx_s]);
+    let owners = p.top_layer_owners("localhost/built:1");
+    assert_eq!(owners.get("srv/app/note"), Some(&(0, 0)), "{owners:?}");
+    let (ok, out) = p.sh(
+        &["--rm"],
+        "localhost/built:1",
+        "stat -c '%u:%g' /built; cat /built /srv/app/note; test ! -e /etc/motd && echo gone",
+    );
+    assert!(ok, "{out}");
+    assert_eq!(out.trim(), "1:2\nbuilt\ncopied\ngone", "{out}");
+    finish(p);
+}
