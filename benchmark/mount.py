@@ -43,8 +43,14 @@ BACKEND_NAMES = {
     "fo1": "fuse-overlayfs 1.10",
 }
 ALL_BACKENDS = ["kernel", "layerfs", "layerfs-b", "fo2", "fo1"]
-ALL_WORKLOADS = ["find", "du", "readdir", "seqread", "randread", "pagecache", "copyup", "untar", "write",
-                 "rm", "tarc", "depth", "rss"]
+ALL_WORKLOADS = ["find", "du", "readdir", "seqread", "randread", "randwarm", "pagecache", "copyup", "untar",
+                 "write", "rm", "tarc", "depth", "rss"]
+# randwarm (random reads from the FUSE page cache) matters where reads go through the daemon:
+# in the default list only with --rootless.
+DEFAULT_WORKLOADS = [w for w in ALL_WORKLOADS if w != "randwarm"]
+# --rootless: the targets the rootless (no passthrough) figures are held to; other rows have
+# none there, but layerfs should beat fuse-overlayfs on every row.
+ROOTLESS_TARGETS = {"seqread_warm": 0.8, "randread_warm": 0.5, "write": 1.5, "untar": 3.0}
 DEPTHS = [1, 8, 32, 100]
 DATASET_VERSION = "2"
 
@@ -232,10 +238,20 @@ class Mount:
         if self.writable:
             os.makedirs(self.upper)
             os.makedirs(self.work)
+        user = self.bench.user if self.bench.rootless else None
+        if user:
+            # The user's own mount point, upper and work dir (fusermount3 wants write access
+            # to the mount point). For the kernel's overlay (mounted by root) the upper dir
+            # is the merged root's owner: the user's, as the layers are.
+            mine = [self.mnt] + ([self.upper] if self.writable else [])
+            if self.writable and self.b.is_fuse:
+                mine.append(self.work)
+            for d in mine:
+                os.chown(d, *user)
         os.sync()
         if self.b.key == "kernel":
             # Relative paths keep the option string short enough for 100 layers.
-            base = self.bench.layers_dir
+            base = self.bench.mount_base
             lower = ":".join(os.path.relpath(l, base) for l in self.lowers)
             opts = f"lowerdir={lower}"
             if self.writable:
@@ -247,7 +263,9 @@ class Mount:
                 opts += f",upperdir={self.upper},workdir={self.work}"
             if self.b.extra_opts:
                 opts += "," + self.b.extra_opts
-            sh([self.b.binary, "-o", opts, self.mnt], timeout=120)
+            # As the user (--rootless): the daemon mounts through fusermount3.
+            sh(self.bench.user_cmd([self.b.binary, "-o", opts, self.mnt]), timeout=120,
+               env=self.bench.user_env())
             deadline = time.time() + 10
             while not is_mounted(self.mnt):
                 if time.time() > deadline:
@@ -257,6 +275,7 @@ class Mount:
             self.bench.started_pids.update(self.pids)
         if not is_mounted(self.mnt):
             raise BenchError(f"{self.b.name}: mount of {self.mnt} failed")
+        self.bench.note_mount_options(self.b, self.mnt)
 
     def umount(self):
         self.bench.umount_path(self.mnt, self.pids)
@@ -309,6 +328,15 @@ class Bench:
         self.rounds = {}  # workload title -> rounds run
         self.info = {}
         self.backends = []
+        # --rootless: the FUSE daemons run as this (uid, gid) and every workload command runs
+        # as it too (the kernel's overlay is still mounted by root); the layer sets are
+        # user-owned copies.
+        self.rootless = args.rootless
+        self.user = parse_user(args.user) if self.rootless else None
+        self.mount_base = self.layers_dir
+        self.dev_fuse_mode = None  # /dev/fuse's mode before we opened it to the user
+        self.script = os.path.abspath(__file__)  # what child operations run
+        self.mount_options = {}  # backend key -> FUSE/overlay options of its first mount
 
     # --- setup ------------------------------------------------------------------------
     def setup(self):
@@ -323,12 +351,17 @@ class Bench:
         self.install_packages()
         if not os.path.exists("/dev/fuse"):
             subprocess.run(["modprobe", "fuse"], check=False)
-        self.workloads = [w.strip() for w in self.args.workloads.split(",") if w.strip()]
+        wl = self.args.workloads or ",".join(ALL_WORKLOADS if self.rootless else DEFAULT_WORKLOADS)
+        self.workloads = [w.strip() for w in wl.split(",") if w.strip()]
         for w in self.workloads:
             if w not in ALL_WORKLOADS:
                 raise SystemExit(f"unknown workload {w!r} (have {', '.join(ALL_WORKLOADS)})")
         os.makedirs(self.workdir, exist_ok=True)
         self.cleanup_stale()
+        if self.rootless:
+            for tool in ("setpriv", "fusermount3"):
+                if not shutil.which(tool):
+                    raise SystemExit(f"benchmark/run mount --rootless: {tool} is missing")
         # The slow one-time steps overlap: fuse-overlayfs 2.x builds in the background while
         # layerfs builds and the layer sets are made.
         fo2 = self.start_fo2_install() if "fo2" in keys else None
@@ -338,6 +371,15 @@ class Bench:
         self.build_datasets()
         if fo2 is not None:
             fo2 = self.finish_fo2_install(fo2)
+        fo1 = "/usr/bin/fuse-overlayfs"
+        if self.rootless:
+            self.open_dev_fuse()
+            self.user_datasets()
+            self.script = self.user_binary(self.script, "script")
+            # The user must be able to run them: ~/.cargo/bin or a clone under /root is not
+            # open to it.
+            layerfs, fo2, fo1 = (self.user_binary(x, d) if x else x for x, d in
+                                 ((layerfs, "layerfs"), (fo2, "fo2"), (fo1, "fo1")))
         for k in keys:
             if k == "kernel":
                 self.backends.append(Backend("kernel"))
@@ -346,7 +388,7 @@ class Bench:
             elif k == "layerfs-b":
                 self.backends.append(Backend("layerfs-b", layerfs, self.args.layerfs_b_opts))
             elif k == "fo1":
-                self.backends.append(Backend("fo1", "/usr/bin/fuse-overlayfs"))
+                self.backends.append(Backend("fo1", fo1))
             elif k == "fo2" and fo2:
                 self.backends.append(Backend("fo2", fo2))
         self.info = {
@@ -360,7 +402,9 @@ class Bench:
             "layerfs_opts": self.args.layerfs_opts,
             "layerfs_b_opts": self.args.layerfs_b_opts,
             "load_start": round(os.getloadavg()[1], 1),
+            "load_start_1min": round(os.getloadavg()[0], 2),
             "nice": os.getpriority(os.PRIO_PROCESS, 0),
+            "rootless": f"{self.user[0]}:{self.user[1]}" if self.rootless else None,
         }
 
     def install_packages(self):
@@ -415,6 +459,135 @@ class Bench:
             log("fuse-overlayfs 2.x could not be installed (see the log); leaving it out (--no-fo2 skips it)")
             return None
         return b
+
+    # --- rootless: the user, its binaries, its layer copies ----------------------------------
+    def user_cmd(self, cmd):
+        """`cmd` as the benchmark user (--rootless), or unchanged."""
+        if not self.rootless:
+            return cmd
+        uid, gid = self.user
+        return ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--"] + cmd
+
+    def user_env(self):
+        if not self.rootless:
+            return None
+        home = os.path.join(self.workdir, "home-rootless")
+        if not os.path.isdir(home):
+            os.makedirs(home)
+            os.chown(home, *self.user)
+        return {"PATH": "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin", "HOME": home, "LANG": "C.UTF-8",
+                "USER": "bench", "LOGNAME": "bench"}
+
+    def open_dev_fuse(self):
+        """libfuse (fuse-overlayfs 1.10) opens /dev/fuse as the user before it calls
+        fusermount3: open it to the user for the run if it is not; cleanup() restores the mode."""
+        st = os.stat("/dev/fuse")
+        if st.st_mode & 0o006 == 0o006:
+            return
+        self.dev_fuse_mode = statmod.S_IMODE(st.st_mode)
+        log(f"/dev/fuse has mode {self.dev_fuse_mode:04o}: 0666 for this run, restored at the end")
+        os.chmod("/dev/fuse", 0o666)
+
+    def restore_dev_fuse(self):
+        if self.dev_fuse_mode is not None:
+            os.chmod("/dev/fuse", self.dev_fuse_mode)
+            log(f"/dev/fuse mode restored to {self.dev_fuse_mode:04o}")
+            self.dev_fuse_mode = None
+
+    def user_binary(self, path, sub):
+        """A copy of `path` the user can run: <workdir>/bin/SUB/<name> (the name is kept: the
+        FUSE subtype in the mount table comes from it)."""
+        bindir = os.path.join(self.workdir, "bin", sub)
+        os.makedirs(bindir, exist_ok=True)
+        for d in (os.path.dirname(bindir), bindir):
+            os.chmod(d, 0o755)
+        dst = os.path.join(bindir, os.path.basename(path))
+        shutil.copyfile(path, dst + ".tmp")
+        os.chmod(dst + ".tmp", 0o755)
+        os.rename(dst + ".tmp", dst)
+        return dst
+
+    def user_datasets(self):
+        """Copies of the layer sets owned by the user (an unprivileged daemon must read every
+        file of its lower layers), made once; every backend mounts these, the kernel too."""
+        uid, gid = self.user
+        root = os.path.join(self.workdir, f"layers-user-{uid}")
+        os.makedirs(root, exist_ok=True)
+        os.chmod(root, 0o755)
+
+        def copy(name):
+            src = os.path.join(self.layers_dir, name)
+            d = os.path.join(root, name)
+            mark = d + ".complete"
+            want = f"{DATASET_VERSION} {uid}:{gid}"
+            if os.path.exists(mark) and open(mark).read().strip() == want:
+                return d
+            log(f"copying layer set {name} for uid {uid} (one time)")
+            for x in (mark, d, d + ".tmp"):
+                if os.path.lexists(x):
+                    rm_tree(x)
+            sh(["cp", "-a", src, d + ".tmp"])
+            sh(["chown", "-R", "--no-dereference", f"{uid}:{gid}", d + ".tmp"])
+            os.rename(d + ".tmp", d)
+            with open(mark, "w") as f:
+                f.write(want + "\n")
+            return d
+
+        def moved(path):
+            return os.path.join(root, os.path.relpath(path, self.layers_dir))
+
+        for name in ("rootfs", os.path.basename(self.big), "dir10k", "depth", "tree100k"):
+            copy(name)
+        self.rootfs_layers = [moved(p) for p in self.rootfs_layers]
+        self.big = moved(self.big)
+        self.dir10k = moved(self.dir10k)
+        self.depth_layers = [moved(p) for p in self.depth_layers]
+        self.tree100k = moved(self.tree100k)
+        self.mount_base = root
+        # A user cannot create device nodes: the untar workload extracts the rootfs tar
+        # without them (for every backend).
+        tar = os.path.join(root, "rootfs-nodev.tar")
+        if not os.path.exists(tar):
+            import tarfile
+            with tarfile.open(self.rootfs_tar) as t:
+                special = [m.name for m in t.getmembers() if m.ischr() or m.isblk() or m.isfifo()]
+            lst = tar + ".list"
+            with open(lst, "w") as f:
+                f.write("".join(n + "\n" for n in special))
+            shutil.copyfile(self.rootfs_tar, tar + ".tmp")
+            if special:
+                sh(["tar", "--delete", "-f", tar + ".tmp", "--verbatim-files-from", "-T", lst])
+            os.unlink(lst)
+            os.rename(tar + ".tmp", tar)
+        self.untar_src = tar
+        self.untar_entries = len(sh(["tar", "-tf", tar]).stdout.splitlines())
+
+    def note_mount_options(self, backend, mnt):
+        if backend.key in self.mount_options:
+            return
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                parts = line.split()
+                if parts[4].encode().decode("unicode_escape") == mnt:
+                    sep = parts.index("-")
+                    self.mount_options[backend.key] = f"{parts[sep + 1]} {parts[sep + 3]}"
+
+    def isdir(self, path):
+        if not self.rootless:
+            return os.path.isdir(path)
+        return subprocess.run(self.user_cmd(["test", "-d", path]), env=self.user_env()).returncode == 0
+
+    def lexists(self, path):
+        if not self.rootless:
+            return os.path.lexists(path)
+        return subprocess.run(self.user_cmd(["test", "-e", path, "-o", "-L", path]),
+                              env=self.user_env()).returncode == 0
+
+    def mkdir(self, path):
+        if not self.rootless:
+            os.mkdir(path)
+        else:
+            sh(self.user_cmd(["mkdir", path]), env=self.user_env())
 
     # --- daemons and unmounting ----------------------------------------------------------
     def daemon_pids(self, backend, mnt):
@@ -526,9 +699,12 @@ class Bench:
                     os.kill(pid, signal.SIGTERM)
                 except ProcessLookupError:
                     pass
-        run = os.path.join(self.workdir, "run")
-        if os.path.exists(run):
-            rm_tree(run)
+        try:
+            run = os.path.join(self.workdir, "run")
+            if os.path.exists(run):
+                rm_tree(run)
+        finally:
+            self.restore_dev_fuse()
 
     # --- datasets (immutable, reused) -------------------------------------------------------
     def build_datasets(self):
@@ -537,6 +713,7 @@ class Bench:
         self.rootfs_layers = [os.path.join(self.rootfs_layers, n) for n in ("4", "3", "2", "1")]
         self.rootfs_tar = os.path.join(self.layers_dir, "rootfs.tar")
         self.rootfs_entries = int(open(os.path.join(self.layers_dir, "rootfs", "entries")).read())
+        self.untar_src, self.untar_entries = self.rootfs_tar, self.rootfs_entries
         self.big = self.dataset(f"big-{self.big_mib}", self.make_big)
         self.dir10k = self.dataset("dir10k", self.make_dir10k)
         depth = self.dataset("depth", self.make_depth)
@@ -630,10 +807,10 @@ class Bench:
 
     # --- measurement helpers --------------------------------------------------------------------
     def child(self, m, op, *args, timeout=900):
-        cmd = [sys.executable, os.path.abspath(__file__), "--child", op] + [str(a) for a in args]
+        cmd = self.user_cmd([sys.executable, self.script, "--child", op] + [str(a) for a in args])
         try:
             p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               timeout=timeout)
+                               timeout=timeout, env=self.user_env())
         except subprocess.TimeoutExpired:
             self.abort_fuse(m.mnt)
             raise BenchError(f"{op} timed out after {timeout}s (FUSE connection aborted)")
@@ -642,6 +819,9 @@ class Bench:
         return json.loads(p.stdout.strip().splitlines()[-1])
 
     def timed(self, m, cmd, timeout=900, **kw):
+        cmd = self.user_cmd(cmd)
+        if self.rootless:
+            kw.setdefault("env", self.user_env())
         t0 = time.perf_counter()
         try:
             p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout,
@@ -791,20 +971,38 @@ class Bench:
         def fn(b):
             self.warm_file(lower)
             with self.mount(b, [self.big]) as m:
-                _, out = self.timed(m, [
-                    "fio", "--name=randread", f"--filename={m.path('big', 'file')}",
-                    "--rw=randread", "--bs=4k", "--ioengine=psync", "--numjobs=1",
-                    f"--size={self.big_mib}m", f"--runtime={self.fio_seconds}", "--time_based",
-                    "--invalidate=0", "--readonly", "--output-format=json"])
-                j = json.loads(out[out.index(b"{"):])
-                job = j["jobs"][0]
-                if job.get("error"):
-                    raise BenchError(f"fio error {job['error']}")
-                iops = job["read"]["iops"]
-                if job["read"]["io_bytes"] <= 0 or iops <= 0:
-                    raise BenchError("fio read nothing")
+                iops = self.fio_randread(m, m.path("big", "file"))
             return {"randread": iops}
         self.each("4k random read (fio)", fn, metrics=("randread",))
+
+    def wl_randwarm(self):
+        """4k random reads of a file the mount has read once: from the FUSE page cache where
+        the daemon serves reads (rootless), from the lower file's where they pass through."""
+        size = self.big_mib * MiB
+
+        def fn(b):
+            with self.mount(b, [self.big]) as m:
+                f = m.path("big", "file")
+                r = self.child(m, "read", f)
+                if r["bytes"] != size:
+                    raise BenchError(f"read {r['bytes']} bytes, expected {size}")
+                return {"randread_warm": self.fio_randread(m, f)}
+        self.each("4k random read, warm (fio)", fn, metrics=("randread_warm",))
+
+    def fio_randread(self, m, path):
+        _, out = self.timed(m, [
+            "fio", "--name=randread", f"--filename={path}",
+            "--rw=randread", "--bs=4k", "--ioengine=psync", "--numjobs=1",
+            f"--size={self.big_mib}m", f"--runtime={self.fio_seconds}", "--time_based",
+            "--invalidate=0", "--readonly", "--output-format=json"])
+        j = json.loads(out[out.index(b"{"):])
+        job = j["jobs"][0]
+        if job.get("error"):
+            raise BenchError(f"fio error {job['error']}")
+        iops = job["read"]["iops"]
+        if job["read"]["io_bytes"] <= 0 or iops <= 0:
+            raise BenchError("fio read nothing")
+        return iops
 
     def wl_copyup(self):
         size = self.copyup_mib * MiB
@@ -830,14 +1028,14 @@ class Bench:
 
     def wl_untar(self):
         def fn(b):
-            self.warm_file(self.rootfs_tar)
+            self.warm_file(self.untar_src)
             with self.mount(b, self.rootfs_layers) as m:
                 dest = m.path("untar")
-                os.mkdir(dest)
-                dt, _ = self.timed(m, ["tar", "-xf", self.rootfs_tar, "-C", dest])
+                self.mkdir(dest)
+                dt, _ = self.timed(m, ["tar", "-xf", self.untar_src, "-C", dest])
                 _, n = self.walk(m, dest)
-                if n != self.rootfs_entries:
-                    raise BenchError(f"untar produced {n} entries, expected {self.rootfs_entries}")
+                if n != self.untar_entries:
+                    raise BenchError(f"untar produced {n} entries, expected {self.untar_entries}")
                 os.sync()
             return {"untar": dt}
         # Each round also syncs and deletes 200 MB of upper files (untimed): fewer rounds.
@@ -859,12 +1057,12 @@ class Bench:
         def fn(b):
             with self.mount(b, self.rootfs_layers) as m:
                 t = m.path("usr", "share")
-                if not os.path.isdir(t):
+                if not self.isdir(t):
                     raise BenchError("usr/share missing before rm")
                 dt, _ = self.timed(m, ["rm", "-rf", t])
-                if os.path.lexists(t):
+                if self.lexists(t):
                     raise BenchError("usr/share still visible after rm -rf")
-                if not os.path.isdir(m.path("usr", "lib")):
+                if not self.isdir(m.path("usr", "lib")):
                     raise BenchError("usr/lib vanished")
                 os.sync()
             if not os.path.isdir(os.path.join(self.rootfs_layers[1], "usr", "share", "doc")):
@@ -878,8 +1076,8 @@ class Bench:
         def fn(b):
             with self.mount(b, self.rootfs_layers) as m:
                 t0 = time.perf_counter()
-                p = subprocess.Popen(["tar", "-C", m.mnt, "-cf", "-", "."], stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE)
+                p = subprocess.Popen(self.user_cmd(["tar", "-C", m.mnt, "-cf", "-", "."]),
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=self.user_env())
                 total = 0
                 while True:
                     chunk = p.stdout.read(MiB)
@@ -947,6 +1145,18 @@ class Bench:
                 "errors": r["errors"]}
 
 
+def parse_user(spec):
+    """"UID:GID" (or "UID": the same GID) of an ordinary user, as numbers."""
+    try:
+        parts = [int(x) for x in spec.split(":")]
+    except ValueError:
+        raise SystemExit(f"--user {spec!r}: want UID:GID (numbers)")
+    uid, gid = (parts + parts[:1])[:2]
+    if uid == 0 or gid == 0 or len(parts) > 2:
+        raise SystemExit(f"--user {spec!r}: want a non-root UID:GID")
+    return uid, gid
+
+
 def fmt_num(v):
     if v is None:
         return "—"
@@ -1011,6 +1221,8 @@ def table_rows(b):
         ("seqread_cold", f"sequential read {big}, cold", "MiB/s", "thr", 0.95),
         ("seqread_warm", f"sequential read {big}, warm", "MiB/s", "thr", 0.95),
         ("randread", "4k random read (fio, psync, FUSE cache cold)", "IOPS", "thr", 0.8),
+        ("randread_warm", "4k random read (fio, psync, file read through the mount first)", "IOPS", "thr",
+         None),
         ("pagecache", f"page cache: 10 mounts read one {b.copyup_mib} MiB lower file", "MiB", "time",
          1.1),
         ("copyup", f"copy-up: append 1 byte to a {b.copyup_mib} MiB lower file", "s", "time", 1.0),
@@ -1024,7 +1236,15 @@ def table_rows(b):
                      "time", 2.0 if d == 1 else None))
     for d in b.depths:
         rows.append((f"stat_warm_{d}", f"stat, warm, {d} layer{'s' if d > 1 else ''}", "µs/op", "time", None))
+    if b.rootless:
+        rows = [(m, l, u, k, ROOTLESS_TARGETS.get(m)) for m, l, u, k, _ in rows]
     return rows
+
+
+def bname(b, key):
+    """A backend's name in the tables; rootless daemons say so."""
+    n = BACKEND_NAMES[key]
+    return n + ", rootless" if b.rootless and key != "kernel" else n
 
 
 def versus_fo(lm, fms, kind):
@@ -1067,7 +1287,7 @@ def build_report(b):
             return fmt_num(s["median"])
         return f"{s['median'] / k:.2f}x"
 
-    head = ["Workload"] + [("kernel" if k == "kernel" else BACKEND_NAMES[k]) for k in keys]
+    head = ["Workload"] + [("kernel" if k == "kernel" else bname(b, k)) for k in keys]
     if "layerfs" in keys:
         head += ["target (layerfs)", "met", "faster than fuse-overlayfs"]
     lines.append("| " + " | ".join(head) + " |")
@@ -1107,7 +1327,9 @@ def build_report(b):
             for k in keys:
                 a, c = med(f"stat_{kind}_100", k), med(f"stat_{kind}_1", k)
                 row.append(f"{a / c:.2f}x" if a and c else "FAIL")
-            if "layerfs" in keys:
+            if "layerfs" in keys and b.rootless:
+                row += ["—", "", ""]
+            elif "layerfs" in keys:
                 a, c = med(f"stat_{kind}_100", "layerfs"), med(f"stat_{kind}_1", "layerfs")
                 row.append("≤ 1.5x")
                 if a and c:
@@ -1132,14 +1354,17 @@ def build_report(b):
                 row.append(f"{r1:.1f} → {r2:.1f}" if r1 is not None and r2 is not None else "FAIL")
             if "layerfs" in keys:
                 r1, r2 = med(f"rss_{tag}_1", "layerfs"), med(f"rss_{tag}_2", "layerfs")
-                if tag == "100k":
+                if b.rootless:
+                    row += ["—", ""]
+                elif tag == "100k":
                     row.append("flat, < 64 MiB")
                     ok = r1 is not None and r2 is not None and r2 <= r1 * 1.1 + 1 and r2 < 64
                 else:
                     row.append("flat")
                     ok = r1 is not None and r2 is not None and r2 <= r1 * 1.1 + 1
-                row.append("met" if ok else "**missed**")
-                verdicts.append((f"RSS {tag}", ok))
+                if not b.rootless:
+                    row.append("met" if ok else "**missed**")
+                    verdicts.append((f"RSS {tag}", ok))
                 fms = [med(f"rss_{tag}_2", k) for k in fo]
                 if r2 is None:
                     row.append("FAIL")
@@ -1161,7 +1386,7 @@ def build_report(b):
     ratio_table = "\n".join(lines)
 
     # Absolute figures.
-    abs_lines = ["| Workload | " + " | ".join(BACKEND_NAMES[k] for k in keys) + " |",
+    abs_lines = ["| Workload | " + " | ".join(bname(b, k) for k in keys) + " |",
                  "|" + "---|" * (len(keys) + 1)]
     allrows = table_rows(b) + [(f"rss_{t}_{w}", f"daemon peak RSS {t}, walk {w}", "MiB", "abs", None)
                                for t in ("rootfs", "100k") for w in (1, 2)] \
@@ -1185,23 +1410,55 @@ def build_report(b):
     grouped = {}
     for k, title, rnd, msg in b.failures:
         grouped.setdefault((k, title, msg), []).append(rnd)
-    failures = [f"- {BACKEND_NAMES[k]}, {title} (round {', '.join(map(str, r))}): {msg}"
+    failures = [f"- {bname(b, k)}, {title} (round {', '.join(map(str, r))}): {msg}"
                 for (k, title, msg), r in grouped.items()]
     return ratio_table, abs_table, failures, verdicts
+
+
+def rootless_note(b):
+    """How the rootless figures were taken, and the mount options each backend got."""
+    uid, gid = b.user
+    fuse = [x for x in b.backends if x.key != "kernel"]
+    perms = []
+    for x in fuse:
+        o = b.mount_options.get(x.key)
+        if o:
+            perms.append(f"{BACKEND_NAMES[x.key]} `{o}`")
+    lf = b.mount_options.get("layerfs", "")
+    why = ""
+    if "layerfs" in b.mount_options:
+        why = (" layerfs ran with `default_permissions` (the kernel checks permissions): the plain layer "
+               "dirs carry no `user.containers.override_stat` record." if "default_permissions" in lf else
+               " layerfs ran without `default_permissions` (its layers carry `user.containers.override_stat`: "
+               "the daemon answers every permission check).")
+    return (f"Rootless: the FUSE daemons ran as uid {uid}, gid {gid} (`setpriv --reuid={uid} --regid={gid} "
+            f"--clear-groups`) and mounted through `fusermount3`, so no FUSE passthrough (the kernel lets only "
+            f"CAP_SYS_ADMIN register backing files). The kernel overlay was mounted by root; every workload "
+            f"command ran as uid {uid} for every backend, the kernel's included (a user cannot enter another "
+            f"user's FUSE mount; the same commands with the same credentials everywhere, so `tar x` does not "
+            f"chown). All backends mounted user-owned copies of the layer sets; `untar` extracts the rootfs "
+            f"tar without its device nodes ({b.untar_entries:,} entries). Root dropped the caches between "
+            f"unmount and mount for the cold rows. Mount options (type, super options): "
+            + "; ".join(perms) + "." + why)
 
 
 def render(b, ratio_table, abs_table, failures, verdicts):
     i = b.info
     out = []
     out.append(f"Measured {i['date']} on {i['machine']}; 5-minute load average "
-               f"{i.get('load_start', '?')} at the start, {i.get('load_end', '?')} at the end "
+               f"{i.get('load_start', '?')} at the start (1-minute {i.get('load_start_1min', '?')}), "
+               f"{i.get('load_end', '?')} at the end "
                f"(other work shares the machine; the benchmark ran at nice {i.get('nice', 0)}).")
     out.append("")
     out.append(f"`{i['command']}` — layerfs {i['layerfs_commit']}"
                + (f" with `-o {i['layerfs_opts']}`" if i['layerfs_opts'] else " (default options)")
+               + (f", layerfs (B) with `-o {i['layerfs_b_opts']}`" if "layerfs-b" in i["versions"] else "")
                + "; interleaved rounds: "
                + ", ".join(f"{t} {n}" for t, n in b.rounds.items()) + ".")
     out.append("Versions: " + "; ".join(f"{BACKEND_NAMES[k]}: {v}" for k, v in i["versions"].items()) + ".")
+    if b.rootless:
+        out.append("")
+        out.append(rootless_note(b))
     out.append("")
     out.append("Ratios of medians to the kernel overlay in the same run. ↓ rows are times "
                "(below 1.00x is faster than the kernel); ↑ rows are throughputs (above 1.00x "
@@ -1255,13 +1512,21 @@ def main():
     ap.add_argument("--backends", default="kernel,layerfs,fo2,fo1",
                     help="comma list of kernel, layerfs, layerfs-b (layerfs with --layerfs-b-opts), "
                          "fo2 (fuse-overlayfs 2.x), fo1 (1.10)")
-    ap.add_argument("--workloads", default=",".join(ALL_WORKLOADS), help="comma list of " + ", ".join(ALL_WORKLOADS))
+    ap.add_argument("--workloads", default="",
+                    help="comma list of " + ", ".join(ALL_WORKLOADS) + " (default: all but randwarm; "
+                         "all with --rootless)")
     ap.add_argument("--layerfs-opts", default="", help="extra -o options for layerfs, e.g. passthrough=on")
     ap.add_argument("--layerfs-b-opts", default="",
                     help="-o options of the second layerfs backend (layerfs-b), to compare two settings in one run")
     ap.add_argument("--layerfs-bin", help="use this layerfs binary instead of building one")
     ap.add_argument("--fo2-bin", help="fuse-overlayfs 2.x binary (default ~/.cargo/bin/fuse-overlayfs)")
     ap.add_argument("--no-fo2", action="store_true", help="skip fuse-overlayfs 2.x (no cargo install)")
+    ap.add_argument("--rootless", action="store_true",
+                    help="run the FUSE daemons (layerfs, fuse-overlayfs) as an ordinary user, mounting "
+                         "through fusermount3 (no passthrough), and every workload as that user; the "
+                         "kernel overlay is mounted by root; layers are user-owned copies")
+    ap.add_argument("--user", default="65534:65534",
+                    help="UID:GID for --rootless (default 65534:65534, nobody)")
     ap.add_argument("--workdir", default="/var/tmp/layerfs-bench", help="all data lives here (reused)")
     ap.add_argument("--nice", type=int, default=-10,
                     help="CPU priority change for the benchmark and the daemons it starts (default -10: "
