@@ -14,6 +14,11 @@ unless --no-fo2; builds layerfs (release) when needed.
     benchmark/run mount                      # full run (about 15 minutes on 2 cores)
     benchmark/run mount --backends kernel,layerfs --workloads find,readdir --reps 3
     benchmark/run mount --layerfs-opts passthrough=on --json out.json --readme
+    benchmark/run mount --rootless --readme --readme-tag rootless
+
+--rootless runs the FUSE daemons and every workload as an ordinary user (--user, default
+65534:65534) on user-owned copies of the layer sets: no passthrough, as for a rootless
+container; the kernel overlay (mounted by root) stays the reference.
 
 benchmark/README.md describes the layer sets, the method and every workload.
 """
