@@ -325,6 +325,50 @@ mod tests {
     }
 
     #[test]
+    fn records_on_disk_are_read_back_and_shown() {
+        use std::os::fd::AsFd;
+        let t = tempfile::tempdir().unwrap();
+        std::fs::write(t.path().join("f"), b"x").unwrap();
+        let root = sys::open_root_dir(t.path()).unwrap();
+        let ovl = OverrideLayer::with_name(root.as_fd(), CONTAINERS).unwrap();
+        let name = OsStr::new("f");
+        let st = sys::stat_at(root.as_fd(), name).unwrap();
+        // No record: the layer owner's ids show as 0, the disk mode as it is.
+        let plain = ovl.read(root.as_fd(), Some(name), &st);
+        assert_eq!((plain.uid, plain.gid, plain.mode), (0, 0, st.st_mode));
+        let rec = Recorded {
+            uid: 7,
+            gid: 8,
+            mode: libc::S_IFCHR | 0o620,
+            rdev: libc::makedev(4, 1),
+        };
+        if let Err(e) = ovl.write(root.as_fd(), Some(name), &rec) {
+            // A filesystem without user xattrs (old tmpfs) cannot hold records at all.
+            assert_eq!(e, Errno::NOTSUP);
+            return;
+        }
+        assert!(ovl.needs_record(&st, &rec));
+        assert!(!ovl.needs_record(&st, &plain));
+        assert_eq!(ovl.read(root.as_fd(), Some(name), &st), rec);
+        let shown = ovl.shown(root.as_fd(), Some(name), &st);
+        assert_eq!((shown.st_uid, shown.st_gid), (7, 8));
+        assert_eq!(shown.st_mode, libc::S_IFCHR | 0o620);
+        assert_eq!(shown.st_rdev, libc::makedev(4, 1));
+        // The layer is now found by its root only once the root carries a record.
+        assert_eq!(OverrideLayer::detect(root.as_fd()).unwrap(), None);
+        ovl.write(
+            root.as_fd(),
+            None,
+            &ovl.default_for(&sys::stat_fd(root.as_fd()).unwrap()),
+        )
+        .unwrap();
+        assert_eq!(
+            OverrideLayer::detect(root.as_fd()).unwrap().map(|o| o.name),
+            Some(CONTAINERS)
+        );
+    }
+
+    #[test]
     fn names() {
         assert!(is_override_xattr(b"user.containers.override_stat"));
         assert!(is_override_xattr(b"security.fuseoverlayfs.override_stat"));
