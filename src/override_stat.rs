@@ -51,6 +51,16 @@ pub struct Recorded {
 }
 
 impl Recorded {
+    /// What a stat result says, as it is.
+    pub fn of_stat(st: &Stat) -> Recorded {
+        Recorded {
+            uid: st.st_uid,
+            gid: st.st_gid,
+            mode: st.st_mode,
+            rdev: st.st_rdev,
+        }
+    }
+
     /// Parse a value; `disk_mode` supplies the type for the three-field form.
     pub fn parse(v: &[u8], disk_mode: u32) -> Option<Recorded> {
         let s = std::str::from_utf8(v).ok()?.trim_end_matches('\0');
@@ -200,20 +210,14 @@ impl OverrideLayer {
 
     /// What an object without a record shows.
     pub fn default_for(&self, st: &Stat) -> Recorded {
-        Recorded {
-            uid: if st.st_uid == self.owner.0 {
-                0
-            } else {
-                st.st_uid
-            },
-            gid: if st.st_gid == self.owner.1 {
-                0
-            } else {
-                st.st_gid
-            },
-            mode: st.st_mode,
-            rdev: st.st_rdev,
+        let mut r = Recorded::of_stat(st);
+        if r.uid == self.owner.0 {
+            r.uid = 0;
         }
+        if r.gid == self.owner.1 {
+            r.gid = 0;
+        }
+        r
     }
 
     /// The stat an object shows: its disk stat with the record applied.

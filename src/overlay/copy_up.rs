@@ -422,12 +422,7 @@ impl OverlayFs {
     ) -> Recorded {
         match self.layers().ovl(layer) {
             Some(o) => o.read(dir, name, st),
-            None => Recorded {
-                uid: st.st_uid,
-                gid: st.st_gid,
-                mode: st.st_mode,
-                rdev: st.st_rdev,
-            },
+            None => Recorded::of_stat(st),
         }
     }
 

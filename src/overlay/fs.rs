@@ -402,6 +402,9 @@ impl OverlayFs {
     /// In a layer that records owners (rootless layers): the stat a node shows, from its
     /// disk stat `st`.
     fn override_of(&self, node: &Node, st: &Stat) -> Option<Stat> {
+        if !self.layers().any_override() {
+            return None;
+        }
         if let Some(s) = node.successor() {
             return self.override_of(&s, st);
         }

@@ -83,6 +83,8 @@ pub struct Layers {
     /// `WORKDIR/work`: scratch space on the upper filesystem for atomic copy-up.
     pub work: Option<OwnedFd>,
     pub lowers: Vec<Layer>,
+    /// Some layer records owners in xattrs (kept with `ovl`, read on hot paths).
+    any_override: bool,
     /// Distinct devices in layer order (upper first); the position is the `fsidx`
     /// mixed into the high bits of inode numbers of every layer but the first fs.
     devs: Vec<u64>,
@@ -144,10 +146,12 @@ impl Layers {
                 devs.push(l.dev);
             }
         }
+        let any_override = upper.iter().chain(&lower_layers).any(|l| l.ovl.is_some());
         Ok(Layers {
             upper,
             work,
             lowers: lower_layers,
+            any_override,
             devs,
         })
     }
@@ -175,11 +179,9 @@ impl Layers {
     }
 
     /// Whether any layer records owners in xattrs.
+    #[inline]
     pub fn any_override(&self) -> bool {
-        self.upper
-            .iter()
-            .chain(&self.lowers)
-            .any(|l| l.ovl.is_some())
+        self.any_override
     }
 
     /// Decide how the upper layer keeps owners: `name` from `xattr_permissions=`, else
@@ -187,7 +189,7 @@ impl Layers {
     /// (it cannot `chown` a copy to the owner a lower file shows), and marks the upper
     /// root so that later mounts and `commit` read it the same way.
     pub fn setup_upper_override(&mut self, name: Option<&'static str>, privileged: bool) {
-        let lowers_override = self.lowers.iter().any(|l| l.ovl.is_some());
+        let lowers_override = self.any_override;
         let top_root = self.lowers.first().map(|l| (l.root.clone(), l.ovl));
         let Some(up) = self.upper.as_mut() else {
             return;
@@ -204,21 +206,19 @@ impl Layers {
         let root = up.root.fd();
         if matches!(sys::get_xattr(root, None, OsStr::new(name)), Ok(None)) {
             // The merged root shows the upper root: record what the lower root shows.
-            let rec = match (sys::stat_fd(root), top_root) {
-                (Ok(_), Some((lroot, Some(lovl)))) => sys::stat_fd(lroot.fd())
-                    .map(|st| lovl.read(lroot.fd(), None, &st))
-                    .ok(),
-                (Ok(st), _) => Some(ovl.default_for(&st)),
-                _ => None,
+            let rec = match top_root {
+                Some((lroot, Some(lovl))) => {
+                    sys::stat_fd(lroot.fd()).map(|st| lovl.read(lroot.fd(), None, &st))
+                }
+                _ => sys::stat_fd(root).map(|st| ovl.default_for(&st)),
             };
-            if let Some(rec) = rec
-                && let Err(e) = ovl.write(root, None, &rec)
-            {
+            if let Err(e) = rec.and_then(|rec| ovl.write(root, None, &rec)) {
                 log::warn!("upper dir: cannot record owners in {name}: {e}");
                 return;
             }
         }
         up.ovl = Some(ovl);
+        self.any_override = true;
     }
 
     /// Whether the owners read from layer `id` come through an idmapped mount.

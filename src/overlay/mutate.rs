@@ -146,29 +146,38 @@ impl OverlayFs {
         gid: u32,
         created_as: Option<Owner>,
     ) -> SysResult<Option<OwnedFd>> {
-        if let Some(ovl) = self.layers().ovl(UPPER) {
-            // Rootless upper: the disk keeps what it can, the record the rest.
-            let disk = override_stat::disk_mode(mode) & 0o7777;
-            let fd = match obj {
-                NewObj::File { flags } => Some(sys::open_at(
-                    dirfd,
-                    name,
-                    OFlags::CREATE | OFlags::EXCL | real_access(*flags),
-                    disk,
-                )?),
-                NewObj::Node { .. } => {
-                    sys::open_at(dirfd, name, OFlags::CREATE | OFlags::EXCL, disk)?;
-                    None
-                }
-                NewObj::Dir => {
-                    sys::mkdir_at(dirfd, name, disk)?;
-                    None
-                }
-                NewObj::Symlink { target } => {
-                    sys::symlink_at(target, dirfd, name)?;
-                    return Ok(None);
-                }
-            };
+        // A rootless upper dir keeps on disk what it can, and the rest in a record.
+        let ovl = self.layers().ovl(UPPER);
+        let perm = match ovl {
+            Some(_) => override_stat::disk_mode(mode) & 0o7777,
+            None => mode & 0o7777,
+        };
+        let fd = match obj {
+            NewObj::File { flags } => Some(sys::open_at(
+                dirfd,
+                name,
+                OFlags::CREATE | OFlags::EXCL | real_access(*flags),
+                perm,
+            )?),
+            // A device node, fifo or socket there: an empty file stands in.
+            NewObj::Node { .. } if ovl.is_some() => {
+                sys::open_at(dirfd, name, OFlags::CREATE | OFlags::EXCL, perm)?;
+                None
+            }
+            NewObj::Node { rdev } => {
+                sys::mknod_at(dirfd, name, mode, *rdev)?;
+                None
+            }
+            NewObj::Dir => {
+                sys::mkdir_at(dirfd, name, perm)?;
+                None
+            }
+            NewObj::Symlink { target } => {
+                sys::symlink_at(target, dirfd, name)?;
+                None
+            }
+        };
+        if let Some(ovl) = ovl {
             let rdev = match obj {
                 NewObj::Node { rdev } => *rdev,
                 _ => 0,
@@ -188,27 +197,6 @@ impl OverlayFs {
             }
             return Ok(fd);
         }
-        let perm = mode & 0o7777;
-        let fd = match obj {
-            NewObj::File { flags } => Some(sys::open_at(
-                dirfd,
-                name,
-                OFlags::CREATE | OFlags::EXCL | real_access(*flags),
-                perm,
-            )?),
-            NewObj::Node { rdev } => {
-                sys::mknod_at(dirfd, name, mode, *rdev)?;
-                None
-            }
-            NewObj::Dir => {
-                sys::mkdir_at(dirfd, name, perm)?;
-                None
-            }
-            NewObj::Symlink { target } => {
-                sys::symlink_at(target, dirfd, name)?;
-                None
-            }
-        };
         let (cur_uid, cur_gid) = match created_as {
             Some(ids) => ids,
             None => {

@@ -262,7 +262,7 @@ impl<'a> Extractor<'a> {
                 };
                 self.clear(parent, name, &path, &parent_key)?;
                 if self.ovl.is_some() {
-                    return self.stand_in(parent, name, &path, &meta, ftype | meta.mode, rdev);
+                    return self.stand_in(parent, name, &path, &meta, meta.recorded(ftype, rdev));
                 }
                 match sys::mknod_at(parent, name, ftype | (meta.mode & 0o7777), rdev) {
                     Ok(()) => {}
@@ -642,24 +642,17 @@ impl<'a> Extractor<'a> {
         name: &OsStr,
         path: &[u8],
         meta: &Meta,
-        mode: u32,
-        rdev: u64,
+        rec: Recorded,
     ) -> Result<()> {
-        let rec = Recorded {
-            uid: meta.uid,
-            gid: meta.gid,
-            mode,
-            rdev,
-        };
+        let perm = self.disk_perm(&rec);
         let fd = sys::open_at(
             parent,
             name,
             OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY,
-            override_stat::disk_mode(mode) & 0o7777,
+            perm,
         )
         .map_err(|e| sys_err(path, "creating the file for a device node", e))?;
-        sys::fchmod(fd.as_fd(), override_stat::disk_mode(mode) & 0o7777)
-            .map_err(|e| sys_err(path, "chmod", e))?;
+        sys::fchmod(fd.as_fd(), perm).map_err(|e| sys_err(path, "chmod", e))?;
         self.record(fd.as_fd(), None, path, &rec, RecordWrite::New)?;
         for (k, v) in &meta.xattrs {
             self.set_xattr(parent, Some(name), path, k, v, true)?;
