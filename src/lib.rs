@@ -5,6 +5,7 @@ pub mod cli;
 pub mod container;
 pub mod error;
 pub mod markers;
+pub mod metacopy;
 pub mod overlay;
 pub mod override_stat;
 pub mod registry;

@@ -27,19 +27,47 @@ use crate::error::{Error, Result};
 use crate::markers::{OCI_OPAQUE, OCI_WH_PREFIX, is_internal_xattr};
 use crate::override_stat::{self, OverrideLayer, Recorded};
 use crate::store::digest::{Digest, Hasher};
+use crate::store::objects::{self, ObjectSink};
 use crate::sys::{self, Errno, OFlags, TimeSpec};
 
 /// How to extract.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ExtractOptions {
     /// Keep owners, create device nodes, write kernel-form whiteouts and `trusted.*` xattrs.
     pub privileged: bool,
+    /// Where file contents go: `Some` keeps each regular file's data in the file store
+    /// and a metacopy stub in the tree (the store fills in its dirs per import); `None`
+    /// writes plain files.
+    pub objects: Option<ObjectDirs>,
+}
+
+/// The file store's dirs for one extraction (see `objects`).
+#[derive(Debug, Clone, Default)]
+pub struct ObjectDirs {
+    /// `ROOT/objects`: what the store has.
+    pub store: std::path::PathBuf,
+    /// This import's new objects.
+    pub staged: std::path::PathBuf,
 }
 
 impl ExtractOptions {
     pub(crate) fn for_this_process() -> Self {
+        Self::for_store(sys::is_privileged())
+    }
+
+    /// As the store extracts: file contents in the file store.
+    pub fn for_store(privileged: bool) -> Self {
         ExtractOptions {
-            privileged: sys::is_privileged(),
+            privileged,
+            objects: Some(ObjectDirs::default()),
+        }
+    }
+
+    /// Plain files, no file store (what tests and the old layout use).
+    pub fn plain(privileged: bool) -> Self {
+        ExtractOptions {
+            privileged,
+            objects: None,
         }
     }
 }
@@ -71,6 +99,8 @@ struct Extractor<'a> {
     deferred_dirs: BTreeMap<Vec<u8>, DirMeta>,
     out: Extracted,
     buf: Vec<u8>,
+    /// Where file contents go (`None`: into plain files in the tree).
+    objects: Option<ObjectSink>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -145,7 +175,12 @@ pub(crate) fn extract<R: Read>(
                 .map_err(|e| sys_err(b".", "stat", e))?,
         )
     };
+    let objects = match &opts.objects {
+        Some(d) if !d.store.as_os_str().is_empty() => Some(ObjectSink::open(&d.store, &d.staged)?),
+        _ => None,
+    };
     let mut x = Extractor {
+        objects,
         root,
         opts,
         ovl,
@@ -429,6 +464,15 @@ impl<'a> Extractor<'a> {
         meta: &Meta,
     ) -> Result<()> {
         self.clear(parent, name, path, parent_key)?;
+        let read_err = |e: std::io::Error| {
+            Error::io(
+                format!(
+                    "reading the layer tar at entry {}",
+                    String::from_utf8_lossy(path)
+                ),
+                e,
+            )
+        };
         let fd = sys::open_at(
             parent,
             name,
@@ -436,32 +480,60 @@ impl<'a> Extractor<'a> {
             0o600,
         )
         .map_err(|e| sys_err(path, "creating the file", e))?;
-        let mut f = File::from(fd);
-        let mut h = Hasher::new();
-        loop {
-            let n = match entry.read(&mut self.buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    return Err(Error::io(
-                        format!(
-                            "reading the layer tar at entry {}",
-                            String::from_utf8_lossy(path)
-                        ),
-                        e,
-                    ));
+        let digest = if let Some(sink) = &self.objects {
+            // The head of the file in memory: most files end within it, and one the
+            // store has already is then never written.
+            let mut filled = 0;
+            let mut eof = false;
+            while filled < self.buf.len() {
+                match entry.read(&mut self.buf[filled..]) {
+                    Ok(0) => {
+                        eof = true;
+                        break;
+                    }
+                    Ok(n) => filled += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(read_err(e)),
                 }
+            }
+            let (d, len) = if eof {
+                let d = Digest::of(&self.buf[..filled]);
+                if filled > 0 {
+                    sink.put_bytes(&d, &self.buf[..filled])
+                        .map_err(|e| e.context(format!("entry {}", String::from_utf8_lossy(path))))?;
+                }
+                (d, filled as u64)
+            } else {
+                let mut rest = vec![0u8; 1 << 20];
+                let (head, _) = self.buf.split_at(filled);
+                sink.put_stream(head, entry, &mut rest).map_err(read_err)?
             };
-            h.update(&self.buf[..n]);
-            f.write_all(&self.buf[..n]).map_err(|e| {
-                Error::io(
-                    format!("entry {}: writing", String::from_utf8_lossy(path)),
-                    e,
-                )
-            })?;
-        }
-        let fd = f.as_fd();
+            if len > 0 {
+                crate::metacopy::make_stub(fd.as_fd(), len, &objects::redirect(&d), self.opts.privileged)
+                    .map_err(|e| sys_err(path, "writing the file's stub", e))?;
+            }
+            d
+        } else {
+            let mut f = File::from(fd.try_clone().map_err(|e| Error::io("dup", e))?);
+            let mut h = Hasher::new();
+            loop {
+                let n = match entry.read(&mut self.buf) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(read_err(e)),
+                };
+                h.update(&self.buf[..n]);
+                f.write_all(&self.buf[..n]).map_err(|e| {
+                    Error::io(
+                        format!("entry {}: writing", String::from_utf8_lossy(path)),
+                        e,
+                    )
+                })?;
+            }
+            h.finish()
+        };
+        let fd = fd.as_fd();
         if self.opts.privileged {
             sys::fchown(fd, Some(meta.uid), Some(meta.gid))
                 .map_err(|e| sys_err(path, "chown", e))?;
@@ -475,7 +547,7 @@ impl<'a> Extractor<'a> {
         sys::futimens(fd, TimeSpec::Omit, meta.mtime)
             .map_err(|e| sys_err(path, "setting times", e))?;
         let st = sys::stat_fd(fd).map_err(|e| sys_err(path, "stat", e))?;
-        self.out.file_hashes.insert(st.st_ino, h.finish());
+        self.out.file_hashes.insert(st.st_ino, digest);
         Ok(())
     }
 

@@ -181,7 +181,7 @@ impl Store {
         let extract_to = if existing.is_none() {
             fs::create_dir_all(layer_dir.join("diff"))
                 .ctx(format!("creating {}", layer_dir.display()))?;
-            Some((layer_dir.join("diff"), self.extract))
+            Some((layer_dir.join("diff"), stage.extract_options(self)))
         } else {
             None
         };
@@ -192,7 +192,7 @@ impl Store {
             layer.compression,
             self.expansion,
             Some(blob_file),
-            extract_to.as_ref().map(|(p, o)| (p.as_path(), *o)),
+            extract_to.as_ref().map(|(p, o)| (p.as_path(), o.clone())),
             &progress,
         );
         let streamed = match res {
@@ -279,7 +279,7 @@ impl Store {
                     comp,
                     self.expansion,
                     Some(blob_file),
-                    Some((&work.join("diff"), self.extract)),
+                    Some((&work.join("diff"), stage.extract_options(self))),
                     &progress,
                 )?;
                 if streamed.blob != blob {
@@ -373,7 +373,7 @@ impl Store {
             Compression::None,
             self.expansion,
             Some(blob_file),
-            Some((&work.join("diff"), self.extract)),
+            Some((&work.join("diff"), stage.extract_options(self))),
             &|_| {},
         )?;
         let extracted = streamed.extracted.expect("extracted");

@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::store::extract::ExtractOptions;
 use crate::error::{Error, IoContext, Result};
 use crate::store::digest::Digest;
 use crate::store::images::{LayerRef, Reference};
@@ -59,6 +60,8 @@ struct Fetching<'a> {
     /// Names the image in errors.
     what: &'a str,
     stage_dir: &'a Path,
+    /// How layers are extracted (into this import's file objects).
+    extract: ExtractOptions,
     fetch: &'a dyn BlobFetcher,
     obs: &'a dyn ImportObserver,
 }
@@ -163,6 +166,7 @@ impl Store {
         let fetching = Fetching {
             what,
             stage_dir: &stage_dir,
+            extract: stage.extract_options(self),
             fetch,
             obs,
         };
@@ -249,7 +253,7 @@ impl Store {
             layer.compression,
             self.expansion,
             Some(blob_out),
-            extract_to.as_deref().map(|p| (p, self.extract)),
+            extract_to.as_deref().map(|p| (p, ctx.extract.clone())),
             &|_| {},
         )?;
         layer.verify(&what, &streamed)?;

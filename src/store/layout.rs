@@ -8,6 +8,8 @@
 //!     diff/                         the extracted tree (a lower dir for mounts)
 //!     layer.json                    summary: diff-id, size, entry count
 //!     tree.json                     every entry with its metadata and content hash
+//! ROOT/objects/ab/cdef…             each regular file's content once (see `objects`); the
+//!                                   layer trees hold metacopy stubs that name them
 //! ROOT/images/index.json            image records with their tags
 //! ROOT/images/mounts/<id hex>/      default mountpoints of read-only image mounts
 //!                                   (made and removed by the container code)
@@ -57,6 +59,10 @@ impl Layout {
     pub(crate) fn layer_diff(&self, diff_id: &Digest) -> PathBuf {
         self.layer(diff_id).join("diff")
     }
+    /// The file store: the data-only lower layer of every mount.
+    pub(crate) fn objects_dir(&self) -> PathBuf {
+        self.root.join("objects")
+    }
     pub(crate) fn images_index(&self) -> PathBuf {
         self.root.join("images/index.json")
     }
@@ -77,6 +83,7 @@ impl Layout {
             self.root.clone(),
             self.blobs_dir(),
             self.layers_dir(),
+            self.objects_dir(),
             self.root.join("images"),
             self.tmp_dir(),
         ] {

@@ -17,6 +17,7 @@ pub mod import;
 pub(crate) mod ingest;
 pub(crate) mod layout;
 pub(crate) mod lock;
+pub(crate) mod objects;
 pub(crate) mod parallel;
 pub(crate) mod plan;
 pub(crate) mod save;

@@ -14,7 +14,8 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Error, IoContext, Result};
 use crate::store::digest::Digest;
-use crate::store::extract::Extracted;
+use crate::store::extract::{ExtractOptions, Extracted, ObjectDirs};
+use crate::store::objects;
 use crate::store::images::{ImageCatalog, ImageRecord};
 use crate::store::layout::sync_dir;
 use crate::store::lock::StoreLock;
@@ -71,7 +72,7 @@ pub(super) struct Stage {
 impl Stage {
     pub(super) fn new(store: &Store) -> Result<Stage> {
         let dir = store.layout.new_tmp_dir("import")?;
-        for d in ["blobs", "layers"] {
+        for d in ["blobs", "layers", "objects"] {
             fs::create_dir(dir.join(d)).ctx(format!("creating {}", dir.join(d).display()))?;
         }
         Ok(Stage {
@@ -88,6 +89,23 @@ impl Stage {
 
     pub(super) fn layer(&self, d: &Digest) -> PathBuf {
         self.dir.join("layers").join(d.hex())
+    }
+
+    /// Where this import's new file objects go (flat, by hex digest).
+    pub(super) fn objects(&self) -> PathBuf {
+        self.dir.join("objects")
+    }
+
+    /// How this import extracts layers: the store's options, with its file objects.
+    pub(super) fn extract_options(&self, store: &Store) -> ExtractOptions {
+        let mut o = store.extract.clone();
+        if o.objects.is_some() {
+            o.objects = Some(ObjectDirs {
+                store: store.layout.objects_dir(),
+                staged: self.objects(),
+            });
+        }
+        o
     }
 
     pub(super) fn incoming(&mut self) -> PathBuf {
@@ -158,6 +176,8 @@ impl Store {
         }
         let sd = File::open(&stage.dir).ctx(format!("opening {}", stage.dir.display()))?;
         sys::syncfs(sd.as_fd()).ctx("syncing the store")?;
+        // Objects first: a layer in place never names a missing object.
+        objects::place_staged(&stage.objects(), &self.layout.objects_dir())?;
         let blobs_src =
             sys::open_root_dir(&stage.dir.join("blobs")).ctx("opening the staged blobs")?;
         let blobs_dst = sys::open_root_dir(&self.layout.blobs_dir()).ctx("opening the blob dir")?;

@@ -135,7 +135,7 @@ fn unprivileged_extraction_keeps_oci_whiteouts() {
     let p = t.path().join("l.tar");
     fs::write(&p, &tar).unwrap();
     let mut store = Store::open(&t.path().join("store")).unwrap();
-    store.set_extract_options(ExtractOptions { privileged: false });
+    store.set_extract_options(ExtractOptions::for_store(false));
     store.import(&p, &ImportOptions::default(), &Quiet).unwrap();
     let d = store.layer_dir(&sha(&tar).parse().unwrap());
     assert!(d.join(".wh.gone").is_file());
