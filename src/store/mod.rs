@@ -194,6 +194,12 @@ impl Store {
         Ok(out)
     }
 
+    /// The file store (`ROOT/objects`): the data-only lower layer every mount of a
+    /// store layer needs, since the layer trees hold metacopy stubs that name its files.
+    pub fn objects_dir(&self) -> PathBuf {
+        self.layout.objects_dir()
+    }
+
     /// The extracted tree of one layer.
     pub fn layer_dir(&self, diff_id: &Digest) -> PathBuf {
         self.layout.layer_diff(diff_id)
