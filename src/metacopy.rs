@@ -8,8 +8,9 @@
 //! file's data inside a *data-only* layer (`lowerdir=L1:L2::DATA`). A stub holds owner,
 //! mode, times and every other xattr; the data file holds only bytes.
 //!
-//! A stub always has data (empty files stay plain files), and is sparse: `st_size > 0`
-//! and `st_blocks == 0` is the cheap test that spares ordinary files the xattr lookup.
+//! A stub always has data (empty files stay plain files): `st_size > 0` spares empty
+//! files the xattr lookup. (Its blocks are no test: on ext4 with 256-byte inodes the two
+//! xattrs do not fit in the inode, so each stub holds one xattr block.)
 
 use std::ffi::OsStr;
 use std::os::fd::{BorrowedFd, OwnedFd};
@@ -22,11 +23,11 @@ pub const TRUSTED_REDIRECT: &str = "trusted.overlay.redirect";
 pub const USER_METACOPY: &str = "user.overlay.metacopy";
 pub const USER_REDIRECT: &str = "user.overlay.redirect";
 
-/// Whether a regular file may be a stub (has a size and no blocks); only such files
-/// are worth the xattr lookup of [`redirect_of`].
+/// Whether a file may be a stub (a regular file with a size); only such files are
+/// worth the xattr lookup of [`redirect_of`].
 #[inline]
 pub fn may_be_stub(st: &Stat) -> bool {
-    sys::mode_type(st.st_mode) == libc::S_IFREG && st.st_size > 0 && st.st_blocks == 0
+    sys::mode_type(st.st_mode) == libc::S_IFREG && st.st_size > 0
 }
 
 /// The data path of a stub (`name` in `dir`, or the fd itself), `None` for an ordinary
@@ -70,8 +71,9 @@ pub fn valid_data_path(r: &[u8]) -> bool {
 }
 
 /// Open the data a redirect names in the data layer `data_root`, one component at a
-/// time without following symlinks, read-only. `ENOENT` when it is not there.
-pub fn open_data(data_root: BorrowedFd<'_>, redirect: &[u8]) -> SysResult<OwnedFd> {
+/// time without following symlinks, with `flags` (read-only ones: data is never
+/// written). `ENOENT` when it is not there.
+pub fn open_data(data_root: BorrowedFd<'_>, redirect: &[u8], flags: OFlags) -> SysResult<OwnedFd> {
     if !valid_data_path(redirect) {
         return Err(Errno::INVAL);
     }
@@ -79,16 +81,31 @@ pub fn open_data(data_root: BorrowedFd<'_>, redirect: &[u8]) -> SysResult<OwnedF
     let (last, dirs) = comps.split_last().ok_or(Errno::INVAL)?;
     let mut cur: Option<OwnedFd> = None;
     for d in dirs {
-        let parent = cur.as_ref().map_or(data_root, |f| std::os::fd::AsFd::as_fd(f));
+        let parent = cur
+            .as_ref()
+            .map_or(data_root, |f| std::os::fd::AsFd::as_fd(f));
         cur = Some(sys::open_dir_path(parent, OsStr::from_bytes(d))?);
     }
-    let parent = cur.as_ref().map_or(data_root, |f| std::os::fd::AsFd::as_fd(f));
-    sys::open_regular_at(parent, OsStr::from_bytes(last), OFlags::RDONLY)
+    let parent = cur
+        .as_ref()
+        .map_or(data_root, |f| std::os::fd::AsFd::as_fd(f));
+    let flags =
+        flags & !(OFlags::WRONLY | OFlags::RDWR | OFlags::TRUNC | OFlags::APPEND | OFlags::CREATE);
+    sys::open_regular_at(parent, OsStr::from_bytes(last), flags).map_err(|e| match e {
+        // open_regular_at's "gone in a race" is plainly missing data here.
+        Errno::STALE => Errno::NOENT,
+        e => e,
+    })
 }
 
 /// Turn the open, empty regular file `fd` into a stub of `size` bytes whose data is at
 /// `redirect` in the data layer; `privileged` picks the `trusted.` namespace.
-pub fn make_stub(fd: BorrowedFd<'_>, size: u64, redirect: &[u8], privileged: bool) -> SysResult<()> {
+pub fn make_stub(
+    fd: BorrowedFd<'_>,
+    size: u64,
+    redirect: &[u8],
+    privileged: bool,
+) -> SysResult<()> {
     let (meta, red) = names(privileged);
     sys::ftruncate(fd, size)?;
     sys::set_xattr(fd, None, OsStr::new(red), redirect, 0)?;
@@ -136,16 +153,22 @@ mod tests {
         let r = redirect_of(layer.as_fd(), Some(OsStr::new("f"))).unwrap();
         assert_eq!(r.as_deref(), Some(&b"/ab/cd"[..]));
         let data = sys::open_root_dir(&t.path().join("data")).unwrap();
-        let fd = open_data(data.as_fd(), b"/ab/cd").unwrap();
+        let fd = open_data(data.as_fd(), b"/ab/cd", OFlags::RDONLY).unwrap();
         let mut buf = [0u8; 8];
         assert_eq!(sys::pread(fd.as_fd(), &mut buf, 0).unwrap(), 5);
         assert_eq!(&buf[..5], b"hello");
-        assert_eq!(open_data(data.as_fd(), b"/ab/zz").unwrap_err(), Errno::NOENT);
+        assert_eq!(
+            open_data(data.as_fd(), b"/ab/zz", OFlags::RDONLY).unwrap_err(),
+            Errno::NOENT
+        );
         // A symlink on the way is not followed.
         std::os::unix::fs::symlink("/etc", t.path().join("data/ln")).unwrap();
-        assert!(open_data(data.as_fd(), b"/ln/passwd").is_err());
+        assert!(open_data(data.as_fd(), b"/ln/passwd", OFlags::RDONLY).is_err());
         // An ordinary file is no stub.
         std::fs::write(t.path().join("layer/g"), b"x").unwrap();
-        assert_eq!(redirect_of(layer.as_fd(), Some(OsStr::new("g"))).unwrap(), None);
+        assert_eq!(
+            redirect_of(layer.as_fd(), Some(OsStr::new("g"))).unwrap(),
+            None
+        );
     }
 }

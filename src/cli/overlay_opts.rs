@@ -9,6 +9,9 @@ use std::path::PathBuf;
 pub struct OverlayArgs {
     /// Lower layers, top first (leftmost in `lowerdir=`).
     pub lowers: Vec<PathBuf>,
+    /// Data-only lower layers (after `::` in `lowerdir=`): where metacopy stubs in the
+    /// lower layers find their data.
+    pub data: Vec<PathBuf>,
     pub upper: Option<PathBuf>,
     pub work: Option<PathBuf>,
     pub mountpoint: PathBuf,
@@ -52,6 +55,7 @@ impl OverlayArgs {
     pub fn request(&self) -> MountRequest {
         MountRequest {
             lowers: self.lowers.clone(),
+            data: self.data.clone(),
             upper: self.upper.clone(),
             work: self.work.clone(),
             mountpoint: self.mountpoint.clone(),
@@ -112,6 +116,43 @@ const ACCEPTED_NOOPS: &[&str] = &[
     "uuid",
     "squash_to_root_is_root",
 ];
+
+/// Split a `lowerdir=` value as the kernel does: `L1:L2::D1::D2` gives the lower
+/// layers `L1`, `L2` and the data-only layers `D1`, `D2`.
+pub fn split_lowerdir(v: &str) -> Result<(Vec<PathBuf>, Vec<PathBuf>), String> {
+    // Find unescaped "::" boundaries.
+    let mut parts = Vec::new();
+    let mut cur = String::new();
+    let mut chars = v.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                cur.push('\\');
+                if let Some(n) = chars.next() {
+                    cur.push(n);
+                }
+            }
+            ':' if chars.peek() == Some(&':') => {
+                chars.next();
+                parts.push(std::mem::take(&mut cur));
+            }
+            c => cur.push(c),
+        }
+    }
+    parts.push(cur);
+    let lowers = split_layers(&parts[0])?;
+    let mut data = Vec::new();
+    for d in &parts[1..] {
+        let l = split_layers(d)?;
+        if l.len() != 1 {
+            return Err(format!(
+                "lowerdir: data-only layers are separated by \"::\" in {v:?}"
+            ));
+        }
+        data.extend(l);
+    }
+    Ok((lowers, data))
+}
 
 /// Split a `lowerdir=` value on unescaped `:`; `\:` `\,` `\\` are escapes.
 pub fn split_layers(v: &str) -> Result<Vec<PathBuf>, String> {
@@ -213,7 +254,7 @@ fn apply_opt(a: &mut OverlayArgs, opt: &str) -> Result<(), String> {
             if v.is_empty() {
                 return Err("lowerdir is empty".into());
             }
-            a.lowers = split_layers(v)?;
+            (a.lowers, a.data) = split_lowerdir(v)?;
         }
         "upperdir" => a.upper = Some(PathBuf::from(unescape(&need(val)?))),
         "workdir" => a.work = Some(PathBuf::from(unescape(&need(val)?))),

@@ -105,7 +105,8 @@ pub(crate) fn mount(
         options: Vec::new(),
         program,
     };
-    mount_new(&src, &what, path, &lowers, None, &req)
+    let data = [store.objects_dir()];
+    mount_new(&src, &what, path, (&lowers, &data), None, &req)
 }
 
 /// Remove a default mountpoint left empty by an unmount (others are the user's).

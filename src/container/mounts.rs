@@ -292,7 +292,15 @@ pub(crate) fn mount(cs: &Containers<'_>, c: &Container, req: &MountRequest) -> R
     let lowers = cs.layer_dirs(c)?;
     let path = wanted.unwrap_or_else(|| cs.default_mountpoint(c));
     let (upper, work) = (cs.upper(c), cs.work(c));
-    mount_new(&source, &what, path, &lowers, Some((&upper, &work)), req)
+    let data = [cs.store().objects_dir()];
+    mount_new(
+        &source,
+        &what,
+        path,
+        (&lowers, &data),
+        Some((&upper, &work)),
+        req,
+    )
 }
 
 /// Where the mounts with `source` are mounted already, if they are (dead mounts are
@@ -331,7 +339,7 @@ pub(crate) fn mount_new(
     source: &str,
     what: &str,
     path: PathBuf,
-    lowers: &[PathBuf],
+    (lowers, data): (&[PathBuf], &[PathBuf]),
     upper: Option<(&Path, &Path)>,
     req: &MountRequest,
 ) -> Result<Mounted> {
@@ -362,7 +370,7 @@ pub(crate) fn mount_new(
             m.fstype
         )));
     }
-    let mut opts = overlay_options(lowers, upper, source)?;
+    let mut opts = overlay_options(lowers, data, upper, source)?;
     for o in &req.options {
         opts.push(',');
         opts.push_str(o);
@@ -397,9 +405,12 @@ pub(crate) fn absolute(p: &Path) -> Result<PathBuf> {
     Ok(parent.join(name))
 }
 
-/// The daemon's `-o` for a layer stack: `lowerdir=…[,upperdir=…,workdir=…],fsname=SOURCE`.
+/// The daemon's `-o` for a layer stack:
+/// `lowerdir=L1:…[::DATA][,upperdir=…,workdir=…],fsname=SOURCE`, with the data-only
+/// layers (the store's file objects) after `::`.
 pub(crate) fn overlay_options(
     lowers: &[PathBuf],
+    data: &[PathBuf],
     upper: Option<(&Path, &Path)>,
     source: &str,
 ) -> Result<String> {
@@ -411,6 +422,10 @@ pub(crate) fn overlay_options(
             .collect::<Result<Vec<_>>>()?
             .join(":")
     );
+    for d in data {
+        opts.push_str("::");
+        opts.push_str(&escape_opt_path(d)?);
+    }
     if let Some((upper, work)) = upper {
         opts.push_str(&format!(
             ",upperdir={},workdir={}",

@@ -35,21 +35,24 @@ fn err_at(p: &[u8], e: Errno) -> Error {
 }
 
 impl View {
-    pub(crate) fn open(lowers: Vec<PathBuf>) -> Result<View> {
-        let fs = OverlayFs::new(Options::new(lowers, None, None))?;
+    /// Lower layers (top first) with the data-only layers their stubs name.
+    pub(crate) fn open(lowers: Vec<PathBuf>, data: Vec<PathBuf>) -> Result<View> {
+        let mut opts = Options::new(lowers, None, None);
+        opts.data = data;
+        let fs = OverlayFs::new(opts)?;
         Ok(View { fs })
     }
 
     /// The image a container was made from (its layers only).
     pub(crate) fn image_of(cs: &Containers<'_>, c: &Container) -> Result<View> {
-        View::open(cs.layer_dirs(c)?)
+        View::open(cs.layer_dirs(c)?, vec![cs.store().objects_dir()])
     }
 
     /// A container's merged tree.
     pub(crate) fn container(cs: &Containers<'_>, c: &Container) -> Result<View> {
         let mut lowers = vec![cs.upper(c)];
         lowers.extend(cs.layer_dirs(c)?);
-        View::open(lowers)
+        View::open(lowers, vec![cs.store().objects_dir()])
     }
 
     pub(crate) fn root_attr(&self) -> Result<Attr> {

@@ -373,6 +373,13 @@ impl OverlayFs {
             }
             Kind::File => {
                 let src = sys::open_at(srcdir, name, OFlags::RDONLY, 0)?;
+                let data = if src_layer == UPPER {
+                    None
+                } else {
+                    self.layers()
+                        .stub_data(src.as_fd(), None, st, OFlags::RDONLY)?
+                };
+                let src = data.unwrap_or(src);
                 let dst = sys::open_at(
                     work,
                     tmp,

@@ -89,6 +89,14 @@ impl OverlayFs {
         let mut last = Errno::STALE;
         for a in &f.aliases {
             match sys::open_regular_at(a.real.fd(), &a.name, flags) {
+                Ok(fd) if f.layer != UPPER => {
+                    // A metacopy stub in a lower layer: its data is in a data-only layer.
+                    let st = sys::stat_fd(fd.as_fd())?;
+                    return match self.layers().stub_data(fd.as_fd(), None, &st, flags)? {
+                        Some(data) => Ok(data),
+                        None => Ok(fd),
+                    };
+                }
                 Ok(fd) => return Ok(fd),
                 Err(e) => last = e,
             }

@@ -29,6 +29,9 @@ pub const ROOT_INO: u64 = 1;
 pub struct Options {
     /// Lower layers, top first.
     pub lowers: Vec<PathBuf>,
+    /// Data-only lower layers (`lowerdir=…::DATA`): where metacopy stubs in the lower
+    /// layers find their data (the store's file objects).
+    pub data: Vec<PathBuf>,
     pub upper: Option<PathBuf>,
     pub work: Option<PathBuf>,
     /// `fsync` calls and copy-ups reach the disk (off with `volatile` / `fsync=0`).
@@ -48,6 +51,7 @@ impl Options {
     pub fn new(lowers: Vec<PathBuf>, upper: Option<PathBuf>, work: Option<PathBuf>) -> Self {
         Options {
             lowers,
+            data: Vec::new(),
             upper,
             work,
             fsync: true,
@@ -90,8 +94,13 @@ impl OverlayFs {
                 errno.raw_os_error(),
             )
         };
-        let mut layers = Layers::open(&opts.lowers, opts.upper.as_deref(), opts.work.as_deref())
-            .map_err(|(path, errno)| at(&path, errno))?;
+        let mut layers = Layers::open(
+            &opts.lowers,
+            &opts.data,
+            opts.upper.as_deref(),
+            opts.work.as_deref(),
+        )
+        .map_err(|(path, errno)| at(&path, errno))?;
         layers.setup_upper_override(opts.upper_override, sys::is_privileged());
         let writer = layers.work.take().map(UpperWriter::new);
         let upper_oci_whiteouts = writer.as_ref().is_some_and(|w| !w.device_whiteouts());
@@ -384,6 +393,12 @@ impl OverlayFs {
             None => st,
         };
         let mut a = Attr::from_stat(node.ino, st);
+        if crate::metacopy::may_be_stub(st) && !self.layers().data.is_empty() {
+            // A stub shows the blocks of its data, as the kernel's overlayfs does.
+            if let Some(b) = self.stub_blocks(node, st) {
+                a.blocks = b;
+            }
+        }
         let m = &self.opts.idmap;
         a.uid = m.uid_shown(a.uid);
         a.gid = m.gid_shown(a.gid);
@@ -397,6 +412,44 @@ impl OverlayFs {
             }
         }
         a
+    }
+
+    /// The blocks of a lower-layer stub's data (`None` for anything else), asked once
+    /// per node.
+    fn stub_blocks(&self, node: &Node, st: &Stat) -> Option<u64> {
+        use super::inode_table::{NO_BLOCKS, NOT_STUB};
+        use std::sync::atomic::Ordering;
+        let (dir, name) = {
+            let st = node.state.read();
+            let NodeState::File(f) = &*st else {
+                return None;
+            };
+            // A copy-up makes the node the upper file's, whatever it was before.
+            if f.layer == super::layers::UPPER {
+                return None;
+            }
+            match node.data_blocks.load(Ordering::Relaxed) {
+                NO_BLOCKS => {}
+                NOT_STUB => return None,
+                b => return Some(b),
+            }
+            let a = f.aliases.first()?;
+            (a.real.clone(), a.name.clone())
+        };
+        let data = match self
+            .layers()
+            .stub_data(dir.fd(), Some(&name), st, sys::OFlags::RDONLY)
+        {
+            Ok(Some(d)) => d,
+            Ok(None) => {
+                node.data_blocks.store(NOT_STUB, Ordering::Relaxed);
+                return None;
+            }
+            Err(_) => return None,
+        };
+        let blocks = sys::stat_fd(data.as_fd()).ok()?.st_blocks as u64;
+        node.data_blocks.store(blocks, Ordering::Relaxed);
+        Some(blocks)
     }
 
     /// In a layer that records owners (rootless layers): the stat a node shows, from its

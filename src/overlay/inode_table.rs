@@ -96,6 +96,11 @@ pub enum NodeState {
     File(FileState),
 }
 
+/// `Node::data_blocks` not known yet.
+pub const NO_BLOCKS: u64 = u64::MAX;
+/// `Node::data_blocks` of a node that is no stub.
+pub const NOT_STUB: u64 = u64::MAX - 1;
+
 pub struct Node {
     /// The FUSE node id, and the inode number the mount shows.
     pub ino: u64,
@@ -120,6 +125,9 @@ pub struct Node {
     /// Of those, the ones an `execve` opened (the kernel denies writes to the file
     /// while they live).
     pub exec_opens: AtomicU64,
+    /// For a metacopy stub in a lower layer: the blocks its data holds, once asked
+    /// (`NO_BLOCKS` until then).
+    pub data_blocks: AtomicU64,
     /// Set when a newer node took over this one's names: the kernel pins this node's
     /// open files to a lower file it cannot switch, so new opens go to the successor.
     successor: Mutex<Option<Arc<Node>>>,
@@ -379,6 +387,7 @@ impl InodeTable {
             version: AtomicU64::new(0),
             open_files: AtomicU64::new(0),
             exec_opens: AtomicU64::new(0),
+            data_blocks: AtomicU64::new(NO_BLOCKS),
             successor: Mutex::new(None),
             resolved: Mutex::new(HashMap::new()),
             listed: AtomicBool::new(false),

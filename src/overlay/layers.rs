@@ -83,6 +83,8 @@ pub struct Layers {
     /// `WORKDIR/work`: scratch space on the upper filesystem for atomic copy-up.
     pub work: Option<OwnedFd>,
     pub lowers: Vec<Layer>,
+    /// Data-only layers (`O_PATH` roots): where metacopy stubs find their data.
+    pub data: Vec<OwnedFd>,
     /// Some layer records owners in xattrs (kept with `ovl`, read on hot paths).
     any_override: bool,
     /// Distinct devices in layer order (upper first); the position is the `fsidx`
@@ -98,6 +100,7 @@ impl Layers {
     /// Open every layer. `lowers` is top first, as in `lowerdir=`.
     pub fn open(
         lowers: &[PathBuf],
+        data: &[PathBuf],
         upper: Option<&Path>,
         workdir: Option<&Path>,
     ) -> Result<Self, (PathBuf, Errno)> {
@@ -147,10 +150,15 @@ impl Layers {
             }
         }
         let any_override = upper.iter().chain(&lower_layers).any(|l| l.ovl.is_some());
+        let data = data
+            .iter()
+            .map(|p| sys::open_root_dir(p).map_err(|e| (p.clone(), e)))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Layers {
             upper,
             work,
             lowers: lower_layers,
+            data,
             any_override,
             devs,
         })
@@ -162,6 +170,37 @@ impl Layers {
         } else {
             &self.lowers[id as usize - 1]
         }
+    }
+
+    /// The data of a lower-layer file (`fd` open, `st` its stat) when it is a metacopy
+    /// stub: its data opened with `flags` from the data-only layers. `Ok(None)` for an
+    /// ordinary file, or when the stack has no data layers (a stub is then shown as it
+    /// is). Data a stub names that no data layer has: `EIO`, logged.
+    pub fn stub_data(
+        &self,
+        fd: BorrowedFd<'_>,
+        name: Option<&OsStr>,
+        st: &sys::Stat,
+        flags: sys::OFlags,
+    ) -> sys::SysResult<Option<OwnedFd>> {
+        if self.data.is_empty() || !crate::metacopy::may_be_stub(st) {
+            return Ok(None);
+        }
+        let Some(r) = crate::metacopy::redirect_of(fd, name)? else {
+            return Ok(None);
+        };
+        for d in &self.data {
+            match crate::metacopy::open_data(d.as_fd(), &r, flags) {
+                Ok(f) => return Ok(Some(f)),
+                Err(Errno::NOENT) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        log::warn!(
+            "the data of a file ({}) is in no data-only layer",
+            String::from_utf8_lossy(&r)
+        );
+        Err(Errno::IO)
     }
 
     pub fn has_upper(&self) -> bool {

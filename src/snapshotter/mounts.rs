@@ -42,7 +42,7 @@ impl Mount {
 pub(crate) fn ensure(
     program: &Path,
     n: u64,
-    lowers: &[PathBuf],
+    (lowers, data): (&[PathBuf], &[PathBuf]),
     upper: Option<&(PathBuf, PathBuf)>,
     mp: &Path,
 ) -> Result<()> {
@@ -68,6 +68,7 @@ pub(crate) fn ensure(
     std::fs::create_dir_all(mp).ctx(format!("creating {}", mp.display()))?;
     let opts = overlay_options(
         lowers,
+        data,
         upper.map(|(u, w)| (u.as_path(), w.as_path())),
         &source,
     )?;

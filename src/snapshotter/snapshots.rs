@@ -304,10 +304,13 @@ impl Core {
                 "failed to get active mount: requested snapshot {key} not active or view"
             )));
         }
-        let lowers = self
+        let trees = self
             .records
             .ancestors(&rec.parent)
-            .map_err(|p| Error::not_found(format!("parent snapshot {p} of {key} is gone")))?
+            .map_err(|p| Error::not_found(format!("parent snapshot {p} of {key} is gone")))?;
+        // Store layers hold metacopy stubs: their data is in the store's file objects.
+        let stubs = trees.iter().any(|t| matches!(t, Tree::Layer(_)));
+        let lowers = trees
             .into_iter()
             .map(|t| self.tree_path(t))
             .collect::<Vec<_>>();
@@ -321,14 +324,19 @@ impl Core {
         }
         match self.cfg.mount_type {
             MountType::Overlay => {
-                if readonly && lowers.len() == 1 {
+                if readonly && lowers.len() == 1 && !stubs {
                     return Ok(vec![Mount::bind(&lowers[0], true)]);
                 }
-                let lowerdir = lowers
+                let mut lowerdir = lowers
                     .iter()
                     .map(|l| escape_opt_path(l))
                     .collect::<Result<Vec<_>>>()?
                     .join(":");
+                if stubs {
+                    // The kernel follows the stubs' redirects into a data-only layer.
+                    lowerdir.push_str("::");
+                    lowerdir.push_str(&escape_opt_path(&self.store.objects_dir())?);
+                }
                 let mut options = vec!["index=off".to_string()];
                 if !readonly {
                     options.push(format!("workdir={}", own.join("work").display()));
@@ -344,7 +352,8 @@ impl Core {
             MountType::Fuse => {
                 let upper = (!readonly).then(|| (own.join("fs"), own.join("work")));
                 let mp = self.cfg.mount_dir.join(n.to_string());
-                mounts::ensure(&self.cfg.program, n, &lowers, upper.as_ref(), &mp)?;
+                let data = [self.store.objects_dir()];
+                mounts::ensure(&self.cfg.program, n, (&lowers, &data), upper.as_ref(), &mp)?;
                 Ok(vec![Mount::bind(&mp, readonly)])
             }
         }

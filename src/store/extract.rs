@@ -499,8 +499,9 @@ impl<'a> Extractor<'a> {
             let (d, len) = if eof {
                 let d = Digest::of(&self.buf[..filled]);
                 if filled > 0 {
-                    sink.put_bytes(&d, &self.buf[..filled])
-                        .map_err(|e| e.context(format!("entry {}", String::from_utf8_lossy(path))))?;
+                    sink.put_bytes(&d, &self.buf[..filled]).map_err(|e| {
+                        e.context(format!("entry {}", String::from_utf8_lossy(path)))
+                    })?;
                 }
                 (d, filled as u64)
             } else {
@@ -509,8 +510,13 @@ impl<'a> Extractor<'a> {
                 sink.put_stream(head, entry, &mut rest).map_err(read_err)?
             };
             if len > 0 {
-                crate::metacopy::make_stub(fd.as_fd(), len, &objects::redirect(&d), self.opts.privileged)
-                    .map_err(|e| sys_err(path, "writing the file's stub", e))?;
+                crate::metacopy::make_stub(
+                    fd.as_fd(),
+                    len,
+                    &objects::redirect(&d),
+                    self.opts.privileged,
+                )
+                .map_err(|e| sys_err(path, "writing the file's stub", e))?;
             }
             d
         } else {

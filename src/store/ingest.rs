@@ -19,9 +19,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::store::extract::ExtractOptions;
 use crate::error::{Error, IoContext, Result};
 use crate::store::digest::Digest;
+use crate::store::extract::ExtractOptions;
 use crate::store::images::{LayerRef, Reference};
 use crate::store::parallel::run_bounded;
 use crate::store::plan::{ImagePlan, LayerPlan};

@@ -184,7 +184,9 @@ pub(crate) fn place_staged(staged: &Path, objects: &Path) -> Result<usize> {
         ) {
             Ok(()) => placed += 1,
             Err(Errno::EXIST) => {}
-            Err(e) => return Err(Error::from(e).context(format!("moving object {d} into the store"))),
+            Err(e) => {
+                return Err(Error::from(e).context(format!("moving object {d} into the store")));
+            }
         }
         touched.insert(fan.to_string());
     }
@@ -212,7 +214,10 @@ pub(crate) fn list(objects: &Path) -> Result<Vec<(Digest, u64)>> {
         };
         let dir_r = sys::open_dir_read(dir.as_fd()).ctx(format!("reading objects/{f}"))?;
         for e in sys::read_dir_all(dir_r.as_fd()).ctx(format!("reading objects/{f}"))? {
-            let Some(d) = e.name.to_str().and_then(|n| Digest::from_hex(&format!("{f}{n}")))
+            let Some(d) = e
+                .name
+                .to_str()
+                .and_then(|n| Digest::from_hex(&format!("{f}{n}")))
             else {
                 continue;
             };
@@ -257,7 +262,7 @@ pub(crate) fn remove(objects: &Path, d: &Digest) -> Result<u64> {
 
 /// Open an object read-only (for `check`, `export` of old tools, tests).
 pub(crate) fn open(objects: BorrowedFd<'_>, d: &Digest) -> sys::SysResult<OwnedFd> {
-    crate::metacopy::open_data(objects, &redirect(d))
+    crate::metacopy::open_data(objects, &redirect(d), OFlags::RDONLY)
 }
 
 #[cfg(test)]
@@ -285,9 +290,7 @@ mod tests {
         sink.put_bytes(&d, b"hello").unwrap();
         assert!(sink.has(&d));
         let mut buf = vec![0u8; 4];
-        let (d2, n) = sink
-            .put_stream(b"hel", &mut &b"lo"[..], &mut buf)
-            .unwrap();
+        let (d2, n) = sink.put_stream(b"hel", &mut &b"lo"[..], &mut buf).unwrap();
         assert_eq!((d2, n), (d, 5));
         assert_eq!(std::fs::read_dir(&staged).unwrap().count(), 1);
         assert_eq!(place_staged(&staged, &store).unwrap(), 1);

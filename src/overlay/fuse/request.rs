@@ -27,6 +27,8 @@ pub enum PassthroughMode {
 pub struct MountRequest {
     /// Lower layers, top first.
     pub lowers: Vec<PathBuf>,
+    /// Data-only lower layers: where metacopy stubs find their data.
+    pub data: Vec<PathBuf>,
     pub upper: Option<PathBuf>,
     pub work: Option<PathBuf>,
     pub mountpoint: PathBuf,
@@ -123,6 +125,7 @@ fn check_dir(p: &Path, what: &str) -> Result<PathBuf> {
 #[derive(Debug, Clone)]
 pub struct MountPlan {
     pub lowers: Vec<PathBuf>,
+    pub data: Vec<PathBuf>,
     pub upper: Option<PathBuf>,
     pub work: Option<PathBuf>,
     pub mountpoint: PathBuf,
@@ -137,6 +140,10 @@ pub fn plan(a: &MountRequest) -> Result<MountPlan> {
             return Err(io_err("lowerdir", l, &e));
         }
         lowers.push(c);
+    }
+    let mut data = Vec::new();
+    for l in &a.data {
+        data.push(check_dir(l, "data-only lowerdir")?);
     }
     let upper = a
         .upper
@@ -210,6 +217,7 @@ pub fn plan(a: &MountRequest) -> Result<MountPlan> {
     }
     Ok(MountPlan {
         lowers,
+        data,
         upper,
         work,
         mountpoint,

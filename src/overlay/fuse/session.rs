@@ -74,6 +74,7 @@ pub fn serve(
     let nofile = sys::raise_nofile_limit();
     log::debug!("open file limit: {nofile}");
     let mut opts = Options::new(plan.lowers.clone(), plan.upper.clone(), plan.work.clone());
+    opts.data = plan.data.clone();
     opts.fsync = a.fsync;
     opts.prefetch = a.prefetch;
     opts.idmap = a.idmap.clone();
