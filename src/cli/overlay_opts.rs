@@ -490,6 +490,9 @@ mod tests {
             split_layers(r"/a\:b:/c").unwrap(),
             vec![PathBuf::from("/a:b"), PathBuf::from("/c")]
         );
+        let a = p(&["-o", "lowerdir=/a:/b::/d1::/d\\:2", "/m"]).unwrap();
+        assert_eq!(a.lowers, vec![PathBuf::from("/a"), PathBuf::from("/b")]);
+        assert_eq!(a.data, vec![PathBuf::from("/d1"), PathBuf::from("/d:2")]);
         let a = p(&["-o", r"lowerdir=/x\,y", "/m"]).unwrap();
         assert_eq!(a.lowers, vec![PathBuf::from("/x,y")]);
     }
@@ -499,7 +502,12 @@ mod tests {
         assert!(p(&["/m"]).unwrap_err().contains("lowerdir"));
         assert!(p(&["-o", "lowerdir=", "/m"]).unwrap_err().contains("empty"));
         assert!(
-            p(&["-o", "lowerdir=/a::/b", "/m"])
+            p(&["-o", "lowerdir=/a:::/b", "/m"])
+                .unwrap_err()
+                .contains("empty layer")
+        );
+        assert!(
+            p(&["-o", "lowerdir=::/b", "/m"])
                 .unwrap_err()
                 .contains("empty layer")
         );

@@ -497,6 +497,7 @@ fn inspect(store: &Store, names: &[String]) -> Result<()> {
             "Created": r.created,
             "Imported": r.imported,
             "Size": r.size,
+            "DataDir": store.objects_dir(),
             "Platform": r.platform,
             "Layers": layers,
             "Config": config,

@@ -297,7 +297,7 @@ fn round_trip_commit_save_import_mount() {
         assert_same_tree(&original, &merged_tree(&m2), format);
         // The kernel's overlayfs over the new image's layer dirs shows the same tree.
         let km = env.path(&format!("kernel-{format}"));
-        let kg: MountGuard = mount_kernel(&Stack::ro(layer_dirs_of(&v[0])), &km);
+        let kg: MountGuard = mount_kernel(&Stack::of_image(&v[0]), &km);
         assert_same_tree(&original, &merged_tree(&km), "kernel overlay");
         drop(kg);
         ok(&fresh, &["umount", "copy"]);

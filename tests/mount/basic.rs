@@ -27,6 +27,7 @@ fn readonly_merge_matches_kernel() {
     write(&l1.join("opq/visible"), b"v");
     set_xattr(&l1.join("opq"), "trusted.overlay.opaque", b"y");
     let stack = Stack {
+        data: Vec::new(),
         lowers: vec![l1, l2],
         upper: None,
         work: None,

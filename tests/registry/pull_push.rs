@@ -13,6 +13,7 @@ use support::proxy::*;
 use support::registry::*;
 use support::samples::*;
 use support::stack::*;
+use support::store_env::read_layer_file;
 use support::tree::*;
 
 /// `layerfs` with a private credentials file (nothing from the machine's).
@@ -55,18 +56,7 @@ fn source_store(dir: &Path) -> (PathBuf, Image, Image) {
 /// Mount an image of a store (its layer dirs, top first) and snapshot the tree.
 fn mounted_tree(root: &Path, name: &str, mnt: &Path) -> Tree {
     let v = inspect(root, name);
-    let lowers: Vec<PathBuf> = v["Layers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .rev()
-        .map(|l| PathBuf::from(l["Path"].as_str().unwrap()))
-        .collect();
-    let stack = Stack {
-        lowers,
-        upper: None,
-        work: None,
-    };
+    let stack = Stack::of_image(&v);
     let g = mount_layerfs(&stack, mnt, &[]);
     let t = snapshot(mnt, &SnapOpts::default());
     drop(g);
@@ -501,7 +491,7 @@ fn skopeo_interoperates_both_ways() {
     );
     assert_eq!(v["Id"], a.config_digest.as_str());
     assert_eq!(
-        std::fs::read(layer_dir(&dst, &a.layers[1].diff_id).join("app/one")).unwrap(),
+        read_layer_file(&layer_dir(&dst, &a.layers[1].diff_id).join("app/one")),
         vec![1u8; 50_000]
     );
 

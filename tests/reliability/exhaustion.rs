@@ -56,6 +56,7 @@ fn upper_on_a_full_filesystem() {
     fs::create_dir_all(small.join("upper")).unwrap();
     fs::create_dir_all(small.join("work")).unwrap();
     let stack = Stack {
+        data: Vec::new(),
         lowers: vec![lower.clone()],
         upper: Some(small.join("upper")),
         work: Some(small.join("work")),

@@ -790,7 +790,7 @@ fn check_imported(store: &Store, expect: &Expect) -> Result<(), String> {
                     .symlink_metadata()
                     .map_err(|e| format!("{p}: missing from the layer: {e}"))?;
                 if let Some(c) = content {
-                    let got = fs::read(&f).map_err(|e| format!("{p}: {e}"))?;
+                    let got = support::store_env::read_layer_file(&f);
                     if !md.is_file() || &got != c {
                         return Err(format!("{p}: wrong content {:?}", lossy(&got)));
                     }

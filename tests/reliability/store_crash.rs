@@ -99,13 +99,14 @@ fn layers_right(root: &Path, img: &Image) -> Result<(), String> {
         let dir = layer_dir(root, &layer.diff_id);
         for (d, f) in [(0, 0), (4, 33), (9, 59)] {
             let p = dir.join(format!("l{l}/d{d}/f{f}"));
-            match fs::read(&p) {
-                Ok(got) if got == file_content(l, d, f) => {}
-                Ok(_) => return Err(format!("{}: wrong content", p.display())),
-                Err(e) => return Err(format!("{}: {e}", p.display())),
+            if !p.exists() {
+                return Err(format!("{}: missing", p.display()));
+            }
+            if read_layer_file(&p) != file_content(l, d, f) {
+                return Err(format!("{}: wrong content", p.display()));
             }
         }
-        let blob = fs::read(dir.join(format!("l{l}/blob"))).map_err(|e| e.to_string())?;
+        let blob = read_layer_file(&dir.join(format!("l{l}/blob")));
         if blob != Rng::new(l as u64).bytes(5 << 20) {
             return Err(format!("layer {l}: blob content differs"));
         }

@@ -11,6 +11,8 @@ use crate::mounts::{MountGuard, is_mounted};
 /// A layer stack: lower dirs (top first), optional upper and work dirs.
 pub struct Stack {
     pub lowers: Vec<PathBuf>,
+    /// Data-only lower layers (`lowerdir=…::DATA`): where metacopy stubs find their data.
+    pub data: Vec<PathBuf>,
     pub upper: Option<PathBuf>,
     pub work: Option<PathBuf>,
 }
@@ -19,6 +21,7 @@ impl Stack {
     /// A read-only stack of these lower dirs (top first).
     pub fn ro(lowers: Vec<PathBuf>) -> Stack {
         Stack {
+            data: Vec::new(),
             lowers,
             upper: None,
             work: None,
@@ -26,11 +29,21 @@ impl Stack {
     }
 
     pub fn lowerdir(&self) -> String {
-        self.lowers
-            .iter()
-            .map(|p| p.to_str().unwrap().replace(':', "\\:"))
-            .collect::<Vec<_>>()
-            .join(":")
+        let esc = |p: &PathBuf| p.to_str().unwrap().replace(':', "\\:");
+        let mut s = self.lowers.iter().map(esc).collect::<Vec<_>>().join(":");
+        for d in &self.data {
+            s.push_str("::");
+            s.push_str(&esc(d));
+        }
+        s
+    }
+
+    /// A read-only stack of a store image's layers (`inspect` output), with the store's
+    /// file objects as the data-only layer.
+    pub fn of_image(inspect: &serde_json::Value) -> Stack {
+        let mut s = Stack::ro(crate::store_env::layer_dirs_of(inspect));
+        s.data = vec![PathBuf::from(inspect["DataDir"].as_str().expect("DataDir"))];
+        s
     }
 
     /// Mount options: the layers, `rw_extra` after the upper and work dirs when there
@@ -60,6 +73,7 @@ pub fn rw_stack(base: &Path, lowers: &[PathBuf], tag: &str) -> Stack {
     fs::create_dir_all(&upper).unwrap();
     fs::create_dir_all(&work).unwrap();
     Stack {
+        data: Vec::new(),
         lowers: lowers.to_vec(),
         upper: Some(upper),
         work: Some(work),
@@ -77,6 +91,7 @@ pub fn new_stack(root: &Path, n: usize) -> Stack {
     fs::create_dir_all(&upper).unwrap();
     fs::create_dir_all(&work).unwrap();
     Stack {
+        data: Vec::new(),
         lowers,
         upper: Some(upper),
         work: Some(work),
@@ -86,6 +101,7 @@ pub fn new_stack(root: &Path, n: usize) -> Stack {
 /// The same stack with other lower dirs (e.g. the kernel form of OCI-form layers).
 pub fn with_lowers(s: &Stack, lowers: &[PathBuf]) -> Stack {
     Stack {
+        data: Vec::new(),
         lowers: lowers.to_vec(),
         upper: s.upper.clone(),
         work: s.work.clone(),

@@ -128,3 +128,22 @@ pub fn layer_dirs_of(inspect: &serde_json::Value) -> Vec<PathBuf> {
     dirs.reverse();
     dirs
 }
+
+/// The bytes of a file in a store layer dir: a metacopy stub is followed into the
+/// store's file objects (`ROOT/objects`, found above the layer dir), a plain file read.
+pub fn read_layer_file(path: &std::path::Path) -> Vec<u8> {
+    let x = crate::xattr::list_xattrs(path);
+    let redirect = ["trusted.overlay.redirect", "user.overlay.redirect"]
+        .iter()
+        .find_map(|n| x.get(std::ffi::OsStr::new(n)).cloned());
+    let Some(r) = redirect else {
+        return std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    };
+    let rel = String::from_utf8(r).unwrap();
+    let root = path
+        .ancestors()
+        .find(|a| a.join("objects").is_dir() && a.join("layers").is_dir())
+        .unwrap_or_else(|| panic!("{}: no store above it", path.display()));
+    let obj = root.join("objects").join(rel.trim_start_matches('/'));
+    std::fs::read(&obj).unwrap_or_else(|e| panic!("{} (object {}): {e}", path.display(), obj.display()))
+}
