@@ -84,6 +84,13 @@ pub(crate) struct Extracted {
     pub skipped_devices: u64,
 }
 
+/// Files up to this size stay whole in the layer tree instead of becoming a stub and an
+/// object. On ext4 with 256-byte inodes a stub's two xattrs need a 4 KiB block of their
+/// own, so for a file of one block or less a stub plus an object costs twice the disk
+/// of the file itself even when two images share it, and every stub costs a lookup of
+/// its data on first `stat` and `open` through a mount.
+pub(crate) const INLINE_MAX: usize = 4096;
+
 /// Directories kept open while extracting, by path; bounded so huge layers don't run out
 /// of descriptors.
 const DIR_CACHE_MAX: usize = 2048;
@@ -496,13 +503,21 @@ impl<'a> Extractor<'a> {
                     Err(e) => return Err(read_err(e)),
                 }
             }
-            let (d, len) = if eof {
+            let (d, len) = if eof && filled <= INLINE_MAX {
+                // Small: the file itself, in the tree.
+                let mut f = File::from(fd.try_clone().map_err(|e| Error::io("dup", e))?);
+                f.write_all(&self.buf[..filled]).map_err(|e| {
+                    Error::io(
+                        format!("entry {}: writing", String::from_utf8_lossy(path)),
+                        e,
+                    )
+                })?;
+                (Digest::of(&self.buf[..filled]), 0)
+            } else if eof {
                 let d = Digest::of(&self.buf[..filled]);
-                if filled > 0 {
-                    sink.put_bytes(&d, &self.buf[..filled]).map_err(|e| {
-                        e.context(format!("entry {}", String::from_utf8_lossy(path)))
-                    })?;
-                }
+                sink.put_bytes(&d, &self.buf[..filled]).map_err(|e| {
+                    e.context(format!("entry {}", String::from_utf8_lossy(path)))
+                })?;
                 (d, filled as u64)
             } else {
                 let mut rest = vec![0u8; 1 << 20];

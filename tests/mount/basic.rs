@@ -62,6 +62,7 @@ fn mount_table_type_is_fuse_layerfs() {
     let rw = t.path().join("rw");
     let _g1 = mount_layerfs(
         &Stack {
+            data: Vec::new(),
             lowers: vec![lower.clone()],
             upper: None,
             work: None,

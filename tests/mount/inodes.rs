@@ -152,6 +152,7 @@ fn hard_links_share_a_number_and_find_inum_works() {
     let m = t.path().join("m");
     let _g = mount_layerfs(
         &Stack {
+            data: Vec::new(),
             lowers: vec![l1, l2],
             upper: None,
             work: None,

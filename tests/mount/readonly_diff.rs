@@ -457,6 +457,7 @@ fn layer_paths_with_odd_characters() {
     let lm = t.path().join("m");
     let g = mount_layerfs(
         &Stack {
+            data: Vec::new(),
             lowers: vec![a, b],
             upper: None,
             work: None,
