@@ -332,12 +332,14 @@ impl Core {
                     .map(|l| escape_opt_path(l))
                     .collect::<Result<Vec<_>>>()?
                     .join(":");
+                let mut options = vec!["index=off".to_string()];
                 if stubs {
-                    // The kernel follows the stubs' redirects into a data-only layer.
+                    // The kernel follows the stubs' redirects into a data-only layer;
+                    // a stub over a file of a lower layer needs `metacopy=on`.
                     lowerdir.push_str("::");
                     lowerdir.push_str(&escape_opt_path(&self.store.objects_dir())?);
+                    options.push("metacopy=on".to_string());
                 }
-                let mut options = vec!["index=off".to_string()];
                 if !readonly {
                     options.push(format!("workdir={}", own.join("work").display()));
                     options.push(format!("upperdir={}", own.join("fs").display()));

@@ -515,9 +515,8 @@ impl<'a> Extractor<'a> {
                 (Digest::of(&self.buf[..filled]), 0)
             } else if eof {
                 let d = Digest::of(&self.buf[..filled]);
-                sink.put_bytes(&d, &self.buf[..filled]).map_err(|e| {
-                    e.context(format!("entry {}", String::from_utf8_lossy(path)))
-                })?;
+                sink.put_bytes(&d, &self.buf[..filled])
+                    .map_err(|e| e.context(format!("entry {}", String::from_utf8_lossy(path))))?;
                 (d, filled as u64)
             } else {
                 let mut rest = vec![0u8; 1 << 20];

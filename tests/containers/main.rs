@@ -4,6 +4,7 @@
 
 mod commit;
 mod diff;
+mod file_store;
 mod image_mount;
 mod isolation;
 mod lifecycle;

@@ -742,9 +742,20 @@ impl World {
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         in_root.sort();
-        in_root.retain(|n| !["blobs", "images", "layers", "lock", "tmp"].contains(&n.as_str()));
+        in_root.retain(|n| {
+            !["blobs", "images", "layers", "lock", "objects", "tmp"].contains(&n.as_str())
+        });
         if !in_root.is_empty() {
             return Err(format!("unexpected entries in the store root: {in_root:?}"));
+        }
+        // A refused import stores no file object; an accepted one's go with `prune`.
+        let objects: Vec<_> = fs::read_dir(self.root.join("objects"))
+            .unwrap()
+            .flat_map(|fan| fs::read_dir(fan.unwrap().path()).into_iter().flatten())
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        if !objects.is_empty() {
+            return Err(format!("file objects left in the store: {objects:?}"));
         }
         let tmp: Vec<_> = fs::read_dir(self.root.join("tmp"))
             .unwrap()

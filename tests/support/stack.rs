@@ -151,7 +151,11 @@ pub fn try_mount_layerfs(stack: &Stack, mnt: &Path, extra: &[&str]) -> Result<Mo
 /// is writable).
 pub fn mount_kernel(stack: &Stack, mnt: &Path) -> MountGuard {
     fs::create_dir_all(mnt).unwrap();
-    let opts = stack.options(",index=on,redirect_dir=on", &[]);
+    let mut opts = stack.options(",index=on,redirect_dir=on", &[]);
+    if !stack.data.is_empty() {
+        // A stub over a file of a lower layer: the kernel follows it only with metacopy.
+        opts.push_str(",metacopy=on");
+    }
     let out = Command::new("mount")
         .args(["-t", "overlay", "overlay", "-o", &opts])
         .arg(mnt)

@@ -145,5 +145,6 @@ pub fn read_layer_file(path: &std::path::Path) -> Vec<u8> {
         .find(|a| a.join("objects").is_dir() && a.join("layers").is_dir())
         .unwrap_or_else(|| panic!("{}: no store above it", path.display()));
     let obj = root.join("objects").join(rel.trim_start_matches('/'));
-    std::fs::read(&obj).unwrap_or_else(|e| panic!("{} (object {}): {e}", path.display(), obj.display()))
+    std::fs::read(&obj)
+        .unwrap_or_else(|e| panic!("{} (object {}): {e}", path.display(), obj.display()))
 }
