@@ -108,6 +108,11 @@ impl OverlayFs {
             w.clean()
                 .map_err(|errno| at(&opts.work.clone().unwrap_or_default().join("work"), errno))?;
         }
+        let data = layers
+            .data
+            .iter()
+            .filter_map(|d| d.try_clone().ok())
+            .collect();
         let layers = Arc::new(layers);
         let upper = layers.upper.as_ref().map(|u| u.root.clone());
         let impure = match &upper {
@@ -143,7 +148,7 @@ impl OverlayFs {
             files: HandleTable::default(),
             listings: ListingCache::new(opts.index_budget / 2),
             links: super::hardlinks::LinkMaps::new(opts.lowers.len()),
-            prefetch: Default::default(),
+            prefetch: super::prefetch::Prefetcher::with_data(data),
             root,
             writer,
             opts,

@@ -9,6 +9,10 @@
 //! and one level further down, so the disk reads of the requests to come are done, in
 //! parallel, while the walk is still busy with the ones before.
 //!
+//! In a stack with data-only layers, a regular file of a lower layer may be a metacopy
+//! stub: its redirect is read too, and its data's inode stat'ed, so the first `stat` of
+//! it (which shows the data's blocks) and its first open find both cached.
+//!
 //! It only reads, through the directory handles the requests use (opened with
 //! `O_NOFOLLOW | O_DIRECTORY`): nothing of the mount's state changes and no request
 //! waits for it. The work is bounded: the newest listing is warmed first (a walk goes
@@ -22,6 +26,7 @@ use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
 use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -121,6 +126,8 @@ struct Shared {
     /// they did not (so an odd slow read, on a busy CPU, does not end the sampling).
     cached: AtomicU32,
     listings: AtomicU64,
+    /// Data-only layers: where the stubs of lower layers find their data.
+    data: Vec<OwnedFd>,
 }
 
 impl Default for Shared {
@@ -139,6 +146,7 @@ impl Shared {
             done: Default::default(),
             cached: Default::default(),
             listings: Default::default(),
+            data: Vec::new(),
         }
     }
 
@@ -200,6 +208,15 @@ pub struct Prefetcher {
 }
 
 impl Prefetcher {
+    /// A prefetcher that also warms stubs' data in these data-only layers.
+    pub fn with_data(data: Vec<OwnedFd>) -> Prefetcher {
+        let mut shared = Shared::default();
+        shared.data = data;
+        Prefetcher {
+            shared: Arc::new(shared),
+        }
+    }
+
     /// Warm `names`, the subdirectories of a directory whose real dirs are `dirs`.
     pub fn warm(&self, dirs: Vec<Arc<RealDir>>, names: Vec<OsString>) {
         if dirs.is_empty() || names.is_empty() || self.shared.skip() {
@@ -339,6 +356,9 @@ fn warm_one(shared: &Shared, parent: &RealDir, name: &OsString, depth: u32) -> W
         {
             w.entries += 1;
             is_dir = sys::mode_type(st.st_mode) == libc::S_IFDIR;
+            if !shared.data.is_empty() && !parent.is_upper() && crate::metacopy::may_be_stub(&st) {
+                warm_stub(shared, fd.as_fd(), &n);
+            }
         }
         if depth > 0 && is_dir {
             w.subdirs.push(n);
@@ -351,6 +371,22 @@ fn warm_one(shared: &Shared, parent: &RealDir, name: &OsString, depth: u32) -> W
         w.fd = Some(fd);
     }
     w
+}
+
+/// Read a stub's redirect and stat its data (both land in the host's caches).
+fn warm_stub(shared: &Shared, dir: std::os::fd::BorrowedFd<'_>, name: &OsString) {
+    let Ok(Some(r)) = crate::metacopy::redirect_of(dir, Some(name)) else {
+        return;
+    };
+    if !crate::metacopy::valid_data_path(&r) {
+        return;
+    }
+    let rel = std::ffi::OsStr::from_bytes(&r[1..]);
+    for d in &shared.data {
+        if sys::stat_at(d.as_fd(), rel).is_ok() {
+            return;
+        }
+    }
 }
 
 #[cfg(test)]
