@@ -82,6 +82,8 @@ struct Blob {
     config: bool,
     size: u64,
     path: PathBuf,
+    /// A blob the store keeps as a record, rebuilt into a temp file for the upload.
+    _rebuilt: Option<crate::store::TempBlob>,
     mount_from: Option<String>,
 }
 
@@ -159,7 +161,11 @@ pub(crate) fn push(
         if blobs.iter().any(|b: &Blob| b.digest == digest) {
             continue;
         }
-        let path = store.blob_path(&digest);
+        let (path, rebuilt) = if store.has_blob(&digest) {
+            store.blob_file(&digest)?
+        } else {
+            (store.blob_path(&digest), None)
+        };
         let md = std::fs::metadata(&path).map_err(|_| {
             Error::not_found(format!(
                 "image {}: blob {digest} is not in the store, so the image cannot be pushed; pull or import it again",
@@ -179,6 +185,7 @@ pub(crate) fn push(
             config: i == m.layers().len(),
             size: d.size(),
             path,
+            _rebuilt: rebuilt,
             mount_from: sources.get(&digest).cloned(),
         });
     }

@@ -25,6 +25,11 @@ impl Digest {
         Digest(b)
     }
 
+    /// The 32 bytes of the digest.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
     /// The 64 hex digits, without the algorithm.
     pub fn hex(&self) -> String {
         hex::encode(self.0)

@@ -28,7 +28,9 @@ use crate::markers::{OCI_OPAQUE, OCI_WH_PREFIX, is_internal_xattr};
 use crate::override_stat::{self, OverrideLayer, Recorded};
 use crate::store::digest::{Digest, Hasher};
 use crate::store::objects::{self, ObjectSink};
+use crate::store::tarsplit::{Recorder, TarSplit};
 use crate::sys::{self, Errno, OFlags, TimeSpec};
+use std::cell::RefCell;
 
 /// How to extract.
 #[derive(Debug, Clone)]
@@ -82,6 +84,8 @@ pub(crate) struct Extracted {
     /// Device nodes that could not be created (unprivileged, and no xattrs to record
     /// them in).
     pub skipped_devices: u64,
+    /// The record of the tar around its stored files, when one was asked for.
+    pub split: Option<TarSplit>,
 }
 
 /// Files up to this size stay whole in the layer tree instead of becoming a stub and an
@@ -108,6 +112,8 @@ struct Extractor<'a> {
     buf: Vec<u8>,
     /// Where file contents go (`None`: into plain files in the tree).
     objects: Option<ObjectSink>,
+    /// Told where the stored files' bytes are in the stream (see `tarsplit`).
+    split: Option<&'a RefCell<Recorder>>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -172,6 +178,7 @@ pub(crate) fn extract<R: Read>(
     reader: R,
     root: BorrowedFd<'_>,
     opts: ExtractOptions,
+    split: Option<&RefCell<Recorder>>,
 ) -> Result<Extracted> {
     let mut archive = tar::Archive::new(reader);
     let ovl = if opts.privileged {
@@ -187,6 +194,7 @@ pub(crate) fn extract<R: Read>(
         _ => None,
     };
     let mut x = Extractor {
+        split,
         objects,
         root,
         opts,
@@ -487,6 +495,14 @@ impl<'a> Extractor<'a> {
             0o600,
         )
         .map_err(|e| sys_err(path, "creating the file", e))?;
+        let stored_whole = self.objects.is_some() && entry.size() as usize > INLINE_MAX;
+        if let Some(r) = self.split {
+            if stored_whole {
+                r.borrow_mut().skip(entry.raw_file_position(), entry.size());
+            } else if self.objects.is_none() {
+                r.borrow_mut().give_up();
+            }
+        }
         let digest = if let Some(sink) = &self.objects {
             // The head of the file in memory: most files end within it, and one the
             // store has already is then never written.
@@ -553,6 +569,11 @@ impl<'a> Extractor<'a> {
             }
             h.finish()
         };
+        if let Some(r) = self.split
+            && stored_whole
+        {
+            r.borrow_mut().stored(digest);
+        }
         let fd = fd.as_fd();
         if self.opts.privileged {
             sys::fchown(fd, Some(meta.uid), Some(meta.gid))
@@ -929,7 +950,7 @@ mod tests {
     fn extract_bytes(data: &[u8]) -> (tempfile::TempDir, Result<Extracted>) {
         let t = tempfile::tempdir().unwrap();
         let root = sys::open_root_dir(t.path()).unwrap();
-        let r = extract(data, root.as_fd(), ExtractOptions::for_this_process());
+        let r = extract(data, root.as_fd(), ExtractOptions::for_this_process(), None);
         (t, r)
     }
 

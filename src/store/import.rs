@@ -152,15 +152,15 @@ impl Store {
         };
         let existing = self.known_layer_size(stage, &layer.diff_id)?;
         if let (Some(size), Some(blob)) = (existing, &layer.blob)
-            && (self.blob_path(blob).is_file() || stage.blobs.contains(blob))
+            && (self.has_blob(blob) || stage.blobs.contains(blob))
         {
             obs.layer(&layer.diff_id, LayerEvent::Exists);
             out.layers_existing += 1;
             let blob_size = match layer.blob_size {
                 Some(n) => n,
-                None => fs::metadata(self.blob_path(blob))
-                    .or_else(|_| fs::metadata(stage.blob(blob)))
-                    .map(|m| m.len())
+                None => self
+                    .blob_len(blob)
+                    .or_else(|| fs::metadata(stage.blob(blob)).ok().map(|m| m.len()))
                     .unwrap_or(0),
             };
             return Ok(LayerRef {
@@ -203,9 +203,9 @@ impl Store {
             }
         };
         layer.verify(&what, &streamed)?;
-        let blob_new = stage.adopt_blob(self, &incoming, streamed.blob)?;
         let size = match (existing, streamed.extracted) {
             (Some(size), _) => {
+                let blob_new = stage.adopt_blob(self, &incoming, streamed.blob)?;
                 let ev = if blob_new {
                     LayerEvent::BlobStored
                 } else {
@@ -219,7 +219,10 @@ impl Store {
                 let rec = self.finish_layer(&layer_dir, &layer.diff_id, &tree)?;
                 obs.layer(&layer.diff_id, LayerEvent::extracted(&rec));
                 out.layers_extracted += 1;
-                stage.record_layer(rec)
+                let size = stage.record_layer(rec);
+                // After the layer: a tar blob staged with its record is not kept.
+                stage.adopt_blob(self, &incoming, streamed.blob)?;
+                size
             }
             (None, None) => unreachable!("extraction requested"),
         };
@@ -424,7 +427,7 @@ impl Store {
             let rec = self.layer_record(&l.diff_id)?.ok_or_else(|| {
                 Error::not_found(format!("layer {} is not in the store", l.diff_id))
             })?;
-            if !self.blob_path(&blob).is_file() {
+            if !self.has_blob(&blob) {
                 return Err(Error::not_found(format!("blob {blob} is not in the store")));
             }
             layers.push(LayerRef {

@@ -148,7 +148,7 @@ impl Store {
                 continue;
             }
             let layer_here = self.layer_exists(&layer.diff_id);
-            if layer_here && self.blob_path(&blob).is_file() {
+            if layer_here && self.has_blob(&blob) {
                 obs.layer(&blob, LayerEvent::Exists);
                 continue;
             }
@@ -179,10 +179,11 @@ impl Store {
         let mut sizes: HashMap<Digest, u64> = HashMap::new();
         for (job, done) in jobs.iter().zip(results) {
             let diff_id = plan.layers[job.layer].diff_id;
-            stage.adopt_blob(self, &done.blob_file, done.blob)?;
             if let Some((dir, rec)) = done.layer {
                 sizes.insert(diff_id, stage.adopt_layer(&dir, rec)?);
             }
+            // After the layer: a tar blob staged with its record is not kept.
+            stage.adopt_blob(self, &done.blob_file, done.blob)?;
         }
         let mut layers = Vec::new();
         for (layer, &(blob, blob_size)) in plan.layers.iter().zip(&blobs) {

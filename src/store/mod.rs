@@ -23,6 +23,7 @@ pub(crate) mod plan;
 pub(crate) mod save;
 mod stage;
 mod stream;
+pub(crate) mod tarsplit;
 pub(crate) mod tree;
 
 use std::path::{Path, PathBuf};
@@ -52,6 +53,16 @@ pub struct LayerRecord {
     pub entries: u64,
     /// When it was extracted (seconds since the epoch).
     pub created: u64,
+}
+
+/// A rebuilt blob in `tmp/`, removed when dropped.
+#[derive(Debug)]
+pub struct TempBlob(PathBuf);
+
+impl Drop for TempBlob {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 /// What a container needs from the store, as the container code reports it.
@@ -213,6 +224,78 @@ impl Store {
 
     pub(crate) fn blob_path(&self, d: &Digest) -> PathBuf {
         self.layout.blob(d)
+    }
+
+    /// The record a tar blob is rebuilt from (a layer whose blob is its tar: the
+    /// blob's digest is the diff-id), when the store keeps that instead of the blob.
+    pub(crate) fn tar_split_path(&self, d: &Digest) -> PathBuf {
+        self.layout.layer(d).join(tarsplit::FILE_NAME)
+    }
+
+    /// Whether the store has a blob: as a file, or as a tar it can rebuild.
+    pub(crate) fn has_blob(&self, d: &Digest) -> bool {
+        self.layout.blob(d).is_file() || self.tar_split_path(d).is_file()
+    }
+
+    /// A blob's bytes and size: the file, or the tar rebuilt from its record and the
+    /// file objects.
+    pub(crate) fn open_blob(&self, d: &Digest) -> Result<(Box<dyn std::io::Read + Send>, u64)> {
+        let p = self.layout.blob(d);
+        match std::fs::File::open(&p) {
+            Ok(f) => {
+                let len = f
+                    .metadata()
+                    .map_err(|e| Error::io(format!("blob {d}"), e))?
+                    .len();
+                return Ok((Box::new(f), len));
+            }
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(Error::io(format!("blob {d} ({})", p.display()), e));
+            }
+            Err(_) => {}
+        }
+        let rec = self.tar_split_path(d);
+        if !rec.is_file() {
+            return Err(Error::not_found(format!(
+                "blob {d} is missing from the store"
+            )));
+        }
+        let split = tarsplit::TarSplit::read(&rec)?;
+        let len = split.len();
+        Ok((
+            Box::new(tarsplit::Verified::new(
+                tarsplit::Reader::new(split, &self.layout.objects_dir()),
+                *d,
+                len,
+            )),
+            len,
+        ))
+    }
+
+    /// A blob as a file (what an upload that may seek and retry needs): the stored file,
+    /// or the rebuilt tar written to a temp file under `tmp/`, removed when the returned
+    /// guard goes.
+    pub(crate) fn blob_file(&self, d: &Digest) -> Result<(PathBuf, Option<TempBlob>)> {
+        let p = self.layout.blob(d);
+        if p.is_file() {
+            return Ok((p, None));
+        }
+        let (mut r, _) = self.open_blob(d)?;
+        let tmp = TempBlob(self.layout.tmp_dir().join(layout::unique_name("blob")));
+        let mut f = std::fs::File::create(&tmp.0)
+            .map_err(|e| Error::io(format!("creating {}", tmp.0.display()), e))?;
+        std::io::copy(&mut r, &mut f).map_err(|e| Error::io(format!("blob {d}"), e))?;
+        Ok((tmp.0.clone(), Some(tmp)))
+    }
+
+    /// A blob's size (the rebuilt tar's, for a blob kept as a record).
+    pub(crate) fn blob_len(&self, d: &Digest) -> Option<u64> {
+        if let Ok(m) = std::fs::metadata(self.layout.blob(d)) {
+            return Some(m.len());
+        }
+        tarsplit::TarSplit::read(&self.tar_split_path(d))
+            .ok()
+            .map(|s| s.len())
     }
 
     /// Give an image another tag (taking it from the image that had it).

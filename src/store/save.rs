@@ -79,7 +79,7 @@ impl Store {
         let plan = self.save_plan(names)?;
         for s in &plan {
             for b in blobs_of(&s.image) {
-                if !self.blob_path(&b).is_file() {
+                if !self.has_blob(&b) {
                     return Err(Error::not_found(format!(
                         "blob {b} of image {} is missing from the store",
                         s.image.id.short()
@@ -175,7 +175,9 @@ impl Store {
         fs::create_dir_all(&blobs).ctx(format!("creating {}", blobs.display()))?;
         for d in plan_blobs(plan) {
             let dst = blobs.join(d.hex());
-            fs::copy(self.blob_path(&d), &dst).ctx(format!("writing {}", dst.display()))?;
+            let (mut src, _) = self.open_blob(&d)?;
+            let mut out = File::create(&dst).ctx(format!("writing {}", dst.display()))?;
+            io::copy(&mut src, &mut out).ctx(format!("writing {}", dst.display()))?;
         }
         fs::write(dir.join("oci-layout"), OCI_LAYOUT).ctx("writing oci-layout")?;
         fs::write(dir.join("index.json"), self.oci_index(plan)?).ctx("writing index.json")?;
@@ -188,9 +190,7 @@ impl Store {
         append_dir(b, "blobs/")?;
         append_dir(b, "blobs/sha256/")?;
         for d in plan_blobs(plan) {
-            let p = self.blob_path(&d);
-            let mut f = File::open(&p).ctx(format!("opening blob {d}"))?;
-            let len = f.metadata().ctx(format!("blob {d}"))?.len();
+            let (mut f, len) = self.open_blob(&d)?;
             append_reader(b, &format!("blobs/sha256/{}", d.hex()), len, &mut f)?;
         }
         Ok(())
@@ -257,17 +257,16 @@ impl Store {
         l: &crate::store::LayerRef,
         scratch: &Path,
     ) -> Result<()> {
-        let p = self.blob_path(&l.blob);
-        let comp = Compression::from_media_type(&l.media_type).unwrap_or_else(|| {
-            let mut head = [0u8; 4];
-            let n = File::open(&p)
-                .and_then(|mut f| f.read(&mut head))
-                .unwrap_or(0);
-            Compression::sniff(&head[..n])
-        });
-        let mut f = File::open(&p).ctx(format!("opening blob {}", l.blob))?;
+        let comp = match Compression::from_media_type(&l.media_type) {
+            Some(c) => c,
+            None => {
+                let mut head = [0u8; 4];
+                let n = self.open_blob(&l.blob)?.0.read(&mut head).unwrap_or(0);
+                Compression::sniff(&head[..n])
+            }
+        };
+        let (mut f, len) = self.open_blob(&l.blob)?;
         if comp == Compression::None {
-            let len = f.metadata().ctx(format!("blob {}", l.blob))?.len();
             return append_reader(b, name, len, &mut f);
         }
         let mut dec: Box<dyn Read> = match comp {

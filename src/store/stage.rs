@@ -19,8 +19,8 @@ use crate::store::images::{ImageCatalog, ImageRecord};
 use crate::store::layout::sync_dir;
 use crate::store::lock::StoreLock;
 use crate::store::objects;
-use crate::store::tree;
 use crate::store::{LayerRecord, Store, now_secs};
+use crate::store::{tarsplit, tree};
 use crate::sys::{self, Errno, RenameFlags};
 
 /// Per-layer progress, for the caller to show.
@@ -133,7 +133,10 @@ impl Stage {
         incoming: &Path,
         digest: Digest,
     ) -> Result<bool> {
-        if store.blob_path(&digest).is_file() || self.blobs.contains(&digest) {
+        // A tar blob of a layer staged with its record is rebuilt from it, not kept.
+        let rebuilt = self.layers.contains_key(&digest)
+            && self.layer(&digest).join(tarsplit::FILE_NAME).is_file();
+        if rebuilt || store.has_blob(&digest) || self.blobs.contains(&digest) {
             let _ = fs::remove_file(incoming);
             return Ok(false);
         }
@@ -213,6 +216,14 @@ impl Store {
             entries: scan.entries.len() as u64,
             created: now_secs(),
         };
+        if let Some(split) = &x.split {
+            // Only files the tree keeps: an object the record names is never pruned
+            // while the layer lives.
+            let kept: HashSet<&Digest> = x.file_hashes.values().collect();
+            if split.complete() && split.objects().all(|d| kept.contains(&d)) {
+                split.write(&layer_dir.join(tarsplit::FILE_NAME))?;
+            }
+        }
         let tree = serde_json::to_vec(&scan.entries)
             .map_err(|e| Error::new(format!("encoding the tree of layer {diff_id}: {e}")))?;
         fs::write(layer_dir.join("tree.json"), tree)

@@ -13,6 +13,7 @@ use crate::error::{Error, Result};
 use crate::store::archive::Compression;
 use crate::store::digest::{Digest, Hasher};
 use crate::store::extract::{self, ExtractOptions, Extracted};
+use crate::store::tarsplit::{Recorder, Recording};
 use crate::sys;
 
 /// Errors of the reading side of a layer stream.
@@ -290,14 +291,30 @@ pub(super) fn stream_blob<'r>(
                     cur: Vec::new(),
                     pos: 0,
                 };
-                let res = sys::open_root_dir(dir)
+                // A blob that is its tar is recorded around its stored files, so the
+                // store can rebuild it instead of keeping it (see `tarsplit`).
+                let record = comp == Compression::None && opts.objects.is_some();
+                let rec = std::cell::RefCell::new(Recorder::default());
+                let mut stream = Recording {
+                    inner: &mut tar_stream,
+                    rec: &rec,
+                };
+                let mut res = sys::open_root_dir(dir)
                     .map_err(|e| Error::from(e).context(format!("opening {}", dir.display())))
-                    .and_then(|fd| extract::extract(&mut tar_stream, fd.as_fd(), opts));
+                    .and_then(|fd| {
+                        extract::extract(&mut stream, fd.as_fd(), opts, record.then_some(&rec))
+                    });
                 if res.is_ok() {
                     // Trailing blocks after the tar's end still count for the diff-id.
-                    let _ = io::copy(&mut tar_stream, &mut io::sink());
+                    let _ = io::copy(&mut stream, &mut io::sink());
                 }
+                drop(stream);
                 drop(tar_stream);
+                if let Ok(x) = &mut res
+                    && record
+                {
+                    x.split = Some(rec.into_inner().finish());
+                }
                 Some(res)
             }
             None => {

@@ -217,3 +217,83 @@ fn stubs_share_objects_and_read_the_same_in_layerfs_and_the_kernel() {
         "layerfs vs kernel, container",
     );
 }
+
+/// A layer whose blob is its tar (docker-archive layers, commits) keeps a record of the
+/// tar around its stored files instead of the blob; `save` rebuilds it byte for byte, and
+/// a damaged object stops `save` with an error naming the blob, never a wrong archive.
+#[test]
+fn tar_blobs_are_rebuilt_from_a_record_not_kept() {
+    if support::skip_unless_root() {
+        return;
+    }
+    let env = Env::new();
+    let img = layered_image();
+    let archive = env.path("in.tar");
+    write_docker_archive(&archive, &[(&img, &["d:1"])]);
+    env.ok(&["import", archive.to_str().unwrap()]);
+    let v = env.inspect("d:1");
+    let layers: Vec<String> = v["Layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["Digest"].as_str().unwrap().to_string())
+        .collect();
+    for (l, dir) in layers.iter().zip(layer_dirs_of(&v).iter().rev()) {
+        let hex = l.strip_prefix("sha256:").unwrap();
+        assert!(
+            !env.root.join("blobs/sha256").join(hex).exists(),
+            "blob {l} kept"
+        );
+        assert!(
+            dir.parent().unwrap().join("tar-split").is_file(),
+            "{l}: no record"
+        );
+    }
+    // Saved twice as docker-archive: the same bytes; as OCI: the same layer digests.
+    let a = env.path("a.tar");
+    let b = env.path("b.tar");
+    env.ok(&[
+        "save",
+        "d:1",
+        "--format",
+        "docker-archive",
+        "-o",
+        a.to_str().unwrap(),
+    ]);
+    env.ok(&[
+        "save",
+        "d:1",
+        "--format",
+        "docker-archive",
+        "-o",
+        b.to_str().unwrap(),
+    ]);
+    assert_eq!(fs::read(&a).unwrap(), fs::read(&b).unwrap());
+    let oci = env.path("oci");
+    env.ok(&[
+        "save",
+        "d:1",
+        "--format",
+        "oci-dir",
+        "-o",
+        oci.to_str().unwrap(),
+    ]);
+    for l in &layers {
+        let p = oci
+            .join("blobs/sha256")
+            .join(l.strip_prefix("sha256:").unwrap());
+        assert_eq!(sha(&fs::read(&p).unwrap()), *l, "{l} rebuilt wrong");
+    }
+    // A damaged object: save refuses, naming the blob, and writes no archive.
+    let victim = objects(&env.root)[0].clone();
+    let mut perm = fs::metadata(&victim).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perm, 0o644);
+    fs::set_permissions(&victim, perm).unwrap();
+    let mut bytes = fs::read(&victim).unwrap();
+    bytes[0] ^= 0xff;
+    fs::write(&victim, &bytes).unwrap();
+    let c = env.path("c.tar");
+    let err = env.fails(&["save", "d:1", "-o", c.to_str().unwrap()]);
+    assert!(err.contains("rebuilt") && err.contains("sha256:"), "{err}");
+    assert!(!c.exists(), "a failed save left {}", c.display());
+}
