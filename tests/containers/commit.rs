@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 
 use support::cli::*;
 use support::files::*;
+use support::images::sha;
 use support::mounts::*;
 use support::samples::*;
 use support::stack::*;
@@ -106,9 +107,14 @@ fn blob_of_top_layer(env: &Env, image: &str) -> PathBuf {
     assert_eq!(top["MediaType"], "application/vnd.oci.image.layer.v1.tar");
     assert_eq!(top["Digest"], top["DiffID"], "stored uncompressed");
     let d = top["Digest"].as_str().unwrap();
-    env.root
-        .join("blobs/sha256")
-        .join(d.strip_prefix("sha256:").unwrap())
+    // The store keeps a tar blob as a record and rebuilds it: read it as `save` writes it.
+    let out = env.path(&format!("saved-{}", image.replace([':', '/'], "_")));
+    if !out.exists() {
+        env.ok(&["save", image, "--format", "oci-dir", "-o", out.to_str().unwrap()]);
+    }
+    let p = out.join("blobs/sha256").join(d.strip_prefix("sha256:").unwrap());
+    assert_eq!(sha(&fs::read(&p).unwrap()), d, "the rebuilt tar hashes to its digest");
+    p
 }
 
 #[test]
