@@ -574,6 +574,8 @@ fn df(store: &Store, verbose: bool, format: Format) -> Result<()> {
             "Images": tot(&rep.image_totals),
             "Layers": tot(&rep.layer_totals),
             "Blobs": tot(&rep.blob_totals),
+            "FileObjects": tot(&rep.object_totals),
+            "FileSharingSaves": rep.files_saved,
             "Containers": tot(&rep.container_totals),
             "Snapshots": tot(&snaps),
             "SumOfImageSizes": rep.sum_of_image_sizes,
@@ -585,6 +587,7 @@ fn df(store: &Store, verbose: bool, format: Format) -> Result<()> {
                 "Size": i.size,
                 "SharedSize": i.shared,
                 "UniqueSize": i.unique,
+                "SharedFilesSize": i.files_shared,
                 "Containers": i.containers,
             })).collect::<Vec<_>>(),
         });
@@ -605,6 +608,7 @@ fn df(store: &Store, verbose: bool, format: Format) -> Result<()> {
                 "SIZE",
                 "SHARED SIZE",
                 "UNIQUE SIZE",
+                "SHARED FILES",
                 "CONTAINERS",
             ]
             .map(String::from)
@@ -625,6 +629,7 @@ fn df(store: &Store, verbose: bool, format: Format) -> Result<()> {
                     human_size(i.size),
                     human_size(i.shared),
                     human_size(i.unique),
+                    human_size(i.files_shared),
                     i.containers.to_string(),
                 ]);
             }
@@ -656,6 +661,7 @@ fn df(store: &Store, verbose: bool, format: Format) -> Result<()> {
         ("Images", &rep.image_totals),
         ("Layers", &rep.layer_totals),
         ("Blobs", &rep.blob_totals),
+        ("File objects", &rep.object_totals),
         ("Containers", &rep.container_totals),
     ];
     if snaps.total > 0 {
@@ -676,9 +682,10 @@ fn df(store: &Store, verbose: bool, format: Format) -> Result<()> {
     }
     out.push_str(&table(&rows));
     out.push_str(&format!(
-        "\nSum of image sizes: {}   Shared between images: {}   Store on disk: {} ({})\n",
+        "\nSum of image sizes: {}   Shared between images: {} by layer, {} more by file   Store on disk: {} ({})\n",
         human_size(rep.sum_of_image_sizes),
         human_size(rep.shared_size),
+        human_size(rep.files_saved),
         human_size(rep.disk_usage),
         store.root().display()
     ));
@@ -697,6 +704,12 @@ fn prune(store: &Store, all: bool) -> Result<()> {
     }
     for d in &r.blobs {
         out.push_str(&format!("Deleted blob: {d}\n"));
+    }
+    if r.objects > 0 {
+        out.push_str(&format!(
+            "Deleted {} file object(s) no layer names\n",
+            r.objects
+        ));
     }
     if r.leftovers > 0 {
         out.push_str(&format!(
@@ -731,6 +744,14 @@ fn check(store: &Store, repair: bool) -> Result<()> {
             out.push_str(&format!("blob {d}: removed\n"));
         }
     }
+    for d in &r.damaged_objects {
+        out.push_str(&format!(
+            "file object {d}: damaged (content does not match its name)\n"
+        ));
+        if r.repaired {
+            out.push_str(&format!("file object {d}: removed\n"));
+        }
+    }
     for (id, why) in &r.broken_images {
         out.push_str(&format!(
             "image {} needs to be imported again: {}\n",
@@ -739,9 +760,10 @@ fn check(store: &Store, repair: bool) -> Result<()> {
         ));
     }
     out.push_str(&format!(
-        "checked {} layers and {} blobs: {}\n",
+        "checked {} layers, {} blobs and {} file objects: {}\n",
         r.layers_checked,
         r.blobs_checked,
+        r.objects_checked,
         if r.is_clean() {
             "all intact"
         } else {
@@ -758,9 +780,10 @@ fn check(store: &Store, repair: bool) -> Result<()> {
         )))
     } else {
         Err(Error::corrupt(format!(
-            "{} damaged layer(s), {} damaged blob(s); run `layerfs system check --repair` to remove them",
+            "{} damaged layer(s), {} damaged blob(s), {} damaged file object(s); run `layerfs system check --repair` to remove them",
             r.damaged_layers.len(),
-            r.damaged_blobs.len()
+            r.damaged_blobs.len(),
+            r.damaged_objects.len()
         )))
     }
 }

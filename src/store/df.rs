@@ -8,7 +8,11 @@ use std::path::Path;
 
 use crate::error::Result;
 use crate::store::digest::Digest;
+use crate::store::extract::INLINE_MAX;
 use crate::store::images::ImageRecord;
+use crate::store::layout::read_json;
+use crate::store::objects;
+use crate::store::tree::TreeEntry;
 use crate::store::{ContainerUse, Store};
 use crate::sys;
 
@@ -22,6 +26,9 @@ pub struct ImageUsage {
     pub shared: u64,
     /// Layers only this image uses.
     pub unique: u64,
+    /// Bytes of its file objects that another image has too (through any layer: a
+    /// rebuild of a base image shares files, not layers).
+    pub files_shared: u64,
     pub containers: usize,
 }
 
@@ -57,6 +64,11 @@ pub struct DfReport {
     pub sum_of_image_sizes: u64,
     /// Bytes of layers used by more than one image (each counted once).
     pub shared_size: u64,
+    /// File objects: named by an image's layer (active), and reclaimable ones (no layer
+    /// names them); sizes are disk blocks.
+    pub object_totals: Totals,
+    /// Bytes the file store saves: file contents the layers name, less each once.
+    pub files_saved: u64,
     /// Disk blocks under the store root.
     pub disk_usage: u64,
 }
@@ -94,8 +106,53 @@ impl Store {
         }
         let size_of = |d: &Digest| sizes.get(d).copied().unwrap_or(0);
 
-        let mut report = DfReport::default();
+        // The file objects each layer names (content larger than a stub's threshold,
+        // present in the file store), with their sizes.
+        let on_disk: HashMap<Digest, u64> = objects::list(&self.layout.objects_dir())?
+            .into_iter()
+            .collect();
+        let mut layer_objects: HashMap<Digest, HashMap<Digest, u64>> = HashMap::new();
+        let mut named_total = 0u64;
+        for d in sizes.keys() {
+            let tree: Vec<TreeEntry> = read_json(&self.layout.layer(d).join("tree.json"))
+                .ok()
+                .flatten()
+                .unwrap_or_default();
+            let mut objs = HashMap::new();
+            for e in tree {
+                if let Some(s) = e
+                    .sha256
+                    .filter(|s| e.kind == 'f' && on_disk.contains_key(s))
+                    && e.size as usize > INLINE_MAX
+                {
+                    objs.insert(s, e.size);
+                }
+            }
+            named_total += objs.values().sum::<u64>();
+            layer_objects.insert(*d, objs);
+        }
+        let mut image_objects: Vec<HashMap<Digest, u64>> = Vec::new();
+        let mut object_users: HashMap<Digest, usize> = HashMap::new();
         for r in catalog.sorted() {
+            let mut objs = HashMap::new();
+            for l in &r.layers {
+                if let Some(o) = layer_objects.get(&l.diff_id) {
+                    objs.extend(o.iter().map(|(d, s)| (*d, *s)));
+                }
+            }
+            for d in objs.keys() {
+                *object_users.entry(*d).or_default() += 1;
+            }
+            image_objects.push(objs);
+        }
+
+        let mut report = DfReport::default();
+        for (r, objs) in catalog.sorted().into_iter().zip(&image_objects) {
+            let files_shared = objs
+                .iter()
+                .filter(|(d, _)| object_users.get(d).copied().unwrap_or(0) > 1)
+                .map(|(_, s)| *s)
+                .sum();
             let distinct: HashSet<Digest> = r.layers.iter().map(|l| l.diff_id).collect();
             let size: u64 = distinct.iter().map(size_of).sum();
             let shared: u64 = distinct
@@ -109,6 +166,7 @@ impl Store {
                 size,
                 shared,
                 unique: size - shared,
+                files_shared,
                 containers: containers.iter().filter(|c| c.image == Some(r.id)).count(),
             });
         }
@@ -180,6 +238,29 @@ impl Store {
             }
         }
         report.blob_totals = blob_totals;
+        let named: HashSet<&Digest> = layer_objects.values().flat_map(|o| o.keys()).collect();
+        let by_image: HashSet<&Digest> = image_objects.iter().flat_map(|o| o.keys()).collect();
+        let mut object_totals = Totals::default();
+        for (d, bytes) in &on_disk {
+            object_totals.total += 1;
+            object_totals.size += bytes;
+            if by_image.contains(d) {
+                object_totals.active += 1;
+            }
+            if !named.contains(d) {
+                object_totals.reclaimable += bytes;
+            }
+        }
+        // Each object counted once: its size in any layer naming it.
+        let mut seen = HashSet::new();
+        let distinct: u64 = layer_objects
+            .values()
+            .flat_map(|o| o.iter())
+            .filter(|(d, _)| seen.insert(**d))
+            .map(|(_, s)| *s)
+            .sum();
+        report.object_totals = object_totals;
+        report.files_saved = named_total.saturating_sub(distinct);
         report.container_totals = Totals {
             total: containers.len(),
             active: containers.len(),

@@ -4,7 +4,7 @@
 //! A layer dir is deleted only when no image and no container needs it; a blob only when
 //! no image refers to it.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::ffi::OsStr;
 use std::os::fd::AsFd;
 
@@ -14,6 +14,7 @@ use crate::store::digest::{Digest, Hasher};
 use crate::store::images::{ImageCatalog, ImageRecord};
 use crate::store::layout::{Layout, read_json};
 use crate::store::lock::StoreLock;
+use crate::store::objects;
 use crate::store::tree::{self, TreeEntry};
 use crate::store::{ContainerUse, Store};
 use crate::sys;
@@ -56,6 +57,8 @@ pub struct PruneReport {
     pub images: Vec<Digest>,
     pub layers: Vec<Digest>,
     pub blobs: Vec<Digest>,
+    /// File objects removed (no layer named them any more).
+    pub objects: usize,
     pub leftovers: usize,
     /// Bytes freed (disk blocks).
     pub reclaimed: u64,
@@ -69,6 +72,9 @@ pub struct CheckReport {
     /// Damaged layers with what is wrong, one line each.
     pub damaged_layers: Vec<(Digest, Vec<String>)>,
     pub damaged_blobs: Vec<Digest>,
+    /// File objects checked, and those whose bytes no longer hash to their name.
+    pub objects_checked: usize,
+    pub damaged_objects: Vec<Digest>,
     /// Images that need a layer or blob that is missing or damaged.
     pub broken_images: Vec<(Digest, Vec<String>)>,
     pub repaired: bool,
@@ -78,8 +84,18 @@ impl CheckReport {
     pub fn is_clean(&self) -> bool {
         self.damaged_layers.is_empty()
             && self.damaged_blobs.is_empty()
+            && self.damaged_objects.is_empty()
             && self.broken_images.is_empty()
     }
+}
+
+/// What `check` found of one file object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ObjectState {
+    Present,
+    Missing,
+    /// Its bytes no longer hash to its name.
+    Damaged,
 }
 
 /// Layers and blobs that images or containers need.
@@ -158,6 +174,35 @@ impl Store {
             if !used_blobs.contains(b) && self.layout.blob(b).exists() {
                 report.reclaimed += self.remove_blob(b)?;
                 report.blobs.push(*b);
+            }
+        }
+        Ok(())
+    }
+
+    /// Remove the file objects no layer names (what removed layers left, and what a
+    /// crash between placing an import's objects and its layers left). Under the lock:
+    /// no import can place a layer meanwhile, and a layer under its final name names
+    /// only objects in place.
+    fn collect_objects(&self, _lock: &StoreLock, report: &mut PruneReport) -> Result<()> {
+        let mut named: HashSet<Digest> = HashSet::new();
+        for l in self.layer_ids()? {
+            let tree: Vec<TreeEntry> = match read_json(&self.layout.layer(&l).join("tree.json")) {
+                Ok(Some(t)) => t,
+                // A layer whose record is unreadable keeps every object: nothing is
+                // removed on a guess (`system check` reports the layer).
+                _ => return Ok(()),
+            };
+            named.extend(
+                tree.iter()
+                    .filter(|e| e.kind == 'f')
+                    .filter_map(|e| e.sha256),
+            );
+        }
+        let dir = self.layout.objects_dir();
+        for (d, _) in objects::list(&dir)? {
+            if !named.contains(&d) {
+                report.reclaimed += objects::remove(&dir, &d)?;
+                report.objects += 1;
             }
         }
         Ok(())
@@ -268,6 +313,9 @@ impl Store {
             &freed_blobs,
             &mut report,
         )?;
+        if !report.layers.is_empty() {
+            self.collect_objects(&lock, &mut report)?;
+        }
         events.extend(report.layers.into_iter().map(RmiEvent::DeletedLayer));
         Ok(events)
     }
@@ -311,6 +359,7 @@ impl Store {
         let layers: BTreeSet<Digest> = self.layer_ids()?.into_iter().collect();
         let blobs: BTreeSet<Digest> = self.blob_ids()?.into_iter().collect();
         self.collect(&catalog, containers, &layers, &blobs, &mut report)?;
+        self.collect_objects(&lock, &mut report)?;
         Ok(report)
     }
 
@@ -322,14 +371,23 @@ impl Store {
         let mut report = CheckReport::default();
         let mut bad_layers = HashSet::new();
         let mut bad_blobs = HashSet::new();
+        // Each file object is hashed once, however many layers name it.
+        let mut objects_seen: HashMap<Digest, ObjectState> = HashMap::new();
         for d in self.layer_ids()? {
             report.layers_checked += 1;
-            let problems = self.check_layer(&d);
+            let problems = self.layer_problems(&d, &mut objects_seen, true);
             if !problems.is_empty() {
                 bad_layers.insert(d);
                 report.damaged_layers.push((d, problems));
             }
         }
+        report.objects_checked = objects_seen.len();
+        report.damaged_objects = objects_seen
+            .iter()
+            .filter(|(_, s)| **s == ObjectState::Damaged)
+            .map(|(d, _)| *d)
+            .collect();
+        report.damaged_objects.sort();
         for d in self.blob_ids()? {
             report.blobs_checked += 1;
             let p = self.layout.blob(&d);
@@ -363,7 +421,7 @@ impl Store {
                 }
                 if bad_blobs.contains(&l.blob) {
                     why.push(format!("blob {} is damaged", l.blob));
-                } else if !self.layout.blob(&l.blob).is_file() {
+                } else if !self.has_blob(&l.blob) {
                     why.push(format!("blob {} is missing", l.blob));
                 }
             }
@@ -377,6 +435,10 @@ impl Store {
             }
         }
         if let Some(_lock) = lock {
+            let objects = self.layout.objects_dir();
+            for d in &report.damaged_objects {
+                objects::remove(&objects, d)?;
+            }
             for (d, _) in &report.damaged_layers {
                 self.remove_layer(d)?;
             }
@@ -388,8 +450,46 @@ impl Store {
         Ok(report)
     }
 
-    /// What is wrong with one layer dir (empty when it is intact).
+    /// What is wrong with one layer dir (empty when it is intact): its tree against
+    /// its record, the file objects its stubs name (present; not hashed here), and
+    /// whether a tar blob kept as a record rebuilds.
     pub fn check_layer(&self, d: &Digest) -> Vec<String> {
+        self.layer_problems(d, &mut HashMap::new(), false)
+    }
+
+    /// `check_layer`, recording the file objects seen in `objects` (and hashing each
+    /// once with `hash`).
+    fn layer_problems(
+        &self,
+        d: &Digest,
+        objects: &mut HashMap<Digest, ObjectState>,
+        hash: bool,
+    ) -> Vec<String> {
+        let mut problems = self.tree_problems(d, objects, hash);
+        if problems.is_empty() && self.tar_split_path(d).is_file() {
+            // Rebuilt and hashed as `save` would (the reader checks the digest).
+            let res = self.open_blob(d).and_then(|(mut r, _)| {
+                std::io::copy(&mut r, &mut std::io::sink())
+                    .map_err(|e| Error::io("rebuilding the tar", e))
+            });
+            if let Err(e) = res {
+                problems.push(format!("tar record: {e}"));
+            }
+        }
+        let n = problems.len();
+        if n > 20 {
+            problems.truncate(20);
+            problems.push(format!("… and {} more", n - 20));
+        }
+        problems
+    }
+
+    fn tree_problems(
+        &self,
+        d: &Digest,
+        objects: &mut HashMap<Digest, ObjectState>,
+        hash: bool,
+    ) -> Vec<String> {
         let dir = self.layout.layer(d);
         let tree: Vec<TreeEntry> = match read_json(&dir.join("tree.json")) {
             Ok(Some(t)) => t,
@@ -403,13 +503,33 @@ impl Store {
         };
         match tree::scan_tree(fd.as_fd(), &Default::default()) {
             Ok(scan) => {
-                let mut d = tree::compare_trees(&tree, &scan.entries);
-                let n = d.len();
-                if n > 20 {
-                    d.truncate(20);
-                    d.push(format!("… and {} more", n - 20));
+                let mut problems = tree::compare_trees(&tree, &scan.entries);
+                let dir = self.layout.objects_dir();
+                for (path, o) in &scan.stubs {
+                    let state = *objects.entry(*o).or_insert_with(|| {
+                        if !dir.join(objects::rel_path(o)).is_file() {
+                            ObjectState::Missing
+                        } else if !hash {
+                            ObjectState::Present
+                        } else {
+                            match objects::verify(&dir, o) {
+                                Ok(true) => ObjectState::Present,
+                                Ok(false) => ObjectState::Damaged,
+                                Err(_) => ObjectState::Missing,
+                            }
+                        }
+                    });
+                    match state {
+                        ObjectState::Present => {}
+                        ObjectState::Missing => {
+                            problems.push(format!("file {path}: object {o} is missing"))
+                        }
+                        ObjectState::Damaged => {
+                            problems.push(format!("file {path}: object {o} is damaged"))
+                        }
+                    }
                 }
-                d
+                problems
             }
             Err(e) => vec![format!("reading the tree: {}", Error::from(e))],
         }

@@ -14,6 +14,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use crate::markers::is_internal_xattr;
 use crate::override_stat::is_override_xattr;
 use crate::store::digest::{Digest, Hasher};
+use crate::store::objects;
 use crate::sys::{self, Errno, OFlags};
 
 /// A byte string in JSON: the plain string when it is UTF-8, else `"\0hex:<hex>"` (a real
@@ -80,6 +81,8 @@ pub(crate) struct Scan {
     pub entries: Vec<TreeEntry>,
     /// Sum of regular file sizes (hard links counted once).
     pub size: u64,
+    /// The metacopy stubs found, with the file object each names (see `objects`).
+    pub stubs: Vec<(Bytes, Digest)>,
 }
 
 /// Walk the tree below `root`. File contents are hashed only where `known` has no hash
@@ -91,8 +94,8 @@ pub(crate) fn scan_tree(
     let mut scan = Scan::default();
     let mut seen = std::collections::HashSet::new();
     let st = sys::stat_fd(root)?;
-    scan.entries
-        .push(record(root, None, Vec::new(), &st, known)?);
+    let (root_entry, _) = record(root, None, Vec::new(), &st, known)?;
+    scan.entries.push(root_entry);
     walk(root, &[], known, &mut scan, &mut seen)?;
     scan.entries.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(scan)
@@ -114,9 +117,12 @@ fn walk(
             path.push(b'/');
         }
         path.extend_from_slice(e.name.as_bytes());
-        let rec = record(dir, Some(&e.name), path.clone(), &st, known)?;
+        let (rec, stub) = record(dir, Some(&e.name), path.clone(), &st, known)?;
         if rec.kind == 'f' && seen.insert(st.st_ino) {
             scan.size += st.st_size as u64;
+        }
+        if let Some(d) = stub {
+            scan.stubs.push((rec.path.clone(), d));
         }
         scan.entries.push(rec);
         if sys::is_dir_mode(st.st_mode) {
@@ -133,7 +139,7 @@ fn record(
     path: Vec<u8>,
     st: &sys::Stat,
     known: &HashMap<u64, Digest>,
-) -> sys::SysResult<TreeEntry> {
+) -> sys::SysResult<(TreeEntry, Option<Digest>)> {
     let kind = match sys::mode_type(st.st_mode) {
         libc::S_IFREG => 'f',
         libc::S_IFDIR => 'd',
@@ -143,10 +149,20 @@ fn record(
         libc::S_IFIFO => 'p',
         _ => 's',
     };
+    // A metacopy stub stands for the file object its redirect names: its content is that
+    // object's (verified with the objects), not the empty stub's. A redirect that is not
+    // one of ours names no content this tree can have.
+    let stub = if kind == 'f' && crate::metacopy::may_be_stub(st) {
+        crate::metacopy::redirect_of(dir, name)?
+            .map(|r| objects::digest_of_redirect(&r).unwrap_or_else(|| Digest::of(&r)))
+    } else {
+        None
+    };
     let sha256 = if kind == 'f' {
-        match known.get(&st.st_ino) {
-            Some(d) => Some(*d),
-            None => Some(hash_file_at(dir, name.unwrap_or(OsStr::new(".")))?),
+        match (known.get(&st.st_ino), stub) {
+            (Some(d), _) => Some(*d),
+            (None, Some(d)) => Some(d),
+            (None, None) => Some(hash_file_at(dir, name.unwrap_or(OsStr::new(".")))?),
         }
     } else {
         None
@@ -175,24 +191,27 @@ fn record(
             xattrs.insert(Bytes(a.to_vec()), hex::encode(v));
         }
     }
-    Ok(TreeEntry {
-        path: Bytes(path),
-        kind,
-        mode: st.st_mode & 0o7777,
-        uid: st.st_uid,
-        gid: st.st_gid,
-        size: if kind == 'f' { st.st_size as u64 } else { 0 },
-        mtime: st.st_mtime,
-        mtime_ns: st.st_mtime_nsec,
-        sha256,
-        link,
-        rdev: if kind == 'c' || kind == 'b' {
-            st.st_rdev
-        } else {
-            0
+    Ok((
+        TreeEntry {
+            path: Bytes(path),
+            kind,
+            mode: st.st_mode & 0o7777,
+            uid: st.st_uid,
+            gid: st.st_gid,
+            size: if kind == 'f' { st.st_size as u64 } else { 0 },
+            mtime: st.st_mtime,
+            mtime_ns: st.st_mtime_nsec,
+            sha256,
+            link,
+            rdev: if kind == 'c' || kind == 'b' {
+                st.st_rdev
+            } else {
+                0
+            },
+            xattrs,
         },
-        xattrs,
-    })
+        stub,
+    ))
 }
 
 fn hash_file_at(dir: BorrowedFd<'_>, name: &OsStr) -> sys::SysResult<Digest> {

@@ -110,10 +110,23 @@ fn blob_of_top_layer(env: &Env, image: &str) -> PathBuf {
     // The store keeps a tar blob as a record and rebuilds it: read it as `save` writes it.
     let out = env.path(&format!("saved-{}", image.replace([':', '/'], "_")));
     if !out.exists() {
-        env.ok(&["save", image, "--format", "oci-dir", "-o", out.to_str().unwrap()]);
+        env.ok(&[
+            "save",
+            image,
+            "--format",
+            "oci-dir",
+            "-o",
+            out.to_str().unwrap(),
+        ]);
     }
-    let p = out.join("blobs/sha256").join(d.strip_prefix("sha256:").unwrap());
-    assert_eq!(sha(&fs::read(&p).unwrap()), d, "the rebuilt tar hashes to its digest");
+    let p = out
+        .join("blobs/sha256")
+        .join(d.strip_prefix("sha256:").unwrap());
+    assert_eq!(
+        sha(&fs::read(&p).unwrap()),
+        d,
+        "the rebuilt tar hashes to its digest"
+    );
     p
 }
 
