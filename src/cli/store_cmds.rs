@@ -95,7 +95,11 @@ pub(crate) enum SystemCommand {
         #[arg(short, long)]
         all: bool,
     },
-    /// Verify every layer and blob against its digest
+    /// Convert layers stored whole (before the file store) to stubs and file objects,
+    /// one layer at a time, each swapped in atomically; layers a live mount uses are
+    /// left for a later run
+    Migrate,
+    /// Verify every layer, blob and file object against its digest
     Check {
         /// Remove what is damaged (the images that need it must be imported again)
         #[arg(long)]
@@ -122,6 +126,7 @@ pub(crate) fn run(cmd: StoreCommand, g: &Globals) -> Result<()> {
             SystemCommand::Df { format } => df(&store, g.verbose > 0, format),
             SystemCommand::Prune { all } => prune(&store, all),
             SystemCommand::Check { repair } => check(&store, repair),
+            SystemCommand::Migrate => migrate(&store),
         },
     }
 }
@@ -690,6 +695,35 @@ fn df(store: &Store, verbose: bool, format: Format) -> Result<()> {
         store.root().display()
     ));
     print(&out)
+}
+
+fn migrate(store: &Store) -> Result<()> {
+    let r = store.migrate(&|d| eprintln!("converting layer {d}"))?;
+    let mut out = String::new();
+    for d in &r.converted {
+        out.push_str(&format!("Converted layer: {d}\n"));
+    }
+    out.push_str(&format!(
+        "{} layer(s) converted ({} files, {} now in the file store, {} of it new), {} already in the file store's form\n",
+        r.converted.len(),
+        r.files,
+        human_size(r.bytes),
+        human_size(r.new_object_bytes),
+        r.already
+    ));
+    print(&out)?;
+    if r.busy.is_empty() {
+        return Ok(());
+    }
+    Err(Error::in_use(format!(
+        "{} layer(s) left as they are because a live mount uses them ({}): unmount and run `layerfs system migrate` again",
+        r.busy.len(),
+        r.busy
+            .iter()
+            .map(|d| format!("sha256:{}", d.short()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )))
 }
 
 fn prune(store: &Store, all: bool) -> Result<()> {

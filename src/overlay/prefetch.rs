@@ -210,10 +210,11 @@ pub struct Prefetcher {
 impl Prefetcher {
     /// A prefetcher that also warms stubs' data in these data-only layers.
     pub fn with_data(data: Vec<OwnedFd>) -> Prefetcher {
-        let mut shared = Shared::default();
-        shared.data = data;
         Prefetcher {
-            shared: Arc::new(shared),
+            shared: Arc::new(Shared {
+                data,
+                ..Shared::default()
+            }),
         }
     }
 

@@ -17,6 +17,7 @@ pub mod import;
 pub(crate) mod ingest;
 pub(crate) mod layout;
 pub(crate) mod lock;
+pub(crate) mod migrate;
 pub(crate) mod objects;
 pub(crate) mod parallel;
 pub(crate) mod plan;
@@ -37,6 +38,7 @@ pub use gc::{CheckReport, PruneReport, RmiEvent};
 pub(crate) use images::Reference;
 pub use images::{ImageCatalog, ImageRecord, LayerRef};
 pub use import::{ExpansionLimit, ImportObserver, ImportOptions, Imported, LayerEvent};
+pub use migrate::MigrateReport;
 
 use crate::error::{Error, Result};
 use extract::ExtractOptions;

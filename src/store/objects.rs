@@ -17,7 +17,7 @@
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 
 use crate::error::{Error, IoContext, Result};
@@ -258,11 +258,6 @@ pub(crate) fn remove(objects: &Path, d: &Digest) -> Result<u64> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
         Err(e) => Err(Error::io(format!("removing object {d}"), e)),
     }
-}
-
-/// Open an object read-only (for `check`, `export` of old tools, tests).
-pub(crate) fn open(objects: BorrowedFd<'_>, d: &Digest) -> sys::SysResult<OwnedFd> {
-    crate::metacopy::open_data(objects, &redirect(d), OFlags::RDONLY)
 }
 
 #[cfg(test)]

@@ -308,7 +308,6 @@ pub(super) fn stream_blob<'r>(
                     // Trailing blocks after the tar's end still count for the diff-id.
                     let _ = io::copy(&mut stream, &mut io::sink());
                 }
-                drop(stream);
                 drop(tar_stream);
                 if let Ok(x) = &mut res
                     && record

@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 
 use support::fingerprint::*;
 use support::images::*;
-use support::mounts::*;
 use support::stack::*;
 use support::store_env::*;
 use support::tree::*;

@@ -748,15 +748,6 @@ impl World {
         if !in_root.is_empty() {
             return Err(format!("unexpected entries in the store root: {in_root:?}"));
         }
-        // A refused import stores no file object; an accepted one's go with `prune`.
-        let objects: Vec<_> = fs::read_dir(self.root.join("objects"))
-            .unwrap()
-            .flat_map(|fan| fs::read_dir(fan.unwrap().path()).into_iter().flatten())
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        if !objects.is_empty() {
-            return Err(format!("file objects left in the store: {objects:?}"));
-        }
         let tmp: Vec<_> = fs::read_dir(self.root.join("tmp"))
             .unwrap()
             .map(|e| e.unwrap().file_name())
@@ -765,6 +756,20 @@ impl World {
             return Err(format!("store tmp dir not empty: {tmp:?}"));
         }
         Ok(())
+    }
+}
+
+/// A refused import stores no file object; an accepted one's go with `prune`.
+fn no_objects(root: &Path) -> Result<(), String> {
+    let objects: Vec<_> = fs::read_dir(root.join("objects"))
+        .unwrap()
+        .flat_map(|fan| fs::read_dir(fan.unwrap().path()).into_iter().flatten())
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    if objects.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("file objects left in the store: {objects:?}"))
     }
 }
 
@@ -923,6 +928,7 @@ fn hostile_images() {
                         Ok(()) => check_imported(&store, &c.expect),
                         Err(_) => Ok(()),
                     })
+                    .and_then(|_| no_objects(&w.root))
                     .and_then(|_| {
                         if via_bin {
                             system_check_bin(&w.root)

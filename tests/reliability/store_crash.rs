@@ -305,3 +305,68 @@ fn kill_9_during_commit() {
     eprintln!("{cut_short} of {rounds} kills left work in progress behind");
     report.finish();
 }
+
+/// `kill -9` of `system migrate` at random moments: the store stays one `system check`
+/// passes (each layer is the old tree or the converted one), and a rerun finishes the
+/// conversion with every file's content as it was.
+#[test]
+fn kill_9_during_migrate() {
+    use layerfs::store::extract::ExtractOptions;
+    use layerfs::store::import::Quiet;
+    use layerfs::store::{ImportOptions, Store};
+    let rounds = env_u64("LAYERFS_STORE_KILLS", 10);
+    let mut rng = Rng::new(env_u64("LAYERFS_STORE_KILL_SEED", 7));
+    let mut report = Report::new("store-crash", "migrate");
+    let t = tempfile::tempdir().unwrap();
+    let img = big_image();
+    let src = t.path().join("big");
+    write_oci_layout(&src, &[(&img, Some("big:1"))], false);
+    // A store as written before the file store: whole files in the layer trees.
+    let old_store = |root: &Path| {
+        let mut s = Store::open(root).unwrap();
+        s.set_extract_options(ExtractOptions::plain(true));
+        s.import(&src, &ImportOptions::default(), &Quiet).unwrap();
+    };
+    let timing = t.path().join("timing");
+    old_store(&timing);
+    let start = Instant::now();
+    ok_cmd(&timing, &["system", "migrate"]).unwrap();
+    let full = start.elapsed();
+    fs::remove_dir_all(&timing).unwrap();
+    eprintln!("a whole migration takes {full:?}");
+
+    for round in 0..rounds {
+        let root = t.path().join(format!("m{round}"));
+        old_store(&root);
+        let delay = full.mul_f64(rng.below(1001) as f64 / 1000.0);
+        kill_after(&root, &["system", "migrate"], delay);
+        let at = format!("round {round} (kill after {} ms)", delay.as_millis());
+        report.check(&format!("{at}: system check clean"), check_clean(&root));
+        report.check(&format!("{at}: layers right"), layers_right(&root, &img));
+        report.check(
+            &format!("{at}: migrate again finishes"),
+            ok_cmd(&root, &["system", "migrate"]).map(|_| ()),
+        );
+        report.check(
+            &format!("{at}: nothing left to convert"),
+            ok_cmd(&root, &["system", "migrate"]).and_then(|o| {
+                if o.contains("0 layer(s) converted") {
+                    Ok(())
+                } else {
+                    Err(o)
+                }
+            }),
+        );
+        report.check(
+            &format!("{at}: layers right after"),
+            layers_right(&root, &img),
+        );
+        report.check(
+            &format!("{at}: system check clean after"),
+            check_clean(&root),
+        );
+        report.check(&format!("{at}: tmp empty after"), tmp_empty(&root));
+        let _ = fs::remove_dir_all(&root);
+    }
+    report.finish();
+}

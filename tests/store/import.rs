@@ -89,7 +89,20 @@ fn oci_layout_dir_with_every_compression() {
         .chain([&img.config, &img.manifest])
     {
         let p = root.join("blobs/sha256").join(hex_of(&sha(blob)));
-        assert_eq!(&fs::read(&p).unwrap(), blob);
+        match fs::read(&p) {
+            Ok(b) => assert_eq!(&b, blob),
+            // A tar blob is kept as a record in its layer dir (its digest is the
+            // diff-id) and rebuilt for save and push.
+            Err(_) => assert!(
+                layer_dir(&root, &sha(blob))
+                    .parent()
+                    .unwrap()
+                    .join("tar-split")
+                    .is_file(),
+                "blob {} neither kept nor recorded",
+                sha(blob)
+            ),
+        }
     }
 }
 

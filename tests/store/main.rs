@@ -4,5 +4,6 @@
 
 mod api;
 mod bad_input;
+mod file_store;
 mod import;
 mod safety;
