@@ -324,7 +324,7 @@ fn kill_9_during_migrate() {
     // A store as written before the file store: whole files in the layer trees.
     let old_store = |root: &Path| {
         let mut s = Store::open(root).unwrap();
-        s.set_extract_options(ExtractOptions::plain(true));
+        s.set_extract_options(ExtractOptions::plain(support::privilege::is_root()));
         s.import(&src, &ImportOptions::default(), &Quiet).unwrap();
     };
     let timing = t.path().join("timing");
