@@ -354,7 +354,12 @@ impl Core {
             MountType::Fuse => {
                 let upper = (!readonly).then(|| (own.join("fs"), own.join("work")));
                 let mp = self.cfg.mount_dir.join(n.to_string());
-                let data = [self.store.objects_dir()];
+                // Store layers hold stubs: their data is in the store's file objects.
+                let data = if stubs {
+                    vec![self.store.objects_dir()]
+                } else {
+                    Vec::new()
+                };
                 mounts::ensure(&self.cfg.program, n, (&lowers, &data), upper.as_ref(), &mp)?;
                 Ok(vec![Mount::bind(&mp, readonly)])
             }
