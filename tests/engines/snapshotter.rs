@@ -338,7 +338,12 @@ fn killed_mid_pull_the_store_stays_whole() {
             A_HELLO_TEXT,
             "killed after {delay_ms} ms (first pull succeeded: {pulled})"
         );
-        e.ctrd.ok(&["images", "rm", &image]);
+        // `--sync`: garbage collection now. containerd paces its scheduled collections
+        // by how long the last one took, and one that ran while the snapshotter was down
+        // (killed above) stalled on it: the next scheduled one came minutes later
+        // (observed: no image, container or lease left, the snapshots still in
+        // containerd's records after 120 s).
+        e.ctrd.ok(&["images", "rm", "--sync", &image]);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         loop {
             let left = snapshot_dirs(&store);
