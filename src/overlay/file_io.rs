@@ -89,7 +89,7 @@ impl OverlayFs {
         let mut last = Errno::STALE;
         for a in &f.aliases {
             match sys::open_regular_at(a.real.fd(), &a.name, flags) {
-                Ok(fd) if f.layer != UPPER => {
+                Ok(fd) if f.layer != UPPER && !self.layers().data.is_empty() => {
                     // A metacopy stub in a lower layer: its data is in a data-only layer.
                     let st = sys::stat_fd(fd.as_fd())?;
                     return match self.layers().stub_data(fd.as_fd(), None, &st, flags)? {

@@ -376,12 +376,10 @@ fn warm_one(shared: &Shared, parent: &RealDir, name: &OsString, depth: u32) -> W
 
 /// Read a stub's redirect and stat its data (both land in the host's caches).
 fn warm_stub(shared: &Shared, dir: std::os::fd::BorrowedFd<'_>, name: &OsString) {
+    // `redirect_of` gives only absolute paths of plain names.
     let Ok(Some(r)) = crate::metacopy::redirect_of(dir, Some(name)) else {
         return;
     };
-    if !crate::metacopy::valid_data_path(&r) {
-        return;
-    }
     let rel = std::ffi::OsStr::from_bytes(&r[1..]);
     for d in &shared.data {
         if sys::stat_at(d.as_fd(), rel).is_ok() {

@@ -17,7 +17,6 @@
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs::File;
-use std::io::Read;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 
@@ -293,33 +292,11 @@ impl Converter {
             self.files += 1;
             self.bytes += len;
         } else {
-            let mut f = File::from(from);
-            let mut out = File::from(
-                to.try_clone()
-                    .map_err(|e| Errno::from_io_error(&e).unwrap_or(Errno::IO))?,
-            );
-            loop {
-                let n = match f.read(&mut self.buf) {
-                    Ok(0) => break,
-                    Ok(n) => n,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                    Err(e) => return Err(Errno::from_io_error(&e).unwrap_or(Errno::IO)),
-                };
-                std::io::Write::write_all(&mut out, &self.buf[..n])
-                    .map_err(|e| Errno::from_io_error(&e).unwrap_or(Errno::IO))?;
-            }
+            // A small file: its bytes as they are (reflink where the filesystem can).
+            crate::overlay::copy_up::copy_data(from.as_fd(), to.as_fd(), st.st_size as u64)?;
         }
-        if self.privileged {
-            sys::fchown(to.as_fd(), Some(st.st_uid), Some(st.st_gid))?;
-        }
-        sys::fchmod(to.as_fd(), st.st_mode & 0o7777)?;
-        // After chown, which clears file capabilities; a stub's own markers come too.
-        copy_all_xattrs(src, Some(name), to.as_fd(), None)?;
-        sys::futimens(
-            to.as_fd(),
-            TimeSpec::Set(st.st_atime, st.st_atime_nsec as i64),
-            TimeSpec::Set(st.st_mtime, st.st_mtime_nsec as i64),
-        )
+        drop(to);
+        copy_meta(src, Some(name), dst, Some(name), st, self.privileged)
     }
 }
 
