@@ -166,24 +166,34 @@ impl OverlayFs {
                 self.keep_orphan_if_last(d, &new_parent_node, &new_parent_upper, newname);
             }
         }
-        match self.slot_after_target(&new_parent_upper, newname)? {
-            Slot::Whiteout if src.is_dir() => {
-                sys::unlink_at(new_parent_upper.fd(), newname)?;
-            }
-            Slot::OciWhiteout => {
-                let _ = sys::unlink_at(new_parent_upper.fd(), &markers::oci_whiteout_name(newname));
-            }
-            _ => {}
-        }
+        let slot = self.slot_after_target(&new_parent_upper, newname)?;
+        // A directory cannot replace the whiteout at its target (rename(2) refuses a
+        // directory over a non-directory): it trades places with it instead, in one
+        // step, as the kernel's overlayfs does; the whiteout lands at the old name.
+        let swap_whiteout = src.is_dir() && matches!(slot, Slot::Whiteout);
         let device_wh = self.writer.as_ref().is_some_and(|w| w.device_whiteouts());
         let mut wh_done = false;
+        if src_needs_wh && !device_wh && !swap_whiteout {
+            // `.wh.NAME` before the move: the upper entry hides its own `.wh.` while
+            // both exist, so no moment (or crash) shows the lower entry again.
+            self.writer()?.whiteout(parent_upper.fd(), name)?;
+            wh_done = true;
+        }
         {
             // getattr and open follow a file's aliases by name without the kernel's
             // directory locks: the real rename and the alias update must look atomic
             // to them, or in between they would find the whiteout left at the old
             // name, or the replaced file at the new one.
             let (mut src_st, dst_st) = lock_states(&src, dst.as_ref());
-            if src_needs_wh && device_wh {
+            if swap_whiteout {
+                sys::rename_at(
+                    parent_upper.fd(),
+                    name,
+                    new_parent_upper.fd(),
+                    newname,
+                    RenameFlags::EXCHANGE,
+                )?;
+            } else if src_needs_wh && device_wh {
                 match sys::rename_at(
                     parent_upper.fd(),
                     name,
@@ -201,14 +211,17 @@ impl OverlayFs {
                     )?,
                     Err(e) => return Err(e),
                 }
-            } else {
-                sys::rename_at(
-                    parent_upper.fd(),
-                    name,
-                    new_parent_upper.fd(),
-                    newname,
-                    RenameFlags::empty(),
-                )?;
+            } else if let Err(e) = sys::rename_at(
+                parent_upper.fd(),
+                name,
+                new_parent_upper.fd(),
+                newname,
+                RenameFlags::empty(),
+            ) {
+                if wh_done {
+                    let _ = sys::unlink_at(parent_upper.fd(), &markers::oci_whiteout_name(name));
+                }
+                return Err(e);
             }
             if let Some(mut d) = dst_st
                 && let NodeState::File(f) = &mut *d
@@ -225,6 +238,22 @@ impl OverlayFs {
                 &new_parent_upper,
                 redirect.clone(),
             );
+        }
+        if swap_whiteout {
+            // A device whiteout now at the old name is the one it needs; anything
+            // else there (an xattr whiteout, or no lower entry to hide) goes.
+            let kept = src_needs_wh
+                && sys::stat_at(parent_upper.fd(), name)
+                    .is_ok_and(|st| markers::is_whiteout_stat(&st));
+            if kept {
+                wh_done = true;
+            } else {
+                sys::unlink_at(parent_upper.fd(), name)?;
+            }
+        }
+        if matches!(slot, Slot::OciWhiteout) {
+            // The entry now hides its `.wh.` file; remove it.
+            let _ = sys::unlink_at(new_parent_upper.fd(), &markers::oci_whiteout_name(newname));
         }
         if src_needs_wh && !wh_done {
             self.writer()?.whiteout(parent_upper.fd(), name)?;

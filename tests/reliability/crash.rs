@@ -342,3 +342,121 @@ fn kill_daemon_during_writes() {
     report.check("no hang", wd.disarm());
     report.finish();
 }
+
+/// How many lower directories the rename test flips, and their files.
+const FLIP_DIRS: usize = 6;
+
+/// Check that each flipped directory shows at exactly one of its names, with its files;
+/// `moved[d]` is where it must be when known.
+fn verify_flipped(mnt: &Path, moved: &[Option<bool>]) -> Vec<String> {
+    let mut bad = Vec::new();
+    for (d, state) in moved.iter().enumerate() {
+        let names = [format!("D{d}"), format!("E{d}")];
+        let present: Vec<&String> = names
+            .iter()
+            .filter(|n| fs::symlink_metadata(mnt.join(n)).is_ok())
+            .collect();
+        if present.len() != 1 {
+            bad.push(format!("dir {d}: present as {present:?}"));
+            continue;
+        }
+        if let Some(m) = state
+            && present[0] != &names[usize::from(*m)]
+        {
+            bad.push(format!("dir {d}: at {}, renamed to the other", present[0]));
+        }
+        for f in 0..3 {
+            let p = mnt.join(present[0]).join(format!("f{f}"));
+            if fs::read(&p).ok() != Some(lower_dir_file(d, f)) {
+                bad.push(format!("{}: lost or changed", p.display()));
+            }
+        }
+    }
+    bad
+}
+
+/// Lower directories renamed back and forth (`D` → `E` → `D`, over the whiteout the
+/// first move left), the daemon killed at random moments: every rename is all or
+/// nothing, never both names (the lower one showing again) and never neither; and the
+/// kernel's overlayfs reads the same upper afterwards.
+#[test]
+fn kill_during_directory_renames() {
+    if support::skip_unless_root() {
+        return;
+    }
+    let rounds = env_u64("LAYERFS_CRASH_ROUNDS", 12) * 4;
+    let mut report = Report::new("crash", "kill-9-dir-renames");
+    let wd_mnts: Vec<PathBuf> = Vec::new();
+    let wd = Watchdog::new("crash-dir-renames", 60 + rounds * 10, wd_mnts);
+    {
+        let t = tempfile::tempdir().unwrap();
+        let stack = new_stack(t.path(), 2);
+        let mnt = t.path().join("m");
+        for d in 0..FLIP_DIRS {
+            for f in 0..3 {
+                write(
+                    &stack.lowers[f % 2].join(format!("D{d}/f{f}")),
+                    &lower_dir_file(d, f),
+                );
+            }
+        }
+        let moved: Arc<Mutex<Vec<Option<bool>>>> =
+            Arc::new(Mutex::new(vec![Some(false); FLIP_DIRS]));
+        let mut rng = Rng::new(env_u64("LAYERFS_CRASH_SEED", 3) + 8);
+        for round in 0..rounds {
+            let mut daemon = match Daemon::start(&stack, &mnt, &[]) {
+                Ok(d) => d,
+                Err(e) => {
+                    report.check(&format!("round {round}: mount"), Err(e));
+                    break;
+                }
+            };
+            let bad = verify_flipped(&mnt, &moved.lock().unwrap());
+            report.ok(
+                &format!("round {round}: each dir at one name"),
+                bad.is_empty(),
+                || bad.join("\n"),
+            );
+            let stop = Arc::new(AtomicBool::new(false));
+            let workers: Vec<_> = (0..2)
+                .map(|tid| {
+                    let (m, mv, s) = (mnt.clone(), moved.clone(), stop.clone());
+                    std::thread::spawn(move || {
+                        let mut n = tid;
+                        while !s.load(Ordering::Acquire) {
+                            // Each worker flips its own half of the dirs.
+                            let d = (n % (FLIP_DIRS / 2)) * 2 + tid;
+                            n += 1;
+                            let Some(was) = mv.lock().unwrap()[d] else {
+                                return;
+                            };
+                            let (from, to) = if was { ("E", "D") } else { ("D", "E") };
+                            mv.lock().unwrap()[d] = None;
+                            match fs::rename(
+                                m.join(format!("{from}{d}")),
+                                m.join(format!("{to}{d}")),
+                            ) {
+                                Ok(()) => mv.lock().unwrap()[d] = Some(!was),
+                                Err(_) => return,
+                            }
+                        }
+                    })
+                })
+                .collect();
+            std::thread::sleep(Duration::from_millis(rng.range(1, 30)));
+            daemon.kill9();
+            stop.store(true, Ordering::Release);
+            for w in workers {
+                let _ = w.join();
+            }
+            clean_mount(&mnt);
+        }
+        let km = t.path().join("k");
+        let kg = mount_kernel(&stack, &km);
+        let bad = verify_flipped(&km, &moved.lock().unwrap());
+        drop(kg);
+        report.ok("kernel overlay agrees", bad.is_empty(), || bad.join("\n"));
+    }
+    report.check("no hang", wd.disarm());
+    report.finish();
+}
