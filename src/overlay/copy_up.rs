@@ -4,7 +4,10 @@
 //! data, owner, mode, xattrs and timestamps, then renamed into place: a crash at any
 //! point leaves either the untouched lower object or the complete copy, and leftovers in
 //! the work dir are removed at the next mount. Parents are copied up first, and their
-//! timestamps are restored afterwards so a copy-up is invisible.
+//! timestamps are restored afterwards so a copy-up is invisible. A lower file with
+//! several names gets every visible name linked to its copy; a journal link in the work
+//! dir (`#links.DEV.INO.SHOWN`) lets the next mount finish that if the daemon dies
+//! half-way, so the names never come apart.
 
 use std::ffi::{OsStr, OsString};
 use std::os::fd::{AsFd, BorrowedFd};
@@ -155,6 +158,19 @@ impl OverlayFs {
             let _ = sys::unlink_at(work, &tmp);
             return Err(e);
         }
+        // A file with several names: a second link in the work dir journals the copy
+        // until every visible name links to it, so a daemon that dies in between
+        // leaves a record the next mount finishes from (`finish_linked_copy_ups`).
+        let journal = (st.st_nlink > 1).then(|| links_journal_name(st.st_dev, st.st_ino, node.ino));
+        if let Some(j) = &journal
+            && let Err(e) = sys::link_at(work, &tmp, work, j)
+        {
+            let _ = sys::unlink_at(work, &tmp);
+            return Err(e);
+        }
+        // The parent is marked before the copy lands in it, so that no moment shows
+        // the copy with another number than the lower file's.
+        self.mark_impure(&primary.parent, &parent_upper);
         let saved = SavedTimes::capture(&parent_upper)?;
         if let Err(e) = sys::rename_at(
             work,
@@ -164,10 +180,12 @@ impl OverlayFs {
             sys::RenameFlags::NOREPLACE,
         ) {
             let _ = sys::unlink_at(work, &tmp);
+            if let Some(j) = &journal {
+                let _ = sys::unlink_at(work, j);
+            }
             return Err(e);
         }
         saved.restore(&parent_upper);
-        self.mark_impure(&primary.parent, &parent_upper);
 
         let mut first = primary.clone();
         first.real = parent_upper.clone();
@@ -183,22 +201,11 @@ impl OverlayFs {
             .map(|a| (a.parent.clone(), a.name.clone()))
             .collect();
         if st.st_nlink > 1 {
-            let mut renamed = None;
-            for path in self
-                .links
-                .paths(self.layers(), primary.real.layer, st.st_ino)
-            {
-                let found = self.visible_alias(&path, node.ino).or_else(|| {
-                    // Not at its own path: a directory on the way may have been renamed.
-                    let renamed = renamed.get_or_insert_with(|| self.renamed_dirs());
-                    self.visible_alias(&moved_path(renamed, &path)?, node.ino)
-                });
-                if let Some((p, n)) = found {
-                    let dup = (p.ino == primary.parent.ino && n == primary.name)
-                        || others.iter().any(|(q, m)| q.ino == p.ino && *m == n);
-                    if !dup {
-                        others.push((p, n));
-                    }
+            for (p, n) in self.visible_names(primary.real.layer, st.st_ino, node.ino) {
+                let dup = (p.ino == primary.parent.ino && n == primary.name)
+                    || others.iter().any(|(q, m)| q.ino == p.ino && *m == n);
+                if !dup {
+                    others.push((p, n));
                 }
             }
         }
@@ -207,7 +214,81 @@ impl OverlayFs {
                 log::warn!("copy-up: could not link {name:?} to the copy: {e}");
             }
         }
+        if let Some(j) = &journal {
+            let _ = sys::unlink_at(work, j);
+        }
         Ok(())
+    }
+
+    /// Every visible name (parent, name) of lower inode `real_ino` of `layer`, which the
+    /// mount shows as `ino`: at its own path, or below a renamed directory.
+    fn visible_names(&self, layer: LayerId, real_ino: u64, ino: u64) -> Vec<(Arc<Node>, OsString)> {
+        let mut out = Vec::new();
+        let mut renamed = None;
+        for path in self.links.paths(self.layers(), layer, real_ino) {
+            let found = self.visible_alias(&path, ino).or_else(|| {
+                // Not at its own path: a directory on the way may have been renamed.
+                let renamed = renamed.get_or_insert_with(|| self.renamed_dirs());
+                self.visible_alias(&moved_path(renamed, &path)?, ino)
+            });
+            if let Some(f) = found {
+                out.push(f);
+            }
+        }
+        out
+    }
+
+    /// Finish the copy-ups of lower hard links that a daemon left half done (see the
+    /// journal in `copy_up_limited`): where some visible name is the copy already, every
+    /// name still showing the lower file is linked to the copy too; where none is, the
+    /// lower file shows everywhere still and the journal is just dropped. Runs before
+    /// the work dir is cleaned, on a mount of its own (its nodes are thrown away).
+    /// Returns whether there was anything to finish.
+    pub(crate) fn finish_linked_copy_ups(&self) -> bool {
+        let Some(w) = &self.writer else {
+            return false;
+        };
+        let Ok(entries) = sys::read_dir_all(w.work()) else {
+            return false;
+        };
+        let journals: Vec<(OsString, (u64, u64, u64))> = entries
+            .into_iter()
+            .filter_map(|e| parse_links_journal(&e.name).map(|k| (e.name, k)))
+            .collect();
+        for (journal, (dev, real_ino, ino)) in &journals {
+            let layers: Vec<LayerId> = self
+                .layers()
+                .lowers
+                .iter()
+                .filter(|l| l.dev == *dev)
+                .map(|l| l.id)
+                .collect();
+            let mut names = Vec::new();
+            for layer in layers {
+                names.extend(self.visible_names(layer, *real_ino, *ino));
+            }
+            let mut linked = Vec::new();
+            let mut lower = Vec::new();
+            for (parent, name) in names {
+                let Ok(view) = self.dir_view(&parent) else {
+                    continue;
+                };
+                match self.res.resolve(&view, &name) {
+                    Ok(Some(r)) if r.layer() == UPPER => linked.push((parent, name)),
+                    Ok(Some(_)) => lower.push((parent, name)),
+                    _ => {}
+                }
+            }
+            if linked.is_empty() {
+                continue;
+            }
+            for (parent, name) in lower {
+                if let Err(e) = self.place_link(w.work(), journal, &parent, &name) {
+                    log::warn!("finishing a copy-up: could not link {name:?}: {e}");
+                }
+            }
+        }
+        !journals.is_empty()
     }
 
     /// Move read-only handles still on the lower file to the new upper copy.
@@ -225,21 +306,22 @@ impl OverlayFs {
         });
     }
 
-    /// Give a copied-up node one more name: a hard link in `parent`'s upper dir.
-    pub(crate) fn link_up(
+    /// Link `existing` in `dir` as `name` in `parent`'s upper dir (copied up first),
+    /// keeping the parent's times; a link there already to the same file is fine.
+    fn place_link(
         &self,
-        node: &Arc<Node>,
+        dir: BorrowedFd<'_>,
+        existing: &OsStr,
         parent: &Arc<Node>,
         name: &OsStr,
-    ) -> SysResult<()> {
-        let (real, existing) = self.first_alias(node)?;
+    ) -> SysResult<Arc<RealDir>> {
         let parent_upper = self.upper_dir(parent)?;
         let saved = SavedTimes::capture(&parent_upper)?;
-        match sys::link_at(real.fd(), &existing, parent_upper.fd(), name) {
+        match sys::link_at(dir, existing, parent_upper.fd(), name) {
             Ok(()) => saved.restore(&parent_upper),
             Err(Errno::EXIST) => {
                 // Linked already (a lookup raced with the copy-up): fine if it is ours.
-                let a = sys::stat_at(real.fd(), &existing)?;
+                let a = sys::stat_at(dir, existing)?;
                 let b = sys::stat_at(parent_upper.fd(), name)?;
                 if (a.st_dev, a.st_ino) != (b.st_dev, b.st_ino) {
                     return Err(Errno::EXIST);
@@ -248,6 +330,18 @@ impl OverlayFs {
             Err(e) => return Err(e),
         }
         self.mark_impure(parent, &parent_upper);
+        Ok(parent_upper)
+    }
+
+    /// Give a copied-up node one more name: a hard link in `parent`'s upper dir.
+    pub(crate) fn link_up(
+        &self,
+        node: &Arc<Node>,
+        parent: &Arc<Node>,
+        name: &OsStr,
+    ) -> SysResult<()> {
+        let (real, existing) = self.first_alias(node)?;
+        let parent_upper = self.place_link(real.fd(), &existing, parent, name)?;
         if let NodeState::File(f) = &mut *node.state.write() {
             if f.aliases
                 .iter()
@@ -582,4 +676,37 @@ pub(crate) fn copy_xattrs(
         }
     }
     Ok(())
+}
+
+/// Work-dir name of the journal link of a lower hard link's copy: the lower file's
+/// device and inode, and the number the mount shows for it.
+fn links_journal_name(dev: u64, real_ino: u64, ino: u64) -> OsString {
+    OsString::from(format!("#links.{dev}.{real_ino}.{ino}"))
+}
+
+fn parse_links_journal(name: &OsStr) -> Option<(u64, u64, u64)> {
+    let rest = name.to_str()?.strip_prefix("#links.")?;
+    let mut it = rest.split('.').map(|n| n.parse::<u64>().ok());
+    let k = (it.next()??, it.next()??, it.next()??);
+    it.next().is_none().then_some(k)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn journal_names_round_trip_and_nothing_else_parses() {
+        let n = links_journal_name(2049, 1234, 99);
+        assert_eq!(parse_links_journal(&n), Some((2049, 1234, 99)));
+        for other in [
+            "#lfs.1.2",
+            "#links.1.2",
+            "#links.1.2.3.4",
+            "#links.a.2.3",
+            "#whiteout",
+        ] {
+            assert_eq!(parse_links_journal(OsStr::new(other)), None, "{other}");
+        }
+    }
 }

@@ -85,8 +85,30 @@ pub struct OverlayFs {
 }
 
 impl OverlayFs {
-    /// Open the layers; an error names the path at fault ("PATH: reason").
+    /// Open the layers; an error names the path at fault ("PATH: reason"). What an
+    /// earlier daemon left in the work dir is finished (copy-ups of hard links) or
+    /// removed first.
     pub fn new(opts: Options) -> crate::error::Result<Self> {
+        let mut fs = Self::open_layers(opts.clone())?;
+        if fs.finish_linked_copy_ups() {
+            // Its nodes saw the names before the links were placed: start afresh.
+            drop(fs);
+            fs = Self::open_layers(opts)?;
+        }
+        if let Some(w) = &fs.writer {
+            w.clean().map_err(|errno| {
+                let path = fs.opts.work.clone().unwrap_or_default().join("work");
+                let e = std::io::Error::from_raw_os_error(errno.raw_os_error());
+                crate::error::Error::with_errno(
+                    format!("{}: {e}", path.display()),
+                    errno.raw_os_error(),
+                )
+            })?;
+        }
+        Ok(fs)
+    }
+
+    fn open_layers(opts: Options) -> crate::error::Result<Self> {
         let at = |path: &std::path::Path, errno: Errno| {
             let e = std::io::Error::from_raw_os_error(errno.raw_os_error());
             crate::error::Error::with_errno(
@@ -104,10 +126,6 @@ impl OverlayFs {
         layers.setup_upper_override(opts.upper_override, sys::is_privileged());
         let writer = layers.work.take().map(UpperWriter::new);
         let upper_oci_whiteouts = writer.as_ref().is_some_and(|w| !w.device_whiteouts());
-        if let Some(w) = &writer {
-            w.clean()
-                .map_err(|errno| at(&opts.work.clone().unwrap_or_default().join("work"), errno))?;
-        }
         let data = layers
             .data
             .iter()
