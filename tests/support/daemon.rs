@@ -30,13 +30,42 @@ impl Daemon {
     ) -> Result<Daemon, String> {
         fs::create_dir_all(mnt).unwrap();
         let bin = layerfs_bin();
-        let mut cmd = if prefix.is_empty() {
+        let cmd = if prefix.is_empty() {
             Command::new(&bin)
         } else {
             let mut c = Command::new(prefix[0]);
             c.args(&prefix[1..]).arg(&bin);
             c
         };
+        Self::spawn(cmd, stack, mnt, extra)
+    }
+
+    /// `layerfs -f` as user `uid` (its group too, no others), from `bin`: a copy of the
+    /// binary that user can reach. The dirs it writes must be the user's.
+    pub fn start_as(
+        uid: u32,
+        bin: &Path,
+        stack: &Stack,
+        mnt: &Path,
+        extra: &[&str],
+    ) -> Result<Daemon, String> {
+        fs::create_dir_all(mnt).unwrap();
+        let _ = std::process::Command::new("chown")
+            .arg(format!("{uid}:{uid}"))
+            .arg(mnt)
+            .status();
+        let mut cmd = Command::new("setpriv");
+        cmd.arg(format!("--reuid={uid}"))
+            .arg(format!("--regid={uid}"))
+            .arg("--clear-groups")
+            .arg("--")
+            .arg(bin)
+            .env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
+        Self::spawn(cmd, stack, mnt, extra)
+    }
+
+    fn spawn(mut cmd: Command, stack: &Stack, mnt: &Path, extra: &[&str]) -> Result<Daemon, String> {
         cmd.arg("-f")
             .arg("-o")
             .arg(stack.options("", extra))
