@@ -9,12 +9,18 @@
 //!
 //! Each operation is one request to the daemon (one rename, link, mkdir, rmdir, chmod,
 //! truncate, or an append that copies a file up), so no state in between is legitimate.
+//! Everything runs twice: with a root daemon, and with an ordinary user's (owner
+//! records in the upper dir, `user.overlay.*` markers, no passthrough).
 
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use support::cli::layerfs_bin;
 use support::daemon::*;
 use support::files::*;
 use support::mounts::*;
@@ -174,18 +180,97 @@ fn lowers(stack: &Stack) {
     fs::hard_link(stack.lowers[0].join("h1"), stack.lowers[0].join("h2")).unwrap();
 }
 
-/// Run `script` in the mount; its status.
-fn in_mount(mnt: &Path, script: &str) -> bool {
-    sh(&format!("cd {} && {script}", q(mnt))).status.success()
+/// Who runs the daemon under test and the operations: root, or an ordinary user (no
+/// passthrough, owners kept in `user.containers.override_stat` records, `user.overlay.*`
+/// markers); then root looks at the result through a read-only mount of the same dirs
+/// (the user's mount is the user's alone).
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    Root,
+    User,
 }
 
-/// A daemon with one request thread, so `strace` counts one thread's calls.
-fn mount(stack: &Stack, mnt: &Path) -> Result<Daemon, String> {
-    Daemon::start(stack, mnt, &["threads=1"])
+const NOBODY: u32 = 65534;
+
+struct Runner {
+    mode: Mode,
+    /// A copy of the binary the user can run.
+    bin: PathBuf,
 }
 
-fn snap(mnt: &Path) -> Tree {
-    snapshot(mnt, &SnapOpts::default())
+impl Runner {
+    /// Run `script` in the mount as the mode's user; its status.
+    fn in_mount(&self, mnt: &Path, script: &str) -> bool {
+        let line = format!("cd {} && {script}", q(mnt));
+        match self.mode {
+            Mode::Root => sh(&line).status.success(),
+            Mode::User => sh_as(NOBODY, NOBODY, &line).status.success(),
+        }
+    }
+
+    /// The daemon under test, with one request thread so `strace` counts one thread.
+    fn mount(&self, stack: &Stack, mnt: &Path) -> Result<Daemon, String> {
+        match self.mode {
+            Mode::Root => Daemon::start(stack, mnt, &["threads=1"]),
+            Mode::User => Daemon::start_as(NOBODY, &self.bin, stack, mnt, &["threads=1"]),
+        }
+    }
+
+    /// The tree a fresh mount shows: through the daemon itself (root), or through
+    /// root's read-only view of the user's dirs with the numbers the user's own mount
+    /// shows.
+    fn snap(&self, stack: &Stack, mnt: &Path) -> Tree {
+        let view;
+        let s = match self.mode {
+            Mode::Root => stack,
+            Mode::User => {
+                let mut lowers = vec![stack.upper.clone().unwrap()];
+                lowers.extend(stack.lowers.iter().cloned());
+                view = Stack {
+                    data: Vec::new(),
+                    lowers,
+                    upper: None,
+                    work: None,
+                };
+                &view
+            }
+        };
+        let mut d = Daemon::start(s, mnt, &["threads=1"]).unwrap();
+        let mut t = snapshot(mnt, &SnapOpts::default());
+        d.stop();
+        if self.mode == Mode::User {
+            // Inode numbers are the daemon's own: as the user sees them in its mount.
+            let mut d = self.mount(stack, mnt).unwrap();
+            let out = sh_as(
+                NOBODY,
+                NOBODY,
+                &format!("cd {} && find . -printf '%i %P\\n'", q(mnt)),
+            );
+            d.stop();
+            t.inos = String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter_map(|l| {
+                    let (ino, path) = l.split_once(' ')?;
+                    Some((PathBuf::from(path), ino.parse().ok()?))
+                })
+                .collect();
+            assert_eq!(
+                t.inos.keys().collect::<Vec<_>>(),
+                t.entries.keys().collect::<Vec<_>>(),
+                "the user's listing of its mount names what root's view does"
+            );
+        }
+        t
+    }
+
+    /// Upper and work dirs the mode's user owns.
+    fn own(&self, stack: &Stack) {
+        if self.mode == Mode::User {
+            for d in [&stack.upper, &stack.work].into_iter().flatten() {
+                shell(&format!("chown -R {NOBODY}:{NOBODY} {}", q(d)));
+            }
+        }
+    }
 }
 
 /// `strace` attached to every thread of `pid`; returns once each thread is traced.
@@ -298,13 +383,6 @@ fn fresh_copy(tpl: &Stack, run: &Path) -> Stack {
     }
 }
 
-/// Mount `stack`, snapshot it (the numbers a fresh mount shows), and leave it mounted.
-fn mount_and_snap(stack: &Stack, mnt: &Path) -> (Daemon, Tree) {
-    let d = mount(stack, mnt).unwrap();
-    let t = snap(mnt);
-    (d, t)
-}
-
 /// Inode numbers the tree after the operation must show in a copy whose tree before
 /// showed `before`: each path of `after_rec` whose number was some path's number in
 /// `before_rec` keeps that path's number in `before` (new objects: any number).
@@ -326,137 +404,232 @@ fn every_crash_point_of_one_request() {
     if support::skip_unless_root() {
         return;
     }
+    crash_points(Mode::Root);
+}
+
+#[test]
+fn every_crash_point_of_one_request_as_a_user() {
+    if support::skip_unless_root() {
+        return;
+    }
+    if !sh_as(
+        NOBODY,
+        NOBODY,
+        "test -r /dev/fuse && test -w /dev/fuse && command -v fusermount3",
+    )
+    .status
+    .success()
+    {
+        support::privilege::say_skipped(
+            "needs /dev/fuse open to nobody and fusermount3 (scripts/test opens it for the run)",
+        );
+        return;
+    }
+    crash_points(Mode::User);
+}
+
+fn crash_points(mode: Mode) {
     if !sh("command -v strace").status.success() {
         panic!("strace is needed (scripts/deps installs it)");
     }
-    let mut report = Report::new("crash-points", "kill-at-each-call");
+    let suite_test = match mode {
+        Mode::Root => "kill-at-each-call",
+        Mode::User => "kill-at-each-call-as-a-user",
+    };
+    let report = Mutex::new(Report::new("crash-points", suite_test));
     let t = tempfile::tempdir().unwrap();
-    let mnt = t.path().join("m");
-    let run = t.path().join("run");
-    let wd = Watchdog::new("crash-points", 600, vec![mnt.clone()]);
-    for (ci, case) in CASES.iter().enumerate() {
-        let tpl = new_stack(&t.path().join(format!("tpl{ci}")), 2);
-        lowers(&tpl);
-        let mut d = mount(&tpl, &mnt).unwrap();
-        let prep_ok = case.prep.is_empty() || in_mount(&mnt, case.prep);
-        d.stop();
-        report.ok(&format!("{}: prepared", case.name), prep_ok, || {
-            case.prep.to_string()
-        });
-        if !prep_ok {
-            continue;
+    // The user must reach its dirs, the mount points and its copy of the binary.
+    fs::set_permissions(t.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let bin = t.path().join("layerfs");
+    fs::copy(layerfs_bin(), &bin).unwrap();
+    let r = Runner { mode, bin };
+    let bases: Vec<PathBuf> = (0..CASES.len())
+        .map(|ci| t.path().join(format!("case{ci}")))
+        .collect();
+    let wd = Watchdog::new(
+        "crash-points",
+        900,
+        bases.iter().map(|b| b.join("m")).collect(),
+    );
+    // The cases side by side (the time goes to mounting and waiting, not to CPU).
+    let next = AtomicUsize::new(0);
+    std::thread::scope(|sc| {
+        for _ in 0..4 {
+            sc.spawn(|| {
+                loop {
+                    let ci = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(case) = CASES.get(ci) else {
+                        return;
+                    };
+                    run_case(&r, case, &bases[ci], &report);
+                }
+            });
         }
-
-        // The recording run: the calls of the operation, and the tree after it (on a
-        // fresh mount, as after a crash).
-        let rs = fresh_copy(&tpl, &run);
-        let (mut d, before_rec) = mount_and_snap(&rs, &mnt);
-        let log = t.path().join("log");
-        let trace = format!("trace={}", CALLS.join(","));
-        let tracer = attach(
-            d.pid(),
-            &["-e".into(), trace, "-o".into(), log.display().to_string()],
-        )
-        .unwrap();
-        let op_ok = in_mount(&mnt, case.op);
-        detach(tracer);
-        d.stop();
-        let (mut d, after_rec) = mount_and_snap(&rs, &mnt);
-        d.stop();
-        let pts = points(&fs::read_to_string(&log).unwrap_or_default());
-        report.ok(
-            &format!("{}: the operation works", case.name),
-            op_ok,
-            || case.op.to_string(),
-        );
-        report.ok(
-            &format!("{}: it changes the tree", case.name),
-            !diff_trees(&before_rec, &after_rec).is_empty(),
-            || "no difference before and after".into(),
-        );
-        report.ok(
-            &format!("{}: its calls were recorded", case.name),
-            !pts.is_empty(),
-            || "no calls in the log".into(),
-        );
-
-        for p in &pts {
-            let what = format!("{}: killed at {} #{} ({})", case.name, p.call, p.n, p.line);
-            let rs = fresh_copy(&tpl, &run);
-            let (mut d, before) = mount_and_snap(&rs, &mnt);
-            let inject = format!("inject={}:signal=KILL:when={}", p.call, p.n);
-            let tracer = attach(
-                d.pid(),
-                &[
-                    "-e".into(),
-                    format!("trace={}", p.call),
-                    "-e".into(),
-                    inject,
-                    "-o".into(),
-                    "/dev/null".into(),
-                ],
-            );
-            let tracer = match tracer {
-                Ok(s) => s,
-                Err(e) => {
-                    report.check(&what, Err(e));
-                    d.stop();
-                    continue;
-                }
-            };
-            in_mount(&mnt, case.op);
-            // The daemon dies at the point (or, if the numbering moved, lives on:
-            // then the operation simply completed).
-            let died = d.wait_exit(Duration::from_secs(2)).is_some();
-            detach(tracer);
-            if !died {
-                d.stop();
-            }
-            clean_mount(&mnt);
-            let mut d = match mount(&rs, &mnt) {
-                Ok(d) => d,
-                Err(e) => {
-                    report.check(&format!("{what}: remount"), Err(e));
-                    continue;
-                }
-            };
-            let got = snap(&mnt);
-            let leftovers = work_leftovers(&rs);
-            d.stop();
-            let mut to_before = diff_trees(&before, &got);
-            to_before.extend(
-                ino_changes(&before, &got)
-                    .into_iter()
-                    .map(|c| format!("inode number: {c}")),
-            );
-            let mut to_after = diff_trees(&after_rec, &got);
-            for (path, want) in expected_inos(&before_rec, &after_rec, &before) {
-                match got.inos.get(&path) {
-                    Some(i) if *i == want => {}
-                    i => to_after.push(format!(
-                        "inode number: {}: {i:?}, want {want}",
-                        path.display()
-                    )),
-                }
-            }
-            report.ok(
-                &format!("{what}: the tree before or after"),
-                to_before.is_empty() || to_after.is_empty(),
-                || {
-                    format!(
-                        "vs before:\n{}\nvs after:\n{}",
-                        to_before.join("\n"),
-                        to_after.join("\n")
-                    )
-                },
-            );
-            report.ok(
-                &format!("{what}: work dir empty"),
-                leftovers.is_empty(),
-                || format!("{leftovers:?}"),
-            );
-        }
-    }
+    });
+    let mut report = report.into_inner().unwrap();
     report.check("no hang", wd.disarm());
     report.finish();
+}
+
+/// Record one case's calls, then kill a daemon at each in turn (dirs below `base`).
+fn run_case(r: &Runner, case: &Case, base: &Path, report: &Mutex<Report>) {
+    let tag = match r.mode {
+        Mode::Root => "",
+        Mode::User => "as a user: ",
+    };
+    let mode = r.mode;
+    fs::create_dir_all(base).unwrap();
+    let mnt = base.join("m");
+    let run = base.join("run");
+    let name = format!("{tag}{}", case.name);
+    let tpl = new_stack(&base.join("tpl"), 2);
+    lowers(&tpl);
+    if mode == Mode::User {
+        // Layers as an ordinary user's store has them: owners in records.
+        for l in &tpl.lowers {
+            shell(&format!(
+                "setfattr -n user.containers.override_stat -v 0:0:0755:dir {}",
+                q(l)
+            ));
+        }
+    }
+    r.own(&tpl);
+    let prep_ok = match r.mount(&tpl, &mnt) {
+        Ok(mut d) => {
+            let ok = case.prep.is_empty() || r.in_mount(&mnt, case.prep);
+            d.stop();
+            ok
+        }
+        Err(e) => {
+            report
+                .lock()
+                .unwrap()
+                .check(&format!("{name}: mount"), Err(e));
+            return;
+        }
+    };
+    report
+        .lock()
+        .unwrap()
+        .ok(&format!("{name}: prepared"), prep_ok, || {
+            case.prep.to_string()
+        });
+    if !prep_ok {
+        return;
+    }
+
+    // The recording run: the calls of the operation, and the trees before and after
+    // it (each on a fresh mount, as after a crash).
+    let rs = fresh_copy(&tpl, &run);
+    let before_rec = r.snap(&rs, &mnt);
+    let mut d = r.mount(&rs, &mnt).unwrap();
+    let log = base.join("log");
+    let trace = format!("trace={}", CALLS.join(","));
+    let tracer = attach(
+        d.pid(),
+        &["-e".into(), trace, "-o".into(), log.display().to_string()],
+    )
+    .unwrap();
+    let op_ok = r.in_mount(&mnt, case.op);
+    detach(tracer);
+    d.stop();
+    let after_rec = r.snap(&rs, &mnt);
+    let pts = points(&fs::read_to_string(&log).unwrap_or_default());
+    report
+        .lock()
+        .unwrap()
+        .ok(&format!("{name}: the operation works"), op_ok, || {
+            case.op.to_string()
+        });
+    report.lock().unwrap().ok(
+        &format!("{name}: it changes the tree"),
+        !diff_trees(&before_rec, &after_rec).is_empty(),
+        || "no difference before and after".into(),
+    );
+    report.lock().unwrap().ok(
+        &format!("{name}: its calls were recorded"),
+        !pts.is_empty(),
+        || "no calls in the log".into(),
+    );
+
+    for p in &pts {
+        let what = format!("{name}: killed at {} #{} ({})", p.call, p.n, p.line);
+        let rs = fresh_copy(&tpl, &run);
+        let before = r.snap(&rs, &mnt);
+        let mut d = r.mount(&rs, &mnt).unwrap();
+        let inject = format!("inject={}:signal=KILL:when={}", p.call, p.n);
+        let tracer = attach(
+            d.pid(),
+            &[
+                "-e".into(),
+                format!("trace={}", p.call),
+                "-e".into(),
+                inject,
+                "-o".into(),
+                "/dev/null".into(),
+            ],
+        );
+        let tracer = match tracer {
+            Ok(s) => s,
+            Err(e) => {
+                report.lock().unwrap().check(&what, Err(e));
+                d.stop();
+                return;
+            }
+        };
+        r.in_mount(&mnt, case.op);
+        // The daemon dies at the point (or, if the numbering moved, lives on:
+        // then the operation simply completed).
+        let died = d.wait_exit(Duration::from_secs(2)).is_some();
+        detach(tracer);
+        if !died {
+            d.stop();
+        }
+        clean_mount(&mnt);
+        // The next mount finishes or cleans what the dead one left.
+        match r.mount(&rs, &mnt) {
+            Ok(mut d) => d.stop(),
+            Err(e) => {
+                report
+                    .lock()
+                    .unwrap()
+                    .check(&format!("{what}: remount"), Err(e));
+                return;
+            }
+        }
+        let leftovers = work_leftovers(&rs);
+        let got = r.snap(&rs, &mnt);
+        let mut to_before = diff_trees(&before, &got);
+        to_before.extend(
+            ino_changes(&before, &got)
+                .into_iter()
+                .map(|c| format!("inode number: {c}")),
+        );
+        let mut to_after = diff_trees(&after_rec, &got);
+        for (path, want) in expected_inos(&before_rec, &after_rec, &before) {
+            match got.inos.get(&path) {
+                Some(i) if *i == want => {}
+                i => to_after.push(format!(
+                    "inode number: {}: {i:?}, want {want}",
+                    path.display()
+                )),
+            }
+        }
+        report.lock().unwrap().ok(
+            &format!("{what}: the tree before or after"),
+            to_before.is_empty() || to_after.is_empty(),
+            || {
+                format!(
+                    "vs before:\n{}\nvs after:\n{}",
+                    to_before.join("\n"),
+                    to_after.join("\n")
+                )
+            },
+        );
+        report.lock().unwrap().ok(
+            &format!("{what}: work dir empty"),
+            leftovers.is_empty(),
+            || format!("{leftovers:?}"),
+        );
+    }
 }

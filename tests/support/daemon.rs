@@ -65,7 +65,16 @@ impl Daemon {
         Self::spawn(cmd, stack, mnt, extra)
     }
 
-    fn spawn(mut cmd: Command, stack: &Stack, mnt: &Path, extra: &[&str]) -> Result<Daemon, String> {
+    fn spawn(
+        mut cmd: Command,
+        stack: &Stack,
+        mnt: &Path,
+        extra: &[&str],
+    ) -> Result<Daemon, String> {
+        // Waiting for the mount below would not notice a mount left there before.
+        if is_mounted(mnt) {
+            return Err(format!("{} is a mount point already", mnt.display()));
+        }
         cmd.arg("-f")
             .arg("-o")
             .arg(stack.options("", extra))
@@ -122,9 +131,14 @@ impl Daemon {
         }
     }
 
-    /// Unmount and wait for the daemon to exit.
+    /// Unmount and wait for the daemon to exit. A busy mount is retried for a while: a
+    /// child another thread is just starting holds copies of this process's open
+    /// files (in the mount too) until it execs.
     pub fn stop(&mut self) {
-        let _ = umount(&self.mnt, false);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while umount(&self.mnt, false) == Err(libc::EBUSY) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
         if self.wait_exit(Duration::from_secs(10)).is_none() {
             self.kill9();
         }
