@@ -9,8 +9,10 @@
 //!
 //! Each operation is one request to the daemon (one rename, link, mkdir, rmdir, chmod,
 //! truncate, or an append that copies a file up), so no state in between is legitimate.
-//! Everything runs twice: with a root daemon, and with an ordinary user's (owner
-//! records in the upper dir, `user.overlay.*` markers, no passthrough).
+//! Everything runs three times: with a root daemon; with an ordinary user's (owner
+//! records in the upper dir, `user.overlay.*` markers, no passthrough); and with root's
+//! over a store's layers, where files over 4 KiB are metacopy stubs whose data is in a
+//! data-only layer (copy-ups copy from there).
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -23,10 +25,12 @@ use std::time::{Duration, Instant};
 use support::cli::layerfs_bin;
 use support::daemon::*;
 use support::files::*;
+use support::images::*;
 use support::mounts::*;
 use support::report::*;
 use support::shell::*;
 use support::stack::*;
+use support::store_env::Env;
 use support::tree::*;
 use support::watchdog::*;
 
@@ -162,22 +166,70 @@ const CASES: &[Case] = &[
     },
 ];
 
+fn dir_file(d: usize, f: usize) -> Vec<u8> {
+    format!("dir {d} file {f}\n").repeat(10 + f).into_bytes()
+}
+
+/// Files over 4 KiB, so that a store keeps them as objects behind stubs.
+fn a_file() -> Vec<u8> {
+    b"lower a\n".repeat(800)
+}
+
+fn b_file() -> Vec<u8> {
+    b"lower b\n".repeat(700)
+}
+
+fn linked_file() -> Vec<u8> {
+    b"linked\n".repeat(1000)
+}
+
+fn big_file() -> Vec<u8> {
+    (0..(3u32 << 20)).map(|i| (i * 7 % 251) as u8).collect()
+}
+
 fn lowers(stack: &Stack) {
     for d in 0..2 {
         for f in 0..3 {
             write(
                 &stack.lowers[f % 2].join(format!("D{d}/f{f}")),
-                format!("dir {d} file {f}\n").repeat(10 + f).as_bytes(),
+                &dir_file(d, f),
             );
         }
     }
-    write(&stack.lowers[0].join("a"), b"lower a\n");
-    write(&stack.lowers[1].join("b"), b"lower b\n");
+    write(&stack.lowers[0].join("a"), &a_file());
+    write(&stack.lowers[1].join("b"), &b_file());
     fs::create_dir_all(stack.lowers[1].join("Empty")).unwrap();
-    let big: Vec<u8> = (0..(3u32 << 20)).map(|i| (i * 7 % 251) as u8).collect();
-    write(&stack.lowers[1].join("big"), &big);
-    write(&stack.lowers[0].join("h1"), b"linked\n");
+    write(&stack.lowers[1].join("big"), &big_file());
+    write(&stack.lowers[0].join("h1"), &linked_file());
     fs::hard_link(stack.lowers[0].join("h1"), stack.lowers[0].join("h2")).unwrap();
+}
+
+/// The same two lowers as an image's layers (top: what `lowers` puts in the first).
+fn store_image() -> Image {
+    let mut bottom = LayerBuilder::new()
+        .dir("D0", 0o755)
+        .dir("D1", 0o755)
+        .dir("Empty", 0o755);
+    let mut top = LayerBuilder::new().dir("D0", 0o755).dir("D1", 0o755);
+    for d in 0..2 {
+        for f in 0..3 {
+            let path = format!("D{d}/f{f}");
+            if f % 2 == 0 {
+                top = top.file(&path, &dir_file(d, f));
+            } else {
+                bottom = bottom.file(&path, &dir_file(d, f));
+            }
+        }
+    }
+    let bottom = bottom.file("b", &b_file()).file("big", &big_file());
+    let top = top
+        .file("a", &a_file())
+        .file("h1", &linked_file())
+        .hardlink("h2", "h1");
+    image(vec![
+        Layer::new(bottom.build(), Comp::Gzip),
+        Layer::new(top.build(), Comp::Gzip),
+    ])
 }
 
 /// Who runs the daemon under test and the operations: root, or an ordinary user (no
@@ -188,6 +240,9 @@ fn lowers(stack: &Stack) {
 enum Mode {
     Root,
     User,
+    /// Root, over a store's layers: files over 4 KiB are metacopy stubs whose data is in
+    /// the store's file objects (a data-only layer).
+    Store,
 }
 
 const NOBODY: u32 = 65534;
@@ -196,6 +251,8 @@ struct Runner {
     mode: Mode,
     /// A copy of the binary the user can run.
     bin: PathBuf,
+    /// Store mode: the image's layers and data layer.
+    image: Option<Stack>,
 }
 
 impl Runner {
@@ -203,17 +260,21 @@ impl Runner {
     fn in_mount(&self, mnt: &Path, script: &str) -> bool {
         let line = format!("cd {} && {script}", q(mnt));
         match self.mode {
-            Mode::Root => sh(&line).status.success(),
+            Mode::Root | Mode::Store => sh(&line).status.success(),
             Mode::User => sh_as(NOBODY, NOBODY, &line).status.success(),
         }
     }
 
     /// The daemon under test, with one request thread so `strace` counts one thread.
+    /// It returns once the daemon answers (its handshake with the kernel done), so a
+    /// kill point is never the handshake's reply.
     fn mount(&self, stack: &Stack, mnt: &Path) -> Result<Daemon, String> {
-        match self.mode {
-            Mode::Root => Daemon::start(stack, mnt, &["threads=1"]),
+        let d = match self.mode {
+            Mode::Root | Mode::Store => Daemon::start(stack, mnt, &["threads=1"]),
             Mode::User => Daemon::start_as(NOBODY, &self.bin, stack, mnt, &["threads=1"]),
-        }
+        }?;
+        self.in_mount(mnt, "true");
+        Ok(d)
     }
 
     /// The tree a fresh mount shows: through the daemon itself (root), or through
@@ -222,7 +283,7 @@ impl Runner {
     fn snap(&self, stack: &Stack, mnt: &Path) -> Tree {
         let view;
         let s = match self.mode {
-            Mode::Root => stack,
+            Mode::Root | Mode::Store => stack,
             Mode::User => {
                 let mut lowers = vec![stack.upper.clone().unwrap()];
                 lowers.extend(stack.lowers.iter().cloned());
@@ -376,7 +437,7 @@ fn fresh_copy(tpl: &Stack, run: &Path) -> Stack {
         ));
     }
     Stack {
-        data: Vec::new(),
+        data: tpl.data.clone(),
         lowers: tpl.lowers.clone(),
         upper: Some(run.join("upper")),
         work: Some(run.join("work")),
@@ -428,6 +489,14 @@ fn every_crash_point_of_one_request_as_a_user() {
     crash_points(Mode::User);
 }
 
+#[test]
+fn every_crash_point_of_one_request_over_store_layers() {
+    if support::skip_unless_root() {
+        return;
+    }
+    crash_points(Mode::Store);
+}
+
 fn crash_points(mode: Mode) {
     if !sh("command -v strace").status.success() {
         panic!("strace is needed (scripts/deps installs it)");
@@ -435,14 +504,39 @@ fn crash_points(mode: Mode) {
     let suite_test = match mode {
         Mode::Root => "kill-at-each-call",
         Mode::User => "kill-at-each-call-as-a-user",
+        Mode::Store => "kill-at-each-call-over-store-layers",
     };
     let report = Mutex::new(Report::new("crash-points", suite_test));
+    // Store mode: one store holding the image; its layers are shared by every case.
+    let env = (mode == Mode::Store).then(|| {
+        let env = Env::new();
+        env.import(&store_image(), "crash:1");
+        env
+    });
+    let image = env.as_ref().map(|e| Stack::of_image(&e.inspect("crash:1")));
+    if let Some(img) = &image {
+        let stubs = ["a", "b", "big", "h1"].iter().all(|f| {
+            img.lowers.iter().any(|l| {
+                sh(&format!(
+                    "getfattr -n trusted.overlay.metacopy {}",
+                    q(&l.join(f))
+                ))
+                .status
+                .success()
+            })
+        });
+        report.lock().unwrap().ok(
+            "store layers: the files over 4 KiB are stubs",
+            stubs,
+            || "no trusted.overlay.metacopy on a, b, big or h1".into(),
+        );
+    }
     let t = tempfile::tempdir().unwrap();
     // The user must reach its dirs, the mount points and its copy of the binary.
     fs::set_permissions(t.path(), fs::Permissions::from_mode(0o755)).unwrap();
     let bin = t.path().join("layerfs");
     fs::copy(layerfs_bin(), &bin).unwrap();
-    let r = Runner { mode, bin };
+    let r = Runner { mode, bin, image };
     let bases: Vec<PathBuf> = (0..CASES.len())
         .map(|ci| t.path().join(format!("case{ci}")))
         .collect();
@@ -476,14 +570,28 @@ fn run_case(r: &Runner, case: &Case, base: &Path, report: &Mutex<Report>) {
     let tag = match r.mode {
         Mode::Root => "",
         Mode::User => "as a user: ",
+        Mode::Store => "store layers: ",
     };
     let mode = r.mode;
     fs::create_dir_all(base).unwrap();
     let mnt = base.join("m");
     let run = base.join("run");
     let name = format!("{tag}{}", case.name);
-    let tpl = new_stack(&base.join("tpl"), 2);
-    lowers(&tpl);
+    let tpl = match &r.image {
+        Some(img) => {
+            let s = new_stack(&base.join("tpl"), 0);
+            Stack {
+                lowers: img.lowers.clone(),
+                data: img.data.clone(),
+                ..s
+            }
+        }
+        None => {
+            let s = new_stack(&base.join("tpl"), 2);
+            lowers(&s);
+            s
+        }
+    };
     if mode == Mode::User {
         // Layers as an ordinary user's store has them: owners in records.
         for l in &tpl.lowers {
