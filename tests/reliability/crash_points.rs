@@ -5,7 +5,8 @@
 //! kill a fresh daemon mounts the same dirs: the tree must be the tree before the
 //! operation or the tree after it, with the same inode numbers, never a mix (both names
 //! of a renamed directory, a half-copied file, a lost one, hard links come apart), and
-//! the work dir must be empty.
+//! the work dir must be empty. Where root wrote the upper dir, the kernel's
+//! overlayfs mounting the same dirs must then read the same tree.
 //!
 //! Each operation is one request to the daemon (one rename, link, mkdir, rmdir, chmod,
 //! truncate, or an append that copies a file up), so no state in between is legitimate.
@@ -739,5 +740,20 @@ fn run_case(r: &Runner, case: &Case, base: &Path, report: &Mutex<Report>) {
             leftovers.is_empty(),
             || format!("{leftovers:?}"),
         );
+        if mode != Mode::User {
+            // Containers move between layerfs and the kernel's driver: after a crash
+            // too, the kernel's overlayfs must read what layerfs shows.
+            let km = base.join("k");
+            let g = mount_kernel(&rs, &km);
+            let kernel = snapshot(&km, &SnapOpts::default().kernel());
+            drop(g);
+            let ours = accept_visible_link_counts(&kernel, &got, &rs.lowers);
+            let differs = diff_trees(&kernel, &ours);
+            report.lock().unwrap().ok(
+                &format!("{what}: the kernel's overlayfs reads the same"),
+                differs.is_empty(),
+                || differs.join("\n"),
+            );
+        }
     }
 }
