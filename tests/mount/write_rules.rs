@@ -882,7 +882,19 @@ fn a_running_program_is_not_truncated() {
                 fs::write(&p, &sleep).unwrap();
                 fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).unwrap();
             }
-            let mut child = std::process::Command::new(&p).arg("30").spawn().unwrap();
+            // A child another test thread is starting may still hold the written file
+            // open for a moment (descriptors are copied at fork, closed at exec): the
+            // exec then fails with ETXTBSY. Retry that, nothing else.
+            let mut tries = 0;
+            let mut child = loop {
+                match std::process::Command::new(&p).arg("30").spawn() {
+                    Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && tries < 50 => {
+                        tries += 1;
+                        std::thread::sleep(std::time::Duration::from_millis(20));
+                    }
+                    r => break r.unwrap(),
+                }
+            };
             for flags in [
                 libc::O_RDONLY | libc::O_TRUNC,
                 libc::O_WRONLY | libc::O_TRUNC,
