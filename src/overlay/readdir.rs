@@ -255,15 +255,16 @@ impl ListingCache {
         self.lists.put_unless(key, list, |old| old.version > v)
     }
 
-    /// A reader got to the end of `list`: drop it, unless a newer one replaced it. The
-    /// kernel caches what it read; a later read from the middle builds it again.
+    /// A reader read past the end of `list`: drop it, unless a newer one replaced it.
+    /// The kernel caches what it read; a later read from the middle builds it again.
     pub fn done(&self, key: u64, list: &Arc<Listing>) {
         self.lists.remove_if(key, |l| Arc::ptr_eq(l, list))
     }
 
     /// Sort a listing by offset, making colliding offsets distinct.
     pub fn order(entries: &mut [DirEntryOut]) {
-        entries.sort_by(|a, b| a.off.cmp(&b.off).then_with(|| a.name.cmp(&b.name)));
+        // (offset, name) orders every listing totally: an unstable sort is as good.
+        entries.sort_unstable_by(|a, b| a.off.cmp(&b.off).then_with(|| a.name.cmp(&b.name)));
         for i in 1..entries.len() {
             if entries[i].off <= entries[i - 1].off {
                 entries[i].off = entries[i - 1].off + 1;
@@ -336,7 +337,11 @@ impl OverlayFs {
         self.prefetch.warm(dirs, names);
     }
 
-    /// The reader of a listing from `readdir` reached its end: the daemon keeps no copy.
+    /// The reader of a listing from `readdir` asked past its end (the read that tells
+    /// the kernel there is no more, after the last entry was sent): the daemon keeps no
+    /// copy. Dropping it when the last entry went out made that final read build the
+    /// whole listing again only to answer "nothing" (10,000 entries: a second full read
+    /// of the layers).
     pub fn readdir_done(&self, ino: u64, list: &Arc<Listing>) {
         if let Ok(node) = self.node(ino) {
             self.listings.done(node.serial, list);
@@ -409,9 +414,13 @@ impl OverlayFs {
     /// copy (the kernel caches what it read).
     pub fn readdir_into(&self, ino: u64, offset: u64, out: &mut impl DirReply) -> SysResult<()> {
         let (list, start) = self.readdir(ino, offset)?;
-        let all = !list.entries[start..].iter().any(|e| out.add(e));
-        if all {
+        if start == list.entries.len() {
             self.readdir_done(ino, &list);
+        }
+        for e in &list.entries[start..] {
+            if out.add(e) {
+                break;
+            }
         }
         Ok(())
     }
@@ -428,7 +437,10 @@ impl OverlayFs {
     ) -> SysResult<()> {
         let (list, start) = self.readdir(ino, offset)?;
         let rest = &list.entries[start..];
-        for (i, e) in rest.iter().enumerate() {
+        if rest.is_empty() {
+            self.readdir_done(ino, &list);
+        }
+        for e in rest {
             let full = if e.name == "." || e.name == ".." {
                 out.add(e, None)
             } else {
@@ -445,9 +457,6 @@ impl OverlayFs {
             };
             if full {
                 return Ok(());
-            }
-            if i + 1 == rest.len() {
-                self.readdir_done(ino, &list);
             }
         }
         Ok(())

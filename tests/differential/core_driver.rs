@@ -1000,3 +1000,50 @@ fn lookups_racing_renames_find_the_file_or_nothing() {
         }
     });
 }
+
+/// A listing read in several replies is built once: the read past its end (the one that
+/// tells the kernel there is no more) still finds it, and only that read drops it.
+#[test]
+fn a_listing_is_built_once_per_read_through() {
+    use std::sync::Arc;
+    let t = tempfile::tempdir().unwrap();
+    let l = t.path().join("l");
+    fs::create_dir_all(l.join("d")).unwrap();
+    for i in 0..50 {
+        fs::write(l.join(format!("d/f{i}")), b"x").unwrap();
+    }
+    let fs_ = OverlayFs::new(Options::new(vec![l], None, None)).unwrap();
+    let d = fs_.lookup(ROOT_INO, OsStr::new("d")).unwrap().attr.ino;
+    let read = |offset: u64| {
+        let mut b = Buf {
+            cap: 20,
+            got: Vec::new(),
+        };
+        fs_.readdir_into(d, offset, &mut b).unwrap();
+        b.got
+    };
+    // The first reply (from offset 0) builds the listing.
+    let mut got = read(0);
+    let mut offset = got.last().unwrap().1;
+    let (built, _) = fs_.readdir(d, offset).unwrap();
+    while got.len() < 52 {
+        let more = read(offset);
+        assert!(!more.is_empty(), "the listing ended early");
+        offset = more.last().unwrap().1;
+        got.extend(more);
+        let (now, _) = fs_.readdir(d, offset).unwrap();
+        assert!(
+            Arc::ptr_eq(&now, &built),
+            "a later reply built the listing again"
+        );
+    }
+    assert_eq!(got.len(), 52, ". and .. and 50 names");
+    // Everything was sent; the read past the end finds nothing, from the same listing.
+    assert!(read(offset).is_empty());
+    // That read dropped it: a later read from the middle builds a new one.
+    let (again, _) = fs_.readdir(d, offset).unwrap();
+    assert!(
+        !Arc::ptr_eq(&again, &built),
+        "the listing was kept after the end"
+    );
+}
