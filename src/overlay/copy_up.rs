@@ -256,30 +256,26 @@ impl OverlayFs {
             .filter_map(|e| parse_links_journal(&e.name).map(|k| (e.name, k)))
             .collect();
         for (journal, (dev, real_ino, ino)) in &journals {
-            let layers: Vec<LayerId> = self
+            let names: Vec<_> = self
                 .layers()
                 .lowers
                 .iter()
                 .filter(|l| l.dev == *dev)
-                .map(|l| l.id)
+                .flat_map(|l| self.visible_names(l.id, *real_ino, *ino))
                 .collect();
-            let mut names = Vec::new();
-            for layer in layers {
-                names.extend(self.visible_names(layer, *real_ino, *ino));
-            }
-            let mut linked = Vec::new();
+            let mut any_linked = false;
             let mut lower = Vec::new();
             for (parent, name) in names {
                 let Ok(view) = self.dir_view(&parent) else {
                     continue;
                 };
                 match self.res.resolve(&view, &name) {
-                    Ok(Some(r)) if r.layer() == UPPER => linked.push((parent, name)),
+                    Ok(Some(r)) if r.layer() == UPPER => any_linked = true,
                     Ok(Some(_)) => lower.push((parent, name)),
                     _ => {}
                 }
             }
-            if linked.is_empty() {
+            if !any_linked {
                 continue;
             }
             for (parent, name) in lower {

@@ -84,6 +84,12 @@ pub struct OverlayFs {
     kernel: std::sync::OnceLock<Box<dyn KernelCache>>,
 }
 
+/// An error about `path`: "PATH: reason".
+fn at(path: &std::path::Path, errno: Errno) -> crate::error::Error {
+    let e = std::io::Error::from_raw_os_error(errno.raw_os_error());
+    crate::error::Error::with_errno(format!("{}: {e}", path.display()), errno.raw_os_error())
+}
+
 impl OverlayFs {
     /// Open the layers; an error names the path at fault ("PATH: reason"). What an
     /// earlier daemon left in the work dir is finished (copy-ups of hard links) or
@@ -97,11 +103,9 @@ impl OverlayFs {
         }
         if let Some(w) = &fs.writer {
             w.clean().map_err(|errno| {
-                let path = fs.opts.work.clone().unwrap_or_default().join("work");
-                let e = std::io::Error::from_raw_os_error(errno.raw_os_error());
-                crate::error::Error::with_errno(
-                    format!("{}: {e}", path.display()),
-                    errno.raw_os_error(),
+                at(
+                    &fs.opts.work.clone().unwrap_or_default().join("work"),
+                    errno,
                 )
             })?;
         }
@@ -109,13 +113,6 @@ impl OverlayFs {
     }
 
     fn open_layers(opts: Options) -> crate::error::Result<Self> {
-        let at = |path: &std::path::Path, errno: Errno| {
-            let e = std::io::Error::from_raw_os_error(errno.raw_os_error());
-            crate::error::Error::with_errno(
-                format!("{}: {e}", path.display()),
-                errno.raw_os_error(),
-            )
-        };
         let mut layers = Layers::open(
             &opts.lowers,
             &opts.data,

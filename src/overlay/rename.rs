@@ -185,40 +185,26 @@ impl OverlayFs {
             // to them, or in between they would find the whiteout left at the old
             // name, or the replaced file at the new one.
             let (mut src_st, dst_st) = lock_states(&src, dst.as_ref());
-            if swap_whiteout {
+            let move_it = |flags| {
                 sys::rename_at(
                     parent_upper.fd(),
                     name,
                     new_parent_upper.fd(),
                     newname,
-                    RenameFlags::EXCHANGE,
-                )?;
+                    flags,
+                )
+            };
+            if swap_whiteout {
+                move_it(RenameFlags::EXCHANGE)?;
             } else if src_needs_wh && device_wh {
-                match sys::rename_at(
-                    parent_upper.fd(),
-                    name,
-                    new_parent_upper.fd(),
-                    newname,
-                    RenameFlags::WHITEOUT,
-                ) {
+                match move_it(RenameFlags::WHITEOUT) {
                     Ok(()) => wh_done = true,
-                    Err(Errno::INVAL) | Err(Errno::PERM) => sys::rename_at(
-                        parent_upper.fd(),
-                        name,
-                        new_parent_upper.fd(),
-                        newname,
-                        RenameFlags::empty(),
-                    )?,
+                    Err(Errno::INVAL) | Err(Errno::PERM) => move_it(RenameFlags::empty())?,
                     Err(e) => return Err(e),
                 }
-            } else if let Err(e) = sys::rename_at(
-                parent_upper.fd(),
-                name,
-                new_parent_upper.fd(),
-                newname,
-                RenameFlags::empty(),
-            ) {
+            } else if let Err(e) = move_it(RenameFlags::empty()) {
                 if wh_done {
+                    // The `.wh.` written before the move: nothing moved, so it goes.
                     let _ = sys::unlink_at(parent_upper.fd(), &markers::oci_whiteout_name(name));
                 }
                 return Err(e);

@@ -526,7 +526,8 @@ fn crash_points(mode: Mode) {
                 .success()
             })
         });
-        report.lock().unwrap().ok(
+        ok(
+            &report,
             "store layers: the files over 4 KiB are stubs",
             stubs,
             || "no trusted.overlay.metacopy on a, b, big or h1".into(),
@@ -567,6 +568,16 @@ fn crash_points(mode: Mode) {
 }
 
 /// Record one case's calls, then kill a daemon at each in turn (dirs below `base`).
+/// `Report::ok` on the report the cases share.
+fn ok(report: &Mutex<Report>, what: &str, cond: bool, detail: impl FnOnce() -> String) {
+    report.lock().unwrap().ok(what, cond, detail);
+}
+
+/// `Report::check` on the report the cases share.
+fn check(report: &Mutex<Report>, what: &str, r: Result<(), String>) {
+    report.lock().unwrap().check(what, r);
+}
+
 fn run_case(r: &Runner, case: &Case, base: &Path, report: &Mutex<Report>) {
     let tag = match r.mode {
         Mode::Root => "",
@@ -610,19 +621,13 @@ fn run_case(r: &Runner, case: &Case, base: &Path, report: &Mutex<Report>) {
             ok
         }
         Err(e) => {
-            report
-                .lock()
-                .unwrap()
-                .check(&format!("{name}: mount"), Err(e));
+            check(report, &format!("{name}: mount"), Err(e));
             return;
         }
     };
-    report
-        .lock()
-        .unwrap()
-        .ok(&format!("{name}: prepared"), prep_ok, || {
-            case.prep.to_string()
-        });
+    ok(report, &format!("{name}: prepared"), prep_ok, || {
+        case.prep.to_string()
+    });
     if !prep_ok {
         return;
     }
@@ -644,18 +649,20 @@ fn run_case(r: &Runner, case: &Case, base: &Path, report: &Mutex<Report>) {
     d.stop();
     let after_rec = r.snap(&rs, &mnt);
     let pts = points(&fs::read_to_string(&log).unwrap_or_default());
-    report
-        .lock()
-        .unwrap()
-        .ok(&format!("{name}: the operation works"), op_ok, || {
-            case.op.to_string()
-        });
-    report.lock().unwrap().ok(
+    ok(
+        report,
+        &format!("{name}: the operation works"),
+        op_ok,
+        || case.op.to_string(),
+    );
+    ok(
+        report,
         &format!("{name}: it changes the tree"),
         !diff_trees(&before_rec, &after_rec).is_empty(),
         || "no difference before and after".into(),
     );
-    report.lock().unwrap().ok(
+    ok(
+        report,
         &format!("{name}: its calls were recorded"),
         !pts.is_empty(),
         || "no calls in the log".into(),
@@ -681,7 +688,7 @@ fn run_case(r: &Runner, case: &Case, base: &Path, report: &Mutex<Report>) {
         let tracer = match tracer {
             Ok(s) => s,
             Err(e) => {
-                report.lock().unwrap().check(&what, Err(e));
+                check(report, &what, Err(e));
                 d.stop();
                 return;
             }
@@ -699,10 +706,7 @@ fn run_case(r: &Runner, case: &Case, base: &Path, report: &Mutex<Report>) {
         match r.mount(&rs, &mnt) {
             Ok(mut d) => d.stop(),
             Err(e) => {
-                report
-                    .lock()
-                    .unwrap()
-                    .check(&format!("{what}: remount"), Err(e));
+                check(report, &format!("{what}: remount"), Err(e));
                 return;
             }
         }
@@ -724,7 +728,8 @@ fn run_case(r: &Runner, case: &Case, base: &Path, report: &Mutex<Report>) {
                 )),
             }
         }
-        report.lock().unwrap().ok(
+        ok(
+            report,
             &format!("{what}: the tree before or after"),
             to_before.is_empty() || to_after.is_empty(),
             || {
@@ -735,7 +740,8 @@ fn run_case(r: &Runner, case: &Case, base: &Path, report: &Mutex<Report>) {
                 )
             },
         );
-        report.lock().unwrap().ok(
+        ok(
+            report,
             &format!("{what}: work dir empty"),
             leftovers.is_empty(),
             || format!("{leftovers:?}"),
@@ -749,7 +755,8 @@ fn run_case(r: &Runner, case: &Case, base: &Path, report: &Mutex<Report>) {
             drop(g);
             let ours = accept_visible_link_counts(&kernel, &got, &rs.lowers);
             let differs = diff_trees(&kernel, &ours);
-            report.lock().unwrap().ok(
+            ok(
+                report,
                 &format!("{what}: the kernel's overlayfs reads the same"),
                 differs.is_empty(),
                 || differs.join("\n"),
