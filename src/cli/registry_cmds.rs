@@ -91,6 +91,10 @@ pub(crate) struct PushArgs {
     /// Blobs larger than this are uploaded in chunks of this size
     #[arg(long, value_name = "BYTES", default_value_t = 64 << 20)]
     pub chunk_size: u64,
+    /// Write every layer again in this form (a new manifest digest; the same diff-ids
+    /// and image id): zstd:chunked lets pullers fetch only the files they lack
+    #[arg(long, value_name = "FORMAT", value_parser = ["zstd:chunked"])]
+    pub compression: Option<String>,
     /// Print only the pushed reference
     #[arg(short, long)]
     pub quiet: bool,
@@ -225,6 +229,7 @@ fn push(a: PushArgs, g: &Globals) -> Result<()> {
     let opts = registry::PushOptions {
         parallel: a.max_concurrent_uploads.max(1),
         chunk_size: a.chunk_size.max(1),
+        zstd_chunked: a.compression.is_some(),
         client: a.net.options(),
     };
     let res = registry::push(&store, &a.image, &r, &opts, &progress)?;

@@ -328,10 +328,32 @@ impl BlobFetcher for Fetcher {
             path: format!("/v2/{}/blobs/{digest}", self.repository),
             size,
             pos: 0,
+            ranged: false,
             body: None,
             failures: 0,
             resumes: 0,
         }))
+    }
+
+    fn range(
+        &self,
+        layer: &LayerPlan,
+        start: u64,
+        end: u64,
+    ) -> Result<Option<Box<dyn Read + Send>>> {
+        let digest = layer
+            .blob
+            .ok_or_else(|| Error::new("a layer without a digest"))?;
+        Ok(Some(Box::new(BlobReader {
+            client: self.client.clone(),
+            path: format!("/v2/{}/blobs/{digest}", self.repository),
+            size: end,
+            pos: start,
+            ranged: true,
+            body: None,
+            failures: 0,
+            resumes: 0,
+        })))
     }
 }
 
@@ -339,8 +361,11 @@ impl BlobFetcher for Fetcher {
 pub(crate) struct BlobReader {
     client: Arc<Client>,
     path: String,
+    /// Where to stop (the blob's size, or the end of a range).
     size: u64,
     pos: u64,
+    /// Part of a blob: every request names its range.
+    ranged: bool,
     body: Option<ureq::BodyReader<'static>>,
     /// Failures since the last byte arrived.
     failures: u32,
@@ -373,9 +398,13 @@ impl BlobReader {
 
     /// Start (or resume) the download at `pos`. `Ok(false)` after a transient failure.
     fn open(&mut self) -> io::Result<bool> {
-        let range = format!("bytes={}-", self.pos);
+        let range = if self.ranged {
+            format!("bytes={}-{}", self.pos, self.size - 1)
+        } else {
+            format!("bytes={}-", self.pos)
+        };
         let mut headers: Vec<(&str, &str)> = Vec::new();
-        if self.pos > 0 {
+        if self.pos > 0 || self.ranged {
             headers.push(("Range", &range));
         }
         let fatal = io::Error::other;
@@ -406,7 +435,7 @@ impl BlobReader {
         let mut skip = 0;
         match status {
             200 => skip = self.pos,
-            206 if self.pos > 0 => {
+            206 if self.pos > 0 || self.ranged => {
                 let cr = client::header(&resp, "content-range").unwrap_or_default();
                 if !cr.starts_with(&format!("bytes {}-", self.pos)) {
                     return Err(io::Error::other(Error::network(format!(

@@ -12,7 +12,9 @@ use ureq::http::Method;
 use crate::error::{Error, Result};
 use crate::registry::client::{self, Body, Client, Options};
 use crate::registry::reference::ImageRef;
-use crate::store::archive::OCI_MANIFEST;
+use crate::store::archive::{OCI_CONFIG, OCI_LAYER_ZSTD, OCI_MANIFEST};
+
+const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
 use crate::store::parallel::run_bounded;
 use crate::store::{Digest, Store};
 
@@ -49,6 +51,8 @@ pub(crate) struct PushOptions {
     pub parallel: usize,
     /// Blobs larger than this go up in chunks of this size; smaller ones in one request.
     pub chunk_size: u64,
+    /// Write every layer again as zstd:chunked (a new manifest; same config).
+    pub zstd_chunked: bool,
     pub client: Options,
 }
 
@@ -57,6 +61,7 @@ impl Default for PushOptions {
         PushOptions {
             parallel: 3,
             chunk_size: 64 << 20,
+            zstd_chunked: false,
             client: Options::default(),
         }
     }
@@ -115,23 +120,15 @@ pub(crate) fn push(
 ) -> Result<Pushed> {
     let rec = store.image(image)?;
     let what = r.to_string();
-    let manifest = store.read_blob(&rec.manifest_digest)?;
-    if let Some(d) = r.digest
-        && d != rec.manifest_digest
-    {
-        return Err(Error::invalid_input(format!(
-            "{what}: the image's manifest is {}, not the digest named",
-            rec.manifest_digest
-        )));
-    }
-    let m = ImageManifest::from_reader(&manifest[..]).map_err(|e| {
+    let stored = store.read_blob(&rec.manifest_digest)?;
+    let m = ImageManifest::from_reader(&stored[..]).map_err(|e| {
         Error::corrupt(format!(
             "image {}: stored manifest {} is not a valid image manifest: {e}",
             rec.id.short(),
             rec.manifest_digest
         ))
     })?;
-    let media_type = if rec.manifest_media_type.is_empty() {
+    let mut media_type = if rec.manifest_media_type.is_empty() {
         m.media_type()
             .as_ref()
             .map(|t| t.to_string())
@@ -139,6 +136,109 @@ pub(crate) fn push(
     } else {
         rec.manifest_media_type.clone()
     };
+    if m.layers().len() != rec.layers.len() {
+        return Err(Error::corrupt(format!(
+            "image {}: the manifest lists {} layers, the store's record {}",
+            rec.id.short(),
+            m.layers().len(),
+            rec.layers.len()
+        )));
+    }
+
+    // The blobs to send: as stored, or every layer written again as zstd:chunked.
+    let mut blobs: Vec<Blob> = Vec::new();
+    let mut manifest = stored.clone();
+    if opts.zstd_chunked {
+        let mut descriptors = Vec::new();
+        for l in &rec.layers {
+            let (enc, path, guard) = store
+                .encode_chunked(l)
+                .map_err(|e| e.context(format!("{what}: layer {}", l.diff_id)))?;
+            descriptors.push(serde_json::json!({
+                "mediaType": OCI_LAYER_ZSTD,
+                "digest": enc.digest.to_string(),
+                "size": enc.size,
+                "annotations": enc.positions.annotations(),
+            }));
+            if !blobs.iter().any(|b| b.digest == enc.digest) {
+                blobs.push(Blob {
+                    digest: enc.digest,
+                    config: false,
+                    size: enc.size,
+                    path,
+                    _rebuilt: Some(guard),
+                    mount_from: None,
+                });
+            }
+        }
+        let mut doc: serde_json::Value = serde_json::from_slice(&stored)
+            .map_err(|e| Error::corrupt(format!("{what}: stored manifest: {e}")))?;
+        doc["mediaType"] = OCI_MANIFEST.into();
+        doc["layers"] = descriptors.into();
+        if doc["config"]["mediaType"] == DOCKER_CONFIG {
+            doc["config"]["mediaType"] = OCI_CONFIG.into();
+        }
+        manifest =
+            serde_json::to_vec(&doc).map_err(|e| Error::new(format!("{what}: manifest: {e}")))?;
+        media_type = OCI_MANIFEST.to_string();
+    } else {
+        for (d, l) in m.layers().iter().zip(&rec.layers) {
+            let digest: Digest = d.digest().to_string().parse()?;
+            if blobs.iter().any(|b| b.digest == digest) {
+                continue;
+            }
+            let (path, rebuilt) = if store.has_blob(&digest) {
+                store.blob_file(&digest).map_err(|e| {
+                    e.context(format!("image {}: layer {}", rec.id.short(), l.diff_id))
+                })?
+            } else {
+                (store.blob_path(&digest), None)
+            };
+            blobs.push(Blob {
+                digest,
+                config: false,
+                size: d.size(),
+                path,
+                _rebuilt: rebuilt,
+                mount_from: None,
+            });
+        }
+    }
+    let digest = Digest::of(&manifest);
+    if let Some(d) = r.digest
+        && d != digest
+    {
+        return Err(Error::invalid_input(format!(
+            "{what}: the manifest to push is {digest}, not the digest named"
+        )));
+    }
+    let config: Digest = m.config().digest().to_string().parse()?;
+    blobs.push(Blob {
+        digest: config,
+        config: true,
+        size: m.config().size(),
+        path: store.blob_path(&config),
+        _rebuilt: None,
+        mount_from: None,
+    });
+    for b in &blobs {
+        let md = std::fs::metadata(&b.path).map_err(|_| {
+            Error::not_found(format!(
+                "image {}: blob {} is not in the store, so the image cannot be pushed; pull or import it again",
+                rec.id.short(),
+                b.digest
+            ))
+        })?;
+        if md.len() != b.size {
+            return Err(Error::corrupt(format!(
+                "image {}: blob {} has {} bytes, the manifest says {}; run `layerfs system check`",
+                rec.id.short(),
+                b.digest,
+                md.len(),
+                b.size
+            )));
+        }
+    }
 
     // Where each blob may be mounted from: another repository of this registry that a
     // local tag names for an image holding the blob.
@@ -154,40 +254,8 @@ pub(crate) fn push(
             }
         }
     }
-
-    let mut blobs = Vec::new();
-    for (i, d) in m.layers().iter().chain([m.config()]).enumerate() {
-        let digest: Digest = d.digest().to_string().parse()?;
-        if blobs.iter().any(|b: &Blob| b.digest == digest) {
-            continue;
-        }
-        let (path, rebuilt) = if store.has_blob(&digest) {
-            store.blob_file(&digest)?
-        } else {
-            (store.blob_path(&digest), None)
-        };
-        let md = std::fs::metadata(&path).map_err(|_| {
-            Error::not_found(format!(
-                "image {}: blob {digest} is not in the store, so the image cannot be pushed; pull or import it again",
-                rec.id.short()
-            ))
-        })?;
-        if md.len() != d.size() {
-            return Err(Error::corrupt(format!(
-                "image {}: blob {digest} has {} bytes, the manifest says {}; run `layerfs system check`",
-                rec.id.short(),
-                md.len(),
-                d.size()
-            )));
-        }
-        blobs.push(Blob {
-            digest,
-            config: i == m.layers().len(),
-            size: d.size(),
-            path,
-            _rebuilt: rebuilt,
-            mount_from: sources.get(&digest).cloned(),
-        });
+    for b in &mut blobs {
+        b.mount_from = sources.get(&b.digest).cloned();
     }
 
     let mut scopes = vec![format!("repository:{}:pull,push", r.repository)];
@@ -212,7 +280,7 @@ pub(crate) fn push(
             .map_err(|e| e.context(format!("{what}: blob {}", b.digest)))
     })?;
     let mut out = Pushed {
-        digest: rec.manifest_digest,
+        digest,
         size: manifest.len(),
         uploaded: 0,
         existing: 0,
@@ -243,11 +311,10 @@ pub(crate) fn push(
     }
     if let Some(d) = client::header(&resp, "docker-content-digest")
         && let Ok(d) = d.parse::<Digest>()
-        && d != rec.manifest_digest
+        && d != digest
     {
         return Err(Error::corrupt(format!(
-            "{what}: the registry stored the manifest as {d}, not {}",
-            rec.manifest_digest
+            "{what}: the registry stored the manifest as {d}, not {digest}"
         )));
     }
     Ok(out)

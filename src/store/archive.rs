@@ -761,6 +761,7 @@ pub(crate) fn docker_plans(src: &Source) -> Result<Vec<ImagePlan>> {
                 compression,
                 media_type: compression.media_type().to_string(),
                 diff_id,
+                chunked: None,
             });
         }
         let tags = e

@@ -24,6 +24,7 @@ use crate::store::digest::Digest;
 use crate::store::extract::ExtractOptions;
 use crate::store::images::{LayerRef, Reference};
 use crate::store::parallel::run_bounded;
+use crate::store::partial::Partial;
 use crate::store::plan::{ImagePlan, LayerPlan};
 use crate::store::stage::{ImportObserver, LayerEvent, Stage, upsert};
 use crate::store::stream::stream_blob;
@@ -35,6 +36,17 @@ pub(crate) trait BlobFetcher: Sync {
     /// interrupted transfers underneath; whatever it yields is verified against the
     /// layer's digest and size.
     fn open(&self, layer: &LayerPlan) -> Result<Box<dyn Read + Send>>;
+
+    /// A reader over bytes `start..end` of the blob of `layer`, or `None` where the
+    /// source cannot read part of a blob (then partial pulls are not tried).
+    fn range(
+        &self,
+        _layer: &LayerPlan,
+        _start: u64,
+        _end: u64,
+    ) -> Result<Option<Box<dyn Read + Send>>> {
+        Ok(None)
+    }
 }
 
 /// What `ingest` did.
@@ -69,7 +81,8 @@ struct Fetching<'a> {
 /// A finished job.
 struct Done {
     blob: Digest,
-    blob_file: PathBuf,
+    /// The fetched blob (none after a partial pull).
+    blob_file: Option<PathBuf>,
     /// The staged layer dir and its record, when extracted.
     layer: Option<(PathBuf, LayerRecord)>,
 }
@@ -148,7 +161,11 @@ impl Store {
                 continue;
             }
             let layer_here = self.layer_exists(&layer.diff_id);
-            if layer_here && self.has_blob(&blob) {
+            // A zstd:chunked layer whose tar the store can rebuild needs nothing fetched:
+            // a partial pull would find every file here (its blob is not kept).
+            let rebuildable =
+                layer.chunked.is_some() && self.tar_split_path(&layer.diff_id).is_file();
+            if layer_here && (self.has_blob(&blob) || rebuildable) {
                 obs.layer(&blob, LayerEvent::Exists);
                 continue;
             }
@@ -183,7 +200,9 @@ impl Store {
                 sizes.insert(diff_id, stage.adopt_layer(&dir, rec)?);
             }
             // After the layer: a tar blob staged with its record is not kept.
-            stage.adopt_blob(self, &done.blob_file, done.blob)?;
+            if let Some(f) = &done.blob_file {
+                stage.adopt_blob(self, f, done.blob)?;
+            }
         }
         let mut layers = Vec::new();
         for (layer, &(blob, blob_size)) in plan.layers.iter().zip(&blobs) {
@@ -231,14 +250,49 @@ impl Store {
                 size: job.blob_size,
             },
         );
-        let blob_file = ctx.stage_dir.join(format!("fetch-{job_no}.blob"));
-        let blob_out = File::create(&blob_file).ctx(format!("creating {}", blob_file.display()))?;
         let work = ctx.stage_dir.join(format!("fetch-{job_no}"));
         if job.extract {
             fs::create_dir_all(work.join("diff")).ctx(format!("creating {}", work.display()))?;
         }
-        let reader = ctx.fetch.open(layer)?;
         let report = |done: u64| obs.layer(&blob, LayerEvent::Progress { done });
+        if job.extract
+            && let Some(positions) = layer.chunked
+        {
+            let p = Partial {
+                what: &what,
+                layer,
+                positions,
+                blob_size: job.blob_size,
+                fetch: ctx.fetch,
+                cancel,
+            };
+            if let Some((streamed, stats)) =
+                self.pull_partial(&p, &work, ctx.extract.clone(), &report)?
+            {
+                if streamed.diff_id != layer.diff_id {
+                    return Err(Error::corrupt(format!(
+                        "{what}: diff-id mismatch: the layer rebuilt from its zstd:chunked \
+                         TOC and frames hashes to {}, the config says {}",
+                        streamed.diff_id, layer.diff_id
+                    )));
+                }
+                let tree = streamed.extracted.expect("extracted");
+                let rec = self.finish_layer(&work, &layer.diff_id, &tree)?;
+                obs.note(&format!(
+                    "{what}: partial pull: {} files from the store, {} fetched, {} bytes in {} requests",
+                    stats.reused, stats.fetched, stats.bytes, stats.requests
+                ));
+                obs.layer(&blob, LayerEvent::extracted(&rec));
+                return Ok(Done {
+                    blob,
+                    blob_file: None,
+                    layer: Some((work, rec)),
+                });
+            }
+        }
+        let blob_file = ctx.stage_dir.join(format!("fetch-{job_no}.blob"));
+        let blob_out = File::create(&blob_file).ctx(format!("creating {}", blob_file.display()))?;
+        let reader = ctx.fetch.open(layer)?;
         let metered = Metered {
             inner: reader,
             done: 0,
@@ -271,7 +325,7 @@ impl Store {
         };
         Ok(Done {
             blob,
-            blob_file,
+            blob_file: Some(blob_file),
             layer: staged_layer,
         })
     }

@@ -20,12 +20,15 @@ pub(crate) mod lock;
 pub(crate) mod migrate;
 pub(crate) mod objects;
 pub(crate) mod parallel;
+mod partial;
 pub(crate) mod plan;
+mod recompress;
 pub(crate) mod save;
 mod stage;
 mod stream;
 pub(crate) mod tarsplit;
 pub(crate) mod tree;
+pub(crate) mod zstd_chunked;
 
 use std::path::{Path, PathBuf};
 
@@ -234,9 +237,12 @@ impl Store {
         self.layout.layer(d).join(tarsplit::FILE_NAME)
     }
 
-    /// Whether the store has a blob: as a file, or as a tar it can rebuild.
+    /// Whether the store has a blob: as a file, as a tar it can rebuild, or as the
+    /// zstd:chunked blob of a layer pulled partially (rebuilt by encoding its tar).
     pub(crate) fn has_blob(&self, d: &Digest) -> bool {
-        self.layout.blob(d).is_file() || self.tar_split_path(d).is_file()
+        self.layout.blob(d).is_file()
+            || self.tar_split_path(d).is_file()
+            || self.partial_layer_of(d).is_some()
     }
 
     /// A blob's bytes and size: the file, or the tar rebuilt from its record and the
@@ -258,6 +264,10 @@ impl Store {
         }
         let rec = self.tar_split_path(d);
         if !rec.is_file() {
+            if let Some(l) = self.partial_layer_of(d) {
+                let (f, len) = self.rebuild_partial_blob(&l)?;
+                return Ok((Box::new(f), len));
+            }
             return Err(Error::not_found(format!(
                 "blob {d} is missing from the store"
             )));

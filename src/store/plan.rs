@@ -15,6 +15,7 @@ use crate::store::digest::Digest;
 use crate::store::images::{ImageRecord, LayerRef};
 use crate::store::now_secs;
 use crate::store::stream::Streamed;
+use crate::store::zstd_chunked::Positions;
 
 /// A platform as `os/arch[/variant]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,6 +95,8 @@ pub(crate) struct LayerPlan {
     pub compression: Compression,
     pub media_type: String,
     pub diff_id: Digest,
+    /// Where a zstd:chunked blob keeps its TOC and tar-split (from its annotations).
+    pub chunked: Option<Positions>,
 }
 
 /// One image to import, its manifest and config verified.
@@ -222,7 +225,14 @@ impl ImagePlan {
                     source.unreadable_media_type()
                 ))
             })?;
+            let chunked = match (compression, d.annotations()) {
+                (Compression::Zstd, Some(a)) => {
+                    Positions::from_annotations(&format!("{what}: layer {digest}"), a)?
+                }
+                _ => None,
+            };
             layers.push(LayerPlan {
+                chunked,
                 member: source.layer_member(&digest)?,
                 blob: Some(digest),
                 blob_size: Some(d.size()),

@@ -3,3 +3,4 @@
 
 mod faults;
 mod pull_push;
+mod zstd_chunked;

@@ -1,0 +1,337 @@
+//! Partial pulls of zstd:chunked layers: fetch the layer's TOC and tar-split by range,
+//! then only the frames of files whose content the store does not have, and rebuild the
+//! layer's tar from the tar-split, the store's file objects and the fetched frames. The
+//! rebuilt tar goes through the same extraction as any pull, and its sha256 must be the
+//! diff-id the config names: a TOC or a frame that lies cannot get into the store. The
+//! blob itself is never whole here, so it is not kept (see `recompress`).
+//!
+//! Worth it only when it saves bytes: when the frames still needed are more than half
+//! the blob, the blob is fetched whole as for any other layer (and kept).
+
+use std::fs::{self, File};
+use std::io::{self, BufReader, Read};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::error::{Error, IoContext, Result};
+use crate::store::Store;
+use crate::store::archive::Compression;
+use crate::store::digest::{Digest, Hasher};
+use crate::store::extract::ExtractOptions;
+use crate::store::ingest::BlobFetcher;
+use crate::store::objects;
+use crate::store::plan::LayerPlan;
+use crate::store::stream::{Streamed, stream_blob};
+use crate::store::zstd_chunked::{FileRange, Index, Piece, Positions};
+
+/// Ranges closer than this are fetched in one request (fewer round trips for a few
+/// bytes more).
+const MERGE_GAP: u64 = 64 << 10;
+
+/// What a partial pull fetched.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct PartialStats {
+    /// Files whose content came from the store.
+    pub reused: u64,
+    /// Files fetched.
+    pub fetched: u64,
+    /// Bytes fetched (metadata and frames).
+    pub bytes: u64,
+    /// Range requests made.
+    pub requests: u64,
+}
+
+/// One partial pull of a layer.
+pub(super) struct Partial<'a> {
+    pub what: &'a str,
+    pub layer: &'a LayerPlan,
+    pub positions: Positions,
+    pub blob_size: u64,
+    pub fetch: &'a dyn BlobFetcher,
+    pub cancel: &'a AtomicBool,
+}
+
+impl Store {
+    /// Pull `p.layer` partially, extracting it into `work/diff`; `Ok(None)` when a whole
+    /// fetch is the better way (the fetcher has no ranges, or most frames are needed).
+    pub(super) fn pull_partial(
+        &self,
+        p: &Partial<'_>,
+        work: &Path,
+        extract: ExtractOptions,
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> Result<Option<(Streamed, PartialStats)>> {
+        let what = p.what;
+        let mut stats = PartialStats::default();
+        let (start, end) = p.positions.metadata_range();
+        let Some(meta) = fetch_all(p, start, end)? else {
+            return Ok(None);
+        };
+        stats.bytes += meta.len() as u64;
+        stats.requests += 1;
+        let slice = |s: crate::store::zstd_chunked::Span| {
+            &meta[(s.offset - start) as usize..(s.end() - start) as usize]
+        };
+        let index = Index::parse(
+            what,
+            &p.positions,
+            p.blob_size,
+            slice(p.positions.manifest),
+            slice(p.positions.tarsplit),
+        )?;
+        let objects_dir = self.layout.objects_dir();
+        let have = |d: &Digest| objects_dir.join(objects::rel_path(d)).is_file();
+        // The frames to fetch: one per content the store lacks.
+        let mut wanted: Vec<&FileRange> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for f in &index.files {
+            if have(&f.digest) {
+                stats.reused += 1;
+            } else if seen.insert(f.digest) {
+                wanted.push(f);
+            }
+        }
+        let needed: u64 = wanted.iter().map(|f| f.end - f.offset).sum();
+        if needed > p.blob_size / 2 {
+            log::info!(
+                "{what}: {needed} of {} bytes would be fetched by range: fetching it whole",
+                p.blob_size
+            );
+            return Ok(None);
+        }
+        // Fetched frames land at their own offsets in a sparse copy of the blob.
+        let sparse_path = work.with_extension("frames");
+        let sparse = File::options()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&sparse_path)
+            .ctx(format!("creating {}", sparse_path.display()))?;
+        wanted.sort_by_key(|f| f.offset);
+        let mut groups: Vec<(u64, u64)> = Vec::new();
+        for f in &wanted {
+            match groups.last_mut() {
+                Some(g) if f.offset <= g.1 + MERGE_GAP => g.1 = g.1.max(f.end),
+                _ => groups.push((f.offset, f.end)),
+            }
+        }
+        let mut done = meta.len() as u64;
+        for (a, b) in groups {
+            if p.cancel.load(Ordering::Relaxed) {
+                return Err(Error::cancelled("stopped: another layer failed"));
+            }
+            let mut r = p
+                .fetch
+                .range(p.layer, a, b)?
+                .ok_or_else(|| Error::new(format!("{what}: the source stopped serving ranges")))?;
+            let mut at = a;
+            let mut buf = vec![0u8; 1 << 20];
+            loop {
+                let n = r
+                    .read(&mut buf)
+                    .map_err(|e| Error::io(format!("{what}: fetching bytes {a}..{b}"), e))?;
+                if n == 0 {
+                    break;
+                }
+                sparse
+                    .write_all_at(&buf[..n], at)
+                    .ctx(format!("writing {}", sparse_path.display()))?;
+                at += n as u64;
+                done += n as u64;
+                progress(done);
+            }
+            if at != b {
+                return Err(Error::network(format!(
+                    "{what}: bytes {a}..{b}: the registry sent {} bytes",
+                    at - a
+                )));
+            }
+            stats.requests += 1;
+            stats.bytes += b - a;
+        }
+        stats.fetched = index.files.len() as u64 - stats.reused;
+        let tar = Rebuilt {
+            what: what.to_string(),
+            index,
+            next: 0,
+            cur: None,
+            objects_dir,
+            sparse: &sparse,
+        };
+        let streamed = stream_blob(
+            what,
+            None,
+            Box::new(tar),
+            Compression::None,
+            self.expansion,
+            None,
+            Some((&work.join("diff"), extract)),
+            &|_| {},
+        );
+        let _ = fs::remove_file(&sparse_path);
+        Ok(Some((streamed?, stats)))
+    }
+}
+
+/// A whole range read into memory (`None`: the fetcher has no ranges).
+fn fetch_all(p: &Partial<'_>, a: u64, b: u64) -> Result<Option<Vec<u8>>> {
+    let Some(mut r) = p.fetch.range(p.layer, a, b)? else {
+        return Ok(None);
+    };
+    let mut out = Vec::with_capacity((b - a) as usize);
+    r.read_to_end(&mut out)
+        .map_err(|e| Error::io(format!("{}: fetching bytes {a}..{b}", p.what), e))?;
+    if out.len() as u64 != b - a {
+        return Err(Error::network(format!(
+            "{}: bytes {a}..{b}: the registry sent {} bytes",
+            p.what,
+            out.len()
+        )));
+    }
+    Ok(Some(out))
+}
+
+/// The layer's tar, piece by piece: tar-split bytes, store objects, fetched frames
+/// (each checked against its size and digest as it ends).
+struct Rebuilt<'a> {
+    what: String,
+    index: Index,
+    next: usize,
+    cur: Option<Box<dyn Read + Send + 'a>>,
+    objects_dir: std::path::PathBuf,
+    sparse: &'a File,
+}
+
+impl<'a> Rebuilt<'a> {
+    fn open(&self, piece: &Piece) -> io::Result<Box<dyn Read + Send + 'a>> {
+        Ok(match piece {
+            Piece::Bytes(b) => Box::new(io::Cursor::new(b.clone())),
+            Piece::File(i) => {
+                let f = &self.index.files[*i];
+                let obj = self.objects_dir.join(objects::rel_path(&f.digest));
+                match File::open(&obj) {
+                    Ok(o) => Box::new(Checked::new(&self.what, f, o)),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                        let section = Section {
+                            file: self.sparse,
+                            pos: f.offset,
+                            end: f.end,
+                        };
+                        let dec =
+                            zstd::stream::read::Decoder::with_buffer(BufReader::new(section))?;
+                        Box::new(Checked::new(&self.what, f, dec))
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        })
+    }
+}
+
+impl Read for Rebuilt<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            if self.cur.is_none() {
+                let Some(piece) = self.index.pieces.get(self.next) else {
+                    return Ok(0);
+                };
+                self.next += 1;
+                let piece = piece.clone();
+                self.cur = Some(self.open(&piece)?);
+            }
+            let n = self.cur.as_mut().expect("set above").read(buf)?;
+            if n > 0 || buf.is_empty() {
+                return Ok(n);
+            }
+            self.cur = None;
+        }
+    }
+}
+
+/// A range of a file, read with `pread`.
+struct Section<'a> {
+    file: &'a File,
+    pos: u64,
+    end: u64,
+}
+
+impl Read for Section<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let want = buf.len().min((self.end - self.pos) as usize);
+        if want == 0 {
+            return Ok(0);
+        }
+        let n = self.file.read_at(&mut buf[..want], self.pos)?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+/// One file's content: exactly its size, hashing to its digest.
+struct Checked<R> {
+    inner: R,
+    what: String,
+    name: String,
+    want: Digest,
+    left: u64,
+    hasher: Hasher,
+}
+
+impl<R: Read> Checked<R> {
+    fn new(what: &str, f: &FileRange, inner: R) -> Self {
+        Checked {
+            inner,
+            what: what.to_string(),
+            name: f.name.clone(),
+            want: f.digest,
+            left: f.size,
+            hasher: Hasher::new(),
+        }
+    }
+
+    fn fail(&self, why: String) -> io::Error {
+        io::Error::other(Error::corrupt(format!(
+            "{}: zstd:chunked entry {:?}: {why}",
+            self.what, self.name
+        )))
+    }
+}
+
+impl<R: Read> Read for Checked<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.left == 0 {
+            // Nothing may follow the content in its frames.
+            let mut extra = [0u8; 1];
+            if self
+                .inner
+                .read(&mut extra)
+                .map_err(|e| self.fail(e.to_string()))?
+                > 0
+            {
+                return Err(self.fail("its frame holds more than the manifest's size".into()));
+            }
+            return Ok(0);
+        }
+        let want = buf.len().min(self.left as usize);
+        let n = self
+            .inner
+            .read(&mut buf[..want])
+            .map_err(|e| self.fail(format!("invalid frame: {e}")))?;
+        if n == 0 {
+            return Err(self.fail(format!("{} bytes short", self.left)));
+        }
+        self.hasher.update(&buf[..n]);
+        self.left -= n as u64;
+        if self.left == 0 {
+            let got = std::mem::take(&mut self.hasher).finish();
+            if got != self.want {
+                return Err(self.fail(format!(
+                    "content hashes to {got}, the manifest says {}",
+                    self.want
+                )));
+            }
+        }
+        Ok(n)
+    }
+}
