@@ -151,8 +151,14 @@ impl Store {
             stats.bytes += b - a;
         }
         stats.fetched = index.files.len() as u64 - stats.reused;
+        // Files of one content read the one copy fetched.
+        let fetched = wanted
+            .iter()
+            .map(|f| (f.digest, (f.offset, f.end)))
+            .collect();
         let tar = Rebuilt {
             what: what.to_string(),
+            fetched,
             index,
             next: 0,
             cur: None,
@@ -196,6 +202,8 @@ fn fetch_all(p: &Partial<'_>, a: u64, b: u64) -> Result<Option<Vec<u8>>> {
 /// (each checked against its size and digest as it ends).
 struct Rebuilt<'a> {
     what: String,
+    /// Where the fetched frames of each content are.
+    fetched: std::collections::HashMap<Digest, (u64, u64)>,
     index: Index,
     next: usize,
     cur: Option<Box<dyn Read + Send + 'a>>,
@@ -213,10 +221,13 @@ impl<'a> Rebuilt<'a> {
                 match File::open(&obj) {
                     Ok(o) => Box::new(Checked::new(&self.what, f, o)),
                     Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                        let (pos, end) = self.fetched.get(&f.digest).copied().ok_or_else(|| {
+                            io::Error::other(format!("object {} vanished", f.digest))
+                        })?;
                         let section = Section {
                             file: self.sparse,
-                            pos: f.offset,
-                            end: f.end,
+                            pos,
+                            end,
                         };
                         let dec =
                             zstd::stream::read::Decoder::with_buffer(BufReader::new(section))?;

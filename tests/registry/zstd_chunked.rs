@@ -36,7 +36,11 @@ fn layer_pair() -> (Vec<u8>, Vec<u8>) {
         }
         b = b.hardlink("usr/lib/again", "usr/lib/libbig1.so");
         if second {
-            b = b.dir("usr/bin", 0o755).file("usr/bin/new", &new);
+            // Twice: one content, fetched once.
+            b = b
+                .dir("usr/bin", 0o755)
+                .file("usr/bin/new", &new)
+                .file("usr/bin/new-copy", &new);
         }
         b.build()
     };
