@@ -265,7 +265,10 @@ impl Store {
         let rec = self.tar_split_path(d);
         if !rec.is_file() {
             if let Some(l) = self.partial_layer_of(d) {
-                let (f, len) = self.rebuild_partial_blob(&l)?;
+                // Read through a handle; the file goes with the guard.
+                let (path, _guard, len) = self.rebuild_partial_blob(&l)?;
+                let f = std::fs::File::open(&path)
+                    .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
                 return Ok((Box::new(f), len));
             }
             return Err(Error::not_found(format!(
@@ -291,6 +294,12 @@ impl Store {
         let p = self.layout.blob(d);
         if p.is_file() {
             return Ok((p, None));
+        }
+        if !self.tar_split_path(d).is_file()
+            && let Some(l) = self.partial_layer_of(d)
+        {
+            let (path, guard, _) = self.rebuild_partial_blob(&l)?;
+            return Ok((path, Some(guard)));
         }
         let (mut r, _) = self.open_blob(d)?;
         let tmp = TempBlob(self.layout.tmp_dir().join(layout::unique_name("blob")));

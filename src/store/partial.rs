@@ -212,11 +212,11 @@ struct Rebuilt<'a> {
 }
 
 impl<'a> Rebuilt<'a> {
-    fn open(&self, piece: &Piece) -> io::Result<Box<dyn Read + Send + 'a>> {
+    fn open(&self, piece: Piece) -> io::Result<Box<dyn Read + Send + 'a>> {
         Ok(match piece {
-            Piece::Bytes(b) => Box::new(io::Cursor::new(b.clone())),
+            Piece::Bytes(b) => Box::new(io::Cursor::new(b)),
             Piece::File(i) => {
-                let f = &self.index.files[*i];
+                let f = &self.index.files[i];
                 let obj = self.objects_dir.join(objects::rel_path(&f.digest));
                 match File::open(&obj) {
                     Ok(o) => Box::new(Checked::new(&self.what, f, o)),
@@ -244,12 +244,13 @@ impl Read for Rebuilt<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
             if self.cur.is_none() {
-                let Some(piece) = self.index.pieces.get(self.next) else {
+                // Each piece is read once: take it rather than copy it.
+                let Some(piece) = self.index.pieces.get_mut(self.next) else {
                     return Ok(0);
                 };
+                let piece = std::mem::replace(piece, Piece::Bytes(Vec::new()));
                 self.next += 1;
-                let piece = piece.clone();
-                self.cur = Some(self.open(&piece)?);
+                self.cur = Some(self.open(piece)?);
             }
             let n = self.cur.as_mut().expect("set above").read(buf)?;
             if n > 0 || buf.is_empty() {

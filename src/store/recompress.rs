@@ -24,14 +24,7 @@ impl Store {
         if self.tar_split_path(&l.diff_id).is_file() {
             return Ok(self.open_blob(&l.diff_id)?.0);
         }
-        let comp = match Compression::from_media_type(&l.media_type) {
-            Some(c) => c,
-            None => {
-                let mut head = [0u8; 4];
-                let n = self.open_blob(&l.blob)?.0.read(&mut head).unwrap_or(0);
-                Compression::sniff(&head[..n])
-            }
-        };
+        let comp = self.layer_compression(l)?;
         let (f, _) = self.open_blob(&l.blob)?;
         Ok(match comp {
             Compression::None => f,
@@ -41,6 +34,16 @@ impl Store {
                     .map_err(|e| Error::io(format!("blob {}", l.blob), e))?,
             ),
         })
+    }
+
+    /// How a layer's blob is compressed: by its media type, else by its first bytes.
+    pub(crate) fn layer_compression(&self, l: &LayerRef) -> Result<Compression> {
+        if let Some(c) = Compression::from_media_type(&l.media_type) {
+            return Ok(c);
+        }
+        let mut head = [0u8; 4];
+        let n = self.open_blob(&l.blob)?.0.read(&mut head).unwrap_or(0);
+        Ok(Compression::sniff(&head[..n]))
     }
 
     /// The layer encoded as zstd:chunked into a temp file under `tmp/` (removed with the
@@ -75,9 +78,9 @@ impl Store {
         .then(|| l.clone())
     }
 
-    /// The blob of a layer pulled partially, encoded again from its tar: an open file
-    /// (already unlinked) and its size, when that reproduces the blob byte for byte.
-    pub(crate) fn rebuild_partial_blob(&self, l: &LayerRef) -> Result<(File, u64)> {
+    /// The blob of a layer pulled partially, encoded again from its tar into a temp
+    /// file (removed with the guard), when that reproduces the blob byte for byte.
+    pub(crate) fn rebuild_partial_blob(&self, l: &LayerRef) -> Result<(PathBuf, TempBlob, u64)> {
         let (enc, path, guard) = self.encode_chunked(l)?;
         if enc.digest != l.blob {
             return Err(Error::unsupported(format!(
@@ -87,8 +90,6 @@ impl Store {
                 l.diff_id, l.blob
             )));
         }
-        let f = File::open(&path).ctx(format!("reading {}", path.display()))?;
-        drop(guard);
-        Ok((f, enc.size))
+        Ok((path, guard, enc.size))
     }
 }

@@ -257,26 +257,11 @@ impl Store {
         l: &crate::store::LayerRef,
         scratch: &Path,
     ) -> Result<()> {
-        let comp = match Compression::from_media_type(&l.media_type) {
-            Some(c) => c,
-            None => {
-                let mut head = [0u8; 4];
-                let n = self.open_blob(&l.blob)?.0.read(&mut head).unwrap_or(0);
-                Compression::sniff(&head[..n])
-            }
-        };
-        let (mut f, len) = self.open_blob(&l.blob)?;
-        if comp == Compression::None {
+        if self.layer_compression(l)? == Compression::None {
+            let (mut f, len) = self.open_blob(&l.blob)?;
             return append_reader(b, name, len, &mut f);
         }
-        let mut dec: Box<dyn Read> = match comp {
-            Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(io::BufReader::new(f))),
-            Compression::Zstd => Box::new(
-                zstd::stream::read::Decoder::new(f)
-                    .map_err(|e| Error::io(format!("blob {}", l.blob), e))?,
-            ),
-            Compression::None => unreachable!("handled above"),
-        };
+        let mut dec = self.layer_tar(l)?;
         let mut out = File::options()
             .read(true)
             .write(true)

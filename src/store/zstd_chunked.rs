@@ -610,6 +610,14 @@ pub(crate) fn encode(what: &str, tar: impl Read, out: impl Write) -> Result<Enco
                 .and_then(|v| v.split('.').next().and_then(|i| i.parse().ok()))
                 .unwrap_or(dflt)
         };
+        // A PAX record, else the header's field.
+        let text = |key: &str, dflt: Option<&str>| -> String {
+            p.pax
+                .get(key)
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+                .or_else(|| dflt.map(str::to_string))
+                .unwrap_or_default()
+        };
         let mtime = num("mtime", h.mtime().unwrap_or(0));
         let size = num("size", size);
         let padded = size.div_ceil(512) * 512;
@@ -630,18 +638,8 @@ pub(crate) fn encode(what: &str, tar: impl Read, out: impl Write) -> Result<Enco
             mode: h.mode().unwrap_or(0) as i64,
             uid: num("uid", h.uid().unwrap_or(0)),
             gid: num("gid", h.gid().unwrap_or(0)),
-            user_name: p
-                .pax
-                .get("uname")
-                .map(|v| String::from_utf8_lossy(v).into_owned())
-                .or_else(|| h.username().ok().flatten().map(str::to_string))
-                .unwrap_or_default(),
-            group_name: p
-                .pax
-                .get("gname")
-                .map(|v| String::from_utf8_lossy(v).into_owned())
-                .or_else(|| h.groupname().ok().flatten().map(str::to_string))
-                .unwrap_or_default(),
+            user_name: text("uname", h.username().ok().flatten()),
+            group_name: text("gname", h.groupname().ok().flatten()),
             modtime: jiff::Timestamp::from_second(mtime as i64)
                 .map(|t| t.to_string())
                 .unwrap_or_default(),

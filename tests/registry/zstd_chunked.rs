@@ -175,6 +175,25 @@ fn a_partial_pull_fetches_only_what_the_store_lacks_and_rebuilds_the_layer() {
         ],
     );
     assert_eq!(pushed_digest(&out), s.two.0, "{out}");
+    let saved = s.dir.join("two-saved.tar");
+    ok(
+        &dst,
+        &[
+            "save",
+            "-o",
+            saved.to_str().unwrap(),
+            &format!("{host}/demo/two:1"),
+        ],
+    );
+    let listing = std::process::Command::new("tar")
+        .arg("tf")
+        .arg(&saved)
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&listing.stdout).contains(hex_of(&s.two.1)),
+        "the saved archive holds the rebuilt blob"
+    );
     let out = ok(&dst, &["system", "check"]);
     assert!(out.contains("all intact"), "{out}");
 
