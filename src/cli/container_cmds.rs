@@ -68,6 +68,10 @@ pub(crate) enum ContainerCommand {
         output: PathBuf,
         #[arg(long, value_enum, default_value = "oci-archive")]
         format: SaveFormatArg,
+        /// Write every layer again in this form (a new manifest digest; the same diff-ids
+        /// and image id; OCI formats only)
+        #[arg(long, value_name = "FORMAT", value_parser = ["zstd:chunked"])]
+        compression: Option<String>,
     },
     /// Write a container's merged root filesystem as one tar (stdout unless -o)
     Export {
@@ -202,13 +206,14 @@ pub(crate) fn run(cmd: ContainerCommand, g: &Globals) -> ExitCode {
                 images,
                 output,
                 format,
+                compression,
             } => {
                 let f = match format {
                     SaveFormatArg::OciArchive => SaveFormat::OciArchive,
                     SaveFormatArg::DockerArchive => SaveFormat::DockerArchive,
                     SaveFormatArg::OciDir => SaveFormat::OciDir,
                 };
-                store.save(&images, f, &output)?;
+                store.save(&images, f, compression.is_some(), &output)?;
             }
             ContainerCommand::Export { container, output } => {
                 let c = cs.resolve(&container)?;

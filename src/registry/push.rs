@@ -12,9 +12,7 @@ use ureq::http::Method;
 use crate::error::{Error, Result};
 use crate::registry::client::{self, Body, Client, Options};
 use crate::registry::reference::ImageRef;
-use crate::store::archive::{OCI_CONFIG, OCI_LAYER_ZSTD, OCI_MANIFEST};
-
-const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
+use crate::store::archive::OCI_MANIFEST;
 use crate::store::parallel::run_bounded;
 use crate::store::{Digest, Store};
 
@@ -149,38 +147,21 @@ pub(crate) fn push(
     let mut blobs: Vec<Blob> = Vec::new();
     let mut manifest = stored.clone();
     if opts.zstd_chunked {
-        let mut descriptors = Vec::new();
-        for l in &rec.layers {
-            let (enc, path, guard) = store
-                .encode_chunked(l)
-                .map_err(|e| e.context(format!("{what}: layer {}", l.diff_id)))?;
-            descriptors.push(serde_json::json!({
-                "mediaType": OCI_LAYER_ZSTD,
-                "digest": enc.digest.to_string(),
-                "size": enc.size,
-                "annotations": enc.positions.annotations(),
-            }));
-            if !blobs.iter().any(|b| b.digest == enc.digest) {
-                blobs.push(Blob {
-                    digest: enc.digest,
-                    config: false,
-                    size: enc.size,
-                    path,
-                    _rebuilt: Some(guard),
-                    mount_from: None,
-                });
-            }
-        }
-        let mut doc: serde_json::Value = serde_json::from_slice(&stored)
-            .map_err(|e| Error::corrupt(format!("{what}: stored manifest: {e}")))?;
-        doc["mediaType"] = OCI_MANIFEST.into();
-        doc["layers"] = descriptors.into();
-        if doc["config"]["mediaType"] == DOCKER_CONFIG {
-            doc["config"]["mediaType"] = OCI_CONFIG.into();
-        }
-        manifest =
-            serde_json::to_vec(&doc).map_err(|e| Error::new(format!("{what}: manifest: {e}")))?;
+        let new = store
+            .rewrite_chunked(&rec, &stored)
+            .map_err(|e| e.context(&what))?;
+        manifest = new.manifest;
         media_type = OCI_MANIFEST.to_string();
+        for b in new.blobs {
+            blobs.push(Blob {
+                digest: b.digest,
+                config: false,
+                size: b.size,
+                path: b.path,
+                _rebuilt: Some(b.file),
+                mount_from: None,
+            });
+        }
     } else {
         for (d, l) in m.layers().iter().zip(&rec.layers) {
             let digest: Digest = d.digest().to_string().parse()?;

@@ -11,11 +11,14 @@ use std::path::PathBuf;
 use crate::store::digest::Digest;
 
 use crate::error::{Error, IoContext, Result};
-use crate::store::archive::Compression;
+use crate::store::archive::{Compression, OCI_CONFIG, OCI_LAYER_ZSTD, OCI_MANIFEST};
+use crate::store::images::ImageRecord;
 use crate::store::images::LayerRef;
 use crate::store::layout;
 use crate::store::zstd_chunked::{self, Encoded};
 use crate::store::{Store, TempBlob};
+
+const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
 
 impl Store {
     /// A layer's uncompressed tar: rebuilt from its record when the store keeps one,
@@ -91,5 +94,64 @@ impl Store {
             )));
         }
         Ok((path, guard, enc.size))
+    }
+}
+
+/// An image with every layer written again as zstd:chunked: a new OCI manifest (same
+/// config, so the same image id) and the new layer blobs in temp files.
+pub(crate) struct Rewritten {
+    pub manifest: Vec<u8>,
+    pub digest: Digest,
+    /// Each new layer blob once.
+    pub blobs: Vec<NewBlob>,
+}
+
+/// A layer blob written to a temp file (removed with `file`).
+pub(crate) struct NewBlob {
+    pub digest: Digest,
+    pub size: u64,
+    pub path: PathBuf,
+    pub file: TempBlob,
+}
+
+impl Store {
+    /// `rec` with its layers as zstd:chunked; `stored` is its stored manifest.
+    pub(crate) fn rewrite_chunked(&self, rec: &ImageRecord, stored: &[u8]) -> Result<Rewritten> {
+        let what = format!("image {}", rec.id.short());
+        let mut descriptors = Vec::new();
+        let mut blobs: Vec<NewBlob> = Vec::new();
+        for l in &rec.layers {
+            let (enc, path, guard) = self
+                .encode_chunked(l)
+                .map_err(|e| e.context(format!("{what}: layer {}", l.diff_id)))?;
+            descriptors.push(serde_json::json!({
+                "mediaType": OCI_LAYER_ZSTD,
+                "digest": enc.digest.to_string(),
+                "size": enc.size,
+                "annotations": enc.positions.annotations(),
+            }));
+            if !blobs.iter().any(|b| b.digest == enc.digest) {
+                blobs.push(NewBlob {
+                    digest: enc.digest,
+                    size: enc.size,
+                    path,
+                    file: guard,
+                });
+            }
+        }
+        let mut doc: serde_json::Value = serde_json::from_slice(stored)
+            .map_err(|e| Error::corrupt(format!("{what}: stored manifest: {e}")))?;
+        doc["mediaType"] = OCI_MANIFEST.into();
+        doc["layers"] = descriptors.into();
+        if doc["config"]["mediaType"] == DOCKER_CONFIG {
+            doc["config"]["mediaType"] = OCI_CONFIG.into();
+        }
+        let manifest =
+            serde_json::to_vec(&doc).map_err(|e| Error::new(format!("{what}: manifest: {e}")))?;
+        Ok(Rewritten {
+            digest: Digest::of(&manifest),
+            manifest,
+            blobs,
+        })
     }
 }

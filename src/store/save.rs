@@ -16,11 +16,11 @@ use std::path::{Path, PathBuf};
 use serde_json::json;
 
 use crate::error::{Error, IoContext, Result};
-use crate::store::Store;
-use crate::store::archive::{Compression, OCI_INDEX};
+use crate::store::archive::{Compression, OCI_INDEX, OCI_MANIFEST};
 use crate::store::digest::{Digest, Hasher};
 use crate::store::images::ImageRecord;
 use crate::store::layout::unique_name;
+use crate::store::{Store, TempBlob};
 
 /// The form to write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,10 +71,16 @@ impl Store {
         &self,
         names: &[String],
         format: SaveFormat,
+        zstd_chunked: bool,
         out: &Path,
     ) -> Result<Vec<Saved>> {
         if names.is_empty() {
             return Err(Error::invalid_input("no image to save"));
+        }
+        if zstd_chunked && format == SaveFormat::DockerArchive {
+            return Err(Error::invalid_input(
+                "--compression applies to oci-archive and oci-dir (a docker-archive holds uncompressed layers)",
+            ));
         }
         let plan = self.save_plan(names)?;
         for s in &plan {
@@ -99,6 +105,11 @@ impl Store {
             base.to_string_lossy(),
             unique_name("tmp")
         ));
+        let contents = if format == SaveFormat::DockerArchive {
+            Contents::default()
+        } else {
+            self.contents(&plan, zstd_chunked)?
+        };
         let res = match format {
             SaveFormat::OciDir => {
                 if out.exists() {
@@ -107,9 +118,11 @@ impl Store {
                         out.display()
                     )));
                 }
-                self.write_oci_dir(&plan, &tmp)
+                self.write_oci_dir(&contents, &tmp)
             }
-            SaveFormat::OciArchive => self.write_archive(&tmp, |s, t| s.write_oci_tar(&plan, t)),
+            SaveFormat::OciArchive => {
+                self.write_archive(&tmp, |s, t| s.write_oci_tar(&contents, t))
+            }
             SaveFormat::DockerArchive => {
                 self.write_archive(&tmp, |s, t| s.write_docker_tar(&plan, t, &tmp))
             }
@@ -138,27 +151,71 @@ impl Store {
         f.sync_all().ctx(format!("syncing {}", tmp.display()))
     }
 
-    fn oci_index(&self, plan: &[Saved]) -> Result<Vec<u8>> {
-        let mut manifests = Vec::new();
+    /// What the OCI forms write: each image's manifest and blobs, as stored or with
+    /// every layer rewritten as zstd:chunked.
+    fn contents(&self, plan: &[Saved], zstd_chunked: bool) -> Result<Contents> {
+        let mut c = Contents::default();
         for s in plan {
-            let size = fs::metadata(self.blob_path(&s.image.manifest_digest))
-                .ctx(format!("blob {}", s.image.manifest_digest))?
-                .len();
+            let r = &s.image;
+            let mut form = Form {
+                tags: s.tags.clone(),
+                manifest: r.manifest_digest,
+                media_type: r.manifest_media_type.clone(),
+                size: 0,
+                blobs: blobs_of(r),
+            };
+            if zstd_chunked {
+                let stored = self.read_blob(&r.manifest_digest)?;
+                let new = self.rewrite_chunked(r, &stored)?;
+                form.manifest = new.digest;
+                form.media_type = OCI_MANIFEST.to_string();
+                form.size = new.manifest.len() as u64;
+                form.blobs = vec![new.digest, r.config_digest];
+                for b in new.blobs {
+                    form.blobs.push(b.digest);
+                    c.files.insert(b.digest, (b.path, b.size, b.file));
+                }
+                c.bytes.insert(new.digest, new.manifest);
+            } else {
+                form.size = fs::metadata(self.blob_path(&r.manifest_digest))
+                    .ctx(format!("blob {}", r.manifest_digest))?
+                    .len();
+            }
+            c.forms.push(form);
+        }
+        Ok(c)
+    }
+
+    /// A blob to write: one the save made, else the store's.
+    fn open_for_save(&self, c: &Contents, d: &Digest) -> Result<(Box<dyn Read + Send>, u64)> {
+        if let Some(b) = c.bytes.get(d) {
+            return Ok((Box::new(io::Cursor::new(b.clone())), b.len() as u64));
+        }
+        if let Some((p, len, _)) = c.files.get(d) {
+            let f = File::open(p).ctx(format!("reading {}", p.display()))?;
+            return Ok((Box::new(f), *len));
+        }
+        self.open_blob(d)
+    }
+
+    fn oci_index(&self, c: &Contents) -> Result<Vec<u8>> {
+        let mut manifests = Vec::new();
+        for f in &c.forms {
             let desc = |tag: Option<&String>| {
                 let mut d = json!({
-                    "mediaType": s.image.manifest_media_type,
-                    "digest": s.image.manifest_digest.to_string(),
-                    "size": size,
+                    "mediaType": f.media_type,
+                    "digest": f.manifest.to_string(),
+                    "size": f.size,
                 });
                 if let Some(t) = tag {
                     d["annotations"] = json!({ REF_NAME: t });
                 }
                 d
             };
-            if s.tags.is_empty() {
+            if f.tags.is_empty() {
                 manifests.push(desc(None));
             }
-            for t in &s.tags {
+            for t in &f.tags {
                 manifests.push(desc(Some(t)));
             }
         }
@@ -170,27 +227,27 @@ impl Store {
         .map_err(|e| Error::new(format!("encoding index.json: {e}")))
     }
 
-    fn write_oci_dir(&self, plan: &[Saved], dir: &Path) -> Result<()> {
+    fn write_oci_dir(&self, c: &Contents, dir: &Path) -> Result<()> {
         let blobs = dir.join("blobs/sha256");
         fs::create_dir_all(&blobs).ctx(format!("creating {}", blobs.display()))?;
-        for d in plan_blobs(plan) {
+        for d in c.blobs() {
             let dst = blobs.join(d.hex());
-            let (mut src, _) = self.open_blob(&d)?;
+            let (mut src, _) = self.open_for_save(c, &d)?;
             let mut out = File::create(&dst).ctx(format!("writing {}", dst.display()))?;
             io::copy(&mut src, &mut out).ctx(format!("writing {}", dst.display()))?;
         }
         fs::write(dir.join("oci-layout"), OCI_LAYOUT).ctx("writing oci-layout")?;
-        fs::write(dir.join("index.json"), self.oci_index(plan)?).ctx("writing index.json")?;
+        fs::write(dir.join("index.json"), self.oci_index(c)?).ctx("writing index.json")?;
         Ok(())
     }
 
-    fn write_oci_tar<W: Write>(&self, plan: &[Saved], b: &mut tar::Builder<W>) -> Result<()> {
+    fn write_oci_tar<W: Write>(&self, c: &Contents, b: &mut tar::Builder<W>) -> Result<()> {
         append_bytes(b, "oci-layout", OCI_LAYOUT)?;
-        append_bytes(b, "index.json", &self.oci_index(plan)?)?;
+        append_bytes(b, "index.json", &self.oci_index(c)?)?;
         append_dir(b, "blobs/")?;
         append_dir(b, "blobs/sha256/")?;
-        for d in plan_blobs(plan) {
-            let (mut f, len) = self.open_blob(&d)?;
+        for d in c.blobs() {
+            let (mut f, len) = self.open_for_save(c, &d)?;
             append_reader(b, &format!("blobs/sha256/{}", d.hex()), len, &mut f)?;
         }
         Ok(())
@@ -302,9 +359,33 @@ fn blobs_of(r: &ImageRecord) -> Vec<Digest> {
     v
 }
 
-/// Every blob of a plan, once, sorted.
-fn plan_blobs(plan: &[Saved]) -> BTreeSet<Digest> {
-    plan.iter().flat_map(|s| blobs_of(&s.image)).collect()
+/// One image as an OCI form writes it.
+struct Form {
+    tags: Vec<String>,
+    manifest: Digest,
+    media_type: String,
+    size: u64,
+    /// The manifest, the config, the layer blobs.
+    blobs: Vec<Digest>,
+}
+
+/// The images of an OCI save, and the blobs the save itself made (rewritten manifests
+/// in memory, rewritten layer blobs in temp files removed with it).
+#[derive(Default)]
+struct Contents {
+    forms: Vec<Form>,
+    bytes: std::collections::HashMap<Digest, Vec<u8>>,
+    files: std::collections::HashMap<Digest, (PathBuf, u64, TempBlob)>,
+}
+
+impl Contents {
+    /// Every blob, once, sorted.
+    fn blobs(&self) -> BTreeSet<Digest> {
+        self.forms
+            .iter()
+            .flat_map(|f| f.blobs.iter().copied())
+            .collect()
+    }
 }
 
 fn header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {

@@ -192,3 +192,79 @@ fn several_images_in_one_archive_and_failures_leave_nothing() {
     assert_eq!(fs::read_dir(&dir).unwrap().count(), 0);
     assert!(!Path::new("/no/such/dir").exists());
 }
+
+#[test]
+fn save_as_zstd_chunked_keeps_the_image_id_and_is_reproducible() {
+    let env = Env::new();
+    let img = sample_image();
+    env.import(&img, "sample:1");
+    let diff_ids: Vec<String> = img.layers.iter().map(|l| l.diff_id.clone()).collect();
+    let save = |name: &str| {
+        let out = env.path(name);
+        env.ok(&[
+            "save",
+            "--compression",
+            "zstd:chunked",
+            "sample:1",
+            "-o",
+            out.to_str().unwrap(),
+        ]);
+        out
+    };
+    let a = save("a.tar");
+    let b = save("b.tar");
+    assert_eq!(
+        fs::read(&a).unwrap(),
+        fs::read(&b).unwrap(),
+        "same archive twice"
+    );
+
+    // skopeo: new layer blobs with the four annotations, the same config and diff-ids.
+    let reference = format!("oci-archive:{}", a.display());
+    let v = skopeo_inspect(&reference);
+    assert_ne!(v["Digest"], img.manifest_digest.as_str());
+    let raw = Command::new("skopeo")
+        .args(["inspect", "--raw", &reference])
+        .output()
+        .unwrap();
+    let m: serde_json::Value = serde_json::from_slice(&raw.stdout).unwrap();
+    for l in m["layers"].as_array().unwrap() {
+        assert_eq!(
+            l["mediaType"],
+            "application/vnd.oci.image.layer.v1.tar+zstd"
+        );
+        for k in [
+            "manifest-checksum",
+            "manifest-position",
+            "tarsplit-checksum",
+            "tarsplit-position",
+        ] {
+            assert!(
+                l["annotations"][format!("io.github.containers.zstd-chunked.{k}")].is_string(),
+                "{m}"
+            );
+        }
+    }
+    let cfg = skopeo_config(&reference);
+    assert_eq!(cfg["rootfs"]["diff_ids"], serde_json::json!(diff_ids));
+
+    // Imported back (a plain zstd read, diff-ids checked): the same image id.
+    let fresh = env.path("fresh");
+    ok(&fresh, &["import", "-t", "back:1", a.to_str().unwrap()]);
+    let back: serde_json::Value =
+        serde_json::from_str(&ok(&fresh, &["inspect", "back:1"])).unwrap();
+    assert_eq!(back[0]["Id"], env.inspect("sample:1")["Id"]);
+
+    // A docker-archive holds uncompressed layers: the option is refused.
+    let err = env.fails(&[
+        "save",
+        "--compression",
+        "zstd:chunked",
+        "--format",
+        "docker-archive",
+        "sample:1",
+        "-o",
+        env.path("d.tar").to_str().unwrap(),
+    ]);
+    assert!(err.contains("--compression"), "{err}");
+}
