@@ -8,8 +8,12 @@
 //! Worth it only when it saves bytes: when the frames still needed are more than half
 //! the blob, the blob is fetched whole as for any other layer (and kept).
 
+use std::collections::{HashMap, HashSet};
+use std::ffi::OsStr;
 use std::fs::{self, File};
 use std::io::{self, BufReader, Read};
+use std::os::fd::AsFd;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,12 +22,15 @@ use crate::error::{Error, IoContext, Result};
 use crate::store::Store;
 use crate::store::archive::Compression;
 use crate::store::digest::{Digest, Hasher};
-use crate::store::extract::ExtractOptions;
+use crate::store::extract::{ExtractOptions, INLINE_MAX};
 use crate::store::ingest::BlobFetcher;
+use crate::store::layout::read_json;
 use crate::store::objects;
 use crate::store::plan::LayerPlan;
 use crate::store::stream::{Streamed, stream_blob};
+use crate::store::tree::TreeEntry;
 use crate::store::zstd_chunked::{FileRange, Index, Piece, Positions};
+use crate::sys::{self, OFlags};
 
 /// Ranges closer than this are fetched in one request (fewer round trips for a few
 /// bytes more).
@@ -84,7 +91,7 @@ impl Store {
         let have = |d: &Digest| objects_dir.join(objects::rel_path(d)).is_file();
         // The frames to fetch: one per content the store lacks.
         let mut wanted: Vec<&FileRange> = Vec::new();
-        let mut seen = std::collections::HashSet::new();
+        let mut seen = HashSet::new();
         for f in &index.files {
             if have(&f.digest) {
                 stats.reused += 1;
@@ -92,6 +99,13 @@ impl Store {
                 wanted.push(f);
             }
         }
+        // Small files are inline in layer trees, not objects: look them up there.
+        let local = self.small_files_here(&mut wanted);
+        stats.reused += index
+            .files
+            .iter()
+            .filter(|f| local.contains_key(&f.digest))
+            .count() as u64;
         let needed: u64 = wanted.iter().map(|f| f.end - f.offset).sum();
         if needed > p.blob_size / 2 {
             log::info!(
@@ -158,6 +172,7 @@ impl Store {
             .collect();
         let tar = Rebuilt {
             what: what.to_string(),
+            local,
             fetched,
             index,
             next: 0,
@@ -178,6 +193,71 @@ impl Store {
         let _ = fs::remove_file(&sparse_path);
         Ok(Some((streamed?, stats)))
     }
+}
+
+impl Store {
+    /// The contents of the small `wanted` files (at most `INLINE_MAX` bytes: kept in
+    /// layer trees, not as objects) that some layer of the store has, read and checked
+    /// against their digests; those are taken out of `wanted`. Reads every layer's
+    /// `tree.json` once, and only when there is such a file to look for.
+    fn small_files_here(&self, wanted: &mut Vec<&FileRange>) -> HashMap<Digest, Vec<u8>> {
+        let mut found = HashMap::new();
+        let small: HashSet<Digest> = wanted
+            .iter()
+            .filter(|f| f.size as usize <= INLINE_MAX)
+            .map(|f| f.digest)
+            .collect();
+        if small.is_empty() {
+            return found;
+        }
+        for d in self.layer_ids().unwrap_or_default() {
+            let Ok(Some(tree)) =
+                read_json::<Vec<TreeEntry>>(&self.layout.layer(&d).join("tree.json"))
+            else {
+                continue;
+            };
+            for e in tree {
+                let Some(sha) = e
+                    .sha256
+                    .filter(|s| small.contains(s) && !found.contains_key(s))
+                else {
+                    continue;
+                };
+                if e.kind == 'f'
+                    && let Some(b) = read_small(&self.layout.layer_diff(&d), &e.path.0)
+                    && Digest::of(&b) == sha
+                {
+                    found.insert(sha, b);
+                }
+            }
+            if found.len() == small.len() {
+                break;
+            }
+        }
+        log::debug!("small files: {} wanted, {} found here", small.len(), found.len());
+        wanted.retain(|f| !found.contains_key(&f.digest));
+        found
+    }
+}
+
+/// A small regular file below `root`, opened without following any symlink.
+fn read_small(root: &Path, rel: &[u8]) -> Option<Vec<u8>> {
+    let comps: Vec<&[u8]> = rel
+        .split(|&c| c == b'/')
+        .filter(|c| !c.is_empty())
+        .collect();
+    let (last, dirs) = comps.split_last()?;
+    let mut dir = sys::open_root_dir(root).ok()?;
+    for c in dirs {
+        dir = sys::open_dir_path(dir.as_fd(), OsStr::from_bytes(c)).ok()?;
+    }
+    let fd = sys::open_regular_at(dir.as_fd(), OsStr::from_bytes(last), OFlags::RDONLY).ok()?;
+    let mut out = Vec::new();
+    File::from(fd)
+        .take(INLINE_MAX as u64 + 1)
+        .read_to_end(&mut out)
+        .ok()?;
+    (out.len() <= INLINE_MAX).then_some(out)
 }
 
 /// A whole range read into memory (`None`: the fetcher has no ranges).
@@ -202,8 +282,10 @@ fn fetch_all(p: &Partial<'_>, a: u64, b: u64) -> Result<Option<Vec<u8>>> {
 /// (each checked against its size and digest as it ends).
 struct Rebuilt<'a> {
     what: String,
+    /// Small files found in the store's layer trees, by content.
+    local: HashMap<Digest, Vec<u8>>,
     /// Where the fetched frames of each content are.
-    fetched: std::collections::HashMap<Digest, (u64, u64)>,
+    fetched: HashMap<Digest, (u64, u64)>,
     index: Index,
     next: usize,
     cur: Option<Box<dyn Read + Send + 'a>>,
@@ -217,6 +299,13 @@ impl<'a> Rebuilt<'a> {
             Piece::Bytes(b) => Box::new(io::Cursor::new(b)),
             Piece::File(i) => {
                 let f = &self.index.files[i];
+                if let Some(b) = self.local.get(&f.digest) {
+                    return Ok(Box::new(Checked::new(
+                        &self.what,
+                        f,
+                        io::Cursor::new(b.clone()),
+                    )));
+                }
                 let obj = self.objects_dir.join(objects::rel_path(&f.digest));
                 match File::open(&obj) {
                     Ok(o) => Box::new(Checked::new(&self.what, f, o)),
