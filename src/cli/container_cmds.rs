@@ -16,6 +16,7 @@ use crate::container::mounts::{self, MountRequest};
 use crate::container::{Container, Containers, commit, diff, export, image_mounts, list, shell};
 use crate::error::{Error, Result};
 use crate::store::Store;
+use crate::store::recompress::LayerForm;
 use crate::store::save::SaveFormat;
 
 #[derive(Debug, Subcommand)]
@@ -68,9 +69,9 @@ pub(crate) enum ContainerCommand {
         output: PathBuf,
         #[arg(long, value_enum, default_value = "oci-archive")]
         format: SaveFormatArg,
-        /// Write every layer again in this form (a new manifest digest; the same diff-ids
-        /// and image id; OCI formats only)
-        #[arg(long, value_name = "FORMAT", value_parser = ["zstd:chunked"])]
+        /// Write every layer again in this form (a new manifest digest; OCI formats only):
+        /// zstd:chunked keeps the diff-ids and image id, estargz adds entries (new ones)
+        #[arg(long, value_name = "FORMAT", value_parser = ["zstd:chunked", "estargz"])]
         compression: Option<String>,
     },
     /// Write a container's merged root filesystem as one tar (stdout unless -o)
@@ -213,7 +214,8 @@ pub(crate) fn run(cmd: ContainerCommand, g: &Globals) -> ExitCode {
                     SaveFormatArg::DockerArchive => SaveFormat::DockerArchive,
                     SaveFormatArg::OciDir => SaveFormat::OciDir,
                 };
-                store.save(&images, f, compression.is_some(), &output)?;
+                let rewrite = compression.as_deref().map(LayerForm::parse).transpose()?;
+                store.save(&images, f, rewrite, &output)?;
             }
             ContainerCommand::Export { container, output } => {
                 let c = cs.resolve(&container)?;

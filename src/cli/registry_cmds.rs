@@ -11,6 +11,7 @@ use crate::cli::Globals;
 use crate::cli::progress::LayerBars;
 use crate::error::{Error, Result};
 use crate::registry::{self, Credentials, ImageRef, PushEvent, PushObserver};
+use crate::store::recompress::LayerForm;
 use crate::store::{Digest, ImportObserver, LayerEvent, Store};
 
 #[derive(Debug, Subcommand)]
@@ -91,9 +92,10 @@ pub(crate) struct PushArgs {
     /// Blobs larger than this are uploaded in chunks of this size
     #[arg(long, value_name = "BYTES", default_value_t = 64 << 20)]
     pub chunk_size: u64,
-    /// Write every layer again in this form (a new manifest digest; the same diff-ids
-    /// and image id): zstd:chunked lets pullers fetch only the files they lack
-    #[arg(long, value_name = "FORMAT", value_parser = ["zstd:chunked"])]
+    /// Write every layer again in this form (a new manifest digest): zstd:chunked keeps
+    /// the diff-ids and image id and lets pullers fetch only the files they lack;
+    /// estargz (stargz-snapshotter's lazy pulls) adds entries, so new diff-ids and id
+    #[arg(long, value_name = "FORMAT", value_parser = ["zstd:chunked", "estargz"])]
     pub compression: Option<String>,
     /// Print only the pushed reference
     #[arg(short, long)]
@@ -229,7 +231,7 @@ fn push(a: PushArgs, g: &Globals) -> Result<()> {
     let opts = registry::PushOptions {
         parallel: a.max_concurrent_uploads.max(1),
         chunk_size: a.chunk_size.max(1),
-        zstd_chunked: a.compression.is_some(),
+        rewrite: a.compression.as_deref().map(LayerForm::parse).transpose()?,
         client: a.net.options(),
     };
     let res = registry::push(&store, &a.image, &r, &opts, &progress)?;

@@ -14,6 +14,7 @@ use crate::registry::client::{self, Body, Client, Options};
 use crate::registry::reference::ImageRef;
 use crate::store::archive::OCI_MANIFEST;
 use crate::store::parallel::run_bounded;
+use crate::store::recompress::LayerForm;
 use crate::store::{Digest, Store};
 
 /// Progress of one blob.
@@ -49,8 +50,8 @@ pub(crate) struct PushOptions {
     pub parallel: usize,
     /// Blobs larger than this go up in chunks of this size; smaller ones in one request.
     pub chunk_size: u64,
-    /// Write every layer again as zstd:chunked (a new manifest; same config).
-    pub zstd_chunked: bool,
+    /// Write every layer again in this form (a new manifest).
+    pub rewrite: Option<LayerForm>,
     pub client: Options,
 }
 
@@ -59,7 +60,7 @@ impl Default for PushOptions {
         PushOptions {
             parallel: 3,
             chunk_size: 64 << 20,
-            zstd_chunked: false,
+            rewrite: None,
             client: Options::default(),
         }
     }
@@ -146,10 +147,12 @@ pub(crate) fn push(
     // The blobs to send: as stored, or every layer written again as zstd:chunked.
     let mut blobs: Vec<Blob> = Vec::new();
     let mut manifest = stored.clone();
-    if opts.zstd_chunked {
+    let mut config_blob = None;
+    if let Some(form) = opts.rewrite {
         let new = store
-            .rewrite_chunked(&rec, &stored)
+            .rewrite(&rec, &stored, form)
             .map_err(|e| e.context(&what))?;
+        config_blob = new.config;
         manifest = new.manifest;
         media_type = OCI_MANIFEST.to_string();
         for b in new.blobs {
@@ -193,14 +196,26 @@ pub(crate) fn push(
             "{what}: the manifest to push is {digest}, not the digest named"
         )));
     }
-    let config: Digest = m.config().digest().to_string().parse()?;
-    blobs.push(Blob {
-        digest: config,
-        config: true,
-        size: m.config().size(),
-        path: store.blob_path(&config),
-        _rebuilt: None,
-        mount_from: None,
+    blobs.push(match config_blob {
+        Some(c) => Blob {
+            digest: c.digest,
+            config: true,
+            size: c.size,
+            path: c.path,
+            _rebuilt: Some(c.file),
+            mount_from: None,
+        },
+        None => {
+            let config: Digest = m.config().digest().to_string().parse()?;
+            Blob {
+                digest: config,
+                config: true,
+                size: m.config().size(),
+                path: store.blob_path(&config),
+                _rebuilt: None,
+                mount_from: None,
+            }
+        }
     });
     for b in &blobs {
         let md = std::fs::metadata(&b.path).map_err(|_| {

@@ -10,6 +10,7 @@
 pub(crate) mod archive;
 pub(crate) mod df;
 pub(crate) mod digest;
+pub(crate) mod estargz;
 pub mod extract;
 pub(crate) mod gc;
 pub(crate) mod images;
@@ -22,11 +23,12 @@ pub(crate) mod objects;
 pub(crate) mod parallel;
 mod partial;
 pub(crate) mod plan;
-mod recompress;
+pub(crate) mod recompress;
 pub(crate) mod save;
 mod stage;
 mod stream;
 pub(crate) mod tarsplit;
+pub(crate) mod toc;
 pub(crate) mod tree;
 pub(crate) mod zstd_chunked;
 

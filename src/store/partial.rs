@@ -234,7 +234,11 @@ impl Store {
                 break;
             }
         }
-        log::debug!("small files: {} wanted, {} found here", small.len(), found.len());
+        log::debug!(
+            "small files: {} wanted, {} found here",
+            small.len(),
+            found.len()
+        );
         wanted.retain(|f| !found.contains_key(&f.digest));
         found
     }

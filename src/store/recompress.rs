@@ -11,7 +11,10 @@ use std::path::PathBuf;
 use crate::store::digest::Digest;
 
 use crate::error::{Error, IoContext, Result};
-use crate::store::archive::{Compression, OCI_CONFIG, OCI_LAYER_ZSTD, OCI_MANIFEST};
+use crate::store::archive::{
+    Compression, OCI_CONFIG, OCI_LAYER_GZIP, OCI_LAYER_ZSTD, OCI_MANIFEST,
+};
+use crate::store::estargz;
 use crate::store::images::ImageRecord;
 use crate::store::images::LayerRef;
 use crate::store::layout;
@@ -97,16 +100,40 @@ impl Store {
     }
 }
 
-/// An image with every layer written again as zstd:chunked: a new OCI manifest (same
-/// config, so the same image id) and the new layer blobs in temp files.
+/// A form to write every layer of an image in again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LayerForm {
+    /// Same tar (same diff-ids, same config and image id).
+    ZstdChunked,
+    /// The tar gains the landmark and TOC entries: new diff-ids, a new config.
+    Estargz,
+}
+
+impl LayerForm {
+    /// From the `--compression` value.
+    pub(crate) fn parse(s: &str) -> Result<LayerForm> {
+        match s {
+            "zstd:chunked" => Ok(LayerForm::ZstdChunked),
+            "estargz" => Ok(LayerForm::Estargz),
+            _ => Err(Error::invalid_input(format!(
+                "unknown compression {s:?} (zstd:chunked or estargz)"
+            ))),
+        }
+    }
+}
+
+/// An image with every layer written again in another form: a new OCI manifest, the new
+/// layer blobs in temp files, and a new config when the diff-ids changed.
 pub(crate) struct Rewritten {
     pub manifest: Vec<u8>,
     pub digest: Digest,
     /// Each new layer blob once.
     pub blobs: Vec<NewBlob>,
+    /// The new config (eStargz), else the stored one stands.
+    pub config: Option<NewBlob>,
 }
 
-/// A layer blob written to a temp file (removed with `file`).
+/// A blob written to a temp file (removed with `file`).
 pub(crate) struct NewBlob {
     pub digest: Digest,
     pub size: u64,
@@ -115,25 +142,60 @@ pub(crate) struct NewBlob {
 }
 
 impl Store {
-    /// `rec` with its layers as zstd:chunked; `stored` is its stored manifest.
-    pub(crate) fn rewrite_chunked(&self, rec: &ImageRecord, stored: &[u8]) -> Result<Rewritten> {
+    /// The layer written as eStargz into a temp file (removed with the returned guard).
+    fn encode_estargz(&self, l: &LayerRef) -> Result<(estargz::Encoded, PathBuf, TempBlob)> {
+        let what = format!("layer {}", l.diff_id);
+        let path = self.layout.tmp_dir().join(layout::unique_name("estargz"));
+        let guard = TempBlob(path.clone());
+        let out = File::create(&path).ctx(format!("creating {}", path.display()))?;
+        let enc = estargz::encode(&what, self.layer_tar(l)?, out)?;
+        Ok((enc, path, guard))
+    }
+
+    /// `rec` with its layers in `form`; `stored` is its stored manifest.
+    pub(crate) fn rewrite(
+        &self,
+        rec: &ImageRecord,
+        stored: &[u8],
+        form: LayerForm,
+    ) -> Result<Rewritten> {
         let what = format!("image {}", rec.id.short());
         let mut descriptors = Vec::new();
         let mut blobs: Vec<NewBlob> = Vec::new();
+        let mut diff_ids = Vec::new();
         for l in &rec.layers {
-            let (enc, path, guard) = self
-                .encode_chunked(l)
-                .map_err(|e| e.context(format!("{what}: layer {}", l.diff_id)))?;
-            descriptors.push(serde_json::json!({
-                "mediaType": OCI_LAYER_ZSTD,
-                "digest": enc.digest.to_string(),
-                "size": enc.size,
-                "annotations": enc.positions.annotations(),
-            }));
-            if !blobs.iter().any(|b| b.digest == enc.digest) {
+            let at = |e: Error| e.context(format!("{what}: layer {}", l.diff_id));
+            let (digest, size, path, guard, desc) = match form {
+                LayerForm::ZstdChunked => {
+                    let (enc, path, guard) = self.encode_chunked(l).map_err(at)?;
+                    let desc = serde_json::json!({
+                        "mediaType": OCI_LAYER_ZSTD,
+                        "annotations": enc.positions.annotations(),
+                    });
+                    diff_ids.push(l.diff_id);
+                    (enc.digest, enc.size, path, guard, desc)
+                }
+                LayerForm::Estargz => {
+                    let (enc, path, guard) = self.encode_estargz(l).map_err(at)?;
+                    let desc = serde_json::json!({
+                        "mediaType": OCI_LAYER_GZIP,
+                        "annotations": {
+                            estargz::TOC_DIGEST: enc.toc_digest.to_string(),
+                            estargz::UNCOMPRESSED_SIZE: enc.uncompressed_size.to_string(),
+                        },
+                    });
+                    diff_ids.push(enc.diff_id);
+                    (enc.digest, enc.size, path, guard, desc)
+                }
+            };
+            let mut desc = desc;
+            desc["digest"] = digest.to_string().into();
+            desc["size"] = size.into();
+            descriptors.push(desc);
+            if !blobs.iter().any(|b| b.digest == digest) {
                 blobs.push(NewBlob {
-                    digest: enc.digest,
-                    size: enc.size,
+                    digest,
+                    size,
                     path,
                     file: guard,
                 });
@@ -146,12 +208,38 @@ impl Store {
         if doc["config"]["mediaType"] == DOCKER_CONFIG {
             doc["config"]["mediaType"] = OCI_CONFIG.into();
         }
+        let config = if form == LayerForm::Estargz {
+            let mut cfg: serde_json::Value =
+                serde_json::from_slice(&self.read_blob(&rec.config_digest)?)
+                    .map_err(|e| Error::corrupt(format!("{what}: stored config: {e}")))?;
+            cfg["rootfs"]["diff_ids"] = diff_ids
+                .iter()
+                .map(|d| serde_json::Value::from(d.to_string()))
+                .collect();
+            let bytes =
+                serde_json::to_vec(&cfg).map_err(|e| Error::new(format!("{what}: config: {e}")))?;
+            let path = self.layout.tmp_dir().join(layout::unique_name("config"));
+            let file = TempBlob(path.clone());
+            std::fs::write(&path, &bytes).ctx(format!("writing {}", path.display()))?;
+            let digest = Digest::of(&bytes);
+            doc["config"]["digest"] = digest.to_string().into();
+            doc["config"]["size"] = bytes.len().into();
+            Some(NewBlob {
+                digest,
+                size: bytes.len() as u64,
+                path,
+                file,
+            })
+        } else {
+            None
+        };
         let manifest =
             serde_json::to_vec(&doc).map_err(|e| Error::new(format!("{what}: manifest: {e}")))?;
         Ok(Rewritten {
             digest: Digest::of(&manifest),
             manifest,
             blobs,
+            config,
         })
     }
 }

@@ -20,6 +20,7 @@ use crate::store::archive::{Compression, OCI_INDEX, OCI_MANIFEST};
 use crate::store::digest::{Digest, Hasher};
 use crate::store::images::ImageRecord;
 use crate::store::layout::unique_name;
+use crate::store::recompress::LayerForm;
 use crate::store::{Store, TempBlob};
 
 /// The form to write.
@@ -71,13 +72,13 @@ impl Store {
         &self,
         names: &[String],
         format: SaveFormat,
-        zstd_chunked: bool,
+        rewrite: Option<LayerForm>,
         out: &Path,
     ) -> Result<Vec<Saved>> {
         if names.is_empty() {
             return Err(Error::invalid_input("no image to save"));
         }
-        if zstd_chunked && format == SaveFormat::DockerArchive {
+        if rewrite.is_some() && format == SaveFormat::DockerArchive {
             return Err(Error::invalid_input(
                 "--compression applies to oci-archive and oci-dir (a docker-archive holds uncompressed layers)",
             ));
@@ -108,7 +109,7 @@ impl Store {
         let contents = if format == SaveFormat::DockerArchive {
             Contents::default()
         } else {
-            self.contents(&plan, zstd_chunked)?
+            self.contents(&plan, rewrite)?
         };
         let res = match format {
             SaveFormat::OciDir => {
@@ -152,8 +153,8 @@ impl Store {
     }
 
     /// What the OCI forms write: each image's manifest and blobs, as stored or with
-    /// every layer rewritten as zstd:chunked.
-    fn contents(&self, plan: &[Saved], zstd_chunked: bool) -> Result<Contents> {
+    /// every layer rewritten in another form.
+    fn contents(&self, plan: &[Saved], rewrite: Option<LayerForm>) -> Result<Contents> {
         let mut c = Contents::default();
         for s in plan {
             let r = &s.image;
@@ -164,13 +165,17 @@ impl Store {
                 size: 0,
                 blobs: blobs_of(r),
             };
-            if zstd_chunked {
+            if let Some(layer_form) = rewrite {
                 let stored = self.read_blob(&r.manifest_digest)?;
-                let new = self.rewrite_chunked(r, &stored)?;
+                let new = self.rewrite(r, &stored, layer_form)?;
                 form.manifest = new.digest;
                 form.media_type = OCI_MANIFEST.to_string();
                 form.size = new.manifest.len() as u64;
                 form.blobs = vec![new.digest, r.config_digest];
+                if let Some(cfg) = new.config {
+                    form.blobs[1] = cfg.digest;
+                    c.files.insert(cfg.digest, (cfg.path, cfg.size, cfg.file));
+                }
                 for b in new.blobs {
                     form.blobs.push(b.digest);
                     c.files.insert(b.digest, (b.path, b.size, b.file));

@@ -18,8 +18,9 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, IoContext, Result};
-use crate::store::digest::{Digest, Hasher};
+use crate::error::{Error, Result};
+use crate::store::digest::Digest;
+use crate::store::toc::{Out, Toc, TocEntry, Visitor, copy_hashed, walk};
 
 pub(crate) const MANIFEST_CHECKSUM: &str = "io.github.containers.zstd-chunked.manifest-checksum";
 pub(crate) const MANIFEST_POSITION: &str = "io.github.containers.zstd-chunked.manifest-position";
@@ -136,56 +137,6 @@ impl Positions {
         let end = self.manifest.end().max(self.tarsplit.end());
         (start, end)
     }
-}
-
-/// One entry of the TOC (the fields containers/storage writes and reads).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct TocEntry {
-    #[serde(rename = "type")]
-    pub kind: String,
-    pub name: String,
-    #[serde(rename = "linkName", default, skip_serializing_if = "String::is_empty")]
-    pub link_name: String,
-    #[serde(default)]
-    pub mode: i64,
-    #[serde(default, skip_serializing_if = "is_zero")]
-    pub size: u64,
-    #[serde(default, skip_serializing_if = "is_zero")]
-    pub uid: u64,
-    #[serde(default, skip_serializing_if = "is_zero")]
-    pub gid: u64,
-    #[serde(rename = "userName", default, skip_serializing_if = "String::is_empty")]
-    pub user_name: String,
-    #[serde(
-        rename = "groupName",
-        default,
-        skip_serializing_if = "String::is_empty"
-    )]
-    pub group_name: String,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub modtime: String,
-    #[serde(rename = "devMajor", default, skip_serializing_if = "is_zero")]
-    pub dev_major: u64,
-    #[serde(rename = "devMinor", default, skip_serializing_if = "is_zero")]
-    pub dev_minor: u64,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub xattrs: BTreeMap<String, String>,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub digest: String,
-    #[serde(default, skip_serializing_if = "is_zero")]
-    pub offset: u64,
-    #[serde(rename = "endOffset", default, skip_serializing_if = "is_zero")]
-    pub end_offset: u64,
-}
-
-fn is_zero(v: &u64) -> bool {
-    *v == 0
-}
-
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-struct Toc {
-    version: u32,
-    entries: Vec<TocEntry>,
 }
 
 /// One line of the tar-split (the JSON-lines form of vbatts/tar-split).
@@ -441,305 +392,139 @@ pub(crate) struct Encoded {
     pub positions: Positions,
 }
 
-/// Counts and hashes what is written.
-struct Out<W> {
-    inner: W,
-    hasher: Hasher,
+/// Writes the blob as the walk goes: bytes that are no file's content gather into one
+/// frame (and one tar-split line) until a file's content starts its own frame.
+struct Writer<W: Write> {
+    w: Out<W>,
+    frame: Vec<u8>,
+    split: Vec<u8>,
+    lines: Vec<SplitLine>,
+    toc: Vec<TocEntry>,
 }
 
-impl<W: Write> Write for Out<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        Ok(n)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
-}
-
-impl<W: Write> Out<W> {
-    fn pos(&self) -> u64 {
-        self.hasher.len()
+impl<W: Write> Writer<W> {
+    fn line(&mut self, kind: u8, name: Option<String>, size: Option<u64>, payload: Option<String>) {
+        let position = self.lines.len() as u64;
+        self.lines.push(SplitLine {
+            kind,
+            name,
+            size,
+            payload,
+            position,
+        });
     }
 
-    fn frame(&mut self, data: &[u8]) -> io::Result<()> {
+    fn flush_split(&mut self) {
+        if !self.split.is_empty() {
+            let payload = B64.encode(std::mem::take(&mut self.split));
+            self.line(2, None, None, Some(payload));
+        }
+    }
+
+    fn flush_frame(&mut self) -> io::Result<()> {
+        if !self.frame.is_empty() {
+            let c = zstd::bulk::compress(&self.frame, LEVEL)?;
+            self.w.write_all(&c)?;
+            self.frame.clear();
+        }
+        Ok(())
+    }
+
+    /// One skippable frame holding `data` compressed: its span and digest.
+    fn metadata(&mut self, data: &[u8]) -> io::Result<(Span, Digest)> {
         let c = zstd::bulk::compress(data, LEVEL)?;
-        self.write_all(&c)
+        let offset = self.w.pos() + 8;
+        self.skippable(&c)?;
+        let span = Span {
+            offset,
+            len: c.len() as u64,
+            uncompressed: data.len() as u64,
+        };
+        Ok((span, Digest::of(&c)))
     }
 
     fn skippable(&mut self, data: &[u8]) -> io::Result<()> {
-        self.write_all(&SKIPPABLE_MAGIC.to_le_bytes())?;
-        self.write_all(&(data.len() as u32).to_le_bytes())?;
-        self.write_all(data)
+        self.w.write_all(&SKIPPABLE_MAGIC.to_le_bytes())?;
+        self.w.write_all(&(data.len() as u32).to_le_bytes())?;
+        self.w.write_all(data)
     }
 }
 
-/// Reads the tar, hashing it.
-struct In<R> {
-    inner: R,
-    hasher: Hasher,
+fn write_err(what: &str) -> impl Fn(io::Error) -> Error + '_ {
+    move |e| Error::io(format!("{what}: writing zstd:chunked"), e)
 }
 
-impl<R: Read> In<R> {
-    /// Up to `n` bytes (fewer only at the end of the stream).
-    fn take(&mut self, n: usize) -> io::Result<Vec<u8>> {
-        let mut buf = Vec::with_capacity(n);
-        (&mut self.inner).take(n as u64).read_to_end(&mut buf)?;
-        self.hasher.update(&buf);
-        Ok(buf)
+impl<W: Write> Visitor for Writer<W> {
+    fn bytes(&mut self, b: &[u8]) -> Result<()> {
+        self.frame.extend_from_slice(b);
+        self.split.extend_from_slice(b);
+        Ok(())
     }
-}
 
-/// Metadata carried by extension headers to the entry that follows them.
-#[derive(Default)]
-struct Pending {
-    path: Option<Vec<u8>>,
-    link: Option<Vec<u8>>,
-    pax: BTreeMap<String, Vec<u8>>,
+    fn file(&mut self, e: &mut TocEntry, content: &mut dyn Read) -> Result<()> {
+        let err = |e: io::Error| Error::io("writing zstd:chunked", e);
+        self.flush_frame().map_err(err)?;
+        self.flush_split();
+        e.offset = self.w.pos();
+        let mut enc = zstd::stream::write::Encoder::new(&mut self.w, LEVEL).map_err(err)?;
+        enc.include_contentsize(true).map_err(err)?;
+        enc.set_pledged_src_size(Some(e.size)).map_err(err)?;
+        let mut crc = Crc64::new();
+        let (digest, _) = copy_hashed(content, &mut enc, &mut |b| crc.update(b)).map_err(err)?;
+        enc.finish().map_err(err)?;
+        e.end_offset = self.w.pos();
+        e.digest = digest.to_string();
+        self.line(
+            1,
+            Some(e.name.clone()),
+            Some(e.size),
+            Some(B64.encode(crc.sum())),
+        );
+        Ok(())
+    }
+
+    fn entry(&mut self, e: TocEntry) -> Result<()> {
+        if e.kind != "reg" || e.size == 0 {
+            self.flush_split();
+            self.line(1, Some(e.name.clone()), None, None);
+        }
+        self.toc.push(e);
+        Ok(())
+    }
+
+    fn end(&mut self, b: &[u8]) -> Result<()> {
+        self.bytes(b)
+    }
 }
 
 /// Write `tar` as a zstd:chunked blob to `out`. `what` names the layer in errors.
 pub(crate) fn encode(what: &str, tar: impl Read, out: impl Write) -> Result<Encoded> {
-    let mut r = In {
-        inner: io::BufReader::with_capacity(1 << 20, tar),
-        hasher: Hasher::new(),
+    let mut v = Writer {
+        w: Out::new(io::BufWriter::with_capacity(1 << 20, out)),
+        frame: Vec::new(),
+        split: Vec::new(),
+        lines: Vec::new(),
+        toc: Vec::new(),
     };
-    let mut w = Out {
-        inner: io::BufWriter::with_capacity(1 << 20, out),
-        hasher: Hasher::new(),
-    };
-    let io_err = |e: io::Error| Error::io(format!("{what}: writing zstd:chunked"), e);
-    let mut pending_bytes: Vec<u8> = Vec::new();
-    let mut lines: Vec<SplitLine> = Vec::new();
-    let mut toc: Vec<TocEntry> = Vec::new();
-    let mut pending = Pending::default();
-    let flush_bytes = |w: &mut Out<_>, lines: &mut Vec<SplitLine>, bytes: &mut Vec<u8>| {
-        if bytes.is_empty() {
-            return Ok(());
-        }
-        w.frame(bytes)?;
-        let position = lines.len() as u64;
-        lines.push(SplitLine {
-            kind: 2,
-            name: None,
-            size: None,
-            payload: Some(B64.encode(&bytes[..])),
-            position,
-        });
-        bytes.clear();
-        Ok::<_, io::Error>(())
-    };
-    loop {
-        let block = r.take(512).ctx(format!("{what}: reading the tar"))?;
-        let end = block.len() < 512 || block.iter().all(|&b| b == 0);
-        pending_bytes.extend_from_slice(&block);
-        if end {
-            // The end blocks and whatever follows them stay as they are.
-            loop {
-                let more = r.take(1 << 20).ctx(format!("{what}: reading the tar"))?;
-                if more.is_empty() {
-                    break;
-                }
-                pending_bytes.extend_from_slice(&more);
-            }
-            break;
-        }
-        let h = tar::Header::from_byte_slice(&block);
-        let bad = |why: &str| Error::corrupt(format!("{what}: tar entry: {why}"));
-        let size = h.entry_size().map_err(|_| bad("unreadable size"))?;
-        let padded = size.div_ceil(512) * 512;
-        let kind = h.entry_type();
-        use tar::EntryType as T;
-        match kind {
-            T::XHeader | T::XGlobalHeader | T::GNULongName | T::GNULongLink => {
-                if size > 1 << 24 {
-                    return Err(bad("extension header over 16 MiB"));
-                }
-                let data = r
-                    .take(padded as usize)
-                    .ctx(format!("{what}: reading the tar"))?;
-                if (data.len() as u64) < padded {
-                    return Err(bad("truncated extension header"));
-                }
-                let body = &data[..size as usize];
-                pending_bytes.extend_from_slice(&data);
-                match kind {
-                    T::XHeader => {
-                        for ext in tar::PaxExtensions::new(body) {
-                            let ext = ext.map_err(|_| bad("malformed PAX header"))?;
-                            let key = ext.key().map_err(|_| bad("malformed PAX key"))?;
-                            pending
-                                .pax
-                                .insert(key.to_string(), ext.value_bytes().to_vec());
-                        }
-                    }
-                    T::GNULongName => pending.path = Some(trim_nul(body)),
-                    T::GNULongLink => pending.link = Some(trim_nul(body)),
-                    _ => {}
-                }
-                continue;
-            }
-            T::GNUSparse => {
-                return Err(Error::unsupported(format!(
-                    "{what}: a sparse tar entry cannot be written as zstd:chunked"
-                )));
-            }
-            _ => {}
-        }
-        let p = std::mem::take(&mut pending);
-        let path = p
-            .pax
-            .get("path")
-            .cloned()
-            .or(p.path)
-            .unwrap_or_else(|| h.path_bytes().into_owned());
-        let name = String::from_utf8(path)
-            .map_err(|_| bad("a path that is not UTF-8 cannot be named in zstd:chunked"))?;
-        let link = p
-            .pax
-            .get("linkpath")
-            .cloned()
-            .or(p.link)
-            .or_else(|| h.link_name_bytes().map(|l| l.into_owned()))
-            .unwrap_or_default();
-        let num = |key: &str, dflt: u64| -> u64 {
-            p.pax
-                .get(key)
-                .and_then(|v| std::str::from_utf8(v).ok())
-                .and_then(|v| v.split('.').next().and_then(|i| i.parse().ok()))
-                .unwrap_or(dflt)
-        };
-        // A PAX record, else the header's field.
-        let text = |key: &str, dflt: Option<&str>| -> String {
-            p.pax
-                .get(key)
-                .map(|v| String::from_utf8_lossy(v).into_owned())
-                .or_else(|| dflt.map(str::to_string))
-                .unwrap_or_default()
-        };
-        let mtime = num("mtime", h.mtime().unwrap_or(0));
-        let size = num("size", size);
-        let padded = size.div_ceil(512) * 512;
-        let entry_kind = match kind {
-            T::Regular | T::Continuous => "reg",
-            T::Link => "hardlink",
-            T::Symlink => "symlink",
-            T::Char => "char",
-            T::Block => "block",
-            T::Directory => "dir",
-            T::Fifo => "fifo",
-            _ => "reg",
-        };
-        let mut e = TocEntry {
-            kind: entry_kind.into(),
-            name: name.clone(),
-            link_name: String::from_utf8_lossy(&link).into_owned(),
-            mode: h.mode().unwrap_or(0) as i64,
-            uid: num("uid", h.uid().unwrap_or(0)),
-            gid: num("gid", h.gid().unwrap_or(0)),
-            user_name: text("uname", h.username().ok().flatten()),
-            group_name: text("gname", h.groupname().ok().flatten()),
-            modtime: jiff::Timestamp::from_second(mtime as i64)
-                .map(|t| t.to_string())
-                .unwrap_or_default(),
-            dev_major: h.device_major().ok().flatten().unwrap_or(0) as u64,
-            dev_minor: h.device_minor().ok().flatten().unwrap_or(0) as u64,
-            xattrs: p
-                .pax
-                .iter()
-                .filter_map(|(k, v)| {
-                    k.strip_prefix("SCHILY.xattr.")
-                        .map(|x| (x.to_string(), B64.encode(v)))
-                })
-                .collect(),
-            ..TocEntry::default()
-        };
-        if entry_kind == "reg" && size > 0 {
-            flush_bytes(&mut w, &mut lines, &mut pending_bytes).map_err(io_err)?;
-            let position = lines.len() as u64;
-            e.offset = w.pos();
-            e.size = size;
-            let mut enc = zstd::stream::write::Encoder::new(&mut w, LEVEL).map_err(io_err)?;
-            enc.include_contentsize(true).map_err(io_err)?;
-            enc.set_pledged_src_size(Some(size)).map_err(io_err)?;
-            let mut hash = Hasher::new();
-            let mut crc = Crc64::new();
-            let mut left = size;
-            while left > 0 {
-                let chunk = r
-                    .take(left.min(1 << 20) as usize)
-                    .ctx(format!("{what}: reading the tar"))?;
-                if chunk.is_empty() {
-                    return Err(bad("truncated file content"));
-                }
-                hash.update(&chunk);
-                crc.update(&chunk);
-                enc.write_all(&chunk).map_err(io_err)?;
-                left -= chunk.len() as u64;
-            }
-            enc.finish().map_err(io_err)?;
-            e.end_offset = w.pos();
-            e.digest = hash.finish().to_string();
-            lines.push(SplitLine {
-                kind: 1,
-                name: Some(name),
-                size: Some(size),
-                payload: Some(B64.encode(crc.sum())),
-                position,
-            });
-            let pad = r
-                .take((padded - size) as usize)
-                .ctx(format!("{what}: reading the tar"))?;
-            pending_bytes.extend_from_slice(&pad);
-        } else {
-            // Headers of entries without content (and any content a link or device
-            // carries, which is no file's) stay in the tar-split.
-            flush_bytes(&mut w, &mut lines, &mut pending_bytes).map_err(io_err)?;
-            let position = lines.len() as u64;
-            lines.push(SplitLine {
-                kind: 1,
-                name: Some(name),
-                size: None,
-                payload: None,
-                position,
-            });
-            let data = r
-                .take(padded as usize)
-                .ctx(format!("{what}: reading the tar"))?;
-            pending_bytes.extend_from_slice(&data);
-        }
-        toc.push(e);
-    }
-    flush_bytes(&mut w, &mut lines, &mut pending_bytes).map_err(io_err)?;
+    let diff_id = walk(what, "zstd:chunked", tar, &mut v)?;
+    let err = write_err(what);
+    v.flush_frame().map_err(&err)?;
+    v.flush_split();
     let toc_json = serde_json::to_vec(&Toc {
         version: 1,
-        entries: toc,
+        entries: std::mem::take(&mut v.toc),
     })
     .map_err(|e| Error::new(format!("{what}: zstd:chunked manifest: {e}")))?;
     let mut split_json = Vec::new();
-    for l in &lines {
+    for l in &v.lines {
         serde_json::to_writer(&mut split_json, l)
             .map_err(|e| Error::new(format!("{what}: zstd:chunked tar-split: {e}")))?;
         split_json.push(b'\n');
     }
-    let meta = |w: &mut Out<_>, data: &[u8]| -> io::Result<(Span, Digest)> {
-        let c = zstd::bulk::compress(data, LEVEL)?;
-        let start = w.pos() + 8;
-        w.skippable(&c)?;
-        Ok((
-            Span {
-                offset: start,
-                len: c.len() as u64,
-                uncompressed: data.len() as u64,
-            },
-            Digest::of(&c),
-        ))
-    };
-    let (manifest, manifest_digest) = meta(&mut w, &toc_json).map_err(io_err)?;
-    let (tarsplit, tarsplit_digest) = meta(&mut w, &split_json).map_err(io_err)?;
+    let (manifest, manifest_digest) = v.metadata(&toc_json).map_err(&err)?;
+    let (tarsplit, tarsplit_digest) = v.metadata(&split_json).map_err(&err)?;
     let mut footer = Vec::with_capacity(64);
-    for v in [
+    for x in [
         manifest.offset,
         manifest.len,
         manifest.uncompressed,
@@ -749,15 +534,14 @@ pub(crate) fn encode(what: &str, tar: impl Read, out: impl Write) -> Result<Enco
         tarsplit.uncompressed,
         FOOTER_MAGIC,
     ] {
-        footer.extend_from_slice(&v.to_le_bytes());
+        footer.extend_from_slice(&x.to_le_bytes());
     }
-    w.skippable(&footer).map_err(io_err)?;
-    w.flush().map_err(io_err)?;
-    let size = w.pos();
+    v.skippable(&footer).map_err(&err)?;
+    let (digest, size) = v.w.finish().map_err(&err)?;
     Ok(Encoded {
-        digest: w.hasher.finish(),
+        digest,
         size,
-        diff_id: r.hasher.finish(),
+        diff_id,
         positions: Positions {
             manifest,
             manifest_digest,
@@ -765,11 +549,6 @@ pub(crate) fn encode(what: &str, tar: impl Read, out: impl Write) -> Result<Enco
             tarsplit_digest,
         },
     })
-}
-
-fn trim_nul(b: &[u8]) -> Vec<u8> {
-    let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
-    b[..end].to_vec()
 }
 
 /// CRC-64 with the ISO polynomial, as tar-split records each file (its payload).

@@ -36,6 +36,25 @@ fn skopeo_config(reference: &str) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// podman with a private store under the test's dir; its stdout.
+fn podman_in(env: &Env, args: &[&str]) -> String {
+    let out = Command::new("podman")
+        .arg("--root")
+        .arg(env.path("podman-root"))
+        .arg("--runroot")
+        .arg(env.path("podman-run"))
+        .args(["--storage-driver", "vfs"])
+        .args(args)
+        .output()
+        .expect("podman is installed");
+    assert!(
+        out.status.success(),
+        "podman {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
 #[test]
 fn skopeo_reads_every_form_with_the_same_digests() {
     let env = Env::new();
@@ -116,25 +135,7 @@ fn committed_image_loads_in_podman() {
         skopeo_inspect(&format!("oci-archive:{}", archive.display()))["Digest"],
         manifest.as_str()
     );
-    let proot = env.path("podman-root");
-    let prun = env.path("podman-run");
-    let podman = |args: &[&str]| {
-        let out = Command::new("podman")
-            .arg("--root")
-            .arg(&proot)
-            .arg("--runroot")
-            .arg(&prun)
-            .args(["--storage-driver", "vfs"])
-            .args(args)
-            .output()
-            .expect("podman is installed");
-        assert!(
-            out.status.success(),
-            "podman {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    };
+    let podman = |args: &[&str]| podman_in(&env, args);
     let loaded = podman(&["load", "-i", archive.to_str().unwrap()]);
     assert!(loaded.contains("made/here:2"), "{loaded}");
     let images: serde_json::Value =
@@ -267,4 +268,83 @@ fn save_as_zstd_chunked_keeps_the_image_id_and_is_reproducible() {
         env.path("d.tar").to_str().unwrap(),
     ]);
     assert!(err.contains("--compression"), "{err}");
+}
+
+#[test]
+fn save_as_estargz_loads_in_podman_and_imports_back() {
+    if support::skip_unless_root() {
+        return;
+    }
+    let env = Env::new();
+    let img = sample_image();
+    env.import(&img, "sample:1");
+    let save = |name: &str| {
+        let out = env.path(name);
+        env.ok(&[
+            "save",
+            "--compression",
+            "estargz",
+            "sample:1",
+            "-o",
+            out.to_str().unwrap(),
+        ]);
+        out
+    };
+    let a = save("a.tar");
+    assert_eq!(
+        fs::read(&a).unwrap(),
+        fs::read(save("b.tar")).unwrap(),
+        "same archive twice"
+    );
+    let reference = format!("oci-archive:{}", a.display());
+    let raw = Command::new("skopeo")
+        .args(["inspect", "--raw", &reference])
+        .output()
+        .unwrap();
+    let m: serde_json::Value = serde_json::from_slice(&raw.stdout).unwrap();
+    for l in m["layers"].as_array().unwrap() {
+        assert_eq!(
+            l["mediaType"],
+            "application/vnd.oci.image.layer.v1.tar+gzip"
+        );
+        assert!(
+            l["annotations"]["containerd.io/snapshot/stargz/toc.digest"].is_string(),
+            "{m}"
+        );
+    }
+
+    // layerfs reads it back (as gzip, every diff-id checked): the image's files plus the
+    // landmark and the TOC at the top.
+    let fresh = env.path("fresh");
+    ok(&fresh, &["import", "-t", "back:1", a.to_str().unwrap()]);
+    let back: serde_json::Value =
+        serde_json::from_str(&ok(&fresh, &["inspect", "back:1"])).unwrap();
+    let id = back[0]["Id"].as_str().unwrap().to_string();
+    assert_ne!(id, env.inspect("sample:1")["Id"].as_str().unwrap());
+    ok(&fresh, &["create", "--name", "c", "back:1"]);
+    let listing = env.path("back.tar");
+    ok(&fresh, &["export", "-o", listing.to_str().unwrap(), "c"]);
+    let names = Command::new("tar")
+        .arg("tf")
+        .arg(&listing)
+        .output()
+        .unwrap();
+    let names = String::from_utf8_lossy(&names.stdout).into_owned();
+    for n in [
+        "stargz.index.json",
+        ".no.prefetch.landmark",
+        "etc/os-release",
+    ] {
+        assert!(
+            names.lines().any(|l| l.trim_start_matches("./") == n),
+            "{n}: {names}"
+        );
+    }
+
+    // podman loads it (its own diff-id checks) under the same image id.
+    let podman = |args: &[&str]| podman_in(&env, args);
+    podman(&["load", "-i", a.to_str().unwrap()]);
+    let images: serde_json::Value =
+        serde_json::from_str(&podman(&["images", "--format", "json"])).unwrap();
+    assert_eq!(format!("sha256:{}", images[0]["Id"].as_str().unwrap()), id);
 }
