@@ -180,6 +180,7 @@ pub(crate) fn encode(what: &str, tar: impl Read, out: impl Write) -> Result<Enco
     let toc_json = serde_json::to_vec(&Toc {
         version: 1,
         entries: std::mem::take(&mut v.toc),
+        ..Toc::default()
     })
     .map_err(|e| Error::new(format!("{what}: eStargz TOC: {e}")))?;
     // The TOC entry, its padding and the end blocks: one member, from the TOC's header.

@@ -73,6 +73,13 @@ fn is_zero(v: &u64) -> bool {
 pub(crate) struct Toc {
     pub version: u32,
     pub entries: Vec<TocEntry>,
+    /// zstd:chunked: the compressed tar-split's digest.
+    #[serde(
+        rename = "tarSplitDigest",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub tar_split_digest: String,
 }
 
 /// What a walk over a tar reports, in the tar's order.

@@ -40,7 +40,8 @@ pub(crate) struct Positions {
     pub manifest: Span,
     pub manifest_digest: Digest,
     pub tarsplit: Span,
-    pub tarsplit_digest: Digest,
+    /// The annotation (written by older producers; newer ones name it in the TOC).
+    pub tarsplit_digest: Option<Digest>,
 }
 
 /// A compressed range of the blob and its uncompressed length.
@@ -58,17 +59,17 @@ impl Span {
 }
 
 impl Positions {
-    /// From a layer descriptor's annotations: `Ok(None)` when it is not zstd:chunked (or
-    /// an older form without a tar-split, which cannot be rebuilt and so is pulled
-    /// whole); an error naming the annotation when one is malformed.
+    /// From a layer descriptor's annotations: `Ok(None)` when it is not zstd:chunked
+    /// with a tar-split (the oldest form and the newest, "canonical" one have none: they
+    /// cannot be rebuilt byte for byte, so they are pulled whole); an error naming the
+    /// annotation when one is malformed.
     pub(crate) fn from_annotations(
         what: &str,
         a: &HashMap<String, String>,
     ) -> Result<Option<Positions>> {
-        let (Some(mc), Some(mp), Some(tc), Some(tp)) = (
+        let (Some(mc), Some(mp), Some(tp)) = (
             a.get(MANIFEST_CHECKSUM),
             a.get(MANIFEST_POSITION),
-            a.get(TARSPLIT_CHECKSUM),
             a.get(TARSPLIT_POSITION),
         ) else {
             return Ok(None);
@@ -110,25 +111,31 @@ impl Positions {
                 len: t[1],
                 uncompressed: t[2],
             },
-            tarsplit_digest: digest(TARSPLIT_CHECKSUM, tc)?,
+            tarsplit_digest: a
+                .get(TARSPLIT_CHECKSUM)
+                .map(|tc| digest(TARSPLIT_CHECKSUM, tc))
+                .transpose()?,
         }))
     }
 
     /// The annotations that name these positions.
     pub(crate) fn annotations(&self) -> BTreeMap<String, String> {
         let (m, t) = (self.manifest, self.tarsplit);
-        BTreeMap::from([
+        let mut a = BTreeMap::from([
             (MANIFEST_CHECKSUM.into(), self.manifest_digest.to_string()),
             (
                 MANIFEST_POSITION.into(),
                 format!("{}:{}:{}:1", m.offset, m.len, m.uncompressed),
             ),
-            (TARSPLIT_CHECKSUM.into(), self.tarsplit_digest.to_string()),
             (
                 TARSPLIT_POSITION.into(),
                 format!("{}:{}:{}", t.offset, t.len, t.uncompressed),
             ),
-        ])
+        ]);
+        if let Some(d) = self.tarsplit_digest {
+            a.insert(TARSPLIT_CHECKSUM.into(), d.to_string());
+        }
+        a
     }
 
     /// The range that holds both (they are written next to each other).
@@ -197,19 +204,17 @@ impl Index {
                 pos.metadata_range().1
             )));
         }
-        let check = |name: &str, bytes: &[u8], want: &Digest| -> Result<()> {
+        let check = |name: &str, bytes: &[u8], want: &Digest, by: &str| -> Result<()> {
             let got = Digest::of(bytes);
             if got != *want {
                 return Err(Error::corrupt(format!(
-                    "{what}: zstd:chunked {name} hashes to {got}, the annotation says {want}"
+                    "{what}: zstd:chunked {name} hashes to {got}, {by} says {want}"
                 )));
             }
             Ok(())
         };
-        check("manifest", manifest, &pos.manifest_digest)?;
-        check("tar-split", tarsplit, &pos.tarsplit_digest)?;
+        check("manifest", manifest, &pos.manifest_digest, "the annotation")?;
         let toc_bytes = decompress(what, "manifest", manifest, pos.manifest.uncompressed)?;
-        let split_bytes = decompress(what, "tar-split", tarsplit, pos.tarsplit.uncompressed)?;
         let toc: Toc = serde_json::from_slice(&toc_bytes)
             .map_err(|e| Error::corrupt(format!("{what}: zstd:chunked manifest: {e}")))?;
         if toc.version != 1 {
@@ -218,6 +223,30 @@ impl Index {
                 toc.version
             )));
         }
+        // The tar-split's digest: in the (checked) TOC, or an annotation, or both alike.
+        let in_toc = match toc.tar_split_digest.as_str() {
+            "" => None,
+            d => Some(d.parse::<Digest>().map_err(|_| {
+                Error::corrupt(format!(
+                    "{what}: zstd:chunked manifest: tarSplitDigest {d:?}"
+                ))
+            })?),
+        };
+        match (in_toc, pos.tarsplit_digest) {
+            (Some(t), Some(a)) if t != a => {
+                return Err(Error::corrupt(format!(
+                    "{what}: zstd:chunked: the manifest names tar-split {t}, the annotation {a}"
+                )));
+            }
+            (Some(d), _) => check("tar-split", tarsplit, &d, "the manifest")?,
+            (None, Some(d)) => check("tar-split", tarsplit, &d, "the annotation")?,
+            (None, None) => {
+                return Err(Error::corrupt(format!(
+                    "{what}: zstd:chunked: no digest names the tar-split"
+                )));
+            }
+        }
+        let split_bytes = decompress(what, "tar-split", tarsplit, pos.tarsplit.uncompressed)?;
         // Regular files with content, by name, in order (a name may come twice).
         let mut by_name: HashMap<&str, VecDeque<&TocEntry>> = HashMap::new();
         for e in toc.entries.iter().filter(|e| e.kind == "reg" && e.size > 0) {
@@ -430,17 +459,15 @@ impl<W: Write> Writer<W> {
         Ok(())
     }
 
-    /// One skippable frame holding `data` compressed: its span and digest.
-    fn metadata(&mut self, data: &[u8]) -> io::Result<(Span, Digest)> {
-        let c = zstd::bulk::compress(data, LEVEL)?;
+    /// One skippable frame holding compressed metadata: its span.
+    fn metadata(&mut self, compressed: &[u8], uncompressed: usize) -> io::Result<Span> {
         let offset = self.w.pos() + 8;
-        self.skippable(&c)?;
-        let span = Span {
+        self.skippable(compressed)?;
+        Ok(Span {
             offset,
-            len: c.len() as u64,
-            uncompressed: data.len() as u64,
-        };
-        Ok((span, Digest::of(&c)))
+            len: compressed.len() as u64,
+            uncompressed: uncompressed as u64,
+        })
     }
 
     fn skippable(&mut self, data: &[u8]) -> io::Result<()> {
@@ -510,19 +537,25 @@ pub(crate) fn encode(what: &str, tar: impl Read, out: impl Write) -> Result<Enco
     let err = write_err(what);
     v.flush_frame().map_err(&err)?;
     v.flush_split();
-    let toc_json = serde_json::to_vec(&Toc {
-        version: 1,
-        entries: std::mem::take(&mut v.toc),
-    })
-    .map_err(|e| Error::new(format!("{what}: zstd:chunked manifest: {e}")))?;
     let mut split_json = Vec::new();
     for l in &v.lines {
         serde_json::to_writer(&mut split_json, l)
             .map_err(|e| Error::new(format!("{what}: zstd:chunked tar-split: {e}")))?;
         split_json.push(b'\n');
     }
-    let (manifest, manifest_digest) = v.metadata(&toc_json).map_err(&err)?;
-    let (tarsplit, tarsplit_digest) = v.metadata(&split_json).map_err(&err)?;
+    // The TOC names the compressed tar-split's digest (newer readers take it from
+    // there, older ones from the annotation: both are written).
+    let split_c = zstd::bulk::compress(&split_json, LEVEL).map_err(&err)?;
+    let tarsplit_digest = Digest::of(&split_c);
+    let toc_json = serde_json::to_vec(&Toc {
+        version: 1,
+        entries: std::mem::take(&mut v.toc),
+        tar_split_digest: tarsplit_digest.to_string(),
+    })
+    .map_err(|e| Error::new(format!("{what}: zstd:chunked manifest: {e}")))?;
+    let manifest_c = zstd::bulk::compress(&toc_json, LEVEL).map_err(&err)?;
+    let manifest = v.metadata(&manifest_c, toc_json.len()).map_err(&err)?;
+    let tarsplit = v.metadata(&split_c, split_json.len()).map_err(&err)?;
     let mut footer = Vec::with_capacity(64);
     for x in [
         manifest.offset,
@@ -544,9 +577,9 @@ pub(crate) fn encode(what: &str, tar: impl Read, out: impl Write) -> Result<Enco
         diff_id,
         positions: Positions {
             manifest,
-            manifest_digest,
+            manifest_digest: Digest::of(&manifest_c),
             tarsplit,
-            tarsplit_digest,
+            tarsplit_digest: Some(tarsplit_digest),
         },
     })
 }
@@ -784,5 +817,36 @@ mod tests {
         let other = zstd::bulk::compress(b"evi\n", 3).unwrap();
         let e = read_file("t", f, &other).unwrap_err().to_string();
         assert!(e.contains("etc/hostname") && e.contains("hashes to"), "{e}");
+    }
+
+    #[test]
+    fn the_tar_split_digest_comes_from_the_toc_or_the_annotation() {
+        let tar = sample_tar();
+        let mut blob = Vec::new();
+        let enc = encode("t", &tar[..], &mut blob).unwrap();
+        let pos = enc.positions;
+        let (m, t) = (slice(&blob, pos.manifest), slice(&blob, pos.tarsplit));
+        let n = blob.len() as u64;
+        // Newer producers write no annotation: the TOC's digest is enough.
+        let mut p = pos;
+        p.tarsplit_digest = None;
+        Index::parse("t", &p, n, m, t).unwrap();
+        // The two disagree: refused.
+        p.tarsplit_digest = Some(Digest::of(b"other"));
+        let e = Index::parse("t", &p, n, m, t).unwrap_err().to_string();
+        assert!(e.contains("the annotation"), "{e}");
+        // A TOC version this build does not know: "unsupported" (the pull fetches the
+        // blob whole).
+        let mut toc: Toc =
+            serde_json::from_slice(&decompress("t", "m", m, pos.manifest.uncompressed).unwrap())
+                .unwrap();
+        toc.version = 2;
+        let json = serde_json::to_vec(&toc).unwrap();
+        let c = zstd::bulk::compress(&json, 3).unwrap();
+        let mut p = pos;
+        p.manifest_digest = Digest::of(&c);
+        p.manifest.uncompressed = json.len() as u64;
+        let e = Index::parse("t", &p, n, &c, t).unwrap_err();
+        assert_eq!(e.kind(), crate::error::ErrorKind::Unsupported, "{e}");
     }
 }
