@@ -9,6 +9,7 @@ use clap::{Args, Subcommand};
 
 use crate::cli::Globals;
 use crate::cli::progress::LayerBars;
+use crate::cli::store_cmds::human_size;
 use crate::error::{Error, Result};
 use crate::registry::{self, Credentials, ImageRef, PushEvent, PushObserver};
 use crate::store::recompress::LayerForm;
@@ -159,6 +160,21 @@ impl ImportObserver for Progress {
             LayerEvent::Start { size } => self.0.start(d, size, "Downloading"),
             LayerEvent::Progress { done } => self.0.progress(d, done),
             LayerEvent::Extracted { .. } => self.0.finish(d, format!("{id}: Pull complete")),
+            LayerEvent::PartialPull {
+                fetched,
+                of,
+                requests,
+                from_store,
+                files,
+            } => self.0.finish(
+                d,
+                format!(
+                    "{id}: Pull complete (partial: {} of {} fetched in {requests} requests, \
+                     {from_store} of {files} files from the store)",
+                    human_size(fetched),
+                    human_size(of)
+                ),
+            ),
             LayerEvent::BlobStored => self
                 .0
                 .finish(d, format!("{id}: Already exists (blob downloaded)")),

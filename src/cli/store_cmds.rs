@@ -318,6 +318,8 @@ impl ImportObserver for Progress {
             LayerEvent::Start { size } if size >= BAR_MIN => self.0.start(d, size, "Extracting"),
             LayerEvent::Start { .. } => {}
             LayerEvent::Progress { done } => self.0.progress(d, done),
+            // Only pulls read part of a blob.
+            LayerEvent::PartialPull { .. } => {}
             LayerEvent::Extracted { size, entries } => self.0.finish(
                 d,
                 format!("{id}: extracted {} ({entries} entries)", human_size(size)),

@@ -278,11 +278,16 @@ impl Store {
                 }
                 let tree = streamed.extracted.expect("extracted");
                 let rec = self.finish_layer(&work, &layer.diff_id, &tree)?;
-                obs.note(&format!(
-                    "{what}: partial pull: {} files from the store, {} fetched, {} bytes in {} requests",
-                    stats.reused, stats.fetched, stats.bytes, stats.requests
-                ));
-                obs.layer(&blob, LayerEvent::extracted(&rec));
+                obs.layer(
+                    &blob,
+                    LayerEvent::PartialPull {
+                        fetched: stats.bytes,
+                        of: job.blob_size,
+                        requests: stats.requests,
+                        from_store: stats.reused,
+                        files: stats.reused + stats.fetched,
+                    },
+                );
                 return Ok(Done {
                     blob,
                     blob_file: None,

@@ -36,6 +36,16 @@ pub enum LayerEvent {
     Progress { done: u64 },
     /// Extracted and verified (staged until the whole image is).
     Extracted { size: u64, entries: u64 },
+    /// Pulled partially (zstd:chunked), extracted and verified: `fetched` of the blob's
+    /// `of` bytes in `requests` range requests; `from_store` of its `files` files with
+    /// content came from the store.
+    PartialPull {
+        fetched: u64,
+        of: u64,
+        requests: u64,
+        from_store: u64,
+        files: u64,
+    },
 }
 
 impl LayerEvent {

@@ -160,6 +160,10 @@ fn a_partial_pull_fetches_only_what_the_store_lacks_and_rebuilds_the_layer() {
     // store's layer trees, not objects) are found there too.
     assert_eq!(gets.len(), 2, "{gets:?}");
     assert!(
+        out.contains("Pull complete (partial: ") && out.contains("in 2 requests"),
+        "{out}"
+    );
+    assert!(
         (1 << 20..(1 << 20) + 64 * 1024).contains(&bytes),
         "fetched {bytes} bytes of a {}-byte blob: {gets:?}\n{out}",
         s.two.2
