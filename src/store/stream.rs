@@ -33,7 +33,9 @@ enum PumpError {
 struct Tee<'a, R> {
     inner: R,
     out: Option<File>,
-    hasher: Hasher,
+    /// Hashes the blob: none for an uncompressed one, whose digest is the tar's (the
+    /// pump hashes that already).
+    hasher: Option<Hasher>,
     failed: Option<io::Error>,
     progress: &'a (dyn Fn(u64) + Sync),
     last: u64,
@@ -51,7 +53,9 @@ impl<R: Read> Read for Tee<'_, R> {
                 return Err(e);
             }
         };
-        self.hasher.update(&buf[..n]);
+        if let Some(h) = &mut self.hasher {
+            h.update(&buf[..n]);
+        }
         self.read.set(self.read.get() + n as u64);
         if let Some(f) = &mut self.out
             && let Err(e) = f.write_all(&buf[..n])
@@ -62,8 +66,8 @@ impl<R: Read> Read for Tee<'_, R> {
             ));
             return Err(e);
         }
-        if self.hasher.len() - self.last >= 1 << 20 {
-            self.last = self.hasher.len();
+        if self.read.get() - self.last >= 1 << 20 {
+            self.last = self.read.get();
             (self.progress)(self.last);
         }
         Ok(n)
@@ -225,7 +229,7 @@ pub(super) fn stream_blob<'r>(
         let mut tee = Tee {
             inner: reader,
             out: blob_out,
-            hasher: Hasher::new(),
+            hasher: (comp != Compression::None).then(Hasher::new),
             failed: None,
             progress,
             last: 0,
@@ -242,7 +246,8 @@ pub(super) fn stream_blob<'r>(
                 (PumpStop::Io(e), None) => {
                     let whole = io::copy(&mut tee, &mut io::sink())
                         .ok()
-                        .map(|_| tee.hasher.clone().finish());
+                        .and(tee.hasher.clone())
+                        .map(Hasher::finish);
                     PumpError::Decode(e, whole)
                 }
             };
@@ -278,8 +283,9 @@ pub(super) fn stream_blob<'r>(
         {
             return Err(PumpError::Source(e));
         }
-        let size = tee.hasher.len();
-        Ok((tee.hasher.finish(), size, diff.0))
+        let size = read.get();
+        let blob = tee.hasher.take().map_or(diff.0, Hasher::finish);
+        Ok((blob, size, diff.0))
     };
     let (pumped, extracted) = std::thread::scope(|s| {
         let reader = s.spawn(produce);
