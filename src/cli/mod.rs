@@ -129,6 +129,8 @@ fn is_overlay_invocation(prog: &str, rest: &[String]) -> bool {
 pub fn main() -> ExitCode {
     // Behave like other Unix tools when output goes to a closed pipe (`| head`).
     crate::sys::default_sigpipe();
+    // Mounts and in-process views of lazily pulled images fetch what they lack.
+    crate::overlay::layers::set_fetcher_factory(crate::registry::lazy::fetcher_for);
     let argv: Vec<String> = std::env::args_os()
         .map(|a| a.to_string_lossy().into_owned())
         .collect();

@@ -77,6 +77,11 @@ pub(crate) struct PullArgs {
     /// Print only the image reference
     #[arg(short, long)]
     pub quiet: bool,
+    /// zstd:chunked layers: record the image with its tree and small files only, so it
+    /// can be mounted at once; larger files are fetched when first opened, and a
+    /// background pull completes the image (LAYERFS_LAZY_BACKGROUND=0: none)
+    #[arg(long)]
+    pub lazy: bool,
     #[command(flatten)]
     pub net: NetArgs,
 }
@@ -166,15 +171,23 @@ impl ImportObserver for Progress {
                 requests,
                 from_store,
                 files,
-            } => self.0.finish(
-                d,
-                format!(
-                    "{id}: Pull complete (partial: {} of {} fetched in {requests} requests, \
-                     {from_store} of {files} files from the store)",
-                    human_size(fetched),
-                    human_size(of)
-                ),
-            ),
+                later,
+            } => {
+                let later = if later > 0 {
+                    format!(", {later} fetched when opened")
+                } else {
+                    String::new()
+                };
+                self.0.finish(
+                    d,
+                    format!(
+                        "{id}: Pull complete (partial: {} of {} fetched in {requests} \
+                         requests, {from_store} of {files} files from the store{later})",
+                        human_size(fetched),
+                        human_size(of)
+                    ),
+                )
+            }
             LayerEvent::BlobStored => self
                 .0
                 .finish(d, format!("{id}: Already exists (blob downloaded)")),
@@ -217,9 +230,13 @@ fn pull(a: PullArgs, g: &Globals) -> Result<()> {
     let opts = registry::PullOptions {
         platform: a.platform,
         parallel: a.max_concurrent_downloads.max(1),
+        lazy: a.lazy,
         client: a.net.options(),
     };
     let res = registry::pull(&store, &r, &opts, &progress)?;
+    if a.lazy && std::env::var_os("LAYERFS_LAZY_BACKGROUND").is_none_or(|v| v != "0") {
+        complete_in_background(&store, &a.reference, opts.client.insecure);
+    }
     let shown = match r.local_tag() {
         Some(t) => t,
         None => format!("{}@{}", r.familiar_name(), res.resolved_digest),
@@ -233,6 +250,32 @@ fn pull(a: PullArgs, g: &Globals) -> Result<()> {
         format!("Status: Downloaded newer image for {shown}")
     };
     out(&format!("Digest: {}\n{status}\n{r}\n", res.resolved_digest))
+}
+
+/// Start `layerfs pull REF` detached, to fetch what a lazy pull left (its output goes
+/// nowhere: `layerfs images` shows how far it got, and a failed one is redone by any
+/// later `pull`).
+fn complete_in_background(store: &Store, reference: &str, insecure: bool) {
+    use std::os::unix::process::CommandExt;
+    use std::process::{Command, Stdio};
+    let Ok(exe) = std::env::current_exe() else {
+        return;
+    };
+    let mut c = Command::new(exe);
+    c.arg("pull").arg("-q").arg("--root").arg(store.root());
+    if insecure {
+        c.arg("--insecure");
+    }
+    let spawned = c
+        .arg(reference)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn();
+    if let Err(e) = spawned {
+        log::warn!("cannot start the background pull of {reference}: {e}");
+    }
 }
 
 fn push(a: PushArgs, g: &Globals) -> Result<()> {

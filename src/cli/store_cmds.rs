@@ -416,6 +416,9 @@ fn images(store: &Store, a: ImagesArgs) -> Result<()> {
                         "Mounted": live.is_some(),
                         "MountedAt": live,
                     });
+                    if let Some(m) = store.lazy_missing(r) {
+                        o["LazyBytesMissing"] = json!(m);
+                    }
                     if !dead.is_empty() {
                         o["DeadMounts"] = json!(dead);
                     }
@@ -449,7 +452,13 @@ fn images(store: &Store, a: ImagesArgs) -> Result<()> {
                     r.id.short()
                 });
                 row.push(created_ago(r));
-                row.push(human_size(r.size));
+                row.push(match store.lazy_missing(r) {
+                    // Pulled lazily: how much is still to come.
+                    Some(m) if m > 0 => {
+                        format!("{} ({} to fetch)", human_size(r.size), human_size(m))
+                    }
+                    _ => human_size(r.size),
+                });
                 if any_mounted {
                     row.push(match mounted_at(r).0 {
                         Some(p) => p.display().to_string(),

@@ -467,7 +467,7 @@ impl OverlayFs {
                     None
                 } else {
                     self.layers()
-                        .stub_data(src.as_fd(), None, st, OFlags::RDONLY)?
+                        .stub_data(src.as_fd(), None, st, OFlags::RDONLY, true)?
                 };
                 let src = data.unwrap_or(src);
                 let dst = sys::open_at(

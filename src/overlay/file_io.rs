@@ -92,7 +92,10 @@ impl OverlayFs {
                 Ok(fd) if f.layer != UPPER && !self.layers().data.is_empty() => {
                     // A metacopy stub in a lower layer: its data is in a data-only layer.
                     let st = sys::stat_fd(fd.as_fd())?;
-                    return match self.layers().stub_data(fd.as_fd(), None, &st, flags)? {
+                    return match self
+                        .layers()
+                        .stub_data(fd.as_fd(), None, &st, flags, true)?
+                    {
                         Some(data) => Ok(data),
                         None => Ok(fd),
                     };

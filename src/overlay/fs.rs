@@ -45,6 +45,8 @@ pub struct Options {
     pub prefetch: bool,
     /// Record owners and modes of the upper layer in this xattr (`xattr_permissions=`).
     pub upper_override: Option<&'static str>,
+    /// Fetches stubs' data that no data layer has yet (lazily pulled images).
+    pub fetch: Option<Arc<dyn super::layers::FetchData>>,
 }
 
 impl Options {
@@ -59,6 +61,7 @@ impl Options {
             idmap: Default::default(),
             prefetch: true,
             upper_override: None,
+            fetch: None,
         }
     }
 }
@@ -121,6 +124,10 @@ impl OverlayFs {
         )
         .map_err(|(path, errno)| at(&path, errno))?;
         layers.setup_upper_override(opts.upper_override, sys::is_privileged());
+        layers.fetch = match &opts.fetch {
+            Some(f) => Some(f.clone()),
+            None => super::layers::fetcher_for(&opts.lowers, &opts.data)?,
+        };
         let writer = layers.work.take().map(UpperWriter::new);
         let upper_oci_whiteouts = writer.as_ref().is_some_and(|w| !w.device_whiteouts());
         let data = layers
@@ -456,17 +463,18 @@ impl OverlayFs {
             let a = f.aliases.first()?;
             (a.real.clone(), a.name.clone())
         };
-        let data = match self
-            .layers()
-            .stub_data(dir.fd(), Some(&name), st, sys::OFlags::RDONLY)
-        {
-            Ok(Some(d)) => d,
-            Ok(None) => {
-                node.data_blocks.store(NOT_STUB, Ordering::Relaxed);
-                return None;
-            }
-            Err(_) => return None,
-        };
+        let data =
+            match self
+                .layers()
+                .stub_data(dir.fd(), Some(&name), st, sys::OFlags::RDONLY, false)
+            {
+                Ok(Some(d)) => d,
+                Ok(None) => {
+                    node.data_blocks.store(NOT_STUB, Ordering::Relaxed);
+                    return None;
+                }
+                Err(_) => return None,
+            };
         let blocks = sys::stat_fd(data.as_fd()).ok()?.st_blocks as u64;
         node.data_blocks.store(blocks, Ordering::Relaxed);
         Some(blocks)

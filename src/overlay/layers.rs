@@ -76,6 +76,43 @@ pub struct Layer {
     pub idmapped: bool,
 }
 
+/// Where the data of a stub comes from when no data layer has it yet (an image pulled
+/// lazily): `fetch` places the object the redirect names in a data layer, verified, or
+/// says why it could not.
+pub trait FetchData: Send + Sync {
+    fn fetch(&self, redirect: &[u8]) -> Result<(), String>;
+}
+
+/// Builds the fetcher of a stack from its lower and data dirs (`None`: nothing in it
+/// was pulled lazily). The program registers one at start (the store knows lazy layers,
+/// the registry client fetches); without one, stubs without data read as `EIO`.
+pub type FetcherFactory =
+    fn(&[PathBuf], &[PathBuf]) -> crate::error::Result<Option<std::sync::Arc<dyn FetchData>>>;
+
+static FETCHER_FACTORY: std::sync::OnceLock<FetcherFactory> = std::sync::OnceLock::new();
+
+/// Register the program's [`FetcherFactory`] (the first registration stands).
+pub fn set_fetcher_factory(f: FetcherFactory) {
+    let _ = FETCHER_FACTORY.set(f);
+}
+
+/// The fetcher of a stack, from the registered factory.
+pub(crate) fn fetcher_for(
+    lowers: &[PathBuf],
+    data: &[PathBuf],
+) -> crate::error::Result<Option<std::sync::Arc<dyn FetchData>>> {
+    match FETCHER_FACTORY.get() {
+        Some(f) if !data.is_empty() => f(lowers, data),
+        _ => Ok(None),
+    }
+}
+
+impl std::fmt::Debug for dyn FetchData {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FetchData")
+    }
+}
+
 /// The whole stack plus the work directory.
 #[derive(Debug)]
 pub struct Layers {
@@ -85,6 +122,8 @@ pub struct Layers {
     pub lowers: Vec<Layer>,
     /// Data-only layers (`O_PATH` roots): where metacopy stubs find their data.
     pub data: Vec<OwnedFd>,
+    /// Fetches data no data layer has yet (lazily pulled images).
+    pub fetch: Option<std::sync::Arc<dyn FetchData>>,
     /// Some layer records owners in xattrs (kept with `ovl`, read on hot paths).
     any_override: bool,
     /// Distinct devices in layer order (upper first); the position is the `fsidx`
@@ -159,6 +198,7 @@ impl Layers {
             work,
             lowers: lower_layers,
             data,
+            fetch: None,
             any_override,
             devs,
         })
@@ -175,13 +215,16 @@ impl Layers {
     /// The data of a lower-layer file (`fd` open, `st` its stat) when it is a metacopy
     /// stub: its data opened with `flags` from the data-only layers. `Ok(None)` for an
     /// ordinary file, or when the stack has no data layers (a stub is then shown as it
-    /// is). Data a stub names that no data layer has: `EIO`, logged.
+    /// is). Data a stub names that no data layer has is fetched when `may_fetch` and the
+    /// stack has a fetcher (a lazily pulled image); else, or when that fails: `EIO`,
+    /// logged (`ENODATA`, quietly, for a lazy stack asked without `may_fetch`).
     pub fn stub_data(
         &self,
         fd: BorrowedFd<'_>,
         name: Option<&OsStr>,
         st: &sys::Stat,
         flags: sys::OFlags,
+        may_fetch: bool,
     ) -> sys::SysResult<Option<OwnedFd>> {
         if self.data.is_empty() || !crate::metacopy::may_be_stub(st) {
             return Ok(None);
@@ -189,17 +232,33 @@ impl Layers {
         let Some(r) = crate::metacopy::redirect_of(fd, name)? else {
             return Ok(None);
         };
-        for d in &self.data {
-            match crate::metacopy::open_data(d.as_fd(), &r, flags) {
-                Ok(f) => return Ok(Some(f)),
-                Err(Errno::NOENT) => continue,
-                Err(e) => return Err(e),
+        let open = || {
+            for d in &self.data {
+                match crate::metacopy::open_data(d.as_fd(), &r, flags) {
+                    Ok(f) => return Ok(Some(f)),
+                    Err(Errno::NOENT) => continue,
+                    Err(e) => return Err(e),
+                }
             }
+            Ok(None)
+        };
+        if let Some(f) = open()? {
+            return Ok(Some(f));
         }
-        log::warn!(
-            "the data of a file ({}) is in no data-only layer",
-            String::from_utf8_lossy(&r)
-        );
+        let what = String::from_utf8_lossy(&r);
+        match &self.fetch {
+            Some(_) if !may_fetch => return Err(Errno::NODATA),
+            Some(fetcher) => match fetcher.fetch(&r) {
+                Ok(()) => {
+                    if let Some(f) = open()? {
+                        return Ok(Some(f));
+                    }
+                    log::warn!("fetched the data of a file ({what}), but it is not there");
+                }
+                Err(why) => log::warn!("fetching the data of a file ({what}): {why}"),
+            },
+            None => log::warn!("the data of a file ({what}) is in no data-only layer"),
+        }
         Err(Errno::IO)
     }
 

@@ -4,6 +4,7 @@
 
 pub(crate) mod auth;
 pub(crate) mod client;
+pub(crate) mod lazy;
 pub(crate) mod pull;
 pub(crate) mod push;
 pub(crate) mod reference;

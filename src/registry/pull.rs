@@ -15,9 +15,11 @@ use ureq::http::Method;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::registry::client::{self, Body, Client, Options};
+use crate::registry::lazy;
 use crate::registry::reference::ImageRef;
 use crate::store::archive::{DOCKER_LIST, DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST};
 use crate::store::ingest::{BlobFetcher, Ingested};
+use crate::store::lazy::{LazyRecord, LazySource};
 use crate::store::plan::{ImagePlan, LayerPlan, ManifestBlob, PlanSource, Platform};
 use crate::store::{Digest, ImportObserver, Store};
 
@@ -31,6 +33,9 @@ pub(crate) struct PullOptions {
     pub platform: Option<String>,
     /// Layers downloaded at once.
     pub parallel: usize,
+    /// zstd:chunked layers: fetch only the tree and small files now; larger files are
+    /// fetched when first opened, or by a later pull.
+    pub lazy: bool,
     pub client: Options,
 }
 
@@ -39,6 +44,7 @@ impl Default for PullOptions {
         PullOptions {
             platform: None,
             parallel: 3,
+            lazy: false,
             client: Options::default(),
         }
     }
@@ -304,11 +310,42 @@ pub(crate) fn pull(
         client: client.clone(),
         repository: r.repository.clone(),
     };
-    let ingested = store.ingest(&what, &plan, &fetcher, opts.parallel, obs)?;
+    // Layers an earlier lazy pull left incomplete get their missing files first (no
+    // store lock needed: objects are placed whole); `ingest` then checks them.
+    if !opts.lazy {
+        for l in &plan.layers {
+            if let Some(rec) = store.lazy_record(&l.diff_id)? {
+                complete_objects(store, &rec, obs)?;
+            }
+        }
+    }
+    let source = LazySource {
+        reference: r.to_string(),
+        insecure: opts.client.insecure,
+    };
+    let lazy = opts.lazy.then_some(&source);
+    let ingested = store.ingest(&what, &plan, &fetcher, opts.parallel, lazy, obs)?;
     Ok(Pulled {
         resolved_digest: resolved,
         ingested,
     })
+}
+
+/// Fetch every object a lazy layer's record names that the store lacks.
+fn complete_objects(store: &Store, rec: &LazyRecord, obs: &dyn ImportObserver) -> Result<()> {
+    let objects_dir = store.objects_dir();
+    let missing = rec.missing(&objects_dir);
+    if missing.is_empty() {
+        return Ok(());
+    }
+    obs.note(&format!(
+        "{}: fetching {} files a lazy pull left",
+        rec.reference,
+        missing.len()
+    ));
+    let (client, repository) = lazy::client_for(&rec.reference, rec.insecure)?;
+    lazy::fetch_objects(&client, &repository, &rec.blob, &missing, &objects_dir)
+        .map_err(|e| e.context(&rec.reference))
 }
 
 /// Layer blobs from one repository.
@@ -344,16 +381,13 @@ impl BlobFetcher for Fetcher {
         let digest = layer
             .blob
             .ok_or_else(|| Error::new("a layer without a digest"))?;
-        Ok(Some(Box::new(BlobReader {
-            client: self.client.clone(),
-            path: format!("/v2/{}/blobs/{digest}", self.repository),
-            size: end,
-            pos: start,
-            ranged: true,
-            body: None,
-            failures: 0,
-            resumes: 0,
-        })))
+        Ok(Some(Box::new(BlobReader::range(
+            self.client.clone(),
+            &self.repository,
+            &digest,
+            start,
+            end,
+        ))))
     }
 }
 
@@ -374,6 +408,26 @@ pub(crate) struct BlobReader {
 }
 
 impl BlobReader {
+    /// Bytes `start..end` of a blob (resumed and retried as a whole blob is).
+    pub(crate) fn range(
+        client: Arc<Client>,
+        repository: &str,
+        digest: &Digest,
+        start: u64,
+        end: u64,
+    ) -> BlobReader {
+        BlobReader {
+            client,
+            path: format!("/v2/{repository}/blobs/{digest}"),
+            size: end,
+            pos: start,
+            ranged: true,
+            body: None,
+            failures: 0,
+            resumes: 0,
+        }
+    }
+
     /// Note a failure; `Err` when no attempts are left, else wait before the next one.
     fn failed(&mut self, why: String) -> io::Result<()> {
         self.body = None;

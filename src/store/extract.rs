@@ -41,6 +41,10 @@ pub struct ExtractOptions {
     /// and a metacopy stub in the tree (the store fills in its dirs per import); `None`
     /// writes plain files.
     pub objects: Option<ObjectDirs>,
+    /// A lazy pull: the files whose content starts at these stream offsets carry no
+    /// content here (zeros stand in); each becomes a stub naming the object given,
+    /// fetched later.
+    pub lazy: Option<std::sync::Arc<HashMap<u64, Digest>>>,
 }
 
 /// The file store's dirs for one extraction (see `objects`).
@@ -62,6 +66,7 @@ impl ExtractOptions {
         ExtractOptions {
             privileged,
             objects: Some(ObjectDirs::default()),
+            lazy: None,
         }
     }
 
@@ -70,6 +75,7 @@ impl ExtractOptions {
         ExtractOptions {
             privileged,
             objects: None,
+            lazy: None,
         }
     }
 }
@@ -503,7 +509,24 @@ impl<'a> Extractor<'a> {
                 r.borrow_mut().give_up();
             }
         }
-        let digest = if let Some(sink) = &self.objects {
+        let lazy = self
+            .opts
+            .lazy
+            .as_ref()
+            .filter(|_| stored_whole)
+            .and_then(|m| m.get(&entry.raw_file_position()).copied());
+        let digest = if let Some(d) = lazy {
+            // Content fetched later: the stub names it now.
+            std::io::copy(entry, &mut std::io::sink()).map_err(read_err)?;
+            crate::metacopy::make_stub(
+                fd.as_fd(),
+                entry.size(),
+                &objects::redirect(&d),
+                self.opts.privileged,
+            )
+            .map_err(|e| sys_err(path, "writing the file's stub", e))?;
+            d
+        } else if let Some(sink) = &self.objects {
             // The head of the file in memory: most files end within it, and one the
             // store has already is then never written.
             let mut filled = 0;

@@ -23,8 +23,9 @@ use crate::error::{Error, IoContext, Result};
 use crate::store::digest::Digest;
 use crate::store::extract::ExtractOptions;
 use crate::store::images::{LayerRef, Reference};
+use crate::store::lazy::{LazyRecord, LazySource};
 use crate::store::parallel::run_bounded;
-use crate::store::partial::Partial;
+use crate::store::partial::{Partial, PartialPulled};
 use crate::store::plan::{ImagePlan, LayerPlan};
 use crate::store::stage::{ImportObserver, LayerEvent, Stage, upsert};
 use crate::store::stream::stream_blob;
@@ -76,6 +77,8 @@ struct Fetching<'a> {
     extract: ExtractOptions,
     fetch: &'a dyn BlobFetcher,
     obs: &'a dyn ImportObserver,
+    /// A lazy pull, and where from.
+    lazy: Option<&'a LazySource>,
 }
 
 /// A finished job.
@@ -123,6 +126,7 @@ impl Store {
         plan: &ImagePlan,
         fetch: &dyn BlobFetcher,
         parallel: usize,
+        lazy: Option<&LazySource>,
         obs: &dyn ImportObserver,
     ) -> Result<Ingested> {
         let tags = plan
@@ -161,6 +165,15 @@ impl Store {
                 continue;
             }
             let layer_here = self.layer_exists(&layer.diff_id);
+            // A layer pulled lazily serves another image (or a full pull) only once it
+            // is complete and checked against its diff-id.
+            if layer_here
+                && let Some(rec) = self.lazy_record(&layer.diff_id)?
+                && !(lazy.is_some() && rec.blob == blob)
+            {
+                self.finish_lazy(&layer.diff_id)
+                    .map_err(|e| e.context(what))?;
+            }
             // A zstd:chunked layer whose tar the store can rebuild needs nothing fetched:
             // a partial pull would find every file here (its blob is not kept).
             let rebuildable =
@@ -186,6 +199,7 @@ impl Store {
             extract: stage.extract_options(self),
             fetch,
             obs,
+            lazy,
         };
         let results = run_bounded(jobs.len(), parallel, |job_no, cancel| {
             let job = &jobs[job_no];
@@ -265,11 +279,28 @@ impl Store {
                 blob_size: job.blob_size,
                 fetch: ctx.fetch,
                 cancel,
+                lazy: ctx.lazy.is_some(),
             };
-            if let Some((streamed, stats)) =
-                self.pull_partial(&p, &work, ctx.extract.clone(), &report)?
+            if let Some(PartialPulled {
+                streamed,
+                stats,
+                deferred,
+            }) = self.pull_partial(&p, &work, ctx.extract.clone(), &report)?
             {
-                if streamed.diff_id != layer.diff_id {
+                if let Some(src) = ctx.lazy
+                    && !deferred.is_empty()
+                {
+                    // Checked against the diff-id once complete (`finish_lazy`).
+                    Store::write_lazy_record(
+                        &work,
+                        &LazyRecord {
+                            reference: src.reference.clone(),
+                            insecure: src.insecure,
+                            blob,
+                            objects: deferred,
+                        },
+                    )?;
+                } else if streamed.diff_id != layer.diff_id {
                     return Err(Error::corrupt(format!(
                         "{what}: diff-id mismatch: the layer rebuilt from its zstd:chunked \
                          TOC and frames hashes to {}, the config says {}",
@@ -285,7 +316,8 @@ impl Store {
                         of: job.blob_size,
                         requests: stats.requests,
                         from_store: stats.reused,
-                        files: stats.reused + stats.fetched,
+                        files: stats.reused + stats.fetched + stats.deferred,
+                        later: stats.deferred,
                     },
                 );
                 return Ok(Done {

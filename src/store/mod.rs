@@ -17,6 +17,7 @@ pub(crate) mod images;
 pub mod import;
 pub(crate) mod ingest;
 pub(crate) mod layout;
+pub(crate) mod lazy;
 pub(crate) mod lock;
 pub(crate) mod migrate;
 pub(crate) mod objects;

@@ -197,6 +197,51 @@ pub(crate) fn place_staged(staged: &Path, objects: &Path) -> Result<usize> {
     Ok(placed)
 }
 
+/// Place one object, its bytes checked by the caller, straight into the store's objects
+/// dir: written aside under a dot name, synced, renamed into place (a concurrent writer
+/// of the same object loses the race harmlessly).
+pub(crate) fn place_bytes(objects: &Path, d: &Digest, data: &[u8]) -> Result<()> {
+    let root = sys::open_root_dir(objects)
+        .map_err(|e| Error::from(e).context(format!("opening {}", objects.display())))?;
+    let rel = rel_path(d);
+    if sys::stat_at(root.as_fd(), OsStr::new(&rel)).is_ok() {
+        return Ok(());
+    }
+    let tmp = OsString::from(format!(".{}", unique_name("fetched")));
+    let fd = sys::open_at(
+        root.as_fd(),
+        &tmp,
+        OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY,
+        OBJECT_MODE,
+    )
+    .map_err(|e| Error::from(e).context("creating a file object"))?;
+    let mut f = File::from(fd);
+    let written = f.write_all(data).and_then(|()| f.sync_all());
+    drop(f);
+    let fan = &rel[..2];
+    let res = written
+        .map_err(|e| Error::io(format!("writing object {d}"), e))
+        .and_then(|()| {
+            match sys::mkdir_at(root.as_fd(), OsStr::new(fan), 0o755) {
+                Ok(()) | Err(Errno::EXIST) => {}
+                Err(e) => return Err(Error::from(e).context(format!("creating objects/{fan}"))),
+            }
+            match sys::rename_at(
+                root.as_fd(),
+                &tmp,
+                root.as_fd(),
+                OsStr::new(&rel),
+                RenameFlags::NOREPLACE,
+            ) {
+                Ok(()) | Err(Errno::EXIST) => Ok(()),
+                Err(e) => Err(Error::from(e).context(format!("placing object {d}"))),
+            }
+        });
+    let _ = sys::unlink_at(root.as_fd(), &tmp);
+    res?;
+    crate::store::layout::sync_dir(&objects.join(fan))
+}
+
 /// Every object in the store with its size on disk (allocated bytes).
 pub(crate) fn list(objects: &Path) -> Result<Vec<(Digest, u64)>> {
     let root = match sys::open_root_dir(objects) {

@@ -25,6 +25,7 @@ use crate::store::digest::{Digest, Hasher};
 use crate::store::extract::{ExtractOptions, INLINE_MAX};
 use crate::store::ingest::BlobFetcher;
 use crate::store::layout::read_json;
+use crate::store::lazy::LazyObject;
 use crate::store::objects;
 use crate::store::plan::LayerPlan;
 use crate::store::stream::{Streamed, stream_blob};
@@ -47,6 +48,16 @@ pub(super) struct PartialStats {
     pub bytes: u64,
     /// Range requests made.
     pub requests: u64,
+    /// Files left to fetch later (a lazy pull).
+    pub deferred: u64,
+}
+
+/// What a partial pull extracted.
+pub(super) struct PartialPulled {
+    pub streamed: Streamed,
+    pub stats: PartialStats,
+    /// A lazy pull: the objects left to fetch, with their frames.
+    pub deferred: Vec<LazyObject>,
 }
 
 /// One partial pull of a layer.
@@ -57,6 +68,9 @@ pub(super) struct Partial<'a> {
     pub blob_size: u64,
     pub fetch: &'a dyn BlobFetcher,
     pub cancel: &'a AtomicBool,
+    /// Fetch only files of at most `INLINE_MAX` bytes now; the rest become stubs whose
+    /// objects are fetched when opened (the diff-id cannot be checked until then).
+    pub lazy: bool,
 }
 
 impl Store {
@@ -66,9 +80,9 @@ impl Store {
         &self,
         p: &Partial<'_>,
         work: &Path,
-        extract: ExtractOptions,
+        mut extract: ExtractOptions,
         progress: &(dyn Fn(u64) + Sync),
-    ) -> Result<Option<(Streamed, PartialStats)>> {
+    ) -> Result<Option<PartialPulled>> {
         let what = p.what;
         let mut stats = PartialStats::default();
         let (start, end) = p.positions.metadata_range();
@@ -114,8 +128,23 @@ impl Store {
             .iter()
             .filter(|f| local.contains_key(&f.digest))
             .count() as u64;
+        let mut deferred: Vec<LazyObject> = Vec::new();
+        if p.lazy {
+            wanted.retain(|f| {
+                let later = f.size as usize > INLINE_MAX;
+                if later {
+                    deferred.push(LazyObject {
+                        digest: f.digest,
+                        size: f.size,
+                        offset: f.offset,
+                        end: f.end,
+                    });
+                }
+                !later
+            });
+        }
         let needed: u64 = wanted.iter().map(|f| f.end - f.offset).sum();
-        if needed > p.blob_size / 2 {
+        if !p.lazy && needed > p.blob_size / 2 {
             log::info!(
                 "{what}: {needed} of {} bytes would be fetched by range: fetching it whole",
                 p.blob_size
@@ -172,7 +201,31 @@ impl Store {
             stats.requests += 1;
             stats.bytes += b - a;
         }
-        stats.fetched = index.files.len() as u64 - stats.reused;
+        let later: HashSet<Digest> = deferred.iter().map(|o| o.digest).collect();
+        stats.deferred = index
+            .files
+            .iter()
+            .filter(|f| later.contains(&f.digest))
+            .count() as u64;
+        stats.fetched = index.files.len() as u64 - stats.reused - stats.deferred;
+        if !later.is_empty() {
+            // Where each deferred file's content would start in the tar stream.
+            let mut at = 0u64;
+            let mut lazy_at = HashMap::new();
+            for piece in &index.pieces {
+                match piece {
+                    Piece::Bytes(b) => at += b.len() as u64,
+                    Piece::File(i) => {
+                        let f = &index.files[*i];
+                        if later.contains(&f.digest) {
+                            lazy_at.insert(at, f.digest);
+                        }
+                        at += f.size;
+                    }
+                }
+            }
+            extract.lazy = Some(std::sync::Arc::new(lazy_at));
+        }
         // Files of one content read the one copy fetched.
         let fetched = wanted
             .iter()
@@ -180,6 +233,7 @@ impl Store {
             .collect();
         let tar = Rebuilt {
             what: what.to_string(),
+            later,
             local,
             fetched,
             index,
@@ -199,7 +253,11 @@ impl Store {
             &|_| {},
         );
         let _ = fs::remove_file(&sparse_path);
-        Ok(Some((streamed?, stats)))
+        Ok(Some(PartialPulled {
+            streamed: streamed?,
+            stats,
+            deferred,
+        }))
     }
 }
 
@@ -294,6 +352,8 @@ fn fetch_all(p: &Partial<'_>, a: u64, b: u64) -> Result<Option<Vec<u8>>> {
 /// (each checked against its size and digest as it ends).
 struct Rebuilt<'a> {
     what: String,
+    /// Contents left for later (a lazy pull): zeros stand in.
+    later: HashSet<Digest>,
     /// Small files found in the store's layer trees, by content.
     local: HashMap<Digest, Vec<u8>>,
     /// Where the fetched frames of each content are.
@@ -311,6 +371,9 @@ impl<'a> Rebuilt<'a> {
             Piece::Bytes(b) => Box::new(io::Cursor::new(b)),
             Piece::File(i) => {
                 let f = &self.index.files[i];
+                if self.later.contains(&f.digest) {
+                    return Ok(Box::new(io::repeat(0).take(f.size)));
+                }
                 if let Some(b) = self.local.get(&f.digest) {
                     return Ok(Box::new(Checked::new(
                         &self.what,

@@ -38,13 +38,14 @@ pub enum LayerEvent {
     Extracted { size: u64, entries: u64 },
     /// Pulled partially (zstd:chunked), extracted and verified: `fetched` of the blob's
     /// `of` bytes in `requests` range requests; `from_store` of its `files` files with
-    /// content came from the store.
+    /// content came from the store; `later` are left to fetch when opened (a lazy pull).
     PartialPull {
         fetched: u64,
         of: u64,
         requests: u64,
         from_store: u64,
         files: u64,
+        later: u64,
     },
 }
 

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use support::cli::*;
 use support::fingerprint::*;
 use support::images::*;
+use support::mounts::MountGuard;
 use support::proxy::*;
 use support::registry::*;
 use support::rng::Rng;
@@ -378,4 +379,147 @@ fn tocs_that_lie_are_refused_naming_the_entry_and_nothing_is_stored() {
         eprintln!("{tag}: {err}");
         assert_eq!(store_fingerprint(&dst), before, "{tag}: the store changed");
     }
+}
+
+/// `pull --lazy` without the background completion (the tests decide when).
+fn lazy_pull(root: &Path, reference: &str) -> String {
+    let args = ["pull", "--lazy", reference];
+    let o = command(root)
+        .env("LAYERFS_LAZY_BACKGROUND", "0")
+        .args(args)
+        .output()
+        .unwrap();
+    succeeded(&args, o)
+}
+
+/// A file's content in a layer tar.
+fn file_in(tar: &[u8], name: &str) -> Vec<u8> {
+    let mut a = tar::Archive::new(tar);
+    for e in a.entries().unwrap() {
+        let mut e = e.unwrap();
+        if e.path().unwrap().to_str() == Some(name) {
+            let mut v = Vec::new();
+            std::io::Read::read_to_end(&mut e, &mut v).unwrap();
+            return v;
+        }
+    }
+    panic!("{name} is not in the tar")
+}
+
+fn lazy_records(root: &Path) -> usize {
+    std::fs::read_dir(root.join("layers/sha256"))
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().path().join("lazy.json").exists())
+        .count()
+}
+
+#[test]
+fn a_lazy_pull_mounts_at_once_and_fetches_each_file_when_opened() {
+    if support::skip_unless_root() {
+        return;
+    }
+    let mut s = setup();
+    let (_, tar_two) = layer_pair();
+    let host = s.proxy.addr();
+    let two = format!("{host}/demo/two:1");
+    let dst = s.dir.join("dst");
+
+    // The tree and the small files only: no frame of a file over 4 KiB.
+    s.proxy.clear();
+    let out = lazy_pull(&dst, &two);
+    let bytes: u64 = blob_gets(&s.proxy, &s.two.1)
+        .iter()
+        .map(|g| g.body_bytes)
+        .sum();
+    assert!(bytes < 64 * 1024, "fetched {bytes}: {out}");
+    assert!(out.contains("fetched when opened"), "{out}");
+    assert_eq!(lazy_records(&dst), 1);
+    assert!(ok(&dst, &["images"]).contains("to fetch"));
+
+    ok(&dst, &["create", "--name", "c", &two]);
+    let mnt = PathBuf::from(ok(&dst, &["mount", "c"]).trim());
+    let mut guard = MountGuard::new(&mnt);
+    // Listing and stat fetch nothing; the first open fetches that file only.
+    s.proxy.clear();
+    let md = std::fs::symlink_metadata(mnt.join("usr/bin/new")).unwrap();
+    assert_eq!(md.len(), 1 << 20);
+    assert!(blob_gets(&s.proxy, &s.two.1).is_empty());
+    let want3 = file_in(&tar_two, "usr/lib/libbig3.so");
+    assert_eq!(
+        std::fs::read(mnt.join("usr/lib/libbig3.so")).unwrap(),
+        want3
+    );
+    let gets = blob_gets(&s.proxy, &s.two.1);
+    assert_eq!(gets.len(), 1, "{gets:?}");
+    assert!(gets[0].body_bytes < 210_000, "{gets:?}");
+
+    // The registry gone: EIO for a file not here yet, and only for it; back: it reads.
+    s.reg.stop();
+    let err = std::fs::read(mnt.join("usr/lib/libbig4.so")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    assert_eq!(
+        std::fs::read(mnt.join("usr/lib/libbig3.so")).unwrap(),
+        want3
+    );
+    s.reg.restart();
+    assert_eq!(
+        std::fs::read(mnt.join("usr/lib/libbig4.so")).unwrap(),
+        file_in(&tar_two, "usr/lib/libbig4.so")
+    );
+    guard.unmount();
+
+    // A pull completes it: every file here, the tar checked against its diff-id.
+    ok(&dst, &["pull", &two]);
+    assert_eq!(lazy_records(&dst), 0);
+    assert!(ok(&dst, &["system", "check"]).contains("all intact"));
+    assert!(!ok(&dst, &["images"]).contains("to fetch"));
+    let src = s.dir.join("src");
+    let export = |root: &Path, image: &str, to: &Path| {
+        ok(root, &["create", "--name", "e", image]);
+        ok(root, &["export", "-o", to.to_str().unwrap(), "e"]);
+        std::fs::read(to).unwrap()
+    };
+    assert!(
+        export(
+            &src,
+            &format!("{}/demo/two:1", s.reg.addr()),
+            &s.dir.join("src.tar")
+        ) == export(&dst, &two, &s.dir.join("dst.tar")),
+        "the exports differ"
+    );
+}
+
+#[test]
+fn a_lazy_layer_that_lies_serves_no_other_image() {
+    if support::skip_unless_root() {
+        return;
+    }
+    let s = setup();
+    let dst = s.dir.join("dst");
+    // Two files of one size trade ranges and digests: every file reads as its TOC
+    // says, the tar does not hash to the diff-id the config names (two's).
+    let lie = lying_image(&s, "consistent", &|t| {
+        let a = entry(t, "usr/lib/libbig1.so").clone();
+        let b = entry(t, "usr/lib/libbig2.so").clone();
+        for (name, from) in [("usr/lib/libbig1.so", &b), ("usr/lib/libbig2.so", &a)] {
+            let e = entry(t, name);
+            for k in ["offset", "endOffset", "digest"] {
+                e[k] = from[k].clone();
+            }
+        }
+    });
+    lazy_pull(&dst, &lie);
+    // The honest image with that diff-id: refused, not served the lying layer.
+    let two = format!("{}/demo/two:1", s.proxy.addr());
+    let err = fails(&dst, &["pull", &two]);
+    assert!(err.contains("does not match its diff-id"), "{err}");
+    // check finds it; repair removes it; then the honest image pulls.
+    let out = run(&dst, &["system", "check"]);
+    assert!(!out.status.success());
+    let out = run(&dst, &["system", "check", "--repair"]);
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(said.contains("removed"), "{said}");
+    ok(&dst, &["pull", &two]);
+    assert!(ok(&dst, &["system", "check"]).contains("all intact"));
+    assert_eq!(lazy_records(&dst), 0);
 }
