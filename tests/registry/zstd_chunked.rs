@@ -228,6 +228,23 @@ fn a_partial_pull_fetches_only_what_the_store_lacks_and_rebuilds_the_layer() {
     );
 }
 
+/// The TOC of the (first) layer of a pushed manifest, from the registry's storage.
+fn toc_of(s: &Setup, manifest: &str) -> serde_json::Value {
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(blob_on_registry(&s.reg, manifest)).unwrap())
+            .unwrap();
+    let layer = &m["layers"][0];
+    let blob = std::fs::read(blob_on_registry(&s.reg, layer["digest"].as_str().unwrap())).unwrap();
+    let pos: Vec<u64> = layer["annotations"]["io.github.containers.zstd-chunked.manifest-position"]
+        .as_str()
+        .unwrap()
+        .split(':')
+        .map(|v| v.parse().unwrap())
+        .collect();
+    let c = &blob[pos[0] as usize..(pos[0] + pos[1]) as usize];
+    serde_json::from_slice(&zstd::stream::decode_all(c).unwrap()).unwrap()
+}
+
 /// Rewrite the TOC of two's blob with `lie`, upload the blob and a manifest naming it
 /// (annotations updated: the lie is consistent), and return the tag.
 fn lying_image(s: &Setup, tag: &str, lie: &dyn Fn(&mut serde_json::Value)) -> String {
@@ -465,6 +482,28 @@ fn a_lazy_pull_mounts_at_once_and_fetches_each_file_when_opened() {
     assert_eq!(
         std::fs::read(mnt.join("usr/lib/libbig4.so")).unwrap(),
         file_in(&tar_two, "usr/lib/libbig4.so")
+    );
+    // Bytes altered on the way: the content fails its digest, nothing is placed, EIO;
+    // the next open (honest bytes) reads.
+    let at = toc_of(&s, &s.two.0)["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "usr/lib/libbig5.so")
+        .unwrap()["offset"]
+        .as_u64()
+        .unwrap();
+    s.proxy.set_faults(Faults {
+        path_has: "/blobs/".into(),
+        corrupt_at: Some(at + 5000),
+        ..Faults::default()
+    });
+    let err = std::fs::read(mnt.join("usr/lib/libbig5.so")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    s.proxy.set_faults(Faults::default());
+    assert_eq!(
+        std::fs::read(mnt.join("usr/lib/libbig5.so")).unwrap(),
+        file_in(&tar_two, "usr/lib/libbig5.so")
     );
     guard.unmount();
 
