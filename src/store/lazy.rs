@@ -102,14 +102,7 @@ impl Store {
         let Some(rec) = self.lazy_record(diff_id)? else {
             return Ok(());
         };
-        let missing = rec.missing(&self.layout.objects_dir()).len();
-        if missing > 0 {
-            return Err(Error::not_found(format!(
-                "layer {diff_id} was pulled lazily and {missing} of its files are not here yet; \
-                 pull {} again to fetch them",
-                rec.reference
-            )));
-        }
+        self.lazy_complete(diff_id)?;
         let (mut tar, _) = self.open_blob(diff_id)?;
         std::io::copy(&mut tar, &mut std::io::sink()).map_err(|e| {
             Error::corrupt(format!(
@@ -121,6 +114,23 @@ impl Store {
         })?;
         std::fs::remove_file(self.lazy_path(diff_id))
             .map_err(|e| Error::io(format!("removing {}", self.lazy_path(diff_id).display()), e))
+    }
+
+    /// `Ok` unless `diff_id` is a lazily pulled layer whose files are not all here yet
+    /// (then its tar cannot be rebuilt: the error says how to complete it).
+    pub(crate) fn lazy_complete(&self, diff_id: &Digest) -> Result<()> {
+        let Some(rec) = self.lazy_record(diff_id)? else {
+            return Ok(());
+        };
+        let missing = rec.missing(&self.layout.objects_dir()).len();
+        if missing == 0 {
+            return Ok(());
+        }
+        Err(Error::not_found(format!(
+            "layer {diff_id} was pulled lazily and {missing} of its files are not here yet; \
+             `layerfs pull {}` fetches them",
+            rec.reference
+        )))
     }
 
     /// Write a layer's lazy record into its staged dir (placed with it).

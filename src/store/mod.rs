@@ -278,6 +278,7 @@ impl Store {
                 "blob {d} is missing from the store"
             )));
         }
+        self.lazy_complete(d)?;
         let split = tarsplit::TarSplit::read(&rec)?;
         let len = split.len();
         Ok((
