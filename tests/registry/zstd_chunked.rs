@@ -562,3 +562,47 @@ fn a_lazy_layer_that_lies_serves_no_other_image() {
     assert!(ok(&dst, &["system", "check"]).contains("all intact"));
     assert_eq!(lazy_records(&dst), 0);
 }
+
+#[test]
+fn estargz_pushed_pulls_back_as_gzip_with_its_new_diff_ids() {
+    if support::skip_unless_root() {
+        return;
+    }
+    let s = setup();
+    let src = s.dir.join("src");
+    let r = format!("{}/demo/gz:1", s.reg.addr());
+    let out = ok(
+        &src,
+        &[
+            "push",
+            "--compression",
+            "estargz",
+            &format!("{}/demo/two:1", s.reg.addr()),
+            &r,
+        ],
+    );
+    let digest = pushed_digest(&out);
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(blob_on_registry(&s.reg, &digest)).unwrap()).unwrap();
+    let l = &m["layers"][0];
+    assert_eq!(
+        l["mediaType"],
+        "application/vnd.oci.image.layer.v1.tar+gzip"
+    );
+    assert!(l["annotations"]["containerd.io/snapshot/stargz/toc.digest"].is_string());
+    // Pulled whole (every digest checked): the landmark and the TOC are in the tree.
+    let dst = s.dir.join("dst");
+    let out = ok(&dst, &["pull", &r]);
+    assert!(out.contains(&format!("Digest: {digest}")), "{out}");
+    ok(&dst, &["create", "--name", "c", &r]);
+    let t = s.dir.join("gz.tar");
+    ok(&dst, &["export", "-o", t.to_str().unwrap(), "c"]);
+    let names = std::process::Command::new("tar")
+        .arg("tf")
+        .arg(&t)
+        .output()
+        .unwrap();
+    let names = String::from_utf8_lossy(&names.stdout);
+    assert!(names.contains("stargz.index.json"), "{names}");
+    assert!(names.contains("usr/bin/new"), "{names}");
+}
