@@ -7,8 +7,10 @@
 //! TOC are entries of it), so the diff-id changes: [`encode`] returns the new one.
 //!
 //! Written deterministically (the same tar gives the same blob with this build's
-//! deflate). layerfs pulls eStargz as plain gzip: its tar headers share members with
-//! file contents, so a partial pull could not rebuild and check the tar.
+//! deflate). Each chunk's TOC entry also names where its member ends (`endOffset`), so
+//! a partial pull (`estargz_index`) can skip any chunk of a layerfs-written blob; in
+//! blobs written by stargz's Go writer the last chunk of a file shares its member with
+//! the headers after it, and only the chunks before it can be skipped.
 
 use std::io::{self, Read, Write};
 
@@ -21,8 +23,9 @@ use crate::store::toc::{Out, Toc, TocEntry, Visitor, walk};
 
 pub(crate) const TOC_DIGEST: &str = "containerd.io/snapshot/stargz/toc.digest";
 pub(crate) const UNCOMPRESSED_SIZE: &str = "io.containers.estargz.uncompressed-size";
-const TOC_NAME: &str = "stargz.index.json";
+pub(crate) const TOC_NAME: &str = "stargz.index.json";
 const LANDMARK: &str = ".no.prefetch.landmark";
+const PREFETCH_LANDMARK: &str = ".prefetch.landmark";
 const CHUNK: u64 = 4 << 20;
 
 /// What [`encode`] wrote.
@@ -98,11 +101,15 @@ impl<W: Write> Visitor for Writer<W> {
             self.tar.update(&buf);
             let offset = self.w.pos();
             self.member(&buf).map_err(werr)?;
+            // Where the chunk's member ends (a layerfs addition readers may ignore): a
+            // partial pull can then skip any chunk, not only those another chunk follows.
+            let end_offset = self.w.pos();
             let last = at + n == e.size;
             let chunk_size = if last { 0 } else { n };
             let chunk_digest = Digest::of(&buf).to_string();
             if at == 0 {
                 e.offset = offset;
+                e.end_offset = end_offset;
                 e.chunk_size = chunk_size;
                 e.chunk_digest = chunk_digest;
             } else {
@@ -110,6 +117,7 @@ impl<W: Write> Visitor for Writer<W> {
                     kind: "chunk".into(),
                     name: e.name.clone(),
                     offset,
+                    end_offset,
                     chunk_offset: at,
                     chunk_size,
                     chunk_digest,
@@ -132,6 +140,18 @@ impl<W: Write> Visitor for Writer<W> {
     fn end(&mut self, _: &[u8]) -> Result<()> {
         Ok(())
     }
+
+    /// An input that is eStargz already keeps its entries, not its landmark and TOC
+    /// (written anew): encoding such a tar again gives the same blob.
+    fn keep(&mut self, e: &TocEntry) -> bool {
+        !is_own_entry(&e.name)
+    }
+}
+
+/// The entries eStargz adds to a tar: the landmarks and the TOC.
+pub(crate) fn is_own_entry(name: &str) -> bool {
+    let n = name.trim_start_matches("./").trim_start_matches('/');
+    [LANDMARK, PREFETCH_LANDMARK, TOC_NAME].contains(&n)
 }
 
 /// A ustar header for an entry layerfs adds (owner root, mtime 0, mode 0644).
@@ -303,5 +323,19 @@ mod tests {
             .unwrap();
         assert_eq!(big.chunk_size, CHUNK);
         assert_eq!(big.size, 9 << 20);
+    }
+
+    #[test]
+    fn an_estargz_tar_encodes_to_the_same_blob_again() {
+        let mut blob = Vec::new();
+        let enc = encode("t", &sample_tar()[..], &mut blob).unwrap();
+        let mut tar = Vec::new();
+        flate2::read::MultiGzDecoder::new(&blob[..])
+            .read_to_end(&mut tar)
+            .unwrap();
+        let mut again = Vec::new();
+        let enc2 = encode("t", &tar[..], &mut again).unwrap();
+        assert!(again == blob, "the landmark and TOC were not replaced");
+        assert_eq!(enc2.diff_id, enc.diff_id);
     }
 }

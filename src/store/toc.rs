@@ -92,6 +92,11 @@ pub(crate) trait Visitor {
     fn file(&mut self, e: &mut TocEntry, content: &mut dyn Read) -> Result<()>;
     /// An entry, after its content.
     fn entry(&mut self, e: TocEntry) -> Result<()>;
+    /// Whether the entry `e` (its header just read) is written at all: a dropped entry's
+    /// bytes, content included, reach no other callback.
+    fn keep(&mut self, _e: &TocEntry) -> bool {
+        true
+    }
     /// The end-of-archive blocks and whatever follows them.
     fn end(&mut self, b: &[u8]) -> Result<()>;
 }
@@ -143,15 +148,19 @@ pub(crate) fn walk(
     let read_err = |e: io::Error| Error::io(format!("{what}: reading the tar"), e);
     let bad = |why: &str| Error::corrupt(format!("{what}: tar entry: {why}"));
     let mut pending = Pending::default();
+    // An entry's extension headers and header, held until the visitor keeps the entry.
+    let mut held: Vec<Vec<u8>> = Vec::new();
     loop {
         let block = r.next_bytes(512).map_err(read_err)?;
         if block.len() < 512 || block.iter().all(|&b| b == 0) {
+            for b in held.drain(..) {
+                v.bytes(&b)?;
+            }
             let mut rest = block;
             r.read_to_end(&mut rest).map_err(read_err)?;
             v.end(&rest)?;
             break;
         }
-        v.bytes(&block)?;
         let h = tar::Header::from_byte_slice(&block);
         let size = h.entry_size().map_err(|_| bad("unreadable size"))?;
         let padded = size.div_ceil(512) * 512;
@@ -166,7 +175,6 @@ pub(crate) fn walk(
                 if (data.len() as u64) < padded {
                     return Err(bad("truncated extension header"));
                 }
-                v.bytes(&data)?;
                 let body = &data[..size as usize];
                 match kind {
                     T::XHeader => {
@@ -182,6 +190,8 @@ pub(crate) fn walk(
                     T::GNULongLink => pending.link = Some(trim_nul(body)),
                     _ => {}
                 }
+                held.push(block);
+                held.push(data);
                 continue;
             }
             T::GNUSparse => {
@@ -195,6 +205,18 @@ pub(crate) fn walk(
         let mut e = entry_of(h, p, format).map_err(|why| bad(&why))?;
         let size = e.size;
         let padded = size.div_ceil(512) * 512;
+        held.push(block);
+        if !v.keep(&e) {
+            held.clear();
+            let n = io::copy(&mut Read::take(&mut r, padded), &mut io::sink()).map_err(read_err)?;
+            if n < padded {
+                return Err(bad("truncated file content"));
+            }
+            continue;
+        }
+        for b in held.drain(..) {
+            v.bytes(&b)?;
+        }
         if e.kind == "reg" && size > 0 {
             let mut content = Read::take(&mut r, size);
             v.file(&mut e, &mut content)?;
