@@ -11,6 +11,7 @@ pub(crate) mod archive;
 pub(crate) mod df;
 pub(crate) mod digest;
 pub(crate) mod estargz;
+pub(crate) mod estargz_index;
 pub mod extract;
 pub(crate) mod gc;
 pub(crate) mod images;
