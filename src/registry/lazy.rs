@@ -17,7 +17,7 @@ use crate::registry::client::{Client, Options};
 use crate::registry::pull::BlobReader;
 use crate::registry::reference::ImageRef;
 use crate::store::Digest;
-use crate::store::lazy::{self, LazyObject, LazyRecord};
+use crate::store::lazy::{self, BlobForm, LazyObject, LazyRecord};
 use crate::store::objects;
 
 /// Where one lazy layer's blob is.
@@ -25,6 +25,7 @@ struct Source {
     client: Arc<Client>,
     repository: String,
     blob: Digest,
+    form: BlobForm,
 }
 
 pub(crate) struct LazyFetcher {
@@ -80,6 +81,7 @@ pub fn fetcher_for(lowers: &[PathBuf], data: &[PathBuf]) -> Result<Option<Arc<dy
             client,
             repository,
             blob: r.blob,
+            form: r.form,
         });
         let i = f.sources.len() - 1;
         for o in r.objects {
@@ -94,12 +96,12 @@ const MERGE_GAP: u64 = 64 << 10;
 /// No request reads more than this (each range is held in memory).
 const MAX_REQUEST: u64 = 32 << 20;
 
-/// Fetch objects' frames from `client` (neighbours in one request), check each against
-/// its digest and size, and place it.
+/// Fetch objects' frames or members from `client` (neighbours in one request), check
+/// each against its digest and size, and place it.
 pub(crate) fn fetch_objects(
     client: &Arc<Client>,
     repository: &str,
-    blob: &Digest,
+    (blob, form): (&Digest, BlobForm),
     objects: &[&LazyObject],
     objects_dir: &Path,
 ) -> Result<()> {
@@ -132,9 +134,16 @@ pub(crate) fn fetch_objects(
         for o in g {
             let frames = &bytes[(o.offset - a) as usize..(o.end - a) as usize];
             let mut data = Vec::with_capacity(o.size as usize);
-            zstd::stream::read::Decoder::new(frames)
-                .and_then(|d| d.take(o.size + 1).read_to_end(&mut data))
-                .map_err(|e| Error::corrupt(format!("object {}: invalid frame: {e}", o.digest)))?;
+            match form {
+                // Nothing but the content in its frames: a byte more is a lie.
+                BlobForm::ZstdChunked => zstd::stream::read::Decoder::new(frames)
+                    .and_then(|d| d.take(o.size + 1).read_to_end(&mut data)),
+                // The last member may go on with the next entries' headers.
+                BlobForm::Estargz => flate2::read::MultiGzDecoder::new(frames)
+                    .take(o.size)
+                    .read_to_end(&mut data),
+            }
+            .map_err(|e| Error::corrupt(format!("object {}: invalid frame: {e}", o.digest)))?;
             lazy::place_fetched(objects_dir, o, &data)?;
         }
     }
@@ -154,8 +163,14 @@ impl FetchData for LazyFetcher {
             return Ok(());
         }
         let s = &self.sources[*i];
-        fetch_objects(&s.client, &s.repository, &s.blob, &[o], &self.objects_dir)
-            .map_err(|e| e.to_string())?;
+        fetch_objects(
+            &s.client,
+            &s.repository,
+            (&s.blob, s.form),
+            &[o],
+            &self.objects_dir,
+        )
+        .map_err(|e| e.to_string())?;
         log::info!("fetched object {d} ({} bytes)", o.size);
         Ok(())
     }

@@ -344,8 +344,14 @@ fn complete_objects(store: &Store, rec: &LazyRecord, obs: &dyn ImportObserver) -
         missing.len()
     ));
     let (client, repository) = lazy::client_for(&rec.reference, rec.insecure)?;
-    lazy::fetch_objects(&client, &repository, &rec.blob, &missing, &objects_dir)
-        .map_err(|e| e.context(&rec.reference))
+    lazy::fetch_objects(
+        &client,
+        &repository,
+        (&rec.blob, rec.form),
+        &missing,
+        &objects_dir,
+    )
+    .map_err(|e| e.context(&rec.reference))
 }
 
 /// Layer blobs from one repository.

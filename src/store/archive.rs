@@ -762,6 +762,7 @@ pub(crate) fn docker_plans(src: &Source) -> Result<Vec<ImagePlan>> {
                 media_type: compression.media_type().to_string(),
                 diff_id,
                 chunked: None,
+                estargz: None,
             });
         }
         let tags = e

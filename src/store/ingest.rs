@@ -23,9 +23,9 @@ use crate::error::{Error, IoContext, Result};
 use crate::store::digest::Digest;
 use crate::store::extract::ExtractOptions;
 use crate::store::images::{LayerRef, Reference};
-use crate::store::lazy::{LazyRecord, LazySource};
+use crate::store::lazy::{BlobForm, LazyRecord, LazySource};
 use crate::store::parallel::run_bounded;
-use crate::store::partial::{Partial, PartialPulled};
+use crate::store::partial::{Form, Partial, PartialPulled};
 use crate::store::plan::{ImagePlan, LayerPlan};
 use crate::store::stage::{ImportObserver, LayerEvent, Stage, upsert};
 use crate::store::stream::stream_blob;
@@ -176,8 +176,8 @@ impl Store {
             }
             // A zstd:chunked layer whose tar the store can rebuild needs nothing fetched:
             // a partial pull would find every file here (its blob is not kept).
-            let rebuildable =
-                layer.chunked.is_some() && self.tar_split_path(&layer.diff_id).is_file();
+            let rebuildable = (layer.chunked.is_some() || layer.estargz.is_some())
+                && self.tar_split_path(&layer.diff_id).is_file();
             if layer_here && (self.has_blob(&blob) || rebuildable) {
                 obs.layer(&blob, LayerEvent::Exists);
                 continue;
@@ -269,13 +269,14 @@ impl Store {
             fs::create_dir_all(work.join("diff")).ctx(format!("creating {}", work.display()))?;
         }
         let report = |done: u64| obs.layer(&blob, LayerEvent::Progress { done });
+        let form = (layer.chunked.map(Form::ZstdChunked)).or(layer.estargz.map(Form::Estargz));
         if job.extract
-            && let Some(positions) = layer.chunked
+            && let Some(form) = form
         {
             let p = Partial {
                 what: &what,
                 layer,
-                positions,
+                form,
                 blob_size: job.blob_size,
                 fetch: ctx.fetch,
                 cancel,
@@ -297,13 +298,17 @@ impl Store {
                             reference: src.reference.clone(),
                             insecure: src.insecure,
                             blob,
+                            form: match form {
+                                Form::ZstdChunked(_) => BlobForm::ZstdChunked,
+                                Form::Estargz(_) => BlobForm::Estargz,
+                            },
                             objects: deferred,
                         },
                     )?;
                 } else if streamed.diff_id != layer.diff_id {
                     return Err(Error::corrupt(format!(
-                        "{what}: diff-id mismatch: the layer rebuilt from its zstd:chunked \
-                         TOC and frames hashes to {}, the config says {}",
+                        "{what}: diff-id mismatch: the layer rebuilt from its TOC and the \
+                         parts fetched by range hashes to {}, the config says {}",
                         streamed.diff_id, layer.diff_id
                     )));
                 }

@@ -1,5 +1,5 @@
 //! Layers pulled lazily: the tree is in place (built from the layer's zstd:chunked TOC
-//! and tar-split), but the content of files larger than `INLINE_MAX` is fetched when
+//! and tar-split, or an eStargz blob's members less those of the files left), but the content of files larger than `INLINE_MAX` is fetched when
 //! first opened — by the mount daemon, from the registry the record names — or when the
 //! pull is completed. Until then `layers/<diff-id>/lazy.json` names where each missing
 //! object's frames are. The diff-id is checked only once every object is here (the tar
@@ -34,12 +34,28 @@ pub(crate) struct LazyRecord {
     /// Plain HTTP / unverified TLS allowed (`pull --insecure`).
     #[serde(default)]
     pub insecure: bool,
-    /// The zstd:chunked blob.
+    /// The blob (zstd:chunked or eStargz).
     pub blob: Digest,
+    /// Its form (records written before eStargz was read name none: zstd:chunked).
+    #[serde(default)]
+    pub form: BlobForm,
     /// Each object the layer names that the store lacked, with its frames' range.
     pub objects: Vec<LazyObject>,
 }
 
+/// How a lazy layer's blob holds file contents.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum BlobForm {
+    /// A file's content is zstd frames of its own.
+    #[default]
+    #[serde(rename = "zstd:chunked")]
+    ZstdChunked,
+    /// A file's content starts a gzip member; the last member may hold more after it.
+    #[serde(rename = "estargz")]
+    Estargz,
+}
+
+/// One missing object: its size and the compressed bytes that hold it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct LazyObject {
     pub digest: Digest,

@@ -24,6 +24,7 @@ pub(crate) mod migrate;
 pub(crate) mod objects;
 pub(crate) mod parallel;
 mod partial;
+mod partial_estargz;
 pub(crate) mod plan;
 pub(crate) mod recompress;
 pub(crate) mod save;

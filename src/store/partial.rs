@@ -16,7 +16,7 @@ use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use crate::error::{Error, ErrorKind, IoContext, Result};
 use crate::store::Store;
@@ -36,6 +36,10 @@ use crate::sys::{self, OFlags};
 /// Ranges closer than this are fetched in one request (fewer round trips for a few
 /// bytes more).
 const MERGE_GAP: u64 = 64 << 10;
+/// No partial pull makes more range requests than this for one layer.
+const MAX_REQUESTS: usize = 256;
+/// Range requests in flight at once for one layer.
+const PARALLEL_REQUESTS: usize = 4;
 
 /// What a partial pull fetched.
 #[derive(Debug, Clone, Copy, Default)]
@@ -60,11 +64,20 @@ pub(super) struct PartialPulled {
     pub deferred: Vec<LazyObject>,
 }
 
+/// Which seekable form a layer blob is in.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Form {
+    /// Where its TOC and tar-split are.
+    ZstdChunked(Positions),
+    /// Its TOC digest.
+    Estargz(Digest),
+}
+
 /// One partial pull of a layer.
 pub(super) struct Partial<'a> {
     pub what: &'a str,
     pub layer: &'a LayerPlan,
-    pub positions: Positions,
+    pub form: Form,
     pub blob_size: u64,
     pub fetch: &'a dyn BlobFetcher,
     pub cancel: &'a AtomicBool,
@@ -83,9 +96,15 @@ impl Store {
         mut extract: ExtractOptions,
         progress: &(dyn Fn(u64) + Sync),
     ) -> Result<Option<PartialPulled>> {
+        let positions = match p.form {
+            Form::ZstdChunked(positions) => positions,
+            Form::Estargz(toc_digest) => {
+                return self.pull_partial_estargz(p, &toc_digest, work, extract, progress);
+            }
+        };
         let what = p.what;
         let mut stats = PartialStats::default();
-        let (start, end) = p.positions.metadata_range();
+        let (start, end) = positions.metadata_range();
         let Some(meta) = fetch_all(p, start, end)? else {
             return Ok(None);
         };
@@ -96,10 +115,10 @@ impl Store {
         };
         let index = match Index::parse(
             what,
-            &p.positions,
+            &positions,
             p.blob_size,
-            slice(p.positions.manifest),
-            slice(p.positions.tarsplit),
+            slice(positions.manifest),
+            slice(positions.tarsplit),
         ) {
             Ok(i) => i,
             // A TOC version this build does not know: the blob is still plain zstd.
@@ -122,7 +141,14 @@ impl Store {
             }
         }
         // Small files are inline in layer trees, not objects: look them up there.
-        let local = self.small_files_here(&mut wanted);
+        let local = self.small_files_here(
+            wanted
+                .iter()
+                .filter(|f| f.size as usize <= INLINE_MAX)
+                .map(|f| f.digest)
+                .collect(),
+        );
+        wanted.retain(|f| !local.contains_key(&f.digest));
         stats.reused += index
             .files
             .iter()
@@ -159,48 +185,16 @@ impl Store {
             .create_new(true)
             .open(&sparse_path)
             .ctx(format!("creating {}", sparse_path.display()))?;
-        wanted.sort_by_key(|f| f.offset);
-        let mut groups: Vec<(u64, u64)> = Vec::new();
-        for f in &wanted {
-            match groups.last_mut() {
-                Some(g) if f.offset <= g.1 + MERGE_GAP => g.1 = g.1.max(f.end),
-                _ => groups.push((f.offset, f.end)),
-            }
-        }
-        let mut done = meta.len() as u64;
-        for (a, b) in groups {
-            if p.cancel.load(Ordering::Relaxed) {
-                return Err(Error::cancelled("stopped: another layer failed"));
-            }
-            let mut r = p
-                .fetch
-                .range(p.layer, a, b)?
-                .ok_or_else(|| Error::new(format!("{what}: the source stopped serving ranges")))?;
-            let mut at = a;
-            let mut buf = vec![0u8; 1 << 20];
-            loop {
-                let n = r
-                    .read(&mut buf)
-                    .map_err(|e| Error::io(format!("{what}: fetching bytes {a}..{b}"), e))?;
-                if n == 0 {
-                    break;
-                }
-                sparse
-                    .write_all_at(&buf[..n], at)
-                    .ctx(format!("writing {}", sparse_path.display()))?;
-                at += n as u64;
-                done += n as u64;
-                progress(done);
-            }
-            if at != b {
-                return Err(Error::network(format!(
-                    "{what}: bytes {a}..{b}: the registry sent {} bytes",
-                    at - a
-                )));
-            }
-            stats.requests += 1;
-            stats.bytes += b - a;
-        }
+        let groups = merged(wanted.iter().map(|f| (f.offset, f.end)).collect());
+        fetch_ranges(
+            p,
+            &sparse,
+            &sparse_path,
+            &groups,
+            meta.len() as u64,
+            &mut stats,
+            progress,
+        )?;
         let later: HashSet<Digest> = deferred.iter().map(|o| o.digest).collect();
         stats.deferred = index
             .files
@@ -261,18 +255,123 @@ impl Store {
     }
 }
 
-impl Store {
-    /// The contents of the small `wanted` files (at most `INLINE_MAX` bytes: kept in
-    /// layer trees, not as objects) that some layer of the store has, read and checked
-    /// against their digests; those are taken out of `wanted`. Reads every layer's
-    /// `tree.json` once, and only when there is such a file to look for.
-    fn small_files_here(&self, wanted: &mut Vec<&FileRange>) -> HashMap<Digest, Vec<u8>> {
-        let mut found = HashMap::new();
-        let small: HashSet<Digest> = wanted
-            .iter()
-            .filter(|f| f.size as usize <= INLINE_MAX)
-            .map(|f| f.digest)
+/// Fetch each of `groups` (ranges of the blob) into `sparse` at its own offset, up to
+/// `PARALLEL_REQUESTS` at a time, counting requests and bytes; `done` bytes were
+/// fetched before.
+pub(super) fn fetch_ranges(
+    p: &Partial<'_>,
+    sparse: &File,
+    sparse_path: &Path,
+    groups: &[(u64, u64)],
+    done: u64,
+    stats: &mut PartialStats,
+    progress: &(dyn Fn(u64) + Sync),
+) -> Result<()> {
+    let what = p.what;
+    let next = AtomicUsize::new(0);
+    let done = AtomicU64::new(done);
+    let failed = AtomicBool::new(false);
+    let one = |a: u64, b: u64, buf: &mut [u8]| -> Result<()> {
+        let mut r = p
+            .fetch
+            .range(p.layer, a, b)?
+            .ok_or_else(|| Error::new(format!("{what}: the source stopped serving ranges")))?;
+        let mut at = a;
+        loop {
+            let n = r
+                .read(buf)
+                .map_err(|e| Error::io(format!("{what}: fetching bytes {a}..{b}"), e))?;
+            if n == 0 {
+                break;
+            }
+            sparse
+                .write_all_at(&buf[..n], at)
+                .ctx(format!("writing {}", sparse_path.display()))?;
+            at += n as u64;
+            progress(done.fetch_add(n as u64, Ordering::Relaxed) + n as u64);
+        }
+        if at != b {
+            return Err(Error::network(format!(
+                "{what}: bytes {a}..{b}: the registry sent {} bytes",
+                at - a
+            )));
+        }
+        Ok(())
+    };
+    let worker = || -> Result<()> {
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            if p.cancel.load(Ordering::Relaxed) {
+                return Err(Error::cancelled("stopped: another layer failed"));
+            }
+            if failed.load(Ordering::Relaxed) {
+                return Ok(());
+            }
+            let Some(&(a, b)) = groups.get(next.fetch_add(1, Ordering::Relaxed)) else {
+                return Ok(());
+            };
+            one(a, b, &mut buf).inspect_err(|_| failed.store(true, Ordering::Relaxed))?;
+        }
+    };
+    let threads = groups.len().clamp(1, PARALLEL_REQUESTS);
+    let results: Vec<Result<()>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads).map(|_| s.spawn(worker)).collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(Error::new("a fetch thread panicked")))
+            })
+            .collect()
+    });
+    for r in results {
+        r?;
+    }
+    stats.requests += groups.len() as u64;
+    stats.bytes += groups.iter().map(|(a, b)| b - a).sum::<u64>();
+    Ok(())
+}
+
+/// `ranges` sorted by start, those less than `MERGE_GAP` apart merged into one; then,
+/// while there are more than `MAX_REQUESTS`, the two closest merged (a request's round
+/// trip is worth more than a few skipped bytes).
+pub(super) fn merged(mut ranges: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
+    ranges.sort();
+    let mut groups: Vec<(u64, u64)> = Vec::new();
+    for (a, b) in ranges {
+        match groups.last_mut() {
+            Some(g) if a <= g.1 + MERGE_GAP => g.1 = g.1.max(b),
+            _ => groups.push((a, b)),
+        }
+    }
+    if groups.len() > MAX_REQUESTS {
+        // Keep the widest gaps: they split the ranges into MAX_REQUESTS groups.
+        let mut gaps: Vec<(u64, usize)> = groups
+            .windows(2)
+            .enumerate()
+            .map(|(i, w)| (w[1].0 - w[0].1, i))
             .collect();
+        gaps.sort_by(|x, y| y.cmp(x));
+        let mut cuts: Vec<usize> = gaps[..MAX_REQUESTS - 1].iter().map(|g| g.1).collect();
+        cuts.sort();
+        let mut out = Vec::with_capacity(MAX_REQUESTS);
+        let mut start = 0;
+        for c in cuts.into_iter().chain(std::iter::once(groups.len() - 1)) {
+            out.push((groups[start].0, groups[c].1));
+            start = c + 1;
+        }
+        groups = out;
+    }
+    groups
+}
+
+impl Store {
+    /// The contents of the small files `small` names (at most `INLINE_MAX` bytes: kept
+    /// in layer trees, not as objects) that some layer of the store has, read and
+    /// checked against their digests. Reads every layer's `tree.json` once, and only
+    /// when there is such a file to look for.
+    pub(super) fn small_files_here(&self, small: HashSet<Digest>) -> HashMap<Digest, Vec<u8>> {
+        let mut found = HashMap::new();
         if small.is_empty() {
             return found;
         }
@@ -305,7 +404,6 @@ impl Store {
             small.len(),
             found.len()
         );
-        wanted.retain(|f| !found.contains_key(&f.digest));
         found
     }
 }
@@ -331,7 +429,7 @@ fn read_small(root: &Path, rel: &[u8]) -> Option<Vec<u8>> {
 }
 
 /// A whole range read into memory (`None`: the fetcher has no ranges).
-fn fetch_all(p: &Partial<'_>, a: u64, b: u64) -> Result<Option<Vec<u8>>> {
+pub(super) fn fetch_all(p: &Partial<'_>, a: u64, b: u64) -> Result<Option<Vec<u8>>> {
     let Some(mut r) = p.fetch.range(p.layer, a, b)? else {
         return Ok(None);
     };
@@ -426,10 +524,10 @@ impl Read for Rebuilt<'_> {
 }
 
 /// A range of a file, read with `pread`.
-struct Section<'a> {
-    file: &'a File,
-    pos: u64,
-    end: u64,
+pub(super) struct Section<'a> {
+    pub file: &'a File,
+    pub pos: u64,
+    pub end: u64,
 }
 
 impl Read for Section<'_> {
@@ -509,5 +607,39 @@ impl<R: Read> Read for Checked<R> {
             }
         }
         Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_merge_when_close_and_down_to_the_request_limit() {
+        assert_eq!(
+            merged(vec![(200_000, 300_000), (0, 10), (20, 30)]),
+            [(0, 30), (200_000, 300_000)]
+        );
+        // Ranges 1 MB apart, but every tenth gap wider: those gaps are kept.
+        let n = 3 * MAX_REQUESTS as u64;
+        let mut ranges = Vec::new();
+        let mut at = 0u64;
+        for i in 0..n {
+            ranges.push((at, at + 10));
+            at += if i % 10 == 9 { 5_000_000 } else { 1_000_000 };
+        }
+        let g = merged(ranges.clone());
+        assert_eq!(g.len(), MAX_REQUESTS);
+        // Every range is inside one group; groups do not overlap.
+        for r in &ranges {
+            assert!(g.iter().any(|x| x.0 <= r.0 && r.1 <= x.1), "{r:?}");
+        }
+        assert!(g.windows(2).all(|w| w[0].1 < w[1].0));
+        // The wide gaps are among the cuts.
+        let wide = g
+            .windows(2)
+            .filter(|w| w[1].0 - w[0].1 >= 4_000_000)
+            .count();
+        assert_eq!(wide as u64, (n - 1) / 10);
     }
 }

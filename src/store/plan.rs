@@ -97,6 +97,8 @@ pub(crate) struct LayerPlan {
     pub diff_id: Digest,
     /// Where a zstd:chunked blob keeps its TOC and tar-split (from its annotations).
     pub chunked: Option<Positions>,
+    /// An eStargz blob's TOC digest (its `toc.digest` annotation).
+    pub estargz: Option<Digest>,
 }
 
 /// One image to import, its manifest and config verified.
@@ -231,8 +233,15 @@ impl ImagePlan {
                 }
                 _ => None,
             };
+            let estargz = match (compression, d.annotations()) {
+                (Compression::Gzip, Some(a)) => a
+                    .get(crate::store::estargz::TOC_DIGEST)
+                    .and_then(|v| v.parse().ok()),
+                _ => None,
+            };
             layers.push(LayerPlan {
                 chunked,
+                estargz,
                 member: source.layer_member(&digest)?,
                 blob: Some(digest),
                 blob_size: Some(d.size()),

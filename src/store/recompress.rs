@@ -1,8 +1,8 @@
-//! Layer blobs written again in another form: a layer's tar as zstd:chunked (for `push`
-//! and `save` with `--compression zstd:chunked`), and the blob of a layer pulled
-//! partially from a zstd:chunked blob, which the store does not keep: it is encoded
-//! again from the layer's tar and used only when that gives the very same bytes (the
-//! blob was written by this encoder and libzstd version).
+//! Layer blobs written again in another form: a layer's tar as zstd:chunked or eStargz
+//! (for `push` and `save` with `--compression`), and the blob of a layer pulled
+//! partially from a zstd:chunked or eStargz blob, which the store does not keep: it is
+//! encoded again from the layer's tar and used only when that gives the very same bytes
+//! (the blob was written by this encoder and compression library version).
 
 use std::fs::File;
 use std::io::{self, Read};
@@ -79,24 +79,34 @@ impl Store {
             .values()
             .flat_map(|r| r.layers.iter())
             .find(|l| l.blob == *d && l.diff_id != *d)?;
-        (Compression::from_media_type(&l.media_type) == Some(Compression::Zstd)
-            && self.tar_split_path(&l.diff_id).is_file())
+        (matches!(
+            Compression::from_media_type(&l.media_type),
+            Some(Compression::Zstd | Compression::Gzip)
+        ) && self.tar_split_path(&l.diff_id).is_file())
         .then(|| l.clone())
     }
 
-    /// The blob of a layer pulled partially, encoded again from its tar into a temp
-    /// file (removed with the guard), when that reproduces the blob byte for byte.
+    /// The blob of a layer pulled partially (zstd:chunked or eStargz), encoded again
+    /// from its tar into a temp file (removed with the guard), when that reproduces the
+    /// blob byte for byte.
     pub(crate) fn rebuild_partial_blob(&self, l: &LayerRef) -> Result<(PathBuf, TempBlob, u64)> {
-        let (enc, path, guard) = self.encode_chunked(l)?;
-        if enc.digest != l.blob {
+        let (digest, size, path, guard, form) =
+            if Compression::from_media_type(&l.media_type) == Some(Compression::Gzip) {
+                let (enc, path, guard) = self.encode_estargz(l)?;
+                (enc.digest, enc.size, path, guard, "estargz")
+            } else {
+                let (enc, path, guard) = self.encode_chunked(l)?;
+                (enc.digest, enc.size, path, guard, "zstd:chunked")
+            };
+        if digest != l.blob {
             return Err(Error::unsupported(format!(
                 "layer {}: it was pulled partially, and its blob {} was written by another \
-                 zstd:chunked encoder, so it cannot be rebuilt byte for byte; push or save \
-                 with --compression zstd:chunked (new blob digests, same diff-ids and image id)",
+                 {form} encoder, so it cannot be rebuilt byte for byte; push or save with \
+                 --compression zstd:chunked (new blob digests, same diff-ids and image id)",
                 l.diff_id, l.blob
             )));
         }
-        Ok((path, guard, enc.size))
+        Ok((path, guard, size))
     }
 }
 
