@@ -1,0 +1,534 @@
+//! eStargz against a real registry through the counting proxy. A pull of an image whose
+//! files the store mostly has fetches the blob's tail (footer and TOC), then every gzip
+//! member but those of chunks the store has: every chunk of a layerfs-written blob
+//! (its TOC says where each member ends), only the chunks before a file's last in a
+//! blob laid out as stargz's Go writer lays it out (the last member also holds the next
+//! headers). The rebuilt tar must hash to the diff-id; a lazy pull mounts at once and
+//! fetches files when opened; TOCs that lie are refused with the store unchanged.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use support::cli::*;
+use support::fingerprint::*;
+use support::images::*;
+use support::mounts::MountGuard;
+use support::proxy::*;
+use support::registry::*;
+use support::rng::Rng;
+
+const TOC_DIGEST: &str = "containerd.io/snapshot/stargz/toc.digest";
+
+/// A change made to a TOC.
+type Lie = Box<dyn Fn(&mut serde_json::Value)>;
+
+/// One entry for [`go_estargz`]: a directory (name ends in `/`) or a file.
+type Entry<'a> = (&'a str, &'a [u8]);
+
+/// An eStargz blob as stargz's Go writer lays it out (1 MiB chunks): each chunk starts
+/// a gzip member, the last chunk's member stays open for the headers after it, no
+/// `endOffset`. Returns the layer (tar, blob) and the TOC JSON, which `lie` may change
+/// (the annotation is the digest of what it leaves).
+fn go_estargz(entries: &[Entry<'_>], lie: &dyn Fn(&mut serde_json::Value)) -> (Layer, String) {
+    struct W {
+        out: Vec<u8>,
+        gz: Option<flate2::write::GzEncoder<Vec<u8>>>,
+        tar: Vec<u8>,
+    }
+    impl W {
+        fn write(&mut self, b: &[u8]) {
+            self.tar.extend_from_slice(b);
+            self.gz
+                .get_or_insert_with(|| {
+                    flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default())
+                })
+                .write_all(b)
+                .unwrap();
+        }
+        fn close(&mut self) {
+            if let Some(g) = self.gz.take() {
+                self.out.extend(g.finish().unwrap());
+            }
+        }
+    }
+    let header = |name: &str, size: usize, dir: bool| {
+        let mut h = tar::Header::new_ustar();
+        h.set_path(name).unwrap();
+        h.set_size(size as u64);
+        h.set_mode(if dir { 0o755 } else { 0o644 });
+        h.set_mtime(1_700_000_000);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_entry_type(if dir {
+            tar::EntryType::Directory
+        } else {
+            tar::EntryType::Regular
+        });
+        h.set_cksum();
+        h.as_bytes().to_vec()
+    };
+    let pad = |n: usize| vec![0u8; n.div_ceil(512) * 512 - n];
+    let mut w = W {
+        out: Vec::new(),
+        gz: None,
+        tar: Vec::new(),
+    };
+    let mut toc = Vec::new();
+    let landmark: Entry<'_> = (".no.prefetch.landmark", &[0x0f]);
+    for (name, data) in std::iter::once(&landmark).chain(entries) {
+        let dir = name.ends_with('/');
+        w.write(&header(name, data.len(), dir));
+        let mut e = serde_json::json!({
+            "name": name.trim_end_matches('/'),
+            "type": if dir { "dir" } else { "reg" },
+            "mode": if dir { 0o755 } else { 0o644 },
+            "modtime": "2023-11-14T22:13:20Z",
+        });
+        if dir || data.is_empty() {
+            toc.push(e);
+            continue;
+        }
+        e["size"] = data.len().into();
+        e["digest"] = sha(data).into();
+        let chunks: Vec<&[u8]> = data.chunks(1 << 20).collect();
+        for (k, c) in chunks.iter().enumerate() {
+            w.close();
+            let offset = w.out.len();
+            w.write(c);
+            let mut ce = if k == 0 {
+                e.clone()
+            } else {
+                serde_json::json!({ "name": name, "type": "chunk", "chunkOffset": k << 20 })
+            };
+            ce["offset"] = offset.into();
+            ce["chunkDigest"] = sha(c).into();
+            if k + 1 < chunks.len() {
+                ce["chunkSize"] = c.len().into();
+            }
+            toc.push(ce);
+        }
+        w.write(&pad(data.len()));
+    }
+    w.close();
+    let toc_offset = w.out.len();
+    let mut toc = serde_json::json!({ "version": 1, "entries": toc });
+    lie(&mut toc);
+    let json = serde_json::to_vec(&toc).unwrap();
+    w.write(&header("stargz.index.json", json.len(), false));
+    w.write(&json);
+    w.write(&pad(json.len()));
+    w.write(&[0u8; 1024]);
+    w.close();
+    let mut f = vec![0x1f, 0x8b, 0x08, 0x04, 0, 0, 0, 0, 0, 0xff];
+    f.extend_from_slice(&26u16.to_le_bytes());
+    f.extend_from_slice(b"SG");
+    f.extend_from_slice(&22u16.to_le_bytes());
+    f.extend_from_slice(format!("{toc_offset:016x}STARGZ").as_bytes());
+    f.extend_from_slice(&[0x01, 0x00, 0x00, 0xff, 0xff, 0, 0, 0, 0, 0, 0, 0, 0]);
+    w.out.extend(f);
+    let layer = Layer {
+        digest: sha(&w.out),
+        diff_id: sha(&w.tar),
+        tar: w.tar,
+        comp: Comp::Gzip,
+        blob: w.out,
+    };
+    (layer, sha(&json))
+}
+
+/// An image of one eStargz layer whose manifest names `toc_digest`, as an OCI layout
+/// imported into `src` as `name`.
+fn import_estargz(dir: &Path, src: &Path, name: &str, layer: Layer, toc_digest: &str) {
+    let mut img = image(vec![layer]);
+    let mut m: serde_json::Value = serde_json::from_slice(&img.manifest).unwrap();
+    m["layers"][0]["annotations"] = serde_json::json!({ TOC_DIGEST: toc_digest });
+    img.manifest = serde_json::to_vec(&m).unwrap();
+    img.manifest_digest = sha(&img.manifest);
+    let layout = dir.join(format!("layout-{}", name.replace(['/', ':'], "-")));
+    write_oci_layout(&layout, &[(&img, Some(name))], false);
+    ok(src, &["import", layout.to_str().unwrap()]);
+}
+
+/// The requests for one blob through the proxy, and their bytes.
+fn blob_bytes(proxy: &Proxy, digest: &str) -> (usize, u64) {
+    let gets: Vec<Seen> = proxy
+        .seen()
+        .into_iter()
+        .filter(|s| s.method == "GET" && s.path.ends_with(&format!("/blobs/{digest}")))
+        .collect();
+    (gets.len(), gets.iter().map(|g| g.body_bytes).sum())
+}
+
+/// The first layer's digest and size in a pushed manifest.
+fn layer_of(reg: &Registry, manifest: &str) -> (String, u64) {
+    let h = hex_of(manifest);
+    let p = reg
+        .dir
+        .join("data/docker/registry/v2/blobs/sha256")
+        .join(&h[..2])
+        .join(h)
+        .join("data");
+    let m: serde_json::Value = serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap();
+    let l = &m["layers"][0];
+    (
+        l["digest"].as_str().unwrap().to_string(),
+        l["size"].as_u64().unwrap(),
+    )
+}
+
+/// An empty store, opened once so that it exists.
+fn empty_store(p: &Path) -> std::collections::BTreeMap<PathBuf, String> {
+    ok(p, &["images"]);
+    store_fingerprint(p)
+}
+
+fn pushed_digest(out: &str) -> String {
+    let at = out.find("digest: ").expect("push prints the digest") + 8;
+    out[at..].split_whitespace().next().unwrap().to_string()
+}
+
+/// An image's tree, exported from `root` (a container made and removed for it).
+fn exported(root: &Path, image: &str, to: &Path) -> Vec<u8> {
+    ok(root, &["create", "--name", "x", image]);
+    ok(root, &["export", "-o", to.to_str().unwrap(), "x"]);
+    ok(root, &["rm", "x"]);
+    std::fs::read(to).unwrap()
+}
+
+fn lazy_pull(root: &Path, reference: &str) -> String {
+    let args = ["pull", "--lazy", reference];
+    let o = command(root)
+        .env("LAYERFS_LAZY_BACKGROUND", "0")
+        .args(args)
+        .output()
+        .unwrap();
+    succeeded(&args, o)
+}
+
+fn lazy_records(root: &Path) -> usize {
+    std::fs::read_dir(root.join("layers/sha256"))
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().path().join("lazy.json").exists())
+        .count()
+}
+
+/// The sample files: a 3.5 MiB file (four chunks in the Go layout, one in layerfs's),
+/// six of 200 kB, small ones; `second` adds a new 300 kB file.
+fn files(second: bool) -> Vec<(String, Vec<u8>)> {
+    let mut rng = Rng::new(11);
+    let mut v: Vec<(String, Vec<u8>)> = vec![
+        ("etc/".into(), vec![]),
+        ("etc/os-release".into(), b"NAME=sample\n".to_vec()),
+        ("usr/".into(), vec![]),
+        ("usr/lib/".into(), vec![]),
+        ("usr/lib/big.bin".into(), rng.bytes(7 << 19)),
+    ];
+    for i in 0..6 {
+        v.push((format!("usr/lib/lib{i}.so"), rng.bytes(200_000)));
+    }
+    if second {
+        v.push(("usr/lib/new.so".into(), Rng::new(99).bytes(300_000)));
+    }
+    v
+}
+
+fn plain_tar(files: &[(String, Vec<u8>)]) -> Vec<u8> {
+    let mut b = LayerBuilder::new();
+    for (name, data) in files {
+        b = if let Some(d) = name.strip_suffix('/') {
+            b.dir(d, 0o755)
+        } else {
+            b.file(name, data)
+        };
+    }
+    b.build()
+}
+
+fn go_layer(files: &[(String, Vec<u8>)], lie: &dyn Fn(&mut serde_json::Value)) -> (Layer, String) {
+    let entries: Vec<Entry<'_>> = files.iter().map(|(n, d)| (n.as_str(), &d[..])).collect();
+    go_estargz(&entries, lie)
+}
+
+#[test]
+fn a_partial_pull_of_layerfs_estargz_skips_every_file_the_store_has() {
+    if support::skip_unless_root() {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path();
+    let reg = Registry::start(&dir.join("reg"), None);
+    let proxy = Proxy::start(reg.port);
+    let (src, dst, full) = (dir.join("src"), dir.join("dst"), dir.join("full"));
+    let mut pushed = Vec::new();
+    for (second, name) in [(false, "one"), (true, "two")] {
+        let tar = dir.join(format!("{name}.tar"));
+        std::fs::write(&tar, plain_tar(&files(second))).unwrap();
+        let r = format!("{}/demo/{name}:1", reg.addr());
+        ok(&src, &["import", "-t", &r, tar.to_str().unwrap()]);
+        let out = ok(&src, &["push", "--compression", "estargz", &r]);
+        pushed.push(pushed_digest(&out));
+    }
+    let (blob, size) = layer_of(&reg, &pushed[1]);
+    let two = format!("{}/demo/two:1", proxy.addr());
+    ok(&dst, &["pull", &format!("{}/demo/one:1", proxy.addr())]);
+    proxy.clear();
+    let out = ok(&dst, &["pull", &two]);
+    assert!(out.contains("partial:"), "{out}");
+    let (requests, bytes) = blob_bytes(&proxy, &blob);
+    // The tail (footer, TOC), then the new file and the headers between files.
+    assert!(
+        bytes < 300_000 + 256 * 1024 + 64 * 1024,
+        "{bytes} of {size}: {out}"
+    );
+    // One per run of members between skipped files: the tail, the headers between
+    // the seven skipped files and after them.
+    assert!(requests <= 9, "{requests} requests: {out}");
+    assert!(ok(&dst, &["system", "check"]).contains("all intact"));
+    // The same tree as a whole pull.
+    ok(&full, &["pull", &two]);
+    assert!(
+        exported(&dst, &two, &dir.join("a.tar")) == exported(&full, &two, &dir.join("b.tar")),
+        "the exports differ"
+    );
+    // The blob was not kept, and is written again byte for byte (to a registry that
+    // has none of it).
+    let reg2 = Registry::start(&dir.join("reg2"), None);
+    let out = ok(
+        &dst,
+        &["push", &two, &format!("{}/demo/again:1", reg2.addr())],
+    );
+    assert_eq!(pushed_digest(&out), pushed[1], "{out}");
+    assert_eq!(layer_of(&reg2, &pushed[1]), (blob, size));
+}
+
+#[test]
+fn a_partial_pull_of_go_written_estargz_skips_the_chunks_before_each_files_last() {
+    if support::skip_unless_root() {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path();
+    let reg = Registry::start(&dir.join("reg"), None);
+    let proxy = Proxy::start(reg.port);
+    let (src, dst, full) = (dir.join("src"), dir.join("dst"), dir.join("full"));
+    let mut blobs = Vec::new();
+    for (second, name) in [(false, "one"), (true, "two")] {
+        let (layer, toc) = go_layer(&files(second), &|_| {});
+        blobs.push((layer.digest.clone(), layer.blob.len() as u64));
+        let r = format!("{}/demo/{name}:1", reg.addr());
+        import_estargz(dir, &src, &r, layer, &toc);
+        ok(&src, &["push", &r]);
+    }
+    let (blob, size) = blobs[1].clone();
+    let two = format!("{}/demo/two:1", proxy.addr());
+    ok(&dst, &["pull", &format!("{}/demo/one:1", proxy.addr())]);
+    proxy.clear();
+    let out = ok(&dst, &["pull", &two]);
+    assert!(out.contains("partial:"), "{out}");
+    // Three of big.bin's four chunks are skipped; every other member is fetched.
+    let (_, bytes) = blob_bytes(&proxy, &blob);
+    assert!(bytes <= size - (3 << 20), "{bytes} of {size}: {out}");
+    assert!(
+        bytes > size - (3 << 20) - 100_000,
+        "{bytes} of {size}: {out}"
+    );
+    assert!(ok(&dst, &["system", "check"]).contains("all intact"));
+    ok(&full, &["pull", &two]);
+    assert!(
+        exported(&dst, &two, &dir.join("a.tar")) == exported(&full, &two, &dir.join("b.tar")),
+        "the exports differ"
+    );
+    // Not rebuildable byte for byte (another writer): push says so and what works.
+    let reg2 = Registry::start(&dir.join("reg2"), None);
+    let again = format!("{}/demo/again:1", reg2.addr());
+    let err = fails(&dst, &["push", &two, &again]);
+    assert!(
+        err.contains("another estargz encoder") && err.contains("--compression"),
+        "{err}"
+    );
+    ok(
+        &dst,
+        &["push", "--compression", "zstd:chunked", &two, &again],
+    );
+}
+
+#[test]
+fn a_lazy_estargz_pull_mounts_at_once_and_fetches_files_when_opened() {
+    if support::skip_unless_root() {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path();
+    let reg = Registry::start(&dir.join("reg"), None);
+    let proxy = Proxy::start(reg.port);
+    let src = dir.join("src");
+    // A name given twice: the later entry is the file.
+    let mut want = files(true);
+    want.push(("etc/os-release".into(), b"NAME=again\n".to_vec()));
+    // One image in each layout.
+    let tar = dir.join("two.tar");
+    std::fs::write(&tar, plain_tar(&want)).unwrap();
+    let ours = format!("{}/demo/ours:1", reg.addr());
+    ok(&src, &["import", "-t", &ours, tar.to_str().unwrap()]);
+    let out = ok(&src, &["push", "--compression", "estargz", &ours]);
+    let (ours_blob, ours_size) = layer_of(&reg, &pushed_digest(&out));
+    let (layer, toc) = go_layer(&want, &|_| {});
+    let (go_blob, go_size) = (layer.digest.clone(), layer.blob.len() as u64);
+    let go = format!("{}/demo/go:1", reg.addr());
+    import_estargz(dir, &src, &go, layer, &toc);
+    ok(&src, &["push", &go]);
+
+    for (name, blob, size, most) in [
+        ("ours", &ours_blob, ours_size, 400 * 1024),
+        // Every file's last (or only) chunk: all but three of big.bin's four.
+        ("go", &go_blob, go_size, go_size - (3 << 20) + 10_000),
+    ] {
+        let root = dir.join(format!("dst-{name}"));
+        let r = format!("{}/demo/{name}:1", proxy.addr());
+        proxy.clear();
+        let out = lazy_pull(&root, &r);
+        let (_, bytes) = blob_bytes(&proxy, blob);
+        assert!(bytes < most, "{name}: fetched {bytes} of {size}: {out}");
+        assert!(out.contains("fetched when opened"), "{name}: {out}");
+        assert_eq!(lazy_records(&root), 1, "{name}");
+        ok(&root, &["create", "--name", "c", &r]);
+        let mnt = PathBuf::from(ok(&root, &["mount", "c"]).trim());
+        let mut guard = MountGuard::new(&mnt);
+        let files: std::collections::BTreeMap<&String, &Vec<u8>> =
+            want.iter().map(|(p, d)| (p, d)).collect();
+        for (path, data) in files {
+            if !path.ends_with('/') {
+                assert!(
+                    std::fs::read(mnt.join(path)).unwrap() == *data,
+                    "{name}: {path} differs"
+                );
+            }
+        }
+        guard.unmount();
+        ok(&root, &["pull", &r]);
+        assert_eq!(lazy_records(&root), 0, "{name}");
+        assert!(
+            ok(&root, &["system", "check"]).contains("all intact"),
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn estargz_tocs_that_lie_are_refused_and_nothing_is_stored() {
+    if support::skip_unless_root() {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path();
+    let reg = Registry::start(&dir.join("reg"), None);
+    let src = dir.join("src");
+    let dst = dir.join("dst");
+    // The store has one's files, so that a partial pull is tried.
+    let (layer, toc) = go_layer(&files(false), &|_| {});
+    let one = format!("{}/demo/one:1", reg.addr());
+    import_estargz(dir, &src, &one, layer, &toc);
+    ok(&src, &["push", &one]);
+    ok(&dst, &["pull", &one]);
+    // Another 3.5 MiB content the store has, to swap in.
+    let mut other = files(false);
+    other[4].0 = "usr/lib/other.bin".into();
+    other[4].1 = Rng::new(5).bytes(7 << 19);
+    let other_digest = sha(&other[4].1);
+    let (layer, toc) = go_layer(&other, &|_| {});
+    let o = format!("{}/demo/other:1", reg.addr());
+    import_estargz(dir, &src, &o, layer, &toc);
+    ok(&src, &["push", &o]);
+    ok(&dst, &["pull", &o]);
+    let before = store_fingerprint(&dst);
+
+    let entry = |toc: &mut serde_json::Value, name: &str, k: usize| -> serde_json::Value {
+        toc["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["name"] == name)
+            .nth(k)
+            .unwrap()
+            .clone()
+    };
+    let set =
+        |toc: &mut serde_json::Value, name: &str, k: usize, key: &str, v: serde_json::Value| {
+            let e = toc["entries"]
+                .as_array_mut()
+                .unwrap()
+                .iter_mut()
+                .filter(|e| e["name"] == name)
+                .nth(k)
+                .unwrap();
+            e[key] = v;
+        };
+    let cases: Vec<(&str, Lie, &str)> = vec![
+        (
+            "annotation",
+            Box::new(|_| {}),
+            "the manifest's annotation says",
+        ),
+        (
+            "order",
+            Box::new(move |t| {
+                let second = entry(t, "usr/lib/big.bin", 1)["offset"].clone();
+                set(t, "usr/lib/big.bin", 2, "offset", second);
+            }),
+            "\"usr/lib/big.bin\": chunk at offset",
+        ),
+        (
+            "digest",
+            Box::new(move |t| {
+                set(
+                    t,
+                    "usr/lib/big.bin",
+                    0,
+                    "digest",
+                    other_digest.clone().into(),
+                )
+            }),
+            "diff-id mismatch",
+        ),
+    ];
+    for (tag, lie, says) in cases {
+        let (layer, mut toc) = go_layer(&files(true), &*lie);
+        if tag == "annotation" {
+            toc = sha(b"not the toc");
+        }
+        let r = format!("{}/demo/lie:{tag}", reg.addr());
+        import_estargz(dir, &src, &r, layer, &toc);
+        ok(&src, &["push", &r]);
+        let err = fails(&dst, &["pull", &r]);
+        assert!(err.contains(says), "{tag}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{tag}: {err}");
+        assert_eq!(store_fingerprint(&dst), before, "{tag}: the store changed");
+    }
+    // Lazily (into an empty store, so that big.bin is left for later), the TOC stands
+    // in for the diff-id until the layer is complete: a small file whose content it
+    // misnames is refused at once.
+    let dst = dir.join("dst-lazy");
+    let before = empty_store(&dst);
+    let (layer, toc) = go_layer(&files(true), &|t| {
+        set(
+            t,
+            "etc/os-release",
+            0,
+            "digest",
+            sha(b"NAME=other\n").into(),
+        )
+    });
+    let r = format!("{}/demo/lie:lazy", reg.addr());
+    import_estargz(dir, &src, &r, layer, &toc);
+    ok(&src, &["push", &r]);
+    let args = ["pull", "--lazy", r.as_str()];
+    let o = command(&dst)
+        .env("LAYERFS_LAZY_BACKGROUND", "0")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("its eStargz TOC does not name"), "{err}");
+    assert_eq!(store_fingerprint(&dst), before, "lazy: the store changed");
+}
