@@ -164,23 +164,35 @@ fn choose_platform(
     let index = ImageIndex::from_reader(index_bytes)
         .map_err(|e| Error::corrupt(format!("{what}: not a valid image index: {e}")))?;
     let mut seen = Vec::new();
+    // An entry that names no platform (as `ctr-remote images convert` writes them) is
+    // taken when none names this one, as containerd does.
+    let mut unnamed = None;
     for d in index.manifests() {
         let mt = d.media_type().to_string();
         if mt != OCI_MANIFEST && mt != DOCKER_MANIFEST {
             continue;
         }
-        let Some(p) = d.platform().as_ref().map(Platform::of_descriptor) else {
-            continue;
-        };
-        if platform.matches(&p) {
+        let entry = || -> Result<(Digest, u64, String)> {
             let digest: Digest = d.digest().to_string().parse().map_err(|e: Error| {
                 Error::corrupt(format!("{what}: index entry: {}", e.message()))
             })?;
-            return Ok((digest, d.size(), mt));
+            Ok((digest, d.size(), mt.clone()))
+        };
+        let Some(p) = d.platform().as_ref().map(Platform::of_descriptor) else {
+            if unnamed.is_none() {
+                unnamed = Some(entry()?);
+            }
+            continue;
+        };
+        if platform.matches(&p) {
+            return entry();
         }
         if p.os != "unknown" {
             seen.push(p.to_string());
         }
+    }
+    if let Some(e) = unnamed {
+        return Ok(e);
     }
     seen.sort();
     seen.dedup();
@@ -561,5 +573,47 @@ impl Read for BlobReader {
                 Err(e) => self.failed(client::describe_io(&e))?,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn index(entries: &[serde_json::Value]) -> Vec<u8> {
+        serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": entries,
+        }))
+        .unwrap()
+    }
+
+    fn entry(d: &Digest, platform: Option<(&str, &str)>) -> serde_json::Value {
+        let mut e = serde_json::json!({
+            "mediaType": OCI_MANIFEST,
+            "digest": d.to_string(),
+            "size": 100,
+        });
+        if let Some((os, arch)) = platform {
+            e["platform"] = serde_json::json!({ "os": os, "architecture": arch });
+        }
+        e
+    }
+
+    #[test]
+    fn an_entry_without_a_platform_is_taken_when_none_names_the_host() {
+        let (a, b) = (Digest::of(b"a"), Digest::of(b"b"));
+        let linux = Platform::parse("linux/amd64").unwrap();
+        // Named platforms win over an unnamed entry.
+        let i = index(&[entry(&a, None), entry(&b, Some(("linux", "amd64")))]);
+        assert_eq!(choose_platform("t", &i, &linux).unwrap().0, b);
+        // Only an unnamed one (as ctr-remote's converted images have): taken.
+        let i = index(&[entry(&a, None)]);
+        assert_eq!(choose_platform("t", &i, &linux).unwrap().0, a);
+        // Others named, none for this platform: refused, naming them.
+        let i = index(&[entry(&b, Some(("linux", "arm64")))]);
+        let e = choose_platform("t", &i, &linux).unwrap_err().to_string();
+        assert!(e.contains("available: linux/arm64"), "{e}");
     }
 }
