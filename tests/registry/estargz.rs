@@ -532,3 +532,161 @@ fn estargz_tocs_that_lie_are_refused_and_nothing_is_stored() {
     assert!(err.contains("its eStargz TOC does not name"), "{err}");
     assert_eq!(store_fingerprint(&dst), before, "lazy: the store changed");
 }
+
+/// `ctr-remote` (stargz-snapshotter's own tool) against the private containerd `c`.
+fn ctr_remote(c: &support::containerd::Containerd, args: &[&str]) {
+    let o = std::process::Command::new("ctr-remote")
+        .arg("--address")
+        .arg(&c.address)
+        .arg("--namespace")
+        .arg(&c.namespace)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "ctr-remote {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// Bytes of every blob fetched through the proxy.
+fn all_blob_bytes(proxy: &Proxy) -> u64 {
+    proxy
+        .seen()
+        .into_iter()
+        .filter(|s| s.method == "GET" && s.path.contains("/blobs/"))
+        .map(|s| s.body_bytes)
+        .sum()
+}
+
+#[test]
+fn estargz_made_by_ctr_remote_pulls_partially_and_a_lazy_mount_runs_a_shell() {
+    if support::skip_unless_root() || support::skip_without_tool("ctr-remote") {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path();
+    let reg = Registry::start(&dir.join("reg"), None);
+    let proxy = Proxy::start(reg.port);
+    let c = support::containerd::Containerd::start(&dir.join("containerd"), &dir.join("none.sock"));
+    let src = dir.join("src");
+    // A shell (dash and what it loads, from the test rootfs), a 9 MiB file; two adds a
+    // new file.
+    let rootfs = support::debian::rootfs();
+    let mut rng = Rng::new(3);
+    let big = rng.bytes(9 << 20);
+    let new = rng.bytes(300_000);
+    for (name, second) in [("one", false), ("two", true)] {
+        let work = dir.join(name);
+        std::fs::create_dir_all(work.join("srv")).unwrap();
+        std::fs::write(work.join("srv/big.bin"), &big).unwrap();
+        if second {
+            std::fs::write(work.join("srv/new.bin"), &new).unwrap();
+        }
+        let tar = dir.join(format!("{name}.tar"));
+        let st = std::process::Command::new("tar")
+            .args(["--numeric-owner", "-cf"])
+            .arg(&tar)
+            .arg("-C")
+            .arg(&rootfs)
+            .args([
+                "--no-recursion",
+                "./usr",
+                "./usr/bin",
+                "./usr/lib",
+                "./usr/lib64",
+            ])
+            .args([
+                "./usr/lib/x86_64-linux-gnu",
+                "./bin",
+                "./lib",
+                "./lib64",
+                "./usr/bin/dash",
+            ])
+            .args(["./usr/lib/x86_64-linux-gnu/libc.so.6"])
+            .args(["./usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"])
+            .args(["./usr/lib64/ld-linux-x86-64.so.2"])
+            .arg("-C")
+            .arg(&work)
+            .arg("--recursion")
+            .arg("./srv")
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let local = format!("demo/{name}:1");
+        ok(&src, &["import", "-t", &local, tar.to_str().unwrap()]);
+        let archive = dir.join(format!("{name}.oci.tar"));
+        ok(&src, &["save", &local, "-o", archive.to_str().unwrap()]);
+        let plain = format!("docker.io/demo/{name}:1");
+        c.ok(&[
+            "image",
+            "import",
+            "--index-name",
+            &plain,
+            archive.to_str().unwrap(),
+        ]);
+        let esgz = format!("{}/demo/{name}:esgz", reg.addr());
+        ctr_remote(
+            &c,
+            &[
+                "image",
+                "convert",
+                "--estargz",
+                "--oci",
+                "--estargz-chunk-size",
+                "1048576",
+                &plain,
+                &esgz,
+            ],
+        );
+        c.ok(&["image", "push", "--plain-http", &esgz]);
+    }
+    let two = format!("{}/demo/two:esgz", proxy.addr());
+
+    // Partially: eight of big.bin's nine chunks come from the store.
+    let (dst, full) = (dir.join("dst"), dir.join("full"));
+    ok(&dst, &["pull", &format!("{}/demo/one:esgz", proxy.addr())]);
+    proxy.clear();
+    let out = ok(&dst, &["pull", &two]);
+    assert!(out.contains("partial:"), "{out}");
+    let partial = all_blob_bytes(&proxy);
+    proxy.clear();
+    ok(&full, &["pull", &two]);
+    let whole = all_blob_bytes(&proxy);
+    assert!(
+        partial + (8 << 20) <= whole + 300_000,
+        "{partial} vs {whole}: {out}"
+    );
+    assert!(partial < whole - (7 << 20), "{partial} vs {whole}: {out}");
+    assert!(ok(&dst, &["system", "check"]).contains("all intact"));
+    assert!(
+        exported(&dst, &two, &dir.join("a.tar")) == exported(&full, &two, &dir.join("b.tar")),
+        "the exports differ"
+    );
+
+    // Lazily, into an empty store: a shell runs in the mount before the rest is here.
+    let lazy = dir.join("lazy");
+    proxy.clear();
+    let out = lazy_pull(&lazy, &two);
+    assert!(out.contains("fetched when opened"), "{out}");
+    assert!(all_blob_bytes(&proxy) < whole - (7 << 20), "{out}");
+    ok(&lazy, &["create", "--name", "c", &two]);
+    let mnt = PathBuf::from(ok(&lazy, &["mount", "c"]).trim());
+    let mut guard = MountGuard::new(&mnt);
+    let sh = std::process::Command::new("chroot")
+        .arg(&mnt)
+        .args(["/bin/dash", "-c", "echo shell runs"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&sh.stdout),
+        "shell runs\n",
+        "{sh:?}"
+    );
+    assert!(std::fs::read(mnt.join("srv/big.bin")).unwrap() == big);
+    guard.unmount();
+    ok(&lazy, &["pull", &two]);
+    assert_eq!(lazy_records(&lazy), 0);
+    assert!(ok(&lazy, &["system", "check"]).contains("all intact"));
+}
