@@ -37,12 +37,16 @@ pub(crate) struct LazyFetcher {
     busy: Mutex<()>,
 }
 
-/// A client for the registry of `reference`.
-pub(crate) fn client_for(reference: &str, insecure: bool) -> Result<(Arc<Client>, String)> {
-    let r = ImageRef::parse(reference)?;
+/// A client for the registry a lazy record names, with its pull's network options.
+pub(crate) fn client_for(rec: &LazyRecord) -> Result<(Arc<Client>, String)> {
+    let r = ImageRef::parse(&rec.reference)?;
+    let dflt = Options::default();
     let opts = Options {
-        insecure,
-        ..Options::default()
+        insecure: rec.insecure,
+        timeout: rec
+            .timeout_ms
+            .map_or(dflt.timeout, std::time::Duration::from_millis),
+        retries: rec.retries.unwrap_or(dflt.retries),
     };
     let client = Client::new(
         &r.registry,
@@ -76,7 +80,7 @@ pub fn fetcher_for(lowers: &[PathBuf], data: &[PathBuf]) -> Result<Option<Arc<dy
         busy: Mutex::new(()),
     };
     for r in records {
-        let (client, repository) = client_for(&r.reference, r.insecure)?;
+        let (client, repository) = client_for(&r)?;
         f.sources.push(Source {
             client,
             repository,

@@ -334,6 +334,8 @@ pub(crate) fn pull(
     let source = LazySource {
         reference: r.to_string(),
         insecure: opts.client.insecure,
+        timeout_ms: opts.client.timeout.as_millis() as u64,
+        retries: opts.client.retries,
     };
     let lazy = opts.lazy.then_some(&source);
     let ingested = store.ingest(&what, &plan, &fetcher, opts.parallel, lazy, obs)?;
@@ -355,7 +357,7 @@ fn complete_objects(store: &Store, rec: &LazyRecord, obs: &dyn ImportObserver) -
         rec.reference,
         missing.len()
     ));
-    let (client, repository) = lazy::client_for(&rec.reference, rec.insecure)?;
+    let (client, repository) = lazy::client_for(rec)?;
     lazy::fetch_objects(
         &client,
         &repository,

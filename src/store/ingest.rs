@@ -297,6 +297,8 @@ impl Store {
                         &LazyRecord {
                             reference: src.reference.clone(),
                             insecure: src.insecure,
+                            timeout_ms: Some(src.timeout_ms),
+                            retries: Some(src.retries),
                             blob,
                             form: match form {
                                 Form::ZstdChunked(_) => BlobForm::ZstdChunked,

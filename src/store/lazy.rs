@@ -24,6 +24,9 @@ pub(crate) const FILE_NAME: &str = "lazy.json";
 pub(crate) struct LazySource {
     pub reference: String,
     pub insecure: bool,
+    /// The pull's `--timeout` (milliseconds) and `--retries`, for the fetches after it.
+    pub timeout_ms: u64,
+    pub retries: u32,
 }
 
 /// Where a lazy layer's missing contents are.
@@ -34,6 +37,12 @@ pub(crate) struct LazyRecord {
     /// Plain HTTP / unverified TLS allowed (`pull --insecure`).
     #[serde(default)]
     pub insecure: bool,
+    /// The pull's `--timeout` in milliseconds and `--retries` (records from before they
+    /// were kept name neither: the defaults).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<u32>,
     /// The blob (zstd:chunked or eStargz).
     pub blob: Digest,
     /// Its form (records written before eStargz was read name none: zstd:chunked).

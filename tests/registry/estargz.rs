@@ -690,3 +690,65 @@ fn estargz_made_by_ctr_remote_pulls_partially_and_a_lazy_mount_runs_a_shell() {
     assert_eq!(lazy_records(&lazy), 0);
     assert!(ok(&lazy, &["system", "check"]).contains("all intact"));
 }
+
+#[test]
+fn a_lazy_open_waits_out_a_slow_registry_and_a_stalled_one_is_eio() {
+    if support::skip_unless_root() {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path();
+    let reg = Registry::start(&dir.join("reg"), None);
+    let proxy = Proxy::start(reg.port);
+    let (src, dst) = (dir.join("src"), dir.join("dst"));
+    let want = files(true);
+    let tar = dir.join("two.tar");
+    std::fs::write(&tar, plain_tar(&want)).unwrap();
+    let r = format!("{}/demo/two:1", reg.addr());
+    ok(&src, &["import", "-t", &r, tar.to_str().unwrap()]);
+    ok(&src, &["push", "--compression", "estargz", &r]);
+    // The pull's --timeout and --retries hold for the fetches after it.
+    let two = format!("{}/demo/two:1", proxy.addr());
+    let args = [
+        "pull",
+        "--lazy",
+        "--timeout",
+        "1",
+        "--retries",
+        "0",
+        two.as_str(),
+    ];
+    let o = command(&dst)
+        .env("LAYERFS_LAZY_BACKGROUND", "0")
+        .args(args)
+        .output()
+        .unwrap();
+    succeeded(&args, o);
+    ok(&dst, &["create", "--name", "c", &two]);
+    let mnt = PathBuf::from(ok(&dst, &["mount", "c"]).trim());
+    let mut guard = MountGuard::new(&mnt);
+    let content = |name: &str| &want.iter().find(|(n, _)| n == name).unwrap().1;
+
+    // Slow (200 kB/s): the open waits, then reads the right bytes.
+    proxy.set_faults(Faults {
+        path_has: "/blobs/".into(),
+        throttle: Some(200_000),
+        ..Faults::default()
+    });
+    let started = std::time::Instant::now();
+    assert!(std::fs::read(mnt.join("usr/lib/lib0.so")).unwrap() == *content("usr/lib/lib0.so"));
+    assert!(started.elapsed() >= std::time::Duration::from_millis(500));
+    // Stalled: EIO once the timeout has passed, not a hang.
+    proxy.set_faults(Faults {
+        path_has: "/blobs/".into(),
+        stall_after: Some(1000),
+        ..Faults::default()
+    });
+    let started = std::time::Instant::now();
+    let err = std::fs::read(mnt.join("usr/lib/lib1.so")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    proxy.set_faults(Faults::default());
+    assert!(std::fs::read(mnt.join("usr/lib/lib1.so")).unwrap() == *content("usr/lib/lib1.so"));
+    guard.unmount();
+}
