@@ -5,15 +5,18 @@
 # v1 (partial), v2 into an empty store (whole), and `pull --lazy` of v2 into an empty
 # store until `perl -e` has run in a container's mount. Prints each pull line and time.
 # Root (drop_caches, chroot); a loopback docker-registry (scripts/deps installs it).
-# Usage: scripts/bench-pull [ROUNDS]   (FORMS="estargz zstd" by default)
+#
+#   benchmark/run partial            3 rounds
+#   ROUNDS=5 FORMS=estargz benchmark/run partial
 set -euo pipefail
 cd "$(dirname "$0")/.."
+scripts/deps >/dev/null
 export PATH="$HOME/.cargo/bin:$PATH"
 cargo build --release --bins >/dev/null 2>&1 || cargo build --release --bins
 L="$PWD/target/release/layerfs"
 R="${LAYERFS_TEST_ROOTFS:-/var/cache/layerfs-test/bookworm}"
 [ -d "$R" ] || scripts/make-test-rootfs "$R"
-rounds="${1:-3}"
+rounds="${ROUNDS:-3}"
 W=$(mktemp -d /tmp/layerfs-bench-pull.XXXXXX)
 regpid=
 cleanup() {
