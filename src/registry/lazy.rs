@@ -146,6 +146,8 @@ pub(crate) fn fetch_objects(
                 BlobForm::Estargz => flate2::read::MultiGzDecoder::new(frames)
                     .take(o.size)
                     .read_to_end(&mut data),
+                BlobForm::StargzZstd => zstd::stream::read::Decoder::new(frames)
+                    .and_then(|d| d.take(o.size).read_to_end(&mut data)),
             }
             .map_err(|e| Error::corrupt(format!("object {}: invalid frame: {e}", o.digest)))?;
             lazy::place_fetched(objects_dir, o, &data)?;

@@ -83,13 +83,33 @@ pub(crate) fn read_toc(what: &str, member: &[u8], want: &Digest) -> Result<Toc> 
     }
     let mut json = Vec::with_capacity(e.size() as usize);
     e.read_to_end(&mut json).map_err(|e| bad(e.to_string()))?;
-    let got = Digest::of(&json);
+    parse_toc(what, &json, want)
+}
+
+/// The TOC of stargz's zstd form: a zstd frame of its own holding the JSON.
+pub(crate) fn read_zstd_toc(what: &str, frame: &[u8], want: &Digest) -> Result<Toc> {
+    let mut json = Vec::new();
+    zstd::stream::read::Decoder::new(frame)
+        .and_then(|d| d.take(TOC_MAX + 1).read_to_end(&mut json))
+        .map_err(|e| Error::corrupt(format!("{what}: stargz TOC frame: {e}")))?;
+    if json.len() as u64 > TOC_MAX {
+        return Err(Error::corrupt(format!(
+            "{what}: stargz TOC over {TOC_MAX} bytes"
+        )));
+    }
+    parse_toc(what, &json, want)
+}
+
+/// A TOC's JSON, checked against the digest the manifest names.
+fn parse_toc(what: &str, json: &[u8], want: &Digest) -> Result<Toc> {
+    let bad = |why: String| Error::corrupt(format!("{what}: eStargz TOC: {why}"));
+    let got = Digest::of(json);
     if got != *want {
         return Err(bad(format!(
             "it hashes to {got}, the manifest's annotation says {want}"
         )));
     }
-    let toc: Toc = serde_json::from_slice(&json).map_err(|e| bad(e.to_string()))?;
+    let toc: Toc = serde_json::from_slice(json).map_err(|e| bad(e.to_string()))?;
     if toc.version != 1 {
         return Err(Error::unsupported(format!(
             "{what}: eStargz TOC version {}",

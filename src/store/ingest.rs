@@ -302,6 +302,7 @@ impl Store {
                             blob,
                             form: match form {
                                 Form::ZstdChunked(_) => BlobForm::ZstdChunked,
+                                Form::Estargz(t) if t.zstd_frame.is_some() => BlobForm::StargzZstd,
                                 Form::Estargz(_) => BlobForm::Estargz,
                             },
                             objects: deferred,

@@ -62,6 +62,9 @@ pub(crate) enum BlobForm {
     /// A file's content starts a gzip member; the last member may hold more after it.
     #[serde(rename = "estargz")]
     Estargz,
+    /// The same layout in zstd frames (`ctr-remote images convert --zstdchunked`).
+    #[serde(rename = "stargz-zstd")]
+    StargzZstd,
 }
 
 /// One missing object: its size and the compressed bytes that hold it.

@@ -27,7 +27,7 @@ use crate::store::ingest::BlobFetcher;
 use crate::store::layout::read_json;
 use crate::store::lazy::LazyObject;
 use crate::store::objects;
-use crate::store::plan::LayerPlan;
+use crate::store::plan::{LayerPlan, StargzToc};
 use crate::store::stream::{Streamed, stream_blob};
 use crate::store::tree::TreeEntry;
 use crate::store::zstd_chunked::{FileRange, Index, Piece, Positions};
@@ -69,8 +69,8 @@ pub(super) struct PartialPulled {
 pub(super) enum Form {
     /// Where its TOC and tar-split are.
     ZstdChunked(Positions),
-    /// Its TOC digest.
-    Estargz(Digest),
+    /// stargz's layout (eStargz, or its zstd form): where its TOC is.
+    Estargz(StargzToc),
 }
 
 /// One partial pull of a layer.
@@ -98,8 +98,8 @@ impl Store {
     ) -> Result<Option<PartialPulled>> {
         let positions = match p.form {
             Form::ZstdChunked(positions) => positions,
-            Form::Estargz(toc_digest) => {
-                return self.pull_partial_estargz(p, &toc_digest, work, extract, progress);
+            Form::Estargz(toc) => {
+                return self.pull_partial_estargz(p, &toc, work, extract, progress);
             }
         };
         let what = p.what;

@@ -33,6 +33,7 @@ use crate::store::objects;
 use crate::store::partial::{
     Partial, PartialPulled, PartialStats, Section, fetch_all, fetch_ranges, merged,
 };
+use crate::store::plan::StargzToc;
 use crate::store::stream::stream_blob;
 use crate::store::toc::{Toc, TocEntry};
 
@@ -61,7 +62,7 @@ impl Store {
     pub(super) fn pull_partial_estargz(
         &self,
         p: &Partial<'_>,
-        toc_digest: &Digest,
+        toc_at: &StargzToc,
         work: &Path,
         mut extract: ExtractOptions,
         progress: &(dyn Fn(u64) + Sync),
@@ -71,41 +72,19 @@ impl Store {
             return Ok(None);
         }
         let mut stats = PartialStats::default();
-        let mut meta_start = p.blob_size.saturating_sub(TAIL);
-        let Some(mut meta) = fetch_all(p, meta_start, p.blob_size)? else {
-            return Ok(None);
+        let codec = if toc_at.zstd_frame.is_some() {
+            Codec::Zstd
+        } else {
+            Codec::Gzip
         };
-        stats.requests += 1;
-        stats.bytes += meta.len() as u64;
-        let Some((toc_offset, footer_len)) = estargz_index::footer(&meta) else {
-            log::info!("{what}: no eStargz footer: fetching it whole");
+        let Some(Meta {
+            toc,
+            toc_offset,
+            meta_start,
+            meta,
+        }) = self.stargz_toc(p, toc_at, &mut stats)?
+        else {
             return Ok(None);
-        };
-        let toc_end = p.blob_size - footer_len as u64;
-        if toc_offset >= toc_end {
-            return Err(Error::corrupt(format!(
-                "{what}: the eStargz footer puts the TOC at {toc_offset}, past the blob's \
-                 data ({toc_end} bytes)"
-            )));
-        }
-        if toc_offset < meta_start {
-            let Some(mut head) = fetch_all(p, toc_offset, meta_start)? else {
-                return Ok(None);
-            };
-            stats.requests += 1;
-            stats.bytes += head.len() as u64;
-            head.extend_from_slice(&meta);
-            meta = head;
-            meta_start = toc_offset;
-        }
-        let member = &meta[(toc_offset - meta_start) as usize..(toc_end - meta_start) as usize];
-        let toc = match estargz_index::read_toc(what, member, toc_digest) {
-            Ok(t) => t,
-            Err(e) if e.kind() == ErrorKind::Unsupported => {
-                log::info!("{e}: fetching it whole");
-                return Ok(None);
-            }
-            Err(e) => return Err(e),
         };
         let index = Index::parse(what, &toc, toc_offset)?;
 
@@ -216,7 +195,8 @@ impl Store {
             for s in &segs {
                 match s {
                     Seg::Gz(a, b) => {
-                        at += io::copy(&mut gunzip(&sparse, *a, *b), &mut io::sink())
+                        at += decode(codec, &sparse, *a, *b)
+                            .and_then(|mut r| io::copy(&mut r, &mut io::sink()))
                             .map_err(|e| Error::corrupt(format!("{what}: bytes {a}..{b}: {e}")))?;
                     }
                     Seg::Skip {
@@ -234,6 +214,7 @@ impl Store {
             extract.lazy = Some(Arc::new(lazy_at));
         }
         let tar = Rebuilt {
+            codec,
             segs: segs.into_iter(),
             cur: None,
             sparse: &sparse,
@@ -254,7 +235,13 @@ impl Store {
         let streamed = streamed?;
         if !deferred.is_empty() {
             let tree = streamed.extracted.as_ref().expect("extracted");
-            check_contents(what, &toc, &index, toc_digest, tree.file_hashes.values())?;
+            check_contents(
+                what,
+                &toc,
+                &index,
+                &toc_at.digest,
+                tree.file_hashes.values(),
+            )?;
         }
         Ok(Some(PartialPulled {
             streamed,
@@ -262,6 +249,107 @@ impl Store {
             deferred,
         }))
     }
+}
+
+impl Store {
+    /// The TOC (checked against the manifest's digest), where it starts, and the blob's
+    /// last bytes fetched for it; `None`: fetch whole.
+    fn stargz_toc(
+        &self,
+        p: &Partial<'_>,
+        at: &StargzToc,
+        stats: &mut PartialStats,
+    ) -> Result<Option<Meta>> {
+        let what = p.what;
+        let mut fetch = |a: u64, b: u64| -> Result<Option<Vec<u8>>> {
+            let got = fetch_all(p, a, b)?;
+            if let Some(g) = &got {
+                stats.requests += 1;
+                stats.bytes += g.len() as u64;
+            }
+            Ok(got)
+        };
+        let unsupported = |e: Error| -> Result<Option<Meta>> {
+            if e.kind() == ErrorKind::Unsupported {
+                log::info!("{e}: fetching it whole");
+                Ok(None)
+            } else {
+                Err(e)
+            }
+        };
+        if let Some((off, len)) = at.zstd_frame {
+            // The TOC frame, then the footer: the blob's end.
+            if off.saturating_add(len) > p.blob_size {
+                return Err(Error::corrupt(format!(
+                    "{what}: the TOC annotation names bytes {off}..{} of a blob of {}",
+                    off.saturating_add(len),
+                    p.blob_size
+                )));
+            }
+            let Some(meta) = fetch(off, p.blob_size)? else {
+                return Ok(None);
+            };
+            return match estargz_index::read_zstd_toc(what, &meta[..len as usize], &at.digest) {
+                Ok(toc) => Ok(Some(Meta {
+                    toc,
+                    toc_offset: off,
+                    meta_start: off,
+                    meta,
+                })),
+                Err(e) => unsupported(e),
+            };
+        }
+        let mut meta_start = p.blob_size.saturating_sub(TAIL);
+        let Some(mut meta) = fetch(meta_start, p.blob_size)? else {
+            return Ok(None);
+        };
+        let Some((toc_offset, footer_len)) = estargz_index::footer(&meta) else {
+            log::info!("{what}: no eStargz footer: fetching it whole");
+            return Ok(None);
+        };
+        let toc_end = p.blob_size - footer_len as u64;
+        if toc_offset >= toc_end {
+            return Err(Error::corrupt(format!(
+                "{what}: the eStargz footer puts the TOC at {toc_offset}, past the blob's \
+                 data ({toc_end} bytes)"
+            )));
+        }
+        if toc_offset < meta_start {
+            let Some(mut head) = fetch(toc_offset, meta_start)? else {
+                return Ok(None);
+            };
+            head.extend_from_slice(&meta);
+            meta = head;
+            meta_start = toc_offset;
+        }
+        let member = &meta[(toc_offset - meta_start) as usize..(toc_end - meta_start) as usize];
+        match estargz_index::read_toc(what, member, &at.digest) {
+            Ok(toc) => Ok(Some(Meta {
+                toc,
+                toc_offset,
+                meta_start,
+                meta,
+            })),
+            Err(e) => unsupported(e),
+        }
+    }
+}
+
+/// A stargz-layout blob's TOC and the bytes fetched to find it.
+struct Meta {
+    toc: Toc,
+    /// Where the TOC's member (frame) starts: the end of the file data.
+    toc_offset: u64,
+    /// `meta` is the blob from here to its end.
+    meta_start: u64,
+    meta: Vec<u8>,
+}
+
+/// How the blob's pieces are compressed.
+#[derive(Debug, Clone, Copy)]
+enum Codec {
+    Gzip,
+    Zstd,
 }
 
 /// A lazy layer's tree against its TOC: each regular file's content is one the TOC
@@ -316,20 +404,25 @@ fn check_contents<'a>(
     Ok(())
 }
 
-/// The members in `a..b` of the sparse copy, decompressed.
-fn gunzip(sparse: &File, a: u64, b: u64) -> MultiGzDecoder<BufReader<Section<'_>>> {
-    MultiGzDecoder::new(BufReader::with_capacity(
+/// The members (frames) in `a..b` of the sparse copy, decompressed.
+fn decode(codec: Codec, sparse: &File, a: u64, b: u64) -> io::Result<Box<dyn Read + Send + '_>> {
+    let section = BufReader::with_capacity(
         1 << 16,
         Section {
             file: sparse,
             pos: a,
             end: b,
         },
-    ))
+    );
+    Ok(match codec {
+        Codec::Gzip => Box::new(MultiGzDecoder::new(section)),
+        Codec::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(section)?),
+    })
 }
 
 /// The layer's tar, segment by segment.
 struct Rebuilt<'a> {
+    codec: Codec,
     segs: std::vec::IntoIter<Seg>,
     cur: Option<Box<dyn Read + Send + 'a>>,
     sparse: &'a File,
@@ -341,7 +434,7 @@ struct Rebuilt<'a> {
 impl<'a> Rebuilt<'a> {
     fn open(&self, seg: Seg) -> io::Result<Box<dyn Read + Send + 'a>> {
         Ok(match seg {
-            Seg::Gz(a, b) => Box::new(gunzip(self.sparse, a, b)),
+            Seg::Gz(a, b) => decode(self.codec, self.sparse, a, b)?,
             Seg::Skip {
                 len, later: true, ..
             } => Box::new(io::repeat(0).take(len)),

@@ -97,8 +97,26 @@ pub(crate) struct LayerPlan {
     pub diff_id: Digest,
     /// Where a zstd:chunked blob keeps its TOC and tar-split (from its annotations).
     pub chunked: Option<Positions>,
-    /// An eStargz blob's TOC digest (its `toc.digest` annotation).
-    pub estargz: Option<Digest>,
+    /// A blob laid out by stargz's writer (eStargz, or its zstd form): where its TOC is.
+    pub estargz: Option<StargzToc>,
+}
+
+/// Where a stargz-layout blob's TOC is, and its digest (the `toc.digest` annotation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct StargzToc {
+    pub digest: Digest,
+    /// The zstd form (`ctr-remote images convert --zstdchunked`): the TOC's zstd frame
+    /// (offset, length), from the `io.containers.zstd-chunked.manifest-position`
+    /// annotation; gzip (eStargz) blobs name it in their footer.
+    pub zstd_frame: Option<(u64, u64)>,
+}
+
+/// The old `io.containers.zstd-chunked.manifest-position` annotation's TOC range
+/// (`OFFSET:LENGTH:UNCOMPRESSED:TYPE`).
+fn stargz_zstd_frame(v: &str) -> Option<(u64, u64)> {
+    let mut it = v.split(':').map(|x| x.parse::<u64>().ok());
+    let (off, len) = (it.next()??, it.next()??);
+    (len > 0).then_some((off, len))
 }
 
 /// One image to import, its manifest and config verified.
@@ -233,10 +251,23 @@ impl ImagePlan {
                 }
                 _ => None,
             };
-            let estargz = match (compression, d.annotations()) {
-                (Compression::Gzip, Some(a)) => a
-                    .get(crate::store::estargz::TOC_DIGEST)
-                    .and_then(|v| v.parse().ok()),
+            let toc_digest = d
+                .annotations()
+                .as_ref()
+                .and_then(|a| a.get(crate::store::estargz::TOC_DIGEST))
+                .and_then(|v| v.parse::<Digest>().ok());
+            let estargz = match (compression, toc_digest, d.annotations()) {
+                (Compression::Gzip, Some(digest), _) => Some(StargzToc {
+                    digest,
+                    zstd_frame: None,
+                }),
+                (Compression::Zstd, Some(digest), Some(a)) if chunked.is_none() => a
+                    .get("io.containers.zstd-chunked.manifest-position")
+                    .and_then(|v| stargz_zstd_frame(v))
+                    .map(|f| StargzToc {
+                        digest,
+                        zstd_frame: Some(f),
+                    }),
                 _ => None,
             };
             layers.push(LayerPlan {

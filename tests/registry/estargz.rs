@@ -533,7 +533,8 @@ fn estargz_tocs_that_lie_are_refused_and_nothing_is_stored() {
     assert_eq!(store_fingerprint(&dst), before, "lazy: the store changed");
 }
 
-/// `ctr-remote` (stargz-snapshotter's own tool) against the private containerd `c`.
+/// `ctr-remote` (stargz-snapshotter's own tool: `images convert --estargz` and its
+/// `--zstdchunked`, the same layout in zstd frames) against the private containerd `c`.
 fn ctr_remote(c: &support::containerd::Containerd, args: &[&str]) {
     let o = std::process::Command::new("ctr-remote")
         .arg("--address")
@@ -561,7 +562,7 @@ fn all_blob_bytes(proxy: &Proxy) -> u64 {
 }
 
 #[test]
-fn estargz_made_by_ctr_remote_pulls_partially_and_a_lazy_mount_runs_a_shell() {
+fn stargz_images_made_by_ctr_remote_pull_partially_and_a_lazy_mount_runs_a_shell() {
     if support::skip_unless_root() || support::skip_without_tool("ctr-remote") {
         return;
     }
@@ -626,69 +627,80 @@ fn estargz_made_by_ctr_remote_pulls_partially_and_a_lazy_mount_runs_a_shell() {
             &plain,
             archive.to_str().unwrap(),
         ]);
-        let esgz = format!("{}/demo/{name}:esgz", reg.addr());
-        ctr_remote(
-            &c,
-            &[
-                "image",
-                "convert",
-                "--estargz",
-                "--oci",
-                "--estargz-chunk-size",
-                "1048576",
-                &plain,
-                &esgz,
-            ],
-        );
-        c.ok(&["image", "push", "--plain-http", &esgz]);
+        // eStargz, and the same layout in zstd frames.
+        for (tag, form) in [("esgz", "--estargz"), ("zc", "--zstdchunked")] {
+            let to = format!("{}/demo/{name}:{tag}", reg.addr());
+            ctr_remote(
+                &c,
+                &[
+                    "image",
+                    "convert",
+                    form,
+                    "--oci",
+                    "--estargz-chunk-size",
+                    "1048576",
+                    &plain,
+                    &to,
+                ],
+            );
+            c.ok(&["image", "push", "--plain-http", &to]);
+        }
     }
-    let two = format!("{}/demo/two:esgz", proxy.addr());
+    for tag in ["esgz", "zc"] {
+        let two = format!("{}/demo/two:{tag}", proxy.addr());
 
-    // Partially: eight of big.bin's nine chunks come from the store.
-    let (dst, full) = (dir.join("dst"), dir.join("full"));
-    ok(&dst, &["pull", &format!("{}/demo/one:esgz", proxy.addr())]);
-    proxy.clear();
-    let out = ok(&dst, &["pull", &two]);
-    assert!(out.contains("partial:"), "{out}");
-    let partial = all_blob_bytes(&proxy);
-    proxy.clear();
-    ok(&full, &["pull", &two]);
-    let whole = all_blob_bytes(&proxy);
-    assert!(
-        partial + (8 << 20) <= whole + 300_000,
-        "{partial} vs {whole}: {out}"
-    );
-    assert!(partial < whole - (7 << 20), "{partial} vs {whole}: {out}");
-    assert!(ok(&dst, &["system", "check"]).contains("all intact"));
-    assert!(
-        exported(&dst, &two, &dir.join("a.tar")) == exported(&full, &two, &dir.join("b.tar")),
-        "the exports differ"
-    );
+        // Partially: eight of big.bin's nine chunks come from the store.
+        let (dst, full) = (
+            dir.join(format!("dst-{tag}")),
+            dir.join(format!("full-{tag}")),
+        );
+        ok(&dst, &["pull", &format!("{}/demo/one:{tag}", proxy.addr())]);
+        proxy.clear();
+        let out = ok(&dst, &["pull", &two]);
+        assert!(out.contains("partial:"), "{tag}: {out}");
+        let partial = all_blob_bytes(&proxy);
+        proxy.clear();
+        ok(&full, &["pull", &two]);
+        let whole = all_blob_bytes(&proxy);
+        assert!(
+            partial + (8 << 20) <= whole + 300_000,
+            "{tag}: {partial} vs {whole}: {out}"
+        );
+        assert!(
+            partial < whole - (7 << 20),
+            "{tag}: {partial} vs {whole}: {out}"
+        );
+        assert!(ok(&dst, &["system", "check"]).contains("all intact"));
+        assert!(
+            exported(&dst, &two, &dir.join("a.tar")) == exported(&full, &two, &dir.join("b.tar")),
+            "{tag}: the exports differ"
+        );
 
-    // Lazily, into an empty store: a shell runs in the mount before the rest is here.
-    let lazy = dir.join("lazy");
-    proxy.clear();
-    let out = lazy_pull(&lazy, &two);
-    assert!(out.contains("fetched when opened"), "{out}");
-    assert!(all_blob_bytes(&proxy) < whole - (7 << 20), "{out}");
-    ok(&lazy, &["create", "--name", "c", &two]);
-    let mnt = PathBuf::from(ok(&lazy, &["mount", "c"]).trim());
-    let mut guard = MountGuard::new(&mnt);
-    let sh = std::process::Command::new("chroot")
-        .arg(&mnt)
-        .args(["/bin/dash", "-c", "echo shell runs"])
-        .output()
-        .unwrap();
-    assert_eq!(
-        String::from_utf8_lossy(&sh.stdout),
-        "shell runs\n",
-        "{sh:?}"
-    );
-    assert!(std::fs::read(mnt.join("srv/big.bin")).unwrap() == big);
-    guard.unmount();
-    ok(&lazy, &["pull", &two]);
-    assert_eq!(lazy_records(&lazy), 0);
-    assert!(ok(&lazy, &["system", "check"]).contains("all intact"));
+        // Lazily, into an empty store: a shell runs in the mount before the rest is here.
+        let lazy = dir.join(format!("lazy-{tag}"));
+        proxy.clear();
+        let out = lazy_pull(&lazy, &two);
+        assert!(out.contains("fetched when opened"), "{tag}: {out}");
+        assert!(all_blob_bytes(&proxy) < whole - (7 << 20), "{tag}: {out}");
+        ok(&lazy, &["create", "--name", "c", &two]);
+        let mnt = PathBuf::from(ok(&lazy, &["mount", "c"]).trim());
+        let mut guard = MountGuard::new(&mnt);
+        let sh = std::process::Command::new("chroot")
+            .arg(&mnt)
+            .args(["/bin/dash", "-c", "echo shell runs"])
+            .output()
+            .unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&sh.stdout),
+            "shell runs\n",
+            "{tag}: {sh:?}"
+        );
+        assert!(std::fs::read(mnt.join("srv/big.bin")).unwrap() == big);
+        guard.unmount();
+        ok(&lazy, &["pull", &two]);
+        assert_eq!(lazy_records(&lazy), 0);
+        assert!(ok(&lazy, &["system", "check"]).contains("all intact"));
+    }
 }
 
 #[test]
