@@ -155,12 +155,13 @@ pub(crate) fn fetch_manifest(
     })
 }
 
-/// The manifest for `platform` in an index: its digest and size.
+/// The manifest for `platform` in an index: its digest, size and media type, and
+/// whether its entry named a platform (one that did not is checked against its config).
 fn choose_platform(
     what: &str,
     index_bytes: &[u8],
     platform: &Platform,
-) -> Result<(Digest, u64, String)> {
+) -> Result<(Digest, u64, String, bool)> {
     let index = ImageIndex::from_reader(index_bytes)
         .map_err(|e| Error::corrupt(format!("{what}: not a valid image index: {e}")))?;
     let mut seen = Vec::new();
@@ -172,20 +173,20 @@ fn choose_platform(
         if mt != OCI_MANIFEST && mt != DOCKER_MANIFEST {
             continue;
         }
-        let entry = || -> Result<(Digest, u64, String)> {
+        let entry = |named: bool| -> Result<(Digest, u64, String, bool)> {
             let digest: Digest = d.digest().to_string().parse().map_err(|e: Error| {
                 Error::corrupt(format!("{what}: index entry: {}", e.message()))
             })?;
-            Ok((digest, d.size(), mt.clone()))
+            Ok((digest, d.size(), mt.clone(), named))
         };
         let Some(p) = d.platform().as_ref().map(Platform::of_descriptor) else {
             if unnamed.is_none() {
-                unnamed = Some(entry()?);
+                unnamed = Some(entry(false)?);
             }
             continue;
         };
         if platform.matches(&p) {
-            return entry();
+            return entry(true);
         }
         if p.os != "unknown" {
             seen.push(p.to_string());
@@ -207,12 +208,13 @@ fn choose_platform(
 }
 
 /// Resolve `r` to one image manifest, verified; also the digest `r` resolved to (the
-/// index's, for a multi-platform image).
+/// index's, for a multi-platform image), and whether the image's platform is still to
+/// be checked (an index entry that named none).
 pub(crate) fn resolve(
     client: &Client,
     r: &ImageRef,
     platform: &Platform,
-) -> Result<(ManifestBlob, Digest)> {
+) -> Result<(ManifestBlob, Digest, bool)> {
     let what = r.to_string();
     let top = fetch_manifest(
         client,
@@ -222,9 +224,11 @@ pub(crate) fn resolve(
         &what,
     )?;
     let resolved = top.digest;
+    let mut unchecked = false;
     let manifest = match top.media_type.as_str() {
         OCI_INDEX | DOCKER_LIST => {
-            let (d, size, _) = choose_platform(&what, &top.bytes, platform)?;
+            let (d, size, _, named) = choose_platform(&what, &top.bytes, platform)?;
+            unchecked = !named;
             let m = fetch_manifest(
                 client,
                 &r.repository,
@@ -240,7 +244,7 @@ pub(crate) fn resolve(
         OCI_MANIFEST | DOCKER_MANIFEST => top,
         other => return Err(unsupported(&what, other)),
     };
-    Ok((manifest, resolved))
+    Ok((manifest, resolved, unchecked))
 }
 
 /// A repository as the source of a plan: the config fetched and checked here, layer
@@ -309,7 +313,7 @@ pub(crate) fn pull(
         None,
     )?);
     let what = r.to_string();
-    let (manifest, resolved) = resolve(&client, r, &platform)?;
+    let (manifest, resolved, unchecked) = resolve(&client, r, &platform)?;
     obs.note(&format!("{what}: manifest {}", manifest.digest));
     let tags: Vec<String> = r.local_tag().into_iter().collect();
     let repository = Repository {
@@ -318,6 +322,15 @@ pub(crate) fn pull(
         what: &what,
     };
     let plan = ImagePlan::from_manifest(&what, &repository, manifest, tags)?;
+    if unchecked
+        && let Ok(p) = Platform::parse(&plan.platform)
+        && !platform.matches(&p)
+    {
+        return Err(Error::not_found(format!(
+            "{what}: no image for platform {platform} (its index names none; the image's \
+             config says {p}); choose one with --platform"
+        )));
+    }
     let fetcher = Fetcher {
         client: client.clone(),
         repository: r.repository.clone(),
@@ -610,9 +623,12 @@ mod tests {
         // Named platforms win over an unnamed entry.
         let i = index(&[entry(&a, None), entry(&b, Some(("linux", "amd64")))]);
         assert_eq!(choose_platform("t", &i, &linux).unwrap().0, b);
-        // Only an unnamed one (as ctr-remote's converted images have): taken.
+        assert!(choose_platform("t", &i, &linux).unwrap().3, "named");
+        // Only an unnamed one (as ctr-remote's converted images have): taken, its
+        // platform left for the config to say.
         let i = index(&[entry(&a, None)]);
-        assert_eq!(choose_platform("t", &i, &linux).unwrap().0, a);
+        let c = choose_platform("t", &i, &linux).unwrap();
+        assert_eq!((c.0, c.3), (a, false));
         // Others named, none for this platform: refused, naming them.
         let i = index(&[entry(&b, Some(("linux", "arm64")))]);
         let e = choose_platform("t", &i, &linux).unwrap_err().to_string();
