@@ -629,3 +629,51 @@ fn layer_present_under_another_compression_fetches_only_the_blob() {
     assert_eq!(v["Layers"].as_array().unwrap().len(), 3);
     ok(&dst, &["system", "check"]);
 }
+
+/// An index whose only entry names no platform (as `ctr-remote images convert` writes
+/// them): pulled when its config is for this platform, refused naming the config's
+/// platform when it is not.
+#[test]
+fn an_index_entry_without_a_platform_is_held_to_its_config() {
+    if support::skip_unless_root() {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let reg = Registry::start(&t.path().join("reg"), None);
+    let addr = reg.addr();
+    let other = if host_arch() == "arm64" {
+        "amd64"
+    } else {
+        "arm64"
+    };
+    for (tag, arch) in [("here", host_arch()), ("there", other)] {
+        let layer = Layer::new(
+            LayerBuilder::new().file("hello", b"hello\n").build(),
+            Comp::Gzip,
+        );
+        let img = image_for(vec![layer], arch, None);
+        for l in &img.layers {
+            put_blob(&addr, "demo/idx", &l.blob);
+        }
+        put_blob(&addr, "demo/idx", &img.config);
+        put_manifest(&addr, "demo/idx", &img.manifest_digest, &img.manifest);
+        let index = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": [{
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "digest": img.manifest_digest,
+                "size": img.manifest.len(),
+            }],
+        });
+        put_index(&addr, "demo/idx", tag, &serde_json::to_vec(&index).unwrap());
+    }
+    let root = t.path().join("store");
+    ok(&root, &["pull", &format!("{addr}/demo/idx:here")]);
+    let err = fails(&root, &["pull", &format!("{addr}/demo/idx:there")]);
+    assert!(
+        err.contains("its index names none") && err.contains(&format!("linux/{other}")),
+        "{err}"
+    );
+    assert!(!ok(&root, &["images"]).contains("there"));
+}

@@ -192,14 +192,35 @@ pub fn put_blob(addr: &str, repo: &str, data: &[u8]) {
     assert_eq!(status, 201, "{head}");
 }
 
-/// Put an OCI manifest under a tag directly.
+/// Put an OCI manifest under a tag (or digest) directly.
 pub fn put_manifest(addr: &str, repo: &str, tag: &str, manifest: &[u8]) {
+    put_typed(
+        addr,
+        repo,
+        tag,
+        "application/vnd.oci.image.manifest.v1+json",
+        manifest,
+    );
+}
+
+/// Put an OCI image index under a tag directly.
+pub fn put_index(addr: &str, repo: &str, tag: &str, index: &[u8]) {
+    put_typed(
+        addr,
+        repo,
+        tag,
+        "application/vnd.oci.image.index.v1+json",
+        index,
+    );
+}
+
+fn put_typed(addr: &str, repo: &str, tag: &str, media_type: &str, body: &[u8]) {
     let (status, head) = raw_http(
         addr,
         "PUT",
         &format!("/v2/{repo}/manifests/{tag}"),
-        &[("Content-Type", "application/vnd.oci.image.manifest.v1+json")],
-        manifest,
+        &[("Content-Type", media_type)],
+        body,
     );
     assert_eq!(status, 201, "{head}");
 }
