@@ -33,8 +33,9 @@ pub(crate) struct LazyFetcher {
     sources: Vec<Source>,
     /// Each missing object: its source and frames.
     objects: HashMap<Digest, (usize, LazyObject)>,
-    /// One fetch at a time (a second open of the same file waits for the first).
-    busy: Mutex<()>,
+    /// Objects being fetched: a second open of the same file waits for the first; opens
+    /// of different files fetch at once.
+    fetching: Mutex<HashMap<Digest, Arc<Mutex<()>>>>,
 }
 
 /// A client for the registry a lazy record names, with its pull's network options.
@@ -77,7 +78,7 @@ pub fn fetcher_for(lowers: &[PathBuf], data: &[PathBuf]) -> Result<Option<Arc<dy
         objects_dir: objects_dir.clone(),
         sources: Vec::new(),
         objects: HashMap::new(),
-        busy: Mutex::new(()),
+        fetching: Mutex::new(HashMap::new()),
     };
     for r in records {
         let (client, repository) = client_for(&r)?;
@@ -164,20 +165,29 @@ impl FetchData for LazyFetcher {
             .objects
             .get(&d)
             .ok_or_else(|| format!("object {d}: no lazy layer names it"))?;
-        let _one = self.busy.lock();
-        if self.objects_dir.join(objects::rel_path(&d)).is_file() {
-            return Ok(());
+        let lock = self.fetching.lock().entry(d).or_default().clone();
+        let result = {
+            let _one = lock.lock();
+            if self.objects_dir.join(objects::rel_path(&d)).is_file() {
+                Ok(())
+            } else {
+                let s = &self.sources[*i];
+                fetch_objects(
+                    &s.client,
+                    &s.repository,
+                    (&s.blob, s.form),
+                    &[o],
+                    &self.objects_dir,
+                )
+                .map(|()| log::info!("fetched object {d} ({} bytes)", o.size))
+                .map_err(|e| e.to_string())
+            }
+        };
+        // The last one out drops the entry (a later open finds the object placed).
+        let mut map = self.fetching.lock();
+        if Arc::strong_count(&lock) == 2 {
+            map.remove(&d);
         }
-        let s = &self.sources[*i];
-        fetch_objects(
-            &s.client,
-            &s.repository,
-            (&s.blob, s.form),
-            &[o],
-            &self.objects_dir,
-        )
-        .map_err(|e| e.to_string())?;
-        log::info!("fetched object {d} ({} bytes)", o.size);
-        Ok(())
+        result
     }
 }

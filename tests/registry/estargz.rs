@@ -750,6 +750,20 @@ fn a_lazy_open_waits_out_a_slow_registry_and_a_stalled_one_is_eio() {
     let started = std::time::Instant::now();
     assert!(std::fs::read(mnt.join("usr/lib/lib0.so")).unwrap() == *content("usr/lib/lib0.so"));
     assert!(started.elapsed() >= std::time::Duration::from_millis(500));
+    // Opens of two files fetch at once (each waits only for its own).
+    proxy.clear();
+    std::thread::scope(|sc| {
+        for name in ["usr/lib/lib2.so", "usr/lib/lib3.so"] {
+            let mnt = &mnt;
+            sc.spawn(move || {
+                assert!(
+                    std::fs::read(mnt.join(name)).unwrap() == *content(name),
+                    "{name}"
+                );
+            });
+        }
+    });
+    assert!(proxy.max_in_flight() >= 2, "{}", proxy.max_in_flight());
     // Stalled: EIO once the timeout has passed, not a hang.
     proxy.set_faults(Faults {
         path_has: "/blobs/".into(),

@@ -56,6 +56,8 @@ struct Shared {
     /// Requests being relayed: a request is recorded only once its response has been
     /// relayed, which can be a moment after the client has read it all.
     in_flight: AtomicU64,
+    /// The most requests relayed at once since the last `clear`.
+    max_in_flight: AtomicU64,
 }
 
 /// Counts a request as in flight until dropped.
@@ -119,6 +121,7 @@ impl Proxy {
             bearer: bearer.map(Mutex::new),
             body_total: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
+            max_in_flight: AtomicU64::new(0),
         });
         let sh = shared.clone();
         let accept = thread::spawn(move || {
@@ -171,6 +174,12 @@ impl Proxy {
     pub fn clear(&self) {
         self.shared.seen.lock().unwrap().clear();
         self.shared.body_total.store(0, Ordering::SeqCst);
+        self.shared.max_in_flight.store(0, Ordering::SeqCst);
+    }
+
+    /// The most requests relayed at once since the last `clear`.
+    pub fn max_in_flight(&self) -> u64 {
+        self.shared.max_in_flight.load(Ordering::SeqCst)
     }
 
     /// Response body bytes relayed so far (also while requests are in flight).
@@ -339,6 +348,8 @@ fn handle(sh: &Shared, mut client: TcpStream) {
         return;
     };
     let _in_flight = InFlight::new(&sh.in_flight);
+    sh.max_in_flight
+        .fetch_max(sh.in_flight.load(Ordering::SeqCst), Ordering::SeqCst);
     let mut first = head.lines().next().unwrap_or("").split(' ');
     let method = first.next().unwrap_or("").to_string();
     let path = first.next().unwrap_or("").to_string();
