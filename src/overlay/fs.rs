@@ -669,7 +669,10 @@ impl OverlayFs {
         if mask & libc::W_OK != 0 && !self.is_writable() {
             return Err(Errno::ROFS);
         }
-        if mask == libc::F_OK || ctx.uid == 0 || (self.owner_is_root && ctx.uid == sys::geteuid()) {
+        if mask == libc::F_OK
+            || ctx.uid == 0
+            || (self.owner_is_root && ctx.uid == sys::owner_ids().0)
+        {
             return Ok(());
         }
         let bits = if attr.uid == ctx.uid {

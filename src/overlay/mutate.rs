@@ -97,9 +97,10 @@ impl OverlayFs {
                 id
             }
         };
+        let (own_uid, own_gid) = sys::owner_ids();
         let ctx = Ctx {
-            uid: as_root(m.uid_stored(ctx.uid), sys::geteuid()),
-            gid: as_root(m.gid_stored(ctx.gid), sys::getegid()),
+            uid: as_root(m.uid_stored(ctx.uid), own_uid),
+            gid: as_root(m.gid_stored(ctx.gid), own_gid),
             pid: ctx.pid,
         };
         let pst = sys::stat_fd(parent_upper.fd())?;
