@@ -205,7 +205,7 @@ pub fn plan(a: &MountRequest) -> Result<MountPlan> {
         if std::fs::metadata(u)
             .map(|m| m.permissions().readonly())
             .unwrap_or(false)
-            && !sys::is_privileged()
+            && !sys::is_namespace_root()
         {
             return Err(Error::invalid_input(format!(
                 "upperdir {} is not writable",
