@@ -114,6 +114,20 @@ impl ContainerCommand {
     }
 }
 
+/// Outside the user namespace a command is about to run in: `rm --force` unmounts its
+/// containers here, where `fusermount3` works.
+pub(crate) fn before_userns(cmd: &ContainerCommand, g: &Globals) -> Result<()> {
+    if let ContainerCommand::Rm {
+        force: true,
+        containers,
+    } = cmd
+    {
+        let store = g.open_store()?;
+        Containers::new(&store).unmount_named(containers)?;
+    }
+    Ok(())
+}
+
 #[derive(Debug, Subcommand)]
 pub(crate) enum ImageCommand {
     /// Mount an image's layers read-only (no writable layer, no container) and print the mountpoint (default: inside the store)

@@ -187,6 +187,11 @@ fn rerun_in_userns(cli: &Cli) -> Option<ExitCode> {
         Ok(None) => return None,
         Err(e) => return Some(fail(e)),
     };
+    if let Command::Container(c) = &cli.cmd
+        && let Err(e) = container_cmds::before_userns(c, &cli.globals)
+    {
+        return Some(fail(e));
+    }
     let root = cli.globals.store_root();
     match crate::sys::rerun_in_userns(&maps, &[("LAYERFS_ROOT", root.as_os_str())]) {
         Ok(code) => Some(ExitCode::from(code.clamp(0, 255) as u8)),

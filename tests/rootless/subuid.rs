@@ -117,6 +117,17 @@ fn layers_have_mapped_owners_on_disk_and_the_mount_shows_roots_listing() {
     );
     only_the_users_ids(&user.store());
 
+    // Mounted by fusermount3 for the user: its alone, nosuid and nodev.
+    let table = fs::read_to_string("/proc/self/mounts").unwrap();
+    let opts = table
+        .lines()
+        .map(|l| l.split(' ').collect::<Vec<_>>())
+        .find(|f| f.get(1) == mnt.to_str().as_ref())
+        .map(|f| f[3].to_string())
+        .unwrap();
+    for o in ["nosuid", "nodev", "user_id=65534"] {
+        assert!(opts.split(',').any(|x| x == o), "{o} not in {opts}");
+    }
     // The user outside cannot read what image uid 1000 keeps to itself; the mount can.
     let notes = tree.join("home/alice/notes");
     assert!(
@@ -207,9 +218,14 @@ fn changes_commit_and_export_as_roots_do() {
     let ulist = user.sh_ok(&format!("cd '{}' && {}", umnt.trim(), crate::LISTING));
     let rmnt = root.env.mount("again");
     assert_eq!(ulist, root.listing(&rmnt));
-    // Unmounting works only outside the namespace that `rm` runs in.
-    user.ok(&["umount", "again"]);
-    user.ok(&["rm", "again", "c"]);
+    // `rm -f` unmounts outside the namespace it runs in.
+    user.ok(&["rm", "-f", "again", "c"]);
+    assert!(
+        !support::mounts::mount_table()
+            .iter()
+            .any(|m| m.mount_point.starts_with(user.home())),
+        "rm -f unmounted the container"
+    );
     user.ok(&["rmi", "changed", "rich"]);
     only_the_users_ids(&user.store());
     assert_eq!(
