@@ -312,6 +312,14 @@ fn without_a_range_the_store_is_the_plain_one() {
     let tar = user.put("rich.tar", &rich_layer());
     user.ok(&["import", tar.to_str().unwrap(), "-t", "rich"]);
     assert!(!user.store().join("idmap").exists());
+    // A mount asked to serve from the namespace says why it cannot.
+    let mnt = user.home().join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    let lower = user.home().join("lower");
+    fs::create_dir(&lower).unwrap();
+    let opts = format!("lowerdir={},subids", lower.display());
+    let line = user.fails(&["overlay", "-o", &opts, mnt.to_str().unwrap()]);
+    assert!(line.contains("no subordinate ids"), "{line}");
     for (p, uid, _, dev) in disk_objects(&user.store()) {
         assert_eq!(uid, NOBODY, "{}", p.display());
         assert!(!dev);
