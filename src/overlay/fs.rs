@@ -47,6 +47,10 @@ pub struct Options {
     pub upper_override: Option<&'static str>,
     /// Fetches stubs' data that no data layer has yet (lazily pulled images).
     pub fetch: Option<Arc<dyn super::layers::FetchData>>,
+    /// Served as root of a user namespace over the user's subordinate ids: objects of a
+    /// recording upper layer also get their owners on disk where the namespace maps
+    /// them (their records stay what the mount shows).
+    pub real_owners: bool,
 }
 
 impl Options {
@@ -62,6 +66,7 @@ impl Options {
             prefetch: true,
             upper_override: None,
             fetch: None,
+            real_owners: false,
         }
     }
 }

@@ -150,6 +150,24 @@ fn layers_have_mapped_owners_on_disk_and_the_mount_shows_roots_listing() {
         .find(|p| p.is_dir())
         .unwrap();
     assert_eq!(fs::metadata(upper.join("made")).unwrap().uid(), NOBODY);
+    // The upper layer keeps records, and real owners where the range has them: a chown
+    // in the mount and a copy-up of a file of image uid 1000.
+    user.sh_ok(&format!(
+        "cd '{}' && chown 7:8 madedir && echo more >> home/alice/notes && ln -s x madelink",
+        mnt.display()
+    ));
+    let disk = |rel: &str| {
+        let m = fs::symlink_metadata(upper.join(rel)).unwrap();
+        (m.uid(), m.gid())
+    };
+    assert_eq!(disk("madedir"), (START + 6, START + 7));
+    assert_eq!(disk("home/alice/notes"), (START + 999, START + 999));
+    assert_eq!(disk("madelink"), (NOBODY, NOBODY));
+    let shown = user.sh_ok(&format!(
+        "cd '{}' && stat -c '%u %g %a' madedir home/alice/notes",
+        mnt.display()
+    ));
+    assert_eq!(shown, "7 8 755\n1000 1000 600\n");
     only_the_users_ids(&user.store());
 }
 

@@ -106,6 +106,7 @@ pub fn serve_on(
     opts.prefetch = a.prefetch;
     opts.idmap = a.idmap.clone();
     opts.upper_override = a.upper_override;
+    opts.real_owners = a.subids;
     let fs = match OverlayFs::new(opts) {
         Ok(fs) => Arc::new(fs),
         Err(e) => {
