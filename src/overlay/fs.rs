@@ -164,7 +164,9 @@ impl OverlayFs {
         );
         // The kernel never forgets the root: keep it pinned.
         root.inc_lookup(1);
-        let owner_is_root = !sys::is_privileged() && layers.any_override();
+        // Served from the user's namespace (`real_owners`) the user is its root too, and
+        // the mount was made without `default_permissions`, whatever the layers are.
+        let owner_is_root = !sys::is_privileged() && (layers.any_override() || opts.real_owners);
         Ok(OverlayFs {
             owner_is_root,
             res: Resolver {

@@ -256,6 +256,30 @@ fn changes_commit_and_export_as_roots_do() {
 }
 
 #[test]
+fn overlay_subids_serves_plain_dirs_as_the_namespace_sees_them() {
+    let Some((user, _ids)) = with_range() else {
+        return;
+    };
+    let h = user.home();
+    user.sh_ok(&format!(
+        "cd '{}' && mkdir l u w m && echo hi > l/f && chmod 600 l/f",
+        h.display()
+    ));
+    let opts = format!(
+        "lowerdir={0}/l,upperdir={0}/u,workdir={0}/w,subids",
+        h.display()
+    );
+    user.ok(&["overlay", "-o", &opts, h.join("m").to_str().unwrap()]);
+    let shown = user.sh_ok(&format!(
+        "cd '{}/m' && echo x > g && cat f && stat -c '%n %u %g %a' f g",
+        h.display()
+    ));
+    assert_eq!(shown, "hi\nf 0 0 600\ng 0 0 644\n");
+    assert_eq!(fs::metadata(h.join("u/g")).unwrap().uid(), NOBODY);
+    user.sh_ok(&format!("fusermount3 -u '{}/m'", h.display()));
+}
+
+#[test]
 fn a_store_is_used_only_with_the_ids_it_was_made_with() {
     let Some((user, ids)) = with_range() else {
         return;
