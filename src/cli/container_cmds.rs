@@ -15,7 +15,6 @@ use crate::cli::store_cmds::{Format, ago, human_size, print, table};
 use crate::container::mounts::{self, MountRequest};
 use crate::container::{Container, Containers, commit, diff, export, image_mounts, list, shell};
 use crate::error::{Error, Result};
-use crate::store::Store;
 use crate::store::recompress::LayerForm;
 use crate::store::save::SaveFormat;
 
@@ -101,6 +100,34 @@ pub(crate) enum ContainerCommand {
     },
 }
 
+impl ContainerCommand {
+    /// Mounting and unmounting need `fusermount3`, which works only outside a user
+    /// namespace: these run there even for a store with subordinate ids.
+    pub(crate) fn stays_outside_userns(&self) -> bool {
+        matches!(
+            self,
+            ContainerCommand::Mount { .. }
+                | ContainerCommand::Umount { .. }
+                | ContainerCommand::Shell { .. }
+                | ContainerCommand::Image { .. }
+        )
+    }
+}
+
+/// Outside the user namespace a command is about to run in: `rm --force` unmounts its
+/// containers here, where `fusermount3` works.
+pub(crate) fn before_userns(cmd: &ContainerCommand, g: &Globals) -> Result<()> {
+    if let ContainerCommand::Rm {
+        force: true,
+        containers,
+    } = cmd
+    {
+        let store = g.open_store()?;
+        Containers::new(&store).unmount_named(containers)?;
+    }
+    Ok(())
+}
+
 #[derive(Debug, Subcommand)]
 pub(crate) enum ImageCommand {
     /// Mount an image's layers read-only (no writable layer, no container) and print the mountpoint (default: inside the store)
@@ -152,7 +179,7 @@ pub(crate) struct PsArgs {
 /// Run a container command; returns the exit code (a shell's is its command's).
 pub(crate) fn run(cmd: ContainerCommand, g: &Globals) -> ExitCode {
     let res = (|| {
-        let mut store = Store::open(&g.store_root())?;
+        let mut store = g.open_store()?;
         store.set_lock_wait_notice(|| {
             eprintln!("layerfs: waiting for another command to release the store lock")
         });

@@ -43,6 +43,48 @@ impl Globals {
             .unwrap_or_else(|| PathBuf::from("/tmp"));
         data.join("layerfs")
     }
+
+    /// The user namespace the store is used in (see [`subid_maps`]); inside one, its maps.
+    pub fn id_maps(&self) -> crate::error::Result<Option<crate::sys::IdMaps>> {
+        if !crate::sys::in_initial_userns() {
+            return Ok(crate::sys::IdMaps::of_this_process());
+        }
+        subid_maps()
+    }
+
+    /// Open the store with the maps it is used with (from outside its namespace too).
+    pub fn open_store(&self) -> crate::error::Result<crate::store::Store> {
+        crate::store::Store::open_with_ids(&self.store_root(), self.id_maps()?.as_ref())
+    }
+}
+
+/// The variable that turns the subordinate-id mode off (`off`) or leaves it to the
+/// ranges in `/etc/subuid` and `/etc/subgid` (`auto`, the default).
+pub const USERNS_ENV: &str = "LAYERFS_USERNS";
+
+/// The maps an ordinary user's store commands run under: the user as 0 and its first
+/// subordinate range from 1, when `/etc/subuid` and `/etc/subgid` both give the user one
+/// (and `LAYERFS_USERNS` is not `off`); `None` for root and for users without ranges.
+pub fn subid_maps() -> crate::error::Result<Option<crate::sys::IdMaps>> {
+    use crate::sys;
+    match std::env::var(USERNS_ENV).as_deref() {
+        Ok("off") => return Ok(None),
+        Ok("auto") | Ok("") | Err(_) => {}
+        Ok(v) => {
+            return Err(crate::error::Error::invalid_input(format!(
+                "{USERNS_ENV}={v}: say auto (the default) or off"
+            )));
+        }
+    }
+    let uid = sys::geteuid();
+    if uid == 0 {
+        return Ok(None);
+    }
+    let range = |f: &str| sys::subordinate_range(std::path::Path::new(f), uid);
+    Ok(match (range("/etc/subuid"), range("/etc/subgid")) {
+        (Some(u), Some(g)) => Some(sys::IdMaps::for_user((uid, sys::getegid()), u, g)),
+        _ => None,
+    })
 }
 
 #[derive(Debug, Parser)]
@@ -125,8 +167,50 @@ fn is_overlay_invocation(prog: &str, rest: &[String]) -> bool {
         .is_some_and(|a| a == "-o" || a.starts_with("-o") || a == "-f" || a == "-d")
 }
 
+/// Store commands of a user with subordinate ids run again inside a user namespace
+/// over them (see `sys::userns`), on the store chosen out here; `None` to go on here.
+/// Mounting and unmounting stay outside: `fusermount3` works only here (the mount
+/// daemon enters the namespace itself).
+fn rerun_in_userns(cli: &Cli) -> Option<ExitCode> {
+    let outside = match &cli.cmd {
+        Command::Overlay { .. } => true,
+        Command::Container(c) => c.stays_outside_userns(),
+        #[cfg(feature = "snapshotter")]
+        Command::Snapshotter(_) => true,
+        _ => false,
+    };
+    if outside || !crate::sys::in_initial_userns() {
+        return None;
+    }
+    let maps = match subid_maps() {
+        Ok(Some(m)) => m,
+        Ok(None) => return None,
+        Err(e) => return Some(fail(e)),
+    };
+    if let Command::Container(c) = &cli.cmd
+        && let Err(e) = container_cmds::before_userns(c, &cli.globals)
+    {
+        return Some(fail(e));
+    }
+    let root = cli.globals.store_root();
+    match crate::sys::rerun_in_userns(&maps, &[("LAYERFS_ROOT", root.as_os_str())]) {
+        Ok(code) => Some(ExitCode::from(code.clamp(0, 255) as u8)),
+        Err(e) => Some(fail(format!(
+            "cannot run in a user namespace over the subordinate ids of uid {}: {e}",
+            crate::sys::geteuid()
+        ))),
+    }
+}
+
 /// Program entry.
 pub fn main() -> ExitCode {
+    // A store command rerun in a user namespace enters it first, while single-threaded.
+    match crate::sys::enter_userns_if_rerun() {
+        None | Some(Ok(true)) => {}
+        // The parent could not write our maps and says why.
+        Some(Ok(false)) => return ExitCode::from(1),
+        Some(Err(e)) => return fail(format!("cannot enter a user namespace: {e}")),
+    }
     // Behave like other Unix tools when output goes to a closed pipe (`| head`).
     crate::sys::default_sigpipe();
     // Mounts and in-process views of lazily pulled images fetch what they lack.
@@ -145,6 +229,9 @@ pub fn main() -> ExitCode {
     }
     let cli = Cli::parse();
     init_logging(cli.globals.verbose > 0);
+    if let Some(code) = rerun_in_userns(&cli) {
+        return code;
+    }
     match cli.cmd {
         Command::Overlay { args } => run_overlay_cli(&args),
         Command::Store(c) => finish(store_cmds::run(c, &cli.globals)),

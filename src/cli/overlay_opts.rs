@@ -40,6 +40,9 @@ pub struct OverlayArgs {
     pub squash_gid: Option<u32>,
     /// `xattr_permissions=1|2`: record upper-layer owners and modes in this xattr.
     pub upper_override: Option<&'static str>,
+    /// `subids`: serve from a user namespace over the caller's subordinate ids (layers of
+    /// a store made with them).
+    pub subids: bool,
     /// Options accepted for compatibility that change nothing for us.
     pub ignored: Vec<String>,
     pub show_version: bool,
@@ -77,6 +80,7 @@ impl OverlayArgs {
             nodev: self.nodev,
             nosuid: self.nosuid,
             upper_override: self.upper_override,
+            subids: self.subids,
         }
     }
 }
@@ -259,6 +263,7 @@ fn apply_opt(a: &mut OverlayArgs, opt: &str) -> Result<(), String> {
         "upperdir" => a.upper = Some(PathBuf::from(unescape(&need(val)?))),
         "workdir" => a.work = Some(PathBuf::from(unescape(&need(val)?))),
         "volatile" => a.volatile = true,
+        "subids" => a.subids = true,
         "fsync" => a.volatile = !bool_value(key, &need(val)?)?,
         "ro" => a.read_only = true,
         "passthrough" => {
@@ -436,6 +441,9 @@ Options (fuse-overlayfs compatible):
   xattr_permissions=0|1|2  keep upper-layer owners and modes in an xattr (1: security.,
                      2: user.fuseoverlayfs.override_stat); lower layers that carry one
                      (rootless stores) are read the same way without the option
+  subids             (an ordinary user) serve from a user namespace over the user's
+                     subordinate ids in /etc/subuid and /etc/subgid: layers of a store
+                     made with them
   noexec, nodev, nosuid, fsname=NAME
   accepted and ignored: rw dev suid exec atime noatime relatime allow_other allow_root
     default_permissions auto_unmount noacl acl static_nlink redirect_dir index metacopy

@@ -106,7 +106,15 @@ pub(crate) fn mount(
         program,
     };
     let data = [store.objects_dir()];
-    mount_new(&src, &what, path, (&lowers, &data), None, &req)
+    mount_new(
+        &src,
+        &what,
+        path,
+        (&lowers, &data),
+        None,
+        &req,
+        store.subids(),
+    )
 }
 
 /// Remove a default mountpoint left empty by an unmount (others are the user's).

@@ -274,6 +274,20 @@ impl<'a> Containers<'a> {
 
     /// Remove containers. Every name is checked first: an unknown one, or a mounted one
     /// without `force`, changes nothing. With `force`, mounted ones are unmounted first.
+    /// Unmount the named containers (unknown names are left to `remove` to report): what
+    /// `remove --force` does first, for a caller that removes them where it cannot
+    /// unmount (a user namespace, see `sys::userns`).
+    pub(crate) fn unmount_named(&self, names: &[String]) -> Result<()> {
+        let _lock = self.store.lock()?;
+        let all = self.list()?;
+        for n in names {
+            if let Ok(c) = find(&all, n) {
+                mounts::unmount_all(&c.id, &c.name, true)?;
+            }
+        }
+        Ok(())
+    }
+
     pub(crate) fn remove(&self, names: &[String], force: bool) -> Result<Vec<Container>> {
         let _lock = self.store.lock()?;
         let all = self.list()?;

@@ -300,6 +300,7 @@ pub(crate) fn mount(cs: &Containers<'_>, c: &Container, req: &MountRequest) -> R
         (&lowers, &data),
         Some((&upper, &work)),
         req,
+        cs.store().subids(),
     )
 }
 
@@ -334,7 +335,8 @@ pub(crate) fn existing_mount(
 /// Mount a layer stack at `path` through the daemon, with `source` as the mount's
 /// source: read-only without `upper` (upper and work dirs). A missing `path` dir is
 /// created (and removed again if the mount fails). Run under the store lock, after
-/// `existing_mount`.
+/// `existing_mount`. `subids`: the layers are a store's made with subordinate ids, which
+/// the daemon serves from a user namespace over them.
 pub(crate) fn mount_new(
     source: &str,
     what: &str,
@@ -342,6 +344,7 @@ pub(crate) fn mount_new(
     (lowers, data): (&[PathBuf], &[PathBuf]),
     upper: Option<(&Path, &Path)>,
     req: &MountRequest,
+    subids: bool,
 ) -> Result<Mounted> {
     let mut created = false;
     match std::fs::symlink_metadata(&path) {
@@ -371,6 +374,9 @@ pub(crate) fn mount_new(
         )));
     }
     let mut opts = overlay_options(lowers, data, upper, source)?;
+    if subids {
+        opts.push_str(",subids");
+    }
     for o in &req.options {
         opts.push(',');
         opts.push_str(o);

@@ -532,6 +532,7 @@ impl OverlayFs {
                 sys::chmod_at(work, Some(tmp), override_stat::disk_mode(r.mode) & 0o7777)?;
                 ovl.write(work, Some(tmp), r)?;
             }
+            self.own_on_disk(work, Some(tmp), r.uid, r.gid);
             return Ok(());
         }
         sys::chown_at(work, Some(tmp), Some(r.uid), Some(r.gid))?;

@@ -47,6 +47,10 @@ pub struct Options {
     pub upper_override: Option<&'static str>,
     /// Fetches stubs' data that no data layer has yet (lazily pulled images).
     pub fetch: Option<Arc<dyn super::layers::FetchData>>,
+    /// Served as root of a user namespace over the user's subordinate ids: objects of a
+    /// recording upper layer also get their owners on disk where the namespace maps
+    /// them (their records stay what the mount shows).
+    pub real_owners: bool,
 }
 
 impl Options {
@@ -62,6 +66,7 @@ impl Options {
             prefetch: true,
             upper_override: None,
             fetch: None,
+            real_owners: false,
         }
     }
 }
@@ -159,7 +164,9 @@ impl OverlayFs {
         );
         // The kernel never forgets the root: keep it pinned.
         root.inc_lookup(1);
-        let owner_is_root = !sys::is_privileged() && layers.any_override();
+        // Served from the user's namespace (`real_owners`) the user is its root too, and
+        // the mount was made without `default_permissions`, whatever the layers are.
+        let owner_is_root = !sys::is_privileged() && (layers.any_override() || opts.real_owners);
         Ok(OverlayFs {
             owner_is_root,
             res: Resolver {
@@ -669,7 +676,10 @@ impl OverlayFs {
         if mask & libc::W_OK != 0 && !self.is_writable() {
             return Err(Errno::ROFS);
         }
-        if mask == libc::F_OK || ctx.uid == 0 || (self.owner_is_root && ctx.uid == sys::geteuid()) {
+        if mask == libc::F_OK
+            || ctx.uid == 0
+            || (self.owner_is_root && ctx.uid == sys::owner_ids().0)
+        {
             return Ok(());
         }
         let bits = if attr.uid == ctx.uid {

@@ -97,9 +97,10 @@ impl OverlayFs {
                 id
             }
         };
+        let (own_uid, own_gid) = sys::owner_ids();
         let ctx = Ctx {
-            uid: as_root(m.uid_stored(ctx.uid), sys::geteuid()),
-            gid: as_root(m.gid_stored(ctx.gid), sys::getegid()),
+            uid: as_root(m.uid_stored(ctx.uid), own_uid),
+            gid: as_root(m.gid_stored(ctx.gid), own_gid),
             pid: ctx.pid,
         };
         let pst = sys::stat_fd(parent_upper.fd())?;
@@ -195,6 +196,7 @@ impl OverlayFs {
                 };
                 return Err(e);
             }
+            self.own_on_disk(dirfd, Some(name), uid, gid);
             return Ok(fd);
         }
         let (cur_uid, cur_gid) = match created_as {
@@ -658,7 +660,30 @@ impl OverlayFs {
                 sys::chmod_at(real.fd(), name, disk)?;
             }
         }
-        ovl.write(real.fd(), name, &rec)
+        ovl.write(real.fd(), name, &rec)?;
+        if uid.is_some() || gid.is_some() {
+            self.own_on_disk(real.fd(), name, rec.uid, rec.gid);
+        }
+        Ok(())
+    }
+
+    /// With `real_owners`, give an object of the recording upper layer its owner on disk
+    /// too, where the namespace maps it (else the record alone says it). Its disk mode
+    /// has no set-id bits for chown to clear.
+    pub(super) fn own_on_disk(
+        &self,
+        dirfd: std::os::fd::BorrowedFd<'_>,
+        name: Option<&OsStr>,
+        uid: u32,
+        gid: u32,
+    ) {
+        if !self.opts.real_owners {
+            return;
+        }
+        match sys::chown_at(dirfd, name, Some(uid), Some(gid)) {
+            Ok(()) | Err(Errno::INVAL) => {}
+            Err(e) => log::debug!("{name:?}: chown to {uid}:{gid}: {e}"),
+        }
     }
 
     pub fn setxattr(&self, ino: u64, name: &OsStr, value: &[u8], flags: i32) -> SysResult<()> {

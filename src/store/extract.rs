@@ -13,6 +13,11 @@
 //! Unprivileged, the layer becomes an override layer (see `override_stat`): owners, set-id
 //! bits, device nodes and fifos the disk cannot hold are recorded in
 //! `user.containers.override_stat`, and the layer root always carries one.
+//!
+//! As root of an ordinary user's namespace over subordinate ids (`mapped_owners`), the
+//! layer is an override layer too, but owners within the namespace's maps, set-id bits
+//! and fifos are real on disk; only device nodes (a namespace cannot make them) and ids
+//! outside the maps are recorded.
 
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsStr;
@@ -37,6 +42,9 @@ use std::cell::RefCell;
 pub struct ExtractOptions {
     /// Keep owners, create device nodes, write kernel-form whiteouts and `trusted.*` xattrs.
     pub privileged: bool,
+    /// Unprivileged as root of a user namespace: set owners the namespace maps, keep
+    /// set-id bits, make fifos; record only what is left (see the module doc).
+    pub mapped_owners: bool,
     /// Where file contents go: `Some` keeps each regular file's data in the file store
     /// and a metacopy stub in the tree (the store fills in its dirs per import); `None`
     /// writes plain files.
@@ -58,13 +66,17 @@ pub struct ObjectDirs {
 
 impl ExtractOptions {
     pub(crate) fn for_this_process() -> Self {
-        Self::for_store(sys::is_privileged())
+        ExtractOptions {
+            mapped_owners: !sys::is_privileged() && sys::is_namespace_root(),
+            ..Self::for_store(sys::is_privileged())
+        }
     }
 
     /// As the store extracts: file contents in the file store.
     pub fn for_store(privileged: bool) -> Self {
         ExtractOptions {
             privileged,
+            mapped_owners: false,
             objects: Some(ObjectDirs::default()),
             lazy: None,
         }
@@ -74,6 +86,7 @@ impl ExtractOptions {
     pub fn plain(privileged: bool) -> Self {
         ExtractOptions {
             privileged,
+            mapped_owners: false,
             objects: None,
             lazy: None,
         }
@@ -317,7 +330,8 @@ impl<'a> Extractor<'a> {
                     }
                 };
                 self.clear(parent, name, &path, &parent_key)?;
-                if self.ovl.is_some() {
+                let real_fifo = ftype == libc::S_IFIFO && self.opts.mapped_owners;
+                if self.ovl.is_some() && !real_fifo {
                     return self.stand_in(parent, name, &path, &meta, meta.recorded(ftype, rdev));
                 }
                 match sys::mknod_at(parent, name, ftype | (meta.mode & 0o7777), rdev) {
@@ -332,7 +346,9 @@ impl<'a> Extractor<'a> {
                     }
                     Err(e) => return Err(sys_err(&path, "creating the node", e)),
                 }
-                self.set_meta(parent, name, &path, &meta, true)
+                self.set_meta(parent, name, &path, &meta, true)?;
+                let rec = meta.recorded(ftype, rdev);
+                self.record(parent, Some(name), &path, &rec, RecordWrite::New)
             }
             // PAX/GNU extension headers are consumed by the reader; anything else
             // (sockets do not exist in tar) carries nothing for a rootfs.
@@ -598,10 +614,7 @@ impl<'a> Extractor<'a> {
             r.borrow_mut().stored(digest);
         }
         let fd = fd.as_fd();
-        if self.opts.privileged {
-            sys::fchown(fd, Some(meta.uid), Some(meta.gid))
-                .map_err(|e| sys_err(path, "chown", e))?;
-        }
+        self.chown(fd, None, path, meta)?;
         let rec = meta.recorded(libc::S_IFREG, 0);
         sys::fchmod(fd, self.disk_perm(&rec)).map_err(|e| sys_err(path, "chmod", e))?;
         self.record(fd, None, path, &rec, RecordWrite::New)?;
@@ -698,9 +711,10 @@ impl<'a> Extractor<'a> {
             Some((p, n)) => (p, Some(n)),
             None => (self.root, None),
         };
-        if self.opts.privileged {
-            sys::chown_at(dirfd, name, Some(meta.uid), Some(meta.gid))
-                .map_err(|e| sys_err(path, "chown", e))?;
+        // In a namespace the layer root stays the layer owner's (0 inside): objects
+        // without a record that it owns show as 0 (see `OverrideLayer::default_for`).
+        if at.is_some() || !self.opts.mapped_owners {
+            self.chown(dirfd, name, path, meta)?;
         }
         // A directory listed twice keeps the last entry's owner: an older record goes.
         // The root always carries one: it marks the layer as recording owners.
@@ -720,11 +734,29 @@ impl<'a> Extractor<'a> {
         Ok(())
     }
 
+    /// Set an object's owner where this process can: as root, any; as root of a user
+    /// namespace, ids its maps hold (others stay the layer owner's and are recorded).
+    fn chown(
+        &self,
+        dirfd: BorrowedFd<'_>,
+        name: Option<&OsStr>,
+        path: &[u8],
+        meta: &Meta,
+    ) -> Result<()> {
+        if !self.opts.privileged && !self.opts.mapped_owners {
+            return Ok(());
+        }
+        match sys::chown_at(dirfd, name, Some(meta.uid), Some(meta.gid)) {
+            Err(Errno::INVAL) if self.opts.mapped_owners => Ok(()),
+            r => r.map_err(|e| sys_err(path, "chown", e)),
+        }
+    }
+
     /// The permission bits an object gets on disk.
     fn disk_perm(&self, rec: &Recorded) -> u32 {
         match self.ovl {
-            Some(_) => override_stat::disk_mode(rec.mode) & 0o7777,
-            None => rec.mode & 0o7777,
+            Some(_) if !self.opts.mapped_owners => override_stat::disk_mode(rec.mode) & 0o7777,
+            _ => rec.mode & 0o7777,
         }
     }
 
@@ -740,11 +772,23 @@ impl<'a> Extractor<'a> {
         let Some(ovl) = self.ovl else {
             return Ok(());
         };
-        // On disk the object has the layer owner's ids and the disk mode.
-        let needed = rec.uid != 0
-            || rec.gid != 0
-            || override_stat::disk_mode(rec.mode) != rec.mode
-            || matches!(how, RecordWrite::Replace { always: true });
+        let always = matches!(how, RecordWrite::Replace { always: true });
+        let needed = if self.opts.mapped_owners {
+            // The disk holds what the namespace could make: see what it shows. A
+            // directory gets its mode at the end.
+            let st = match name {
+                Some(n) => sys::stat_at(dirfd, n),
+                None => sys::stat_fd(dirfd),
+            }
+            .map_err(|e| sys_err(path, "stat", e))?;
+            let shown = ovl.default_for(&st);
+            always
+                || (shown.uid, shown.gid) != (rec.uid, rec.gid)
+                || (!sys::is_dir_mode(rec.mode) && shown.mode != rec.mode)
+        } else {
+            // On disk the object has the layer owner's ids and the disk mode.
+            rec.uid != 0 || rec.gid != 0 || override_stat::disk_mode(rec.mode) != rec.mode || always
+        };
         let res = if needed {
             ovl.write(dirfd, name, rec)
         } else if matches!(how, RecordWrite::Replace { .. }) {
@@ -806,10 +850,7 @@ impl<'a> Extractor<'a> {
         meta: &Meta,
         chmod: bool,
     ) -> Result<()> {
-        if self.opts.privileged {
-            sys::chown_at(parent, Some(name), Some(meta.uid), Some(meta.gid))
-                .map_err(|e| sys_err(path, "chown", e))?;
-        }
+        self.chown(parent, Some(name), path, meta)?;
         if chmod {
             sys::chmod_at(parent, Some(name), meta.mode).map_err(|e| sys_err(path, "chmod", e))?;
         }
@@ -880,8 +921,10 @@ impl<'a> Extractor<'a> {
                 None => continue,
             };
             let mode = match self.ovl {
-                Some(_) => override_stat::disk_mode(libc::S_IFDIR | m.mode) & 0o7777,
-                None => m.mode,
+                Some(_) if !self.opts.mapped_owners => {
+                    override_stat::disk_mode(libc::S_IFDIR | m.mode) & 0o7777
+                }
+                _ => m.mode,
             };
             sys::chmod_at(fd.as_fd(), None, mode).map_err(|e| sys_err(key, "chmod", e))?;
             sys::utimens_at(fd.as_fd(), None, TimeSpec::Omit, m.mtime)

@@ -3,6 +3,8 @@
 //!
 //! ```text
 //! ROOT/lock                         flock: one mutating command at a time
+//! ROOT/idmap                        the user namespace maps of a store made with
+//!                                   subordinate ids (see `idmode`); absent otherwise
 //! ROOT/blobs/sha256/<hex>           manifests, configs, layer blobs as imported
 //! ROOT/layers/sha256/<diff-id hex>/ one per layer, renamed into place once complete:
 //!     diff/                         the extracted tree (a lower dir for mounts)

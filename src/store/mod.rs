@@ -14,6 +14,7 @@ pub(crate) mod estargz;
 pub(crate) mod estargz_index;
 pub mod extract;
 pub(crate) mod gc;
+pub(crate) mod idmode;
 pub(crate) mod images;
 pub mod import;
 pub(crate) mod ingest;
@@ -96,6 +97,8 @@ pub struct Store {
     on_wait: Box<dyn Fn() + Send + Sync>,
     /// Leftovers removed when the store was opened.
     leftovers_removed: usize,
+    /// Made with subordinate ids: its files are read and written in a user namespace.
+    subids: bool,
 }
 
 impl std::fmt::Debug for Store {
@@ -117,6 +120,14 @@ impl Store {
     /// Open (creating if needed) the store at `root`. When no other command holds the
     /// lock, leftovers of interrupted commands are removed on the way.
     pub fn open(root: &Path) -> Result<Store> {
+        Self::open_with_ids(root, crate::sys::IdMaps::of_this_process().as_ref())
+    }
+
+    /// Open a store used with the maps of a user namespace (`None`: none): a store
+    /// records the maps it was made with and is refused with others (see `idmode`).
+    /// From outside the namespace its store commands run in, the caller names the maps.
+    pub fn open_with_ids(root: &Path, ids: Option<&crate::sys::IdMaps>) -> Result<Store> {
+        idmode::check_or_record(root, ids)?;
         let layout = Layout::new(root);
         layout.create()?;
         crate::sys::raise_nofile_limit();
@@ -126,6 +137,7 @@ impl Store {
             expansion: ExpansionLimit::from_env()?,
             on_wait: Box::new(|| {}),
             leftovers_removed: 0,
+            subids: ids.is_some(),
         };
         if let Some(lock) = StoreLock::try_acquire(&store.layout)? {
             store.leftovers_removed = gc::remove_leftovers(&store.layout, &lock)?;
@@ -146,6 +158,12 @@ impl Store {
     /// How far a compressed layer may expand (see `ExpansionLimit`); tests lower it.
     pub fn set_expansion_limit(&mut self, limit: ExpansionLimit) {
         self.expansion = limit;
+    }
+
+    /// Whether the store's files are owned by subordinate ids (see `idmode`): mounts serve
+    /// them from a user namespace.
+    pub(crate) fn subids(&self) -> bool {
+        self.subids
     }
 
     pub(crate) fn root(&self) -> &Path {

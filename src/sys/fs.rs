@@ -437,7 +437,7 @@ pub fn remove_tree(dirfd: BorrowedFd<'_>, name: &OsStr) -> SysResult<()> {
             Err(e) => Err(e),
         };
     }
-    if !is_privileged() && st.st_mode & 0o700 != 0o700 {
+    if !is_namespace_root() && st.st_mode & 0o700 != 0o700 {
         let _ = chmod_at(dirfd, Some(name), 0o700);
     }
     let sub = open_dir_path(dirfd, name)?;

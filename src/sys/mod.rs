@@ -9,12 +9,14 @@ mod fs;
 mod lock;
 mod process;
 mod terminal;
+mod userns;
 mod xattr;
 
 pub use fs::*;
 pub use lock::*;
 pub use process::*;
 pub use terminal::*;
+pub use userns::*;
 pub use xattr::*;
 
 use std::ffi::{CStr, CString, OsStr, OsString};

@@ -98,8 +98,15 @@ fn fusermount_unmount(path: &Path, lazy: bool) -> SysResult<()> {
     })
 }
 
-/// Whether this process may create device nodes and set `trusted.*` xattrs.
+/// Whether this process may create device nodes and set `trusted.*` xattrs: root in the
+/// initial user namespace. Root of another namespace (an ordinary user's, see `userns`)
+/// may chown within its maps but keeps the ordinary user's store and markers.
 pub fn is_privileged() -> bool {
+    geteuid() == 0 && in_initial_userns()
+}
+
+/// Whether this process is root of its user namespace (the initial one or another).
+pub fn is_namespace_root() -> bool {
     geteuid() == 0
 }
 
@@ -124,6 +131,24 @@ pub fn fork() -> SysResult<Option<u32>> {
         -1 => Err(last_errno()),
         0 => Ok(None),
         pid => Ok(Some(pid as u32)),
+    }
+}
+
+/// Wait for a child process to end; its exit code (128 + signal when killed).
+pub fn wait_child(pid: u32) -> SysResult<i32> {
+    let pid = rustix::process::Pid::from_raw(pid as i32).ok_or(Errno::INVAL)?;
+    loop {
+        match rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty()) {
+            Ok(Some((_, st))) => {
+                return Ok(st
+                    .exit_status()
+                    .or_else(|| st.terminating_signal().map(|s| 128 + s))
+                    .unwrap_or(1));
+            }
+            Ok(None) => continue,
+            Err(Errno::INTR) => continue,
+            Err(e) => return Err(e),
+        }
     }
 }
 
@@ -213,7 +238,7 @@ pub fn chroot_command(cmd: &mut std::process::Command, root: &Path) -> std::io::
     let root = CString::new(root.as_os_str().as_bytes())?;
     // An ordinary user may not chroot: the command goes into a user namespace of its own
     // where the user is root (uid and gid maps of one id each, written by the child).
-    let userns = (!is_privileged()).then(|| {
+    let userns = (!is_namespace_root()).then(|| {
         (
             format!("0 {} 1\n", geteuid()),
             format!("0 {} 1\n", getegid()),

@@ -13,6 +13,7 @@
 mod commands;
 mod owners;
 mod safety;
+mod subuid;
 
 use std::fs;
 use std::io::Write;
@@ -25,7 +26,7 @@ use support::privilege::say_skipped;
 use support::{is_root, layerfs_bin};
 
 /// The user the tests act as when they run as root.
-const NOBODY: u32 = 65534;
+pub const NOBODY: u32 = 65534;
 
 /// An ordinary user with a home (its store lives in `$XDG_DATA_HOME/layerfs`, the
 /// default); every mount below the home is taken down on drop.
@@ -33,6 +34,9 @@ pub struct User {
     pub uid: u32,
     dir: tempfile::TempDir,
     bin: PathBuf,
+    /// `LAYERFS_USERNS`: `off` (the plain mode, whatever ranges other tests add for
+    /// the user meanwhile) unless a test asks for its ranges (`subuid`).
+    userns: &'static str,
 }
 
 impl User {
@@ -61,7 +65,12 @@ impl User {
             )
             .unwrap();
         }
-        let u = User { uid, dir, bin };
+        let u = User {
+            uid,
+            dir,
+            bin,
+            userns: "off",
+        };
         let fuse = u.sh("test -r /dev/fuse && test -w /dev/fuse && command -v fusermount3");
         if !fuse.status.success() {
             say_skipped(&format!(
@@ -70,6 +79,17 @@ impl User {
             return None;
         }
         Some(u)
+    }
+
+    /// The user with the subordinate ids `/etc/subuid` and `/etc/subgid` give it.
+    pub fn with_subids(mut self) -> User {
+        self.userns = "auto";
+        self
+    }
+
+    /// The user's copy of the binary.
+    pub fn bin_path(&self) -> &Path {
+        &self.bin
     }
 
     pub fn home(&self) -> PathBuf {
@@ -98,6 +118,7 @@ impl User {
             .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
             .env("HOME", self.home())
             .env("XDG_DATA_HOME", self.home().join(".local/share"))
+            .env("LAYERFS_USERNS", self.userns)
             .current_dir(self.home())
             .stdin(Stdio::null());
         c

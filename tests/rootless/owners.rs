@@ -8,7 +8,7 @@ use support::skip_unless_root;
 /// Changes through a mount, run by root in root's mount and by the user in the user's:
 /// new objects with other owners and set-id bits, a fifo, changed modes and owners of
 /// image files, a deleted and a renamed entry, and a tar unpacked with its owners.
-const CHANGES: &str = r#"set -e
+pub(crate) const CHANGES: &str = r#"set -e
 echo new > srv/new && chown 5:7 srv/new && chmod 4750 srv/new
 mkdir -m 2770 srv/d && chown 9:9 srv/d && touch srv/d/inner
 mkfifo -m 640 srv/fifo
@@ -25,7 +25,7 @@ find . -newermt @1700000001 -exec touch -h -d @1700000000 {} +
 "#;
 
 /// A tar with other owners, for `CHANGES` to unpack.
-fn owned_tar() -> Vec<u8> {
+pub(crate) fn owned_tar() -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());
     for (path, mode, uid, kind) in [
         ("pkg", 0o750, 11, tar::EntryType::Directory),
@@ -44,7 +44,7 @@ fn owned_tar() -> Vec<u8> {
     b.into_inner().unwrap()
 }
 
-fn root_side(root: &RootStore, changes: Option<&Path>) -> (String, PathBuf, String) {
+pub(crate) fn root_side(root: &RootStore, changes: Option<&Path>) -> (String, PathBuf, String) {
     root.import_tar("rich", &rich_layer());
     let id = root.env.create("rich", "c");
     let mnt = root.env.mount("c");
@@ -59,7 +59,7 @@ fn root_side(root: &RootStore, changes: Option<&Path>) -> (String, PathBuf, Stri
     (root.listing(&mnt), mnt, id)
 }
 
-fn user_side(user: &User, changes: Option<&Path>) -> (String, PathBuf) {
+pub(crate) fn user_side(user: &User, changes: Option<&Path>) -> (String, PathBuf) {
     let tar = user.put("rich.tar", &rich_layer());
     user.ok(&["import", tar.to_str().unwrap(), "-t", "rich"]);
     user.ok(&["create", "rich", "--name", "c"]);

@@ -418,6 +418,38 @@ fn remove_subid_line(line: &str, created: &[PathBuf]) {
     }
 }
 
+/// A line added to `/etc/subuid` and `/etc/subgid` for a test, taken out again on drop
+/// (even when the test fails); the tests that change the files wait for each other.
+pub struct SubIdLine {
+    line: String,
+    created: Vec<PathBuf>,
+    _lock: MutexGuard<'static, ()>,
+}
+
+impl SubIdLine {
+    /// Add `line` (`USER:START:COUNT`) to both files.
+    pub fn add(line: &str) -> SubIdLine {
+        let lock = lock_subids();
+        let created = add_subid_line(line);
+        SubIdLine {
+            line: line.to_string(),
+            created,
+            _lock: lock,
+        }
+    }
+
+    /// Only wait for the other tests that change the files, and hold them off.
+    pub fn none() -> MutexGuard<'static, ()> {
+        lock_subids()
+    }
+}
+
+impl Drop for SubIdLine {
+    fn drop(&mut self) {
+        remove_subid_line(&self.line, &self.created);
+    }
+}
+
 /// The range [`ContainersSubIds`] gives the `containers` user.
 const CONTAINERS_LINE: &str = "containers:2147483647:2147483648";
 

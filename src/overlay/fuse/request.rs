@@ -52,6 +52,9 @@ pub struct MountRequest {
     pub nosuid: bool,
     /// Record upper-layer owners and modes in this xattr (`xattr_permissions=`).
     pub upper_override: Option<&'static str>,
+    /// Serve from a user namespace over the caller's subordinate ids, mounted from
+    /// outside it (the layers of a store made with them).
+    pub subids: bool,
 }
 
 /// Tunables of the FUSE side.
@@ -202,7 +205,7 @@ pub fn plan(a: &MountRequest) -> Result<MountPlan> {
         if std::fs::metadata(u)
             .map(|m| m.permissions().readonly())
             .unwrap_or(false)
-            && !sys::is_privileged()
+            && !sys::is_namespace_root()
         {
             return Err(Error::invalid_input(format!(
                 "upperdir {} is not writable",

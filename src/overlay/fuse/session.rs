@@ -36,7 +36,7 @@ fn mount_config(a: &MountRequest, writable: bool, kernel_checks: bool) -> Config
     } else {
         opts.push(MountOption::RO);
     }
-    if sys::is_privileged() {
+    if sys::is_namespace_root() {
         c.acl = SessionACL::All;
         if !a.nodev {
             opts.push(MountOption::Dev);
@@ -60,11 +60,38 @@ fn mount_config(a: &MountRequest, writable: bool, kernel_checks: bool) -> Config
     c
 }
 
+/// The `-o` of `fusermount3` for a mount whose connection is served from elsewhere (a
+/// user namespace, see `serve_on`): what `mount_config` asks for an ordinary user.
+pub fn fusermount_options(a: &MountRequest, writable: bool) -> String {
+    let mut o = vec![
+        format!("fsname={}", a.fsname.as_deref().unwrap_or("layerfs")),
+        SUBTYPE_OPTION.to_string(),
+        if writable { "rw" } else { "ro" }.to_string(),
+    ];
+    if a.noexec {
+        o.push("noexec".into());
+    }
+    o.join(",")
+}
+
 /// Mount and serve. Returns once the filesystem is unmounted. `ready` is called once
 /// the mount is usable (or with the error that prevented it).
 pub fn serve(
     plan: MountPlan,
     a: &MountRequest,
+    ready: impl FnOnce(std::result::Result<(), &Error>),
+) -> Result<()> {
+    serve_on(plan, a, None, ready)
+}
+
+/// `serve`, or with `dev` (a `/dev/fuse` connection already mounted at the mountpoint,
+/// by `fusermount3` outside the user namespace we serve from) serve that connection.
+/// Requests come with the ids of the initial namespace; only the mount's owner can make
+/// them (no `allow_other`), and it acts as root (see `OverlayFs::owner_is_root`).
+pub fn serve_on(
+    plan: MountPlan,
+    a: &MountRequest,
+    dev: Option<std::os::fd::OwnedFd>,
     ready: impl FnOnce(std::result::Result<(), &Error>),
 ) -> Result<()> {
     // The kernel applies the caller's umask before asking us to create anything: ours
@@ -79,6 +106,7 @@ pub fn serve(
     opts.prefetch = a.prefetch;
     opts.idmap = a.idmap.clone();
     opts.upper_override = a.upper_override;
+    opts.real_owners = a.subids;
     let fs = match OverlayFs::new(opts) {
         Ok(fs) => Arc::new(fs),
         Err(e) => {
@@ -92,7 +120,13 @@ pub fn serve(
     let config = mount_config(a, writable, !fs.owner_is_root());
     // Signals go to one thread that unmounts; request threads never see them.
     sys::block_signals(&[libc::SIGTERM, libc::SIGINT, libc::SIGHUP]);
-    let session = match fuser::Session::new(adapter, &plan.mountpoint, &config) {
+    let session = match dev {
+        // The kernel lets only the owner in; fuser's own check would compare the
+        // request's uid with ours inside the namespace (0), so it is left to the kernel.
+        Some(fd) => fuser::Session::from_fd(adapter, fd, SessionACL::All, config),
+        None => fuser::Session::new(adapter, &plan.mountpoint, &config),
+    };
+    let session = match session {
         Ok(s) => s,
         Err(e) => {
             let err = Error::new(format!(

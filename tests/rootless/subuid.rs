@@ -1,0 +1,369 @@
+//! An ordinary user with subordinate ids (`nobody:200000:65536` in `/etc/subuid` and
+//! `/etc/subgid`): store commands run in a user namespace over them, so a layer's files
+//! have their mapped owners on disk (image uid 0 is the user's uid, 1000 is 200999), and
+//! only device nodes and ids beyond the range are records. The mount still shows what
+//! root's shows, changes commit to root's layer, and nothing on disk gives the user more
+//! than its own ids and its range.
+
+use std::fs;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use support::podman::SubIdLine;
+use support::skip_unless_root;
+
+use crate::owners::{owned_tar, root_side, user_side};
+use crate::{NOBODY, RootStore, User, disk_objects, rich_layer};
+
+const START: u32 = 200_000;
+const COUNT: u32 = 65_536;
+
+/// The user with its range (both taken away on drop), or `None` when not root.
+fn with_range() -> Option<(User, SubIdLine)> {
+    if skip_unless_root() {
+        return None;
+    }
+    assert!(
+        Path::new("/usr/bin/newuidmap").exists(),
+        "newuidmap is missing: scripts/deps installs uidmap"
+    );
+    let ids = SubIdLine::add(&format!("nobody:{START}:{COUNT}"));
+    let user = User::new()?.with_subids();
+    Some((user, ids))
+}
+
+/// The one layer's tree in the user's store.
+fn layer_tree(user: &User) -> PathBuf {
+    let dir = user.store().join("layers/sha256");
+    let mut layers: Vec<PathBuf> = fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path().join("diff"))
+        .collect();
+    assert_eq!(layers.len(), 1, "{layers:?}");
+    layers.pop().unwrap()
+}
+
+fn record(p: &Path) -> Option<String> {
+    support::xattr::xattrs(p)
+        .get("user.containers.override_stat")
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+}
+
+/// Nothing below `dir` is owned by an id the user does not have, is a device node, or
+/// is set-id and owned by real root.
+fn only_the_users_ids(dir: &Path) {
+    let mine = |id: u32| id == NOBODY || (START..START + COUNT).contains(&id);
+    for (p, uid, mode, dev) in disk_objects(dir) {
+        let gid = fs::symlink_metadata(&p).unwrap().gid();
+        assert!(mine(uid) && mine(gid), "{}: {uid}:{gid}", p.display());
+        assert!(!dev, "{}: a device node on disk", p.display());
+        assert!(
+            mode & 0o6000 == 0 || uid != 0,
+            "{}: set-id root",
+            p.display()
+        );
+    }
+}
+
+#[test]
+fn layers_have_mapped_owners_on_disk_and_the_mount_shows_roots_listing() {
+    let Some((user, _ids)) = with_range() else {
+        return;
+    };
+    let root = RootStore::new();
+    let (want, _, _) = root_side(&root, None);
+    let (got, mnt) = user_side(&user, None);
+    assert_eq!(got, want, "the user's mount lists what root's lists");
+
+    // The store says how it was made.
+    assert_eq!(
+        fs::read_to_string(user.store().join("idmap")).unwrap(),
+        format!(
+            "uid 0 {NOBODY} 1\nuid 1 {START} {COUNT}\ngid 0 {NOBODY} 1\ngid 1 {START} {COUNT}\n"
+        )
+    );
+    // On disk: real owners within the range, set-id bits kept, fifos real; records
+    // only for device nodes and ids beyond the range.
+    let tree = layer_tree(&user);
+    let md = |rel: &str| fs::symlink_metadata(tree.join(rel)).unwrap();
+    let owner = |rel: &str| {
+        let m = md(rel);
+        (m.uid(), m.gid(), m.mode() & 0o7777)
+    };
+    assert_eq!(owner("bin/su"), (NOBODY, NOBODY, 0o4755));
+    assert_eq!(owner("bin/wall"), (NOBODY, START + 4, 0o2755));
+    assert_eq!(owner("etc/shadow"), (NOBODY, START + 41, 0o640));
+    assert_eq!(owner("etc/secret"), (NOBODY, NOBODY, 0));
+    assert_eq!(owner("home/alice"), (START + 999, START + 999, 0o750));
+    assert_eq!(owner("home/alice/notes"), (START + 999, START + 999, 0o600));
+    assert_eq!(owner("var/mail"), (NOBODY, START + 7, 0o2775));
+    assert_eq!(owner("tmp"), (NOBODY, NOBODY, 0o1777));
+    assert!(md("dev/initctl").file_type().is_fifo());
+    assert_eq!(record(&tree.join("bin/su")), None);
+    assert_eq!(record(&tree.join("home/alice/notes")), None);
+    assert!(md("dev/null").is_file());
+    assert_eq!(
+        record(&tree.join("dev/null")).as_deref(),
+        Some("0:0:0666:char-1-3")
+    );
+    assert_eq!(
+        record(&tree.join("dev/sda")).as_deref(),
+        Some("0:6:0660:block-8-0")
+    );
+    assert_eq!(owner("home/alice/big"), (NOBODY, NOBODY, 0o644));
+    assert_eq!(
+        record(&tree.join("home/alice/big")).as_deref(),
+        Some("2000000:2000001:0644:file")
+    );
+    only_the_users_ids(&user.store());
+
+    // Mounted by fusermount3 for the user: its alone, nosuid and nodev.
+    let table = fs::read_to_string("/proc/self/mounts").unwrap();
+    let opts = table
+        .lines()
+        .map(|l| l.split(' ').collect::<Vec<_>>())
+        .find(|f| f.get(1) == mnt.to_str().as_ref())
+        .map(|f| f[3].to_string())
+        .unwrap();
+    for o in ["nosuid", "nodev", "user_id=65534"] {
+        assert!(opts.split(',').any(|x| x == o), "{o} not in {opts}");
+    }
+    // The user outside cannot read what image uid 1000 keeps to itself; the mount can.
+    let notes = tree.join("home/alice/notes");
+    assert!(
+        !user
+            .sh(&format!("cat '{}'", notes.display()))
+            .status
+            .success()
+    );
+    let shown = user.sh_ok(&format!("cat '{}/home/alice/notes'", mnt.display()));
+    assert_eq!(shown, "hi\n");
+    // What the user makes in the mount is root's, and the user's own on disk.
+    let made = user.sh_ok(&format!(
+        "cd '{}' && echo x > made && mkdir madedir && stat -c '%u %g' made madedir",
+        mnt.display()
+    ));
+    assert_eq!(made, "0 0\n0 0\n");
+    let upper = fs::read_dir(user.store().join("containers"))
+        .unwrap()
+        .map(|e| e.unwrap().path().join("upper"))
+        .find(|p| p.is_dir())
+        .unwrap();
+    assert_eq!(fs::metadata(upper.join("made")).unwrap().uid(), NOBODY);
+    // The upper layer keeps records, and real owners where the range has them: a chown
+    // in the mount and a copy-up of a file of image uid 1000.
+    user.sh_ok(&format!(
+        "cd '{}' && chown 7:8 madedir && echo more >> home/alice/notes && ln -s x madelink",
+        mnt.display()
+    ));
+    let disk = |rel: &str| {
+        let m = fs::symlink_metadata(upper.join(rel)).unwrap();
+        (m.uid(), m.gid())
+    };
+    assert_eq!(disk("madedir"), (START + 6, START + 7));
+    assert_eq!(disk("home/alice/notes"), (START + 999, START + 999));
+    assert_eq!(disk("madelink"), (NOBODY, NOBODY));
+    let shown = user.sh_ok(&format!(
+        "cd '{}' && stat -c '%u %g %a' madedir home/alice/notes",
+        mnt.display()
+    ));
+    assert_eq!(shown, "7 8 755\n1000 1000 600\n");
+    only_the_users_ids(&user.store());
+}
+
+#[test]
+fn changes_commit_and_export_as_roots_do() {
+    let Some((user, _ids)) = with_range() else {
+        return;
+    };
+    let root = RootStore::new();
+    let tar = user.put("owned.tar", &owned_tar());
+    let (want, _, _) = root_side(&root, Some(&tar));
+    let (got, _) = user_side(&user, Some(&tar));
+    assert_eq!(
+        got, want,
+        "after the same changes, the user's mount lists what root's lists"
+    );
+    assert_eq!(user.ok(&["diff", "c"]), root.env.ok(&["diff", "c"]));
+    user.ok(&["umount", "c"]);
+    root.env.ok(&["umount", "c"]);
+    user.ok(&["commit", "c", "changed"]);
+    root.env.ok(&["commit", "c", "changed"]);
+    let top = |inspect: &str| -> String {
+        let v: serde_json::Value = serde_json::from_str(inspect).unwrap();
+        v[0]["Config"]["rootfs"]["diff_ids"][1]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(
+        top(&user.ok(&["inspect", "changed"])),
+        top(&root.env.ok(&["inspect", "changed"])),
+        "the committed layer is root's"
+    );
+    // The committed layer has the owners the changes gave, on disk.
+    let v: serde_json::Value = serde_json::from_str(&user.ok(&["inspect", "changed"])).unwrap();
+    let layer = support::store_env::layer_dirs_of(&v[0]).remove(0);
+    let owner = |rel: &str| {
+        let m = fs::symlink_metadata(layer.join(rel)).unwrap();
+        (m.uid(), m.gid(), m.mode() & 0o7777)
+    };
+    assert_eq!(owner("srv/new"), (START + 4, START + 6, 0o4750));
+    assert_eq!(owner("srv/d"), (START + 8, START + 8, 0o2770));
+    assert_eq!(
+        owner("srv/untar/pkg/tool"),
+        (START + 11, START + 111, 0o4711)
+    );
+    assert_eq!(owner("home/bob/notes"), (START + 32, START + 32, 0o600));
+    assert!(
+        fs::symlink_metadata(layer.join("srv/fifo"))
+            .unwrap()
+            .file_type()
+            .is_fifo()
+    );
+    let uexp = user.home().join("c.tar");
+    user.ok(&["export", "c", "-o", uexp.to_str().unwrap()]);
+    let rexp = root.env.path("c.tar");
+    root.env.ok(&["export", "c", "-o", rexp.to_str().unwrap()]);
+    assert!(
+        fs::read(&uexp).unwrap() == fs::read(&rexp).unwrap(),
+        "export differs from root's"
+    );
+    // The committed layer, mounted again, lists the changes as root's does.
+    user.ok(&["create", "changed", "--name", "again"]);
+    root.env.create("changed", "again");
+    let umnt = user.ok(&["mount", "again"]);
+    let ulist = user.sh_ok(&format!("cd '{}' && {}", umnt.trim(), crate::LISTING));
+    let rmnt = root.env.mount("again");
+    assert_eq!(ulist, root.listing(&rmnt));
+    // `rm -f` unmounts outside the namespace it runs in.
+    user.ok(&["rm", "-f", "again", "c"]);
+    assert!(
+        !support::mounts::mount_table()
+            .iter()
+            .any(|m| m.mount_point.starts_with(user.home())),
+        "rm -f unmounted the container"
+    );
+    user.ok(&["rmi", "changed", "rich"]);
+    only_the_users_ids(&user.store());
+    assert_eq!(
+        fs::read_dir(user.store().join("layers/sha256"))
+            .unwrap()
+            .count(),
+        0,
+        "rmi removes layers owned by subordinate ids"
+    );
+}
+
+#[test]
+fn overlay_subids_serves_plain_dirs_as_the_namespace_sees_them() {
+    let Some((user, _ids)) = with_range() else {
+        return;
+    };
+    let h = user.home();
+    user.sh_ok(&format!(
+        "cd '{}' && mkdir l u w m && echo hi > l/f && chmod 600 l/f",
+        h.display()
+    ));
+    let opts = format!(
+        "lowerdir={0}/l,upperdir={0}/u,workdir={0}/w,subids",
+        h.display()
+    );
+    user.ok(&["overlay", "-o", &opts, h.join("m").to_str().unwrap()]);
+    let shown = user.sh_ok(&format!(
+        "cd '{}/m' && echo x > g && cat f && stat -c '%n %u %g %a' f g",
+        h.display()
+    ));
+    assert_eq!(shown, "hi\nf 0 0 600\ng 0 0 644\n");
+    assert_eq!(fs::metadata(h.join("u/g")).unwrap().uid(), NOBODY);
+    user.sh_ok(&format!("fusermount3 -u '{}/m'", h.display()));
+}
+
+#[test]
+fn a_store_is_used_only_with_the_ids_it_was_made_with() {
+    let Some((user, ids)) = with_range() else {
+        return;
+    };
+    let tar = user.put("rich.tar", &rich_layer());
+    user.ok(&["import", tar.to_str().unwrap(), "-t", "rich"]);
+    let store = user.store();
+    // In the plain mode, as root, or with another range: one line, nothing read.
+    let off = user.sh(&format!(
+        "LAYERFS_USERNS=off '{}' images",
+        user.bin_path().display()
+    ));
+    let line = support::cli::one_error_line(&["images"], off);
+    assert!(line.contains("owned by subordinate ids"), "{line}");
+    let line = support::cli::fails(&store, &["images"]);
+    assert!(line.contains("owned by subordinate ids"), "{line}");
+    drop(ids);
+    let _moved = SubIdLine::add(&format!("nobody:{}:{COUNT}", START + COUNT));
+    let line = user.fails(&["images"]);
+    assert!(
+        line.contains("now has uids 0:65534:1,1:265536:65536"),
+        "{line}"
+    );
+    // A store made in the plain mode is not read with subordinate ids.
+    let plain = user.home().join("plain");
+    let p = plain.to_str().unwrap();
+    let o = user.sh(&format!(
+        "LAYERFS_USERNS=off '{}' --root '{p}' images",
+        user.bin_path().display()
+    ));
+    assert!(o.status.success());
+    let line = user.fails(&["--root", p, "images"]);
+    assert!(line.contains("made without subordinate ids"), "{line}");
+    assert!(!plain.join("idmap").exists());
+}
+
+#[test]
+fn a_range_newuidmap_refuses_is_one_line() {
+    if skip_unless_root() {
+        return;
+    }
+    // The range overlaps the user's own id: the kernel refuses the map.
+    let _ids = SubIdLine::add(&format!("nobody:{NOBODY}:10"));
+    let Some(user) = User::new() else { return };
+    let user = user.with_subids();
+    let tar = user.put("rich.tar", &rich_layer());
+    let line = user.fails(&["import", tar.to_str().unwrap()]);
+    assert!(line.contains("newuidmap"), "{line}");
+    assert!(line.contains("subordinate ids of uid 65534"), "{line}");
+    assert!(!user.store().join("layers").exists());
+}
+
+#[test]
+fn without_a_range_the_store_is_the_plain_one() {
+    if skip_unless_root() {
+        return;
+    }
+    // No test adds a range meanwhile.
+    let _quiet = SubIdLine::none();
+    let has = |f: &str| {
+        fs::read_to_string(f)
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l.starts_with("nobody:") || l.starts_with("65534:"))
+    };
+    if has("/etc/subuid") && has("/etc/subgid") {
+        support::privilege::say_skipped("nobody has subordinate ids on this machine");
+        return;
+    }
+    let Some(user) = User::new() else { return };
+    let user = user.with_subids();
+    let tar = user.put("rich.tar", &rich_layer());
+    user.ok(&["import", tar.to_str().unwrap(), "-t", "rich"]);
+    assert!(!user.store().join("idmap").exists());
+    // A mount asked to serve from the namespace says why it cannot.
+    let mnt = user.home().join("mnt");
+    fs::create_dir(&mnt).unwrap();
+    let lower = user.home().join("lower");
+    fs::create_dir(&lower).unwrap();
+    let opts = format!("lowerdir={},subids", lower.display());
+    let line = user.fails(&["overlay", "-o", &opts, mnt.to_str().unwrap()]);
+    assert!(line.contains("no subordinate ids"), "{line}");
+    for (p, uid, _, dev) in disk_objects(&user.store()) {
+        assert_eq!(uid, NOBODY, "{}", p.display());
+        assert!(!dev);
+    }
+}
