@@ -44,18 +44,34 @@ impl Globals {
         data.join("layerfs")
     }
 
-    /// The user namespace the store is used in (see [`subid_maps`]); inside one, its maps.
+    /// The user namespace the store is used in (see [`maps_for_store`]); inside one,
+    /// its maps.
     pub fn id_maps(&self) -> crate::error::Result<Option<crate::sys::IdMaps>> {
         if !crate::sys::in_initial_userns() {
             return Ok(crate::sys::IdMaps::of_this_process());
         }
-        subid_maps()
+        maps_for_store(&self.store_root())
     }
 
     /// Open the store with the maps it is used with (from outside its namespace too).
     pub fn open_store(&self) -> crate::error::Result<crate::store::Store> {
         crate::store::Store::open_with_ids(&self.store_root(), self.id_maps()?.as_ref())
     }
+}
+
+/// The maps the store at `root` is used with: the user's ranges (see [`subid_maps`]),
+/// except for a store made without them (it has layers and no `idmap`), which stays in
+/// the plain mode it was made in: a user who gains ranges keeps the store as it was
+/// (a store made with ranges is never read without them: `Store::open_with_ids`).
+pub fn maps_for_store(root: &std::path::Path) -> crate::error::Result<Option<crate::sys::IdMaps>> {
+    let maps = subid_maps()?;
+    if maps.is_some()
+        && root.join("layers").exists()
+        && !root.join(crate::store::idmode::IDMAP_FILE).exists()
+    {
+        return Ok(None);
+    }
+    Ok(maps)
 }
 
 /// The variable that turns the subordinate-id mode off (`off`) or leaves it to the
@@ -182,7 +198,7 @@ fn rerun_in_userns(cli: &Cli) -> Option<ExitCode> {
     if outside || !crate::sys::in_initial_userns() {
         return None;
     }
-    let maps = match subid_maps() {
+    let maps = match maps_for_store(&cli.globals.store_root()) {
         Ok(Some(m)) => m,
         Ok(None) => return None,
         Err(e) => return Some(fail(e)),

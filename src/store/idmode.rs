@@ -42,6 +42,7 @@ pub(crate) fn check_or_record(root: &Path, maps: Option<&IdMaps>) -> Result<()> 
             root.display(),
             short(&r)
         ))),
+        // The command line keeps such a store in the plain mode (`maps_for_store`).
         (None, Some(_)) if made => Err(Error::invalid_input(format!(
             "store {} was made without subordinate ids: set LAYERFS_USERNS=off to use it, \
              or use another --root for a store with them",

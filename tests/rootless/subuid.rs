@@ -303,16 +303,33 @@ fn a_store_is_used_only_with_the_ids_it_was_made_with() {
         line.contains("now has uids 0:65534:1,1:265536:65536"),
         "{line}"
     );
-    // A store made in the plain mode is not read with subordinate ids.
+    // A store made in the plain mode stays in it when the user gains ranges: what was
+    // recorded is read as recorded, and new layers are recorded the same way.
     let plain = user.home().join("plain");
     let p = plain.to_str().unwrap();
     let o = user.sh(&format!(
-        "LAYERFS_USERNS=off '{}' --root '{p}' images",
-        user.bin_path().display()
+        "LAYERFS_USERNS=off '{}' --root '{p}' import '{}' -t rich",
+        user.bin_path().display(),
+        tar.display()
     ));
     assert!(o.status.success());
-    let line = user.fails(&["--root", p, "images"]);
-    assert!(line.contains("made without subordinate ids"), "{line}");
+    let before = user.ok(&["--root", p, "images"]);
+    assert!(before.contains("rich"), "{before}");
+    let tar2 = user.put(
+        "more.tar",
+        &support::images::LayerBuilder::new()
+            .file("more", b"more\n")
+            .build(),
+    );
+    user.ok(&["--root", p, "import", tar2.to_str().unwrap(), "-t", "more"]);
+    for (p, uid, _, dev) in disk_objects(&plain) {
+        let gid = fs::symlink_metadata(&p).unwrap().gid();
+        assert!(
+            uid == NOBODY && gid == NOBODY && !dev,
+            "{}: {uid}:{gid}",
+            p.display()
+        );
+    }
     assert!(!plain.join("idmap").exists());
 }
 
