@@ -96,6 +96,11 @@ impl Store {
         mut extract: ExtractOptions,
         progress: &(dyn Fn(u64) + Sync),
     ) -> Result<Option<PartialPulled>> {
+        // A store with no layer has no file to reuse: fetching the TOC first would only
+        // cost a request (a lazy pull still wants it).
+        if !p.lazy && self.layer_ids()?.is_empty() {
+            return Ok(None);
+        }
         let positions = match p.form {
             Form::ZstdChunked(positions) => positions,
             Form::Estargz(toc) => {

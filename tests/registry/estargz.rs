@@ -270,7 +270,10 @@ fn a_partial_pull_of_layerfs_estargz_skips_every_file_the_store_has() {
     }
     let (blob, size) = layer_of(&reg, &pushed[1]);
     let two = format!("{}/demo/two:1", proxy.addr());
+    // Into an empty store: one request for the whole blob (no TOC fetched first).
     ok(&dst, &["pull", &format!("{}/demo/one:1", proxy.addr())]);
+    let (one_blob, one_size) = layer_of(&reg, &pushed[0]);
+    assert_eq!(blob_bytes(&proxy, &one_blob), (1, one_size));
     proxy.clear();
     let out = ok(&dst, &["pull", &two]);
     assert!(out.contains("partial:"), "{out}");
