@@ -15,7 +15,7 @@ use std::io::{self, BufReader, Read};
 use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use crate::error::{Error, ErrorKind, IoContext, Result};
@@ -175,31 +175,12 @@ impl Store {
             });
         }
         let needed: u64 = wanted.iter().map(|f| f.end - f.offset).sum();
-        if !p.lazy && needed > p.blob_size / 2 {
-            log::info!(
-                "{what}: {needed} of {} bytes would be fetched by range: fetching it whole",
-                p.blob_size
-            );
+        if !p.lazy && whole_is_better(p, needed) {
             return Ok(None);
         }
-        // Fetched frames land at their own offsets in a sparse copy of the blob.
-        let sparse_path = work.with_extension("frames");
-        let sparse = File::options()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&sparse_path)
-            .ctx(format!("creating {}", sparse_path.display()))?;
+        let sparse = SparseBlob::create(work)?;
         let groups = merged(wanted.iter().map(|f| (f.offset, f.end)).collect());
-        fetch_ranges(
-            p,
-            &sparse,
-            &sparse_path,
-            &groups,
-            meta.len() as u64,
-            &mut stats,
-            progress,
-        )?;
+        fetch_ranges(p, &sparse, &groups, meta.len() as u64, &mut stats, progress)?;
         let later: HashSet<Digest> = deferred.iter().map(|o| o.digest).collect();
         stats.deferred = index
             .files
@@ -239,7 +220,7 @@ impl Store {
             next: 0,
             cur: None,
             objects_dir,
-            sparse: &sparse,
+            sparse: &sparse.file,
         };
         let streamed = stream_blob(
             what,
@@ -251,7 +232,6 @@ impl Store {
             Some((&work.join("diff"), extract)),
             &|_| {},
         );
-        let _ = fs::remove_file(&sparse_path);
         Ok(Some(PartialPulled {
             streamed: streamed?,
             stats,
@@ -260,13 +240,59 @@ impl Store {
     }
 }
 
+/// Whether fetching `needed` bytes by range is more than half the blob (then the blob
+/// is fetched whole, and kept).
+pub(super) fn whole_is_better(p: &Partial<'_>, needed: u64) -> bool {
+    let whole = needed > p.blob_size / 2;
+    if whole {
+        log::info!(
+            "{}: {needed} of {} bytes would be fetched by range: fetching it whole",
+            p.what,
+            p.blob_size
+        );
+    }
+    whole
+}
+
+/// A sparse copy of a blob in the staging dir: fetched ranges land at their own
+/// offsets. Removed when dropped.
+pub(super) struct SparseBlob {
+    path: PathBuf,
+    pub file: File,
+}
+
+impl SparseBlob {
+    pub(super) fn create(work: &Path) -> Result<SparseBlob> {
+        let path = work.with_extension("ranges");
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .ctx(format!("creating {}", path.display()))?;
+        Ok(SparseBlob { path, file })
+    }
+
+    /// `data`, which is the blob's bytes from `at` on.
+    pub(super) fn write_at(&self, data: &[u8], at: u64) -> Result<()> {
+        self.file
+            .write_all_at(data, at)
+            .ctx(format!("writing {}", self.path.display()))
+    }
+}
+
+impl Drop for SparseBlob {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
 /// Fetch each of `groups` (ranges of the blob) into `sparse` at its own offset, up to
 /// `PARALLEL_REQUESTS` at a time, counting requests and bytes; `done` bytes were
 /// fetched before.
 pub(super) fn fetch_ranges(
     p: &Partial<'_>,
-    sparse: &File,
-    sparse_path: &Path,
+    sparse: &SparseBlob,
     groups: &[(u64, u64)],
     done: u64,
     stats: &mut PartialStats,
@@ -289,9 +315,7 @@ pub(super) fn fetch_ranges(
             if n == 0 {
                 break;
             }
-            sparse
-                .write_all_at(&buf[..n], at)
-                .ctx(format!("writing {}", sparse_path.display()))?;
+            sparse.write_at(&buf[..n], at)?;
             at += n as u64;
             progress(done.fetch_add(n as u64, Ordering::Relaxed) + n as u64);
         }

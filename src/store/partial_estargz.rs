@@ -14,15 +14,14 @@
 //! against the TOC instead: every regular file's content must be one the TOC names.
 
 use std::collections::{HashMap, HashSet};
-use std::fs::{self, File};
+use std::fs::File;
 use std::io::{self, BufReader, Read, Seek, SeekFrom};
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
 
 use flate2::read::MultiGzDecoder;
 
-use crate::error::{Error, ErrorKind, IoContext, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::store::Store;
 use crate::store::archive::Compression;
 use crate::store::digest::Digest;
@@ -31,7 +30,8 @@ use crate::store::extract::{ExtractOptions, INLINE_MAX};
 use crate::store::lazy::LazyObject;
 use crate::store::objects;
 use crate::store::partial::{
-    Partial, PartialPulled, PartialStats, Section, fetch_all, fetch_ranges, merged,
+    Partial, PartialPulled, PartialStats, Section, SparseBlob, fetch_all, fetch_ranges, merged,
+    whole_is_better,
 };
 use crate::store::plan::StargzToc;
 use crate::store::stream::stream_blob;
@@ -159,34 +159,13 @@ impl Store {
         }
         let groups = merged(ranges);
         let needed: u64 = groups.iter().map(|(a, b)| b - a).sum();
-        if !p.lazy && needed + stats.bytes > p.blob_size / 2 {
-            log::info!(
-                "{what}: {} of {} bytes would be fetched by range: fetching it whole",
-                needed + stats.bytes,
-                p.blob_size
-            );
+        if !p.lazy && whole_is_better(p, needed + stats.bytes) {
             return Ok(None);
         }
-        let sparse_path = work.with_extension("members");
-        let sparse = File::options()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&sparse_path)
-            .ctx(format!("creating {}", sparse_path.display()))?;
-        sparse
-            .write_all_at(&meta, meta_start)
-            .ctx(format!("writing {}", sparse_path.display()))?;
+        let sparse = SparseBlob::create(work)?;
+        sparse.write_at(&meta, meta_start)?;
         drop(meta);
-        fetch_ranges(
-            p,
-            &sparse,
-            &sparse_path,
-            &groups,
-            stats.bytes,
-            &mut stats,
-            progress,
-        )?;
+        fetch_ranges(p, &sparse, &groups, stats.bytes, &mut stats, progress)?;
         if !deferred.is_empty() {
             // Where each deferred file's content starts in the tar: the decompressed
             // length of everything before its first chunk.
@@ -195,7 +174,7 @@ impl Store {
             for s in &segs {
                 match s {
                     Seg::Gz(a, b) => {
-                        at += decode(codec, &sparse, *a, *b)
+                        at += decode(codec, &sparse.file, *a, *b)
                             .and_then(|mut r| io::copy(&mut r, &mut io::sink()))
                             .map_err(|e| Error::corrupt(format!("{what}: bytes {a}..{b}: {e}")))?;
                     }
@@ -217,7 +196,7 @@ impl Store {
             codec,
             segs: segs.into_iter(),
             cur: None,
-            sparse: &sparse,
+            sparse: &sparse.file,
             objects_dir: objects_dir.clone(),
             local,
         };
@@ -231,7 +210,6 @@ impl Store {
             Some((&work.join("diff"), extract)),
             &|_| {},
         );
-        let _ = fs::remove_file(&sparse_path);
         let streamed = streamed?;
         if !deferred.is_empty() {
             let tree = streamed.extracted.as_ref().expect("extracted");
