@@ -9,6 +9,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use crate::common::*;
 use support::cli::*;
 use support::fingerprint::*;
 use support::images::*;
@@ -149,67 +150,29 @@ fn import_estargz(dir: &Path, src: &Path, name: &str, layer: Layer, toc_digest: 
     ok(src, &["import", layout.to_str().unwrap()]);
 }
 
-/// The requests for one blob through the proxy, and their bytes.
-fn blob_bytes(proxy: &Proxy, digest: &str) -> (usize, u64) {
-    let gets: Vec<Seen> = proxy
-        .seen()
-        .into_iter()
-        .filter(|s| s.method == "GET" && s.path.ends_with(&format!("/blobs/{digest}")))
-        .collect();
-    (gets.len(), gets.iter().map(|g| g.body_bytes).sum())
+/// A registry behind the counting proxy, in a temp dir.
+struct Env {
+    _t: tempfile::TempDir,
+    dir: PathBuf,
+    reg: Registry,
+    proxy: Proxy,
 }
 
-/// The first layer's digest and size in a pushed manifest.
-fn layer_of(reg: &Registry, manifest: &str) -> (String, u64) {
-    let h = hex_of(manifest);
-    let p = reg
-        .dir
-        .join("data/docker/registry/v2/blobs/sha256")
-        .join(&h[..2])
-        .join(h)
-        .join("data");
-    let m: serde_json::Value = serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap();
-    let l = &m["layers"][0];
-    (
-        l["digest"].as_str().unwrap().to_string(),
-        l["size"].as_u64().unwrap(),
-    )
-}
-
-/// An empty store, opened once so that it exists.
-fn empty_store(p: &Path) -> std::collections::BTreeMap<PathBuf, String> {
-    ok(p, &["images"]);
-    store_fingerprint(p)
-}
-
-fn pushed_digest(out: &str) -> String {
-    let at = out.find("digest: ").expect("push prints the digest") + 8;
-    out[at..].split_whitespace().next().unwrap().to_string()
-}
-
-/// An image's tree, exported from `root` (a container made and removed for it).
-fn exported(root: &Path, image: &str, to: &Path) -> Vec<u8> {
-    ok(root, &["create", "--name", "x", image]);
-    ok(root, &["export", "-o", to.to_str().unwrap(), "x"]);
-    ok(root, &["rm", "x"]);
-    std::fs::read(to).unwrap()
-}
-
-fn lazy_pull(root: &Path, reference: &str) -> String {
-    let args = ["pull", "--lazy", reference];
-    let o = command(root)
-        .env("LAYERFS_LAZY_BACKGROUND", "0")
-        .args(args)
-        .output()
-        .unwrap();
-    succeeded(&args, o)
-}
-
-fn lazy_records(root: &Path) -> usize {
-    std::fs::read_dir(root.join("layers/sha256"))
-        .unwrap()
-        .filter(|e| e.as_ref().unwrap().path().join("lazy.json").exists())
-        .count()
+/// [`Env`], or `None` when the test must skip (not root).
+fn env() -> Option<Env> {
+    if support::skip_unless_root() {
+        return None;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().to_path_buf();
+    let reg = Registry::start(&dir.join("reg"), None);
+    let proxy = Proxy::start(reg.port);
+    Some(Env {
+        _t: t,
+        dir,
+        reg,
+        proxy,
+    })
 }
 
 /// The sample files: a 3.5 MiB file (four chunks in the Go layout, one in layerfs's),
@@ -251,13 +214,16 @@ fn go_layer(files: &[(String, Vec<u8>)], lie: &dyn Fn(&mut serde_json::Value)) -
 
 #[test]
 fn a_partial_pull_of_layerfs_estargz_skips_every_file_the_store_has() {
-    if support::skip_unless_root() {
+    let Some(Env {
+        _t,
+        dir,
+        reg,
+        proxy,
+    }) = env()
+    else {
         return;
-    }
-    let t = tempfile::tempdir().unwrap();
-    let dir = t.path();
-    let reg = Registry::start(&dir.join("reg"), None);
-    let proxy = Proxy::start(reg.port);
+    };
+    let dir = dir.as_path();
     let (src, dst, full) = (dir.join("src"), dir.join("dst"), dir.join("full"));
     let mut pushed = Vec::new();
     for (second, name) in [(false, "one"), (true, "two")] {
@@ -306,13 +272,16 @@ fn a_partial_pull_of_layerfs_estargz_skips_every_file_the_store_has() {
 
 #[test]
 fn a_partial_pull_of_go_written_estargz_skips_the_chunks_before_each_files_last() {
-    if support::skip_unless_root() {
+    let Some(Env {
+        _t,
+        dir,
+        reg,
+        proxy,
+    }) = env()
+    else {
         return;
-    }
-    let t = tempfile::tempdir().unwrap();
-    let dir = t.path();
-    let reg = Registry::start(&dir.join("reg"), None);
-    let proxy = Proxy::start(reg.port);
+    };
+    let dir = dir.as_path();
     let (src, dst, full) = (dir.join("src"), dir.join("dst"), dir.join("full"));
     let mut blobs = Vec::new();
     for (second, name) in [(false, "one"), (true, "two")] {
@@ -357,13 +326,16 @@ fn a_partial_pull_of_go_written_estargz_skips_the_chunks_before_each_files_last(
 
 #[test]
 fn a_lazy_estargz_pull_mounts_at_once_and_fetches_files_when_opened() {
-    if support::skip_unless_root() {
+    let Some(Env {
+        _t,
+        dir,
+        reg,
+        proxy,
+    }) = env()
+    else {
         return;
-    }
-    let t = tempfile::tempdir().unwrap();
-    let dir = t.path();
-    let reg = Registry::start(&dir.join("reg"), None);
-    let proxy = Proxy::start(reg.port);
+    };
+    let dir = dir.as_path();
     let src = dir.join("src");
     // A name given twice: the later entry is the file.
     let mut want = files(true);
@@ -419,12 +391,10 @@ fn a_lazy_estargz_pull_mounts_at_once_and_fetches_files_when_opened() {
 
 #[test]
 fn estargz_tocs_that_lie_are_refused_and_nothing_is_stored() {
-    if support::skip_unless_root() {
+    let Some(Env { _t, dir, reg, .. }) = env() else {
         return;
-    }
-    let t = tempfile::tempdir().unwrap();
-    let dir = t.path();
-    let reg = Registry::start(&dir.join("reg"), None);
+    };
+    let dir = dir.as_path();
     let src = dir.join("src");
     let dst = dir.join("dst");
     // The store has one's files, so that a partial pull is tried.
@@ -524,12 +494,7 @@ fn estargz_tocs_that_lie_are_refused_and_nothing_is_stored() {
     let r = format!("{}/demo/lie:lazy", reg.addr());
     import_estargz(dir, &src, &r, layer, &toc);
     ok(&src, &["push", &r]);
-    let args = ["pull", "--lazy", r.as_str()];
-    let o = command(&dst)
-        .env("LAYERFS_LAZY_BACKGROUND", "0")
-        .args(args)
-        .output()
-        .unwrap();
+    let o = lazy_pull_output(&dst, &[], &r);
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("its eStargz TOC does not name"), "{err}");
@@ -566,13 +531,19 @@ fn all_blob_bytes(proxy: &Proxy) -> u64 {
 
 #[test]
 fn stargz_images_made_by_ctr_remote_pull_partially_and_a_lazy_mount_runs_a_shell() {
-    if support::skip_unless_root() || support::skip_without_tool("ctr-remote") {
+    let Some(Env {
+        _t,
+        dir,
+        reg,
+        proxy,
+    }) = env()
+    else {
+        return;
+    };
+    if support::skip_without_tool("ctr-remote") {
         return;
     }
-    let t = tempfile::tempdir().unwrap();
-    let dir = t.path();
-    let reg = Registry::start(&dir.join("reg"), None);
-    let proxy = Proxy::start(reg.port);
+    let dir = dir.as_path();
     let c = support::containerd::Containerd::start(&dir.join("containerd"), &dir.join("none.sock"));
     let src = dir.join("src");
     // A shell (dash and what it loads, from the test rootfs), a 9 MiB file; two adds a
@@ -708,13 +679,16 @@ fn stargz_images_made_by_ctr_remote_pull_partially_and_a_lazy_mount_runs_a_shell
 
 #[test]
 fn a_lazy_open_waits_out_a_slow_registry_and_a_stalled_one_is_eio() {
-    if support::skip_unless_root() {
+    let Some(Env {
+        _t,
+        dir,
+        reg,
+        proxy,
+    }) = env()
+    else {
         return;
-    }
-    let t = tempfile::tempdir().unwrap();
-    let dir = t.path();
-    let reg = Registry::start(&dir.join("reg"), None);
-    let proxy = Proxy::start(reg.port);
+    };
+    let dir = dir.as_path();
     let (src, dst) = (dir.join("src"), dir.join("dst"));
     let want = files(true);
     let tar = dir.join("two.tar");
@@ -724,21 +698,8 @@ fn a_lazy_open_waits_out_a_slow_registry_and_a_stalled_one_is_eio() {
     ok(&src, &["push", "--compression", "estargz", &r]);
     // The pull's --timeout and --retries hold for the fetches after it.
     let two = format!("{}/demo/two:1", proxy.addr());
-    let args = [
-        "pull",
-        "--lazy",
-        "--timeout",
-        "1",
-        "--retries",
-        "0",
-        two.as_str(),
-    ];
-    let o = command(&dst)
-        .env("LAYERFS_LAZY_BACKGROUND", "0")
-        .args(args)
-        .output()
-        .unwrap();
-    succeeded(&args, o);
+    let args = ["--timeout", "1", "--retries", "0"];
+    succeeded(&args, lazy_pull_output(&dst, &args, &two));
     ok(&dst, &["create", "--name", "c", &two]);
     let mnt = PathBuf::from(ok(&dst, &["mount", "c"]).trim());
     let mut guard = MountGuard::new(&mnt);

@@ -8,6 +8,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::common::*;
 use support::cli::*;
 use support::fingerprint::*;
 use support::images::*;
@@ -65,12 +66,6 @@ fn push_big(t: &Path, host: &str, size: usize) -> Image {
     ok(&src, &["import", layout.to_str().unwrap()]);
     lf_ok(&src, &["push", "demo/big:1", &format!("{host}/demo/big:1")]);
     img
-}
-
-/// An empty store, opened once so that it exists.
-fn empty_store(p: &Path) -> std::collections::BTreeMap<std::path::PathBuf, String> {
-    ok(p, &["images"]);
-    store_fingerprint(p)
 }
 
 #[test]

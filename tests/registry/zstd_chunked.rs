@@ -5,8 +5,9 @@
 //! again gives the same manifest digest, `system check` passes, the mount shows the same
 //! tree); TOCs that lie are refused naming the entry, with the store unchanged.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
+use crate::common::*;
 use support::cli::*;
 use support::fingerprint::*;
 use support::images::*;
@@ -43,21 +44,6 @@ fn layer_pair() -> (Vec<u8>, Vec<u8>) {
         b.build()
     };
     (build(false), build(true))
-}
-
-fn blob_on_registry(reg: &Registry, digest: &str) -> PathBuf {
-    let h = hex_of(digest);
-    reg.dir
-        .join("data/docker/registry/v2/blobs/sha256")
-        .join(&h[..2])
-        .join(h)
-        .join("data")
-}
-
-/// The manifest digest a push printed.
-fn pushed_digest(out: &str) -> String {
-    let at = out.find("digest: ").expect("push prints the digest") + 8;
-    out[at..].split_whitespace().next().unwrap().to_string()
 }
 
 struct Setup {
@@ -114,15 +100,6 @@ fn setup() -> Setup {
         one,
         two,
     }
-}
-
-/// The requests for one layer blob.
-fn blob_gets(proxy: &Proxy, digest: &str) -> Vec<Seen> {
-    proxy
-        .seen()
-        .into_iter()
-        .filter(|s| s.method == "GET" && s.path.ends_with(&format!("/blobs/{digest}")))
-        .collect()
 }
 
 #[test]
@@ -204,17 +181,12 @@ fn a_partial_pull_fetches_only_what_the_store_lacks_and_rebuilds_the_layer() {
 
     // The same tree as the source store's image, read through a container's mount.
     let src = s.dir.join("src");
-    let export = |root: &Path, image: &str, to: &Path| {
-        ok(root, &["create", "--name", "c", image]);
-        ok(root, &["export", "-o", to.to_str().unwrap(), "c"]);
-        std::fs::read(to).unwrap()
-    };
     assert!(
-        export(
+        exported(
             &src,
             &format!("{}/demo/two:1", s.reg.addr()),
             &s.dir.join("src.tar")
-        ) == export(&dst, &format!("{host}/demo/two:1"), &s.dir.join("dst.tar")),
+        ) == exported(&dst, &format!("{host}/demo/two:1"), &s.dir.join("dst.tar")),
         "the exports differ"
     );
 
@@ -398,17 +370,6 @@ fn tocs_that_lie_are_refused_naming_the_entry_and_nothing_is_stored() {
     }
 }
 
-/// `pull --lazy` without the background completion (the tests decide when).
-fn lazy_pull(root: &Path, reference: &str) -> String {
-    let args = ["pull", "--lazy", reference];
-    let o = command(root)
-        .env("LAYERFS_LAZY_BACKGROUND", "0")
-        .args(args)
-        .output()
-        .unwrap();
-    succeeded(&args, o)
-}
-
 /// A file's content in a layer tar.
 fn file_in(tar: &[u8], name: &str) -> Vec<u8> {
     let mut a = tar::Archive::new(tar);
@@ -421,13 +382,6 @@ fn file_in(tar: &[u8], name: &str) -> Vec<u8> {
         }
     }
     panic!("{name} is not in the tar")
-}
-
-fn lazy_records(root: &Path) -> usize {
-    std::fs::read_dir(root.join("layers/sha256"))
-        .unwrap()
-        .filter(|e| e.as_ref().unwrap().path().join("lazy.json").exists())
-        .count()
 }
 
 #[test]
@@ -513,17 +467,12 @@ fn a_lazy_pull_mounts_at_once_and_fetches_each_file_when_opened() {
     assert!(ok(&dst, &["system", "check"]).contains("all intact"));
     assert!(!ok(&dst, &["images"]).contains("to fetch"));
     let src = s.dir.join("src");
-    let export = |root: &Path, image: &str, to: &Path| {
-        ok(root, &["create", "--name", "e", image]);
-        ok(root, &["export", "-o", to.to_str().unwrap(), "e"]);
-        std::fs::read(to).unwrap()
-    };
     assert!(
-        export(
+        exported(
             &src,
             &format!("{}/demo/two:1", s.reg.addr()),
             &s.dir.join("src.tar")
-        ) == export(&dst, &two, &s.dir.join("dst.tar")),
+        ) == exported(&dst, &two, &s.dir.join("dst.tar")),
         "the exports differ"
     );
 }
