@@ -1,5 +1,5 @@
-# Shared by benchmark/import.sh and benchmark/pull.sh (sourced): the setup, the sample
-# image both use, and timing helpers.
+# Shared by benchmark/import.sh, pull.sh and partial.sh (sourced): the setup, the sample
+# image, a loopback registry, and timing helpers.
 
 cd "$(dirname "$0")/.."
 export PATH="$HOME/.cargo/bin:$PATH"
@@ -80,6 +80,35 @@ EOF
 }
 
 # layerfs, built in release mode.
+# A loopback registry (Debian's docker-registry) with its storage and config in DIR, on a
+# free port; sets `port` and `regpid` (the caller stops it) once it answers.
+start_registry() {
+    local dir="$1"
+    port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    mkdir -p "$dir"
+    cat >"$dir/config.yml" <<EOF
+version: 0.1
+log:
+  level: error
+  accesslog:
+    disabled: true
+storage:
+  filesystem:
+    rootdirectory: $dir/data
+http:
+  addr: 127.0.0.1:$port
+EOF
+    # (docker-registry reads REGISTRY_* variables as configuration: give it none.)
+    env $(env | sed -n 's/^\(REGISTRY_[A-Za-z0-9_]*\)=.*/-u \1/p') \
+        docker-registry serve "$dir/config.yml" >"$dir/log" 2>&1 &
+    regpid=$!
+    for _ in $(seq 1 100); do
+        python3 -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=1)' \
+            "http://127.0.0.1:$port/v2/" >/dev/null 2>&1 && return 0
+        sleep 0.1
+    done
+}
+
 build_layerfs() {
     cargo build --release --bins >/dev/null 2>&1 || cargo build --release --bins
     bin="$PWD/target/release/layerfs"

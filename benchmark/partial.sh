@@ -9,11 +9,10 @@
 #   benchmark/run partial            3 rounds
 #   ROUNDS=5 FORMS=estargz benchmark/run partial
 set -euo pipefail
-cd "$(dirname "$0")/.."
+. "$(dirname "$0")/lib.sh"
 scripts/deps >/dev/null
-export PATH="$HOME/.cargo/bin:$PATH"
-cargo build --release --bins >/dev/null 2>&1 || cargo build --release --bins
-L="$PWD/target/release/layerfs"
+build_layerfs
+L="$bin"
 R="${LAYERFS_TEST_ROOTFS:-/var/cache/layerfs-test/bookworm}"
 [ -d "$R" ] || scripts/make-test-rootfs "$R"
 rounds="${ROUNDS:-3}"
@@ -25,26 +24,7 @@ cleanup() {
     rm -rf "$W"
 }
 trap cleanup EXIT
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-cat >"$W/reg.yml" <<EOT
-version: 0.1
-log:
-  level: error
-  accesslog:
-    disabled: true
-storage:
-  filesystem:
-    rootdirectory: $W/registry
-http:
-  addr: 127.0.0.1:$port
-EOT
-env $(env | sed -n 's/^\(REGISTRY_[A-Za-z0-9_]*\)=.*/-u \1/p') \
-    docker-registry serve "$W/reg.yml" >"$W/reg.log" 2>&1 &
-regpid=$!
-for _ in $(seq 1 100); do
-    python3 -c 'import socket,sys; socket.create_connection(("127.0.0.1", int(sys.argv[1])), 0.2)' "$port" 2>/dev/null && break
-    sleep 0.1
-done
+start_registry "$W/registry"
 reg=127.0.0.1:$port
 
 tar --numeric-owner -C "$R" -cf "$W/v1.tar" .
@@ -61,24 +41,24 @@ for f in estargz zstd:chunked; do
         "$L" --root "$W/src" push -q --compression "$f" "$reg/deb/$t:$v" >/dev/null
     done
 done
-secs() { echo "$(date +%s.%N) - $1" | bc; }
+since() { secs "$1" "$(now)"; }
 fresh() { sync; echo 3 >/proc/sys/vm/drop_caches; }
 for t in ${FORMS:-estargz zstd}; do
     for i in $(seq 1 "$rounds"); do
         rm -rf "$W/dst" "$W/empty" "$W/lazy"
         "$L" --root "$W/dst" pull -q "$reg/deb/$t:1" >/dev/null
-        fresh; s=$(date +%s.%N)
+        fresh; s=$(now)
         out=$("$L" --root "$W/dst" pull "$reg/deb/$t:2" 2>&1 | grep -i "complete" || true)
-        echo "$t partial, round $i: $(secs "$s") s: $out"
-        fresh; s=$(date +%s.%N)
+        echo "$t partial, round $i: $(since "$s") s: $out"
+        fresh; s=$(now)
         "$L" --root "$W/empty" pull -q "$reg/deb/$t:2" >/dev/null
-        echo "$t whole into an empty store, round $i: $(secs "$s") s"
-        fresh; s=$(date +%s.%N)
+        echo "$t whole into an empty store, round $i: $(since "$s") s"
+        fresh; s=$(now)
         out=$(LAYERFS_LAZY_BACKGROUND=0 "$L" --root "$W/lazy" pull --lazy "$reg/deb/$t:2" 2>&1 | grep -i "complete" || true)
         c=$("$L" --root "$W/lazy" create "$reg/deb/$t:2")
         m=$("$L" --root "$W/lazy" mount "$c")
         chroot "$m" /usr/bin/perl -e 'print "ok\n"' >/dev/null
-        echo "$t lazy to a first command, round $i: $(secs "$s") s: $out"
+        echo "$t lazy to a first command, round $i: $(since "$s") s: $out"
         "$L" --root "$W/lazy" umount "$c" >/dev/null
     done
 done

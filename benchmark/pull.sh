@@ -16,31 +16,11 @@ set -euo pipefail
 bench_setup "${BENCH_DIR:-/var/tmp/layerfs-bench-pull}"
 
 # A loopback registry with its own storage, stopped on exit.
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 reg="$work/registry"
-rm -rf "$reg"; mkdir -p "$reg"
-cat >"$reg/config.yml" <<EOF
-version: 0.1
-log:
-  level: error
-  accesslog:
-    disabled: true
-storage:
-  filesystem:
-    rootdirectory: $reg/data
-http:
-  addr: 127.0.0.1:$port
-EOF
-# (docker-registry reads REGISTRY_* variables as configuration: give it none.)
-env $(env | sed -n 's/^\(REGISTRY_[A-Za-z0-9_]*\)=.*/-u \1/p') \
-    docker-registry serve "$reg/config.yml" >"$reg/log" 2>&1 &
-regpid=$!
+rm -rf "$reg"
+regpid=
 trap 'kill $regpid 2>/dev/null; rm -rf "$work/store" "$work/skopeo" "$work/tarout" "$reg"' EXIT
-for _ in $(seq 1 100); do
-    python3 -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=1)' \
-        "http://127.0.0.1:$port/v2/" >/dev/null 2>&1 && break
-    sleep 0.1
-done
+start_registry "$reg"
 ref="127.0.0.1:$port/bench/pull:1"
 skopeo --insecure-policy copy -q --dest-tls-verify=false "oci:$img" "docker://$ref"
 echo "benchmark/run pull: the sample image is at $ref"
