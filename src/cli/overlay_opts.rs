@@ -26,6 +26,8 @@ pub struct OverlayArgs {
     /// Entry/attribute timeout in seconds for objects that may change.
     pub timeout: Option<f64>,
     pub writeback: bool,
+    /// `direct_writes=off`: write-only opens go through the FUSE page cache too.
+    pub cached_writes: bool,
     /// READDIRPLUS: listings carry attributes (on unless `readdirplus=off`).
     pub readdirplus: bool,
     /// Read listed directories' subdirectories ahead (on unless `prefetch=off`).
@@ -72,6 +74,7 @@ impl OverlayArgs {
             timeout: self.timeout.map(std::time::Duration::from_secs_f64),
             passthrough: self.passthrough,
             writeback: self.writeback,
+            cached_writes: self.cached_writes,
             readdirplus: self.readdirplus,
             prefetch: self.prefetch,
             threads: self.threads,
@@ -281,6 +284,7 @@ fn apply_opt(a: &mut OverlayArgs, opt: &str) -> Result<(), String> {
             })
         }
         "writeback" => a.writeback = bool_value(key, &need(val)?)?,
+        "direct_writes" => a.cached_writes = !bool_value(key, &need(val)?)?,
         "readdirplus" => a.readdirplus = bool_value(key, &need(val)?)?,
         "prefetch" => a.prefetch = bool_value(key, &need(val)?)?,
         "threads" | "threaded" => {
@@ -431,6 +435,9 @@ Options (fuse-overlayfs compatible):
   passthrough=MODE   FUSE passthrough (root only): all (default; lower files too, so
                      mounts of a layer share its page cache), upper (=on), off
   writeback=on|off   kernel writeback cache (when passthrough is off)
+  direct_writes=on|off  files opened write-only that do not pass through are
+                     written without the FUSE page cache (default on; off with
+                     writeback=on)
   readdirplus=on|off listings carry attributes (default on: a first walk needs
                      far fewer lookups; the kernel caches listings either way)
   prefetch=on|off    after a listing, read its subdirectories in the background, so a

@@ -9,7 +9,7 @@ use super::fs::OverlayFs;
 use super::handles::FileHandle;
 use super::inode_table::{FileState, Node, NodeState};
 use super::layers::UPPER;
-use super::types::{Ctx, Opened};
+use super::types::{Ctx, Opened, SetAttr};
 use crate::sys::{self, Errno, OFlags, SysResult};
 
 /// The kernel's marker for an open made by `execve` (`__FMODE_EXEC` in the open flags;
@@ -184,8 +184,23 @@ impl OverlayFs {
         Ok(h)
     }
 
-    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> SysResult<usize> {
+    /// Write through handle `fh`. `kill_suidgid`: the kernel asks us to clear set-id
+    /// bits first (`FUSE_WRITE_KILL_SUIDGID`: a writer without `CAP_FSETID` on a handle
+    /// whose writes bypass the kernel's page cache, where the kernel does not clear them
+    /// itself); `ctx` is that writer. A `security.capability` xattr needs nothing here:
+    /// the write to the upper file removes it, as any write does.
+    pub fn write(
+        &self,
+        ctx: Ctx,
+        fh: u64,
+        offset: u64,
+        data: &[u8],
+        kill_suidgid: bool,
+    ) -> SysResult<usize> {
         let h = self.writable_handle(fh)?;
+        if kill_suidgid {
+            self.kill_suidgid(ctx, fh, &h)?;
+        }
         let file = h.file();
         let mut done = 0;
         while done < data.len() {
@@ -197,6 +212,39 @@ impl OverlayFs {
             }
         }
         Ok(done)
+    }
+
+    /// Clear set-id bits as `file_remove_privs` does before a write by a process
+    /// without `CAP_FSETID`: set-uid always; set-gid when group execute is set, or else
+    /// (the bit then marks mandatory locking) when the writer is not in the file's
+    /// group. On disk or in the upper layer's record, wherever the mode lives.
+    fn kill_suidgid(&self, ctx: Ctx, fh: u64, h: &FileHandle) -> SysResult<()> {
+        let ino = h.node.ino;
+        let attr = self.getattr(ino, Some(fh))?;
+        let mode = attr.mode;
+        if sys::mode_type(mode) != libc::S_IFREG {
+            return Ok(());
+        }
+        let mut kill = mode & libc::S_ISUID;
+        if mode & libc::S_ISGID != 0
+            && (mode & libc::S_IXGRP != 0 || !sys::in_group(ctx.pid, ctx.gid, attr.gid))
+        {
+            kill |= libc::S_ISGID;
+        }
+        if kill == 0 {
+            return Ok(());
+        }
+        let set = SetAttr {
+            mode: Some(mode & 0o7777 & !kill),
+            fh: Some(fh),
+            ..SetAttr::default()
+        };
+        self.setattr(Ctx::ROOT, ino, set)?;
+        // The kernel drops only the size and times it caches after a write that went
+        // around its page cache, not the mode: without this it would go on showing
+        // (and executing with) the bits just cleared until the attributes expire.
+        self.attr_changed(ino);
+        Ok(())
     }
 
     pub fn fallocate(&self, fh: u64, offset: u64, len: u64, mode: i32) -> SysResult<()> {

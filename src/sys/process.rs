@@ -277,3 +277,22 @@ pub fn chroot_command(cmd: &mut std::process::Command, root: &Path) -> std::io::
     }
     Ok(())
 }
+
+/// Whether process `pid`, whose file-system gid is `fsgid`, is in group `gid`: its own
+/// group or one of its supplementary groups (`/proc/PID/status`). A process that cannot
+/// be read (gone, or `pid` 0: not visible from here) counts as not in the group.
+pub fn in_group(pid: u32, fsgid: u32, gid: u32) -> bool {
+    if fsgid == gid {
+        return true;
+    }
+    if pid == 0 {
+        return false;
+    }
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return false;
+    };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Groups:"))
+        .is_some_and(|g| g.split_whitespace().any(|x| x.parse() == Ok(gid)))
+}

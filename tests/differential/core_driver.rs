@@ -391,7 +391,7 @@ impl<'f> Kernel<'f> {
                     return Err(libc::EISDIR);
                 }
                 let o = self.fs.open(self.ctx, id, libc::O_WRONLY).map_err(errno)?;
-                let r = self.fs.write(o.fh, 1, &[byte]);
+                let r = self.fs.write(Ctx::ROOT, o.fh, 1, &[byte], false);
                 self.fs.release(o.fh);
                 r.map_err(errno)?;
                 Ok(String::new())

@@ -176,10 +176,31 @@ impl Fsx {
         let (off, len) = self.range((size + 8192).min(self.maxlen), 65536);
         let len = len.min(self.maxlen.saturating_sub(off)).max(1);
         let data = self.rng.bytes(len as usize);
-        self.note(format!("write {} off {off} len {len}", self.files[i].name));
-        let f = self.wfd(i)?;
-        f.write_all_at(&data, off)
-            .map_err(|e| format!("pwrite: {e}"))?;
+        // Some writes go through a write-only descriptor of their own, opened by path:
+        // without passthrough its writes bypass the FUSE page cache (`direct_writes`),
+        // next to the cached and mapped pages of the other descriptors.
+        let mut own_fd = self.rng.chance(30);
+        if own_fd && self.all_passthrough && self.files[i].read_only {
+            // The known limit of passthrough=all (see op_truncate).
+            own_fd = false;
+        }
+        self.note(format!(
+            "write {} off {off} len {len}{}",
+            self.files[i].name,
+            if own_fd { " (write-only fd)" } else { "" }
+        ));
+        if own_fd {
+            OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(self.path(i))
+                .and_then(|f| f.write_all_at(&data, off))
+                .map_err(|e| format!("open O_WRONLY + pwrite: {e}"))?;
+        } else {
+            let f = self.wfd(i)?;
+            f.write_all_at(&data, off)
+                .map_err(|e| format!("pwrite: {e}"))?;
+        }
         let m = &mut self.files[i].data;
         let end = (off + len) as usize;
         if m.len() < end {

@@ -53,6 +53,19 @@ impl FuseAdapter {
         }
     }
 
+    /// `FOPEN_DIRECT_IO` for a handle that does not pass through, when it is opened
+    /// write-only and `direct_writes` is on. A write-only handle cannot read or be
+    /// mapped, so nothing is lost: the kernel invalidates the pages other handles
+    /// cached over the range it writes (and writes back dirty mapped ones first), and
+    /// the written data is not kept twice, in the FUSE page cache and the upper file's.
+    fn direct_io(&self, flags: i32) -> FopenFlags {
+        if self.opts.direct_writes && flags & libc::O_ACCMODE == libc::O_WRONLY {
+            FopenFlags::FOPEN_DIRECT_IO
+        } else {
+            FopenFlags::empty()
+        }
+    }
+
     fn reply_entry(&self, reply: ReplyEntry, e: Entry) {
         reply.entry(
             &self.ttl_for(e.immutable),
@@ -318,6 +331,7 @@ impl fuser::Filesystem for FuseAdapter {
         // buffers no writes; with the writeback cache the kernel still flushes its own).
         let acc = flags.0 & libc::O_ACCMODE;
         let writes = acc != libc::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
+        let direct = self.direct_io(flags.0);
         match self
             .passthrough
             .attach(&self.fs, ino.0, o.fh, writes, |f| reply.open_backing(f))
@@ -329,7 +343,7 @@ impl fuser::Filesystem for FuseAdapter {
                 // Every write goes through us, so cached pages stay valid across opens.
                 reply.opened(
                     FileHandle(o.fh),
-                    FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH,
+                    FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH | direct,
                 )
             }
             Ok(Attach::Supersede) => {
@@ -366,17 +380,20 @@ impl fuser::Filesystem for FuseAdapter {
 
     fn write(
         &self,
-        _req: &Request,
+        req: &Request,
         _ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        match self.fs.write(fh.0, offset, data) {
+        // Sent only for writes that bypass the page cache (we do not negotiate
+        // HANDLE_KILLPRIV): the kernel cleared nothing, so clear set-id bits here.
+        let kill = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
+        match self.fs.write(Self::ctx(req), fh.0, offset, data, kill) {
             Ok(n) => reply.written(n as u32),
             Err(e) => reply.error(err(e)),
         }
@@ -590,7 +607,7 @@ impl fuser::Filesystem for FuseAdapter {
                 &attr,
                 Generation(e.generation),
                 FileHandle(o.fh),
-                FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH,
+                FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH | self.direct_io(flags),
             ),
             // A new file is never pinned to a lower one.
             Ok(Attach::Supersede) => {

@@ -41,6 +41,10 @@ pub struct MountRequest {
     /// `None`: automatic (every file as root, nothing otherwise).
     pub passthrough: Option<PassthroughMode>,
     pub writeback: bool,
+    /// Write-only opens of files that do not pass through use the FUSE page cache like
+    /// other opens (`direct_writes=off`); by default their writes go straight to the
+    /// daemon.
+    pub cached_writes: bool,
     pub readdirplus: bool,
     /// Warm listed directories' subdirectories in the background.
     pub prefetch: bool,
@@ -68,6 +72,11 @@ pub struct FuseOptions {
     pub passthrough: PassthroughMode,
     /// Cache writes in the kernel (not together with passthrough).
     pub writeback: bool,
+    /// Handles opened write-only that do not pass through get `FOPEN_DIRECT_IO`: their
+    /// writes reach the daemon without first being copied into the FUSE page cache
+    /// (where they would stay as a second copy of the upper file's pages), and without
+    /// the `security.capability` lookup the kernel makes before every cached write.
+    pub direct_writes: bool,
     /// Answer listings with READDIRPLUS (entries with attributes), as well as keeping
     /// the kernel's listing cache.
     pub readdirplus: bool,
@@ -80,6 +89,7 @@ impl Default for FuseOptions {
             lower_ttl: Duration::from_secs(86400 * 365),
             passthrough: PassthroughMode::Off,
             writeback: false,
+            direct_writes: true,
             readdirplus: true,
         }
     }
@@ -98,6 +108,8 @@ impl MountRequest {
             self.passthrough.unwrap_or(PassthroughMode::All)
         };
         o.writeback = self.writeback;
+        // The writeback cache is the other way to take writes off the caller's path.
+        o.direct_writes = !self.cached_writes && !self.writeback;
         o.readdirplus = self.readdirplus;
         o
     }
