@@ -4,13 +4,18 @@
 //! only device nodes and ids beyond the range are records. The mount still shows what
 //! root's shows, changes commit to root's layer, and nothing on disk gives the user more
 //! than its own ids and its range. A user with several ranges has them all, one after
-//! another.
+//! another; a mount served from the namespace goes away on SIGTERM and SIGINT.
 
 use std::fs;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
 
+use rustix::process::Signal;
+use support::mounts::is_mounted;
 use support::podman::SubIdLine;
+use support::procs::{processes, signal};
 use support::skip_unless_root;
 
 use crate::owners::{owned_tar, root_side, user_side};
@@ -495,4 +500,110 @@ fn every_range_of_the_user_is_mapped_one_after_another() {
     let shown = user.sh_ok(&format!("stat -c '%u %g' '{}/second/made'", mnt.display()));
     assert_eq!(shown, "2000 3000\n");
     only_these_ids(&user.store(), &[(START, 1000), (SECOND, 64536)]);
+}
+
+/// The user's layerfs processes whose command line names `mnt`: (pid, whether it runs
+/// outside any user namespace).
+fn mount_daemons(user: &User, mnt: &Path) -> Vec<(u32, bool)> {
+    let want = mnt.as_os_str().as_encoded_bytes();
+    processes()
+        .into_iter()
+        .filter(|p| {
+            p.args.iter().any(|a| a == want)
+                && fs::read_link(format!("/proc/{}/exe", p.pid)).is_ok_and(|x| x == user.bin_path())
+                && support::procs::pid_alive(p.pid)
+        })
+        .map(|p| {
+            let map = fs::read_to_string(format!("/proc/{}/uid_map", p.pid)).unwrap_or_default();
+            let outside = map.split_whitespace().collect::<Vec<_>>() == ["0", "0", "4294967295"];
+            (p.pid, outside)
+        })
+        .collect()
+}
+
+/// Wait (at most 5 s) until `done`.
+fn within_5s(mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !done() {
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    true
+}
+
+/// The mount at `mnt` is gone, leaving an ordinary empty dir, and no daemon runs for it.
+fn taken_down(user: &User, mnt: &Path) {
+    assert!(
+        within_5s(|| !is_mounted(mnt)),
+        "{} is still mounted",
+        mnt.display()
+    );
+    let md = fs::metadata(mnt).unwrap();
+    assert!(md.is_dir());
+    assert_eq!(md.dev(), fs::metadata(user.home()).unwrap().dev());
+    assert_eq!(fs::read_dir(mnt).unwrap().count(), 0);
+    assert!(
+        within_5s(|| mount_daemons(user, mnt).is_empty()),
+        "left running: {:?}",
+        mount_daemons(user, mnt)
+    );
+}
+
+#[test]
+fn a_subids_mount_is_unmounted_on_sigterm_and_sigint() {
+    let Some((user, _ids)) = with_range() else {
+        return;
+    };
+    let h = user.home();
+    user.sh_ok(&format!(
+        "cd '{}' && mkdir l u w m && echo hi > l/f",
+        h.display()
+    ));
+    let mnt = h.join("m");
+    let m = mnt.to_str().unwrap();
+    let opts = format!(
+        "lowerdir={0}/l,upperdir={0}/u,workdir={0}/w,subids",
+        h.display()
+    );
+    // A daemon: one process outside the namespace (the one that stays of the command),
+    // one serving from inside it; either takes the mount down.
+    for (outside, sig) in [
+        (false, Signal::TERM),
+        (true, Signal::TERM),
+        (true, Signal::INT),
+    ] {
+        user.ok(&["overlay", "-o", &opts, m]);
+        assert!(is_mounted(&mnt));
+        let daemons = mount_daemons(&user, &mnt);
+        let Some(&(pid, _)) = daemons.iter().find(|d| d.1 == outside) else {
+            panic!("no daemon (outside the namespace: {outside}) in {daemons:?}");
+        };
+        signal(pid, sig);
+        taken_down(&user, &mnt);
+    }
+    // In the foreground the command exits 0, as a plain mount's does.
+    let log = h.join("fg.log");
+    let mut child = user
+        .command(user.bin_path().to_str().unwrap())
+        .args(["overlay", "-f", "-o", &opts, m])
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    assert!(within_5s(|| is_mounted(&mnt)), "not mounted");
+    signal(child.id(), Signal::TERM);
+    let mut status = None;
+    within_5s(|| {
+        status = child.try_wait().unwrap();
+        status.is_some()
+    });
+    if status.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let log = fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "{log}");
+    taken_down(&user, &mnt);
 }
