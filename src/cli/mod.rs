@@ -78,9 +78,10 @@ pub fn maps_for_store(root: &std::path::Path) -> crate::error::Result<Option<cra
 /// ranges in `/etc/subuid` and `/etc/subgid` (`auto`, the default).
 pub const USERNS_ENV: &str = "LAYERFS_USERNS";
 
-/// The maps an ordinary user's store commands run under: the user as 0 and its first
-/// subordinate range from 1, when `/etc/subuid` and `/etc/subgid` both give the user one
-/// (and `LAYERFS_USERNS` is not `off`); `None` for root and for users without ranges.
+/// The maps an ordinary user's store commands run under: the user as 0 and its
+/// subordinate ranges one after another from 1, when `/etc/subuid` and `/etc/subgid`
+/// both give the user some (and `LAYERFS_USERNS` is not `off`); `None` for root and for
+/// users without ranges.
 pub fn subid_maps() -> crate::error::Result<Option<crate::sys::IdMaps>> {
     use crate::sys;
     match std::env::var(USERNS_ENV).as_deref() {
@@ -96,11 +97,12 @@ pub fn subid_maps() -> crate::error::Result<Option<crate::sys::IdMaps>> {
     if uid == 0 {
         return Ok(None);
     }
-    let range = |f: &str| sys::subordinate_range(std::path::Path::new(f), uid);
-    Ok(match (range("/etc/subuid"), range("/etc/subgid")) {
-        (Some(u), Some(g)) => Some(sys::IdMaps::for_user((uid, sys::getegid()), u, g)),
-        _ => None,
-    })
+    let ranges = |f: &str| sys::subordinate_ranges(std::path::Path::new(f), uid);
+    let (u, g) = (ranges("/etc/subuid"), ranges("/etc/subgid"));
+    if u.is_empty() || g.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(sys::IdMaps::for_user((uid, sys::getegid()), &u, &g)))
 }
 
 #[derive(Debug, Parser)]

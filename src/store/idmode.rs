@@ -76,13 +76,13 @@ mod tests {
     fn a_store_keeps_the_mode_it_was_made_in() {
         let t = tempfile::tempdir().unwrap();
         let root = t.path().join("store");
-        let m = IdMaps::for_user((1000, 1000), (200000, 65536), (200000, 65536));
+        let m = IdMaps::for_user((1000, 1000), &[(200000, 65536)], &[(200000, 65536)]);
         check_or_record(&root, Some(&m)).unwrap();
         fs::create_dir(root.join("layers")).unwrap();
         check_or_record(&root, Some(&m)).unwrap();
         let e = check_or_record(&root, None).unwrap_err().to_string();
         assert!(e.contains("owned by subordinate ids"), "{e}");
-        let other = IdMaps::for_user((1000, 1000), (300000, 65536), (200000, 65536));
+        let other = IdMaps::for_user((1000, 1000), &[(300000, 65536)], &[(200000, 65536)]);
         let e = check_or_record(&root, Some(&other))
             .unwrap_err()
             .to_string();
@@ -94,5 +94,44 @@ mod tests {
         let e = check_or_record(&plain, Some(&m)).unwrap_err().to_string();
         assert!(e.contains("made without subordinate ids"), "{e}");
         assert!(!plain.join(IDMAP_FILE).exists());
+    }
+
+    #[test]
+    fn a_store_made_with_one_range_keeps_it() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("store");
+        // As a store made with the first range only recorded it.
+        fs::create_dir_all(root.join("layers")).unwrap();
+        fs::write(
+            root.join(IDMAP_FILE),
+            "uid 0 1000 1\nuid 1 200000 65536\ngid 0 1000 1\ngid 1 200000 65536\n",
+        )
+        .unwrap();
+        let one = IdMaps::for_user((1000, 1000), &[(200000, 65536)], &[(200000, 65536)]);
+        check_or_record(&root, Some(&one)).unwrap();
+        // The user gained a second range: other maps, refused in one line.
+        let two = IdMaps::for_user(
+            (1000, 1000),
+            &[(200000, 65536), (400000, 1000)],
+            &[(200000, 65536)],
+        );
+        let e = check_or_record(&root, Some(&two)).unwrap_err().to_string();
+        assert!(
+            e.contains("now has uids 0:1000:1,1:200000:65536,65537:400000:1000 gids"),
+            "{e}"
+        );
+        assert_eq!(e.lines().count(), 1, "{e}");
+        // A store made with two ranges keeps them, and is refused with one.
+        let root2 = t.path().join("store2");
+        check_or_record(&root2, Some(&two)).unwrap();
+        fs::create_dir(root2.join("layers")).unwrap();
+        check_or_record(&root2, Some(&two)).unwrap();
+        let e = check_or_record(&root2, Some(&one)).unwrap_err().to_string();
+        assert!(
+            e.contains(
+                "was made with the subordinate ids uids 0:1000:1,1:200000:65536,65537:400000:1000"
+            ),
+            "{e}"
+        );
     }
 }

@@ -217,6 +217,16 @@ pub fn block_signals(signals: &[i32]) {
     }
 }
 
+/// Send SIGTERM to `pid` if it is still this process's parent (once the parent has
+/// exited, the number may be another process's); `SRCH` when it is not.
+pub fn terminate_parent(pid: u32) -> SysResult<()> {
+    if rustix::process::Pid::as_raw(rustix::process::getppid()) as u32 != pid {
+        return Err(Errno::SRCH);
+    }
+    let pid = rustix::process::Pid::from_raw(pid as i32).ok_or(Errno::SRCH)?;
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM)
+}
+
 /// Wait for one of the given (blocked) signals.
 pub fn wait_signal(signals: &[i32]) -> i32 {
     // SAFETY: as above; sigwait writes the received signal number into `sig`.

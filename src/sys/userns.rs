@@ -1,6 +1,7 @@
 //! User namespaces over an ordinary user's subordinate ids (`/etc/subuid`, `/etc/subgid`):
-//! the user's own id is 0 inside, the subordinate range 1..=N, as `podman unshare` maps
-//! them. The maps are written by the setuid `newuidmap`/`newgidmap` (package `uidmap`).
+//! the user's own id is 0 inside, its subordinate ranges one after another from 1 (lowest
+//! start first), as `podman unshare` maps them. The maps are written by the setuid
+//! `newuidmap`/`newgidmap` (package `uidmap`).
 //!
 //! A process enters in two halves: the child unshares (it must be single-threaded) and
 //! says so on a pipe; the parent, still outside, writes the child's maps and lets it go on.
@@ -24,26 +25,23 @@ pub struct IdMaps {
     pub gids: Vec<IdRange>,
 }
 
+/// The most lines the kernel takes in a `uid_map` or `gid_map`.
+const MAX_MAP_LINES: usize = 340;
+
+/// The most bytes the kernel takes in one write of a map (`newuidmap` writes the whole
+/// map at once): less than a page.
+const MAX_MAP_BYTES: usize = 4095;
+
 impl IdMaps {
-    /// The user's own ids as 0, a subordinate range (start, count) from 1.
-    pub fn for_user(ids: (u32, u32), subuid: (u32, u32), subgid: (u32, u32)) -> IdMaps {
-        let map = |own: u32, (start, count): (u32, u32)| {
-            vec![
-                IdRange {
-                    inside: 0,
-                    outside: own,
-                    count: 1,
-                },
-                IdRange {
-                    inside: 1,
-                    outside: start,
-                    count,
-                },
-            ]
-        };
+    /// The user's own ids as 0 and its subordinate ranges (start, count) one after
+    /// another from 1, lowest start first (containers-storage's order, so that podman's
+    /// namespace and ours agree), uids and gids each on their own. Ranges that do not
+    /// fit a map the kernel takes (340 lines, under 4096 bytes, ids below 2^32 - 1) are
+    /// left out.
+    pub fn for_user(ids: (u32, u32), subuids: &[(u32, u32)], subgids: &[(u32, u32)]) -> IdMaps {
         IdMaps {
-            uids: map(ids.0, subuid),
-            gids: map(ids.1, subgid),
+            uids: user_map(ids.0, subuids),
+            gids: user_map(ids.1, subgids),
         }
     }
 
@@ -116,6 +114,35 @@ impl IdMaps {
     }
 }
 
+/// `own` as 0, then `ranges` by start, as far as the kernel's limits allow.
+fn user_map(own: u32, ranges: &[(u32, u32)]) -> Vec<IdRange> {
+    let line_len = |r: &IdRange| format!("{} {} {}\n", r.inside, r.outside, r.count).len();
+    let mut map = vec![IdRange {
+        inside: 0,
+        outside: own,
+        count: 1,
+    }];
+    let mut bytes = line_len(&map[0]);
+    let mut sorted = ranges.to_vec();
+    sorted.sort_by_key(|&(start, _)| start);
+    for (start, count) in sorted {
+        let next = map.last().map_or(0, |r| r.inside + r.count);
+        // An extent must end below 2^32 - 1 inside too.
+        let count = count.min(u32::MAX - next);
+        let r = IdRange {
+            inside: next,
+            outside: start,
+            count,
+        };
+        if count == 0 || map.len() == MAX_MAP_LINES || bytes + line_len(&r) > MAX_MAP_BYTES {
+            break;
+        }
+        bytes += line_len(&r);
+        map.push(r);
+    }
+    map
+}
+
 fn parse_range<'a>(it: &mut impl Iterator<Item = &'a str>) -> Option<IdRange> {
     let mut n = || it.next()?.parse::<u32>().ok();
     Some(IdRange {
@@ -169,19 +196,28 @@ pub fn owner_ids() -> (u32, u32) {
         .unwrap_or((geteuid(), getegid()))
 }
 
-/// The first subordinate range of `uid` in `file` (`/etc/subuid` or `/etc/subgid`),
-/// named by user name or by number, as `newuidmap` reads it.
-pub fn subordinate_range(file: &Path, uid: u32) -> Option<(u32, u32)> {
-    let text = std::fs::read_to_string(file).ok()?;
+/// The subordinate ranges (start, count) of `uid` in `file` (`/etc/subuid` or
+/// `/etc/subgid`), in file order: its lines by user name or by number, as `newuidmap`
+/// reads them. Lines that are not exactly `WHO:START:COUNT` (no spaces), empty ranges and
+/// ranges that run past the last id are skipped: `newuidmap` or the kernel would refuse
+/// a map with them.
+pub fn subordinate_ranges(file: &Path, uid: u32) -> Vec<(u32, u32)> {
+    let Ok(text) = std::fs::read_to_string(file) else {
+        return Vec::new();
+    };
     let name = user_name(uid);
-    text.lines().find_map(|l| {
-        let mut it = l.trim().splitn(3, ':');
-        let who = it.next()?;
-        let start = it.next()?.trim().parse::<u32>().ok()?;
-        let count = it.next()?.trim().parse::<u32>().ok()?;
-        let me = who == uid.to_string() || name.as_deref() == Some(who);
-        (me && count > 0).then_some((start, count))
-    })
+    let number = uid.to_string();
+    text.lines()
+        .filter_map(|l| {
+            let mut it = l.split(':');
+            let who = it.next()?;
+            let start = it.next()?.parse::<u32>().ok()?;
+            let count = it.next()?.parse::<u32>().ok()?;
+            let me = who == number || name.as_deref() == Some(who);
+            let fits = start.checked_add(count).is_some();
+            (it.next().is_none() && me && count > 0 && fits).then_some((start, count))
+        })
+        .collect()
 }
 
 /// The name of a user in `/etc/passwd`.
@@ -377,7 +413,7 @@ mod tests {
 
     #[test]
     fn maps_round_trip_and_translate() {
-        let m = IdMaps::for_user((1000, 1001), (200000, 65536), (300000, 10));
+        let m = IdMaps::for_user((1000, 1001), &[(200000, 65536)], &[(300000, 10)]);
         assert_eq!(
             m.to_text(),
             "uid 0 1000 1\nuid 1 200000 65536\ngid 0 1001 1\ngid 1 300000 10\n"
@@ -406,9 +442,120 @@ mod tests {
             "alice:100000:65536\n4242:5:0\n4242:300000:10\nroot:1:2\n",
         )
         .unwrap();
-        assert_eq!(subordinate_range(&f, 4242), Some((300000, 10)));
-        assert_eq!(subordinate_range(&f, 0), Some((1, 2)));
-        assert_eq!(subordinate_range(&f, 4243), None);
-        assert_eq!(subordinate_range(&t.path().join("none"), 0), None);
+        assert_eq!(subordinate_ranges(&f, 4242), [(300000, 10)]);
+        assert_eq!(subordinate_ranges(&f, 0), [(1, 2)]);
+        assert_eq!(subordinate_ranges(&f, 4243), []);
+        assert_eq!(subordinate_ranges(&t.path().join("none"), 0), []);
+    }
+
+    #[test]
+    fn every_line_of_the_user_in_file_order() {
+        let t = tempfile::tempdir().unwrap();
+        let f = t.path().join("subuid");
+        // root (uid 0) by name and by number; other users' lines, malformed lines,
+        // empty ranges and ranges past the last id in between.
+        std::fs::write(
+            &f,
+            "root:300000:64536\n\
+             alice:100000:65536\n\
+             0:200000:1000\n\
+             # root:1:1\n\
+             root:x:10\n\
+             root:5\n\
+             root:5:6:7\n\
+             root:7:0\n\
+             root:4294967295:1\n\
+             00:9:9\n\
+             rootx:9:9\n\
+             \n\
+             \x20root:9:9\n\
+             root:9 :9\n\
+             root:400000:5\n\
+             1:500000:10\n",
+        )
+        .unwrap();
+        assert_eq!(
+            subordinate_ranges(&f, 0),
+            [(300000, 64536), (200000, 1000), (400000, 5)]
+        );
+        assert_eq!(subordinate_ranges(&f, 1), [(500000, 10)]);
+    }
+
+    #[test]
+    fn several_ranges_follow_each_other_inside() {
+        let m = IdMaps::for_user(
+            (1000, 1000),
+            &[(300000, 64536), (200000, 1000)],
+            &[(500000, 10)],
+        );
+        assert_eq!(
+            m.to_text(),
+            "uid 0 1000 1\nuid 1 200000 1000\nuid 1001 300000 64536\n\
+             gid 0 1000 1\ngid 1 500000 10\n"
+        );
+        assert_eq!(IdMaps::parse(&m.to_text()), Some(m.clone()));
+        assert_eq!(m.uid_inside(200999), Some(1000));
+        assert_eq!(m.uid_inside(300000), Some(1001));
+        assert_eq!(m.uid_inside(364535), Some(65536));
+        assert_eq!(m.uid_inside(364536), None);
+        assert_eq!(
+            IdMaps::args(&m.uids),
+            [
+                "0", "1000", "1", "1", "200000", "1000", "1001", "300000", "64536"
+            ]
+        );
+        // One range is the one-range map a store recorded before.
+        assert_eq!(
+            IdMaps::for_user((1000, 1000), &[(200000, 65536)], &[(200000, 65536)]).to_text(),
+            "uid 0 1000 1\nuid 1 200000 65536\ngid 0 1000 1\ngid 1 200000 65536\n"
+        );
+    }
+
+    #[test]
+    fn maps_stay_within_what_the_kernel_takes() {
+        // Many short lines: 340 in all, the user's own one included.
+        let many: Vec<(u32, u32)> = (0..1000).map(|i| (10 + 2 * i, 1)).collect();
+        let m = IdMaps::for_user((1, 1), &many, &many[..3]);
+        assert_eq!(m.uids.len(), 340);
+        assert_eq!(m.gids.len(), 4);
+        assert_eq!(
+            m.uids[339],
+            IdRange {
+                inside: 339,
+                outside: 10 + 2 * 338,
+                count: 1
+            }
+        );
+        // Long lines: the text stays below a page.
+        let long: Vec<(u32, u32)> = (0..300)
+            .map(|i| (3_000_000_000 + i * 1_000_000, 1_000_000))
+            .collect();
+        let m = IdMaps::for_user((1, 1), &long, &long);
+        let text = |map: &[IdRange]| {
+            map.iter()
+                .map(|r| format!("{} {} {}\n", r.inside, r.outside, r.count))
+                .collect::<String>()
+        };
+        assert!(
+            text(&m.uids).len() <= MAX_MAP_BYTES,
+            "{}",
+            text(&m.uids).len()
+        );
+        assert!(m.uids.len() < 300);
+        // Ids inside end below 2^32 - 1: a range is cut short there, later ones dropped.
+        let all = [(u32::MAX - 1, 1), (10, u32::MAX - 10), (0, 10)];
+        let m = IdMaps::for_user((1, 1), &all, &all);
+        assert_eq!(m.uids.len(), 3);
+        assert_eq!(
+            m.uids[1],
+            IdRange {
+                inside: 1,
+                outside: 0,
+                count: 10
+            }
+        );
+        let last = m.uids[2];
+        assert_eq!((last.inside, last.outside), (11, 10));
+        assert_eq!(last.inside + last.count, u32::MAX);
     }
 }

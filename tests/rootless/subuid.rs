@@ -3,13 +3,19 @@
 //! have their mapped owners on disk (image uid 0 is the user's uid, 1000 is 200999), and
 //! only device nodes and ids beyond the range are records. The mount still shows what
 //! root's shows, changes commit to root's layer, and nothing on disk gives the user more
-//! than its own ids and its range.
+//! than its own ids and its range. A user with several ranges has them all, one after
+//! another; a mount served from the namespace goes away on SIGTERM and SIGINT.
 
 use std::fs;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
 
+use rustix::process::Signal;
+use support::mounts::is_mounted;
 use support::podman::SubIdLine;
+use support::procs::{processes, signal};
 use support::skip_unless_root;
 
 use crate::owners::{owned_tar, root_side, user_side};
@@ -20,6 +26,11 @@ const COUNT: u32 = 65_536;
 
 /// The user with its range (both taken away on drop), or `None` when not root.
 fn with_range() -> Option<(User, SubIdLine)> {
+    with_ranges(&[&format!("nobody:{START}:{COUNT}")])
+}
+
+/// The user with these lines in `/etc/subuid` and `/etc/subgid`.
+fn with_ranges(lines: &[&str]) -> Option<(User, SubIdLine)> {
     if skip_unless_root() {
         return None;
     }
@@ -27,7 +38,7 @@ fn with_range() -> Option<(User, SubIdLine)> {
         Path::new("/usr/bin/newuidmap").exists(),
         "newuidmap is missing: scripts/deps installs uidmap"
     );
-    let ids = SubIdLine::add(&format!("nobody:{START}:{COUNT}"));
+    let ids = SubIdLine::add_all(lines);
     let user = User::new()?.with_subids();
     Some((user, ids))
 }
@@ -52,7 +63,12 @@ fn record(p: &Path) -> Option<String> {
 /// Nothing below `dir` is owned by an id the user does not have, is a device node, or
 /// is set-id and owned by real root.
 fn only_the_users_ids(dir: &Path) {
-    let mine = |id: u32| id == NOBODY || (START..START + COUNT).contains(&id);
+    only_these_ids(dir, &[(START, COUNT)]);
+}
+
+/// `only_the_users_ids` for a user with these ranges (start, count).
+fn only_these_ids(dir: &Path, ranges: &[(u32, u32)]) {
+    let mine = |id: u32| id == NOBODY || ranges.iter().any(|(s, c)| (*s..s + c).contains(&id));
     for (p, uid, mode, dev) in disk_objects(dir) {
         let gid = fs::symlink_metadata(&p).unwrap().gid();
         assert!(mine(uid) && mine(gid), "{}: {uid}:{gid}", p.display());
@@ -383,4 +399,211 @@ fn without_a_range_the_store_is_the_plain_one() {
         assert_eq!(uid, NOBODY, "{}", p.display());
         assert!(!dev);
     }
+}
+
+/// A layer with owners in both of `two_ranges`' ranges, at their edges, and beyond them.
+fn two_range_layer() -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (path, mode, (uid, gid), kind) in [
+        ("./", 0o755, (0, 0), tar::EntryType::Directory),
+        ("first", 0o755, (999, 1000), tar::EntryType::Directory),
+        ("first/last", 0o640, (1000, 1000), tar::EntryType::Regular),
+        ("second", 0o750, (1001, 1001), tar::EntryType::Directory),
+        ("second/mid", 0o4755, (5000, 6000), tar::EntryType::Regular),
+        ("second/end", 0o600, (65536, 65536), tar::EntryType::Regular),
+        (
+            "second/beyond",
+            0o644,
+            (65537, 65537),
+            tar::EntryType::Regular,
+        ),
+        ("mixed", 0o2755, (1000, 1001), tar::EntryType::Regular),
+        ("small", 0o644, (0, 42), tar::EntryType::Regular),
+    ] {
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(kind);
+        h.set_mode(mode);
+        h.set_uid(uid);
+        h.set_gid(gid);
+        h.set_mtime(1_700_000_000);
+        let data: &[u8] = if kind == tar::EntryType::Regular {
+            b"x\n"
+        } else {
+            b""
+        };
+        h.set_size(data.len() as u64);
+        b.append_data(&mut h, path, data).unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+#[test]
+fn every_range_of_the_user_is_mapped_one_after_another() {
+    // 1000 ids, then 64536: image ids 1..=1000 are the first range, 1001..=65536 the
+    // second; one line names the user, the other its uid.
+    const SECOND: u32 = 300_000;
+    let Some((user, _ids)) = with_ranges(&["nobody:200000:1000", "65534:300000:64536"]) else {
+        return;
+    };
+    let layer = two_range_layer();
+    let root = RootStore::new();
+    root.import_tar("wide", &layer);
+    root.env.create("wide", "c");
+    let rmnt = root.env.mount("c");
+    let want = root.listing(&rmnt);
+
+    let tar = user.put("wide.tar", &layer);
+    user.ok(&["import", tar.to_str().unwrap(), "-t", "wide"]);
+    user.ok(&["create", "wide", "--name", "c"]);
+    let mnt = PathBuf::from(user.ok(&["mount", "c"]).trim());
+    let got = user.sh_ok(&format!("cd '{}' && {}", mnt.display(), crate::LISTING));
+    assert_eq!(got, want, "the user's mount lists what root's lists");
+
+    assert_eq!(
+        fs::read_to_string(user.store().join("idmap")).unwrap(),
+        format!(
+            "uid 0 {NOBODY} 1\nuid 1 {START} 1000\nuid 1001 {SECOND} 64536\n\
+             gid 0 {NOBODY} 1\ngid 1 {START} 1000\ngid 1001 {SECOND} 64536\n"
+        )
+    );
+    let tree = layer_tree(&user);
+    let owner = |rel: &str| {
+        let m = fs::symlink_metadata(tree.join(rel)).unwrap();
+        (m.uid(), m.gid(), m.mode() & 0o7777)
+    };
+    assert_eq!(owner("first"), (START + 998, START + 999, 0o755));
+    assert_eq!(owner("first/last"), (START + 999, START + 999, 0o640));
+    assert_eq!(owner("second"), (SECOND, SECOND, 0o750));
+    assert_eq!(owner("second/mid"), (SECOND + 3999, SECOND + 4999, 0o4755));
+    assert_eq!(owner("second/end"), (SECOND + 64535, SECOND + 64535, 0o600));
+    assert_eq!(owner("mixed"), (START + 999, SECOND, 0o2755));
+    assert_eq!(owner("small"), (NOBODY, START + 41, 0o644));
+    assert_eq!(record(&tree.join("second/mid")), None);
+    assert_eq!(record(&tree.join("second/end")), None);
+    assert_eq!(owner("second/beyond"), (NOBODY, NOBODY, 0o644));
+    assert_eq!(
+        record(&tree.join("second/beyond")).as_deref(),
+        Some("65537:65537:0644:file")
+    );
+    // A change through the mount lands in the second range on disk too.
+    user.sh_ok(&format!(
+        "cd '{}' && touch second/made && chown 2000:3000 second/made",
+        mnt.display()
+    ));
+    let upper = fs::read_dir(user.store().join("containers"))
+        .unwrap()
+        .map(|e| e.unwrap().path().join("upper"))
+        .find(|p| p.is_dir())
+        .unwrap();
+    let made = fs::symlink_metadata(upper.join("second/made")).unwrap();
+    assert_eq!((made.uid(), made.gid()), (SECOND + 999, SECOND + 1999));
+    let shown = user.sh_ok(&format!("stat -c '%u %g' '{}/second/made'", mnt.display()));
+    assert_eq!(shown, "2000 3000\n");
+    only_these_ids(&user.store(), &[(START, 1000), (SECOND, 64536)]);
+}
+
+/// The user's layerfs processes whose command line names `mnt`: (pid, whether it runs
+/// outside any user namespace).
+fn mount_daemons(user: &User, mnt: &Path) -> Vec<(u32, bool)> {
+    let want = mnt.as_os_str().as_encoded_bytes();
+    processes()
+        .into_iter()
+        .filter(|p| {
+            p.args.iter().any(|a| a == want)
+                && fs::read_link(format!("/proc/{}/exe", p.pid)).is_ok_and(|x| x == user.bin_path())
+                && support::procs::pid_alive(p.pid)
+        })
+        .map(|p| {
+            let map = fs::read_to_string(format!("/proc/{}/uid_map", p.pid)).unwrap_or_default();
+            let outside = map.split_whitespace().collect::<Vec<_>>() == ["0", "0", "4294967295"];
+            (p.pid, outside)
+        })
+        .collect()
+}
+
+/// Wait (at most 5 s) until `done`.
+fn within_5s(mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !done() {
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    true
+}
+
+/// The mount at `mnt` is gone, leaving an ordinary empty dir, and no daemon runs for it.
+fn taken_down(user: &User, mnt: &Path) {
+    assert!(
+        within_5s(|| !is_mounted(mnt)),
+        "{} is still mounted",
+        mnt.display()
+    );
+    let md = fs::metadata(mnt).unwrap();
+    assert!(md.is_dir());
+    assert_eq!(md.dev(), fs::metadata(user.home()).unwrap().dev());
+    assert_eq!(fs::read_dir(mnt).unwrap().count(), 0);
+    assert!(
+        within_5s(|| mount_daemons(user, mnt).is_empty()),
+        "left running: {:?}",
+        mount_daemons(user, mnt)
+    );
+}
+
+#[test]
+fn a_subids_mount_is_unmounted_on_sigterm_and_sigint() {
+    let Some((user, _ids)) = with_range() else {
+        return;
+    };
+    let h = user.home();
+    user.sh_ok(&format!(
+        "cd '{}' && mkdir l u w m && echo hi > l/f",
+        h.display()
+    ));
+    let mnt = h.join("m");
+    let m = mnt.to_str().unwrap();
+    let opts = format!(
+        "lowerdir={0}/l,upperdir={0}/u,workdir={0}/w,subids",
+        h.display()
+    );
+    // A daemon: one process outside the namespace (the one that stays of the command),
+    // one serving from inside it; either takes the mount down.
+    for (outside, sig) in [
+        (false, Signal::TERM),
+        (true, Signal::TERM),
+        (true, Signal::INT),
+    ] {
+        user.ok(&["overlay", "-o", &opts, m]);
+        assert!(is_mounted(&mnt));
+        let daemons = mount_daemons(&user, &mnt);
+        let Some(&(pid, _)) = daemons.iter().find(|d| d.1 == outside) else {
+            panic!("no daemon (outside the namespace: {outside}) in {daemons:?}");
+        };
+        signal(pid, sig);
+        taken_down(&user, &mnt);
+    }
+    // In the foreground the command exits 0, as a plain mount's does.
+    let log = h.join("fg.log");
+    let mut child = user
+        .command(user.bin_path().to_str().unwrap())
+        .args(["overlay", "-f", "-o", &opts, m])
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    assert!(within_5s(|| is_mounted(&mnt)), "not mounted");
+    signal(child.id(), Signal::TERM);
+    let mut status = None;
+    within_5s(|| {
+        status = child.try_wait().unwrap();
+        status.is_some()
+    });
+    if status.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let log = fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "{log}");
+    taken_down(&user, &mnt);
 }

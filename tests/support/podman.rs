@@ -376,64 +376,89 @@ fn lock_subids() -> MutexGuard<'static, ()> {
     SUBIDS.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Append `line` to `/etc/subuid` and `/etc/subgid`; the files that did not exist.
-fn add_subid_line(line: &str) -> Vec<PathBuf> {
-    let mut created = Vec::new();
-    for f in ["/etc/subuid", "/etc/subgid"] {
-        let old = match fs::read_to_string(f) {
-            Ok(s) => s,
-            Err(_) => {
-                created.push(PathBuf::from(f));
-                String::new()
-            }
-        };
-        let mut new = old;
+/// What adding lines did to one of `/etc/subuid` and `/etc/subgid`: its text before
+/// (`None`: it did not exist) and the text written.
+struct SubIdEdit {
+    file: &'static str,
+    before: Option<String>,
+    wrote: String,
+}
+
+/// Append `lines` to `/etc/subuid` and `/etc/subgid`.
+fn add_subid_lines(lines: &[String]) -> Vec<SubIdEdit> {
+    let mut edits = Vec::new();
+    for file in ["/etc/subuid", "/etc/subgid"] {
+        let before = fs::read_to_string(file).ok();
+        let mut new = before.clone().unwrap_or_default();
         if !new.is_empty() && !new.ends_with('\n') {
             new.push('\n');
         }
-        new.push_str(line);
-        new.push('\n');
-        fs::write(f, new).unwrap();
+        for l in lines {
+            new.push_str(l);
+            new.push('\n');
+        }
+        fs::write(file, &new).unwrap();
+        edits.push(SubIdEdit {
+            file,
+            before,
+            wrote: new,
+        });
     }
-    created
+    edits
 }
 
-/// Take out of both files the lines `add_subid_line` added (what others changed
-/// meanwhile stays); remove the files it created, if they are empty again.
-fn remove_subid_line(line: &str, created: &[PathBuf]) {
-    for f in ["/etc/subuid", "/etc/subgid"] {
-        let Ok(text) = fs::read_to_string(f) else {
+/// Undo `add_subid_lines`: a file still as it was written gets its text before back,
+/// byte for byte (or is removed again); one changed meanwhile by others (another test
+/// binary) loses only the lines added, and what the others changed stays.
+fn remove_subid_lines(lines: &[String], edits: &[SubIdEdit]) {
+    for e in edits {
+        let Ok(text) = fs::read_to_string(e.file) else {
             continue;
         };
-        let kept: String = text
-            .lines()
-            .filter(|l| *l != line)
-            .map(|l| format!("{l}\n"))
-            .collect();
-        if kept.is_empty() && created.iter().any(|c| c == Path::new(f)) {
-            let _ = fs::remove_file(f);
+        if text == e.wrote {
+            let _ = match &e.before {
+                Some(b) => fs::write(e.file, b),
+                None => fs::remove_file(e.file),
+            };
+            continue;
+        }
+        let mut kept: Vec<&str> = text.lines().collect();
+        for l in lines {
+            if let Some(i) = kept.iter().rposition(|k| k == l) {
+                kept.remove(i);
+            }
+        }
+        let kept: String = kept.iter().map(|l| format!("{l}\n")).collect();
+        if kept.is_empty() && e.before.is_none() {
+            let _ = fs::remove_file(e.file);
         } else if kept != text {
-            let _ = fs::write(f, kept);
+            let _ = fs::write(e.file, kept);
         }
     }
 }
 
-/// A line added to `/etc/subuid` and `/etc/subgid` for a test, taken out again on drop
+/// Lines added to `/etc/subuid` and `/etc/subgid` for a test, taken out again on drop
 /// (even when the test fails); the tests that change the files wait for each other.
 pub struct SubIdLine {
-    line: String,
-    created: Vec<PathBuf>,
+    lines: Vec<String>,
+    edits: Vec<SubIdEdit>,
     _lock: MutexGuard<'static, ()>,
 }
 
 impl SubIdLine {
     /// Add `line` (`USER:START:COUNT`) to both files.
     pub fn add(line: &str) -> SubIdLine {
+        Self::add_all(&[line])
+    }
+
+    /// Add `lines`, in this order, to both files.
+    pub fn add_all(lines: &[&str]) -> SubIdLine {
         let lock = lock_subids();
-        let created = add_subid_line(line);
+        let lines: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
+        let edits = add_subid_lines(&lines);
         SubIdLine {
-            line: line.to_string(),
-            created,
+            lines,
+            edits,
             _lock: lock,
         }
     }
@@ -446,17 +471,21 @@ impl SubIdLine {
 
 impl Drop for SubIdLine {
     fn drop(&mut self) {
-        remove_subid_line(&self.line, &self.created);
+        remove_subid_lines(&self.lines, &self.edits);
     }
 }
 
 /// The range [`ContainersSubIds`] gives the `containers` user.
 const CONTAINERS_LINE: &str = "containers:2147483647:2147483648";
 
+fn containers_line() -> Vec<String> {
+    vec![CONTAINERS_LINE.to_string()]
+}
+
 /// Gives the `containers` user (whose ranges rootful `--userns=auto` takes ids from)
 /// subordinate ids from 2147483647 on, when it has none; takes them out again on drop.
 pub struct ContainersSubIds {
-    added: Option<Vec<PathBuf>>,
+    added: Option<Vec<SubIdEdit>>,
     _lock: MutexGuard<'static, ()>,
 }
 
@@ -469,16 +498,16 @@ impl ContainersSubIds {
                 .lines()
                 .any(|l| l.starts_with("containers:"))
         };
-        let added =
-            (!has("/etc/subuid") || !has("/etc/subgid")).then(|| add_subid_line(CONTAINERS_LINE));
+        let added = (!has("/etc/subuid") || !has("/etc/subgid"))
+            .then(|| add_subid_lines(&containers_line()));
         ContainersSubIds { added, _lock: lock }
     }
 }
 
 impl Drop for ContainersSubIds {
     fn drop(&mut self) {
-        if let Some(created) = &self.added {
-            remove_subid_line(CONTAINERS_LINE, created);
+        if let Some(edits) = &self.added {
+            remove_subid_lines(&containers_line(), edits);
         }
     }
 }
@@ -489,8 +518,8 @@ pub struct RootlessUser {
     pub name: String,
     pub uid: u32,
     pub gid: u32,
-    line: String,
-    created: Vec<PathBuf>,
+    line: Vec<String>,
+    edits: Vec<SubIdEdit>,
     _lock: MutexGuard<'static, ()>,
 }
 
@@ -514,14 +543,14 @@ impl RootlessUser {
             String::from_utf8_lossy(&o.stdout).trim().parse().unwrap()
         };
         let (uid, gid) = (id("-u"), id("-g"));
-        let line = format!("{name}:1500000000:65536");
-        let created = add_subid_line(&line);
+        let line = vec![format!("{name}:1500000000:65536")];
+        let edits = add_subid_lines(&line);
         RootlessUser {
             name: name.to_string(),
             uid,
             gid,
             line,
-            created,
+            edits,
             _lock: lock,
         }
     }
@@ -530,6 +559,6 @@ impl RootlessUser {
 impl Drop for RootlessUser {
     fn drop(&mut self) {
         let _ = Command::new("userdel").arg(&self.name).output();
-        remove_subid_line(&self.line, &self.created);
+        remove_subid_lines(&self.line, &self.edits);
     }
 }

@@ -10,4 +10,4 @@ pub mod request;
 pub mod session;
 
 pub use request::{MountPlan, MountRequest, PassthroughMode, plan};
-pub use session::{fusermount_options, serve, serve_on};
+pub use session::{FromOutside, STOP_SIGNALS, fusermount_options, serve, serve_on};

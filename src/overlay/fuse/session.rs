@@ -15,6 +15,17 @@ use crate::error::{Error, Result};
 use crate::overlay::fs::{Options, OverlayFs};
 use crate::sys;
 
+/// The signals that unmount a mount and end its daemon.
+pub const STOP_SIGNALS: [i32; 3] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP];
+
+/// A `/dev/fuse` connection that `fusermount3` mounted outside the user namespace this
+/// process serves it from, and the process out there (this one's parent) that unmounts
+/// it: nothing inside the namespace can.
+pub struct FromOutside {
+    pub dev: std::os::fd::OwnedFd,
+    pub unmounter: u32,
+}
+
 /// The mount table shows the type `fuse.layerfs`, as fuse-overlayfs's `fuse.fuse-overlayfs`.
 const SUBTYPE_OPTION: &str = "subtype=layerfs";
 
@@ -84,14 +95,15 @@ pub fn serve(
     serve_on(plan, a, None, ready)
 }
 
-/// `serve`, or with `dev` (a `/dev/fuse` connection already mounted at the mountpoint,
-/// by `fusermount3` outside the user namespace we serve from) serve that connection.
-/// Requests come with the ids of the initial namespace; only the mount's owner can make
-/// them (no `allow_other`), and it acts as root (see `OverlayFs::owner_is_root`).
+/// `serve`, or with `outside` (a connection already mounted at the mountpoint, by
+/// `fusermount3` outside the user namespace we serve from) serve that connection, and
+/// on a signal ask the process outside to unmount it. Requests come with the ids of the
+/// initial namespace; only the mount's owner can make them (no `allow_other`), and it
+/// acts as root (see `OverlayFs::owner_is_root`).
 pub fn serve_on(
     plan: MountPlan,
     a: &MountRequest,
-    dev: Option<std::os::fd::OwnedFd>,
+    outside: Option<FromOutside>,
     ready: impl FnOnce(std::result::Result<(), &Error>),
 ) -> Result<()> {
     // The kernel applies the caller's umask before asking us to create anything: ours
@@ -119,11 +131,12 @@ pub fn serve_on(
     let adapter = FuseAdapter::new(fs.clone(), a.fuse_options());
     let config = mount_config(a, writable, !fs.owner_is_root());
     // Signals go to one thread that unmounts; request threads never see them.
-    sys::block_signals(&[libc::SIGTERM, libc::SIGINT, libc::SIGHUP]);
-    let session = match dev {
+    sys::block_signals(&STOP_SIGNALS);
+    let unmounter = outside.as_ref().map(|o| o.unmounter);
+    let session = match outside {
         // The kernel lets only the owner in; fuser's own check would compare the
         // request's uid with ours inside the namespace (0), so it is left to the kernel.
-        Some(fd) => fuser::Session::from_fd(adapter, fd, SessionACL::All, config),
+        Some(o) => fuser::Session::from_fd(adapter, o.dev, SessionACL::All, config),
         None => fuser::Session::new(adapter, &plan.mountpoint, &config),
     };
     let session = match session {
@@ -151,7 +164,14 @@ pub fn serve_on(
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
-            let sig = sys::wait_signal(&[libc::SIGTERM, libc::SIGINT, libc::SIGHUP]);
+            let sig = sys::wait_signal(&STOP_SIGNALS);
+            if let Some(pid) = unmounter {
+                log::info!("signal {sig}: process {pid} unmounts {}", mnt.display());
+                if let Err(e) = sys::terminate_parent(pid) {
+                    log::warn!("cannot signal process {pid} to unmount: {e}");
+                }
+                return;
+            }
             log::info!("signal {sig}: unmounting {}", mnt.display());
             // Lazy: open files keep working; the daemon exits when the last one closes.
             if let Err(e) = sys::umount_detach(&mnt) {
