@@ -998,6 +998,29 @@ fn set_id_after_write(m: &Path) -> Vec<(u32, &'static str, u32)> {
             out.push((mode, *who, shown));
         }
     }
+    // A file created set-id by nobody and written through the creating descriptor (a
+    // create, where an open of an existing file is not).
+    let d = m.join("nobody-dir");
+    fs::create_dir(&d).unwrap();
+    std::os::unix::fs::lchown(&d, Some(65534), Some(65534)).unwrap();
+    let p = d.join("created");
+    let o = std::process::Command::new("setpriv")
+        .args(WRITERS[0].1)
+        .args(["--", "perl", "-e"])
+        .arg(
+            "use Fcntl; sysopen(F, $ARGV[0], O_WRONLY|O_CREAT|O_EXCL, 06755) or die $!; \
+             syswrite(F, 'x') or die $!; close(F);",
+        )
+        .arg(&p)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "create as nobody: {}", out_str(&o));
+    let shown = shell(&format!("stat -c %a {}", q(&p)));
+    out.push((
+        0o6755,
+        "nobody, creating",
+        u32::from_str_radix(shown.trim(), 8).unwrap(),
+    ));
     out
 }
 
@@ -1018,6 +1041,7 @@ fn set_id_bits_go_on_write_as_the_kernel_clears_them() {
     let expect = |mode: u32, who: &str| match (mode, who) {
         (_, "root") => mode,
         (0o2745, "nobody") => mode,
+        // The creating descriptor: the kernel drops both bits on the first write.
         _ => mode & !0o6000,
     };
     for (mode, who, got) in &kernel {

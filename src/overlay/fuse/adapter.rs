@@ -53,8 +53,8 @@ impl FuseAdapter {
         }
     }
 
-    /// `FOPEN_DIRECT_IO` for a handle that does not pass through, when it is opened
-    /// write-only and `direct_writes` is on. A write-only handle cannot read or be
+    /// `FOPEN_DIRECT_IO` for a handle opened write-only when `direct_writes` is on: an
+    /// open that does not pass through, or any create (see `create`). A write-only handle cannot read or be
     /// mapped, so nothing is lost: the kernel invalidates the pages other handles
     /// cached over the range it writes (and writes back dirty mapped ones first), and
     /// the written data is not kept twice, in the FUSE page cache and the upper file's.
@@ -590,6 +590,22 @@ impl fuser::Filesystem for FuseAdapter {
         };
         let ttl = self.opts.ttl;
         let attr = to_fuse_attr(&e.attr);
+        let direct = self.direct_io(flags);
+        if !direct.is_empty() {
+            // A new file opened write-only (`tar x`, `cp`): written once, front to back.
+            // Passthrough would cost a backing-file registration and its release, and a
+            // `security.capability` GETXATTR before every write (the kernel checks on
+            // each passthrough write too); a direct write is one request and no lookup.
+            // Nothing is registered: a later passthrough open of the file still gets
+            // its backing (direct handles do not hold the inode in caching mode).
+            return reply.created(
+                &ttl,
+                &attr,
+                Generation(e.generation),
+                FileHandle(o.fh),
+                FopenFlags::FOPEN_NOFLUSH | direct,
+            );
+        }
         match self
             .passthrough
             .attach(&self.fs, e.attr.ino, o.fh, true, |f| reply.open_backing(f))
@@ -607,7 +623,7 @@ impl fuser::Filesystem for FuseAdapter {
                 &attr,
                 Generation(e.generation),
                 FileHandle(o.fh),
-                FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH | self.direct_io(flags),
+                FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH,
             ),
             // A new file is never pinned to a lower one.
             Ok(Attach::Supersede) => {
