@@ -956,6 +956,16 @@ fn a_running_program_is_not_truncated() {
     check(&km, "kernel overlayfs", true);
 }
 
+/// The kernel's overlayfs over one empty lower layer, mounted at `k` in the returned dir.
+fn empty_kernel_overlay() -> (tempfile::TempDir, MountGuard) {
+    let t = tempfile::tempdir().unwrap();
+    let l = t.path().join("l0");
+    fs::create_dir_all(&l).unwrap();
+    let s = rw_stack(t.path(), std::slice::from_ref(&l), "k");
+    let g = mount_kernel(&s, &t.path().join("k"));
+    (t, g)
+}
+
 /// A writer for the set-id rows: who it is and the `setpriv` arguments that make it.
 const WRITERS: [(&str, &[&str]); 3] = [
     (
@@ -1029,13 +1039,8 @@ fn set_id_bits_go_on_write_as_the_kernel_clears_them() {
     if support::skip_unless_root() {
         return;
     }
-    let t = tempfile::tempdir().unwrap();
-    let l = t.path().join("l0");
-    fs::create_dir_all(&l).unwrap();
-    let s = rw_stack(t.path(), std::slice::from_ref(&l), "k");
-    let km = t.path().join("k");
-    let kg = mount_kernel(&s, &km);
-    let kernel = set_id_after_write(&km);
+    let (kt, kg) = empty_kernel_overlay();
+    let kernel = set_id_after_write(&kt.path().join("k"));
     drop(kg);
     // What the kernel does, spelled out, so that a change in it shows here first.
     let expect = |mode: u32, who: &str| match (mode, who) {
@@ -1094,13 +1099,8 @@ fn a_write_through_a_write_only_descriptor_drops_file_capabilities() {
         check(&e.m, opts[0]);
         e.finish();
     }
-    let t = tempfile::tempdir().unwrap();
-    let l = t.path().join("l0");
-    fs::create_dir_all(&l).unwrap();
-    let s = rw_stack(t.path(), std::slice::from_ref(&l), "k");
-    let km = t.path().join("k");
-    let _kg = mount_kernel(&s, &km);
-    check(&km, "kernel overlayfs");
+    let (kt, _kg) = empty_kernel_overlay();
+    check(&kt.path().join("k"), "kernel overlayfs");
 }
 
 /// Resident pages of a file's page cache, in the mount (util-linux `fincore`).
