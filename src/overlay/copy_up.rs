@@ -190,7 +190,7 @@ impl OverlayFs {
         let mut first = primary.clone();
         first.real = parent_upper.clone();
         if let NodeState::File(f) = &mut *node.state.write() {
-            f.aliases = vec![first];
+            f.aliases = smallvec::smallvec![first];
             f.layer = UPPER;
         }
         self.retarget_handles(node, &parent_upper, &primary.name);
@@ -198,11 +198,11 @@ impl OverlayFs {
         let mut others: Vec<(Arc<Node>, OsString)> = aliases
             .iter()
             .skip(1)
-            .map(|a| (a.parent.clone(), a.name.clone()))
+            .map(|a| (a.parent.clone(), a.name.to_os_string()))
             .collect();
         if st.st_nlink > 1 {
             for (p, n) in self.visible_names(primary.real.layer, st.st_ino, node.ino) {
-                let dup = (p.ino == primary.parent.ino && n == primary.name)
+                let dup = (p.ino == primary.parent.ino && *n == *primary.name)
                     || others.iter().any(|(q, m)| q.ino == p.ino && *m == n);
                 if !dup {
                     others.push((p, n));
@@ -341,13 +341,13 @@ impl OverlayFs {
         if let NodeState::File(f) = &mut *node.state.write() {
             if f.aliases
                 .iter()
-                .any(|a| a.parent.ino == parent.ino && a.name == name)
+                .any(|a| a.parent.ino == parent.ino && *a.name == *name)
             {
                 return Ok(());
             }
             f.aliases.push(Alias {
                 parent: parent.clone(),
-                name: name.to_os_string(),
+                name: name.into(),
                 real: parent_upper,
             });
         }

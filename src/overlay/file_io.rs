@@ -323,7 +323,7 @@ impl OverlayFs {
         // up again (other names of a hard link would show the old inode).
         let names = match &mut *node.state.write() {
             NodeState::File(f) => std::mem::take(&mut f.aliases),
-            NodeState::Dir(_) => Vec::new(),
+            NodeState::Dir(_) => Default::default(),
         };
         for a in &names {
             self.name_moved(a.parent.ino, &a.name);

@@ -153,7 +153,7 @@ impl OverlayFs {
         let root = table.insert_new(
             ROOT_INO,
             Kind::Dir,
-            NodeState::Dir(DirState {
+            NodeState::dir(DirState {
                 parent: None,
                 name: OsString::new(),
                 upper,
@@ -319,7 +319,7 @@ impl OverlayFs {
                     Kind::Dir,
                     |_| true,
                     || {
-                        NodeState::Dir(DirState {
+                        NodeState::dir(DirState {
                             parent: Some(parent.clone()),
                             name: name.to_os_string(),
                             upper: upper.clone(),
@@ -358,9 +358,9 @@ impl OverlayFs {
                         |_| true,
                         || {
                             NodeState::File(FileState {
-                                aliases: vec![Alias {
+                                aliases: smallvec::smallvec![Alias {
                                     parent: parent.clone(),
-                                    name: name.to_os_string(),
+                                    name: name.into(),
                                     real: real.clone(),
                                 }],
                                 layer,
@@ -373,7 +373,7 @@ impl OverlayFs {
                     NodeState::File(f) => (
                         f.aliases
                             .iter()
-                            .any(|a| a.parent.ino == parent.ino && a.name == name),
+                            .any(|a| a.parent.ino == parent.ino && *a.name == *name),
                         f.layer,
                     ),
                     NodeState::Dir(_) => (true, layer),
@@ -388,7 +388,7 @@ impl OverlayFs {
                     } else if let NodeState::File(f) = &mut *node.state.write() {
                         f.aliases.push(Alias {
                             parent: parent.clone(),
-                            name: name.to_os_string(),
+                            name: name.into(),
                             real,
                         });
                     }
@@ -574,7 +574,7 @@ impl OverlayFs {
             NodeState::File(f) => f
                 .aliases
                 .first()
-                .map(|a| (a.real.clone(), a.name.clone()))
+                .map(|a| (a.real.clone(), a.name.to_os_string()))
                 .ok_or(Errno::STALE),
             NodeState::Dir(_) => Err(Errno::ISDIR),
         }
@@ -623,7 +623,7 @@ impl OverlayFs {
             NodeState::File(f) => f
                 .aliases
                 .first()
-                .map(|a| (a.real.clone(), Some(a.name.clone())))
+                .map(|a| (a.real.clone(), Some(a.name.to_os_string())))
                 .ok_or(Errno::STALE),
         }
     }

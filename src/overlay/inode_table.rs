@@ -9,10 +9,11 @@
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
 use parking_lot::{Mutex, RwLock};
+use smallvec::SmallVec;
 
 use super::layers::{LayerId, RealDir};
 
@@ -49,9 +50,12 @@ impl Kind {
 #[derive(Debug, Clone)]
 pub struct Alias {
     pub parent: Arc<Node>,
-    pub name: OsString,
+    pub name: Box<OsStr>,
     pub real: Arc<RealDir>,
 }
+
+/// The names of a non-directory: one inline, more (hard links) on the heap.
+pub type Aliases = SmallVec<[Alias; 1]>;
 
 #[derive(Debug)]
 pub struct DirState {
@@ -81,8 +85,8 @@ impl DirState {
 
 #[derive(Debug)]
 pub struct FileState {
-    /// Known names of this inode; all in layer `layer`.
-    pub aliases: Vec<Alias>,
+    /// Known names of this inode; all in layer `layer` (almost always one: kept inline).
+    pub aliases: Aliases,
     pub layer: LayerId,
     /// An `O_PATH` handle kept when the last known name was removed while the kernel
     /// still knew the node, so an unlinked but still referenced file keeps answering
@@ -92,8 +96,29 @@ pub struct FileState {
 
 #[derive(Debug)]
 pub enum NodeState {
-    Dir(DirState),
+    /// Boxed: directories are few, and files should not pay for their size.
+    Dir(Box<DirState>),
     File(FileState),
+}
+
+/// What a directory's listing resolved: name → (real inode number, inode number shown,
+/// `DT_*` type).
+type ResolvedNames = HashMap<OsString, (u64, u64, u8)>;
+
+#[derive(Default)]
+struct Held {
+    /// Set while `nlookup` > 0.
+    pin: Option<Arc<Node>>,
+    /// For directories: what listing found for names it had to resolve (upper entries
+    /// of merged or impure directories). Every change to a name here goes through this
+    /// node and drops it. Made on first use: most nodes are files.
+    resolved: Option<Box<ResolvedNames>>,
+}
+
+impl NodeState {
+    pub fn dir(d: DirState) -> NodeState {
+        NodeState::Dir(Box::new(d))
+    }
 }
 
 /// `Node::data_blocks` not known yet.
@@ -114,27 +139,25 @@ pub struct Node {
     pub generation: u64,
     pub kind: Kind,
     nlookup: AtomicU64,
-    pin: Mutex<Option<Arc<Node>>>,
+    /// The node's reference to itself while the kernel holds lookups, and what its
+    /// listings resolved (one lock for both: a node's size is the daemon's memory).
+    held: Mutex<Held>,
     pub state: RwLock<NodeState>,
     /// Serialises copy-up of this node.
     pub copy_up_lock: Mutex<()>,
     /// For directories: goes up after every completed change to the entries.
     version: AtomicU64,
     /// Open file handles on this node.
-    pub open_files: AtomicU64,
+    pub open_files: AtomicU32,
     /// Of those, the ones an `execve` opened (the kernel denies writes to the file
     /// while they live).
-    pub exec_opens: AtomicU64,
+    pub exec_opens: AtomicU32,
     /// For a metacopy stub in a lower layer: the blocks its data holds, once asked
     /// (`NO_BLOCKS` until then).
     pub data_blocks: AtomicU64,
     /// Set when a newer node took over this one's names: the kernel pins this node's
     /// open files to a lower file it cannot switch, so new opens go to the successor.
     successor: Mutex<Option<Arc<Node>>>,
-    /// For directories: what listing found for names it had to resolve (upper entries of
-    /// merged or impure directories): name → (real inode number, inode number shown,
-    /// `DT_*` type). Every change to a name here goes through this node and drops it.
-    resolved: Mutex<HashMap<OsString, (u64, u64, u8)>>,
     /// For directories: a listing was served since the kernel last dropped its cached
     /// one (the kernel can only cache what we served).
     listed: AtomicBool,
@@ -176,9 +199,9 @@ impl Node {
     /// The kernel took `n` more references.
     pub fn inc_lookup(self: &Arc<Self>, n: u64) {
         if self.nlookup.fetch_add(n, Ordering::AcqRel) == 0 {
-            let mut pin = self.pin.lock();
-            if self.nlookup.load(Ordering::Acquire) > 0 && pin.is_none() {
-                *pin = Some(self.clone());
+            let mut held = self.held.lock();
+            if self.nlookup.load(Ordering::Acquire) > 0 && held.pin.is_none() {
+                held.pin = Some(self.clone());
             }
         }
     }
@@ -195,9 +218,9 @@ impl Node {
                 Ok(_) => {
                     if new == 0 {
                         let taken = {
-                            let mut pin = self.pin.lock();
+                            let mut held = self.held.lock();
                             if self.nlookup.load(Ordering::Acquire) == 0 {
-                                pin.take()
+                                held.pin.take()
                             } else {
                                 None
                             }
@@ -215,7 +238,9 @@ impl Node {
     /// A name of this directory changed (created, removed, renamed): forget what a
     /// listing resolved for it, and mark the entries changed.
     pub fn name_changed(&self, name: &OsStr) {
-        self.resolved.lock().remove(name);
+        if let Some(r) = self.held.lock().resolved.as_mut() {
+            r.remove(name);
+        }
         self.entries_changed();
     }
 
@@ -237,16 +262,20 @@ impl Node {
 
     /// What a listing resolved for `name` while its real entry was `real_ino`.
     pub fn resolved_name(&self, name: &OsStr, real_ino: u64) -> Option<(u64, u8)> {
-        self.resolved
+        self.held
             .lock()
+            .resolved
+            .as_ref()?
             .get(name)
             .filter(|r| r.0 == real_ino)
             .map(|r| (r.1, r.2))
     }
 
     pub fn remember_resolved(&self, name: &OsStr, real_ino: u64, ino: u64, dtype: u8) {
-        self.resolved
+        self.held
             .lock()
+            .resolved
+            .get_or_insert_default()
             .insert(name.to_os_string(), (real_ino, ino, dtype));
     }
 
@@ -262,7 +291,7 @@ impl Node {
             NodeState::File(f) => f
                 .aliases
                 .first()
-                .map(|a| (a.parent.clone(), a.name.clone())),
+                .map(|a| (a.parent.clone(), a.name.to_os_string())),
         }
     }
 }
@@ -381,15 +410,14 @@ impl InodeTable {
             serial: self.serial.fetch_add(1, Ordering::Relaxed),
             kind,
             nlookup: AtomicU64::new(0),
-            pin: Mutex::new(None),
+            held: Mutex::new(Held::default()),
             state: RwLock::new(state),
             copy_up_lock: Mutex::new(()),
             version: AtomicU64::new(0),
-            open_files: AtomicU64::new(0),
-            exec_opens: AtomicU64::new(0),
+            open_files: AtomicU32::new(0),
+            exec_opens: AtomicU32::new(0),
             data_blocks: AtomicU64::new(NO_BLOCKS),
             successor: Mutex::new(None),
-            resolved: Mutex::new(HashMap::new()),
             listed: AtomicBool::new(false),
             ever_listed: AtomicBool::new(false),
             table: Arc::downgrade(&self.inner),
@@ -469,7 +497,7 @@ impl InodeTable {
             let nodes: Vec<Arc<Node>> = shard.read().values().filter_map(Weak::upgrade).collect();
             for n in nodes {
                 n.nlookup.store(0, Ordering::Release);
-                let pin = n.pin.lock().take();
+                let pin = n.held.lock().pin.take();
                 drop(pin);
             }
         }
@@ -493,16 +521,30 @@ impl InodeTable {
 pub fn find_alias<'a>(aliases: &'a [Alias], parent: &Node, name: &OsStr) -> Option<&'a Alias> {
     aliases
         .iter()
-        .find(|a| a.parent.ino == parent.ino && a.name == name)
+        .find(|a| a.parent.ino == parent.ino && *a.name == *name)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// The daemon keeps one node per name the kernel knows: at 100,000 entries every
+    /// 8 bytes here are 0.8 MB. Grow it only on purpose.
+    #[test]
+    fn a_file_node_stays_small() {
+        assert!(
+            std::mem::size_of::<Node>() <= 184,
+            "{}",
+            std::mem::size_of::<Node>()
+        );
+        assert!(std::mem::size_of::<NodeState>() <= 56);
+        // The one name of a file lives inside the node, not in a heap block of its own.
+        assert_eq!(Aliases::new().inline_size(), 1);
+    }
+
     fn file_state() -> NodeState {
         NodeState::File(FileState {
-            aliases: Vec::new(),
+            aliases: Aliases::new(),
             layer: 1,
             orphan: None,
         })

@@ -273,7 +273,7 @@ impl OverlayFs {
         let kind = Kind::from_mode(st.st_mode);
         let state = if is_dir {
             let dfd = sys::open_dir_path(parent_upper.fd(), name)?;
-            NodeState::Dir(DirState {
+            NodeState::dir(DirState {
                 parent: Some(parent_node.clone()),
                 name: name.to_os_string(),
                 upper: Some(RealDir::new(UPPER, dfd)),
@@ -283,9 +283,9 @@ impl OverlayFs {
             })
         } else {
             NodeState::File(FileState {
-                aliases: vec![Alias {
+                aliases: smallvec::smallvec![Alias {
                     parent: parent_node.clone(),
-                    name: name.to_os_string(),
+                    name: name.into(),
                     real: parent_upper.clone(),
                 }],
                 layer: UPPER,
@@ -422,7 +422,7 @@ impl OverlayFs {
         if let NodeState::File(f) = &mut *node.state.write() {
             f.aliases.push(Alias {
                 parent: new_parent.clone(),
-                name: newname.to_os_string(),
+                name: newname.into(),
                 real: parent_upper,
             });
         }
@@ -499,7 +499,7 @@ impl OverlayFs {
             NodeState::File(f) => f
                 .aliases
                 .iter()
-                .all(|a| a.parent.ino == parent_node.ino && a.name == name),
+                .all(|a| a.parent.ino == parent_node.ino && *a.name == *name),
             NodeState::Dir(_) => false,
         };
         if last
@@ -513,7 +513,7 @@ impl OverlayFs {
     pub(super) fn drop_alias(&self, node: &Arc<Node>, parent_node: &Node, name: &OsStr) {
         if let NodeState::File(f) = &mut *node.state.write() {
             f.aliases
-                .retain(|a| !(a.parent.ino == parent_node.ino && a.name == name));
+                .retain(|a| !(a.parent.ino == parent_node.ino && *a.name == *name));
         }
     }
 

@@ -213,7 +213,7 @@ impl OverlayFs {
                 && let NodeState::File(f) = &mut *d
             {
                 f.aliases
-                    .retain(|a| !(a.parent.ino == new_parent_node.ino && a.name == newname));
+                    .retain(|a| !(a.parent.ino == new_parent_node.ino && *a.name == *newname));
             }
             record_move(
                 &mut src_st,
@@ -440,9 +440,9 @@ fn record_move(
         }
         NodeState::File(f) => {
             for a in f.aliases.iter_mut() {
-                if a.parent.ino == from.ino && a.name == name {
+                if a.parent.ino == from.ino && *a.name == *name {
                     a.parent = to.clone();
-                    a.name = newname.to_os_string();
+                    a.name = newname.into();
                     a.real = to_upper.clone();
                 }
             }
