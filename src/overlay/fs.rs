@@ -276,7 +276,7 @@ impl OverlayFs {
         Ok(Entry {
             immutable: self.is_lower_only(&node),
             attr,
-            generation: node.generation,
+            generation: node.generation.into(),
         })
     }
 

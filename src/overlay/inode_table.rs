@@ -129,14 +129,11 @@ pub const NOT_STUB: u64 = u64::MAX - 1;
 pub struct Node {
     /// The FUSE node id, and the inode number the mount shows.
     pub ino: u64,
-    /// The object this node stands for: its inode number as resolution finds it. The
-    /// same as `ino`, except for a successor node (see `InodeTable::new_successor`).
-    pub identity: u64,
     /// Never reused, unlike inode numbers: a key for caches.
     pub serial: u64,
     /// FUSE generation: goes up when the number is reused while the kernel still holds
     /// the old object (see `insert_new`).
-    pub generation: u64,
+    pub generation: u32,
     pub kind: Kind,
     nlookup: AtomicU64,
     /// The node's reference to itself while the kernel holds lookups, and what its
@@ -299,13 +296,15 @@ impl Node {
 impl Drop for Node {
     fn drop(&mut self) {
         if let Some(table) = self.table.upgrade() {
-            if self.identity != self.ino {
+            if self.ino >= SUCCESSOR_IDS {
                 let mut succ = table.successors.lock();
-                if succ
-                    .get(&self.identity)
-                    .is_some_and(|w| std::ptr::eq(w.as_ptr(), self as *const Node))
+                if let Some(identity) = succ.identity.remove(&self.ino)
+                    && succ
+                        .by_identity
+                        .get(&identity)
+                        .is_some_and(|w| std::ptr::eq(w.as_ptr(), self as *const Node))
                 {
-                    succ.remove(&self.identity);
+                    succ.by_identity.remove(&identity);
                 }
             }
             let shard = &table.shards[shard_of(self.ino)];
@@ -322,7 +321,16 @@ impl Drop for Node {
 struct TableInner {
     shards: Vec<RwLock<HashMap<u64, Weak<Node>>>>,
     /// Identity → the successor node that resolution must return for it.
-    successors: Mutex<HashMap<u64, Weak<Node>>>,
+    successors: Mutex<Successors>,
+}
+
+#[derive(Default)]
+struct Successors {
+    /// Identity → the successor node that resolution must return for it.
+    by_identity: HashMap<u64, Weak<Node>>,
+    /// Successor node id → the object it stands for: its inode number as resolution
+    /// finds it (for every other node, its own number). Kept here, not in every node.
+    identity: HashMap<u64, u64>,
 }
 
 /// Node ids of successor nodes come from here (no real inode number is this high
@@ -353,7 +361,7 @@ impl InodeTable {
         InodeTable {
             inner: Arc::new(TableInner {
                 shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
-                successors: Mutex::new(HashMap::new()),
+                successors: Mutex::new(Successors::default()),
             }),
             serial: AtomicU64::new(1),
             next_successor: AtomicU64::new(SUCCESSOR_IDS),
@@ -390,22 +398,14 @@ impl InodeTable {
         {
             return n;
         }
-        let node = self.make_node(ino, ino, 0, kind, make());
+        let node = self.make_node(ino, 0, kind, make());
         map.insert(ino, Arc::downgrade(&node));
         node
     }
 
-    fn make_node(
-        &self,
-        ino: u64,
-        identity: u64,
-        generation: u64,
-        kind: Kind,
-        state: NodeState,
-    ) -> Arc<Node> {
+    fn make_node(&self, ino: u64, generation: u32, kind: Kind, state: NodeState) -> Arc<Node> {
         Arc::new(Node {
             ino,
-            identity,
             generation,
             serial: self.serial.fetch_add(1, Ordering::Relaxed),
             kind,
@@ -429,8 +429,19 @@ impl InodeTable {
         self.inner
             .successors
             .lock()
+            .by_identity
             .get(&identity)
             .and_then(Weak::upgrade)
+    }
+
+    /// The object a node stands for: its inode number as resolution finds it. The node's
+    /// own number, except for a successor node (see `new_successor`).
+    pub fn identity(&self, node: &Node) -> u64 {
+        if node.ino < SUCCESSOR_IDS {
+            return node.ino;
+        }
+        let succ = self.inner.successors.lock();
+        succ.identity.get(&node.ino).copied().unwrap_or(node.ino)
     }
 
     /// Give `old` a successor: a new node, under a fresh node id, that lookups of the
@@ -442,20 +453,20 @@ impl InodeTable {
         if let Some(s) = &*slot {
             return s.clone();
         }
+        let identity = self.identity(old);
         let node = loop {
             let id = self.next_successor.fetch_add(1, Ordering::Relaxed);
             let mut map = self.inner.shards[shard_of(id)].write();
             if map.get(&id).is_some_and(|w| w.strong_count() > 0) {
                 continue;
             }
-            let node = self.make_node(id, old.identity, 0, old.kind, state);
+            let node = self.make_node(id, 0, old.kind, state);
             map.insert(id, Arc::downgrade(&node));
             break node;
         };
-        self.inner
-            .successors
-            .lock()
-            .insert(old.identity, Arc::downgrade(&node));
+        let mut succ = self.inner.successors.lock();
+        succ.identity.insert(node.ino, identity);
+        succ.by_identity.insert(identity, Arc::downgrade(&node));
         *slot = Some(node.clone());
         node
     }
@@ -470,10 +481,10 @@ impl InodeTable {
             // this object for a new inode and fail calls made through the old one,
             // instead of applying them (a link, a setattr) to this object.
             let generation = match &old {
-                Some(o) if o.nlookup() > 0 => o.generation + 1,
+                Some(o) if o.nlookup() > 0 => o.generation.wrapping_add(1),
                 _ => 0,
             };
-            let node = self.make_node(ino, ino, generation, kind, state);
+            let node = self.make_node(ino, generation, kind, state);
             map.insert(ino, Arc::downgrade(&node));
             (node, old)
         };
@@ -562,6 +573,28 @@ mod tests {
         assert!(t.get(42).is_some());
         t.get(42).unwrap().forget(1);
         assert!(t.get(42).is_none(), "forgotten node is gone");
+        assert_eq!(t.len(), 0);
+    }
+
+    #[test]
+    fn successors_stand_for_the_first_object_and_go_with_their_node() {
+        let t = InodeTable::new();
+        let first = t.insert_new(7, Kind::File, file_state());
+        let second = t.new_successor(&first, file_state());
+        assert!(second.ino >= SUCCESSOR_IDS);
+        assert_eq!(t.identity(&first), 7);
+        assert_eq!(t.identity(&second), 7);
+        assert_eq!(t.successor_of(7).map(|n| n.ino), Some(second.ino));
+        // The successor's own successor stands for the same object.
+        let third = t.new_successor(&second, file_state());
+        assert_eq!(t.identity(&third), 7);
+        assert_eq!(t.successor_of(7).map(|n| n.ino), Some(third.ino));
+        assert_eq!(t.new_successor(&first, file_state()).ino, second.ino);
+        let (second_ino, third_ino) = (second.ino, third.ino);
+        drop((first, second, third));
+        assert!(t.successor_of(7).is_none());
+        assert!(t.get(second_ino).is_none() && t.get(third_ino).is_none());
+        assert!(t.inner.successors.lock().identity.is_empty());
         assert_eq!(t.len(), 0);
     }
 

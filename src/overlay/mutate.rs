@@ -308,7 +308,7 @@ impl OverlayFs {
         node.inc_lookup(1);
         Entry {
             attr,
-            generation: node.generation,
+            generation: node.generation.into(),
             immutable: false,
         }
     }
