@@ -387,13 +387,18 @@ class Bench:
             # open to it.
             layerfs, fo2, fo1 = (self.user_binary(x, d) if x else x for x, d in
                                  ((layerfs, "layerfs"), (fo2, "fo2"), (fo1, "fo1")))
+        layerfs_b = layerfs
+        if self.args.layerfs_b_bin:
+            layerfs_b = os.path.abspath(self.args.layerfs_b_bin)
+            if self.rootless:
+                layerfs_b = self.user_binary(layerfs_b, "layerfs-b")
         for k in keys:
             if k == "kernel":
                 self.backends.append(Backend("kernel"))
             elif k == "layerfs":
                 self.backends.append(Backend("layerfs", layerfs, self.args.layerfs_opts))
             elif k == "layerfs-b":
-                self.backends.append(Backend("layerfs-b", layerfs, self.args.layerfs_b_opts))
+                self.backends.append(Backend("layerfs-b", layerfs_b, self.args.layerfs_b_opts))
             elif k == "fo1":
                 self.backends.append(Backend("fo1", fo1))
             elif k == "fo2" and fo2:
@@ -408,6 +413,7 @@ class Bench:
             "versions": {b.key: b.version() for b in self.backends},
             "layerfs_opts": self.args.layerfs_opts,
             "layerfs_b_opts": self.args.layerfs_b_opts,
+            "layerfs_b_bin": self.args.layerfs_b_bin or "",
             "load_start": round(os.getloadavg()[1], 1),
             "load_start_1min": round(os.getloadavg()[0], 2),
             "nice": os.getpriority(os.PRIO_PROCESS, 0),
@@ -1485,6 +1491,8 @@ def render(b, ratio_table, abs_table, failures, verdicts):
     out.append(f"`{i['command']}` — layerfs {i['layerfs_commit']}"
                + (f" with `-o {i['layerfs_opts']}`" if i['layerfs_opts'] else " (default options)")
                + (f", layerfs (B) with `-o {i['layerfs_b_opts']}`" if "layerfs-b" in i["versions"] else "")
+               + (f" built as `{i['layerfs_b_bin']}`" if "layerfs-b" in i["versions"] and i.get("layerfs_b_bin")
+                  else "")
                + "; interleaved rounds: "
                + ", ".join(f"{t} {n}" for t, n in b.rounds.items()) + ".")
     out.append("Versions: " + "; ".join(f"{BACKEND_NAMES[k]}: {v}" for k, v in i["versions"].items()) + ".")
@@ -1551,6 +1559,8 @@ def main():
     ap.add_argument("--layerfs-b-opts", default="",
                     help="-o options of the second layerfs backend (layerfs-b), to compare two settings in one run")
     ap.add_argument("--layerfs-bin", help="use this layerfs binary instead of building one")
+    ap.add_argument("--layerfs-b-bin", help="binary of the second layerfs backend (layerfs-b), to compare "
+                    "two builds (e.g. before and after a change) in one run; default: the same as layerfs")
     ap.add_argument("--fo2-bin", help="fuse-overlayfs 2.x binary (default ~/.cargo/bin/fuse-overlayfs)")
     ap.add_argument("--no-fo2", action="store_true", help="skip fuse-overlayfs 2.x (no cargo install)")
     ap.add_argument("--rootless", action="store_true",
