@@ -1359,8 +1359,18 @@ def build_report(b):
     lines += extra
 
     # RSS (absolute, MiB): VmHWM after walk 1 and walk 2.
+    def smaller_than_fo(metric, mine):
+        """The last column of a memory row: is layerfs's `mine` below every fuse-overlayfs?"""
+        others = [med(metric, k) for k in fo]
+        if mine is None:
+            return "FAIL"
+        if not fo or any(x is None for x in others):
+            return "n/a"
+        return "yes (smaller)" if all(mine < x for x in others) else "**no**"
+
+    mem_trees = (("rootfs", f"rootfs ({b.rootfs_entries:,} entries)"), ("100k", "100,000-entry tree"))
     if "rss_rootfs_1" in b.results:
-        for tag, label in (("rootfs", f"rootfs ({b.rootfs_entries:,} entries)"), ("100k", "100,000-entry tree")):
+        for tag, label in mem_trees:
             row = [f"daemon peak RSS, {label}: walk 1 → walk 2 (MiB)"]
             for k in keys:
                 if k == "kernel":
@@ -1381,17 +1391,11 @@ def build_report(b):
                 if not b.rootless:
                     row.append("met" if ok else "**missed**")
                     verdicts.append((f"RSS {tag}", ok))
-                fms = [med(f"rss_{tag}_2", k) for k in fo]
-                if r2 is None:
-                    row.append("FAIL")
-                elif not fo or any(x is None for x in fms):
-                    row.append("n/a")
-                else:
-                    row.append("yes (smaller)" if all(r2 < x for x in fms) else "**no**")
+                row.append(smaller_than_fo(f"rss_{tag}_2", r2))
             lines.append("| " + " | ".join(row) + " |")
         # Private memory (RssAnon) after walk 2: what each further daemon costs; the
         # executable's mapped pages in VmHWM are shared by every daemon of the machine.
-        for tag, label in (("rootfs", f"rootfs ({b.rootfs_entries:,} entries)"), ("100k", "100,000-entry tree")):
+        for tag, label in mem_trees:
             if f"anon_{tag}_2" not in b.results:
                 continue
             row = [f"daemon private memory (RssAnon), {label}, after walk 2 (MiB)"]
@@ -1399,15 +1403,7 @@ def build_report(b):
                 a = med(f"anon_{tag}_2", k) if k != "kernel" else None
                 row.append("—" if k == "kernel" else (f"{a:.1f}" if a is not None else "FAIL"))
             if "layerfs" in keys:
-                a = med(f"anon_{tag}_2", "layerfs")
-                row += ["—", ""]
-                fms = [med(f"anon_{tag}_2", k) for k in fo]
-                if a is None:
-                    row.append("FAIL")
-                elif not fo or any(x is None for x in fms):
-                    row.append("n/a")
-                else:
-                    row.append("yes (smaller)" if all(a < x for x in fms) else "**no**")
+                row += ["—", "", smaller_than_fo(f"anon_{tag}_2", med(f"anon_{tag}_2", "layerfs"))]
             lines.append("| " + " | ".join(row) + " |")
         for tag in ("rootfs", "100k"):
             if f"walk_{tag}_1" in b.results:

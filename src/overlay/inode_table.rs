@@ -320,7 +320,7 @@ impl Drop for Node {
 
 struct TableInner {
     shards: Vec<RwLock<HashMap<u64, Weak<Node>>>>,
-    /// Identity → the successor node that resolution must return for it.
+    /// Successor nodes, both ways (see `new_successor`).
     successors: Mutex<Successors>,
 }
 
@@ -436,7 +436,7 @@ impl InodeTable {
 
     /// The object a node stands for: its inode number as resolution finds it. The node's
     /// own number, except for a successor node (see `new_successor`).
-    pub fn identity(&self, node: &Node) -> u64 {
+    fn identity(&self, node: &Node) -> u64 {
         if node.ino < SUCCESSOR_IDS {
             return node.ino;
         }
