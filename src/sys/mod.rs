@@ -6,6 +6,7 @@
 //! `rustix` covers most calls; the few it lacks use `libc` with one `unsafe` block each.
 
 mod fs;
+pub mod fuse_dev;
 mod lock;
 mod process;
 mod terminal;

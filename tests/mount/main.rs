@@ -11,5 +11,6 @@ mod passthrough;
 mod readdir_offsets;
 mod readdirplus;
 mod readonly_diff;
+mod uring;
 mod write_rules;
 mod xattr_nlink;

@@ -77,7 +77,7 @@ impl Daemon {
         }
         cmd.arg("-f")
             .arg("-o")
-            .arg(stack.options("", extra))
+            .arg(stack.layerfs_options(extra))
             .arg(mnt)
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -63,6 +63,19 @@ impl Stack {
         }
         opts
     }
+
+    /// The options of a layerfs mount: `options`, and `LAYERFS_TEST_OPTIONS` when set
+    /// (scripts/test runs the mount suites again with `uring`).
+    pub fn layerfs_options(&self, extra: &[&str]) -> String {
+        let mut opts = self.options("", extra);
+        if let Ok(more) = std::env::var("LAYERFS_TEST_OPTIONS")
+            && !more.is_empty()
+        {
+            opts.push(',');
+            opts.push_str(&more);
+        }
+        opts
+    }
 }
 
 /// A writable stack in `base`: lowers as given, fresh `upper` and `work` dirs named with
@@ -129,7 +142,7 @@ pub fn mount_layerfs(stack: &Stack, mnt: &Path, extra: &[&str]) -> MountGuard {
 /// Mount with layerfs; its error output when it fails.
 pub fn try_mount_layerfs(stack: &Stack, mnt: &Path, extra: &[&str]) -> Result<MountGuard, String> {
     fs::create_dir_all(mnt).unwrap();
-    let opts = stack.options("", extra);
+    let opts = stack.layerfs_options(extra);
     let out = Command::new(layerfs_bin())
         .arg("-o")
         .arg(&opts)

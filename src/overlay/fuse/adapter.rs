@@ -25,7 +25,7 @@ use crate::sys::Errno;
 pub struct FuseAdapter {
     fs: Arc<OverlayFs>,
     opts: FuseOptions,
-    passthrough: PassthroughTable,
+    passthrough: PassthroughTable<fuser::BackingId>,
 }
 
 impl FuseAdapter {
@@ -46,20 +46,13 @@ impl FuseAdapter {
     }
 
     fn ttl_for(&self, immutable: bool) -> Duration {
-        if immutable {
-            self.opts.lower_ttl
-        } else {
-            self.opts.ttl
-        }
+        self.opts.ttl_for(immutable)
     }
 
     /// `FOPEN_DIRECT_IO` for a handle opened write-only when `direct_writes` is on: an
-    /// open that does not pass through, or any create (see `create`). A write-only handle cannot read or be
-    /// mapped, so nothing is lost: the kernel invalidates the pages other handles
-    /// cached over the range it writes (and writes back dirty mapped ones first), and
-    /// the written data is not kept twice, in the FUSE page cache and the upper file's.
+    /// open that does not pass through, or any create (see `create`).
     fn direct_io(&self, flags: i32) -> FopenFlags {
-        if self.opts.direct_writes && flags & libc::O_ACCMODE == libc::O_WRONLY {
+        if self.opts.direct_io(flags) {
             FopenFlags::FOPEN_DIRECT_IO
         } else {
             FopenFlags::empty()
@@ -125,11 +118,7 @@ impl fuser::Filesystem for FuseAdapter {
             Ok(e) => self.reply_entry(reply, e),
             Err(Errno::NOENT) => {
                 // A negative entry the kernel may cache: every creation goes through us.
-                let ttl = if self.fs.is_writable() {
-                    self.opts.ttl
-                } else {
-                    self.opts.lower_ttl
-                };
+                let ttl = self.opts.negative_ttl(self.fs.is_writable());
                 let mut attr = to_fuse_attr(&Attr {
                     ino: 0,
                     size: 0,

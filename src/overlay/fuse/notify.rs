@@ -8,19 +8,40 @@
 use std::ffi::OsString;
 use std::sync::mpsc;
 
+use std::ffi::OsStr;
+use std::io;
+
 use fuser::INodeNo;
 use parking_lot::Mutex;
 
 use crate::overlay::kernel_cache::KernelCache;
 
+/// The two notifications a transport can send.
+pub trait Notify: Clone + Send + Sync + 'static {
+    /// `FUSE_NOTIFY_INVAL_INODE`.
+    fn inval_inode(&self, ino: u64, offset: i64, len: i64) -> io::Result<()>;
+    /// `FUSE_NOTIFY_INVAL_ENTRY`.
+    fn inval_entry(&self, parent: u64, name: &OsStr) -> io::Result<()>;
+}
+
+impl Notify for fuser::Notifier {
+    fn inval_inode(&self, ino: u64, offset: i64, len: i64) -> io::Result<()> {
+        fuser::Notifier::inval_inode(self, INodeNo(ino), offset, len)
+    }
+
+    fn inval_entry(&self, parent: u64, name: &OsStr) -> io::Result<()> {
+        fuser::Notifier::inval_entry(self, INodeNo(parent), name)
+    }
+}
+
 /// The kernel's caches, reached through FUSE notifications.
-pub struct FuseNotifier {
-    notifier: fuser::Notifier,
+pub struct FuseNotifier<N: Notify> {
+    notifier: N,
     entries: Mutex<mpsc::Sender<(u64, OsString)>>,
 }
 
-impl FuseNotifier {
-    pub fn new(notifier: fuser::Notifier) -> std::io::Result<Self> {
+impl<N: Notify> FuseNotifier<N> {
+    pub fn new(notifier: N) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::channel::<(u64, OsString)>();
         let n = notifier.clone();
         std::thread::Builder::new()
@@ -28,7 +49,7 @@ impl FuseNotifier {
             .spawn(move || {
                 // Ends when the sender goes with the filesystem.
                 for (parent, name) in rx {
-                    if let Err(e) = n.inval_entry(INodeNo(parent), &name) {
+                    if let Err(e) = n.inval_entry(parent, &name) {
                         log::debug!("entry invalidation of {name:?} in {parent}: {e}");
                     }
                 }
@@ -40,10 +61,10 @@ impl FuseNotifier {
     }
 }
 
-impl KernelCache for FuseNotifier {
+impl<N: Notify> KernelCache for FuseNotifier<N> {
     fn attr_changed(&self, ino: u64) {
         // A negative offset drops the attributes only (no page cache, no inode lock).
-        if let Err(e) = self.notifier.inval_inode(INodeNo(ino), -1, 0) {
+        if let Err(e) = self.notifier.inval_inode(ino, -1, 0) {
             log::debug!("attribute invalidation of inode {ino}: {e}");
         }
     }
@@ -54,7 +75,7 @@ impl KernelCache for FuseNotifier {
         // the directory's change counter only at offset 0: without this, a reader that
         // opened the directory after a change could be served, past its first batch,
         // entries another reader cached before the change.
-        if let Err(e) = self.notifier.inval_inode(INodeNo(ino), 0, 0) {
+        if let Err(e) = self.notifier.inval_inode(ino, 0, 0) {
             log::debug!("listing invalidation of directory {ino}: {e}");
         }
     }

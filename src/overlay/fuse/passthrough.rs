@@ -17,12 +17,22 @@ pub use super::request::PassthroughMode;
 
 /// How the open handles of one inode do I/O. The kernel allows either cached opens or
 /// passthrough opens of an inode at a time, and one backing file for all of the latter.
-#[derive(Default)]
-struct InodeIo {
+struct InodeIo<B> {
     cached: u32,
     passthrough: u32,
-    backing: Option<Arc<fuser::BackingId>>,
+    backing: Option<Arc<B>>,
     backing_layer: u16,
+}
+
+impl<B> Default for InodeIo<B> {
+    fn default() -> Self {
+        InodeIo {
+            cached: 0,
+            passthrough: 0,
+            backing: None,
+            backing_layer: 0,
+        }
+    }
 }
 
 const IO_SHARDS: usize = 16;
@@ -31,30 +41,31 @@ const IO_SHARDS: usize = 16;
 /// releases in flight.
 const RELEASE_GRACE: std::time::Duration = std::time::Duration::from_millis(20);
 
-/// How a new handle does its I/O.
-pub enum Attach {
+/// How a new handle does its I/O; `B` is the transport's backing-file registration
+/// (fuser's `BackingId`, or the io_uring transport's own), released when dropped.
+pub enum Attach<B> {
     /// Through the daemon and the kernel's page cache of the FUSE inode.
     Cached,
     /// Straight to this backing file.
-    Passthrough(Arc<fuser::BackingId>),
+    Passthrough(Arc<B>),
     /// Not on this kernel inode: hand the names to a successor node and answer
     /// `ESTALE`, so the kernel looks the path up again (see `OverlayFs::supersede`).
     Supersede,
 }
 
 /// The I/O mode of every open handle, by inode.
-pub struct PassthroughTable {
+pub struct PassthroughTable<B> {
     mode: PassthroughMode,
     /// Whether the kernel agreed to passthrough at INIT.
     on: AtomicBool,
-    io: Vec<Mutex<HashMap<u64, InodeIo>>>,
+    io: Vec<Mutex<HashMap<u64, InodeIo<B>>>>,
     /// Signalled (per shard) when a handle is released.
     released: Vec<Condvar>,
     /// Per handle: (inode, used passthrough).
     handle_io: Mutex<HashMap<u64, (u64, bool)>>,
 }
 
-impl PassthroughTable {
+impl<B> PassthroughTable<B> {
     pub fn new(mode: PassthroughMode) -> Self {
         PassthroughTable {
             mode,
@@ -88,8 +99,8 @@ impl PassthroughTable {
         ino: u64,
         fh: u64,
         writes: bool,
-        open_backing: impl FnOnce(&std::fs::File) -> io::Result<fuser::BackingId>,
-    ) -> Result<Attach, Errno> {
+        open_backing: impl FnOnce(&std::fs::File) -> io::Result<B>,
+    ) -> Result<Attach<B>, Errno> {
         let Some(h) = fs.handle_file(fh) else {
             return Err(Errno::BADF);
         };

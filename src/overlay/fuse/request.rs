@@ -50,6 +50,8 @@ pub struct MountRequest {
     pub prefetch: bool,
     /// Request threads; `None`: one per core (2 to 16).
     pub threads: Option<usize>,
+    /// Serve over FUSE's io_uring transport (root; falls back to `/dev/fuse`).
+    pub uring: bool,
     pub fsname: Option<String>,
     pub noexec: bool,
     pub nodev: bool,
@@ -92,6 +94,26 @@ impl Default for FuseOptions {
             direct_writes: true,
             readdirplus: true,
         }
+    }
+}
+
+impl FuseOptions {
+    /// Entry and attribute validity of an object.
+    pub fn ttl_for(&self, immutable: bool) -> Duration {
+        if immutable { self.lower_ttl } else { self.ttl }
+    }
+
+    /// How long the kernel may keep a negative entry: every creation goes through us.
+    pub fn negative_ttl(&self, writable: bool) -> Duration {
+        self.ttl_for(!writable)
+    }
+
+    /// Whether a handle opened with `flags` gets `FOPEN_DIRECT_IO` (`direct_writes`): a
+    /// write-only handle that does not pass through. It cannot read or be mapped, so
+    /// nothing is lost: the kernel invalidates the pages other handles cached over the
+    /// range it writes, and the data is not kept twice (FUSE page cache and upper file).
+    pub fn direct_io(&self, flags: i32) -> bool {
+        self.direct_writes && flags & libc::O_ACCMODE == libc::O_WRONLY
     }
 }
 

@@ -10,6 +10,7 @@ use fuser::{Config, MountOption, SessionACL};
 use super::adapter::FuseAdapter;
 use super::notify::FuseNotifier;
 use super::request::{MountPlan, MountRequest};
+use super::ring;
 use crate::error::describe;
 use crate::error::{Error, Result};
 use crate::overlay::fs::{Options, OverlayFs};
@@ -128,6 +129,16 @@ pub fn serve_on(
         }
     };
     let writable = fs.is_writable();
+    if a.uring {
+        if outside.is_none() && sys::is_privileged() && ring::available() {
+            sys::block_signals(&STOP_SIGNALS);
+            watch_signals(plan.mountpoint.clone(), None)?;
+            return ring::serve(&plan, a, fs.clone(), !fs.owner_is_root(), ready);
+        }
+        log::warn!(
+            "uring: FUSE over io_uring needs root and a kernel with it (fuse module parameter enable_uring): serving /dev/fuse"
+        );
+    }
     let adapter = FuseAdapter::new(fs.clone(), a.fuse_options());
     let config = mount_config(a, writable, !fs.owner_is_root());
     // Signals go to one thread that unmounts; request threads never see them.
@@ -160,25 +171,7 @@ pub fn serve_on(
         }
     }
     ready(Ok(()));
-    let mnt = plan.mountpoint.clone();
-    std::thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || {
-            let sig = sys::wait_signal(&STOP_SIGNALS);
-            if let Some(pid) = unmounter {
-                log::info!("signal {sig}: process {pid} unmounts {}", mnt.display());
-                if let Err(e) = sys::terminate_parent(pid) {
-                    log::warn!("cannot signal process {pid} to unmount: {e}");
-                }
-                return;
-            }
-            log::info!("signal {sig}: unmounting {}", mnt.display());
-            // Lazy: open files keep working; the daemon exits when the last one closes.
-            if let Err(e) = sys::umount_detach(&mnt) {
-                log::warn!("unmount of {} failed: {e}", mnt.display());
-            }
-        })
-        .map_err(|e| Error::new(format!("cannot start signal thread: {e}")))?;
+    watch_signals(plan.mountpoint.clone(), unmounter)?;
     // Serve in fuser's background thread and wait for it here, so that the end of the
     // session does not drop fuser's mount handle: that drop unmounts the mount point by
     // path, and fuser 0.18 does so even after the filesystem was unmounted from outside
@@ -198,6 +191,30 @@ pub fn serve_on(
         Ok(Err(e)) => Err(Error::new(format!("session ended with error: {e}"))),
         Err(_) => Err(Error::new("session thread panicked")),
     }
+}
+
+/// A thread that unmounts on a stop signal (or asks `unmounter`, the process outside a
+/// user namespace that mounted us, to do it).
+fn watch_signals(mnt: std::path::PathBuf, unmounter: Option<u32>) -> Result<()> {
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let sig = sys::wait_signal(&STOP_SIGNALS);
+            if let Some(pid) = unmounter {
+                log::info!("signal {sig}: process {pid} unmounts {}", mnt.display());
+                if let Err(e) = sys::terminate_parent(pid) {
+                    log::warn!("cannot signal process {pid} to unmount: {e}");
+                }
+                return;
+            }
+            log::info!("signal {sig}: unmounting {}", mnt.display());
+            // Lazy: open files keep working; the daemon exits when the last one closes.
+            if let Err(e) = sys::umount_detach(&mnt) {
+                log::warn!("unmount of {} failed: {e}", mnt.display());
+            }
+        })
+        .map(|_| ())
+        .map_err(|e| Error::new(format!("cannot start signal thread: {e}")))
 }
 
 /// What stood in the way of a mount, in words a user can act on: `/dev/fuse` missing or

@@ -1,0 +1,640 @@
+//! layerfs's own FUSE request handling for the io_uring transport: a request's bytes
+//! in, the core called, the answer's bytes out. The same decisions as the fuser adapter
+//! (`adapter.rs`), from the same options; no overlay rules live here either.
+
+use std::ffi::OsStr;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::passthrough::{Attach, PassthroughTable};
+use super::request::FuseOptions;
+use super::wire::{self, Args, InHeader};
+use crate::overlay::fs::OverlayFs;
+use crate::overlay::readdir::{DirEntryOut, DirPlusReply, DirReply};
+use crate::overlay::types::{Attr, Ctx, Entry, SetAttr, XattrList};
+use crate::sys::fuse_dev;
+use crate::sys::{Errno, TimeSpec};
+
+/// A passthrough backing file registered on the connection; closed when dropped.
+pub struct DevBacking {
+    dev: Arc<OwnedFd>,
+    id: u32,
+}
+
+impl Drop for DevBacking {
+    fn drop(&mut self) {
+        if let Err(e) = fuse_dev::backing_close(self.dev.as_fd(), self.id) {
+            log::debug!("closing backing file {}: {e}", self.id);
+        }
+    }
+}
+
+/// What a request gets back.
+pub enum Answer {
+    /// `out` holds the answer.
+    Ok,
+    /// An error (a positive errno).
+    Err(i32),
+    /// Nothing (FORGET, INTERRUPT).
+    None,
+}
+
+impl From<Errno> for Answer {
+    fn from(e: Errno) -> Self {
+        Answer::Err(e.raw_os_error())
+    }
+}
+
+fn done(r: Result<(), Errno>) -> Answer {
+    match r {
+        Ok(()) => Answer::Ok,
+        Err(e) => e.into(),
+    }
+}
+
+/// A malformed request: the kernel sent fewer bytes than its opcode has.
+const BAD: Answer = Answer::Err(libc::EINVAL);
+
+pub struct Dispatcher {
+    fs: Arc<OverlayFs>,
+    opts: FuseOptions,
+    passthrough: PassthroughTable<DevBacking>,
+    dev: Arc<OwnedFd>,
+}
+
+impl Dispatcher {
+    pub fn new(fs: Arc<OverlayFs>, opts: FuseOptions, dev: Arc<OwnedFd>) -> Self {
+        Dispatcher {
+            fs,
+            passthrough: PassthroughTable::new(opts.passthrough),
+            opts,
+            dev,
+        }
+    }
+
+    pub fn fs(&self) -> &OverlayFs {
+        &self.fs
+    }
+
+    pub fn options(&self) -> &FuseOptions {
+        &self.opts
+    }
+
+    /// The kernel agreed to passthrough at INIT.
+    pub fn enable_passthrough(&self) {
+        self.passthrough.enable();
+    }
+
+    fn entry(&self, out: &mut Vec<u8>, e: &Entry) -> Answer {
+        wire::entry(
+            out,
+            e.attr.ino,
+            e.generation,
+            self.opts.ttl_for(e.immutable),
+            &e.attr,
+        );
+        Answer::Ok
+    }
+
+    fn entry_result(&self, out: &mut Vec<u8>, r: Result<Entry, Errno>) -> Answer {
+        match r {
+            Ok(e) => self.entry(out, &e),
+            Err(e) => e.into(),
+        }
+    }
+
+    fn attr_ttl(&self, ino: u64, default: Duration) -> Duration {
+        if self.fs.has_successor(ino) {
+            Duration::ZERO
+        } else {
+            default
+        }
+    }
+
+    /// Serve one request. `arg`: the opcode's fixed argument; `payload`: what follows.
+    pub fn handle(&self, h: &InHeader, arg: &[u8], payload: &[u8], out: &mut Vec<u8>) -> Answer {
+        out.clear();
+        let ctx = Ctx {
+            uid: h.uid,
+            gid: h.gid,
+            pid: h.pid,
+        };
+        let ino = h.nodeid;
+        let mut a = Args::new(arg);
+        let mut p = Args::new(payload);
+        match h.opcode {
+            wire::LOOKUP => {
+                let Some(name) = p.name() else { return BAD };
+                match self.fs.lookup(ino, name) {
+                    Ok(e) => self.entry(out, &e),
+                    Err(Errno::NOENT) => {
+                        let attr = Attr {
+                            mode: libc::S_IFREG,
+                            blksize: 4096,
+                            ..Attr::default()
+                        };
+                        let ttl = self.opts.negative_ttl(self.fs.is_writable());
+                        wire::entry(out, 0, 0, ttl, &attr);
+                        Answer::Ok
+                    }
+                    Err(e) => e.into(),
+                }
+            }
+            wire::FORGET => {
+                self.fs.forget(ino, a.u64().unwrap_or(0));
+                Answer::None
+            }
+            wire::BATCH_FORGET => {
+                let n = a.u32().unwrap_or(0);
+                for _ in 0..n {
+                    let (Some(node), Some(count)) = (p.u64(), p.u64()) else {
+                        break;
+                    };
+                    self.fs.forget(node, count);
+                }
+                Answer::None
+            }
+            wire::INTERRUPT => Answer::None,
+            wire::GETATTR => {
+                let (Some(flags), Some(_), Some(fh)) = (a.u32(), a.u32(), a.u64()) else {
+                    return BAD;
+                };
+                let fh = (flags & wire::GETATTR_FH != 0).then_some(fh);
+                match self.fs.getattr(ino, fh) {
+                    Ok(at) => {
+                        let ttl = self.attr_ttl(ino, self.opts.ttl_for(!self.fs.is_writable()));
+                        wire::attr_out(out, ttl, &at);
+                        Answer::Ok
+                    }
+                    Err(e) => e.into(),
+                }
+            }
+            wire::SETATTR => self.setattr(ctx, ino, arg, out),
+            wire::READLINK => match self.fs.readlink(ino) {
+                Ok(t) => {
+                    out.extend_from_slice(&t);
+                    Answer::Ok
+                }
+                Err(e) => e.into(),
+            },
+            wire::SYMLINK => {
+                let (Some(name), Some(target)) = (p.name(), p.name()) else {
+                    return BAD;
+                };
+                self.entry_result(out, self.fs.symlink(ctx, ino, name, target))
+            }
+            wire::MKNOD => {
+                let (Some(mode), Some(rdev)) = (a.u32(), a.u32()) else {
+                    return BAD;
+                };
+                let Some(name) = p.name() else { return BAD };
+                self.entry_result(out, self.fs.mknod(ctx, ino, name, mode, rdev as u64))
+            }
+            wire::MKDIR => {
+                let Some(mode) = a.u32() else { return BAD };
+                let Some(name) = p.name() else { return BAD };
+                self.entry_result(out, self.fs.mkdir(ctx, ino, name, mode))
+            }
+            wire::UNLINK => match p.name() {
+                Some(name) => done(self.fs.unlink(ino, name)),
+                None => BAD,
+            },
+            wire::RMDIR => match p.name() {
+                Some(name) => done(self.fs.rmdir(ino, name)),
+                None => BAD,
+            },
+            wire::RENAME | wire::RENAME2 => {
+                let Some(newdir) = a.u64() else { return BAD };
+                let flags = if h.opcode == wire::RENAME2 {
+                    a.u32().unwrap_or(0)
+                } else {
+                    0
+                };
+                let (Some(name), Some(newname)) = (p.name(), p.name()) else {
+                    return BAD;
+                };
+                done(self.fs.rename(ino, name, newdir, newname, flags))
+            }
+            wire::LINK => {
+                let Some(old) = a.u64() else { return BAD };
+                let Some(name) = p.name() else { return BAD };
+                self.entry_result(out, self.fs.link(old, ino, name))
+            }
+            wire::OPEN => {
+                let Some(flags) = a.u32() else { return BAD };
+                self.open(ctx, ino, flags as i32, out)
+            }
+            wire::READ => {
+                let (Some(fh), Some(offset), Some(size)) = (a.u64(), a.u64(), a.u32()) else {
+                    return BAD;
+                };
+                self.fs.read_with(fh, offset, size as usize, |r| match r {
+                    Ok(d) => {
+                        out.extend_from_slice(d);
+                        Answer::Ok
+                    }
+                    Err(e) => e.into(),
+                })
+            }
+            wire::WRITE => {
+                let (Some(fh), Some(offset), Some(size), Some(flags)) =
+                    (a.u64(), a.u64(), a.u32(), a.u32())
+                else {
+                    return BAD;
+                };
+                let Some(data) = p.bytes(size as usize) else {
+                    return BAD;
+                };
+                // As in the adapter: only writes that bypass the page cache come here,
+                // and the kernel cleared no set-id bit for them.
+                let kill = flags & wire::WRITE_KILL_SUIDGID != 0;
+                match self.fs.write(ctx, fh, offset, data, kill) {
+                    Ok(n) => {
+                        wire::write_out(out, n as u32);
+                        Answer::Ok
+                    }
+                    Err(e) => e.into(),
+                }
+            }
+            wire::STATFS => match self.fs.statfs() {
+                Ok(s) => {
+                    wire::statfs_out(out, &s);
+                    Answer::Ok
+                }
+                Err(e) => e.into(),
+            },
+            wire::RELEASE => {
+                let Some(fh) = a.u64() else { return BAD };
+                self.passthrough.detach(fh);
+                self.fs.release(fh);
+                Answer::Ok
+            }
+            wire::FSYNC => {
+                let (Some(fh), Some(flags)) = (a.u64(), a.u32()) else {
+                    return BAD;
+                };
+                done(self.fs.fsync(fh, flags & wire::FSYNC_FDATASYNC != 0))
+            }
+            wire::SETXATTR => {
+                let (Some(size), Some(flags)) = (a.u32(), a.u32()) else {
+                    return BAD;
+                };
+                let (Some(name), Some(value)) = (p.name(), p.bytes(size as usize)) else {
+                    return BAD;
+                };
+                done(self.fs.setxattr(ino, name, value, flags as i32))
+            }
+            wire::GETXATTR => {
+                let Some(size) = a.u32() else { return BAD };
+                let Some(name) = p.name() else { return BAD };
+                self.getxattr(ino, name, size, out)
+            }
+            wire::LISTXATTR => {
+                let Some(size) = a.u32() else { return BAD };
+                match self.fs.listxattr(ino, size as usize) {
+                    Ok(XattrList::Size(n)) => {
+                        wire::xattr_size(out, n as u32);
+                        Answer::Ok
+                    }
+                    Ok(XattrList::Names(list)) => {
+                        out.extend_from_slice(&list);
+                        Answer::Ok
+                    }
+                    Err(e) => e.into(),
+                }
+            }
+            wire::REMOVEXATTR => match p.name() {
+                Some(name) => done(self.fs.removexattr(ino, name)),
+                None => BAD,
+            },
+            wire::FLUSH => match a.u64() {
+                Some(fh) => done(self.fs.flush(fh)),
+                None => BAD,
+            },
+            // Zero-message opendir, as in the adapter (see there).
+            wire::OPENDIR => match self.fs.opendir(ino) {
+                Ok(()) => Answer::Err(libc::ENOSYS),
+                Err(e) => e.into(),
+            },
+            wire::READDIR | wire::READDIRPLUS => {
+                let (Some(_fh), Some(offset), Some(size)) = (a.u64(), a.u64(), a.u32()) else {
+                    return BAD;
+                };
+                let max = size as usize;
+                let r = if h.opcode == wire::READDIR {
+                    self.fs
+                        .readdir_into(ino, offset, &mut PlainOut { out, max })
+                } else {
+                    let mut o = PlusOut {
+                        out,
+                        max,
+                        opts: &self.opts,
+                    };
+                    self.fs.readdirplus_into(ino, offset, &mut o)
+                };
+                done(r)
+            }
+            wire::RELEASEDIR | wire::DESTROY => Answer::Ok,
+            wire::FSYNCDIR => done(self.fs.fsyncdir(ino)),
+            wire::ACCESS => match a.u32() {
+                Some(mask) => done(self.fs.access(ctx, ino, mask as i32)),
+                None => BAD,
+            },
+            wire::CREATE => {
+                let (Some(flags), Some(mode)) = (a.u32(), a.u32()) else {
+                    return BAD;
+                };
+                let Some(name) = p.name() else { return BAD };
+                self.create(ctx, ino, name, mode, flags as i32, out)
+            }
+            wire::FALLOCATE => {
+                let (Some(fh), Some(offset), Some(len), Some(mode)) =
+                    (a.u64(), a.u64(), a.u64(), a.u32())
+                else {
+                    return BAD;
+                };
+                done(self.fs.fallocate(fh, offset, len, mode as i32))
+            }
+            wire::LSEEK => {
+                let (Some(fh), Some(offset), Some(whence)) = (a.u64(), a.u64(), a.u32()) else {
+                    return BAD;
+                };
+                match self.fs.lseek(fh, offset as i64, whence as i32) {
+                    Ok(o) => {
+                        wire::lseek_out(out, o);
+                        Answer::Ok
+                    }
+                    Err(e) => e.into(),
+                }
+            }
+            wire::COPY_FILE_RANGE => {
+                let (Some(fh_in), Some(off_in), Some(_), Some(fh_out), Some(off_out), Some(len)) =
+                    (a.u64(), a.u64(), a.u64(), a.u64(), a.u64(), a.u64())
+                else {
+                    return BAD;
+                };
+                match self.fs.copy_file_range(fh_in, off_in, fh_out, off_out, len) {
+                    Ok(n) => {
+                        wire::write_out(out, n as u32);
+                        Answer::Ok
+                    }
+                    Err(e) => e.into(),
+                }
+            }
+            _ => Answer::Err(libc::ENOSYS),
+        }
+    }
+
+    fn setattr(&self, ctx: Ctx, ino: u64, arg: &[u8], out: &mut Vec<u8>) -> Answer {
+        let mut a = Args::new(arg);
+        let f: Option<[u64; 7]> = (|| {
+            let valid = a.u32()? as u64;
+            a.u32()?;
+            Some([
+                valid,
+                a.u64()?,
+                a.u64()?,
+                a.u64()?,
+                a.u64()?,
+                a.u64()?,
+                a.u64()?,
+            ])
+        })();
+        let Some([valid, fh, size, _lock_owner, atime, mtime, _ctime]) = f else {
+            return BAD;
+        };
+        let g: Option<[u32; 8]> = (|| {
+            Some([
+                a.u32()?,
+                a.u32()?,
+                a.u32()?,
+                a.u32()?,
+                a.u32()?,
+                a.u32()?,
+                a.u32()?,
+                a.u32()?,
+            ])
+        })();
+        let Some([atimensec, mtimensec, _ctimensec, mode, _, uid, gid, _]) = g else {
+            return BAD;
+        };
+        let valid = valid as u32;
+        let on = |bit: u32| valid & bit != 0;
+        let time = |set: u32, now: u32, sec: u64, nsec: u32| {
+            if on(now) {
+                Some(TimeSpec::Now)
+            } else if on(set) {
+                Some(TimeSpec::Set(sec as i64, nsec as i64))
+            } else {
+                None
+            }
+        };
+        let set = SetAttr {
+            mode: on(wire::FATTR_MODE).then_some(mode),
+            uid: on(wire::FATTR_UID).then_some(uid),
+            gid: on(wire::FATTR_GID).then_some(gid),
+            size: on(wire::FATTR_SIZE).then_some(size),
+            atime: time(wire::FATTR_ATIME, wire::FATTR_ATIME_NOW, atime, atimensec),
+            mtime: time(wire::FATTR_MTIME, wire::FATTR_MTIME_NOW, mtime, mtimensec),
+            fh: on(wire::FATTR_FH).then_some(fh),
+        };
+        let truncates = set.size.is_some();
+        match self.fs.setattr(ctx, ino, set) {
+            Ok(at) => {
+                if truncates && self.passthrough.pinned_to_lower(ino) {
+                    // As in the adapter: new opens must not share the pinned lower file.
+                    if let Err(e) = self.fs.supersede(ino) {
+                        log::warn!("inode {ino}: {e}");
+                    }
+                }
+                wire::attr_out(out, self.attr_ttl(ino, self.opts.ttl), &at);
+                Answer::Ok
+            }
+            Err(e) => e.into(),
+        }
+    }
+
+    fn getxattr(&self, ino: u64, name: &OsStr, size: u32, out: &mut Vec<u8>) -> Answer {
+        if size == 0 {
+            return match self.fs.getxattr(ino, name, &mut []) {
+                Ok(n) => {
+                    wire::xattr_size(out, n as u32);
+                    Answer::Ok
+                }
+                Err(e) => e.into(),
+            };
+        }
+        out.resize(size as usize, 0);
+        match self.fs.getxattr(ino, name, out) {
+            Ok(n) => {
+                out.truncate(n);
+                Answer::Ok
+            }
+            Err(e) => e.into(),
+        }
+    }
+
+    fn backing(&self, f: &std::fs::File) -> std::io::Result<DevBacking> {
+        let id = fuse_dev::backing_open(self.dev.as_fd(), f.as_fd())?;
+        Ok(DevBacking {
+            dev: self.dev.clone(),
+            id,
+        })
+    }
+
+    fn open(&self, ctx: Ctx, ino: u64, flags: i32, out: &mut Vec<u8>) -> Answer {
+        let o = match self.fs.open(ctx, ino, flags) {
+            Ok(o) => o,
+            Err(e) => return e.into(),
+        };
+        let acc = flags & libc::O_ACCMODE;
+        let writes = acc != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
+        let direct = if self.opts.direct_io(flags) {
+            wire::FOPEN_DIRECT_IO
+        } else {
+            0
+        };
+        match self
+            .passthrough
+            .attach(&self.fs, ino, o.fh, writes, |f| self.backing(f))
+        {
+            Ok(Attach::Passthrough(b)) => {
+                wire::open_out(
+                    out,
+                    o.fh,
+                    wire::FOPEN_NOFLUSH | wire::FOPEN_PASSTHROUGH,
+                    b.id,
+                );
+                Answer::Ok
+            }
+            Ok(Attach::Cached) => {
+                let f = wire::FOPEN_KEEP_CACHE | wire::FOPEN_NOFLUSH | direct;
+                wire::open_out(out, o.fh, f, 0);
+                Answer::Ok
+            }
+            Ok(Attach::Supersede) => {
+                self.fs.release(o.fh);
+                match self.fs.supersede(ino) {
+                    Ok(_) => Answer::Err(libc::ESTALE),
+                    Err(e) => e.into(),
+                }
+            }
+            Err(e) => {
+                self.fs.release(o.fh);
+                e.into()
+            }
+        }
+    }
+
+    fn create(
+        &self,
+        ctx: Ctx,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        flags: i32,
+        out: &mut Vec<u8>,
+    ) -> Answer {
+        let (e, o) = match self.fs.create(ctx, parent, name, mode, flags) {
+            Ok(r) => r,
+            Err(e) => return e.into(),
+        };
+        let ttl = self.opts.ttl;
+        if self.opts.direct_io(flags) {
+            // As in the adapter: a new write-only file is written through the daemon.
+            wire::entry(out, e.attr.ino, e.generation, ttl, &e.attr);
+            wire::open_out(out, o.fh, wire::FOPEN_NOFLUSH | wire::FOPEN_DIRECT_IO, 0);
+            return Answer::Ok;
+        }
+        match self
+            .passthrough
+            .attach(&self.fs, e.attr.ino, o.fh, true, |f| self.backing(f))
+        {
+            Ok(Attach::Passthrough(b)) => {
+                wire::entry(out, e.attr.ino, e.generation, ttl, &e.attr);
+                wire::open_out(
+                    out,
+                    o.fh,
+                    wire::FOPEN_NOFLUSH | wire::FOPEN_PASSTHROUGH,
+                    b.id,
+                );
+                Answer::Ok
+            }
+            Ok(Attach::Cached) => {
+                wire::entry(out, e.attr.ino, e.generation, ttl, &e.attr);
+                let f = wire::FOPEN_KEEP_CACHE | wire::FOPEN_NOFLUSH;
+                wire::open_out(out, o.fh, f, 0);
+                Answer::Ok
+            }
+            Ok(Attach::Supersede) => {
+                self.fs.release(o.fh);
+                self.fs.forget(e.attr.ino, 1);
+                Answer::Err(libc::EIO)
+            }
+            Err(er) => {
+                self.fs.release(o.fh);
+                self.fs.forget(e.attr.ino, 1);
+                er.into()
+            }
+        }
+    }
+}
+
+/// A READDIR answer being filled.
+struct PlainOut<'a> {
+    out: &'a mut Vec<u8>,
+    max: usize,
+}
+
+impl DirReply for PlainOut<'_> {
+    fn add(&mut self, e: &DirEntryOut) -> bool {
+        !wire::dirent(self.out, self.max, e.ino, e.off, e.dtype, &e.name)
+    }
+}
+
+/// A READDIRPLUS answer being filled.
+struct PlusOut<'a> {
+    out: &'a mut Vec<u8>,
+    max: usize,
+    opts: &'a FuseOptions,
+}
+
+impl DirPlusReply for PlusOut<'_> {
+    fn add(&mut self, e: &DirEntryOut, entry: Option<&Entry>) -> bool {
+        let fits = match entry {
+            Some(ent) => wire::direntplus(
+                self.out,
+                self.max,
+                ent.attr.ino,
+                ent.generation,
+                self.opts.ttl_for(ent.immutable),
+                &ent.attr,
+                e.off,
+                e.dtype,
+                &e.name,
+            ),
+            None => {
+                // `.` and `..`: node id 0, so the kernel makes no dentry for them.
+                let attr = Attr {
+                    ino: e.ino,
+                    mode: libc::S_IFDIR,
+                    blksize: 4096,
+                    ..Attr::default()
+                };
+                wire::direntplus(
+                    self.out,
+                    self.max,
+                    0,
+                    0,
+                    Duration::ZERO,
+                    &attr,
+                    e.off,
+                    e.dtype,
+                    &e.name,
+                )
+            }
+        };
+        !fits
+    }
+}

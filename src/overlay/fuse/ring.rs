@@ -1,0 +1,462 @@
+//! The io_uring transport (`-o uring`, root): layerfs mounts the connection itself,
+//! answers INIT asking for `FUSE_OVER_IO_URING`, and serves requests from per-CPU ring
+//! queues — a request is answered by a thread on the caller's own CPU, with no wake-up
+//! of another CPU on either side (on a 2-vCPU guest a first lookup costs 5.8 µs instead
+//! of 19–24 µs over `/dev/fuse`, see experiments/fuse-uring).
+//!
+//! The kernel's rules (fs/fuse/dev_uring.c): one queue per possible CPU, and no request
+//! is sent until every queue has an entry; registration only after the INIT answer;
+//! FORGET and INTERRUPT still come through `read(2)` on `/dev/fuse`, so one reader thread
+//! stays. If the kernel did not offer the ring, every request comes that way, and the
+//! reader threads serve them all.
+
+use std::ffi::OsStr;
+use std::io::{self, IoSlice};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::{Arc, mpsc};
+
+use super::dispatch::{Answer, Dispatcher};
+use super::notify::{FuseNotifier, Notify};
+use super::request::{FuseOptions, MountPlan, MountRequest};
+use super::wire::{self, Args, InHeader};
+use crate::error::{Error, Result};
+use crate::overlay::fs::OverlayFs;
+use crate::sys::fuse_dev::{self, FuseRing, UringSwitch};
+
+/// Largest WRITE the kernel sends (and READ it asks for): as the fuser session.
+const MAX_WRITE: u32 = 1 << 20;
+/// `/dev/fuse` read buffer: a WRITE's data plus its headers.
+const DEV_BUF: usize = MAX_WRITE as usize + 4096;
+/// Ring threads per online CPU: a slow request (an fsync, a big copy-up) holds one
+/// entry; the other takes the next request from that CPU.
+const THREADS_PER_CPU: usize = 2;
+
+/// Notifications written to `/dev/fuse` (they do not go through the ring).
+#[derive(Clone)]
+pub struct DevNotifier(Arc<OwnedFd>);
+
+impl DevNotifier {
+    fn send(&self, code: i32, body: &[&[u8]]) -> io::Result<()> {
+        let len: usize = wire::OUT_HEADER_LEN + body.iter().map(|b| b.len()).sum::<usize>();
+        let mut h = Vec::with_capacity(wire::OUT_HEADER_LEN);
+        h.extend_from_slice(&(len as u32).to_ne_bytes());
+        h.extend_from_slice(&code.to_ne_bytes());
+        h.extend_from_slice(&0u64.to_ne_bytes());
+        let mut iov = vec![IoSlice::new(&h)];
+        iov.extend(body.iter().map(|b| IoSlice::new(b)));
+        rustix::io::writev(self.0.as_fd(), &iov)?;
+        Ok(())
+    }
+}
+
+impl Notify for DevNotifier {
+    fn inval_inode(&self, ino: u64, offset: i64, len: i64) -> io::Result<()> {
+        let mut b = Vec::with_capacity(24);
+        b.extend_from_slice(&ino.to_ne_bytes());
+        b.extend_from_slice(&offset.to_ne_bytes());
+        b.extend_from_slice(&len.to_ne_bytes());
+        self.send(wire::NOTIFY_INVAL_INODE, &[&b])
+    }
+
+    fn inval_entry(&self, parent: u64, name: &OsStr) -> io::Result<()> {
+        let mut b = Vec::with_capacity(16);
+        b.extend_from_slice(&parent.to_ne_bytes());
+        b.extend_from_slice(&(name.len() as u32).to_ne_bytes());
+        b.extend_from_slice(&0u32.to_ne_bytes());
+        self.send(wire::NOTIFY_INVAL_ENTRY, &[&b, name.as_bytes(), b"\0"])
+    }
+}
+
+/// Whether this kernel has FUSE over io_uring that root can switch on.
+pub fn available() -> bool {
+    Path::new("/sys/module/fuse/parameters/enable_uring").exists()
+}
+
+fn mount_flags(a: &MountRequest, writable: bool) -> rustix::mount::MountFlags {
+    use rustix::mount::MountFlags as F;
+    let mut f = F::empty();
+    if !writable {
+        f |= F::RDONLY;
+    }
+    if a.nodev {
+        f |= F::NODEV;
+    }
+    if a.nosuid {
+        f |= F::NOSUID;
+    }
+    if a.noexec {
+        f |= F::NOEXEC;
+    }
+    f
+}
+
+/// The INIT answer: the flags the fuser session asks for, and the ring when offered.
+/// Returns (answer, ring granted, passthrough granted).
+fn init_answer(arg: &[u8], opts: &FuseOptions) -> Option<(Vec<u8>, bool, bool)> {
+    let mut a = Args::new(arg);
+    let (_major, _minor, readahead, flags) = (a.u32()?, a.u32()?, a.u32()?, a.u32()?);
+    let flags2 = a.u32().unwrap_or(0);
+    let mut offered = flags as u64;
+    if offered & wire::INIT_EXT != 0 {
+        offered |= (flags2 as u64) << 32;
+    }
+    let mut want = wire::ASYNC_READ
+        | wire::BIG_WRITES
+        | wire::MAX_PAGES
+        | wire::INIT_EXT
+        | wire::PARALLEL_DIROPS
+        | wire::CACHE_SYMLINKS
+        | wire::EXPORT_SUPPORT
+        | wire::ASYNC_DIO
+        | wire::ATOMIC_O_TRUNC
+        | wire::OVER_IO_URING;
+    if opts.passthrough != super::request::PassthroughMode::Off {
+        want |= wire::PASSTHROUGH;
+    } else if opts.writeback {
+        want |= wire::WRITEBACK_CACHE;
+    }
+    if opts.readdirplus {
+        want |= wire::DO_READDIRPLUS | wire::READDIRPLUS_AUTO;
+    }
+    want &= offered | wire::INIT_EXT;
+    let passthrough = want & wire::PASSTHROUGH != 0;
+    let mut out = Vec::with_capacity(64);
+    wire::init_out(
+        &mut out,
+        want,
+        readahead.min(MAX_WRITE),
+        MAX_WRITE,
+        u32::from(passthrough),
+    );
+    Some((out, want & wire::OVER_IO_URING != 0, passthrough))
+}
+
+fn reply(dev: &OwnedFd, unique: u64, error: i32, body: &[u8]) -> io::Result<()> {
+    let mut h = [0u8; wire::OUT_HEADER_LEN];
+    h[0..4].copy_from_slice(&((wire::OUT_HEADER_LEN + body.len()) as u32).to_ne_bytes());
+    h[4..8].copy_from_slice(&error.to_ne_bytes());
+    h[8..16].copy_from_slice(&unique.to_ne_bytes());
+    rustix::io::writev(dev.as_fd(), &[IoSlice::new(&h), IoSlice::new(body)])?;
+    Ok(())
+}
+
+/// Read one request from `/dev/fuse`; `None` once the connection is gone.
+fn read_request(dev: &OwnedFd, buf: &mut [u8]) -> io::Result<Option<usize>> {
+    loop {
+        match rustix::io::read(dev.as_fd(), &mut *buf) {
+            Ok(n) => return Ok(Some(n)),
+            // ENOENT: the request was interrupted before we read it.
+            Err(rustix::io::Errno::INTR | rustix::io::Errno::AGAIN | rustix::io::Errno::NOENT) => {}
+            Err(rustix::io::Errno::NODEV) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Split a `/dev/fuse` request into header, fixed argument and payload.
+fn split(req: &[u8]) -> Option<(InHeader, &[u8], &[u8])> {
+    let h = InHeader::parse(req)?;
+    let end = (h.len as usize).min(req.len());
+    let body = req.get(wire::IN_HEADER_LEN..end)?;
+    let k = wire::op_arg_len(h.opcode).min(body.len());
+    Some((h, &body[..k], &body[k..]))
+}
+
+/// Serve requests read from `/dev/fuse` until the connection ends.
+fn serve_dev(d: &Dispatcher, dev: &OwnedFd) -> io::Result<()> {
+    let mut buf = vec![0u8; DEV_BUF];
+    let mut out = Vec::new();
+    while let Some(n) = read_request(dev, &mut buf)? {
+        let Some((h, arg, payload)) = split(&buf[..n]) else {
+            continue;
+        };
+        let r = match d.handle(&h, arg, payload, &mut out) {
+            Answer::None => continue,
+            Answer::Ok => reply(dev, h.unique, 0, &out),
+            Answer::Err(e) => reply(dev, h.unique, -e, &[]),
+        };
+        if let Err(e) = r {
+            // ENOENT: the caller was interrupted and no longer waits.
+            if e.raw_os_error() != Some(libc::ENOENT) {
+                log::debug!("answer to request {}: {e}", h.unique);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Requests that may copy data (a copy-up, a write, an fsync) or read it: served in
+/// `SCHED_OTHER`, so that other work on the CPU does not starve them. The rest — lookups,
+/// attributes, listings, read-only opens, releases — are answered within microseconds
+/// and stay in `SCHED_IDLE` (see `fuse_dev::set_thread_sched_idle`).
+fn may_take_long(opcode: u32, arg: &[u8]) -> bool {
+    match opcode {
+        wire::OPEN => {
+            let flags = Args::new(arg).u32().unwrap_or(0) as i32;
+            flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0
+        }
+        wire::SETATTR
+        | wire::SETXATTR
+        | wire::REMOVEXATTR
+        | wire::LINK
+        | wire::RENAME
+        | wire::RENAME2
+        | wire::READ
+        | wire::WRITE
+        | wire::FSYNC
+        | wire::FSYNCDIR
+        | wire::CREATE
+        | wire::FALLOCATE
+        | wire::COPY_FILE_RANGE => true,
+        _ => false,
+    }
+}
+
+fn idle_priority(idle: bool) {
+    if let Err(e) = fuse_dev::set_thread_sched_idle(idle) {
+        log::debug!("scheduling policy of a ring thread: {e}");
+    }
+}
+
+/// Serve the ring entries of `queues` from the calling thread until the connection ends.
+/// `registered` hears once the entries are registered (or why not).
+fn serve_ring(
+    d: &Dispatcher,
+    dev: &OwnedFd,
+    queues: &[u16],
+    registered: mpsc::Sender<io::Result<()>>,
+) -> io::Result<()> {
+    let payload = (MAX_WRITE as usize).max(8192);
+    let mut ring = match FuseRing::register(dev.as_fd(), queues, payload) {
+        Ok(r) => {
+            let _ = registered.send(Ok(()));
+            r
+        }
+        Err(e) => {
+            let _ = registered.send(Err(io::Error::new(e.kind(), e.to_string())));
+            return Err(e);
+        }
+    };
+    idle_priority(true);
+    let mut out = Vec::new();
+    while let Some(i) = ring.next_request()? {
+        let req = ring.request(i);
+        let Some(h) = InHeader::parse(req.header) else {
+            ring.commit(i, 0, -libc::EIO, &[])?;
+            continue;
+        };
+        let k = wire::op_arg_len(h.opcode).min(req.op.len());
+        let heavy = may_take_long(h.opcode, &req.op[..k]);
+        if heavy {
+            idle_priority(false);
+        }
+        let answer = d.handle(&h, &req.op[..k], req.payload, &mut out);
+        if heavy {
+            idle_priority(true);
+        }
+        let (err, body) = match answer {
+            Answer::Ok => (0, &out[..]),
+            Answer::Err(e) => (-e, &[][..]),
+            // Only FORGET and INTERRUPT have no answer, and they never come this way.
+            Answer::None => (-libc::ENOSYS, &[][..]),
+        };
+        ring.commit(i, h.unique, err, body)?;
+    }
+    Ok(())
+}
+
+/// Mount `plan` over a connection of our own, answer INIT, and serve it (over the ring
+/// when the kernel grants it). Returns once the filesystem is unmounted.
+pub fn serve(
+    plan: &MountPlan,
+    a: &MountRequest,
+    fs: Arc<OverlayFs>,
+    kernel_checks: bool,
+    ready: impl FnOnce(std::result::Result<(), &Error>),
+) -> Result<()> {
+    let failed = |what: &str, e: io::Error| {
+        Error::new(format!(
+            "cannot mount {} over io_uring: {what}: {}",
+            plan.mountpoint.display(),
+            crate::error::describe(&e)
+        ))
+    };
+    let dev = match fuse_dev::open_fuse_dev() {
+        Ok(d) => Arc::new(d),
+        Err(e) => {
+            let err = failed("/dev/fuse", e);
+            ready(Err(&err));
+            return Err(err);
+        }
+    };
+    // The kernel offers the ring in INIT, and grants it in the answer, only while the
+    // module parameter is on; it may go back off once INIT is answered.
+    let switch = UringSwitch::on();
+    if let Err(e) = &switch {
+        log::warn!("FUSE over io_uring cannot be switched on ({e}): serving /dev/fuse");
+    }
+    let writable = fs.is_writable();
+    let mut options = vec![
+        "rootmode=40000".to_string(),
+        format!("user_id={}", crate::sys::real_uid()),
+        format!("group_id={}", rustix::process::getgid().as_raw()),
+        "allow_other".to_string(),
+    ];
+    if kernel_checks {
+        options.push("default_permissions".into());
+    }
+    let source = a.fsname.clone().unwrap_or_else(|| "layerfs".into());
+    if let Err(e) = fuse_dev::mount_fuse(
+        dev.as_fd(),
+        &plan.mountpoint,
+        &source,
+        "layerfs",
+        mount_flags(a, writable),
+        &options.join(","),
+    ) {
+        let err = failed("mount", e);
+        ready(Err(&err));
+        return Err(err);
+    }
+    let d = Arc::new(Dispatcher::new(fs.clone(), a.fuse_options(), dev.clone()));
+    let mut buf = vec![0u8; DEV_BUF];
+    let init = match read_request(&dev, &mut buf) {
+        Ok(Some(n)) => split(&buf[..n]).map(|(h, arg, _)| (h, arg.to_vec())),
+        Ok(None) => None,
+        Err(e) => {
+            let _ = crate::sys::umount_detach(&plan.mountpoint);
+            let err = failed("reading INIT", e);
+            ready(Err(&err));
+            return Err(err);
+        }
+    };
+    let Some((h, arg)) = init.filter(|(h, _)| h.opcode == wire::INIT) else {
+        let _ = crate::sys::umount_detach(&plan.mountpoint);
+        let err = Error::new("cannot mount over io_uring: the kernel sent no INIT");
+        ready(Err(&err));
+        return Err(err);
+    };
+    let Some((answer, ring, passthrough)) = init_answer(&arg, d.options()) else {
+        let _ = reply(&dev, h.unique, -libc::EINVAL, &[]);
+        let err = Error::new("cannot mount over io_uring: a malformed INIT");
+        ready(Err(&err));
+        return Err(err);
+    };
+    if passthrough {
+        d.enable_passthrough();
+    }
+    if let Err(e) = reply(&dev, h.unique, 0, &answer) {
+        let _ = crate::sys::umount_detach(&plan.mountpoint);
+        let err = failed("answering INIT", e);
+        ready(Err(&err));
+        return Err(err);
+    }
+    drop(switch);
+    drop(buf);
+    match FuseNotifier::new(DevNotifier(dev.clone())) {
+        Ok(n) => fs.set_kernel_cache(Box::new(n)),
+        Err(e) => {
+            let _ = crate::sys::umount_detach(&plan.mountpoint);
+            let err = Error::new(format!("cannot start the notification thread: {e}"));
+            ready(Err(&err));
+            return Err(err);
+        }
+    }
+    log::info!(
+        "serving {} over {}{}",
+        plan.mountpoint.display(),
+        if ring { "io_uring" } else { "/dev/fuse" },
+        if passthrough {
+            ", FUSE passthrough enabled"
+        } else {
+            ""
+        }
+    );
+    let mut threads = Vec::new();
+    let (registered, registrations) = mpsc::channel();
+    let spawn = |name: String, f: Box<dyn FnOnce() -> io::Result<()> + Send>| {
+        std::thread::Builder::new().name(name).spawn(f)
+    };
+    // /dev/fuse readers: FORGET and INTERRUPT with the ring, everything without it.
+    let readers = if ring { 1 } else { THREADS_PER_CPU.max(2) };
+    for i in 0..readers {
+        let (d, dev) = (d.clone(), dev.clone());
+        threads.push(spawn(
+            format!("fuse-dev-{i}"),
+            Box::new(move || serve_dev(&d, &dev)),
+        ));
+    }
+    if ring {
+        let online = fuse_dev::online_cpus();
+        let offline: Vec<u16> = fuse_dev::possible_cpus()
+            .into_iter()
+            .filter(|c| !online.contains(c))
+            .map(|c| c as u16)
+            .collect();
+        for (n, &cpu) in online.iter().enumerate() {
+            for t in 0..THREADS_PER_CPU {
+                let mut queues = vec![cpu as u16];
+                // The queues of CPUs that are offline now still need an entry each.
+                if n == 0 && t == 0 {
+                    queues.extend(&offline);
+                }
+                let (d, dev, registered) = (d.clone(), dev.clone(), registered.clone());
+                threads.push(spawn(
+                    format!("fuse-ring-{cpu}-{t}"),
+                    Box::new(move || {
+                        if let Err(e) = fuse_dev::pin_thread_to(cpu) {
+                            log::debug!("pinning to CPU {cpu}: {e}");
+                        }
+                        serve_ring(&d, &dev, &queues, registered)
+                    }),
+                ));
+            }
+        }
+    }
+    drop(registered);
+    if threads.iter().any(|t| t.is_err()) {
+        // A queue or the reader has no thread: end the connection rather than hang.
+        let _ = crate::sys::umount_detach(&plan.mountpoint);
+    }
+    // Usable once every ring thread has its entries in the kernel's queues (a refused
+    // registration turns the ring off: the kernel sends everything to /dev/fuse then).
+    let ring_threads = threads[readers..].iter().filter(|t| t.is_ok()).count();
+    for _ in 0..ring_threads {
+        match registrations.recv_timeout(std::time::Duration::from_secs(10)) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                log::warn!("io_uring registration refused ({e}): requests come through /dev/fuse")
+            }
+            Err(_) => {
+                log::warn!("a ring thread did not register its entries");
+                break;
+            }
+        }
+    }
+    ready(Ok(()));
+    let mut first_error = None;
+    for t in threads {
+        match t {
+            Ok(h) => match h.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    log::warn!("FUSE thread: {e}");
+                    first_error.get_or_insert(e);
+                }
+                Err(_) => {
+                    first_error.get_or_insert(io::Error::other("a FUSE thread panicked"));
+                }
+            },
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    fs.finish();
+    match first_error {
+        Some(e) => Err(Error::new(format!("session ended with error: {e}"))),
+        None => Ok(()),
+    }
+}

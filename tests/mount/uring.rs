@@ -1,0 +1,153 @@
+//! `-o uring`: FUSE over io_uring. The whole mount and differential suites run again with
+//! it (scripts/test sets `LAYERFS_TEST_OPTIONS=uring`); this pins what only the ring has:
+//! two ring threads per online CPU, each pinned to its CPU (a request is answered on the
+//! caller's CPU), the `enable_uring` switch put back as it was, and the operations whose
+//! requests carry the most (large writes, names, xattrs) answered correctly.
+
+use std::fs;
+use std::io::{Read, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::Path;
+
+use support::files::*;
+use support::fingerprint::*;
+use support::privilege::*;
+use support::procs::*;
+use support::stack::*;
+
+const ENABLE_URING: &str = "/sys/module/fuse/parameters/enable_uring";
+
+fn cpu_list(s: &str) -> Vec<usize> {
+    let mut out = Vec::new();
+    for part in s.trim().split(',').filter(|p| !p.is_empty()) {
+        let (a, b) = part.split_once('-').unwrap_or((part, part));
+        out.extend(a.parse::<usize>().unwrap()..=b.parse::<usize>().unwrap());
+    }
+    out
+}
+
+/// (thread name, CPUs it may run on) of every thread of `pid`.
+fn threads(pid: u32) -> Vec<(String, String)> {
+    let mut v = Vec::new();
+    for t in fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let t = t.unwrap().path();
+        let name = fs::read_to_string(t.join("comm")).unwrap_or_default();
+        let status = fs::read_to_string(t.join("status")).unwrap_or_default();
+        let cpus = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+            .unwrap_or("")
+            .trim()
+            .to_string();
+        v.push((name.trim().to_string(), cpus));
+    }
+    v
+}
+
+#[test]
+fn uring_serves_from_ring_threads_on_every_cpu_and_answers_every_kind_of_request() {
+    if skip_unless_root() {
+        return;
+    }
+    let switch_before = fs::read_to_string(ENABLE_URING)
+        .expect("this kernel has FUSE over io_uring (fuse module parameter enable_uring)");
+    let t = tempfile::tempdir().unwrap();
+    let l = t.path().join("l");
+    fs::create_dir_all(l.join("d")).unwrap();
+    write(&l.join("d/f"), b"lower bytes\n");
+    symlink("f", &l.join("d/ln"));
+    let s = rw_stack(t.path(), std::slice::from_ref(&l), "u");
+    let check = LowersUnchanged::record(std::slice::from_ref(&l));
+    let m = t.path().join("m");
+    let g = mount_layerfs(&s, &m, &["uring"]);
+
+    // Ring threads: two per online CPU, pinned to it.
+    let pid = daemon_pid(&m).expect("the daemon of the mount");
+    let online = cpu_list(&fs::read_to_string("/sys/devices/system/cpu/online").unwrap());
+    let ring: Vec<(String, String)> = threads(pid)
+        .into_iter()
+        .filter(|(n, _)| n.starts_with("fuse-ring-"))
+        .collect();
+    assert_eq!(ring.len(), 2 * online.len(), "ring threads: {ring:?}");
+    for (name, cpus) in &ring {
+        let cpu = name
+            .trim_start_matches("fuse-ring-")
+            .split('-')
+            .next()
+            .unwrap();
+        assert_eq!(cpus, cpu, "{name} runs on CPUs {cpus}");
+    }
+    assert_eq!(
+        fs::read_to_string(ENABLE_URING).unwrap(),
+        switch_before,
+        "enable_uring put back after the mount's INIT"
+    );
+
+    // Names, a copy-up, a write larger than one request (3 MiB, in 1 MiB WRITEs).
+    assert_eq!(fs::read(m.join("d/f")).unwrap(), b"lower bytes\n");
+    assert_eq!(fs::read_link(m.join("d/ln")).unwrap(), Path::new("f"));
+    let mut f = fs::OpenOptions::new()
+        .append(true)
+        .open(m.join("d/f"))
+        .unwrap();
+    f.write_all(b"appended\n").unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    assert_eq!(fs::read(m.join("d/f")).unwrap(), b"lower bytes\nappended\n");
+    let big: Vec<u8> = (0..3 << 20).map(|i: u32| (i % 251) as u8).collect();
+    let mut w = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o640)
+        .open(m.join("big"))
+        .unwrap();
+    w.write_all(&big).unwrap();
+    drop(w);
+    let mut back = Vec::new();
+    fs::File::open(m.join("big"))
+        .unwrap()
+        .read_to_end(&mut back)
+        .unwrap();
+    assert!(
+        back == big,
+        "3 MiB written over the ring read back different"
+    );
+    assert_eq!(fs::metadata(m.join("big")).unwrap().mode() & 0o7777, 0o640);
+
+    // Directories, renames, links, xattrs, removal.
+    fs::create_dir(m.join("n")).unwrap();
+    fs::rename(m.join("big"), m.join("n/moved")).unwrap();
+    fs::hard_link(m.join("n/moved"), m.join("n/again")).unwrap();
+    assert_eq!(fs::metadata(m.join("n/again")).unwrap().nlink(), 2);
+    xattr_set(&m.join("n/moved"), "user.k", b"v");
+    assert_eq!(
+        xattr_get(&m.join("n/again"), "user.k").as_deref(),
+        Some(&b"v"[..])
+    );
+    let mut names: Vec<String> = fs::read_dir(m.join("n"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["again", "moved"]);
+    fs::remove_file(m.join("d/ln")).unwrap();
+    assert_eq!(lstat(&m.join("d/ln")).err(), Some(libc::ENOENT));
+    fs::remove_dir_all(m.join("n")).unwrap();
+    assert!(!m.join("n").exists());
+    let st = rustix::fs::statfs(&m).unwrap();
+    assert!(st.f_blocks > 0);
+
+    drop(g);
+    assert_eq!(check.diffs(), Vec::<String>::new(), "a lower layer changed");
+}
+
+fn xattr_set(p: &Path, name: &str, value: &[u8]) {
+    rustix::fs::lsetxattr(p, name, value, rustix::fs::XattrFlags::empty()).unwrap();
+}
+
+fn xattr_get(p: &Path, name: &str) -> Option<Vec<u8>> {
+    let mut buf = vec![0u8; 256];
+    let n = rustix::fs::lgetxattr(p, name, &mut buf).ok()?;
+    buf.truncate(n);
+    Some(buf)
+}
