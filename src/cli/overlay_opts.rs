@@ -23,8 +23,8 @@ pub struct OverlayArgs {
     /// Explicit `passthrough=off|upper|all` (`on` = `upper`); `None` means automatic.
     pub passthrough: Option<PassthroughMode>,
     pub threads: Option<usize>,
-    /// `uring`: serve over FUSE's io_uring transport.
-    pub uring: bool,
+    /// `uring[=on|off]`: FUSE's io_uring transport; `None`: automatic (on as root).
+    pub uring: Option<bool>,
     /// Entry/attribute timeout in seconds for objects that may change.
     pub timeout: Option<f64>,
     pub writeback: bool,
@@ -291,10 +291,10 @@ fn apply_opt(a: &mut OverlayArgs, opt: &str) -> Result<(), String> {
         "readdirplus" => a.readdirplus = bool_value(key, &need(val)?)?,
         "prefetch" => a.prefetch = bool_value(key, &need(val)?)?,
         "uring" => {
-            a.uring = match val {
+            a.uring = Some(match val {
                 None => true,
                 Some(v) => bool_value(key, v)?,
-            }
+            })
         }
         "threads" | "threaded" => {
             let v = need(val)?;
@@ -451,10 +451,10 @@ Options (fuse-overlayfs compatible):
                      far fewer lookups; the kernel caches listings either way)
   prefetch=on|off    after a listing, read its subdirectories in the background, so a
                      walk on a cold disk overlaps reads with round trips (default on)
-  uring[=on|off]     (root) serve over FUSE's io_uring transport: each request is
-                     answered on the caller's CPU (first lookups, opens, creates and
-                     unlinks cost 2-3x less); turns the fuse module's enable_uring on
-                     for the mount's start; /dev/fuse where the kernel lacks it
+  uring=on|off       FUSE's io_uring transport (default on as root where the kernel
+                     has it): each request is answered on the caller's CPU (first
+                     lookups, opens and unlinks cost 2-3x less); the fuse module's
+                     enable_uring is switched on for the mount's start. off: /dev/fuse
   timeout=SECONDS    attribute/entry cache time for writable objects
   uidmapping=HOST:TO:LEN[:...], gidmapping=...  on-disk ids HOST.. are shown as TO..
   squash_to_root, squash_to_uid=N, squash_to_gid=N  report every file as owned by N

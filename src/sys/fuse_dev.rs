@@ -5,7 +5,7 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 
 use io_uring::{IoUring, cqueue, opcode, squeue, types};
@@ -129,19 +129,31 @@ pub fn online_cpus() -> Vec<usize> {
     if v.is_empty() { vec![0] } else { v }
 }
 
+/// Held while a mount's INIT has the switch on: layerfs mounts that start together take
+/// turns, so none puts the parameter back while another's INIT still needs it.
+const SWITCH_LOCK: &str = "/run/layerfs-enable-uring.lock";
+
 /// The `enable_uring` module parameter turned on for as long as this lives (a mount's
 /// INIT), and put back as it was.
 pub struct UringSwitch {
     old: String,
+    _turn: Option<std::fs::File>,
 }
 
 impl UringSwitch {
     pub fn on() -> io::Result<UringSwitch> {
+        let turn = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(SWITCH_LOCK)
+            .ok()
+            .filter(|f| super::flock_exclusive(f.as_fd(), true).is_ok());
         let old = std::fs::read_to_string(ENABLE_URING)?.trim().to_string();
         if old != "Y" {
             std::fs::write(ENABLE_URING, "Y")?;
         }
-        Ok(UringSwitch { old })
+        Ok(UringSwitch { old, _turn: turn })
     }
 }
 

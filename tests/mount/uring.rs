@@ -1,8 +1,9 @@
-//! `-o uring`: FUSE over io_uring. The whole mount and differential suites run again with
-//! it (scripts/test sets `LAYERFS_TEST_OPTIONS=uring`); this pins what only the ring has:
-//! two ring threads per online CPU, each pinned to its CPU (a request is answered on the
-//! caller's CPU), the `enable_uring` switch put back as it was, and the operations whose
-//! requests carry the most (large writes, names, xattrs) answered correctly.
+//! FUSE over io_uring, the default as root (`uring=off`: /dev/fuse). The mount and
+//! differential suites run over both (scripts/test runs them again with
+//! `LAYERFS_TEST_OPTIONS=uring=off`); this pins what only the ring has: two ring threads
+//! per online CPU, each pinned to its CPU (a request is answered on the caller's CPU),
+//! the `enable_uring` switch put back as it was, the operations whose requests carry the
+//! most (large writes, names, xattrs) answered correctly, and no ring with `uring=off`.
 
 use std::fs;
 use std::io::{Read, Write};
@@ -59,7 +60,7 @@ fn uring_serves_from_ring_threads_on_every_cpu_and_answers_every_kind_of_request
     let s = rw_stack(t.path(), std::slice::from_ref(&l), "u");
     let check = LowersUnchanged::record(std::slice::from_ref(&l));
     let m = t.path().join("m");
-    let g = mount_layerfs(&s, &m, &["uring"]);
+    let g = mount_layerfs(&s, &m, &["uring=on"]);
 
     // Ring threads: two per online CPU, pinned to it.
     let pid = daemon_pid(&m).expect("the daemon of the mount");
@@ -137,6 +138,17 @@ fn uring_serves_from_ring_threads_on_every_cpu_and_answers_every_kind_of_request
     let st = rustix::fs::statfs(&m).unwrap();
     assert!(st.f_blocks > 0);
 
+    drop(g);
+
+    // uring=off: fuser's /dev/fuse session, no ring thread.
+    let g = mount_layerfs(&s, &m, &["uring=off"]);
+    let pid = daemon_pid(&m).expect("the daemon of the mount");
+    assert_eq!(fs::read(m.join("d/f")).unwrap(), b"lower bytes\nappended\n");
+    let names: Vec<String> = threads(pid).into_iter().map(|(n, _)| n).collect();
+    assert!(
+        !names.iter().any(|n| n.starts_with("fuse-ring-")),
+        "uring=off has ring threads: {names:?}"
+    );
     drop(g);
     assert_eq!(check.diffs(), Vec::<String>::new(), "a lower layer changed");
 }

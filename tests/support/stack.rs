@@ -64,17 +64,14 @@ impl Stack {
         opts
     }
 
-    /// The options of a layerfs mount: `options`, and `LAYERFS_TEST_OPTIONS` when set
-    /// (scripts/test runs the mount suites again with `uring`).
+    /// The options of a layerfs mount: `options`, with `LAYERFS_TEST_OPTIONS` (when set)
+    /// before the test's own, which win (scripts/test runs the mount suites again with
+    /// `uring=off`).
     pub fn layerfs_options(&self, extra: &[&str]) -> String {
-        let mut opts = self.options("", extra);
-        if let Ok(more) = std::env::var("LAYERFS_TEST_OPTIONS")
-            && !more.is_empty()
-        {
-            opts.push(',');
-            opts.push_str(&more);
-        }
-        opts
+        let more = std::env::var("LAYERFS_TEST_OPTIONS").unwrap_or_default();
+        let mut all: Vec<&str> = more.split(',').filter(|o| !o.is_empty()).collect();
+        all.extend_from_slice(extra);
+        self.options("", &all)
     }
 }
 

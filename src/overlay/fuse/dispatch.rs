@@ -638,3 +638,98 @@ impl DirPlusReply for PlusOut<'_> {
         !fits
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::overlay::ROOT_INO;
+
+    fn header(opcode: u32, nodeid: u64) -> InHeader {
+        InHeader {
+            opcode,
+            nodeid,
+            unique: 7,
+            ..InHeader::default()
+        }
+    }
+
+    fn dispatcher(lower: std::path::PathBuf) -> Dispatcher {
+        let fs = OverlayFs::new(crate::overlay::Options::new(vec![lower], None, None)).unwrap();
+        let dev: OwnedFd = std::fs::File::open("/dev/null").unwrap().into();
+        Dispatcher::new(Arc::new(fs), FuseOptions::default(), Arc::new(dev))
+    }
+
+    fn u64_at(b: &[u8], at: usize) -> u64 {
+        u64::from_ne_bytes(b[at..at + 8].try_into().unwrap())
+    }
+
+    #[test]
+    fn lookups_answer_entries_and_negative_entries_with_node_id_zero() {
+        let t = tempfile::tempdir().unwrap();
+        let lower = t.path().join("l");
+        std::fs::create_dir_all(&lower).unwrap();
+        std::fs::write(lower.join("f"), b"12345").unwrap();
+        let d = dispatcher(lower);
+        let mut out = Vec::new();
+        let a = d.handle(&header(wire::LOOKUP, ROOT_INO), &[], b"f\0", &mut out);
+        assert!(matches!(a, Answer::Ok));
+        assert_eq!(out.len(), 128);
+        let ino = u64_at(&out, 0);
+        assert_ne!(ino, 0);
+        assert_eq!(u64_at(&out, 40 + 8), 5, "size in the entry's attributes");
+        let a = d.handle(&header(wire::LOOKUP, ROOT_INO), &[], b"nope\0", &mut out);
+        assert!(matches!(a, Answer::Ok));
+        assert_eq!(u64_at(&out, 0), 0, "a negative entry");
+        // A name without its NUL, and a short fixed argument, are refused.
+        let a = d.handle(&header(wire::LOOKUP, ROOT_INO), &[], b"f", &mut out);
+        assert!(matches!(a, Answer::Err(libc::EINVAL)));
+        let a = d.handle(&header(wire::GETATTR, ino), &[0; 4], &[], &mut out);
+        assert!(matches!(a, Answer::Err(libc::EINVAL)));
+        // FORGET has no answer; an unknown opcode is ENOSYS.
+        let forget = 1u64.to_ne_bytes();
+        let a = d.handle(&header(wire::FORGET, ino), &forget, &[], &mut out);
+        assert!(matches!(a, Answer::None));
+        let a = d.handle(&header(4096, ROOT_INO), &[], &[], &mut out);
+        assert!(matches!(a, Answer::Err(libc::ENOSYS)));
+    }
+
+    #[test]
+    fn listings_fill_the_buffer_the_kernel_offers_and_resume_at_the_last_offset() {
+        let t = tempfile::tempdir().unwrap();
+        let lower = t.path().join("l");
+        std::fs::create_dir_all(&lower).unwrap();
+        for i in 0..20 {
+            std::fs::write(lower.join(format!("file{i:02}")), b"x").unwrap();
+        }
+        let d = dispatcher(lower);
+        let mut names = Vec::new();
+        let mut offset = 0u64;
+        let mut out = Vec::new();
+        loop {
+            // struct fuse_read_in: fh, offset, size (a buffer of 100 bytes: 3 entries).
+            let mut arg = Vec::new();
+            arg.extend_from_slice(&0u64.to_ne_bytes());
+            arg.extend_from_slice(&offset.to_ne_bytes());
+            arg.extend_from_slice(&100u32.to_ne_bytes());
+            arg.resize(40, 0);
+            let a = d.handle(&header(wire::READDIR, ROOT_INO), &arg, &[], &mut out);
+            assert!(matches!(a, Answer::Ok));
+            assert!(out.len() <= 100);
+            if out.is_empty() {
+                break;
+            }
+            let mut at = 0;
+            while at < out.len() {
+                let off = u64_at(&out, at + 8);
+                let len = u32::from_ne_bytes(out[at + 16..at + 20].try_into().unwrap()) as usize;
+                names.push(String::from_utf8(out[at + 24..at + 24 + len].to_vec()).unwrap());
+                offset = off;
+                at += (24 + len).div_ceil(8) * 8;
+            }
+        }
+        names.retain(|n| n != "." && n != "..");
+        names.sort();
+        let want: Vec<String> = (0..20).map(|i| format!("file{i:02}")).collect();
+        assert_eq!(names, want, "every name once across the batches");
+    }
+}

@@ -50,8 +50,10 @@ pub struct MountRequest {
     pub prefetch: bool,
     /// Request threads; `None`: one per core (2 to 16).
     pub threads: Option<usize>,
-    /// Serve over FUSE's io_uring transport (root; falls back to `/dev/fuse`).
-    pub uring: bool,
+    /// FUSE's io_uring transport: `None` automatic (as root, where the kernel has it),
+    /// `Some(false)` never (`uring=off`), `Some(true)` asked for (a warning where it
+    /// cannot be had).
+    pub uring: Option<bool>,
     pub fsname: Option<String>,
     pub noexec: bool,
     pub nodev: bool,

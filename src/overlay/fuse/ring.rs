@@ -187,10 +187,11 @@ fn serve_dev(d: &Dispatcher, dev: &OwnedFd) -> io::Result<()> {
     Ok(())
 }
 
-/// Requests that may copy data (a copy-up, a write, an fsync) or read it: served in
-/// `SCHED_OTHER`, so that other work on the CPU does not starve them. The rest — lookups,
-/// attributes, listings, read-only opens, releases — are answered within microseconds
-/// and stay in `SCHED_IDLE` (see `fuse_dev::set_thread_sched_idle`).
+/// Requests that may take long — copy data (a copy-up, a write, an fsync), read it, or
+/// build a listing (thousands of names): served in `SCHED_OTHER`, so that other work on
+/// the CPU does not starve them (a `SCHED_IDLE` thread gets a tiny share of a busy CPU).
+/// The rest — lookups, attributes, read-only opens, releases — are answered within
+/// microseconds and stay in `SCHED_IDLE` (see `fuse_dev::set_thread_sched_idle`).
 fn may_take_long(opcode: u32, arg: &[u8]) -> bool {
     match opcode {
         wire::OPEN => {
@@ -204,6 +205,8 @@ fn may_take_long(opcode: u32, arg: &[u8]) -> bool {
         | wire::RENAME
         | wire::RENAME2
         | wire::READ
+        | wire::READDIR
+        | wire::READDIRPLUS
         | wire::WRITE
         | wire::FSYNC
         | wire::FSYNCDIR
@@ -423,16 +426,30 @@ pub fn serve(
     // Usable once every ring thread has its entries in the kernel's queues (a refused
     // registration turns the ring off: the kernel sends everything to /dev/fuse then).
     let ring_threads = threads[readers..].iter().filter(|t| t.is_ok()).count();
+    let mut refused = false;
     for _ in 0..ring_threads {
         match registrations.recv_timeout(std::time::Duration::from_secs(10)) {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
-                log::warn!("io_uring registration refused ({e}): requests come through /dev/fuse")
+                log::warn!("io_uring registration refused ({e}): requests come through /dev/fuse");
+                refused = true;
             }
             Err(_) => {
                 log::warn!("a ring thread did not register its entries");
+                refused = true;
                 break;
             }
+        }
+    }
+    if refused {
+        // The kernel turned the ring off for this connection: serve /dev/fuse as a
+        // mount without the ring would.
+        for i in readers..readers + fuse_dev::online_cpus().len().max(2) {
+            let (d, dev) = (d.clone(), dev.clone());
+            threads.push(spawn(
+                format!("fuse-dev-{i}"),
+                Box::new(move || serve_dev(&d, &dev)),
+            ));
         }
     }
     ready(Ok(()));
@@ -458,5 +475,67 @@ pub fn serve(
     match first_error {
         Some(e) => Err(Error::new(format!("session ended with error: {e}"))),
         None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn init_arg(flags: u64) -> Vec<u8> {
+        let mut a = Vec::new();
+        for v in [7u32, 42, 128 << 10, flags as u32, (flags >> 32) as u32] {
+            a.extend_from_slice(&v.to_ne_bytes());
+        }
+        a.resize(64, 0);
+        a
+    }
+
+    #[test]
+    fn init_asks_for_the_ring_and_passthrough_only_when_offered() {
+        let opts = FuseOptions {
+            passthrough: super::super::request::PassthroughMode::All,
+            ..FuseOptions::default()
+        };
+        let all = wire::INIT_EXT | wire::OVER_IO_URING | wire::PASSTHROUGH | wire::ASYNC_READ;
+        let (out, ring, pt) = init_answer(&init_arg(all), &opts).unwrap();
+        assert_eq!(out.len(), 64);
+        assert!(ring && pt);
+        let flags2 = u32::from_ne_bytes(out[32..36].try_into().unwrap()) as u64;
+        assert_ne!(flags2 << 32 & wire::OVER_IO_URING, 0);
+        let (_, ring, pt) =
+            init_answer(&init_arg(wire::INIT_EXT | wire::ASYNC_READ), &opts).unwrap();
+        assert!(!ring && !pt, "nothing the kernel did not offer");
+        assert!(init_answer(&[0; 8], &opts).is_none(), "a short INIT");
+    }
+
+    #[test]
+    fn only_requests_that_may_take_long_leave_the_idle_policy() {
+        let open = |flags: i32| may_take_long(wire::OPEN, &(flags as u32).to_ne_bytes());
+        assert!(!open(libc::O_RDONLY));
+        assert!(open(libc::O_WRONLY));
+        assert!(open(libc::O_RDONLY | libc::O_TRUNC));
+        assert!(!may_take_long(wire::LOOKUP, &[]));
+        assert!(!may_take_long(wire::GETATTR, &[0; 16]));
+        assert!(may_take_long(wire::READDIRPLUS, &[0; 40]));
+        assert!(may_take_long(wire::WRITE, &[0; 40]));
+    }
+
+    #[test]
+    fn a_dev_fuse_request_splits_at_its_fixed_argument() {
+        let mut r = Vec::new();
+        for v in [40u32 + 8 + 2, wire::MKDIR] {
+            r.extend_from_slice(&v.to_ne_bytes());
+        }
+        r.resize(40, 0);
+        r.extend_from_slice(&0o755u32.to_ne_bytes());
+        r.extend_from_slice(&0u32.to_ne_bytes());
+        r.extend_from_slice(b"d\0");
+        r.push(0xff); // past the header's length: not part of the request
+        let (h, arg, payload) = split(&r[..r.len()]).unwrap();
+        assert_eq!(h.opcode, wire::MKDIR);
+        assert_eq!(arg.len(), 8);
+        assert_eq!(payload, b"d\0");
+        assert!(split(&r[..20]).is_none());
     }
 }

@@ -129,15 +129,17 @@ pub fn serve_on(
         }
     };
     let writable = fs.is_writable();
-    if a.uring {
+    if a.uring != Some(false) {
         if outside.is_none() && sys::is_privileged() && ring::available() {
             sys::block_signals(&STOP_SIGNALS);
             watch_signals(plan.mountpoint.clone(), None)?;
             return ring::serve(&plan, a, fs.clone(), !fs.owner_is_root(), ready);
         }
-        log::warn!(
-            "uring: FUSE over io_uring needs root and a kernel with it (fuse module parameter enable_uring): serving /dev/fuse"
-        );
+        if a.uring == Some(true) {
+            log::warn!(
+                "uring: FUSE over io_uring needs root and a kernel with it (fuse module parameter enable_uring): serving /dev/fuse"
+            );
+        }
     }
     let adapter = FuseAdapter::new(fs.clone(), a.fuse_options());
     let config = mount_config(a, writable, !fs.owner_is_root());
