@@ -243,18 +243,21 @@ impl<'d> FuseRing<'d> {
         }
         r.ring.submit()?;
         // A refused registration completes at once; a request may already have come.
-        let done: Vec<(usize, i32)> = r
-            .ring
-            .completion()
-            .map(|c| (c.user_data() as usize, c.result()))
-            .collect();
-        for (i, res) in done {
+        for (i, res) in r.completions() {
             if res < 0 {
                 return Err(io::Error::from_raw_os_error(-res));
             }
             r.ready.push_back(i);
         }
         Ok(r)
+    }
+
+    /// The completions waiting: (entry, result).
+    fn completions(&mut self) -> Vec<(usize, i32)> {
+        self.ring
+            .completion()
+            .map(|c| (c.user_data() as usize, c.result()))
+            .collect()
     }
 
     fn push(&mut self, i: usize, cmd_op: u32, commit_id: u64) -> io::Result<()> {
@@ -300,12 +303,7 @@ impl<'d> FuseRing<'d> {
                 Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
                 Err(e) => return Err(e),
             }
-            let done: Vec<(usize, i32)> = self
-                .ring
-                .completion()
-                .map(|c| (c.user_data() as usize, c.result()))
-                .collect();
-            for (i, res) in done {
+            for (i, res) in self.completions() {
                 if res < 0 {
                     self.live -= 1;
                     if !matches!(

@@ -499,20 +499,8 @@ impl Dispatcher {
             .passthrough
             .attach(&self.fs, ino, o.fh, writes, |f| self.backing(f))
         {
-            Ok(Attach::Passthrough(b)) => {
-                wire::open_out(
-                    out,
-                    o.fh,
-                    wire::FOPEN_NOFLUSH | wire::FOPEN_PASSTHROUGH,
-                    b.id,
-                );
-                Answer::Ok
-            }
-            Ok(Attach::Cached) => {
-                let f = wire::FOPEN_KEEP_CACHE | wire::FOPEN_NOFLUSH | direct;
-                wire::open_out(out, o.fh, f, 0);
-                Answer::Ok
-            }
+            Ok(Attach::Passthrough(b)) => open_answer(out, o.fh, Some(&b), 0),
+            Ok(Attach::Cached) => open_answer(out, o.fh, None, direct),
             Ok(Attach::Supersede) => {
                 self.fs.release(o.fh);
                 match self.fs.supersede(ino) {
@@ -553,19 +541,11 @@ impl Dispatcher {
         {
             Ok(Attach::Passthrough(b)) => {
                 wire::entry(out, e.attr.ino, e.generation, ttl, &e.attr);
-                wire::open_out(
-                    out,
-                    o.fh,
-                    wire::FOPEN_NOFLUSH | wire::FOPEN_PASSTHROUGH,
-                    b.id,
-                );
-                Answer::Ok
+                open_answer(out, o.fh, Some(&b), 0)
             }
             Ok(Attach::Cached) => {
                 wire::entry(out, e.attr.ino, e.generation, ttl, &e.attr);
-                let f = wire::FOPEN_KEEP_CACHE | wire::FOPEN_NOFLUSH;
-                wire::open_out(out, o.fh, f, 0);
-                Answer::Ok
+                open_answer(out, o.fh, None, 0)
             }
             Ok(Attach::Supersede) => {
                 self.fs.release(o.fh);
@@ -579,6 +559,19 @@ impl Dispatcher {
             }
         }
     }
+}
+
+/// The `fuse_open_out` of a handle: straight to its backing file, or through the
+/// daemon and the kernel's page cache (which stays valid across opens: every write goes
+/// through us), with `direct` (`FOPEN_DIRECT_IO` or nothing). No FLUSH on close: the
+/// daemon buffers no writes.
+fn open_answer(out: &mut Vec<u8>, fh: u64, backing: Option<&DevBacking>, direct: u32) -> Answer {
+    let (flags, id) = match backing {
+        Some(b) => (wire::FOPEN_NOFLUSH | wire::FOPEN_PASSTHROUGH, b.id),
+        None => (wire::FOPEN_KEEP_CACHE | wire::FOPEN_NOFLUSH | direct, 0),
+    };
+    wire::open_out(out, fh, flags, id);
+    Answer::Ok
 }
 
 /// A READDIR answer being filled.
