@@ -6,6 +6,7 @@
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use io_uring::{IoUring, cqueue, opcode, squeue, types};
@@ -129,6 +130,22 @@ pub fn online_cpus() -> Vec<usize> {
     if v.is_empty() { vec![0] } else { v }
 }
 
+/// Whether this process can make the rings the transport needs (io_uring may be
+/// switched off, `kernel.io_uring_disabled`, or refused by a seccomp filter). Asked before
+/// INIT: a connection granted the ring sends nothing until every queue has an entry.
+pub fn io_uring_usable() -> bool {
+    let mut b = IoUring::<squeue::Entry128, cqueue::Entry>::builder();
+    b.setup_single_issuer().setup_defer_taskrun();
+    b.build(1).is_ok()
+}
+
+/// Turn the ring off for a connection that cannot have an entry on every queue (a thread
+/// could not make its ring): a registration the kernel refuses does that, and it then
+/// sends every request through `/dev/fuse`.
+pub fn refuse_ring(dev: BorrowedFd<'_>) {
+    let _ = FuseRing::register(dev, &[u16::MAX], 8192);
+}
+
 /// Held while a mount's INIT has the switch on: layerfs mounts that start together take
 /// turns, so none puts the parameter back while another's INIT still needs it.
 const SWITCH_LOCK: &str = "/run/layerfs-enable-uring.lock";
@@ -142,10 +159,13 @@ pub struct UringSwitch {
 
 impl UringSwitch {
     pub fn on() -> io::Result<UringSwitch> {
+        // Root's alone (the daemon runs with umask 0): nobody else can hold the turn.
         let turn = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(SWITCH_LOCK)
             .ok()
             .filter(|f| super::flock_exclusive(f.as_fd(), true).is_ok());

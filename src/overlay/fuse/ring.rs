@@ -69,9 +69,10 @@ impl Notify for DevNotifier {
     }
 }
 
-/// Whether this kernel has FUSE over io_uring that root can switch on.
+/// Whether this kernel has FUSE over io_uring that root can switch on, and io_uring
+/// works for this process.
 pub fn available() -> bool {
-    Path::new("/sys/module/fuse/parameters/enable_uring").exists()
+    Path::new("/sys/module/fuse/parameters/enable_uring").exists() && fuse_dev::io_uring_usable()
 }
 
 fn mount_flags(a: &MountRequest, writable: bool) -> rustix::mount::MountFlags {
@@ -238,8 +239,9 @@ fn serve_ring(
             r
         }
         Err(e) => {
-            let _ = registered.send(Err(io::Error::new(e.kind(), e.to_string())));
-            return Err(e);
+            // The session falls back to /dev/fuse; nothing for this thread to do.
+            let _ = registered.send(Err(e));
+            return Ok(());
         }
     };
     idle_priority(true);
@@ -442,8 +444,10 @@ pub fn serve(
         }
     }
     if refused {
-        // The kernel turned the ring off for this connection: serve /dev/fuse as a
-        // mount without the ring would.
+        // The kernel turned the ring off for this connection (a refused registration
+        // does; one that never came is made to): serve /dev/fuse as a mount without the
+        // ring would.
+        fuse_dev::refuse_ring(dev.as_fd());
         for i in readers..readers + fuse_dev::online_cpus().len().max(2) {
             let (d, dev) = (d.clone(), dev.clone());
             threads.push(spawn(

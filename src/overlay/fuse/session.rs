@@ -137,7 +137,7 @@ pub fn serve_on(
         }
         if a.uring == Some(true) {
             log::warn!(
-                "uring: FUSE over io_uring needs root and a kernel with it (fuse module parameter enable_uring): serving /dev/fuse"
+                "uring: FUSE over io_uring needs root, a kernel with it (fuse module parameter enable_uring) and io_uring allowed (kernel.io_uring_disabled): serving /dev/fuse"
             );
         }
     }
