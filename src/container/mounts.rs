@@ -93,11 +93,13 @@ pub(crate) struct ContainerMount {
 }
 
 /// Whether the daemon behind a FUSE mountpoint still answers (`statfs` is never
-/// answered from the kernel's caches, unlike `stat`).
+/// answered from the kernel's caches, unlike `stat`). A dead daemon's mount answers
+/// `ENOTCONN` (`ECONNABORTED` once aborted); one served over io_uring answers `ECANCELED`
+/// while the kernel tears the dead daemon's ring down, before the connection ends.
 pub(crate) fn is_live(path: &Path) -> bool {
     !matches!(
         sys::statfs_path(path),
-        Err(Errno::NOTCONN) | Err(Errno::CONNABORTED)
+        Err(Errno::NOTCONN) | Err(Errno::CONNABORTED) | Err(Errno::CANCELED)
     )
 }
 
