@@ -69,10 +69,22 @@ impl Notify for DevNotifier {
     }
 }
 
-/// Whether this kernel has FUSE over io_uring that root can switch on, and io_uring
-/// works for this process.
-pub fn available() -> bool {
-    Path::new("/sys/module/fuse/parameters/enable_uring").exists() && fuse_dev::io_uring_usable()
+/// The `enable_uring` switch turned on for a mount's start, if this kernel has FUSE over
+/// io_uring, io_uring works for this process, and the switch can be set (`/sys` may be
+/// read-only in a container); `None`: serve `/dev/fuse`.
+pub fn switch_on() -> Option<UringSwitch> {
+    if !Path::new("/sys/module/fuse/parameters/enable_uring").exists()
+        || !fuse_dev::io_uring_usable()
+    {
+        return None;
+    }
+    match UringSwitch::on() {
+        Ok(s) => Some(s),
+        Err(e) => {
+            log::info!("FUSE over io_uring cannot be switched on ({e}): serving /dev/fuse");
+            None
+        }
+    }
 }
 
 fn mount_flags(a: &MountRequest, writable: bool) -> rustix::mount::MountFlags {
@@ -274,11 +286,13 @@ fn serve_ring(
 
 /// Mount `plan` over a connection of our own, answer INIT, and serve it (over the ring
 /// when the kernel grants it). Returns once the filesystem is unmounted.
+/// `switch`: `enable_uring` on until INIT is answered (`switch_on`).
 pub fn serve(
     plan: &MountPlan,
     a: &MountRequest,
     fs: Arc<OverlayFs>,
     kernel_checks: bool,
+    switch: UringSwitch,
     ready: impl FnOnce(std::result::Result<(), &Error>),
 ) -> Result<()> {
     let failed = |what: &str, e: io::Error| {
@@ -296,12 +310,6 @@ pub fn serve(
             return Err(err);
         }
     };
-    // The kernel offers the ring in INIT, and grants it in the answer, only while the
-    // module parameter is on; it may go back off once INIT is answered.
-    let switch = UringSwitch::on();
-    if let Err(e) = &switch {
-        log::warn!("FUSE over io_uring cannot be switched on ({e}): serving /dev/fuse");
-    }
     let writable = fs.is_writable();
     let mut options = vec![
         "rootmode=40000".to_string(),
@@ -385,7 +393,11 @@ pub fn serve(
         std::thread::Builder::new().name(name).spawn(f)
     };
     // /dev/fuse readers: FORGET and INTERRUPT with the ring, everything without it.
-    let readers = if ring { 1 } else { THREADS_PER_CPU.max(2) };
+    let readers = if ring {
+        1
+    } else {
+        fuse_dev::online_cpus().len().clamp(2, 16)
+    };
     for i in 0..readers {
         let (d, dev) = (d.clone(), dev.clone());
         threads.push(spawn(

@@ -130,14 +130,22 @@ pub fn serve_on(
     };
     let writable = fs.is_writable();
     if a.uring != Some(false) {
-        if outside.is_none() && sys::is_privileged() && ring::available() {
+        // The kernel offers the ring in INIT, and grants it in the answer, only while the
+        // module parameter is on; it goes back once INIT is answered.
+        let switch = if outside.is_none() && sys::is_privileged() {
+            ring::switch_on()
+        } else {
+            None
+        };
+        if let Some(switch) = switch {
             sys::block_signals(&STOP_SIGNALS);
             watch_signals(plan.mountpoint.clone(), None)?;
-            return ring::serve(&plan, a, fs.clone(), !fs.owner_is_root(), ready);
+            let checks = !fs.owner_is_root();
+            return ring::serve(&plan, a, fs.clone(), checks, switch, ready);
         }
         if a.uring == Some(true) {
             log::warn!(
-                "uring: FUSE over io_uring needs root, a kernel with it (fuse module parameter enable_uring) and io_uring allowed (kernel.io_uring_disabled): serving /dev/fuse"
+                "uring: FUSE over io_uring needs root, a kernel with it (fuse module parameter enable_uring, writable) and io_uring allowed (kernel.io_uring_disabled): serving /dev/fuse"
             );
         }
     }
