@@ -143,6 +143,8 @@ fn uring_serves_from_ring_threads_on_every_cpu_and_answers_every_kind_of_request
     assert!(st.f_blocks > 0);
 
     drop(g);
+    // The daemon goes once unmounted; the next one is found by the same mountpoint.
+    wait_gone(pid);
 
     // uring=off: fuser's /dev/fuse session, no ring thread.
     let g = mount_layerfs(&s, &m, &["uring=off"]);
