@@ -263,21 +263,36 @@ impl<'d> FuseRing<'d> {
         }
         r.ring.submit()?;
         // A refused registration completes at once; a request may already have come.
-        for (i, res) in r.completions() {
-            if res < 0 {
-                return Err(io::Error::from_raw_os_error(-res));
-            }
-            r.ready.push_back(i);
+        match r.collect() {
+            Some(errno) => Err(io::Error::from_raw_os_error(errno)),
+            None => Ok(r),
         }
-        Ok(r)
     }
 
-    /// The completions waiting: (entry, result).
-    fn completions(&mut self) -> Vec<(usize, i32)> {
-        self.ring
-            .completion()
-            .map(|c| (c.user_data() as usize, c.result()))
-            .collect()
+    /// Move the entries that completed with a request to `ready`; an entry that
+    /// completed with an error is done for good. Returns the first such errno.
+    fn collect(&mut self) -> Option<i32> {
+        let mut failed = None;
+        for c in self.ring.completion() {
+            let (i, res) = (c.user_data() as usize, c.result());
+            if res >= 0 {
+                self.ready.push_back(i);
+                continue;
+            }
+            self.live -= 1;
+            if !matches!(
+                -res,
+                libc::ENOTCONN | libc::ECANCELED | libc::ECONNABORTED | libc::ENODEV
+            ) {
+                log::warn!(
+                    "io_uring entry {i} (queue {}): {}",
+                    self.entries[i].qid,
+                    io::Error::from_raw_os_error(-res)
+                );
+            }
+            failed.get_or_insert(-res);
+        }
+        failed
     }
 
     fn push(&mut self, i: usize, cmd_op: u32, commit_id: u64) -> io::Result<()> {
@@ -323,23 +338,7 @@ impl<'d> FuseRing<'d> {
                 Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
                 Err(e) => return Err(e),
             }
-            for (i, res) in self.completions() {
-                if res < 0 {
-                    self.live -= 1;
-                    if !matches!(
-                        -res,
-                        libc::ENOTCONN | libc::ECANCELED | libc::ECONNABORTED | libc::ENODEV
-                    ) {
-                        log::warn!(
-                            "io_uring entry {i} (queue {}): {}",
-                            self.entries[i].qid,
-                            io::Error::from_raw_os_error(-res)
-                        );
-                    }
-                } else {
-                    self.ready.push_back(i);
-                }
-            }
+            self.collect();
         }
     }
 

@@ -73,10 +73,6 @@ impl Dispatcher {
         }
     }
 
-    pub fn fs(&self) -> &OverlayFs {
-        &self.fs
-    }
-
     pub fn options(&self) -> &FuseOptions {
         &self.opts
     }

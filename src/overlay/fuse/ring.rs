@@ -284,6 +284,87 @@ fn serve_ring(
     Ok(())
 }
 
+/// The connection mounted and INIT answered: the device, the dispatcher, and whether the
+/// kernel granted the ring. `switch` (`enable_uring` on) goes once INIT is answered.
+fn start(
+    plan: &MountPlan,
+    a: &MountRequest,
+    fs: &Arc<OverlayFs>,
+    kernel_checks: bool,
+    switch: UringSwitch,
+) -> Result<(Arc<OwnedFd>, Arc<Dispatcher>, bool)> {
+    let failed = |what: &str, e: io::Error| {
+        Error::new(format!(
+            "cannot mount {} over io_uring: {what}: {}",
+            plan.mountpoint.display(),
+            crate::error::describe(&e)
+        ))
+    };
+    let dev = Arc::new(fuse_dev::open_fuse_dev().map_err(|e| failed("/dev/fuse", e))?);
+    let mut options = vec![
+        "rootmode=40000".to_string(),
+        format!("user_id={}", crate::sys::real_uid()),
+        format!("group_id={}", rustix::process::getgid().as_raw()),
+        "allow_other".to_string(),
+    ];
+    if kernel_checks {
+        options.push("default_permissions".into());
+    }
+    let source = a.fsname.clone().unwrap_or_else(|| "layerfs".into());
+    fuse_dev::mount_fuse(
+        dev.as_fd(),
+        &plan.mountpoint,
+        &source,
+        "layerfs",
+        mount_flags(a, fs.is_writable()),
+        &options.join(","),
+    )
+    .map_err(|e| failed("mount", e))?;
+    // Mounted: a failure from here on must not leave the mount behind.
+    let init = || -> Result<(Arc<Dispatcher>, bool)> {
+        let d = Arc::new(Dispatcher::new(fs.clone(), a.fuse_options(), dev.clone()));
+        let mut buf = vec![0u8; DEV_BUF];
+        let n = read_request(&dev, &mut buf)
+            .map_err(|e| failed("reading INIT", e))?
+            .ok_or_else(|| Error::new("cannot mount over io_uring: the kernel sent no INIT"))?;
+        let Some((h, arg, _)) = split(&buf[..n]).filter(|(h, _, _)| h.opcode == wire::INIT) else {
+            return Err(Error::new(
+                "cannot mount over io_uring: the kernel sent no INIT",
+            ));
+        };
+        let Some((answer, ring, passthrough)) = init_answer(arg, d.options()) else {
+            let _ = reply(&dev, h.unique, -libc::EINVAL, &[]);
+            return Err(Error::new("cannot mount over io_uring: a malformed INIT"));
+        };
+        if passthrough {
+            d.enable_passthrough();
+        }
+        reply(&dev, h.unique, 0, &answer).map_err(|e| failed("answering INIT", e))?;
+        drop(switch);
+        let n = FuseNotifier::new(DevNotifier(dev.clone()))
+            .map_err(|e| Error::new(format!("cannot start the notification thread: {e}")))?;
+        fs.set_kernel_cache(Box::new(n));
+        log::info!(
+            "serving {} over {}{}",
+            plan.mountpoint.display(),
+            if ring { "io_uring" } else { "/dev/fuse" },
+            if passthrough {
+                ", FUSE passthrough enabled"
+            } else {
+                ""
+            }
+        );
+        Ok((d, ring))
+    };
+    match init() {
+        Ok((d, ring)) => Ok((dev, d, ring)),
+        Err(e) => {
+            let _ = crate::sys::umount_detach(&plan.mountpoint);
+            Err(e)
+        }
+    }
+}
+
 /// Mount `plan` over a connection of our own, answer INIT, and serve it (over the ring
 /// when the kernel grants it). Returns once the filesystem is unmounted.
 /// `switch`: `enable_uring` on until INIT is answered (`switch_on`).
@@ -295,109 +376,21 @@ pub fn serve(
     switch: UringSwitch,
     ready: impl FnOnce(std::result::Result<(), &Error>),
 ) -> Result<()> {
-    let failed = |what: &str, e: io::Error| {
-        Error::new(format!(
-            "cannot mount {} over io_uring: {what}: {}",
-            plan.mountpoint.display(),
-            crate::error::describe(&e)
-        ))
-    };
-    let dev = match fuse_dev::open_fuse_dev() {
-        Ok(d) => Arc::new(d),
+    let (dev, d, ring) = match start(plan, a, &fs, kernel_checks, switch) {
+        Ok(s) => s,
         Err(e) => {
-            let err = failed("/dev/fuse", e);
-            ready(Err(&err));
-            return Err(err);
+            ready(Err(&e));
+            return Err(e);
         }
     };
-    let writable = fs.is_writable();
-    let mut options = vec![
-        "rootmode=40000".to_string(),
-        format!("user_id={}", crate::sys::real_uid()),
-        format!("group_id={}", rustix::process::getgid().as_raw()),
-        "allow_other".to_string(),
-    ];
-    if kernel_checks {
-        options.push("default_permissions".into());
-    }
-    let source = a.fsname.clone().unwrap_or_else(|| "layerfs".into());
-    if let Err(e) = fuse_dev::mount_fuse(
-        dev.as_fd(),
-        &plan.mountpoint,
-        &source,
-        "layerfs",
-        mount_flags(a, writable),
-        &options.join(","),
-    ) {
-        let err = failed("mount", e);
-        ready(Err(&err));
-        return Err(err);
-    }
-    let d = Arc::new(Dispatcher::new(fs.clone(), a.fuse_options(), dev.clone()));
-    let mut buf = vec![0u8; DEV_BUF];
-    let init = match read_request(&dev, &mut buf) {
-        Ok(Some(n)) => split(&buf[..n]).map(|(h, arg, _)| (h, arg.to_vec())),
-        Ok(None) => None,
-        Err(e) => {
-            let _ = crate::sys::umount_detach(&plan.mountpoint);
-            let err = failed("reading INIT", e);
-            ready(Err(&err));
-            return Err(err);
-        }
-    };
-    let Some((h, arg)) = init.filter(|(h, _)| h.opcode == wire::INIT) else {
-        let _ = crate::sys::umount_detach(&plan.mountpoint);
-        let err = Error::new("cannot mount over io_uring: the kernel sent no INIT");
-        ready(Err(&err));
-        return Err(err);
-    };
-    let Some((answer, ring, passthrough)) = init_answer(&arg, d.options()) else {
-        let _ = reply(&dev, h.unique, -libc::EINVAL, &[]);
-        let err = Error::new("cannot mount over io_uring: a malformed INIT");
-        ready(Err(&err));
-        return Err(err);
-    };
-    if passthrough {
-        d.enable_passthrough();
-    }
-    if let Err(e) = reply(&dev, h.unique, 0, &answer) {
-        let _ = crate::sys::umount_detach(&plan.mountpoint);
-        let err = failed("answering INIT", e);
-        ready(Err(&err));
-        return Err(err);
-    }
-    drop(switch);
-    drop(buf);
-    match FuseNotifier::new(DevNotifier(dev.clone())) {
-        Ok(n) => fs.set_kernel_cache(Box::new(n)),
-        Err(e) => {
-            let _ = crate::sys::umount_detach(&plan.mountpoint);
-            let err = Error::new(format!("cannot start the notification thread: {e}"));
-            ready(Err(&err));
-            return Err(err);
-        }
-    }
-    log::info!(
-        "serving {} over {}{}",
-        plan.mountpoint.display(),
-        if ring { "io_uring" } else { "/dev/fuse" },
-        if passthrough {
-            ", FUSE passthrough enabled"
-        } else {
-            ""
-        }
-    );
+    let online = fuse_dev::online_cpus();
     let mut threads = Vec::new();
     let (registered, registrations) = mpsc::channel();
     let spawn = |name: String, f: Box<dyn FnOnce() -> io::Result<()> + Send>| {
         std::thread::Builder::new().name(name).spawn(f)
     };
     // /dev/fuse readers: FORGET and INTERRUPT with the ring, everything without it.
-    let readers = if ring {
-        1
-    } else {
-        fuse_dev::online_cpus().len().clamp(2, 16)
-    };
+    let readers = if ring { 1 } else { online.len().clamp(2, 16) };
     for i in 0..readers {
         let (d, dev) = (d.clone(), dev.clone());
         threads.push(spawn(
@@ -406,7 +399,6 @@ pub fn serve(
         ));
     }
     if ring {
-        let online = fuse_dev::online_cpus();
         let offline: Vec<u16> = fuse_dev::possible_cpus()
             .into_iter()
             .filter(|c| !online.contains(c))
@@ -460,7 +452,7 @@ pub fn serve(
         // does; one that never came is made to): serve /dev/fuse as a mount without the
         // ring would.
         fuse_dev::refuse_ring(dev.as_fd());
-        for i in readers..readers + fuse_dev::online_cpus().len().max(2) {
+        for i in readers..readers + online.len().clamp(2, 16) {
             let (d, dev) = (d.clone(), dev.clone());
             threads.push(spawn(
                 format!("fuse-dev-{i}"),
