@@ -8,7 +8,7 @@ use std::sync::Arc;
 use super::fs::OverlayFs;
 use super::handles::FileHandle;
 use super::inode_table::{FileState, Node, NodeState};
-use super::layers::UPPER;
+use super::layers::{LayerId, UPPER};
 use super::types::{Ctx, Opened, SetAttr};
 use crate::sys::{self, Errno, OFlags, SysResult};
 
@@ -64,8 +64,11 @@ impl OverlayFs {
         if flags & libc::O_TRUNC != 0 {
             real |= OFlags::TRUNC;
         }
-        let file = self.open_real(&node, real)?;
-        let layer = self.file_layer(&node);
+        // The layer of the file actually opened, read with it: a copy-up finishing in
+        // between would otherwise mark a handle on the lower file as an upper one, and a
+        // writer could then share it as its passthrough backing (a write into the lower
+        // layer; seen in passthrough::readers_and_writers_at_once_never_see_an_error).
+        let (file, layer) = self.open_real_in(&node, real)?;
         let keep_cache = layer != UPPER;
         let exec = flags & FMODE_EXEC != 0;
         let fh = self
@@ -76,13 +79,20 @@ impl OverlayFs {
 
     /// Open the real file behind a node with the given flags.
     pub(crate) fn open_real(&self, node: &Node, flags: OFlags) -> SysResult<OwnedFd> {
+        self.open_real_in(node, flags).map(|(fd, _)| fd)
+    }
+
+    /// `open_real`, and the layer the opened file is in (read under the same lock as
+    /// the names it was opened by).
+    fn open_real_in(&self, node: &Node, flags: OFlags) -> SysResult<(OwnedFd, LayerId)> {
         if let Some(s) = node.successor() {
-            return self.open_real(&s, flags);
+            return self.open_real_in(&s, flags);
         }
         let st = node.state.read();
         let NodeState::File(f) = &*st else {
             return Err(Errno::ISDIR);
         };
+        let layer = f.layer;
         // A name may briefly hold something else while a change is under way (the
         // whiteout of an unlink, a rename over it): `ESTALE` then makes the kernel look
         // the path up again.
@@ -96,16 +106,16 @@ impl OverlayFs {
                         .layers()
                         .stub_data(fd.as_fd(), None, &st, flags, true)?
                     {
-                        Some(data) => Ok(data),
-                        None => Ok(fd),
+                        Some(data) => Ok((data, layer)),
+                        None => Ok((fd, layer)),
                     };
                 }
-                Ok(fd) => return Ok(fd),
+                Ok(fd) => return Ok((fd, layer)),
                 Err(e) => last = e,
             }
         }
         if let Some(o) = &f.orphan {
-            return sys::reopen(o.as_fd(), flags);
+            return sys::reopen(o.as_fd(), flags).map(|fd| (fd, layer));
         }
         Err(last)
     }
