@@ -342,6 +342,11 @@ impl<'d> FuseRing<'d> {
         }
     }
 
+    /// Hand the answers committed so far to the kernel now.
+    pub fn submit(&mut self) -> io::Result<()> {
+        self.ring.submit().map(|_| ())
+    }
+
     /// The request in entry `i`.
     pub fn request(&self, i: usize) -> RingRequest<'_> {
         let e = &self.entries[i];

@@ -34,6 +34,10 @@ impl Drop for DevBacking {
 pub enum Answer {
     /// `out` holds the answer.
     Ok,
+    /// `out` holds an OPEN or CREATE answer naming this backing file: keep it registered
+    /// until the kernel has the answer (dropped before, its id could be closed and given
+    /// to another file in between).
+    Open(Arc<DevBacking>),
     /// An error (a positive errno).
     Err(i32),
     /// Nothing (FORGET, INTERRUPT).
@@ -495,7 +499,7 @@ impl Dispatcher {
             .passthrough
             .attach(&self.fs, ino, o.fh, writes, |f| self.backing(f))
         {
-            Ok(Attach::Passthrough(b)) => open_answer(out, o.fh, Some(&b), 0),
+            Ok(Attach::Passthrough(b)) => open_answer(out, o.fh, Some(b), 0),
             Ok(Attach::Cached) => open_answer(out, o.fh, None, direct),
             Ok(Attach::Supersede) => {
                 self.fs.release(o.fh);
@@ -537,7 +541,7 @@ impl Dispatcher {
         {
             Ok(Attach::Passthrough(b)) => {
                 wire::entry(out, e.attr.ino, e.generation, ttl, &e.attr);
-                open_answer(out, o.fh, Some(&b), 0)
+                open_answer(out, o.fh, Some(b), 0)
             }
             Ok(Attach::Cached) => {
                 wire::entry(out, e.attr.ino, e.generation, ttl, &e.attr);
@@ -561,13 +565,23 @@ impl Dispatcher {
 /// daemon and the kernel's page cache (which stays valid across opens: every write goes
 /// through us), with `direct` (`FOPEN_DIRECT_IO` or nothing). No FLUSH on close: the
 /// daemon buffers no writes.
-fn open_answer(out: &mut Vec<u8>, fh: u64, backing: Option<&DevBacking>, direct: u32) -> Answer {
-    let (flags, id) = match backing {
-        Some(b) => (wire::FOPEN_NOFLUSH | wire::FOPEN_PASSTHROUGH, b.id),
-        None => (wire::FOPEN_KEEP_CACHE | wire::FOPEN_NOFLUSH | direct, 0),
-    };
-    wire::open_out(out, fh, flags, id);
-    Answer::Ok
+fn open_answer(
+    out: &mut Vec<u8>,
+    fh: u64,
+    backing: Option<Arc<DevBacking>>,
+    direct: u32,
+) -> Answer {
+    match backing {
+        Some(b) => {
+            wire::open_out(out, fh, wire::FOPEN_NOFLUSH | wire::FOPEN_PASSTHROUGH, b.id);
+            Answer::Open(b)
+        }
+        None => {
+            let flags = wire::FOPEN_KEEP_CACHE | wire::FOPEN_NOFLUSH | direct;
+            wire::open_out(out, fh, flags, 0);
+            Answer::Ok
+        }
+    }
 }
 
 /// A READDIR answer being filled.

@@ -185,11 +185,14 @@ fn serve_dev(d: &Dispatcher, dev: &OwnedFd) -> io::Result<()> {
         let Some((h, arg, payload)) = split(&buf[..n]) else {
             continue;
         };
-        let r = match d.handle(&h, arg, payload, &mut out) {
+        // An `Answer::Open` keeps its backing file registered until this reply is out.
+        let answer = d.handle(&h, arg, payload, &mut out);
+        let r = match &answer {
             Answer::None => continue,
-            Answer::Ok => reply(dev, h.unique, 0, &out),
+            Answer::Ok | Answer::Open(_) => reply(dev, h.unique, 0, &out),
             Answer::Err(e) => reply(dev, h.unique, -e, &[]),
         };
+        drop(answer);
         if let Err(e) = r {
             // ENOENT: the caller was interrupted and no longer waits.
             if e.raw_os_error() != Some(libc::ENOENT) {
@@ -273,13 +276,19 @@ fn serve_ring(
         if heavy {
             idle_priority(true);
         }
-        let (err, body) = match answer {
-            Answer::Ok => (0, &out[..]),
+        let (err, body) = match &answer {
+            Answer::Ok | Answer::Open(_) => (0, &out[..]),
             Answer::Err(e) => (-e, &[][..]),
             // Only FORGET and INTERRUPT have no answer, and they never come this way.
             Answer::None => (-libc::ENOSYS, &[][..]),
         };
         ring.commit(i, h.unique, err, body)?;
+        if let Answer::Open(backing) = answer {
+            // The commit goes to the kernel with the next submission: make it now, then
+            // the backing file may go.
+            ring.submit()?;
+            drop(backing);
+        }
     }
     Ok(())
 }
