@@ -101,6 +101,9 @@ pub fn serve(
 /// on a signal ask the process outside to unmount it. Requests come with the ids of the
 /// initial namespace; only the mount's owner can make them (no `allow_other`), and it
 /// acts as root (see `OverlayFs::owner_is_root`).
+/// Descriptor slots reserved at start (the kernel's table: 8 bytes a slot).
+const FD_TABLE_SLOTS: u32 = 8192;
+
 pub fn serve_on(
     plan: MountPlan,
     a: &MountRequest,
@@ -112,7 +115,10 @@ pub fn serve_on(
     sys::set_umask(0);
     // Directory nodes hold O_PATH handles to their layers: allow plenty.
     let nofile = sys::raise_nofile_limit();
-    log::debug!("open file limit: {nofile}");
+    // Grown now rather than in the middle of a walk (each growth of a shared table
+    // waits for an RCU grace period, milliseconds here); a rootfs walk holds about 800.
+    let table = sys::reserve_fd_table(FD_TABLE_SLOTS);
+    log::debug!("open file limit: {nofile}; descriptor table: {table}");
     let mut opts = Options::new(plan.lowers.clone(), plan.upper.clone(), plan.work.clone());
     opts.data = plan.data.clone();
     opts.fsync = a.fsync;
