@@ -405,6 +405,7 @@ fn run_fuse(o: &Opts, mnt: &Path, kind: &Kind, w: &Workload) -> Result<FuseRun, 
         pin,
         taskrun,
         populate: if w.work.populated() { o.n } else { 0 },
+        stat_dir: None,
     };
     let switch = if uring {
         Some(UringSwitch::on()?)

@@ -24,6 +24,9 @@ pub struct Fs {
     /// Requests that came through /dev/fuse reads and through ring entries.
     pub via_dev: AtomicU64,
     pub via_ring: AtomicU64,
+    /// With `--stat-dir`: a real directory each LOOKUP `fstatat`s its name in first, the
+    /// least a server backed by real layers must do per lookup.
+    pub stat_dir: Option<std::fs::File>,
 }
 
 pub enum Outcome {
@@ -100,6 +103,7 @@ impl Fs {
             init_flags: AtomicU64::new(0),
             via_dev: AtomicU64::new(0),
             via_ring: AtomicU64::new(0),
+            stat_dir: None,
         };
         if populate > 0 {
             let mut nodes = fs.nodes.lock().unwrap();
@@ -216,6 +220,23 @@ impl Fs {
     }
 
     fn lookup(&self, parent: u64, name: &[u8], out: &mut Vec<u8>) -> i32 {
+        if let Some(d) = &self.stat_dir {
+            use std::os::fd::AsRawFd;
+            let mut c = [0u8; 256];
+            let n = name.len().min(255);
+            c[..n].copy_from_slice(&name[..n]);
+            // SAFETY: a NUL-terminated name in a local buffer and a stat buffer we own.
+            let mut st: libc::stat = unsafe { std::mem::zeroed() };
+            let r = unsafe {
+                libc::fstatat(
+                    d.as_raw_fd(),
+                    c.as_ptr().cast(),
+                    &mut st,
+                    libc::AT_SYMLINK_NOFOLLOW,
+                )
+            };
+            std::hint::black_box((r, st.st_ino));
+        }
         let nodes = self.nodes.lock().unwrap();
         let Some(dir) = nodes.get(parent as usize).and_then(|n| n.children.as_ref()) else {
             return -libc::ENOTDIR;

@@ -32,6 +32,7 @@ pub struct ServeOpts {
     pub pin: bool,
     pub taskrun: TaskRun,
     pub populate: usize,
+    pub stat_dir: Option<PathBuf>,
 }
 
 impl ServeOpts {
@@ -51,6 +52,10 @@ impl ServeOpts {
             "--populate".into(),
             self.populate.to_string(),
         ];
+        if let Some(d) = &self.stat_dir {
+            a.push("--stat-dir".into());
+            a.push(d.display().to_string());
+        }
         if !self.clone {
             a.push("--no-clone".into());
         }
@@ -78,6 +83,7 @@ fn parse_serve(args: &[String]) -> Result<ServeOpts, String> {
         pin: false,
         taskrun: TaskRun::Defer,
         populate: 0,
+        stat_dir: None,
     };
     let mut pin = None;
     let mut it = args.iter();
@@ -94,6 +100,7 @@ fn parse_serve(args: &[String]) -> Result<ServeOpts, String> {
             }
             "--threads" => o.threads = val()?.parse().map_err(|e| format!("--threads: {e}"))?,
             "--depth" => o.depth = val()?.parse().map_err(|e| format!("--depth: {e}"))?,
+            "--stat-dir" => o.stat_dir = Some(val()?.into()),
             "--populate" => o.populate = val()?.parse().map_err(|e| format!("--populate: {e}"))?,
             "--taskrun" => o.taskrun = parse_taskrun(&val()?)?,
             "--no-clone" => o.clone = false,
@@ -133,7 +140,11 @@ fn serve(o: ServeOpts) -> Result<(), String> {
     mount::mount_fuse(fd, &o.mnt).map_err(|e| format!("mount {}: {e}", o.mnt.display()))?;
     println!("READY");
     let _ = std::io::stdout().flush();
-    let fs = fs::Fs::new(o.populate);
+    let mut fs = fs::Fs::new(o.populate);
+    if let Some(d) = &o.stat_dir {
+        fs.stat_dir =
+            Some(std::fs::File::open(d).map_err(|e| format!("--stat-dir {}: {e}", d.display()))?);
+    }
     let mut transport = "classic";
     std::thread::scope(|s| -> Result<(), String> {
         if o.uring {
