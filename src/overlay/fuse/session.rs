@@ -96,14 +96,14 @@ pub fn serve(
     serve_on(plan, a, None, ready)
 }
 
+/// Descriptor slots reserved at start (the kernel's table: 8 bytes a slot).
+const FD_TABLE_SLOTS: u32 = 8192;
+
 /// `serve`, or with `outside` (a connection already mounted at the mountpoint, by
 /// `fusermount3` outside the user namespace we serve from) serve that connection, and
 /// on a signal ask the process outside to unmount it. Requests come with the ids of the
 /// initial namespace; only the mount's owner can make them (no `allow_other`), and it
 /// acts as root (see `OverlayFs::owner_is_root`).
-/// Descriptor slots reserved at start (the kernel's table: 8 bytes a slot).
-const FD_TABLE_SLOTS: u32 = 8192;
-
 pub fn serve_on(
     plan: MountPlan,
     a: &MountRequest,
