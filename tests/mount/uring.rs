@@ -3,7 +3,8 @@
 //! `LAYERFS_TEST_OPTIONS=uring=off`); this pins what only the ring has: two ring threads
 //! per online CPU, each pinned to its CPU (a request is answered on the caller's CPU),
 //! the `enable_uring` switch put back as it was, the operations whose requests carry the
-//! most (large writes, names, xattrs) answered correctly, and no ring with `uring=off`.
+//! most (large writes, names, xattrs) answered correctly, no ring with `uring=off`, and
+//! FORGETs (which stay on /dev/fuse) read in batches.
 
 use std::fs;
 use std::io::{Read, Write};
@@ -168,4 +169,67 @@ fn xattr_get(p: &Path, name: &str) -> Option<Vec<u8>> {
     let n = rustix::fs::lgetxattr(p, name, &mut buf).ok()?;
     buf.truncate(n);
     Some(buf)
+}
+
+/// Context switches (voluntary) of the daemon's thread named `name`.
+fn switches(pid: u32, name: &str) -> u64 {
+    for t in fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let t = t.unwrap().path();
+        if fs::read_to_string(t.join("comm"))
+            .unwrap_or_default()
+            .trim()
+            != name
+        {
+            continue;
+        }
+        let status = fs::read_to_string(t.join("status")).unwrap();
+        return status
+            .lines()
+            .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+            .map(|v| v.trim().parse().unwrap())
+            .unwrap();
+    }
+    panic!("no thread {name} in {pid}");
+}
+
+/// Over the ring the kernel still queues FORGETs on /dev/fuse. Each one queued woke the
+/// reader thread (an `rm -rf` of 4,263 names: 4,436 wake-ups); it now lets them gather
+/// and reads them as batches. They are still served: the names come back as new files.
+#[test]
+fn uring_forgets_come_in_batches() {
+    if skip_unless_root() {
+        return;
+    }
+    const N: usize = 2000;
+    let t = tempfile::tempdir().unwrap();
+    let l = t.path().join("l");
+    fs::create_dir_all(l.join("d")).unwrap();
+    for i in 0..N {
+        write(&l.join(format!("d/f{i}")), b"x");
+    }
+    let s = rw_stack(t.path(), std::slice::from_ref(&l), "u");
+    let m = t.path().join("m");
+    let g = mount_layerfs(&s, &m, &["uring=on"]);
+    let pid = daemon_pid(&m).expect("the daemon of the mount");
+    for i in 0..N {
+        lstat(&m.join(format!("d/f{i}"))).unwrap();
+    }
+    let before = switches(pid, "fuse-dev-0");
+    for i in 0..N {
+        fs::remove_file(m.join(format!("d/f{i}"))).unwrap();
+    }
+    // The last FORGETs are served within the gathering time.
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let woken = switches(pid, "fuse-dev-0") - before;
+    assert!(
+        woken < N as u64 / 5,
+        "the /dev/fuse reader woke {woken} times for {N} FORGETs"
+    );
+    for i in (0..N).step_by(97) {
+        let p = m.join(format!("d/f{i}"));
+        assert_eq!(lstat(&p).err(), Some(libc::ENOENT));
+        write(&p, b"new");
+        assert_eq!(fs::read(&p).unwrap(), b"new");
+    }
+    drop(g);
 }
