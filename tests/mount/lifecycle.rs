@@ -1,5 +1,6 @@
 //! Mount life cycle: a daemon exits after an unmount and never touches a newer mount at
-//! the same path; SIGTERM unmounts.
+//! the same path; SIGTERM unmounts; the daemon's descriptor table is grown before it
+//! serves.
 
 use std::fs;
 use std::time::{Duration, Instant};
@@ -46,6 +47,39 @@ fn remount_at_the_same_path_right_away() {
     assert_eq!(fs::read_dir(s.upper.as_ref().unwrap()).unwrap().count(), 40);
     g.unmount();
     wait_until("the daemon exited", || daemons_for(&m).is_empty());
+}
+
+/// The daemon holds a descriptor per directory and layer it has looked up. Growing a
+/// descriptor table shared by threads waits for an RCU grace period (milliseconds, with
+/// every opener waiting); a first walk of a fresh mount hit that at 128, 256, 512, 1024
+/// descriptors. The daemon grows its table before it serves, whichever transport.
+#[test]
+fn the_daemon_grows_its_descriptor_table_before_serving() {
+    if support::skip_unless_root() {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let l = t.path().join("l");
+    write(&l.join("f"), b"x");
+    let s = rw_stack(t.path(), std::slice::from_ref(&l), "u");
+    let m = t.path().join("m");
+    for transport in ["uring=on", "uring=off"] {
+        let mut g = mount_layerfs(&s, &m, &[transport]);
+        let pid = daemon_pid(&m).expect("the daemon of the mount");
+        let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let size: u32 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("FDSize:"))
+            .map(|v| v.trim().parse().unwrap())
+            .unwrap();
+        assert!(
+            size >= 8192,
+            "{transport}: descriptor table of {size} slots"
+        );
+        assert_eq!(fs::read(m.join("f")).unwrap(), b"x");
+        g.unmount();
+        wait_until("the daemon exited", || daemons_for(&m).is_empty());
+    }
 }
 
 #[test]
