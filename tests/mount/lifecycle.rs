@@ -3,6 +3,7 @@
 //! serves.
 
 use std::fs;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use rustix::process::Signal;
@@ -20,6 +21,13 @@ fn wait_until(what: &str, f: impl Fn() -> bool) {
     }
 }
 
+/// A writable stack over one lower layer holding `f` ("x"), and a mountpoint, in `dir`.
+fn one_file_stack(dir: &Path) -> (Stack, PathBuf) {
+    let l = dir.join("l");
+    write(&l.join("f"), b"x");
+    (rw_stack(dir, std::slice::from_ref(&l), "u"), dir.join("m"))
+}
+
 /// Unmount and mount again at once, many times: the daemon of an earlier mount, still
 /// exiting, must not unmount the new one.
 #[test]
@@ -28,10 +36,7 @@ fn remount_at_the_same_path_right_away() {
         return;
     }
     let t = tempfile::tempdir().unwrap();
-    let l = t.path().join("l");
-    write(&l.join("f"), b"x");
-    let s = rw_stack(t.path(), std::slice::from_ref(&l), "u");
-    let m = t.path().join("m");
+    let (s, m) = one_file_stack(t.path());
     let mut g = mount_layerfs(&s, &m, &[]);
     for i in 0..40 {
         fs::write(m.join(format!("n{i}")), b"n").unwrap();
@@ -59,19 +64,11 @@ fn the_daemon_grows_its_descriptor_table_before_serving() {
         return;
     }
     let t = tempfile::tempdir().unwrap();
-    let l = t.path().join("l");
-    write(&l.join("f"), b"x");
-    let s = rw_stack(t.path(), std::slice::from_ref(&l), "u");
-    let m = t.path().join("m");
+    let (s, m) = one_file_stack(t.path());
     for transport in ["uring=on", "uring=off"] {
         let mut g = mount_layerfs(&s, &m, &[transport]);
         let pid = daemon_pid(&m).expect("the daemon of the mount");
-        let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-        let size: u32 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("FDSize:"))
-            .map(|v| v.trim().parse().unwrap())
-            .unwrap();
+        let size = status_number(format!("/proc/{pid}/status"), "FDSize").unwrap();
         assert!(
             size >= 8192,
             "{transport}: descriptor table of {size} slots"

@@ -178,16 +178,10 @@ fn switches(pid: u32, name: &str) -> u64 {
         if fs::read_to_string(t.join("comm"))
             .unwrap_or_default()
             .trim()
-            != name
+            == name
         {
-            continue;
+            return status_number(t.join("status"), "voluntary_ctxt_switches").unwrap();
         }
-        let status = fs::read_to_string(t.join("status")).unwrap();
-        return status
-            .lines()
-            .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
-            .map(|v| v.trim().parse().unwrap())
-            .unwrap();
     }
     panic!("no thread {name} in {pid}");
 }

@@ -88,14 +88,19 @@ pub fn wait_gone(pid: u32) {
     }
 }
 
+/// A number from a `/proc/.../status` file (`field` without its colon; a `kB` unit is
+/// dropped), or `None` if the file or the field is missing.
+pub fn status_number(status: impl AsRef<Path>, field: &str) -> Option<u64> {
+    fs::read_to_string(status)
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
 /// Resident memory of a process in KiB.
 pub fn rss_kib(pid: u32) -> u64 {
-    fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
+    status_number(format!("/proc/{pid}/status"), "VmRSS").unwrap_or(0)
 }
 
 /// Send a signal to a process; one that has exited already is not an error here.
