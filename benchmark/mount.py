@@ -57,6 +57,7 @@ DEFAULT_WORKLOADS = [w for w in ALL_WORKLOADS if w != "randwarm"]
 # none there, but layerfs should beat fuse-overlayfs on every row.
 ROOTLESS_TARGETS = {"seqread_warm": 0.8, "randread_warm": 0.5, "write": 1.5, "untar": 3.0}
 DEPTHS = [1, 8, 32, 100]
+ENABLE_URING = "/sys/module/fuse/parameters/enable_uring"
 DATASET_VERSION = "2"
 
 
@@ -342,6 +343,7 @@ class Bench:
         self.user = parse_user(args.user) if self.rootless else None
         self.mount_base = self.layers_dir
         self.dev_fuse_mode = None  # /dev/fuse's mode before we opened it to the user
+        self.uring_was = None  # enable_uring before --uring-left-on
         self.script = os.path.abspath(__file__)  # what child operations run
         self.mount_options = {}  # backend key -> FUSE/overlay options of its first mount
 
@@ -381,6 +383,8 @@ class Bench:
         fo1 = "/usr/bin/fuse-overlayfs"
         if self.rootless:
             self.open_dev_fuse()
+            if self.args.uring_left_on:
+                self.leave_uring_on()
             self.user_datasets()
             self.script = self.user_binary(self.script, "script")
             # The user must be able to run them: ~/.cargo/bin or a clone under /root is not
@@ -500,6 +504,26 @@ class Bench:
         self.dev_fuse_mode = statmod.S_IMODE(st.st_mode)
         log(f"/dev/fuse has mode {self.dev_fuse_mode:04o}: 0666 for this run, restored at the end")
         os.chmod("/dev/fuse", 0o666)
+
+    def leave_uring_on(self):
+        """--uring-left-on: the fuse module's enable_uring on for the run, as root may leave
+        it on a host (an ordinary user's layerfs mounts then take FUSE over io_uring);
+        cleanup() puts it back."""
+        try:
+            with open(ENABLE_URING) as f:
+                self.uring_was = f.read().strip()
+        except OSError:
+            raise SystemExit("benchmark/run mount --uring-left-on: this kernel has no FUSE over io_uring")
+        with open(ENABLE_URING, "w") as f:
+            f.write("Y")
+        log(f"enable_uring was {self.uring_was}: Y for this run, restored at the end")
+
+    def restore_uring(self):
+        if self.uring_was is not None:
+            with open(ENABLE_URING, "w") as f:
+                f.write(self.uring_was)
+            log(f"enable_uring restored to {self.uring_was}")
+            self.uring_was = None
 
     def restore_dev_fuse(self):
         if self.dev_fuse_mode is not None:
@@ -718,6 +742,7 @@ class Bench:
                 rm_tree(run)
         finally:
             self.restore_dev_fuse()
+            self.restore_uring()
 
     # --- datasets (immutable, reused) -------------------------------------------------------
     def build_datasets(self):
@@ -1465,6 +1490,9 @@ def rootless_note(b):
                "dirs carry no `user.containers.override_stat` record." if "default_permissions" in lf else
                " layerfs ran without `default_permissions` (its layers carry `user.containers.override_stat`: "
                "the daemon answers every permission check).")
+    ring = (" Root left the fuse module's `enable_uring` on for the run (`--uring-left-on`): an ordinary "
+            "user's layerfs mount then takes FUSE over io_uring (a column with `-o uring=off` reads "
+            "`/dev/fuse`); fuse-overlayfs reads `/dev/fuse` either way." if b.args.uring_left_on else "")
     return (f"Rootless: the FUSE daemons ran as uid {uid}, gid {gid} (`setpriv --reuid={uid} --regid={gid} "
             f"--clear-groups`) and mounted through `fusermount3`, so no FUSE passthrough (the kernel lets only "
             f"CAP_SYS_ADMIN register backing files). The kernel overlay was mounted by root; every workload "
@@ -1473,7 +1501,7 @@ def rootless_note(b):
             f"chown). All backends mounted user-owned copies of the layer sets; `untar` extracts the rootfs "
             f"tar without its device nodes ({b.untar_entries:,} entries). Root dropped the caches between "
             f"unmount and mount for the cold rows. Mount options (type, super options): "
-            + "; ".join(perms) + "." + why)
+            + "; ".join(perms) + "." + why + ring)
 
 
 def render(b, ratio_table, abs_table, failures, verdicts):
@@ -1563,6 +1591,10 @@ def main():
                     help="run the FUSE daemons (layerfs, fuse-overlayfs) as an ordinary user, mounting "
                          "through fusermount3 (no passthrough), and every workload as that user; the "
                          "kernel overlay is mounted by root; layers are user-owned copies")
+    ap.add_argument("--uring-left-on", action="store_true",
+                    help="with --rootless: the fuse module's enable_uring on for the run (restored "
+                         "after), as root may leave it; an ordinary user's layerfs mounts then take "
+                         "FUSE over io_uring")
     ap.add_argument("--user", default="65534:65534",
                     help="UID:GID for --rootless (default 65534:65534, nobody)")
     ap.add_argument("--workdir", default="/var/tmp/layerfs-bench", help="all data lives here (reused)")

@@ -12,6 +12,7 @@
 
 mod commands;
 mod owners;
+mod ring;
 mod safety;
 mod subuid;
 

@@ -25,7 +25,7 @@ const START: u32 = 200_000;
 const COUNT: u32 = 65_536;
 
 /// The user with its range (both taken away on drop), or `None` when not root.
-fn with_range() -> Option<(User, SubIdLine)> {
+pub(crate) fn with_range() -> Option<(User, SubIdLine)> {
     with_ranges(&[&format!("nobody:{START}:{COUNT}")])
 }
 

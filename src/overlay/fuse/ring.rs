@@ -1,6 +1,7 @@
-//! The io_uring transport (`-o uring`, root): layerfs mounts the connection itself,
-//! answers INIT asking for `FUSE_OVER_IO_URING`, and serves requests from per-CPU ring
-//! queues — a request is answered by a thread on the caller's own CPU, with no wake-up
+//! The io_uring transport (`-o uring`): layerfs mounts the connection itself (root) or
+//! takes the one `fusermount3` mounted (an ordinary user, where root has turned
+//! `enable_uring` on: the kernel checks no capability for the ring), answers INIT asking
+//! for `FUSE_OVER_IO_URING`, and serves requests from per-CPU ring queues — a request is answered by a thread on the caller's own CPU, with no wake-up
 //! of another CPU on either side (on a 2-vCPU guest a first lookup costs 5.8 µs instead
 //! of 19–24 µs over `/dev/fuse`, see experiments/fuse-uring).
 //!
@@ -67,6 +68,27 @@ impl Notify for DevNotifier {
         b.extend_from_slice(&0u32.to_ne_bytes());
         self.send(wire::NOTIFY_INVAL_ENTRY, &[&b, name.as_bytes(), b"\0"])
     }
+}
+
+/// How a ring session gets its connection.
+pub enum Connection {
+    /// Root: open `/dev/fuse` and mount it here, with `enable_uring` on until INIT is
+    /// answered.
+    Own(UringSwitch),
+    /// Mounted already by `fusermount3` (an ordinary user, `enable_uring` left on by
+    /// root); `unmounter`: the process outside our user namespace that unmounts it.
+    Mounted {
+        dev: OwnedFd,
+        unmounter: Option<u32>,
+    },
+}
+
+/// Whether a process that cannot set `enable_uring` finds it on (root set it) and
+/// io_uring usable: then an ordinary user's mount can have the ring too.
+pub fn left_on() -> bool {
+    std::fs::read_to_string("/sys/module/fuse/parameters/enable_uring")
+        .is_ok_and(|v| v.trim() == "Y")
+        && fuse_dev::io_uring_usable()
 }
 
 /// The `enable_uring` switch turned on for a mount's start, if this kernel has FUSE over
@@ -260,7 +282,16 @@ fn may_take_long(opcode: u32, arg: &[u8]) -> bool {
     }
 }
 
+/// Whether ring threads use `SCHED_IDLE`: only where they can leave it again for a
+/// long request (root, or `RLIMIT_NICE` allowing nice 0); an ordinary user's thread could
+/// not, and would serve copy-ups and big reads in the idle class.
+static IDLE_CLASS: std::sync::LazyLock<bool> =
+    std::sync::LazyLock::new(fuse_dev::sched_idle_reversible);
+
 fn idle_priority(idle: bool) {
+    if !*IDLE_CLASS {
+        return;
+    }
     if let Err(e) = fuse_dev::set_thread_sched_idle(idle) {
         log::debug!("scheduling policy of a ring thread: {e}");
     }
@@ -320,15 +351,25 @@ fn serve_ring(
     Ok(())
 }
 
-/// The connection mounted and INIT answered: the device, the dispatcher, and whether the
-/// kernel granted the ring. `switch` (`enable_uring` on) goes once INIT is answered.
+/// A connection mounted, with INIT answered.
+struct Started {
+    dev: Arc<OwnedFd>,
+    d: Arc<Dispatcher>,
+    /// Whether the kernel granted the ring.
+    ring: bool,
+    /// The process outside our user namespace that unmounts (see `Connection`).
+    unmounter: Option<u32>,
+}
+
+/// Mount (or take the mounted connection) and answer INIT. A switch of our own
+/// (`enable_uring` on) goes once INIT is answered.
 fn start(
     plan: &MountPlan,
     a: &MountRequest,
     fs: &Arc<OverlayFs>,
     kernel_checks: bool,
-    switch: UringSwitch,
-) -> Result<(Arc<OwnedFd>, Arc<Dispatcher>, bool)> {
+    conn: Connection,
+) -> Result<Started> {
     let failed = |what: &str, e: io::Error| {
         Error::new(format!(
             "cannot mount {} over io_uring: {what}: {}",
@@ -336,26 +377,14 @@ fn start(
             crate::error::describe(&e)
         ))
     };
-    let dev = Arc::new(fuse_dev::open_fuse_dev().map_err(|e| failed("/dev/fuse", e))?);
-    let mut options = vec![
-        "rootmode=40000".to_string(),
-        format!("user_id={}", crate::sys::real_uid()),
-        format!("group_id={}", rustix::process::getgid().as_raw()),
-        "allow_other".to_string(),
-    ];
-    if kernel_checks {
-        options.push("default_permissions".into());
-    }
-    let source = a.fsname.clone().unwrap_or_else(|| "layerfs".into());
-    fuse_dev::mount_fuse(
-        dev.as_fd(),
-        &plan.mountpoint,
-        &source,
-        "layerfs",
-        mount_flags(a, fs.is_writable()),
-        &options.join(","),
-    )
-    .map_err(|e| failed("mount", e))?;
+    let (dev, switch, unmounter) = match conn {
+        Connection::Own(switch) => {
+            let dev = own_mount(plan, a, fs, kernel_checks).map_err(|(w, e)| failed(w, e))?;
+            (dev, Some(switch), None)
+        }
+        Connection::Mounted { dev, unmounter } => (dev, None, unmounter),
+    };
+    let dev = Arc::new(dev);
     // Mounted: a failure from here on must not leave the mount behind.
     let init = || -> Result<(Arc<Dispatcher>, bool)> {
         let d = Arc::new(Dispatcher::new(fs.clone(), a.fuse_options(), dev.clone()));
@@ -393,26 +422,77 @@ fn start(
         Ok((d, ring))
     };
     match init() {
-        Ok((d, ring)) => Ok((dev, d, ring)),
+        Ok((d, ring)) => Ok(Started {
+            dev,
+            d,
+            ring,
+            unmounter,
+        }),
         Err(e) => {
-            let _ = crate::sys::umount_detach(&plan.mountpoint);
+            unmount(&plan.mountpoint, unmounter);
             Err(e)
         }
     }
 }
 
-/// Mount `plan` over a connection of our own, answer INIT, and serve it (over the ring
-/// when the kernel grants it). Returns once the filesystem is unmounted.
-/// `switch`: `enable_uring` on until INIT is answered (`switch_on`).
+/// Open `/dev/fuse` and mount it at the plan's mount point (root).
+fn own_mount(
+    plan: &MountPlan,
+    a: &MountRequest,
+    fs: &OverlayFs,
+    kernel_checks: bool,
+) -> std::result::Result<OwnedFd, (&'static str, io::Error)> {
+    let dev = fuse_dev::open_fuse_dev().map_err(|e| ("/dev/fuse", e))?;
+    let mut options = vec![
+        "rootmode=40000".to_string(),
+        format!("user_id={}", crate::sys::real_uid()),
+        format!("group_id={}", rustix::process::getgid().as_raw()),
+        "allow_other".to_string(),
+    ];
+    if kernel_checks {
+        options.push("default_permissions".into());
+    }
+    let source = a.fsname.clone().unwrap_or_else(|| "layerfs".into());
+    fuse_dev::mount_fuse(
+        dev.as_fd(),
+        &plan.mountpoint,
+        &source,
+        "layerfs",
+        mount_flags(a, fs.is_writable()),
+        &options.join(","),
+    )
+    .map_err(|e| ("mount", e))?;
+    Ok(dev)
+}
+
+/// Unmount after a failure: here, or by the process outside our user namespace.
+fn unmount(mnt: &Path, unmounter: Option<u32>) {
+    let r = match unmounter {
+        Some(pid) => crate::sys::terminate_parent(pid).map_err(|e| e.to_string()),
+        None => crate::sys::umount_detach(mnt).map_err(|e| e.to_string()),
+    };
+    if let Err(e) = r {
+        log::warn!("cannot unmount {}: {e}", mnt.display());
+    }
+}
+
+/// Mount `plan` over a connection of our own or take `fusermount3`'s, answer INIT, and
+/// serve it (over the ring when the kernel grants it). Returns once the filesystem is
+/// unmounted.
 pub fn serve(
     plan: &MountPlan,
     a: &MountRequest,
     fs: Arc<OverlayFs>,
     kernel_checks: bool,
-    switch: UringSwitch,
+    conn: Connection,
     ready: impl FnOnce(std::result::Result<(), &Error>),
 ) -> Result<()> {
-    let (dev, d, ring) = match start(plan, a, &fs, kernel_checks, switch) {
+    let Started {
+        dev,
+        d,
+        ring,
+        unmounter,
+    } = match start(plan, a, &fs, kernel_checks, conn) {
         Ok(s) => s,
         Err(e) => {
             ready(Err(&e));
@@ -463,7 +543,7 @@ pub fn serve(
     drop(registered);
     if threads.iter().any(|t| t.is_err()) {
         // A queue or the reader has no thread: end the connection rather than hang.
-        let _ = crate::sys::umount_detach(&plan.mountpoint);
+        unmount(&plan.mountpoint, unmounter);
     }
     // Usable once every ring thread has its entries in the kernel's queues (a refused
     // registration turns the ring off: the kernel sends everything to /dev/fuse then).

@@ -135,28 +135,48 @@ pub fn serve_on(
         }
     };
     let writable = fs.is_writable();
+    let checks = !fs.owner_is_root();
+    let mut outside = outside;
     if a.uring != Some(false) {
         // The kernel offers the ring in INIT, and grants it in the answer, only while the
-        // module parameter is on; it goes back once INIT is answered.
-        let switch = if outside.is_none() && sys::is_privileged() {
-            ring::switch_on()
+        // module parameter is on. Root turns it on for INIT and puts it back; an ordinary
+        // user's mount gets the ring where root has left it on.
+        let conn = if sys::is_privileged() && outside.is_none() {
+            ring::switch_on().map(ring::Connection::Own)
+        } else if ring::left_on() {
+            match outside.take() {
+                Some(o) => Some(ring::Connection::Mounted {
+                    dev: o.dev,
+                    unmounter: Some(o.unmounter),
+                }),
+                None => match mount_through_fusermount(&plan, a, writable, checks) {
+                    Ok(c) => Some(c),
+                    Err(e) => {
+                        ready(Err(&e));
+                        return Err(e);
+                    }
+                },
+            }
         } else {
             None
         };
-        if let Some(switch) = switch {
+        if let Some(conn) = conn {
             sys::block_signals(&STOP_SIGNALS);
-            watch_signals(plan.mountpoint.clone(), None)?;
-            let checks = !fs.owner_is_root();
-            return ring::serve(&plan, a, fs.clone(), checks, switch, ready);
+            let unmounter = match &conn {
+                ring::Connection::Mounted { unmounter, .. } => *unmounter,
+                ring::Connection::Own(_) => None,
+            };
+            watch_signals(plan.mountpoint.clone(), unmounter)?;
+            return ring::serve(&plan, a, fs.clone(), checks, conn, ready);
         }
         if a.uring == Some(true) {
             log::warn!(
-                "uring: FUSE over io_uring needs root, a kernel with it (fuse module parameter enable_uring, writable) and io_uring allowed (kernel.io_uring_disabled): serving /dev/fuse"
+                "uring: FUSE over io_uring needs a kernel with it (fuse module parameter enable_uring: root turns it on for its own mounts, an ordinary user's need it left on) and io_uring allowed (kernel.io_uring_disabled): serving /dev/fuse"
             );
         }
     }
     let adapter = FuseAdapter::new(fs.clone(), a.fuse_options());
-    let config = mount_config(a, writable, !fs.owner_is_root());
+    let config = mount_config(a, writable, checks);
     // Signals go to one thread that unmounts; request threads never see them.
     sys::block_signals(&STOP_SIGNALS);
     let unmounter = outside.as_ref().map(|o| o.unmounter);
@@ -172,7 +192,7 @@ pub fn serve_on(
             let err = Error::new(format!(
                 "cannot mount {}: {}",
                 plan.mountpoint.display(),
-                why_not_mounted(&e)
+                why_not_mounted(describe(&e))
             ));
             ready(Err(&err));
             return Err(err);
@@ -209,6 +229,31 @@ pub fn serve_on(
     }
 }
 
+/// An ordinary user's mount for the ring: `fusermount3` mounts and hands over the
+/// connection, with the options fuser would have given it.
+fn mount_through_fusermount(
+    plan: &MountPlan,
+    a: &MountRequest,
+    writable: bool,
+    kernel_checks: bool,
+) -> Result<ring::Connection> {
+    let mut opts = fusermount_options(a, writable);
+    if kernel_checks {
+        opts.push_str(",default_permissions");
+    }
+    match sys::fusermount_mount(&plan.mountpoint, &opts) {
+        Ok(dev) => Ok(ring::Connection::Mounted {
+            dev,
+            unmounter: None,
+        }),
+        Err(e) => Err(Error::new(format!(
+            "cannot mount {}: {}",
+            plan.mountpoint.display(),
+            why_not_mounted(e)
+        ))),
+    }
+}
+
 /// A thread that unmounts on a stop signal (or asks `unmounter`, the process outside a
 /// user namespace that mounted us, to do it).
 fn watch_signals(mnt: std::path::PathBuf, unmounter: Option<u32>) -> Result<()> {
@@ -235,7 +280,7 @@ fn watch_signals(mnt: std::path::PathBuf, unmounter: Option<u32>) -> Result<()> 
 
 /// What stood in the way of a mount, in words a user can act on: `/dev/fuse` missing or
 /// closed to this user, or (unprivileged) no `fusermount3` to mount through.
-fn why_not_mounted(e: &std::io::Error) -> String {
+fn why_not_mounted(otherwise: String) -> String {
     let dev = Path::new("/dev/fuse");
     if !dev.exists() {
         return "/dev/fuse does not exist: load the fuse module (modprobe fuse)".into();
@@ -261,5 +306,5 @@ fn why_not_mounted(e: &std::io::Error) -> String {
             return "fusermount3 is not installed (Debian: apt-get install fuse3): an unprivileged mount goes through it".into();
         }
     }
-    describe(e)
+    otherwise
 }

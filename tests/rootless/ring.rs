@@ -1,0 +1,219 @@
+//! An ordinary user's mount over FUSE's io_uring transport. Only root can turn the
+//! `enable_uring` module parameter on, but where root has left it on the kernel asks no
+//! capability for the ring: the user's daemon takes the connection `fusermount3` mounted
+//! and serves it from per-CPU ring threads — in the normal scheduling class, since an
+//! ordinary user's thread could not leave `SCHED_IDLE` again. With the switch off, the
+//! same mount is served over `/dev/fuse`. (scripts/test runs the whole rootless suite a
+//! second time with the switch on.)
+
+use std::fs;
+use std::os::fd::AsFd;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use support::procs::{pid_alive, processes};
+use support::skip_unless_root;
+
+use crate::{NOBODY, User};
+
+const ENABLE_URING: &str = "/sys/module/fuse/parameters/enable_uring";
+
+/// `enable_uring` set to a value for as long as this lives, holding the lock layerfs
+/// mounts take turns with (so no root mount's INIT puts it back meanwhile).
+struct Switch {
+    old: String,
+    _lock: fs::File,
+}
+
+impl Switch {
+    fn set(value: &str) -> Switch {
+        let lock = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open("/run/layerfs-enable-uring.lock")
+            .unwrap();
+        rustix::fs::flock(lock.as_fd(), rustix::fs::FlockOperation::LockExclusive).unwrap();
+        let old = fs::read_to_string(ENABLE_URING)
+            .expect("this kernel has FUSE over io_uring (fuse module parameter enable_uring)")
+            .trim()
+            .to_string();
+        fs::write(ENABLE_URING, value).unwrap();
+        Switch { old, _lock: lock }
+    }
+}
+
+impl Drop for Switch {
+    fn drop(&mut self) {
+        let _ = fs::write(ENABLE_URING, &self.old);
+    }
+}
+
+/// The pid of the user's daemon serving `mnt`.
+fn user_daemon(user: &User, mnt: &Path) -> u32 {
+    processes()
+        .into_iter()
+        .find(|p| {
+            p.args.iter().any(|a| a == mnt.as_os_str().as_bytes())
+                && fs::read_link(format!("/proc/{}/exe", p.pid)).is_ok_and(|x| x == user.bin_path())
+                && pid_alive(p.pid)
+        })
+        .map(|p| p.pid)
+        .unwrap_or_else(|| panic!("no daemon of the user serves {}", mnt.display()))
+}
+
+/// (name, scheduling policy) of each thread of `pid` (`/proc/PID/task/TID/stat` field 41).
+fn threads(pid: u32) -> Vec<(String, u32)> {
+    let mut v = Vec::new();
+    for t in fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let t = t.unwrap().path();
+        let stat = fs::read_to_string(t.join("stat")).unwrap_or_default();
+        let Some((head, rest)) = stat.rsplit_once(") ") else {
+            continue;
+        };
+        let name = head.split_once(" (").map_or("", |(_, n)| n).to_string();
+        let policy = rest.split(' ').nth(41 - 3).unwrap().parse().unwrap();
+        v.push((name, policy));
+    }
+    v
+}
+
+fn ring_threads(pid: u32) -> Vec<(String, u32)> {
+    threads(pid)
+        .into_iter()
+        .filter(|(n, _)| n.starts_with("fuse-ring-"))
+        .collect()
+}
+
+fn online_cpus() -> usize {
+    let s = fs::read_to_string("/sys/devices/system/cpu/online").unwrap();
+    s.trim()
+        .split(',')
+        .map(|part| {
+            let (a, b) = part.split_once('-').unwrap_or((part, part));
+            b.parse::<usize>().unwrap() - a.parse::<usize>().unwrap() + 1
+        })
+        .sum()
+}
+
+fn wait_gone(pid: u32) {
+    let end = Instant::now() + Duration::from_secs(10);
+    while pid_alive(pid) {
+        assert!(
+            Instant::now() < end,
+            "daemon {pid} still runs after its unmount"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn mount(user: &User, h: &Path, mnt: &Path) -> u32 {
+    let opts = format!("lowerdir={0}/l,upperdir={0}/u,workdir={0}/w", h.display());
+    user.ok(&["overlay", "-o", &opts, mnt.to_str().unwrap()]);
+    user_daemon(user, mnt)
+}
+
+#[test]
+fn a_users_mount_takes_the_ring_root_left_on() {
+    if skip_unless_root() {
+        return;
+    }
+    let Some(user) = User::new() else { return };
+    let h = user.home();
+    user.sh_ok(&format!(
+        "cd '{}' && mkdir -p l/d u w m && echo lower > l/f && echo g > l/d/g && \
+         for i in $(seq 1 300); do echo $i > l/d/n$i; done",
+        h.display()
+    ));
+    let mnt: PathBuf = h.join("m");
+    let lower_f = fs::read(h.join("l/f")).unwrap();
+
+    let pid = {
+        let _on = Switch::set("Y");
+        mount(&user, &h, &mnt)
+    };
+    let ring = ring_threads(pid);
+    assert_eq!(ring.len(), 2 * online_cpus(), "ring threads: {ring:?}");
+    assert!(
+        ring.iter()
+            .all(|(_, policy)| *policy == libc::SCHED_OTHER as u32),
+        "an ordinary user's ring threads stay in SCHED_OTHER: {ring:?}"
+    );
+    // Lookups, reads, a copy-up, a create, a rename, a removal, a listing; 300 names
+    // looked up and forgotten again (FORGETs stay on /dev/fuse beside the ring).
+    let shown = user.sh_ok(&format!(
+        "cd '{}' && cat f && echo upper >> f && echo new > d/new && mv d/new d/moved && \
+         rm d/g && cat d/n*  > /dev/null && ls d | wc -l && cat f d/moved && \
+         rm d/n* && ls d && stat -c '%u %a' f",
+        mnt.display()
+    ));
+    assert_eq!(
+        shown,
+        format!("lower\n301\nlower\nupper\nnew\nmoved\n{NOBODY} 644\n")
+    );
+    assert_eq!(fs::read(h.join("l/f")).unwrap(), lower_f, "the lower file");
+    assert_eq!(fs::read(h.join("u/f")).unwrap(), b"lower\nupper\n");
+    assert_eq!(fs::metadata(h.join("u/d/moved")).unwrap().uid(), NOBODY);
+    user.sh_ok(&format!("fusermount3 -u '{}'", mnt.display()));
+    wait_gone(pid);
+
+    // The switch off: the same mount over /dev/fuse.
+    let pid = {
+        let _off = Switch::set("N");
+        mount(&user, &h, &mnt)
+    };
+    assert_eq!(ring_threads(pid), vec![], "a ring without enable_uring");
+    let shown = user.sh_ok(&format!("cd '{}' && cat f && ls d", mnt.display()));
+    assert_eq!(shown, "lower\nupper\nmoved\n");
+    user.sh_ok(&format!("fusermount3 -u '{}'", mnt.display()));
+    wait_gone(pid);
+}
+
+/// With subordinate ids the daemon serves from a user namespace the connection that
+/// `fusermount3` mounted outside it: that one takes the ring as well.
+#[test]
+fn a_subids_mount_takes_the_ring_too() {
+    let Some((user, _ids)) = crate::subuid::with_range() else {
+        return;
+    };
+    let h = user.home();
+    user.sh_ok(&format!(
+        "cd '{}' && mkdir l u w m && echo hi > l/f",
+        h.display()
+    ));
+    let mnt = h.join("m");
+    let opts = format!(
+        "lowerdir={0}/l,upperdir={0}/u,workdir={0}/w,subids",
+        h.display()
+    );
+    {
+        let _on = Switch::set("Y");
+        user.ok(&["overlay", "-o", &opts, mnt.to_str().unwrap()]);
+    }
+    // The process outside (it unmounts on a signal) and the daemon inside.
+    let pids: Vec<u32> = processes()
+        .into_iter()
+        .filter(|p| {
+            p.args.iter().any(|a| a == mnt.as_os_str().as_bytes())
+                && fs::read_link(format!("/proc/{}/exe", p.pid)).is_ok_and(|x| x == user.bin_path())
+        })
+        .map(|p| p.pid)
+        .collect();
+    let ring: Vec<usize> = pids.iter().map(|&p| ring_threads(p).len()).collect();
+    assert!(
+        ring.contains(&(2 * online_cpus())),
+        "ring threads of {pids:?}: {ring:?}"
+    );
+    let shown = user.sh_ok(&format!(
+        "cd '{}' && cat f && echo x > g && stat -c '%n %u %g' f g",
+        mnt.display()
+    ));
+    assert_eq!(shown, "hi\nf 0 0\ng 0 0\n");
+    assert_eq!(fs::metadata(h.join("u/g")).unwrap().uid(), NOBODY);
+    user.sh_ok(&format!("fusermount3 -u '{}'", mnt.display()));
+    for p in pids {
+        wait_gone(p);
+    }
+}
