@@ -23,7 +23,7 @@ pub struct OverlayArgs {
     /// Explicit `passthrough=off|upper|all` (`on` = `upper`); `None` means automatic.
     pub passthrough: Option<PassthroughMode>,
     pub threads: Option<usize>,
-    /// `uring[=on|off]`: FUSE's io_uring transport; `None`: automatic (on as root).
+    /// `uring[=on|off]`: FUSE's io_uring transport; `None`: automatic (`MountRequest::uring`).
     pub uring: Option<bool>,
     /// Entry/attribute timeout in seconds for objects that may change.
     pub timeout: Option<f64>,
@@ -451,10 +451,11 @@ Options (fuse-overlayfs compatible):
                      far fewer lookups; the kernel caches listings either way)
   prefetch=on|off    after a listing, read its subdirectories in the background, so a
                      walk on a cold disk overlaps reads with round trips (default on)
-  uring=on|off       FUSE's io_uring transport (default on as root where the kernel
-                     has it): each request is answered on the caller's CPU (first
-                     lookups, opens and unlinks cost 2-3x less); the fuse module's
-                     enable_uring is switched on for the mount's start. off: /dev/fuse
+  uring=on|off       FUSE's io_uring transport (default on where the kernel has it):
+                     each request is answered on the caller's CPU (first lookups,
+                     opens and unlinks cost 2-3x less). Root switches the fuse
+                     module's enable_uring on for the mount's start; an ordinary
+                     user's mount takes it where root left it on. off: /dev/fuse
   timeout=SECONDS    attribute/entry cache time for writable objects
   uidmapping=HOST:TO:LEN[:...], gidmapping=...  on-disk ids HOST.. are shown as TO..
   squash_to_root, squash_to_uid=N, squash_to_gid=N  report every file as owned by N

@@ -50,7 +50,8 @@ pub struct MountRequest {
     pub prefetch: bool,
     /// Request threads; `None`: one per core (2 to 16).
     pub threads: Option<usize>,
-    /// FUSE's io_uring transport: `None` automatic (as root, where the kernel has it),
+    /// FUSE's io_uring transport: `None` automatic (where the kernel has it: root turns
+    /// `enable_uring` on for INIT, an ordinary user needs it left on),
     /// `Some(false)` never (`uring=off`), `Some(true)` asked for (a warning where it
     /// cannot be had).
     pub uring: Option<bool>,

@@ -140,10 +140,11 @@ pub fn serve_on(
     if a.uring != Some(false) {
         // The kernel offers the ring in INIT, and grants it in the answer, only while the
         // module parameter is on. Root turns it on for INIT and puts it back; an ordinary
-        // user's mount gets the ring where root has left it on.
+        // user's mount (through fusermount3, here or outside our user namespace) gets the
+        // ring where root has left it on. Root of another namespace mounts as fuser does.
         let conn = if sys::is_privileged() && outside.is_none() {
             ring::switch_on().map(ring::Connection::Own)
-        } else if ring::left_on() {
+        } else if (outside.is_some() || !sys::is_namespace_root()) && ring::left_on() {
             match outside.take() {
                 Some(o) => Some(ring::Connection::Mounted {
                     dev: o.dev,
