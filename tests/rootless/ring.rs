@@ -219,3 +219,36 @@ fn a_subids_mount_takes_the_ring_too() {
         wait_gone(p);
     }
 }
+
+/// Root of a user namespace (rootless podman runs its mount program so) mounts FUSE
+/// itself there: with the switch left on, that mount takes the ring too.
+#[test]
+fn a_namespace_roots_mount_takes_the_ring_too() {
+    if skip_unless_root() {
+        return;
+    }
+    let Some(user) = User::new() else { return };
+    let h = user.home();
+    user.sh_ok(&format!(
+        "cd '{}' && mkdir l u w m && echo hi > l/f",
+        h.display()
+    ));
+    let _on = Switch::set("Y");
+    // Inside the namespace: mount, count the daemon's ring threads, use it, unmount (the
+    // mount is seen only there: unmounted on the way out whatever happens).
+    let shown = user.sh_ok(&format!(
+        r#"cd '{h}' && unshare -Urm sh -c '
+          trap "umount -l m 2>/dev/null" EXIT
+          "{bin}" overlay -o lowerdir={h}/l,upperdir={h}/u,workdir={h}/w {h}/m || exit 1
+          for p in /proc/[0-9]*; do
+            if [ "$(readlink $p/exe)" = "{bin}" ]; then
+              cat $p/task/*/comm | grep -c "^fuse-ring-"
+            fi
+          done
+          cat m/f && echo x > m/g && stat -c "%n %u" m/g && umount m'"#,
+        h = h.display(),
+        bin = user.bin_path().display()
+    ));
+    assert_eq!(shown, format!("{}\nhi\nm/g 0\n", 2 * online_cpus()));
+    assert_eq!(fs::metadata(h.join("u/g")).unwrap().uid(), NOBODY);
+}

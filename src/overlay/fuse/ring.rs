@@ -75,8 +75,9 @@ pub enum Connection {
     /// Root: open `/dev/fuse` and mount it here, with `enable_uring` on until INIT is
     /// answered.
     Own(UringSwitch),
-    /// Mounted already by `fusermount3` (an ordinary user, `enable_uring` left on by
-    /// root); `unmounter`: the process outside our user namespace that unmounts it.
+    /// Mounted already (`enable_uring` left on by root): by `fusermount3` for an ordinary
+    /// user, or by root of a user namespace (`own_mount`); `unmounter`: the process
+    /// outside our user namespace that unmounts it.
     Mounted {
         dev: OwnedFd,
         unmounter: Option<u32>,
@@ -382,7 +383,8 @@ fn start(
     };
     let (dev, switch, unmounter) = match conn {
         Connection::Own(switch) => {
-            let dev = own_mount(plan, a, fs, kernel_checks).map_err(|(w, e)| failed(w, e))?;
+            let dev = own_mount(plan, a, fs.is_writable(), kernel_checks)
+                .map_err(|(w, e)| failed(w, e))?;
             (dev, Some(switch), None)
         }
         Connection::Mounted { dev, unmounter } => (dev, None, unmounter),
@@ -438,11 +440,12 @@ fn start(
     }
 }
 
-/// Open `/dev/fuse` and mount it at the plan's mount point (root).
-fn own_mount(
+/// Open `/dev/fuse` and mount it at the plan's mount point (root, or root of a user
+/// namespace that owns its mount namespace).
+pub fn own_mount(
     plan: &MountPlan,
     a: &MountRequest,
-    fs: &OverlayFs,
+    writable: bool,
     kernel_checks: bool,
 ) -> std::result::Result<OwnedFd, (&'static str, io::Error)> {
     let dev = fuse_dev::open_fuse_dev().map_err(|e| ("/dev/fuse", e))?;
@@ -461,7 +464,7 @@ fn own_mount(
         &plan.mountpoint,
         &source,
         "layerfs",
-        mount_flags(a, fs.is_writable()),
+        mount_flags(a, writable),
         &options.join(","),
     )
     .map_err(|e| ("mount", e))?;

@@ -141,25 +141,36 @@ pub fn serve_on(
         // The kernel offers the ring in INIT, and grants it in the answer, only while the
         // module parameter is on. Root turns it on for INIT and puts it back; an ordinary
         // user's mount (through fusermount3, here or outside our user namespace) gets the
-        // ring where root has left it on. Root of another namespace mounts as fuser does.
+        // ring where root has left it on, and so does root of a user namespace (rootless
+        // podman's mount program) where it may mount FUSE itself.
         let conn = if sys::is_privileged() && outside.is_none() {
             ring::switch_on().map(ring::Connection::Own)
-        } else if (outside.is_some() || !sys::is_namespace_root()) && ring::left_on() {
-            match outside.take() {
-                Some(o) => Some(ring::Connection::Mounted {
-                    dev: o.dev,
-                    unmounter: Some(o.unmounter),
+        } else if !ring::left_on() {
+            None
+        } else if let Some(o) = outside.take() {
+            Some(ring::Connection::Mounted {
+                dev: o.dev,
+                unmounter: Some(o.unmounter),
+            })
+        } else if sys::is_namespace_root() {
+            match ring::own_mount(&plan, a, writable, checks) {
+                Ok(dev) => Some(ring::Connection::Mounted {
+                    dev,
+                    unmounter: None,
                 }),
-                None => match mount_through_fusermount(&plan, a, writable, checks) {
-                    Ok(c) => Some(c),
-                    Err(e) => {
-                        ready(Err(&e));
-                        return Err(e);
-                    }
-                },
+                Err((what, e)) => {
+                    log::info!("no ring: {what}: {e}; mounting as fuser does");
+                    None
+                }
             }
         } else {
-            None
+            match mount_through_fusermount(&plan, a, writable, checks) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    ready(Err(&e));
+                    return Err(e);
+                }
+            }
         };
         if let Some(conn) = conn {
             sys::block_signals(&STOP_SIGNALS);
