@@ -161,6 +161,22 @@ impl User {
         String::from_utf8(o.stdout).unwrap()
     }
 
+    /// Live processes of the user's binary whose command line names `mnt`: the daemon
+    /// (with `subids`, also the process outside the namespace that unmounts).
+    pub fn daemons(&self, mnt: &Path) -> Vec<u32> {
+        let want = mnt.as_os_str().as_encoded_bytes();
+        support::procs::processes()
+            .into_iter()
+            .filter(|p| {
+                p.args.iter().any(|a| a == want)
+                    && fs::read_link(format!("/proc/{}/exe", p.pid))
+                        .is_ok_and(|x| x == self.bin_path())
+                    && support::procs::pid_alive(p.pid)
+            })
+            .map(|p| p.pid)
+            .collect()
+    }
+
     /// A file the user can read, in its home.
     pub fn put(&self, name: &str, data: &[u8]) -> PathBuf {
         let p = self.home().join(name);

@@ -8,12 +8,11 @@
 
 use std::fs;
 use std::os::fd::AsFd;
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use support::procs::{pid_alive, processes};
+use support::procs::pid_alive;
 use support::skip_unless_root;
 
 use crate::{NOBODY, User};
@@ -53,14 +52,9 @@ impl Drop for Switch {
 
 /// The pid of the user's daemon serving `mnt`.
 fn user_daemon(user: &User, mnt: &Path) -> u32 {
-    processes()
-        .into_iter()
-        .find(|p| {
-            p.args.iter().any(|a| a == mnt.as_os_str().as_bytes())
-                && fs::read_link(format!("/proc/{}/exe", p.pid)).is_ok_and(|x| x == user.bin_path())
-                && pid_alive(p.pid)
-        })
-        .map(|p| p.pid)
+    user.daemons(mnt)
+        .first()
+        .copied()
         .unwrap_or_else(|| panic!("no daemon of the user serves {}", mnt.display()))
 }
 
@@ -195,14 +189,7 @@ fn a_subids_mount_takes_the_ring_too() {
         user.ok(&["overlay", "-o", &opts, mnt.to_str().unwrap()]);
     }
     // The process outside (it unmounts on a signal) and the daemon inside.
-    let pids: Vec<u32> = processes()
-        .into_iter()
-        .filter(|p| {
-            p.args.iter().any(|a| a == mnt.as_os_str().as_bytes())
-                && fs::read_link(format!("/proc/{}/exe", p.pid)).is_ok_and(|x| x == user.bin_path())
-        })
-        .map(|p| p.pid)
-        .collect();
+    let pids = user.daemons(&mnt);
     let ring: Vec<usize> = pids.iter().map(|&p| ring_threads(p).len()).collect();
     assert!(
         ring.contains(&(2 * online_cpus())),

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use rustix::process::Signal;
 use support::mounts::is_mounted;
 use support::podman::SubIdLine;
-use support::procs::{processes, signal};
+use support::procs::signal;
 use support::skip_unless_root;
 
 use crate::owners::{owned_tar, root_side, user_side};
@@ -505,18 +505,12 @@ fn every_range_of_the_user_is_mapped_one_after_another() {
 /// The user's layerfs processes whose command line names `mnt`: (pid, whether it runs
 /// outside any user namespace).
 fn mount_daemons(user: &User, mnt: &Path) -> Vec<(u32, bool)> {
-    let want = mnt.as_os_str().as_encoded_bytes();
-    processes()
+    user.daemons(mnt)
         .into_iter()
-        .filter(|p| {
-            p.args.iter().any(|a| a == want)
-                && fs::read_link(format!("/proc/{}/exe", p.pid)).is_ok_and(|x| x == user.bin_path())
-                && support::procs::pid_alive(p.pid)
-        })
-        .map(|p| {
-            let map = fs::read_to_string(format!("/proc/{}/uid_map", p.pid)).unwrap_or_default();
+        .map(|pid| {
+            let map = fs::read_to_string(format!("/proc/{pid}/uid_map")).unwrap_or_default();
             let outside = map.split_whitespace().collect::<Vec<_>>() == ["0", "0", "4294967295"];
-            (p.pid, outside)
+            (pid, outside)
         })
         .collect()
 }
