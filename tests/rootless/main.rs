@@ -177,6 +177,18 @@ impl User {
             .collect()
     }
 
+    /// `l` (holding `f`: "hi"), `u`, `w` and `m` in the home: the mount point and the
+    /// options that stack them.
+    pub fn one_file_stack(&self) -> (PathBuf, String) {
+        let h = self.home();
+        self.sh_ok(&format!(
+            "cd '{}' && mkdir l u w m && echo hi > l/f",
+            h.display()
+        ));
+        let opts = format!("lowerdir={0}/l,upperdir={0}/u,workdir={0}/w", h.display());
+        (h.join("m"), opts)
+    }
+
     /// A file the user can read, in its home.
     pub fn put(&self, name: &str, data: &[u8]) -> PathBuf {
         let p = self.home().join(name);

@@ -175,18 +175,10 @@ fn a_subids_mount_takes_the_ring_too() {
         return;
     };
     let h = user.home();
-    user.sh_ok(&format!(
-        "cd '{}' && mkdir l u w m && echo hi > l/f",
-        h.display()
-    ));
-    let mnt = h.join("m");
-    let opts = format!(
-        "lowerdir={0}/l,upperdir={0}/u,workdir={0}/w,subids",
-        h.display()
-    );
+    let (mnt, opts) = user.one_file_stack();
     {
         let _on = Switch::set("Y");
-        user.ok(&["overlay", "-o", &opts, mnt.to_str().unwrap()]);
+        user.ok(&["overlay", "-o", &(opts + ",subids"), mnt.to_str().unwrap()]);
     }
     // The process outside (it unmounts on a signal) and the daemon inside.
     let pids = user.daemons(&mnt);
@@ -216,17 +208,14 @@ fn a_namespace_roots_mount_takes_the_ring_too() {
     }
     let Some(user) = User::new() else { return };
     let h = user.home();
-    user.sh_ok(&format!(
-        "cd '{}' && mkdir l u w m && echo hi > l/f",
-        h.display()
-    ));
+    let (mnt, opts) = user.one_file_stack();
     let _on = Switch::set("Y");
     // Inside the namespace: mount, count the daemon's ring threads, use it, unmount (the
     // mount is seen only there: unmounted on the way out whatever happens).
     let shown = user.sh_ok(&format!(
         r#"cd '{h}' && unshare -Urm sh -c '
           trap "umount -l m 2>/dev/null" EXIT
-          "{bin}" overlay -o lowerdir={h}/l,upperdir={h}/u,workdir={h}/w {h}/m || exit 1
+          "{bin}" overlay -o {opts} {mnt} || exit 1
           for p in /proc/[0-9]*; do
             if [ "$(readlink $p/exe)" = "{bin}" ]; then
               cat $p/task/*/comm | grep -c "^fuse-ring-"
@@ -234,6 +223,7 @@ fn a_namespace_roots_mount_takes_the_ring_too() {
           done
           cat m/f && echo x > m/g && stat -c "%n %u" m/g && umount m'"#,
         h = h.display(),
+        mnt = mnt.display(),
         bin = user.bin_path().display()
     ));
     assert_eq!(shown, format!("{}\nhi\nm/g 0\n", 2 * online_cpus()));

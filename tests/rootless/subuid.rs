@@ -277,15 +277,9 @@ fn overlay_subids_serves_plain_dirs_as_the_namespace_sees_them() {
         return;
     };
     let h = user.home();
-    user.sh_ok(&format!(
-        "cd '{}' && mkdir l u w m && echo hi > l/f && chmod 600 l/f",
-        h.display()
-    ));
-    let opts = format!(
-        "lowerdir={0}/l,upperdir={0}/u,workdir={0}/w,subids",
-        h.display()
-    );
-    user.ok(&["overlay", "-o", &opts, h.join("m").to_str().unwrap()]);
+    let (mnt, opts) = user.one_file_stack();
+    user.sh_ok(&format!("chmod 600 '{}/l/f'", h.display()));
+    user.ok(&["overlay", "-o", &(opts + ",subids"), mnt.to_str().unwrap()]);
     let shown = user.sh_ok(&format!(
         "cd '{}/m' && echo x > g && cat f && stat -c '%n %u %g %a' f g",
         h.display()
@@ -550,17 +544,9 @@ fn a_subids_mount_is_unmounted_on_sigterm_and_sigint() {
     let Some((user, _ids)) = with_range() else {
         return;
     };
-    let h = user.home();
-    user.sh_ok(&format!(
-        "cd '{}' && mkdir l u w m && echo hi > l/f",
-        h.display()
-    ));
-    let mnt = h.join("m");
+    let (mnt, opts) = user.one_file_stack();
+    let opts = opts + ",subids";
     let m = mnt.to_str().unwrap();
-    let opts = format!(
-        "lowerdir={0}/l,upperdir={0}/u,workdir={0}/w,subids",
-        h.display()
-    );
     // A daemon: one process outside the namespace (the one that stays of the command),
     // one serving from inside it; either takes the mount down.
     for (outside, sig) in [
@@ -578,7 +564,7 @@ fn a_subids_mount_is_unmounted_on_sigterm_and_sigint() {
         taken_down(&user, &mnt);
     }
     // In the foreground the command exits 0, as a plain mount's does.
-    let log = h.join("fg.log");
+    let log = user.home().join("fg.log");
     let mut child = user
         .command(user.bin_path().to_str().unwrap())
         .args(["overlay", "-f", "-o", &opts, m])
