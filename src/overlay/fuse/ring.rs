@@ -1,8 +1,9 @@
-//! The io_uring transport (`-o uring`): layerfs mounts the connection itself (root) or
-//! takes the one `fusermount3` mounted (an ordinary user, where root has turned
-//! `enable_uring` on: the kernel checks no capability for the ring), answers INIT asking
-//! for `FUSE_OVER_IO_URING`, and serves requests from per-CPU ring queues — a request is answered by a thread on the caller's own CPU, with no wake-up
-//! of another CPU on either side (on a 2-vCPU guest a first lookup costs 5.8 µs instead
+//! The io_uring transport (`-o uring`): layerfs mounts the connection itself (root, or
+//! root of a user namespace) or takes the one `fusermount3` mounted (an ordinary user);
+//! only root can turn `enable_uring` on, but the kernel checks no capability for the
+//! ring. It answers INIT asking for `FUSE_OVER_IO_URING` and serves requests from
+//! per-CPU ring queues — a request is answered by a thread on the caller's own CPU, with
+//! no wake-up of another CPU on either side (on a 2-vCPU guest a first lookup costs 5.8 µs instead
 //! of 19–24 µs over `/dev/fuse`, see experiments/fuse-uring).
 //!
 //! The kernel's rules (fs/fuse/dev_uring.c): one queue per possible CPU, and no request
@@ -482,8 +483,8 @@ fn unmount(mnt: &Path, unmounter: Option<u32>) {
     }
 }
 
-/// Mount `plan` over a connection of our own or take `fusermount3`'s, answer INIT, and
-/// serve it (over the ring when the kernel grants it). Returns once the filesystem is
+/// Mount `plan` over a connection of our own or take one mounted already, answer INIT,
+/// and serve it (over the ring when the kernel grants it). Returns once the filesystem is
 /// unmounted.
 pub fn serve(
     plan: &MountPlan,
