@@ -3,8 +3,8 @@
 //! only root can turn `enable_uring` on, but the kernel checks no capability for the
 //! ring. It answers INIT asking for `FUSE_OVER_IO_URING` and serves requests from
 //! per-CPU ring queues — a request is answered by a thread on the caller's own CPU, with
-//! no wake-up of another CPU on either side (on a 2-vCPU guest a first lookup costs 5.8 µs instead
-//! of 19–24 µs over `/dev/fuse`, see experiments/fuse-uring).
+//! no wake-up of another CPU on either side (on a 2-vCPU guest a first lookup costs
+//! 5.8 µs instead of 19–24 µs over `/dev/fuse`, see experiments/fuse-uring).
 //!
 //! The kernel's rules (fs/fuse/dev_uring.c): one queue per possible CPU, and no request
 //! is sent until every queue has an entry; registration only after the INIT answer;
