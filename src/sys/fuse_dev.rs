@@ -157,6 +157,14 @@ pub fn io_uring_usable() -> bool {
     b.build(1).is_ok()
 }
 
+/// The fuse module's `enable_uring` parameter: `None` where this kernel has no FUSE over
+/// io_uring.
+pub fn enable_uring() -> Option<bool> {
+    std::fs::read_to_string(ENABLE_URING)
+        .ok()
+        .map(|v| v.trim() == "Y")
+}
+
 /// Turn the ring off for a connection that cannot have an entry on every queue (a thread
 /// could not make its ring): a registration the kernel refuses does that, and it then
 /// sends every request through `/dev/fuse`.

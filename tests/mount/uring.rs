@@ -19,15 +19,6 @@ use support::stack::*;
 
 const ENABLE_URING: &str = "/sys/module/fuse/parameters/enable_uring";
 
-fn cpu_list(s: &str) -> Vec<usize> {
-    let mut out = Vec::new();
-    for part in s.trim().split(',').filter(|p| !p.is_empty()) {
-        let (a, b) = part.split_once('-').unwrap_or((part, part));
-        out.extend(a.parse::<usize>().unwrap()..=b.parse::<usize>().unwrap());
-    }
-    out
-}
-
 /// (thread name, CPUs it may run on) of every thread of `pid`.
 fn threads(pid: u32) -> Vec<(String, String)> {
     let mut v = Vec::new();
@@ -65,7 +56,7 @@ fn uring_serves_from_ring_threads_on_every_cpu_and_answers_every_kind_of_request
 
     // Ring threads: two per online CPU, pinned to it.
     let pid = daemon_pid(&m).expect("the daemon of the mount");
-    let online = cpu_list(&fs::read_to_string("/sys/devices/system/cpu/online").unwrap());
+    let online = online_cpus();
     let ring: Vec<(String, String)> = threads(pid)
         .into_iter()
         .filter(|(n, _)| n.starts_with("fuse-ring-"))

@@ -10,9 +10,8 @@ use std::fs;
 use std::os::fd::AsFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
-use support::procs::pid_alive;
+use support::procs::{online_cpus, pid_alive};
 use support::skip_unless_root;
 
 use crate::{NOBODY, User};
@@ -81,26 +80,10 @@ fn ring_threads(pid: u32) -> Vec<(String, u32)> {
         .collect()
 }
 
-fn online_cpus() -> usize {
-    let s = fs::read_to_string("/sys/devices/system/cpu/online").unwrap();
-    s.trim()
-        .split(',')
-        .map(|part| {
-            let (a, b) = part.split_once('-').unwrap_or((part, part));
-            b.parse::<usize>().unwrap() - a.parse::<usize>().unwrap() + 1
-        })
-        .sum()
-}
-
+/// The daemon must go once its mount is unmounted.
 fn wait_gone(pid: u32) {
-    let end = Instant::now() + Duration::from_secs(10);
-    while pid_alive(pid) {
-        assert!(
-            Instant::now() < end,
-            "daemon {pid} still runs after its unmount"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    support::procs::wait_gone(pid);
+    assert!(!pid_alive(pid), "daemon {pid} still runs after its unmount");
 }
 
 fn mount(user: &User, h: &Path, mnt: &Path) -> u32 {
@@ -129,7 +112,11 @@ fn a_users_mount_takes_the_ring_root_left_on() {
         mount(&user, &h, &mnt)
     };
     let ring = ring_threads(pid);
-    assert_eq!(ring.len(), 2 * online_cpus(), "ring threads: {ring:?}");
+    assert_eq!(
+        ring.len(),
+        2 * online_cpus().len(),
+        "ring threads: {ring:?}"
+    );
     assert!(
         ring.iter()
             .all(|(_, policy)| *policy == libc::SCHED_IDLE as u32),
@@ -148,7 +135,7 @@ fn a_users_mount_takes_the_ring_root_left_on() {
         shown,
         format!("lower\n301\nlower\nupper\nnew\nmoved\n{NOBODY} 644\n")
     );
-    assert_eq!(ring_threads(pid).len(), 2 * online_cpus());
+    assert_eq!(ring_threads(pid).len(), 2 * online_cpus().len());
     assert_eq!(fs::read(h.join("l/f")).unwrap(), lower_f, "the lower file");
     assert_eq!(fs::read(h.join("u/f")).unwrap(), b"lower\nupper\n");
     assert_eq!(fs::metadata(h.join("u/d/moved")).unwrap().uid(), NOBODY);
@@ -184,7 +171,7 @@ fn a_subids_mount_takes_the_ring_too() {
     let pids = user.daemons(&mnt);
     let ring: Vec<usize> = pids.iter().map(|&p| ring_threads(p).len()).collect();
     assert!(
-        ring.contains(&(2 * online_cpus())),
+        ring.contains(&(2 * online_cpus().len())),
         "ring threads of {pids:?}: {ring:?}"
     );
     let shown = user.sh_ok(&format!(
@@ -226,6 +213,6 @@ fn a_namespace_roots_mount_takes_the_ring_too() {
         mnt = mnt.display(),
         bin = user.bin_path().display()
     ));
-    assert_eq!(shown, format!("{}\nhi\nm/g 0\n", 2 * online_cpus()));
+    assert_eq!(shown, format!("{}\nhi\nm/g 0\n", 2 * online_cpus().len()));
     assert_eq!(fs::metadata(h.join("u/g")).unwrap().uid(), NOBODY);
 }

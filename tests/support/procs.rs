@@ -88,6 +88,17 @@ pub fn wait_gone(pid: u32) {
     }
 }
 
+/// The CPUs online now (`/sys/devices/system/cpu/online`, e.g. `0-3,6`).
+pub fn online_cpus() -> Vec<usize> {
+    let s = fs::read_to_string("/sys/devices/system/cpu/online").unwrap();
+    let mut out = Vec::new();
+    for part in s.trim().split(',').filter(|p| !p.is_empty()) {
+        let (a, b) = part.split_once('-').unwrap_or((part, part));
+        out.extend(a.parse::<usize>().unwrap()..=b.parse::<usize>().unwrap());
+    }
+    out
+}
+
 /// A number from a `/proc/.../status` file (`field` without its colon; a `kB` unit is
 /// dropped), or `None` if the file or the field is missing.
 pub fn status_number(status: impl AsRef<Path>, field: &str) -> Option<u64> {

@@ -85,21 +85,27 @@ pub enum Connection {
     },
 }
 
+impl Connection {
+    /// The process outside our user namespace that unmounts, if any.
+    pub fn unmounter(&self) -> Option<u32> {
+        match self {
+            Connection::Mounted { unmounter, .. } => *unmounter,
+            Connection::Own(_) => None,
+        }
+    }
+}
+
 /// Whether a process that cannot set `enable_uring` finds it on (root set it) and
 /// io_uring usable: then an ordinary user's mount can have the ring too.
 pub fn left_on() -> bool {
-    std::fs::read_to_string("/sys/module/fuse/parameters/enable_uring")
-        .is_ok_and(|v| v.trim() == "Y")
-        && fuse_dev::io_uring_usable()
+    fuse_dev::enable_uring() == Some(true) && fuse_dev::io_uring_usable()
 }
 
 /// The `enable_uring` switch turned on for a mount's start, if this kernel has FUSE over
 /// io_uring, io_uring works for this process, and the switch can be set (`/sys` may be
 /// read-only in a container); `None`: serve `/dev/fuse`.
 pub fn switch_on() -> Option<UringSwitch> {
-    if !Path::new("/sys/module/fuse/parameters/enable_uring").exists()
-        || !fuse_dev::io_uring_usable()
-    {
+    if fuse_dev::enable_uring().is_none() || !fuse_dev::io_uring_usable() {
         return None;
     }
     match UringSwitch::on() {

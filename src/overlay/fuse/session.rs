@@ -174,11 +174,7 @@ pub fn serve_on(
         };
         if let Some(conn) = conn {
             sys::block_signals(&STOP_SIGNALS);
-            let unmounter = match &conn {
-                ring::Connection::Mounted { unmounter, .. } => *unmounter,
-                ring::Connection::Own(_) => None,
-            };
-            watch_signals(plan.mountpoint.clone(), unmounter)?;
+            watch_signals(plan.mountpoint.clone(), conn.unmounter())?;
             return ring::serve(&plan, a, fs.clone(), checks, conn, ready);
         }
         if a.uring == Some(true) {
