@@ -3,7 +3,7 @@
 //! (`adapter.rs`), from the same options; no overlay rules live here either.
 
 use std::ffi::OsStr;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -475,8 +475,8 @@ impl Dispatcher {
         }
     }
 
-    fn backing(&self, f: &std::fs::File) -> std::io::Result<DevBacking> {
-        let id = fuse_dev::backing_open(self.dev.as_fd(), f.as_fd())?;
+    fn backing(&self, f: BorrowedFd<'_>) -> std::io::Result<DevBacking> {
+        let id = fuse_dev::backing_open(self.dev.as_fd(), f)?;
         Ok(DevBacking {
             dev: self.dev.clone(),
             id,

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::io;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -99,7 +100,7 @@ impl<B> PassthroughTable<B> {
         ino: u64,
         fh: u64,
         writes: bool,
-        open_backing: impl FnOnce(&std::fs::File) -> io::Result<B>,
+        open_backing: impl FnOnce(BorrowedFd<'_>) -> io::Result<B>,
     ) -> Result<Attach<B>, Errno> {
         let Some(h) = fs.handle_file(fh) else {
             return Err(Errno::BADF);
@@ -142,8 +143,7 @@ impl<B> PassthroughTable<B> {
             return Ok(Attach::Cached);
         }
         if st.backing.is_none() {
-            let f = std::fs::File::from(h.file().try_clone().map_err(|_| Errno::MFILE)?);
-            match open_backing(&f) {
+            match open_backing(h.file().as_fd()) {
                 Ok(id) => {
                     st.backing = Some(Arc::new(id));
                     st.backing_layer = h.layer();

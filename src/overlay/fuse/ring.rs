@@ -353,9 +353,13 @@ fn serve_ring(
         };
         ring.commit(i, h.unique, err, body)?;
         if let Answer::Open(backing) = answer {
-            // The commit goes to the kernel with the next submission: make it now, then
-            // the backing file may go.
-            ring.submit()?;
+            // The commit goes to the kernel with the next submission. The handle's entry
+            // in the passthrough table holds the backing file until its RELEASE, which
+            // cannot come before the kernel has read this answer; only where this is the
+            // last hold must the commit go out before the backing file does.
+            if Arc::strong_count(&backing) == 1 {
+                ring.submit()?;
+            }
             drop(backing);
         }
     }
