@@ -337,6 +337,13 @@ fn serve_ring(
             continue;
         };
         let k = wire::op_arg_len(h.opcode).min(req.op.len());
+        if h.opcode == wire::RELEASE {
+            // Nobody waits for a RELEASE (the kernel sends it in the background after a
+            // close), but the request that follows it usually has a caller waiting: an
+            // OPEN of the next file, served by the CPU's other ring thread. Let that one
+            // go first (measured in `tar c`: OPEN answered in 6 µs instead of 8).
+            std::thread::yield_now();
+        }
         let heavy = may_take_long(h.opcode, &req.op[..k]);
         if heavy {
             idle_priority(false);
