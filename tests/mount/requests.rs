@@ -1,0 +1,110 @@
+//! `scripts/fuse-requests`, the tool that counts a workload's FUSE requests from the
+//! kernel's tracepoints: it counts only the requests of the mount it is given, sees the
+//! background RELEASE after a command's last close, and puts the tracing state back.
+
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+
+use support::files::*;
+use support::privilege::*;
+use support::stack::*;
+
+const TRACING: &str = "/sys/kernel/tracing";
+
+/// The count `scripts/fuse-requests` reports for `opcode` (0 where it has no row).
+fn count(report: &str, opcode: &str) -> u64 {
+    report
+        .lines()
+        .find_map(|l| {
+            let mut w = l.split_whitespace();
+            (w.next() == Some(opcode)).then(|| w.next().unwrap().parse().unwrap())
+        })
+        .unwrap_or(0)
+}
+
+fn fuse_requests(mnt: &Path, args: &[&str]) -> String {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/fuse-requests");
+    let out = Command::new(script)
+        .arg("--mount")
+        .arg(mnt)
+        .args(["--show", "20", "--"])
+        .args(args)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "scripts/fuse-requests: {}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
+#[test]
+fn fuse_requests_counts_one_mounts_requests_and_puts_tracing_back() {
+    if skip_unless_root() {
+        return;
+    }
+    if !Path::new(TRACING)
+        .join("events/fuse/fuse_request_send")
+        .exists()
+    {
+        eprintln!("skipped: this kernel has no fuse request tracepoints");
+        return;
+    }
+    let enable = Path::new(TRACING).join("events/fuse/fuse_request_send/enable");
+    let before = fs::read_to_string(&enable).unwrap();
+    let t = tempfile::tempdir().unwrap();
+    let l = t.path().join("l");
+    fs::create_dir_all(&l).unwrap();
+    write(&l.join("f"), b"lower bytes\n");
+    write(&l.join("g"), b"other\n");
+    let s = rw_stack(t.path(), std::slice::from_ref(&l), "u");
+    let m = t.path().join("m");
+    let _g = mount_layerfs(&s, &m, &[]);
+    // A second mount whose requests must not be counted.
+    let other = t.path().join("other");
+    let s2 = rw_stack(t.path(), std::slice::from_ref(&l), "v");
+    let _g2 = mount_layerfs(&s2, &other, &[]);
+
+    let f = m.join("f").display().to_string();
+    let g = other.join("g").display().to_string();
+    let report = fuse_requests(&m, &["cat", &f, &g]);
+    // One name looked up, opened and released on this mount; `g` lives on the other.
+    assert_eq!(count(&report, "FUSE_LOOKUP"), 1, "{report}");
+    assert_eq!(count(&report, "FUSE_OPEN"), 1, "{report}");
+    assert_eq!(count(&report, "FUSE_RELEASE"), 1, "{report}");
+    assert!(!report.contains("without an answer"), "{report}");
+    assert!(
+        report.contains("send  req") && report.contains("FUSE_OPEN"),
+        "--show lists the requests in order: {report}"
+    );
+    assert_eq!(
+        fs::read_to_string(&enable).unwrap(),
+        before,
+        "the tracepoint is switched back"
+    );
+
+    // A command that fails: its status is passed on, the tracing still put back.
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/fuse-requests");
+    let st = Command::new(&script)
+        .arg("--mount")
+        .arg(&m)
+        .args(["--", "false"])
+        .output()
+        .unwrap();
+    assert!(!st.status.success());
+    assert_eq!(fs::read_to_string(&enable).unwrap(), before);
+    // Not a FUSE mount: one line, and a failure.
+    let st = Command::new(&script)
+        .arg("--mount")
+        .arg(t.path())
+        .args(["--", "true"])
+        .output()
+        .unwrap();
+    assert!(!st.status.success());
+    let err = String::from_utf8_lossy(&st.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("not a mount point"), "{err}");
+}
