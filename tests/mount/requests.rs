@@ -4,7 +4,7 @@
 
 use std::fs;
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Output};
 
 use support::files::*;
 use support::privilege::*;
@@ -23,22 +23,15 @@ fn count(report: &str, opcode: &str) -> u64 {
         .unwrap_or(0)
 }
 
-fn fuse_requests(mnt: &Path, args: &[&str]) -> String {
+/// Run `scripts/fuse-requests --mount MNT ARGS...`.
+fn fuse_requests(mnt: &Path, args: &[&str]) -> Output {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/fuse-requests");
-    let out = Command::new(script)
+    Command::new(script)
         .arg("--mount")
         .arg(mnt)
-        .args(["--show", "20", "--"])
         .args(args)
         .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "scripts/fuse-requests: {}\n{text}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    text
+        .unwrap()
 }
 
 #[test]
@@ -70,7 +63,13 @@ fn fuse_requests_counts_one_mounts_requests_and_puts_tracing_back() {
 
     let f = m.join("f").display().to_string();
     let g = other.join("g").display().to_string();
-    let report = fuse_requests(&m, &["cat", &f, &g]);
+    let out = fuse_requests(&m, &["--show", "20", "--", "cat", &f, &g]);
+    let report = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "scripts/fuse-requests: {}\n{report}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // One name looked up, opened and released on this mount; `g` lives on the other.
     assert_eq!(count(&report, "FUSE_LOOKUP"), 1, "{report}");
     assert_eq!(count(&report, "FUSE_OPEN"), 1, "{report}");
@@ -87,22 +86,10 @@ fn fuse_requests_counts_one_mounts_requests_and_puts_tracing_back() {
     );
 
     // A command that fails: its status is passed on, the tracing still put back.
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/fuse-requests");
-    let st = Command::new(&script)
-        .arg("--mount")
-        .arg(&m)
-        .args(["--", "false"])
-        .output()
-        .unwrap();
-    assert!(!st.status.success());
+    assert!(!fuse_requests(&m, &["--", "false"]).status.success());
     assert_eq!(fs::read_to_string(&enable).unwrap(), before);
     // Not a FUSE mount: one line, and a failure.
-    let st = Command::new(&script)
-        .arg("--mount")
-        .arg(t.path())
-        .args(["--", "true"])
-        .output()
-        .unwrap();
+    let st = fuse_requests(t.path(), &["--", "true"]);
     assert!(!st.status.success());
     let err = String::from_utf8_lossy(&st.stderr);
     assert_eq!(err.lines().count(), 1, "{err}");
