@@ -79,51 +79,6 @@ pub fn backing_close(dev: BorrowedFd<'_>, id: u32) -> io::Result<()> {
     Ok(())
 }
 
-/// Put the calling thread in `SCHED_IDLE` (or back in `SCHED_OTHER`).
-///
-/// A ring thread waits and answers in `SCHED_IDLE`: the kernel then counts its CPU as
-/// idle when the answer wakes the caller (`sched_idle_cpu`), and leaves the caller on
-/// that CPU instead of moving it to another idle one — whose next request would go to
-/// that CPU's queue and move it back, a cross-CPU wake-up per request.
-pub fn set_thread_sched_idle(idle: bool) -> io::Result<()> {
-    let policy = if idle {
-        libc::SCHED_IDLE
-    } else {
-        libc::SCHED_OTHER
-    };
-    let param = libc::sched_param { sched_priority: 0 };
-    // SAFETY: pid 0 is the calling thread; `param` is a live sched_param.
-    if unsafe { libc::sched_setscheduler(0, policy, &param) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-/// Whether a thread put in `SCHED_IDLE` may go back to `SCHED_OTHER`: the kernel treats
-/// that as raising the thread to its nice value, allowed with `CAP_SYS_NICE` (root here)
-/// or an `RLIMIT_NICE` of at least 20 - nice (0 for ordinary users unless root gave
-/// more, e.g. pam_limits' `nice`).
-pub fn sched_idle_reversible() -> bool {
-    if super::is_privileged() {
-        return true;
-    }
-    let limit = rustix::process::getrlimit(rustix::process::Resource::Nice).current;
-    let nice = rustix::process::getpriority_process(None).unwrap_or(0);
-    may_raise_to(limit, nice)
-}
-
-/// The kernel's `can_nice`: nice `n` is allowed under an `RLIMIT_NICE` of at least 20 - n.
-fn may_raise_to(limit: Option<u64>, nice: i32) -> bool {
-    limit.is_none_or(|l| l as i64 >= 20 - i64::from(nice))
-}
-
-/// Run the calling thread on `cpu` only.
-pub fn pin_thread_to(cpu: usize) -> io::Result<()> {
-    let mut set = rustix::thread::CpuSet::new();
-    set.set(cpu);
-    rustix::thread::sched_setaffinity(None, &set).map_err(io::Error::from)
-}
-
 fn cpu_list(path: &str) -> Vec<usize> {
     let s = std::fs::read_to_string(path).unwrap_or_default();
     let mut out = Vec::new();
@@ -306,9 +261,14 @@ impl<'d> FuseRing<'d> {
                 continue;
             }
             self.live -= 1;
+            // EOPNOTSUPP: the ring refused at registration (the caller says why).
             if !matches!(
                 -res,
-                libc::ENOTCONN | libc::ECANCELED | libc::ECONNABORTED | libc::ENODEV
+                libc::ENOTCONN
+                    | libc::ECANCELED
+                    | libc::ECONNABORTED
+                    | libc::ENODEV
+                    | libc::EOPNOTSUPP
             ) {
                 log::warn!(
                     "io_uring entry {i} (queue {}): {}",
@@ -407,19 +367,5 @@ impl<'d> FuseRing<'d> {
         h[272..276].copy_from_slice(&(body.len() as u32).to_ne_bytes());
         e.payload[..body.len()].copy_from_slice(body);
         self.push(i, URING_CMD_COMMIT_AND_FETCH, commit_id)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn leaving_the_idle_class_needs_the_nice_limit_the_kernel_asks() {
-        assert!(!may_raise_to(Some(0), 0), "the usual user limit");
-        assert!(may_raise_to(Some(20), 0));
-        assert!(!may_raise_to(Some(20), -10), "a daemon started at nice -10");
-        assert!(may_raise_to(Some(30), -10));
-        assert!(may_raise_to(None, -20), "unlimited");
     }
 }

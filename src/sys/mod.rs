@@ -9,6 +9,7 @@ mod fs;
 pub mod fuse_dev;
 mod lock;
 mod process;
+pub mod sched;
 mod terminal;
 mod userns;
 mod xattr;

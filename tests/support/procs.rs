@@ -99,6 +99,70 @@ pub fn online_cpus() -> Vec<usize> {
     out
 }
 
+/// (name, scheduling policy) of each thread of `pid` (`/proc/PID/task/TID/stat` field
+/// 41: 0 `SCHED_OTHER`, 5 `SCHED_IDLE`).
+pub fn thread_policies(pid: u32) -> Vec<(String, u32)> {
+    let mut v = Vec::new();
+    for t in fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let t = t.unwrap().path();
+        let stat = fs::read_to_string(t.join("stat")).unwrap_or_default();
+        let Some((head, rest)) = stat.rsplit_once(") ") else {
+            continue;
+        };
+        let name = head.split_once(" (").map_or("", |(_, n)| n).to_string();
+        let policy = rest.split(' ').nth(41 - 3).unwrap().parse().unwrap();
+        v.push((name, policy));
+    }
+    v
+}
+
+/// CPU-bound processes, `per_cpu` pinned to each online CPU, for as long as this lives.
+pub struct CpuHogs(Vec<std::process::Child>);
+
+impl CpuHogs {
+    /// Returns once each has spun for a few scheduler ticks.
+    pub fn start(per_cpu: usize) -> CpuHogs {
+        let hogs = CpuHogs(
+            online_cpus()
+                .into_iter()
+                .flat_map(|c| std::iter::repeat_n(c, per_cpu))
+                .map(|c| {
+                    std::process::Command::new("taskset")
+                        .args(["-c", &c.to_string(), "sh", "-c", "while :; do :; done"])
+                        .spawn()
+                        .expect("taskset (util-linux)")
+                })
+                .collect(),
+        );
+        let ticks = |pid: u32| -> u64 {
+            let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let rest = stat.rsplit_once(") ").map_or("", |(_, r)| r);
+            // utime and stime: fields 14 and 15 (the state, after the name, is field 3).
+            let field = |n: usize| -> u64 {
+                rest.split(' ')
+                    .nth(n - 3)
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0)
+            };
+            field(14) + field(15)
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while hogs.0.iter().any(|c| ticks(c.id()) < 5) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        hogs
+    }
+}
+
+impl Drop for CpuHogs {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 /// A number from a `/proc/.../status` file (`field` without its colon; a `kB` unit is
 /// dropped), or `None` if the file or the field is missing.
 pub fn status_number(status: impl AsRef<Path>, field: &str) -> Option<u64> {

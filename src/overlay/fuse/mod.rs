@@ -7,6 +7,7 @@
 pub mod adapter;
 pub mod convert;
 pub mod dispatch;
+mod idle;
 pub mod notify;
 pub mod passthrough;
 pub mod request;

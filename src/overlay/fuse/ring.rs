@@ -20,12 +20,14 @@ use std::path::Path;
 use std::sync::{Arc, mpsc};
 
 use super::dispatch::{Answer, Dispatcher};
+use super::idle::Scheduling;
 use super::notify::{FuseNotifier, Notify};
 use super::request::{FuseOptions, MountPlan, MountRequest};
 use super::wire::{self, Args, InHeader};
 use crate::error::{Error, Result};
 use crate::overlay::fs::OverlayFs;
 use crate::sys::fuse_dev::{self, FuseRing, UringSwitch};
+use crate::sys::sched;
 
 /// Largest WRITE the kernel sends (and READ it asks for): as the fuser session.
 const MAX_WRITE: u32 = 1 << 20;
@@ -219,9 +221,8 @@ const FORGET_GATHER: std::time::Duration = std::time::Duration::from_millis(1);
 /// everything queued meanwhile as one BATCH_FORGET, and a sleeping reader costs the
 /// kernel no wake-up.
 fn serve_dev(d: &Dispatcher, dev: &OwnedFd, beside_ring: bool) -> io::Result<()> {
-    if beside_ring {
-        idle_priority(true);
-    }
+    // Starved FORGETs cost nobody anything; a thread that could not come back never goes.
+    let mut idle = beside_ring && *IDLE_REVERSIBLE && set_idle(true);
     let mut buf = vec![0u8; DEV_BUF];
     let mut out = Vec::new();
     while let Some(n) = read_request(dev, &mut buf)? {
@@ -234,10 +235,11 @@ fn serve_dev(d: &Dispatcher, dev: &OwnedFd, beside_ring: bool) -> io::Result<()>
             std::thread::sleep(FORGET_GATHER);
             continue;
         }
-        if beside_ring {
+        if idle {
             // Anything else here (an INTERRUPT; every request if the kernel turned the
-            // ring off after all) is served in ordinary scheduling.
-            idle_priority(false);
+            // ring off after all) has a caller waiting: from now on in normal scheduling.
+            set_idle(false);
+            idle = false;
         }
         // An `Answer::Open` keeps its backing file registered until this reply is out.
         let answer = d.handle(&h, arg, payload, &mut out);
@@ -247,9 +249,6 @@ fn serve_dev(d: &Dispatcher, dev: &OwnedFd, beside_ring: bool) -> io::Result<()>
             Answer::Err(e) => reply(dev, h.unique, -e, &[]),
         };
         drop(answer);
-        if beside_ring {
-            idle_priority(true);
-        }
         if let Err(e) = r {
             // ENOENT: the caller was interrupted and no longer waits.
             if e.raw_os_error() != Some(libc::ENOENT) {
@@ -261,10 +260,10 @@ fn serve_dev(d: &Dispatcher, dev: &OwnedFd, beside_ring: bool) -> io::Result<()>
 }
 
 /// Requests that may take long — copy data (a copy-up, a write, an fsync), read it, or
-/// build a listing (thousands of names): served in `SCHED_OTHER` where the thread may
-/// leave `SCHED_IDLE` (root), so that other work on the CPU cannot starve them.
-/// The rest — lookups, attributes, read-only opens, releases — are answered within
-/// microseconds and stay in `SCHED_IDLE` (see `fuse_dev::set_thread_sched_idle`).
+/// build a listing (thousands of names): served in `SCHED_OTHER` by a thread that waits
+/// in `SCHED_IDLE`, so that other work on the CPU cannot starve them. The rest —
+/// lookups, attributes, read-only opens, releases — are answered within microseconds
+/// and stay in `SCHED_IDLE` (see `idle`).
 fn may_take_long(opcode: u32, arg: &[u8]) -> bool {
     match opcode {
         wire::OPEN => {
@@ -290,20 +289,18 @@ fn may_take_long(opcode: u32, arg: &[u8]) -> bool {
     }
 }
 
-/// Whether a ring thread may leave `SCHED_IDLE` for a long request: root may, an ordinary
-/// user's thread (`RLIMIT_NICE` 0) may not. Its threads then serve everything in
-/// `SCHED_IDLE`; measured with two CPU hogs pinned to each CPU, reads, writes and a
-/// copy-up of 256 MiB took as long as from threads in `SCHED_OTHER` or over `/dev/fuse`,
-/// and a first lookup less (without hogs: 8–10 µs against 20–30).
+/// Whether a thread may leave `SCHED_IDLE` again: root may, an ordinary user's thread
+/// (`RLIMIT_NICE` 0) may not, and then never enters it (see `idle`).
 static IDLE_REVERSIBLE: std::sync::LazyLock<bool> =
-    std::sync::LazyLock::new(fuse_dev::sched_idle_reversible);
+    std::sync::LazyLock::new(sched::sched_idle_reversible);
 
-fn idle_priority(idle: bool) {
-    if !idle && !*IDLE_REVERSIBLE {
-        return;
-    }
-    if let Err(e) = fuse_dev::set_thread_sched_idle(idle) {
-        log::debug!("scheduling policy of a ring thread: {e}");
+fn set_idle(idle: bool) -> bool {
+    match sched::set_thread_sched_idle(idle) {
+        Ok(()) => true,
+        Err(e) => {
+            log::debug!("scheduling policy of a /dev/fuse reader: {e}");
+            false
+        }
     }
 }
 
@@ -317,7 +314,7 @@ fn serve_ring(
 ) -> io::Result<()> {
     let payload = (MAX_WRITE as usize).max(8192);
     // Before the session hears of the registration: it is usable from then on.
-    idle_priority(true);
+    let mut scheduling = Scheduling::for_this_thread(*IDLE_REVERSIBLE);
     let mut ring = match FuseRing::register(dev.as_fd(), queues, payload) {
         Ok(r) => {
             let _ = registered.send(Ok(()));
@@ -337,20 +334,24 @@ fn serve_ring(
             continue;
         };
         let k = wire::op_arg_len(h.opcode).min(req.op.len());
-        if h.opcode == wire::RELEASE {
+        scheduling.request();
+        if h.opcode == wire::RELEASE && scheduling.idle() {
             // Nobody waits for a RELEASE (the kernel sends it in the background after a
             // close), but the request that follows it usually has a caller waiting: an
             // OPEN of the next file, served by the CPU's other ring thread. Let that one
-            // go first (measured in `tar c`: OPEN answered in 7 µs instead of 8–9).
+            // go first (measured in `tar c`: OPEN answered in 7 µs instead of 8–9). Only
+            // in SCHED_IDLE, where nothing else wants the CPU (or the thread soon leaves
+            // it): a yield lets every other runnable task go first, and beside CPU-bound
+            // work each one cost the RELEASE about a slice (27 ms in SCHED_IDLE).
             std::thread::yield_now();
         }
         let heavy = may_take_long(h.opcode, &req.op[..k]);
         if heavy {
-            idle_priority(false);
+            scheduling.long_request();
         }
         let answer = d.handle(&h, &req.op[..k], req.payload, &mut out);
         if heavy {
-            idle_priority(true);
+            scheduling.long_request_done();
         }
         let (err, body) = match &answer {
             Answer::Ok | Answer::Open(_) => (0, &out[..]),
@@ -529,8 +530,10 @@ pub fn serve(
     let spawn = |name: String, f: Box<dyn FnOnce() -> io::Result<()> + Send>| {
         std::thread::Builder::new().name(name).spawn(f)
     };
-    // /dev/fuse readers: FORGET and INTERRUPT with the ring, everything without it.
-    let readers = if ring { 1 } else { online.len().clamp(2, 16) };
+    // /dev/fuse readers: FORGET and INTERRUPT with the ring, everything without it (as
+    // many as `threads=` asks, as for a mount served by fuser).
+    let dev_threads = a.threads.unwrap_or_else(|| online.len().clamp(2, 16));
+    let readers = if ring { 1 } else { dev_threads };
     for i in 0..readers {
         let (d, dev) = (d.clone(), dev.clone());
         threads.push(spawn(
@@ -555,7 +558,7 @@ pub fn serve(
                 threads.push(spawn(
                     format!("fuse-ring-{cpu}-{t}"),
                     Box::new(move || {
-                        if let Err(e) = fuse_dev::pin_thread_to(cpu) {
+                        if let Err(e) = sched::pin_thread_to(cpu) {
                             log::debug!("pinning to CPU {cpu}: {e}");
                         }
                         serve_ring(&d, &dev, &queues, registered)
@@ -572,27 +575,40 @@ pub fn serve(
     // Usable once every ring thread has its entries in the kernel's queues (a refused
     // registration turns the ring off: the kernel sends everything to /dev/fuse then).
     let ring_threads = threads[readers..].iter().filter(|t| t.is_ok()).count();
-    let mut refused = false;
+    let mut refused = None;
     for _ in 0..ring_threads {
         match registrations.recv_timeout(std::time::Duration::from_secs(10)) {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
-                log::warn!("io_uring registration refused ({e}): requests come through /dev/fuse");
-                refused = true;
+                refused.get_or_insert(e);
             }
             Err(_) => {
-                log::warn!("a ring thread did not register its entries");
-                refused = true;
+                refused.get_or_insert(io::Error::other(
+                    "a ring thread did not register its entries",
+                ));
                 break;
             }
         }
     }
-    if refused {
+    if let Some(e) = refused {
+        match e.raw_os_error() {
+            // Root's layerfs mounts turn `enable_uring` on for their INIT only: one of
+            // them put it back between this connection's INIT and its registration.
+            Some(libc::EOPNOTSUPP) => log::info!(
+                "{}: FUSE over io_uring was switched off while the mount started: requests come through /dev/fuse",
+                plan.mountpoint.display()
+            ),
+            Some(libc::ENOTCONN | libc::ECONNABORTED | libc::ENODEV) => {}
+            _ => log::warn!(
+                "{}: io_uring registration refused ({e}): requests come through /dev/fuse",
+                plan.mountpoint.display()
+            ),
+        }
         // The kernel turned the ring off for this connection (a refused registration
         // does; one that never came is made to): serve /dev/fuse as a mount without the
         // ring would.
         fuse_dev::refuse_ring(dev.as_fd());
-        for i in readers..readers + online.len().clamp(2, 16) {
+        for i in readers..readers + dev_threads {
             let (d, dev) = (d.clone(), dev.clone());
             threads.push(spawn(
                 format!("fuse-dev-{i}"),

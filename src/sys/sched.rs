@@ -1,0 +1,131 @@
+//! The scheduler's side of a serving thread: its CPU, its policy (`SCHED_IDLE` or
+//! `SCHED_OTHER`), whether it may leave `SCHED_IDLE` again, and how long it has waited
+//! for a CPU.
+
+use std::io;
+use std::os::unix::fs::FileExt;
+
+/// Put the calling thread in `SCHED_IDLE` (or back in `SCHED_OTHER`).
+///
+/// A ring thread waits and answers in `SCHED_IDLE`: the kernel then counts its CPU as
+/// idle when the answer wakes the caller (`sched_idle_cpu`), and leaves the caller on
+/// that CPU instead of moving it to another idle one — whose next request would go to
+/// that CPU's queue and move it back, a cross-CPU wake-up per request.
+pub fn set_thread_sched_idle(idle: bool) -> io::Result<()> {
+    let policy = if idle {
+        libc::SCHED_IDLE
+    } else {
+        libc::SCHED_OTHER
+    };
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: pid 0 is the calling thread; `param` is a live sched_param.
+    if unsafe { libc::sched_setscheduler(0, policy, &param) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Whether a thread put in `SCHED_IDLE` may go back to `SCHED_OTHER`: the kernel treats
+/// that as raising the thread to its nice value, allowed with `CAP_SYS_NICE` (root here)
+/// or an `RLIMIT_NICE` of at least 20 - nice (0 for ordinary users unless root gave
+/// more, e.g. pam_limits' `nice`).
+pub fn sched_idle_reversible() -> bool {
+    if super::is_privileged() {
+        return true;
+    }
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nice).current;
+    let nice = rustix::process::getpriority_process(None).unwrap_or(0);
+    may_raise_to(limit, nice)
+}
+
+/// The kernel's `can_nice`: nice `n` is allowed under an `RLIMIT_NICE` of at least 20 - n.
+fn may_raise_to(limit: Option<u64>, nice: i32) -> bool {
+    limit.is_none_or(|l| l as i64 >= 20 - i64::from(nice))
+}
+
+/// Run the calling thread on `cpu` only.
+pub fn pin_thread_to(cpu: usize) -> io::Result<()> {
+    let mut set = rustix::thread::CpuSet::new();
+    set.set(cpu);
+    rustix::thread::sched_setaffinity(None, &set).map_err(io::Error::from)
+}
+
+/// The time the thread that opened it has spent runnable but waiting for a CPU, from
+/// `/proc/thread-self/schedstat` (its second field, in nanoseconds): one `pread` a look.
+pub struct RunDelay(std::fs::File);
+
+impl RunDelay {
+    /// For the calling thread (the file names the thread that opens it).
+    pub fn of_this_thread() -> io::Result<RunDelay> {
+        let f = std::fs::File::open("/proc/thread-self/schedstat")?;
+        let r = RunDelay(f);
+        r.nanos()?;
+        Ok(r)
+    }
+
+    /// Nanoseconds waited so far.
+    pub fn nanos(&self) -> io::Result<u64> {
+        let mut buf = [0u8; 96];
+        let n = self.0.read_at(&mut buf, 0)?;
+        parse_run_delay(&buf[..n]).ok_or_else(|| io::Error::from(io::ErrorKind::InvalidData))
+    }
+}
+
+/// `schedstat`'s "time on CPU, time waiting, time slices" → time waiting.
+fn parse_run_delay(b: &[u8]) -> Option<u64> {
+    std::str::from_utf8(b)
+        .ok()?
+        .split_ascii_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leaving_the_idle_class_needs_the_nice_limit_the_kernel_asks() {
+        assert!(!may_raise_to(Some(0), 0), "the usual user limit");
+        assert!(may_raise_to(Some(20), 0));
+        assert!(!may_raise_to(Some(20), -10), "a daemon started at nice -10");
+        assert!(may_raise_to(Some(30), -10));
+        assert!(may_raise_to(None, -20), "unlimited");
+    }
+
+    #[test]
+    fn run_delay_is_schedstats_second_field() {
+        assert_eq!(parse_run_delay(b"1534004 272911 12\n"), Some(272_911));
+        assert_eq!(parse_run_delay(b"1534004\n"), None);
+        assert_eq!(parse_run_delay(b""), None);
+    }
+
+    #[test]
+    fn a_thread_that_waits_for_a_busy_cpu_sees_its_run_delay_grow() {
+        // Two threads pinned to one CPU, one spinning: the other must wait for it.
+        let cpu = rustix::thread::sched_getcpu();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let s = stop.clone();
+        let spinner = std::thread::spawn(move || {
+            let _ = pin_thread_to(cpu);
+            while !s.load(std::sync::atomic::Ordering::Relaxed) {}
+        });
+        let waited = std::thread::spawn(move || {
+            let _ = pin_thread_to(cpu);
+            let d = RunDelay::of_this_thread().unwrap();
+            let before = d.nanos().unwrap();
+            for _ in 0..20 {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+                let t = std::time::Instant::now();
+                while t.elapsed() < std::time::Duration::from_millis(1) {}
+            }
+            d.nanos().unwrap() - before
+        })
+        .join()
+        .unwrap();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        spinner.join().unwrap();
+        assert!(waited > 1_000_000, "run delay grew by {waited} ns only");
+    }
+}
