@@ -58,8 +58,8 @@ pub struct Scheduling {
 impl Scheduling {
     /// For the calling thread: in `SCHED_IDLE` where it may leave it again and can see
     /// its own wait for a CPU, in normal scheduling otherwise.
-    pub fn for_this_thread(reversible: bool) -> Scheduling {
-        let delay = reversible
+    pub fn for_this_thread() -> Scheduling {
+        let delay = reversible()
             .then(RunDelay::of_this_thread)
             .and_then(|d| d.map_err(|e| log::debug!("no run delay: {e}")).ok())
             .filter(|_| set(true));
@@ -163,14 +163,22 @@ fn starved(total: u64, served: u64) -> bool {
 }
 
 /// Set the calling thread's policy; whether it took.
-fn set(idle: bool) -> bool {
+pub fn set(idle: bool) -> bool {
     match sched::set_thread_sched_idle(idle) {
         Ok(()) => true,
         Err(e) => {
-            log::debug!("scheduling policy of a ring thread: {e}");
+            log::debug!("scheduling policy of a FUSE thread: {e}");
             false
         }
     }
+}
+
+/// Whether a thread may leave `SCHED_IDLE` again: root may, an ordinary user's thread
+/// (`RLIMIT_NICE` 0) may not, and then never enters it.
+pub fn reversible() -> bool {
+    static REVERSIBLE: std::sync::LazyLock<bool> =
+        std::sync::LazyLock::new(sched::sched_idle_reversible);
+    *REVERSIBLE
 }
 
 #[cfg(test)]

@@ -20,7 +20,7 @@ use std::path::Path;
 use std::sync::{Arc, mpsc};
 
 use super::dispatch::{Answer, Dispatcher};
-use super::idle::Scheduling;
+use super::idle::{self, Scheduling};
 use super::notify::{FuseNotifier, Notify};
 use super::request::{FuseOptions, MountPlan, MountRequest};
 use super::wire::{self, Args, InHeader};
@@ -222,7 +222,7 @@ const FORGET_GATHER: std::time::Duration = std::time::Duration::from_millis(1);
 /// kernel no wake-up.
 fn serve_dev(d: &Dispatcher, dev: &OwnedFd, beside_ring: bool) -> io::Result<()> {
     // Starved FORGETs cost nobody anything; a thread that could not come back never goes.
-    let mut idle = beside_ring && *IDLE_REVERSIBLE && set_idle(true);
+    let mut waits_idle = beside_ring && idle::reversible() && idle::set(true);
     let mut buf = vec![0u8; DEV_BUF];
     let mut out = Vec::new();
     while let Some(n) = read_request(dev, &mut buf)? {
@@ -235,11 +235,11 @@ fn serve_dev(d: &Dispatcher, dev: &OwnedFd, beside_ring: bool) -> io::Result<()>
             std::thread::sleep(FORGET_GATHER);
             continue;
         }
-        if idle {
+        if waits_idle {
             // Anything else here (an INTERRUPT; every request if the kernel turned the
             // ring off after all) has a caller waiting: from now on in normal scheduling.
-            set_idle(false);
-            idle = false;
+            idle::set(false);
+            waits_idle = false;
         }
         // An `Answer::Open` keeps its backing file registered until this reply is out.
         let answer = d.handle(&h, arg, payload, &mut out);
@@ -289,21 +289,6 @@ fn may_take_long(opcode: u32, arg: &[u8]) -> bool {
     }
 }
 
-/// Whether a thread may leave `SCHED_IDLE` again: root may, an ordinary user's thread
-/// (`RLIMIT_NICE` 0) may not, and then never enters it (see `idle`).
-static IDLE_REVERSIBLE: std::sync::LazyLock<bool> =
-    std::sync::LazyLock::new(sched::sched_idle_reversible);
-
-fn set_idle(idle: bool) -> bool {
-    match sched::set_thread_sched_idle(idle) {
-        Ok(()) => true,
-        Err(e) => {
-            log::debug!("scheduling policy of a /dev/fuse reader: {e}");
-            false
-        }
-    }
-}
-
 /// Serve the ring entries of `queues` from the calling thread until the connection ends.
 /// `registered` hears once the entries are registered (or why not).
 fn serve_ring(
@@ -314,7 +299,7 @@ fn serve_ring(
 ) -> io::Result<()> {
     let payload = (MAX_WRITE as usize).max(8192);
     // Before the session hears of the registration: it is usable from then on.
-    let mut scheduling = Scheduling::for_this_thread(*IDLE_REVERSIBLE);
+    let mut scheduling = Scheduling::for_this_thread();
     let mut ring = match FuseRing::register(dev.as_fd(), queues, payload) {
         Ok(r) => {
             let _ = registered.send(Ok(()));
