@@ -6,11 +6,13 @@
 //! moved to the other CPU and back). But the scheduler gives a `SCHED_IDLE` thread next
 //! to nothing while other work wants its CPU: with two CPU-bound processes running, a
 //! `tar c` of the test rootfs through a mount whose ring threads stayed in `SCHED_IDLE`
-//! took 143 s, against 1.7 s over `/dev/fuse`. So each ring thread watches how long it
-//! waited for a CPU before it could serve (`RunDelay`), and as soon as it waited like a
-//! starved thread it serves in normal scheduling for a while — a second, then twice as
-//! long each time it finds itself starved again right after going back (up to a
-//! minute), since going back costs one starved request.
+//! took 143 s, against 1.7 s over `/dev/fuse` — most of it lost in the yield before each
+//! RELEASE, which handed the CPU away for about 27 ms (only a thread in `SCHED_IDLE`
+//! yields now). So each ring thread watches how long it waited for a CPU before it could
+//! serve (`RunDelay`), and as soon as it waited like a starved thread it serves in normal
+//! scheduling for a while — a second, then twice as long each time it finds itself
+//! starved again right after going back (up to a minute), since going back costs one
+//! starved request.
 //!
 //! A thread that could not leave `SCHED_IDLE` again (an ordinary user's, without
 //! `CAP_SYS_NICE` or a large `RLIMIT_NICE`), or cannot see its own wait, never enters it.
@@ -23,10 +25,9 @@ use crate::sys::sched::{self, RunDelay};
 const CHECK_EVERY: Duration = Duration::from_millis(1);
 /// …adding it up over windows this long.
 const WINDOW: Duration = Duration::from_millis(50);
-/// Starved: waited at least this long in all within a window (a thread that shares its
-/// CPU with one busy process waits 1.5–3 ms a request, with two up to a second; a
-/// `tar c` alone saw single waits of about a millisecond, when another of its threads
-/// or a reader of its output ran)…
+/// Starved: waited at least this long in all within a window (beside two CPU-bound
+/// processes starved requests waited 4–130 ms; a `tar c | cat` alone saw single waits of
+/// about a millisecond, when `cat` or the daemon's prefetch threads ran)…
 const STARVED_TOTAL: Duration = Duration::from_millis(3);
 /// …and this long per request on average (a request's thread normally waits a few
 /// microseconds for its caller to go to sleep).
