@@ -103,29 +103,35 @@ mod tests {
 
     #[test]
     fn a_thread_that_waits_for_a_busy_cpu_sees_its_run_delay_grow() {
-        // Two threads pinned to one CPU, one spinning: the other must wait for it.
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicU8, Ordering};
+        use std::time::{Duration, Instant};
+        // Two threads pinned to one CPU, both always runnable: each waits for the other
+        // about half the time.
         let cpu = rustix::thread::sched_getcpu();
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let s = stop.clone();
+        // 0 starting, 1 spinning on the CPU, 2 stop.
+        let state = Arc::new(AtomicU8::new(0));
+        let s = state.clone();
         let spinner = std::thread::spawn(move || {
-            let _ = pin_thread_to(cpu);
-            while !s.load(std::sync::atomic::Ordering::Relaxed) {}
+            pin_thread_to(cpu).unwrap();
+            s.store(1, Ordering::Release);
+            while s.load(Ordering::Acquire) != 2 {}
         });
+        while state.load(Ordering::Acquire) != 1 {
+            std::thread::yield_now();
+        }
         let waited = std::thread::spawn(move || {
-            let _ = pin_thread_to(cpu);
+            pin_thread_to(cpu).unwrap();
             let d = RunDelay::of_this_thread().unwrap();
             let before = d.nanos().unwrap();
-            for _ in 0..20 {
-                std::thread::sleep(std::time::Duration::from_millis(1));
-                let t = std::time::Instant::now();
-                while t.elapsed() < std::time::Duration::from_millis(1) {}
-            }
+            let t = Instant::now();
+            while t.elapsed() < Duration::from_millis(100) {}
             d.nanos().unwrap() - before
         })
         .join()
         .unwrap();
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        state.store(2, Ordering::Release);
         spinner.join().unwrap();
-        assert!(waited > 1_000_000, "run delay grew by {waited} ns only");
+        assert!(waited > 5_000_000, "run delay grew by {waited} ns only");
     }
 }
