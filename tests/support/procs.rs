@@ -106,14 +106,23 @@ pub fn thread_policies(pid: u32) -> Vec<(String, u32)> {
     for t in fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
         let t = t.unwrap().path();
         let stat = fs::read_to_string(t.join("stat")).unwrap_or_default();
-        let Some((head, rest)) = stat.rsplit_once(") ") else {
-            continue;
-        };
-        let name = head.split_once(" (").map_or("", |(_, n)| n).to_string();
-        let policy = rest.split(' ').nth(41 - 3).unwrap().parse().unwrap();
-        v.push((name, policy));
+        let name = stat
+            .split_once(" (")
+            .and_then(|(_, r)| r.rsplit_once(") "))
+            .map_or("", |(n, _)| n)
+            .to_string();
+        if let Some(policy) = stat_field(&stat, 41) {
+            v.push((name, policy as u32));
+        }
     }
     v
+}
+
+/// Numeric field `n` (1-based, as `man 5 proc` counts) of a `/proc/.../stat` line; the
+/// name in field 2 may hold spaces and parentheses, so counting starts after its end.
+fn stat_field(stat: &str, n: usize) -> Option<u64> {
+    let rest = stat.rsplit_once(") ")?.1;
+    rest.split(' ').nth(n.checked_sub(3)?)?.parse().ok()
 }
 
 /// CPU-bound processes, `per_cpu` pinned to each online CPU, for as long as this lives.
@@ -134,17 +143,10 @@ impl CpuHogs {
                 })
                 .collect(),
         );
+        // utime and stime.
         let ticks = |pid: u32| -> u64 {
             let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            let rest = stat.rsplit_once(") ").map_or("", |(_, r)| r);
-            // utime and stime: fields 14 and 15 (the state, after the name, is field 3).
-            let field = |n: usize| -> u64 {
-                rest.split(' ')
-                    .nth(n - 3)
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(0)
-            };
-            field(14) + field(15)
+            stat_field(&stat, 14).unwrap_or(0) + stat_field(&stat, 15).unwrap_or(0)
         };
         let deadline = Instant::now() + Duration::from_secs(5);
         while hogs.0.iter().any(|c| ticks(c.id()) < 5) && Instant::now() < deadline {

@@ -40,11 +40,9 @@ const SOON: Duration = Duration::from_secs(10);
 
 /// One ring thread's scheduling policy.
 pub struct Scheduling {
-    /// `None`: this thread never waits in `SCHED_IDLE`.
+    /// `None`: this thread never waits in `SCHED_IDLE` (or could not go back to it).
     delay: Option<RunDelay>,
-    /// In `SCHED_IDLE` now (between requests, or serving a short one).
-    idle: bool,
-    /// In normal scheduling until then, after a starved wait.
+    /// In normal scheduling until then, after a starved wait; `SCHED_IDLE` otherwise.
     normal_until: Option<Instant>,
     stay: Duration,
     /// When it last went back to `SCHED_IDLE` after a stay.
@@ -66,7 +64,6 @@ impl Scheduling {
             .filter(|_| set(true));
         let now = Instant::now();
         let mut s = Scheduling {
-            idle: delay.is_some(),
             waited: 0,
             delay,
             normal_until: None,
@@ -82,7 +79,7 @@ impl Scheduling {
 
     /// Whether the thread waits in `SCHED_IDLE` now.
     pub fn idle(&self) -> bool {
-        self.idle
+        self.delay.is_some() && self.normal_until.is_none()
     }
 
     fn wait_so_far(&self) -> u64 {
@@ -103,9 +100,13 @@ impl Scheduling {
         if let Some(until) = self.normal_until {
             if now >= until {
                 self.normal_until = None;
-                self.idle = set(true);
+                if !set(true) {
+                    self.delay = None;
+                    return;
+                }
                 self.back_since = Some(now);
-                self.rebase(now);
+                let waited = self.wait_so_far();
+                self.rebase(now, waited);
             }
             return;
         }
@@ -127,31 +128,30 @@ impl Scheduling {
                 self.stay
             );
             set(false);
-            self.idle = false;
             self.normal_until = Some(now + self.stay);
         } else if now.duration_since(self.window) >= WINDOW {
-            self.rebase(now);
+            self.rebase(now, waited);
         }
     }
 
-    /// A new window from now.
-    fn rebase(&mut self, now: Instant) {
+    /// A new window from now, when the thread had waited `waited` in all.
+    fn rebase(&mut self, now: Instant, waited: u64) {
         self.window = now;
-        self.waited = self.wait_so_far();
+        self.waited = waited;
         self.served = 0;
     }
 
     /// Before a request that may take long (a copy, a write, a listing): normal
     /// scheduling for it, so that other work on the CPU cannot starve it.
     pub fn long_request(&mut self) {
-        if self.idle {
+        if self.idle() {
             set(false);
         }
     }
 
     /// After such a request: back to where the thread was.
     pub fn long_request_done(&mut self) {
-        if self.idle {
+        if self.idle() {
             set(true);
         }
     }
