@@ -82,6 +82,7 @@ pub struct OverlayFs {
     pub(crate) table: InodeTable,
     pub(crate) files: HandleTable<FileHandle>,
     pub(crate) listings: ListingCache,
+    pub(crate) streams: super::readdir_stream::StreamCache,
     pub(crate) links: super::hardlinks::LinkMaps,
     pub(crate) prefetch: super::prefetch::Prefetcher,
     pub(crate) root: Arc<Node>,
@@ -176,6 +177,7 @@ impl OverlayFs {
             table,
             files: HandleTable::default(),
             listings: ListingCache::new(opts.index_budget / 2),
+            streams: super::readdir_stream::StreamCache::new(opts.index_budget / 4),
             links: super::hardlinks::LinkMaps::new(opts.lowers.len()),
             prefetch: super::prefetch::Prefetcher::with_data(data),
             root,
@@ -188,6 +190,12 @@ impl OverlayFs {
     /// See the field: the mount must leave permission checks to the daemon.
     pub fn owner_is_root(&self) -> bool {
         self.owner_is_root
+    }
+
+    /// Start the threads that work beside the requests (reading ahead, warming caches):
+    /// before serving, so that the first requests do not wait for their start.
+    pub fn start_background(&self) {
+        self.prefetch.start_threads();
     }
 
     pub fn layers(&self) -> &Layers {

@@ -75,8 +75,14 @@ struct Task {
     depth: u32,
 }
 
+/// Work a request leaves to the background (reading ahead in a listing); it returns
+/// the subdirectories it found, to warm as a listing's.
+pub type Chore = Box<dyn FnOnce() -> Option<(Vec<Arc<RealDir>>, Vec<OsString>)> + Send>;
+
 #[derive(Default)]
 struct Queue {
+    /// Done before any warming: a request is about to need them.
+    chores: std::collections::VecDeque<Chore>,
     jobs: Vec<Job>,
     started: bool,
     closed: bool,
@@ -228,21 +234,55 @@ impl Prefetcher {
             return;
         }
         q.push(dirs, names, DEPTH);
+        self.start(q);
+    }
+
+    /// Run `chore` on a background thread soon, before any warming. Returns `false`
+    /// (and drops it) when no thread can run it.
+    pub fn run_soon(&self, chore: Chore) -> bool {
+        let mut q = self.shared.queue();
+        if q.closed {
+            return false;
+        }
+        q.chores.push_back(chore);
+        self.start(q)
+    }
+
+    /// Start the background threads now (a mount does, so that its first listing does
+    /// not wait for them: about 0.3 ms).
+    pub fn start_threads(&self) {
+        let q = self.shared.queue();
+        if !q.closed {
+            self.start(q);
+        }
+    }
+
+    /// Start the threads if they are not running, and wake one.
+    fn start(&self, mut q: MutexGuard<'_, Queue>) -> bool {
         if !q.started {
             q.started = true;
+            let mut any = false;
             for _ in 0..THREADS {
                 let shared = self.shared.clone();
                 let spawned = std::thread::Builder::new()
                     .name("layerfs-prefetch".into())
                     .spawn(move || run(&shared));
                 // Without these threads nothing is warmed; requests work as before.
-                if let Err(e) = spawned {
-                    log::debug!("prefetch thread: {e}");
+                match spawned {
+                    Ok(_) => any = true,
+                    Err(e) => log::debug!("prefetch thread: {e}"),
                 }
+            }
+            if !any {
+                q.closed = true;
+                q.chores.clear();
+                q.jobs.clear();
+                return false;
             }
         }
         drop(q);
         self.shared.wake.notify_one();
+        true
     }
 }
 
@@ -250,24 +290,52 @@ impl Drop for Prefetcher {
     fn drop(&mut self) {
         let mut q = self.shared.queue();
         q.closed = true;
+        q.chores.clear();
         q.jobs.clear();
         drop(q);
         self.shared.wake.notify_all();
     }
 }
 
+enum Work {
+    Chore(Chore),
+    Warm(Task),
+}
+
 fn run(shared: &Shared) {
     loop {
-        let task = {
+        let work = {
             let mut q = shared.queue();
             loop {
                 if q.closed {
                     return;
                 }
+                if let Some(c) = q.chores.pop_front() {
+                    break Work::Chore(c);
+                }
                 if let Some(t) = q.take() {
-                    break t;
+                    break Work::Warm(t);
                 }
                 q = shared.wake.wait(q).unwrap_or_else(|e| e.into_inner());
+            }
+        };
+        let task = match work {
+            Work::Warm(t) => t,
+            Work::Chore(c) => {
+                if let Some((dirs, names)) = c()
+                    && !dirs.is_empty()
+                    && !names.is_empty()
+                    && !shared.skip()
+                {
+                    let mut q = shared.queue();
+                    if q.closed {
+                        return;
+                    }
+                    q.push(dirs, names, DEPTH);
+                    drop(q);
+                    shared.wake.notify_one();
+                }
+                continue;
             }
         };
         let mut read = false;

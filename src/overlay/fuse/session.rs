@@ -174,6 +174,8 @@ pub fn serve_on(
         };
         if let Some(conn) = conn {
             sys::block_signals(&STOP_SIGNALS);
+            // Threads inherit the blocked signals: only the watcher sees them.
+            fs.start_background();
             watch_signals(plan.mountpoint.clone(), conn.unmounter())?;
             return ring::serve(&plan, a, fs.clone(), checks, conn, ready);
         }
@@ -187,6 +189,7 @@ pub fn serve_on(
     let config = mount_config(a, writable, checks);
     // Signals go to one thread that unmounts; request threads never see them.
     sys::block_signals(&STOP_SIGNALS);
+    fs.start_background();
     let unmounter = outside.as_ref().map(|o| o.unmounter);
     let session = match outside {
         // The kernel lets only the owner in; fuser's own check would compare the
