@@ -24,6 +24,7 @@ pub mod marker_writer;
 pub mod mutate;
 pub mod prefetch;
 pub mod readdir;
+mod readdir_stream;
 pub mod rename;
 pub mod types;
 pub mod upper_writer;

@@ -137,6 +137,51 @@ pub fn read_dir_all(dirfd: BorrowedFd<'_>) -> SysResult<Vec<RawEntry>> {
     Ok(out)
 }
 
+/// A directory read a `getdents64` call at a time, from its start, through a
+/// descriptor of its own (the position is this reader's alone).
+pub struct DirReader {
+    fd: OwnedFd,
+    buf: Vec<MaybeUninit<u8>>,
+}
+
+impl DirReader {
+    /// Bytes of entries one call reads (what glibc's `readdir` asks for too).
+    const CHUNK: usize = 32 * 1024;
+
+    pub fn open(dirfd: BorrowedFd<'_>) -> SysResult<Self> {
+        let fd = open_dir_read(dirfd)?;
+        let mut buf = Vec::with_capacity(Self::CHUNK);
+        buf.resize(Self::CHUNK, MaybeUninit::uninit());
+        Ok(DirReader { fd, buf })
+    }
+
+    /// The entries one `getdents64` call of at most `bytes` (up to 32 KiB) returns
+    /// (without `.` and `..`), and whether the directory has more. An empty batch with
+    /// `true` is possible (only `.` and `..` in it).
+    pub fn next_batch(&mut self, bytes: usize) -> SysResult<(Vec<RawEntry>, bool)> {
+        let mut out = Vec::new();
+        let n = bytes.clamp(1024, Self::CHUNK);
+        let mut iter = rustix::fs::RawDir::new(&self.fd, &mut self.buf[..n]);
+        loop {
+            let Some(entry) = iter.next() else {
+                return Ok((out, false));
+            };
+            let entry = entry?;
+            let name = entry.file_name().to_bytes();
+            if name != b"." && name != b".." {
+                out.push(RawEntry {
+                    name: OsString::from_vec(name.to_vec()),
+                    ino: entry.ino(),
+                    dtype: dtype_of(entry.file_type()),
+                });
+            }
+            if iter.is_buffer_empty() {
+                return Ok((out, true));
+            }
+        }
+    }
+}
+
 /// Visit the entries of a directory; the visitor returns `false` to stop early.
 pub fn read_dir_each(
     dirfd: BorrowedFd<'_>,

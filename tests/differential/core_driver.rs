@@ -1001,18 +1001,23 @@ fn lookups_racing_renames_find_the_file_or_nothing() {
     });
 }
 
-/// A listing read in several replies is built once: the read past its end (the one that
-/// tells the kernel there is no more) still finds it, and only that read drops it.
+/// A merged listing read in several replies is built once: the read past its end (the
+/// one that tells the kernel there is no more) still finds it, and only that read drops
+/// it. (A directory that one layer has is listed as it is read, see
+/// `src/overlay/readdir_stream.rs`.)
 #[test]
 fn a_listing_is_built_once_per_read_through() {
     use std::sync::Arc;
     let t = tempfile::tempdir().unwrap();
     let l = t.path().join("l");
+    let l2 = t.path().join("l2");
     fs::create_dir_all(l.join("d")).unwrap();
-    for i in 0..50 {
+    fs::create_dir_all(l2.join("d")).unwrap();
+    for i in 0..49 {
         fs::write(l.join(format!("d/f{i}")), b"x").unwrap();
     }
-    let fs_ = OverlayFs::new(Options::new(vec![l], None, None)).unwrap();
+    fs::write(l2.join("d/f49"), b"x").unwrap();
+    let fs_ = OverlayFs::new(Options::new(vec![l, l2], None, None)).unwrap();
     let d = fs_.lookup(ROOT_INO, OsStr::new("d")).unwrap().attr.ino;
     let read = |offset: u64| {
         let mut b = Buf {

@@ -1,6 +1,8 @@
-//! Merged directory listings with stable offsets: a large directory read in many small
+//! Directory listings with stable offsets: a large directory read in many small
 //! `getdents64` calls, `telldir`/`seekdir` back and forth, and changes made while a
-//! listing is open never make a name appear twice or go missing.
+//! listing is open never make a name appear twice or go missing. Each runs on a merged
+//! directory (hash-ordered listing) and on a directory that one layer has (listed by
+//! position, as it is read).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::{CStr, CString, OsString};
@@ -121,6 +123,35 @@ fn big_stack(base: &Path, n: usize) -> Vec<PathBuf> {
     l
 }
 
+/// A directory `big` of `n` names that only one layer has (a second layer beside it).
+fn one_layer_stack(base: &Path, n: usize) -> Vec<PathBuf> {
+    let l: Vec<PathBuf> = (0..2).map(|i| base.join(format!("l{i}"))).collect();
+    fs::create_dir_all(l[0].join("big")).unwrap();
+    fs::create_dir_all(l[1].join("other")).unwrap();
+    for i in 0..n {
+        let name = format!("name-{i:05}-{}", "x".repeat(i % 40));
+        fs::write(l[0].join("big").join(name), b"").unwrap();
+    }
+    l
+}
+
+/// How a listing's offsets look: positions below 2^62 for a one-layer directory,
+/// keyed hashes at or above it for a merged one (`.` and `..` are 1 and 2 in both).
+fn assert_offsets_of(all: &[Dent], positional: bool) {
+    let names = all.iter().filter(|e| e.name != "." && e.name != "..");
+    for e in names {
+        assert_eq!(
+            (e.off as u64) < 1 << 62,
+            positional,
+            "{:?} at offset {:#x}",
+            e.name,
+            e.off
+        );
+    }
+}
+
+type Layout = fn(&Path, usize) -> Vec<PathBuf>;
+
 /// The names a kernel overlay of the same stack lists (without `.` and `..`).
 fn kernel_names(base: &Path, lowers: &[PathBuf], dir: &str) -> BTreeSet<OsString> {
     let km = base.join("kernel-view");
@@ -133,11 +164,20 @@ fn kernel_names(base: &Path, lowers: &[PathBuf], dir: &str) -> BTreeSet<OsString
 
 #[test]
 fn large_dir_read_in_many_small_calls() {
+    large_dir_read_in_many_small_calls_in(big_stack, false);
+}
+
+#[test]
+fn large_one_layer_dir_read_in_many_small_calls() {
+    large_dir_read_in_many_small_calls_in(one_layer_stack, true);
+}
+
+fn large_dir_read_in_many_small_calls_in(layout: Layout, positional: bool) {
     if support::skip_unless_root() {
         return;
     }
     let t = tempfile::tempdir().unwrap();
-    let l = big_stack(t.path(), 6000);
+    let l = layout(t.path(), 6000);
     let want = kernel_names(t.path(), &l, "big");
     let lm = t.path().join("m");
     let _g = mount_layerfs(&Stack::ro(l.clone()), &lm, &[]);
@@ -156,16 +196,26 @@ fn large_dir_read_in_many_small_calls() {
             all.windows(2).all(|w| w[0].off < w[1].off),
             "buffer {size}: offsets not increasing"
         );
+        assert_offsets_of(&all, positional);
     }
 }
 
 #[test]
 fn seeking_back_and_forth_gives_the_same_entries() {
+    seeking_back_and_forth_in(big_stack);
+}
+
+#[test]
+fn seeking_back_and_forth_in_a_one_layer_dir() {
+    seeking_back_and_forth_in(one_layer_stack);
+}
+
+fn seeking_back_and_forth_in(layout: Layout) {
     if support::skip_unless_root() {
         return;
     }
     let t = tempfile::tempdir().unwrap();
-    let l = big_stack(t.path(), 3000);
+    let l = layout(t.path(), 3000);
     let lm = t.path().join("m");
     let _g = mount_layerfs(&Stack::ro(l), &lm, &[]);
     let d = DirFd::open(&lm.join("big"));
@@ -200,13 +250,22 @@ fn seeking_back_and_forth_gives_the_same_entries() {
 /// The libc interface (`telldir`/`seekdir` with a `DIR*` stream), as programs use it:
 /// the C library's stream buffering is the point, so this calls libc, not rustix.
 #[test]
-#[allow(unsafe_code)]
 fn telldir_and_seekdir() {
+    telldir_and_seekdir_in(big_stack);
+}
+
+#[test]
+fn telldir_and_seekdir_in_a_one_layer_dir() {
+    telldir_and_seekdir_in(one_layer_stack);
+}
+
+#[allow(unsafe_code)]
+fn telldir_and_seekdir_in(layout: Layout) {
     if support::skip_unless_root() {
         return;
     }
     let t = tempfile::tempdir().unwrap();
-    let l = big_stack(t.path(), 1500);
+    let l = layout(t.path(), 1500);
     let lm = t.path().join("m");
     let _g = mount_layerfs(&Stack::ro(l), &lm, &[]);
     let c = CString::new(lm.join("big").as_os_str().as_bytes()).unwrap();
@@ -244,11 +303,23 @@ fn telldir_and_seekdir() {
 /// whole time is listed exactly once; after a rewind the listing is current.
 #[test]
 fn changes_during_a_listing() {
+    changes_during_a_listing_in(big_stack);
+}
+
+/// The same in a directory that one layer has: its first change makes it merged while
+/// the reader is in the middle of its positional listing (the reader goes on through
+/// the lower directory; a rewind gets the merged listing).
+#[test]
+fn changes_during_a_listing_of_a_one_layer_dir() {
+    changes_during_a_listing_in(one_layer_stack);
+}
+
+fn changes_during_a_listing_in(layout: Layout) {
     if support::skip_unless_root() {
         return;
     }
     let t = tempfile::tempdir().unwrap();
-    let l = big_stack(t.path(), 2000);
+    let l = layout(t.path(), 2000);
     let lowers_check = LowersUnchanged::record(&l);
     let s = rw_stack(t.path(), &l, "x");
     let lm = t.path().join("m");
@@ -346,17 +417,21 @@ fn readdir_inode_numbers_match_stat() {
 fn listing_started_after_a_create_sees_it(opts: &[&str]) {
     let t = tempfile::tempdir().unwrap();
     let lower = t.path().join("l0");
+    let lower1 = t.path().join("l1");
     let n = 600;
-    for i in 0..n {
+    // `d` is merged (both layers have it), so its listing is hash-ordered.
+    for i in 0..n - 1 {
         write(&lower.join(format!("d/name-{i:04}")), b"");
     }
+    write(&lower1.join(format!("d/name-{:04}", n - 1)), b"");
     fs::create_dir_all(lower.join("scratch")).unwrap();
-    let s = rw_stack(t.path(), &[lower], "x");
+    let s = rw_stack(t.path(), &[lower, lower1], "x");
     let lm = t.path().join("m");
     let _g = mount_layerfs(&s, &lm, opts);
     let d = lm.join("d");
-    // Offsets are a keyed hash of the name, the same in every directory of a mount:
-    // learn some candidates' offsets in another directory.
+    // Offsets of merged listings are a keyed hash of the name, the same in every
+    // directory of a mount: learn some candidates' offsets in another directory (merged
+    // once a name is created in it).
     let scratch = lm.join("scratch");
     for i in 0..64 {
         write(&scratch.join(format!("new-{i}")), b"");
