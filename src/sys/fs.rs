@@ -159,8 +159,9 @@ impl DirReader {
     /// (without `.` and `..`), and whether the directory has more. An empty batch with
     /// `true` is possible (only `.` and `..` in it).
     pub fn next_batch(&mut self, bytes: usize) -> SysResult<(Vec<RawEntry>, bool)> {
-        let mut out = Vec::new();
         let n = bytes.clamp(1024, Self::CHUNK);
+        // An entry takes at least 24 bytes: room for all without growing.
+        let mut out = Vec::with_capacity(n / 24);
         let mut iter = rustix::fs::RawDir::new(&self.fd, &mut self.buf[..n]);
         loop {
             let Some(entry) = iter.next() else {
