@@ -184,8 +184,14 @@ impl DirStream {
         } else {
             usize::MAX
         };
-        let read = MutexGuard::unlocked(st, || reader.next_batch(bytes));
-        let (raw, more) = match read {
+        // Only the thread that holds the reader appends: the length stays until then, and
+        // readers of the batches before go on meanwhile.
+        let start = st.len;
+        let read = MutexGuard::unlocked(st, || {
+            let (raw, more) = reader.next_batch(bytes)?;
+            Ok((self.entries(start, raw, subdirs), more))
+        });
+        let (batch, more) = match read {
             Ok(r) => r,
             Err(e) => {
                 st.reader = Reader::Idle(reader);
@@ -198,6 +204,23 @@ impl DirStream {
         } else {
             Reader::Done
         };
+        if !batch.is_empty() {
+            st.len += batch.len();
+            st.starts.push(start);
+            st.batches.push(batch.into());
+            self.len.store(st.len, Ordering::Relaxed);
+        }
+        self.read.notify_all();
+        Ok(true)
+    }
+
+    /// The listed entries of a batch whose first entry is entry `start`.
+    fn entries(
+        &self,
+        start: usize,
+        raw: Vec<sys::RawEntry>,
+        subdirs: &mut Vec<OsString>,
+    ) -> Vec<DirEntryOut> {
         let mut batch = Vec::with_capacity(raw.len());
         for e in raw {
             let Some(e) = lower_entry(&self.layers, &self.dir, self.dev, e) else {
@@ -207,7 +230,7 @@ impl DirStream {
                 subdirs.push(e.name.clone());
             }
             batch.push(DirEntryOut {
-                off: (st.len + batch.len() + 1) as u64,
+                off: (start + batch.len() + 1) as u64,
                 name: e.name,
                 ino: e.ino,
                 dtype: if self.stand_ins && e.dtype == libc::DT_REG {
@@ -217,15 +240,7 @@ impl DirStream {
                 },
             });
         }
-        if !batch.is_empty() {
-            let start = st.len;
-            st.len += batch.len();
-            st.starts.push(start);
-            st.batches.push(batch.into());
-            self.len.store(st.len, Ordering::Relaxed);
-        }
-        self.read.notify_all();
-        Ok(true)
+        batch
     }
 
     /// A large directory (read ahead; few attributes in its first READDIRPLUS reply).
