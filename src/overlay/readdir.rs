@@ -53,28 +53,14 @@ impl Resolver {
                     hidden.insert(t.to_vec());
                     continue;
                 }
-                let mut dtype = e.dtype;
-                if dtype == libc::DT_CHR
-                    || dtype == libc::DT_UNKNOWN
-                    || (dtype == libc::DT_REG && up.xattr_whiteouts)
-                {
-                    match sys::stat_at(up.fd(), &e.name) {
-                        Ok(st) => {
-                            dtype = sys::dtype_of_mode(st.st_mode);
-                            if markers::is_whiteout_stat(&st)
-                                || (up.xattr_whiteouts
-                                    && dtype == libc::DT_REG
-                                    && st.st_size == 0
-                                    && markers::is_xattr_whiteout(up.fd(), &e.name))
-                            {
-                                hidden.insert(name.to_vec());
-                                continue;
-                            }
-                        }
-                        // Gone since the directory was read: leave it out.
-                        Err(_) => continue,
+                let dtype = match real_type(up, &e) {
+                    RealType::Is(t) => t,
+                    RealType::Whiteout => {
+                        hidden.insert(name.to_vec());
+                        continue;
                     }
-                }
+                    RealType::Gone => continue,
+                };
                 hidden.insert(name.to_vec());
                 let needs_resolve = dir.impure || (dtype == libc::DT_DIR && has_lower);
                 out.push(ListEntry {
@@ -158,29 +144,49 @@ impl Resolver {
     }
 }
 
+/// What an entry of a real directory is, where its `d_type` may not say.
+enum RealType {
+    Is(u8),
+    /// A whiteout (a 0/0 device, or an empty file with the whiteout xattr where the
+    /// directory may hold those).
+    Whiteout,
+    /// Gone since the directory was read.
+    Gone,
+}
+
+fn real_type(dir: &RealDir, e: &sys::RawEntry) -> RealType {
+    let dtype = e.dtype;
+    if dtype != libc::DT_CHR
+        && dtype != libc::DT_UNKNOWN
+        && !(dtype == libc::DT_REG && dir.xattr_whiteouts)
+    {
+        return RealType::Is(dtype);
+    }
+    let Ok(st) = sys::stat_at(dir.fd(), &e.name) else {
+        return RealType::Gone;
+    };
+    let dtype = sys::dtype_of_mode(st.st_mode);
+    if markers::is_whiteout_stat(&st)
+        || (dir.xattr_whiteouts
+            && dtype == libc::DT_REG
+            && st.st_size == 0
+            && markers::is_xattr_whiteout(dir.fd(), &e.name))
+    {
+        RealType::Whiteout
+    } else {
+        RealType::Is(dtype)
+    }
+}
+
 /// An entry of the only lower directory of a listing as listed: `None` for the layer's
 /// own markers (whiteouts, opaque markers), which hide nothing there.
 pub fn lower_entry(layers: &Layers, l: &RealDir, dev: u64, e: sys::RawEntry) -> Option<ListEntry> {
     if markers::is_marker_name(e.name.as_bytes()) {
         return None;
     }
-    let mut dtype = e.dtype;
-    if dtype == libc::DT_CHR
-        || dtype == libc::DT_UNKNOWN
-        || (dtype == libc::DT_REG && l.xattr_whiteouts)
-    {
-        // Gone since the directory was read: leave it out.
-        let st = sys::stat_at(l.fd(), &e.name).ok()?;
-        dtype = sys::dtype_of_mode(st.st_mode);
-        if markers::is_whiteout_stat(&st)
-            || (l.xattr_whiteouts
-                && dtype == libc::DT_REG
-                && st.st_size == 0
-                && markers::is_xattr_whiteout(l.fd(), &e.name))
-        {
-            return None;
-        }
-    }
+    let RealType::Is(dtype) = real_type(l, &e) else {
+        return None;
+    };
     Some(ListEntry {
         ino: layers.map_ino(dev, e.ino),
         name: e.name,

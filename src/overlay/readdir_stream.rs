@@ -421,29 +421,23 @@ mod tests {
     use crate::overlay::readdir::DirReply;
     use crate::overlay::types::Ctx;
 
-    /// A reply buffer that holds `cap` entries.
-    struct Buf {
-        cap: usize,
-        got: Vec<(OsString, u64)>,
-    }
+    /// What a reply of at most `.0` entries carries: names and offsets.
+    struct Buf(usize, Vec<(OsString, u64)>);
 
     impl DirReply for Buf {
         fn add(&mut self, e: &DirEntryOut) -> bool {
-            if self.got.len() == self.cap {
-                return true;
+            let full = self.1.len() == self.0;
+            if !full {
+                self.1.push((e.name.clone(), e.off));
             }
-            self.got.push((e.name.clone(), e.off));
-            false
+            full
         }
     }
 
     fn read(fs: &OverlayFs, ino: u64, offset: u64, cap: usize) -> Vec<(OsString, u64)> {
-        let mut b = Buf {
-            cap,
-            got: Vec::new(),
-        };
+        let mut b = Buf(cap, Vec::new());
         fs.readdir_into(ino, offset, &mut b).unwrap();
-        b.got
+        b.1
     }
 
     /// Read a whole listing from `offset` in replies of `cap` entries.
