@@ -6,7 +6,8 @@
 //!
 //! Size: `LAYERFS_CONC_OPS` operations per thread (default 2000), `LAYERFS_CONC_THREADS`
 //! (default 6), `LAYERFS_CONC_FILES` lower files raced on by first writers (default 24),
-//! `LAYERFS_CONC_SEED` (default 7). `LAYERFS_CONC_MOUNT_OPTS`: extra mount options for
+//! `LAYERFS_CONC_SEED` (default 7), `LAYERFS_CONC_DIRS` one-layer directories that become
+//! merged while listed (default 12). `LAYERFS_CONC_MOUNT_OPTS`: extra mount options for
 //! every mount (e.g. `readdirplus=off`).
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -576,6 +577,148 @@ fn readdir_during_creates_and_deletes() {
     report.passed(listings);
     report.check(
         "every listing complete, no duplicates",
+        if bad.is_empty() {
+            Ok(())
+        } else {
+            Err(bad.join("\n"))
+        },
+    );
+    report.check("churn: only expected errors", take(&problems));
+    report.check("no hang", wd.disarm());
+    report.ok("daemon alive", pid_alive(daemon.pid()), || {
+        "daemon died".into()
+    });
+    daemon.stop();
+    report.finish();
+}
+
+/// Directories that one layer has are listed by position, as they are read; the first
+/// change makes one merged. Here that change comes while a listing is under way, from
+/// several threads creating and deleting names in it, and the listing goes on: each of
+/// `LAYERFS_CONC_DIRS` such directories (default 12, 1,500 lower names each) is listed
+/// while it changes, then listed again merged while the changes go on. Every lower name
+/// shows exactly once in every listing; no name shows twice.
+#[test]
+fn listings_of_one_layer_dirs_that_become_merged() {
+    if support::skip_unless_root() {
+        return;
+    }
+    let dirs = env_u64("LAYERFS_CONC_DIRS", 12);
+    let entries = 1500u64;
+    let mut report = Report::new("concurrency", "one-layer-dirs-merge");
+    let t = tempfile::tempdir().unwrap();
+    let stack = new_stack(t.path(), 2);
+    let mnt = t.path().join("m");
+    for d in 0..dirs {
+        for i in 0..entries {
+            write(&stack.lowers[0].join(format!("p{d}/lower-{i:05}")), b"");
+        }
+    }
+    // The other layer has a directory too: the root is merged, these are not.
+    write(&stack.lowers[1].join("q/x"), b"");
+    let mut daemon = Daemon::start(&stack, &mnt, &mount_opts()).unwrap();
+    let wd = Watchdog::new("one-layer listings", 600, vec![mnt.clone()]);
+    let problems: Problems = Default::default();
+    let mut bad = Vec::new();
+    let mut listings = 0;
+    let check = |counts: &BTreeMap<String, u32>, what: String, bad: &mut Vec<String>| {
+        let lower = counts.keys().filter(|n| n.starts_with("lower-")).count() as u64;
+        if lower != entries || counts.values().any(|c| *c != 1) {
+            bad.push(format!(
+                "{what}: {lower} lower names (want {entries}), twice: {:?}",
+                counts
+                    .iter()
+                    .filter(|(_, c)| **c > 1)
+                    .take(5)
+                    .collect::<Vec<_>>()
+            ));
+        }
+    };
+    for d in 0..dirs {
+        let dir = mnt.join(format!("p{d}"));
+        let stop = Arc::new(AtomicBool::new(false));
+        let start = Arc::new(Barrier::new(4));
+        let churners: Vec<_> = (0..3)
+            .map(|k| {
+                let (dir, stop, start, problems) =
+                    (dir.clone(), stop.clone(), start.clone(), problems.clone());
+                std::thread::spawn(move || {
+                    start.wait();
+                    let mut i = 0u64;
+                    while !stop.load(Ordering::Acquire) {
+                        let p = dir.join(format!("new-{k}-{}", i % 50));
+                        let r = if (i / 50).is_multiple_of(2) {
+                            File::create(&p).map(|_| ())
+                        } else {
+                            fs::remove_file(&p)
+                        };
+                        if let Err(e) = r
+                            && !expected_race_error(&e)
+                        {
+                            problem(&problems, format!("{}: {e}", p.display()));
+                        }
+                        i += 1;
+                    }
+                })
+            })
+            .collect();
+        // The first listing starts (its first batch read) before any change.
+        let mut counts: BTreeMap<String, u32> = BTreeMap::new();
+        let mut rd = fs::read_dir(&dir).unwrap();
+        if let Some(Ok(e)) = rd.next() {
+            *counts
+                .entry(e.file_name().to_string_lossy().into_owned())
+                .or_default() += 1;
+        }
+        start.wait();
+        // The directory is merged (it has an upper directory) before the listing goes on.
+        let upper = stack.upper.as_ref().unwrap().join(format!("p{d}"));
+        let t0 = std::time::Instant::now();
+        while !upper.is_dir() && t0.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_micros(100));
+        }
+        for e in rd {
+            match e {
+                Ok(e) => {
+                    *counts
+                        .entry(e.file_name().to_string_lossy().into_owned())
+                        .or_default() += 1
+                }
+                Err(e) => bad.push(format!("p{d}: readdir entry: {e}")),
+            }
+        }
+        check(
+            &counts,
+            format!("p{d}, listed across its first change"),
+            &mut bad,
+        );
+        listings += 1;
+        for round in 0..5 {
+            let mut counts: BTreeMap<String, u32> = BTreeMap::new();
+            for e in fs::read_dir(&dir).unwrap() {
+                match e {
+                    Ok(e) => {
+                        *counts
+                            .entry(e.file_name().to_string_lossy().into_owned())
+                            .or_default() += 1
+                    }
+                    Err(e) => bad.push(format!("p{d}: readdir entry: {e}")),
+                }
+            }
+            check(&counts, format!("p{d}, merged listing {round}"), &mut bad);
+            listings += 1;
+        }
+        stop.store(true, Ordering::Release);
+        for c in churners {
+            let _ = c.join();
+        }
+        if bad.len() > 5 {
+            break;
+        }
+    }
+    report.passed(listings);
+    report.check(
+        "every listing has each lower name once",
         if bad.is_empty() {
             Ok(())
         } else {
