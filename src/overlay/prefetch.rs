@@ -21,6 +21,10 @@
 //! and a directory is read once. When the host's caches already hold what it reads (a
 //! second mount of an image), it mostly stands aside: after [`CACHED_STREAK`] cached
 //! directories it warms one listing in [`SAMPLE_EVERY`], until one is found cold.
+//!
+//! The same threads run chores that requests leave behind, before any warming: reading
+//! ahead in a listing (`readdir_stream`; a request that needs the batch being read
+//! waits for it) and freeing a large listing read to its end.
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
