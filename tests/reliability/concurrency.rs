@@ -482,6 +482,82 @@ fn random_operations_in_shared_dirs() {
     report.finish();
 }
 
+/// A thread that creates and deletes names `new-K-N` (N below `cycle`) in `dir` until
+/// `stop`, after `start` lets it go.
+fn churner(
+    dir: PathBuf,
+    k: usize,
+    cycle: u64,
+    stop: Arc<AtomicBool>,
+    start: Arc<Barrier>,
+    problems: Problems,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        start.wait();
+        let mut i = 0u64;
+        while !stop.load(Ordering::Acquire) {
+            let p = dir.join(format!("new-{k}-{}", i % cycle));
+            let r = if (i / cycle).is_multiple_of(2) {
+                File::create(&p).map(|_| ())
+            } else {
+                fs::remove_file(&p)
+            };
+            if let Err(e) = r
+                && !expected_race_error(&e)
+            {
+                problem(&problems, format!("{}: {e}", p.display()));
+            }
+            i += 1;
+        }
+    })
+}
+
+/// Count each name a listing gives; a failed entry goes to `bad`.
+fn count_names(
+    entries: impl Iterator<Item = std::io::Result<fs::DirEntry>>,
+    counts: &mut BTreeMap<String, u32>,
+    bad: &mut Vec<String>,
+) {
+    for e in entries {
+        match e {
+            Ok(e) => {
+                *counts
+                    .entry(e.file_name().to_string_lossy().into_owned())
+                    .or_default() += 1
+            }
+            Err(e) => bad.push(format!("readdir entry: {e}")),
+        }
+    }
+}
+
+/// The end of a listing test: what was checked, the churn's errors, no hang, the daemon
+/// alive; then the daemon stops.
+fn finish_listings(
+    mut report: Report,
+    listings: u64,
+    bad: Vec<String>,
+    problems: &Problems,
+    wd: Watchdog,
+    mut daemon: Daemon,
+) {
+    report.passed(listings);
+    report.check(
+        "every listing complete, no duplicates",
+        if bad.is_empty() {
+            Ok(())
+        } else {
+            Err(bad.join("\n"))
+        },
+    );
+    report.check("churn: only expected errors", take(problems));
+    report.check("no hang", wd.disarm());
+    report.ok("daemon alive", pid_alive(daemon.pid()), || {
+        "daemon died".into()
+    });
+    daemon.stop();
+    report.finish();
+}
+
 /// A large lower directory (several readdir calls per listing) listed over and over
 /// while other threads create and delete names in it: every lower name shows exactly
 /// once in every listing.
@@ -492,7 +568,7 @@ fn readdir_during_creates_and_deletes() {
     }
     let entries = env_u64("LAYERFS_CONC_DIR_ENTRIES", 3000);
     let rounds = env_u64("LAYERFS_CONC_OPS", 2000);
-    let mut report = Report::new("concurrency", "readdir-churn");
+    let report = Report::new("concurrency", "readdir-churn");
     let t = tempfile::tempdir().unwrap();
     let stack = new_stack(t.path(), 2);
     let mnt = t.path().join("m");
@@ -501,31 +577,22 @@ fn readdir_during_creates_and_deletes() {
         let layer = &stack.lowers[(i % 2) as usize];
         write(&layer.join(format!("{big}/lower-{i:06}")), b"");
     }
-    let mut daemon = Daemon::start(&stack, &mnt, &mount_opts()).unwrap();
+    let daemon = Daemon::start(&stack, &mnt, &mount_opts()).unwrap();
     let wd = Watchdog::new("readdir churn", 600, vec![mnt.clone()]);
     let problems: Problems = Default::default();
     let stop = Arc::new(AtomicBool::new(false));
     let dir = mnt.join(big);
+    let start = Arc::new(Barrier::new(1));
     let churners: Vec<_> = (0..3)
         .map(|k| {
-            let (dir, stop, problems) = (dir.clone(), stop.clone(), problems.clone());
-            std::thread::spawn(move || {
-                let mut i = 0u64;
-                while !stop.load(Ordering::Acquire) {
-                    let p = dir.join(format!("new-{k}-{}", i % 500));
-                    let r = if (i / 500).is_multiple_of(2) {
-                        File::create(&p).map(|_| ())
-                    } else {
-                        fs::remove_file(&p)
-                    };
-                    if let Err(e) = r
-                        && !expected_race_error(&e)
-                    {
-                        problem(&problems, format!("{}: {e}", p.display()));
-                    }
-                    i += 1;
-                }
-            })
+            churner(
+                dir.clone(),
+                k,
+                500,
+                stop.clone(),
+                start.clone(),
+                problems.clone(),
+            )
         })
         .collect();
     let mut listings = 0;
@@ -533,18 +600,7 @@ fn readdir_during_creates_and_deletes() {
     for _ in 0..(rounds / 50).max(10) {
         let mut counts: BTreeMap<String, u32> = BTreeMap::new();
         match fs::read_dir(&dir) {
-            Ok(rd) => {
-                for e in rd {
-                    match e {
-                        Ok(e) => {
-                            *counts
-                                .entry(e.file_name().to_string_lossy().into_owned())
-                                .or_default() += 1
-                        }
-                        Err(e) => bad.push(format!("readdir entry: {e}")),
-                    }
-                }
-            }
+            Ok(rd) => count_names(rd, &mut counts, &mut bad),
             Err(e) => bad.push(format!("opendir: {e}")),
         }
         let lower: Vec<_> = counts
@@ -574,22 +630,7 @@ fn readdir_during_creates_and_deletes() {
     for c in churners {
         let _ = c.join();
     }
-    report.passed(listings);
-    report.check(
-        "every listing complete, no duplicates",
-        if bad.is_empty() {
-            Ok(())
-        } else {
-            Err(bad.join("\n"))
-        },
-    );
-    report.check("churn: only expected errors", take(&problems));
-    report.check("no hang", wd.disarm());
-    report.ok("daemon alive", pid_alive(daemon.pid()), || {
-        "daemon died".into()
-    });
-    daemon.stop();
-    report.finish();
+    finish_listings(report, listings, bad, &problems, wd, daemon);
 }
 
 /// Directories that one layer has are listed by position, as they are read; the first
@@ -605,7 +646,7 @@ fn listings_of_one_layer_dirs_that_become_merged() {
     }
     let dirs = env_u64("LAYERFS_CONC_DIRS", 12);
     let entries = 1500u64;
-    let mut report = Report::new("concurrency", "one-layer-dirs-merge");
+    let report = Report::new("concurrency", "one-layer-dirs-merge");
     let t = tempfile::tempdir().unwrap();
     let stack = new_stack(t.path(), 2);
     let mnt = t.path().join("m");
@@ -616,7 +657,7 @@ fn listings_of_one_layer_dirs_that_become_merged() {
     }
     // The other layer has a directory too: the root is merged, these are not.
     write(&stack.lowers[1].join("q/x"), b"");
-    let mut daemon = Daemon::start(&stack, &mnt, &mount_opts()).unwrap();
+    let daemon = Daemon::start(&stack, &mnt, &mount_opts()).unwrap();
     let wd = Watchdog::new("one-layer listings", 600, vec![mnt.clone()]);
     let problems: Problems = Default::default();
     let mut bad = Vec::new();
@@ -640,26 +681,14 @@ fn listings_of_one_layer_dirs_that_become_merged() {
         let start = Arc::new(Barrier::new(4));
         let churners: Vec<_> = (0..3)
             .map(|k| {
-                let (dir, stop, start, problems) =
-                    (dir.clone(), stop.clone(), start.clone(), problems.clone());
-                std::thread::spawn(move || {
-                    start.wait();
-                    let mut i = 0u64;
-                    while !stop.load(Ordering::Acquire) {
-                        let p = dir.join(format!("new-{k}-{}", i % 50));
-                        let r = if (i / 50).is_multiple_of(2) {
-                            File::create(&p).map(|_| ())
-                        } else {
-                            fs::remove_file(&p)
-                        };
-                        if let Err(e) = r
-                            && !expected_race_error(&e)
-                        {
-                            problem(&problems, format!("{}: {e}", p.display()));
-                        }
-                        i += 1;
-                    }
-                })
+                churner(
+                    dir.clone(),
+                    k,
+                    50,
+                    stop.clone(),
+                    start.clone(),
+                    problems.clone(),
+                )
             })
             .collect();
         // The first listing starts (its first batch read) before any change.
@@ -677,16 +706,7 @@ fn listings_of_one_layer_dirs_that_become_merged() {
         while !upper.is_dir() && t0.elapsed() < Duration::from_secs(5) {
             std::thread::sleep(Duration::from_micros(100));
         }
-        for e in rd {
-            match e {
-                Ok(e) => {
-                    *counts
-                        .entry(e.file_name().to_string_lossy().into_owned())
-                        .or_default() += 1
-                }
-                Err(e) => bad.push(format!("p{d}: readdir entry: {e}")),
-            }
-        }
+        count_names(rd, &mut counts, &mut bad);
         check(
             &counts,
             format!("p{d}, listed across its first change"),
@@ -695,16 +715,7 @@ fn listings_of_one_layer_dirs_that_become_merged() {
         listings += 1;
         for round in 0..5 {
             let mut counts: BTreeMap<String, u32> = BTreeMap::new();
-            for e in fs::read_dir(&dir).unwrap() {
-                match e {
-                    Ok(e) => {
-                        *counts
-                            .entry(e.file_name().to_string_lossy().into_owned())
-                            .or_default() += 1
-                    }
-                    Err(e) => bad.push(format!("p{d}: readdir entry: {e}")),
-                }
-            }
+            count_names(fs::read_dir(&dir).unwrap(), &mut counts, &mut bad);
             check(&counts, format!("p{d}, merged listing {round}"), &mut bad);
             listings += 1;
         }
@@ -716,22 +727,7 @@ fn listings_of_one_layer_dirs_that_become_merged() {
             break;
         }
     }
-    report.passed(listings);
-    report.check(
-        "every listing has each lower name once",
-        if bad.is_empty() {
-            Ok(())
-        } else {
-            Err(bad.join("\n"))
-        },
-    );
-    report.check("churn: only expected errors", take(&problems));
-    report.check("no hang", wd.disarm());
-    report.ok("daemon alive", pid_alive(daemon.pid()), || {
-        "daemon died".into()
-    });
-    daemon.stop();
-    report.finish();
+    finish_listings(report, listings, bad, &problems, wd, daemon);
 }
 
 /// Files and lower directories renamed back and forth while other threads look them up
