@@ -317,7 +317,10 @@ impl OverlayFs {
     /// The merged listing of a directory in offset order (`.` and `..` first), and the
     /// index of the first entry after `offset`. Reading from offset 0 rebuilds it.
     pub fn readdir(&self, ino: u64, offset: u64) -> SysResult<(Arc<Listing>, usize)> {
-        let node = self.node(ino)?;
+        self.listing_of(&self.node(ino)?, offset)
+    }
+
+    fn listing_of(&self, node: &Arc<Node>, offset: u64) -> SysResult<(Arc<Listing>, usize)> {
         node.mark_listed();
         let version = node.version();
         let cached = if offset == 0 {
@@ -328,13 +331,13 @@ impl OverlayFs {
         let list = match cached {
             Some(l) => l,
             None => {
-                let view = self.dir_view(&node)?;
+                let view = self.dir_view(node)?;
                 let l = Arc::new(Listing {
                     version,
-                    entries: self.list_dir(&node, &view)?,
+                    entries: self.list_dir(node, &view)?,
                 });
                 self.listings.put(node.serial, l.clone());
-                self.warm_subdirs(&node, &view, &l);
+                self.warm_subdirs(node, &view, &l);
                 l
             }
         };
@@ -361,17 +364,6 @@ impl OverlayFs {
             .cloned()
             .collect();
         self.prefetch.warm(dirs, names);
-    }
-
-    /// The reader of a listing from `readdir` asked past its end (the read that tells
-    /// the kernel there is no more, after the last entry was sent): the daemon keeps no
-    /// copy. Dropping it when the last entry went out made that final read build the
-    /// whole listing again only to answer "nothing" (10,000 entries: a second full read
-    /// of the layers).
-    pub fn readdir_done(&self, ino: u64, list: &Arc<Listing>) {
-        if let Ok(node) = self.node(ino) {
-            self.listings.done(node.serial, list);
-        }
     }
 
     /// The inode number `..` of directory `node` lists.
@@ -444,18 +436,52 @@ impl OverlayFs {
     /// until the buffer is full; a reader that got to the end lets the daemon drop its
     /// copy (the kernel caches what it read).
     pub fn readdir_into(&self, ino: u64, offset: u64, out: &mut impl DirReply) -> SysResult<()> {
+        self.serve_listing(ino, offset, |e, _| out.add(e))
+    }
+
+    /// The same with each entry's attributes (READDIRPLUS). Every entry sent counts as a
+    /// lookup, as the kernel counts it; one that did not fit is not counted. `.` and
+    /// `..` carry no attributes (the kernel makes no dentry for them); a name gone since
+    /// the listing was built is left out. The first reply of a large listing carries
+    /// few attributes ([`FIRST_PLUS_ENTRIES`]).
+    pub fn readdirplus_into(
+        &self,
+        ino: u64,
+        offset: u64,
+        out: &mut impl DirPlusReply,
+    ) -> SysResult<()> {
+        let mut sent = 0;
+        self.serve_listing(ino, offset, |e, big| {
+            sent += 1;
+            (offset == 0 && big && sent > FIRST_PLUS_ENTRIES) || self.add_plus(ino, e, out)
+        })
+    }
+
+    /// Serve directory `ino`'s listing from `offset`, positional or merged: entries go to
+    /// `add` (with whether the listing is large) until it says the reply is full.
+    fn serve_listing(
+        &self,
+        ino: u64,
+        offset: u64,
+        mut add: impl FnMut(&DirEntryOut, bool) -> bool,
+    ) -> SysResult<()> {
         let node = self.node(ino)?;
         if let Some(s) = self.stream_at(&node, offset)? {
-            let r = self.serve_stream(&node, &s, offset, |e| out.add(e));
+            let big = s.is_big();
+            let r = self.serve_stream(&node, &s, offset, |e| add(e, big));
             self.drop_later(s);
             return r;
         }
-        let (list, start) = self.readdir(ino, offset)?;
+        let (list, start) = self.listing_of(&node, offset)?;
+        let big = list.entries.len() > BIG_LISTING;
         if start == list.entries.len() {
-            self.readdir_done(ino, &list);
+            // Asked past the end (the read that tells the kernel there is no more): the
+            // kernel holds what it read. Dropped only now: dropping it when the last
+            // entry went out made this read build the whole listing again.
+            self.listings.done(node.serial, &list);
         }
         for e in &list.entries[start..] {
-            if out.add(e) {
+            if add(e, big) {
                 break;
             }
         }
@@ -473,51 +499,6 @@ impl OverlayFs {
                 None
             }));
         }
-    }
-
-    /// The same with each entry's attributes (READDIRPLUS). Every entry sent counts as a
-    /// lookup, as the kernel counts it; one that did not fit is not counted. `.` and
-    /// `..` carry no attributes (the kernel makes no dentry for them); a name gone since
-    /// the listing was built is left out.
-    pub fn readdirplus_into(
-        &self,
-        ino: u64,
-        offset: u64,
-        out: &mut impl DirPlusReply,
-    ) -> SysResult<()> {
-        let node = self.node(ino)?;
-        let mut sent = 0;
-        let mut add = |e: &DirEntryOut, cap: usize| {
-            sent += 1;
-            sent > cap || self.add_plus(ino, e, out)
-        };
-        // The first reply of a large listing carries few attributes.
-        let first = |big: bool| {
-            if offset == 0 && big {
-                FIRST_PLUS_ENTRIES
-            } else {
-                usize::MAX
-            }
-        };
-        if let Some(s) = self.stream_at(&node, offset)? {
-            let cap = first(s.is_big());
-            let r = self.serve_stream(&node, &s, offset, |e| add(e, cap));
-            self.drop_later(s);
-            return r;
-        }
-        let (list, start) = self.readdir(ino, offset)?;
-        let cap = first(list.entries.len() > BIG_LISTING);
-        let rest = &list.entries[start..];
-        if rest.is_empty() {
-            self.readdir_done(ino, &list);
-        }
-        for e in rest {
-            if add(e, cap) {
-                break;
-            }
-        }
-        self.drop_later(list);
-        Ok(())
     }
 
     /// Add one entry of directory `ino` with its attributes; `true` when the reply is

@@ -61,7 +61,7 @@ pub struct DirStream {
     warm: bool,
     /// Larger than [`BIG_DIR_BYTES`]: read ahead.
     big: bool,
-    /// Entries read so far (the cache's weight).
+    /// Entries read so far (the cache's weight); changed only under `state`'s lock.
     len: AtomicUsize,
     state: Mutex<State>,
     /// A batch was read (or its read failed).
@@ -81,7 +81,6 @@ struct State {
     batches: Vec<Arc<[DirEntryOut]>>,
     /// The index of each batch's first entry.
     starts: Vec<usize>,
-    len: usize,
     reader: Reader,
     /// A background read is queued.
     ahead_queued: bool,
@@ -89,11 +88,16 @@ struct State {
 
 impl Weighted for DirStream {
     fn weight(&self) -> usize {
-        self.len.load(Ordering::Relaxed)
+        self.len()
     }
 }
 
 impl DirStream {
+    /// Entries read so far.
+    fn len(&self) -> usize {
+        self.len.load(Ordering::Relaxed)
+    }
+
     fn new(
         layers: Arc<Layers>,
         dir: Arc<RealDir>,
@@ -130,7 +134,6 @@ impl DirStream {
             state: Mutex::new(State {
                 batches: vec![dots],
                 starts: vec![0],
-                len: 2,
                 reader: Reader::Idle(reader),
                 ahead_queued: false,
             }),
@@ -146,7 +149,7 @@ impl DirStream {
         subdirs: &mut Vec<OsString>,
     ) -> SysResult<Option<(Arc<[DirEntryOut]>, usize)>> {
         let mut st = self.state.lock();
-        while i >= st.len {
+        while i >= self.len() {
             if !self.read_batch(&mut st, subdirs, true)? {
                 return Ok(None);
             }
@@ -179,14 +182,14 @@ impl DirStream {
         };
         // The first batch small: a reply needs its first names soon, and a reader
         // often wants no more than a few (`ls | head`, a lookup by listing).
-        let bytes = if self.big && st.len == 2 {
+        let bytes = if self.big && self.len() == 2 {
             FIRST_BATCH_BYTES
         } else {
             usize::MAX
         };
         // Only the thread that holds the reader appends: the length stays until then, and
         // readers of the batches before go on meanwhile.
-        let start = st.len;
+        let start = self.len();
         let read = MutexGuard::unlocked(st, || {
             let (raw, more) = reader.next_batch(bytes)?;
             Ok((self.entries(start, raw, subdirs), more))
@@ -205,10 +208,10 @@ impl DirStream {
             Reader::Done
         };
         if !batch.is_empty() {
-            st.len += batch.len();
+            let len = start + batch.len();
             st.starts.push(start);
             st.batches.push(batch.into());
-            self.len.store(st.len, Ordering::Relaxed);
+            self.len.store(len, Ordering::Relaxed);
         }
         self.read.notify_all();
         Ok(true)
@@ -252,7 +255,8 @@ impl DirStream {
     /// background read as queued when so.
     fn wants_ahead(&self, target: usize) -> bool {
         let mut st = self.state.lock();
-        if !self.big || matches!(st.reader, Reader::Done) || st.ahead_queued || st.len >= target {
+        if !self.big || matches!(st.reader, Reader::Done) || st.ahead_queued || self.len() >= target
+        {
             return false;
         }
         st.ahead_queued = true;
@@ -264,7 +268,7 @@ impl DirStream {
         let mut subdirs = Vec::new();
         let mut st = self.state.lock();
         st.ahead_queued = false;
-        while st.len < target {
+        while self.len() < target {
             match self.read_batch(&mut st, &mut subdirs, false) {
                 Ok(true) => {}
                 Ok(false) => break,

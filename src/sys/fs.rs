@@ -160,8 +160,8 @@ impl DirReader {
     /// `true` is possible (only `.` and `..` in it).
     pub fn next_batch(&mut self, bytes: usize) -> SysResult<(Vec<RawEntry>, bool)> {
         let n = bytes.clamp(1024, Self::CHUNK);
-        // An entry takes at least 24 bytes: room for all without growing.
-        let mut out = Vec::with_capacity(n / 24);
+        // An entry takes at least 24 bytes; a small directory needs no more room.
+        let mut out = Vec::with_capacity((n / 24).min(256));
         let mut iter = rustix::fs::RawDir::new(&self.fd, &mut self.buf[..n]);
         loop {
             let Some(entry) = iter.next() else {
@@ -188,26 +188,18 @@ pub fn read_dir_each(
     dirfd: BorrowedFd<'_>,
     mut visit: impl FnMut(RawEntry) -> bool,
 ) -> SysResult<()> {
-    let fd = open_dir_read(dirfd)?;
-    let mut buf: Vec<MaybeUninit<u8>> = Vec::with_capacity(32 * 1024);
-    buf.resize(32 * 1024, MaybeUninit::uninit());
-    let mut iter = rustix::fs::RawDir::new(&fd, &mut buf);
-    while let Some(entry) = iter.next() {
-        let entry = entry?;
-        let name = entry.file_name().to_bytes();
-        if name == b"." || name == b".." {
-            continue;
+    let mut reader = DirReader::open(dirfd)?;
+    loop {
+        let (batch, more) = reader.next_batch(usize::MAX)?;
+        for e in batch {
+            if !visit(e) {
+                return Ok(());
+            }
         }
-        let e = RawEntry {
-            name: OsString::from_vec(name.to_vec()),
-            ino: entry.ino(),
-            dtype: dtype_of(entry.file_type()),
-        };
-        if !visit(e) {
-            break;
+        if !more {
+            return Ok(());
         }
     }
-    Ok(())
 }
 
 fn dtype_of(t: RawFileType) -> u8 {
