@@ -293,7 +293,7 @@ impl Converter {
             self.bytes += len;
         } else {
             // A small file: its bytes as they are (reflink where the filesystem can).
-            crate::overlay::copy_up::copy_data(from.as_fd(), to.as_fd(), st.st_size as u64)?;
+            crate::overlay::copy_up::copy_data(from.as_fd(), to.as_fd(), st.st_size as u64, false)?;
         }
         drop(to);
         copy_meta(src, Some(name), dst, Some(name), st, self.privileged)
