@@ -32,6 +32,25 @@ fn wait_for_exec_releases(node: &Node) -> SysResult<()> {
     Ok(())
 }
 
+/// Counts a node as open while one of its files is being opened.
+struct OpeningGuard(Arc<Node>);
+
+impl OpeningGuard {
+    fn new(node: &Arc<Node>) -> Self {
+        node.open_files
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        OpeningGuard(node.clone())
+    }
+}
+
+impl Drop for OpeningGuard {
+    fn drop(&mut self) {
+        self.0
+            .open_files
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
 impl OverlayFs {
     /// Open a regular file. Writing opens copy the file up first.
     pub fn open(&self, ctx: Ctx, ino: u64, flags: i32) -> SysResult<Opened> {
@@ -68,12 +87,17 @@ impl OverlayFs {
         // between would otherwise mark a handle on the lower file as an upper one, and a
         // writer could then share it as its passthrough backing (a write into the lower
         // layer; seen in passthrough::readers_and_writers_at_once_never_see_an_error).
+        // Counted as open from before the real file is opened until its handle counts
+        // it: an unlink meanwhile must not free the data of a file being opened
+        // (`drop_alias`).
+        let opening = OpeningGuard::new(&node);
         let (file, layer) = self.open_real_in(&node, real)?;
         let keep_cache = layer != UPPER;
         let exec = flags & FMODE_EXEC != 0;
         let fh = self
             .files
             .insert(FileHandle::with_exec(node, file, layer, writable, exec));
+        drop(opening);
         Ok(Opened { fh, keep_cache })
     }
 
@@ -115,6 +139,9 @@ impl OverlayFs {
             }
         }
         if let Some(o) = &f.orphan {
+            if f.orphan_emptied {
+                return Err(Errno::STALE);
+            }
             return sys::reopen(o.as_fd(), flags).map(|fd| (fd, layer));
         }
         Err(last)
@@ -161,7 +188,17 @@ impl OverlayFs {
     }
 
     pub fn release(&self, fh: u64) {
-        self.files.remove(fh);
+        let Some(h) = self.files.remove(fh) else {
+            return;
+        };
+        let node = h.node.clone();
+        drop(h);
+        // The last close of a file whose names are all gone frees its data.
+        if node.open_files.load(std::sync::atomic::Ordering::Acquire) == 0
+            && let NodeState::File(f) = &mut *node.state.write()
+        {
+            super::mutate::empty_orphan(&node, f);
+        }
     }
 
     pub fn flush(&self, fh: u64) -> SysResult<()> {
@@ -324,6 +361,7 @@ impl OverlayFs {
                     Some(o) => Some(o.try_clone().map_err(|_| Errno::MFILE)?),
                     None => None,
                 },
+                orphan_emptied: f.orphan_emptied,
             },
             _ => return Err(Errno::INVAL),
         };

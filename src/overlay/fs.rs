@@ -373,6 +373,7 @@ impl OverlayFs {
                                 }],
                                 layer,
                                 orphan: None,
+                                orphan_emptied: false,
                             })
                         },
                     )

@@ -92,6 +92,9 @@ pub struct FileState {
     /// still knew the node, so an unlinked but still referenced file keeps answering
     /// `getattr` and opens, and its inode number is not reused until the node goes.
     pub orphan: Option<OwnedFd>,
+    /// The orphan's data was freed (no handle had it open when its last name went):
+    /// it answers `getattr` still, but opens of it fail with `ESTALE`.
+    pub orphan_emptied: bool,
 }
 
 #[derive(Debug)]
@@ -558,6 +561,7 @@ mod tests {
             aliases: Aliases::new(),
             layer: 1,
             orphan: None,
+            orphan_emptied: false,
         })
     }
 

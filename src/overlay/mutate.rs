@@ -290,6 +290,7 @@ impl OverlayFs {
                 }],
                 layer: UPPER,
                 orphan: None,
+                orphan_emptied: false,
             })
         };
         let node = self.table.insert_new(ino, kind, state);
@@ -510,10 +511,16 @@ impl OverlayFs {
         }
     }
 
+    /// A name of `node` is gone. Where it was the last one, its data is freed now if
+    /// no handle has the file open, as removing a file frees it on the kernel's
+    /// overlayfs; the orphan handle (see `keep_orphan_if_last`) otherwise held it until
+    /// the kernel forgot the node, so a full upper layer stayed full for a while after
+    /// an `rm`.
     pub(super) fn drop_alias(&self, node: &Arc<Node>, parent_node: &Node, name: &OsStr) {
         if let NodeState::File(f) = &mut *node.state.write() {
             f.aliases
                 .retain(|a| !(a.parent.ino == parent_node.ino && *a.name == *name));
+            empty_orphan(node, f);
         }
     }
 
@@ -744,5 +751,38 @@ fn real_access(flags: i32) -> OFlags {
         libc::O_WRONLY => OFlags::WRONLY,
         libc::O_RDWR => OFlags::RDWR,
         _ => OFlags::RDWR,
+    }
+}
+
+/// Free the data of `node`'s orphan (its last name is gone) if no handle has it open:
+/// after the removal of that name, and after the release of its last handle. Called
+/// under the node's state lock: an open, which counts itself first, either counted
+/// before this or finds the orphan emptied.
+pub(super) fn empty_orphan(node: &Node, f: &mut FileState) {
+    if f.aliases.is_empty()
+        && !f.orphan_emptied
+        && let Some(o) = &f.orphan
+        && node.open_files.load(std::sync::atomic::Ordering::Acquire) == 0
+    {
+        f.orphan_emptied = free_unlinked_data(o.as_fd());
+    }
+}
+
+/// Free the data of an upper file that has no name left: truncate it, if it is a
+/// regular file that no other link names (`st_nlink` 0) and that holds blocks. Returns
+/// whether it did.
+fn free_unlinked_data(orphan: std::os::fd::BorrowedFd<'_>) -> bool {
+    match sys::stat_fd(orphan) {
+        Ok(st)
+            if st.st_nlink == 0
+                && st.st_blocks > 0
+                && sys::mode_type(st.st_mode) == libc::S_IFREG => {}
+        _ => return false,
+    }
+    // Best effort: where the file cannot be opened for writing (an ordinary user's
+    // daemon and a read-only mode), it is freed when the kernel forgets the node.
+    match sys::reopen(orphan, OFlags::WRONLY | OFlags::NONBLOCK) {
+        Ok(w) => sys::ftruncate(w.as_fd(), 0).is_ok(),
+        Err(_) => false,
     }
 }

@@ -248,3 +248,72 @@ fn a_deleted_file_keeps_its_number_while_the_kernel_holds_it() {
     }
     assert_eq!(new_inos.len(), 400);
 }
+
+/// Accepted difference (docs/SEMANTICS.md): a removed file that no descriptor has open
+/// has its data freed at once, so a reopen through `/proc/self/fd/N` of an `O_PATH`
+/// descriptor of it gets `ESTALE` (the kernel's overlayfs reopens the deleted file).
+/// While a descriptor has it open, such a reopen works and reads the data, as there.
+#[test]
+fn a_removed_file_reopened_through_an_o_path_descriptor() {
+    use rustix::fs::{Mode, OFlags, open};
+    if support::skip_unless_root() {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let lower = t.path().join("l0");
+    fs::create_dir_all(&lower).unwrap();
+    let s = rw_stack(t.path(), &[lower], "x");
+    let upper = s.upper.clone().unwrap();
+    // Made before the mount: no handle of the mount ever had them open (a close's
+    // RELEASE reaches the daemon after the close returns, and holds the data till then).
+    write(&upper.join("closed"), b"closed file");
+    write(&upper.join("open"), b"open file");
+    let lm = t.path().join("m");
+    let _g = mount_layerfs(&s, &lm, &[]);
+    let reopen = |fd: &std::os::fd::OwnedFd| {
+        use std::os::fd::AsRawFd;
+        fs::read(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+    };
+
+    let held = open(
+        lm.join("closed"),
+        OFlags::PATH | OFlags::NOFOLLOW,
+        Mode::empty(),
+    )
+    .unwrap();
+    fs::remove_file(lm.join("closed")).unwrap();
+    let r = reopen(&held);
+    assert_eq!(
+        r.as_ref().map_err(|e| e.raw_os_error()),
+        Err(Some(libc::ESTALE)),
+        "reopen of a removed file no one had open: {r:?}"
+    );
+
+    let reader = fs::File::open(lm.join("open")).unwrap();
+    let held = open(
+        lm.join("open"),
+        OFlags::PATH | OFlags::NOFOLLOW,
+        Mode::empty(),
+    )
+    .unwrap();
+    fs::remove_file(lm.join("open")).unwrap();
+    assert_eq!(
+        reopen(&held).unwrap(),
+        b"open file",
+        "reopen of a removed file a descriptor still has open"
+    );
+    drop(reader);
+    // The last close frees it (once its RELEASE has reached the daemon).
+    let t0 = std::time::Instant::now();
+    while reopen(&held).is_ok() {
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(10),
+            "the removed file's data outlived its last close"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    assert_eq!(
+        reopen(&held).map_err(|e| e.raw_os_error()).unwrap_err(),
+        Some(libc::ESTALE)
+    );
+}
