@@ -529,8 +529,9 @@ impl Dispatcher {
             Err(e) => return e.into(),
         };
         let ttl = self.opts.ttl;
-        if self.opts.direct_io(flags) {
-            // As in the adapter: a new write-only file is written through the daemon.
+        if self.opts.direct_io(flags) && !self.passthrough.passes_new_files() {
+            // As in the adapter: a new write-only file without passthrough is written
+            // through the daemon, past the mount's page cache.
             wire::entry(out, e.attr.ino, e.generation, ttl, &e.attr);
             wire::open_out(out, o.fh, wire::FOPEN_NOFLUSH | wire::FOPEN_DIRECT_IO, 0);
             return Answer::Ok;
@@ -544,8 +545,14 @@ impl Dispatcher {
                 open_answer(out, o.fh, Some(b), 0)
             }
             Ok(Attach::Cached) => {
+                // Passthrough refused (no backing file): written as without it.
+                let direct = if self.opts.direct_io(flags) {
+                    wire::FOPEN_DIRECT_IO
+                } else {
+                    0
+                };
                 wire::entry(out, e.attr.ino, e.generation, ttl, &e.attr);
-                open_answer(out, o.fh, None, 0)
+                open_answer(out, o.fh, None, direct)
             }
             Ok(Attach::Supersede) => {
                 self.fs.release(o.fh);

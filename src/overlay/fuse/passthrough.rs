@@ -86,6 +86,11 @@ impl<B> PassthroughTable<B> {
         self.on.store(true, Ordering::Relaxed);
     }
 
+    /// Whether a new file (created in the upper layer) passes through.
+    pub fn passes_new_files(&self) -> bool {
+        self.on.load(Ordering::Relaxed) && self.mode != PassthroughMode::Off
+    }
+
     /// Decide the I/O mode of a new handle and register it. `writes`: the open may
     /// change the file's data (write access or `O_TRUNC`).
     ///
