@@ -193,8 +193,11 @@ impl OverlayFs {
         };
         let node = h.node.clone();
         drop(h);
-        // The last close of a file whose names are all gone frees its data.
+        // The last close of a file whose names are all gone frees its data (the
+        // write lock only then: most releases are of files that keep their names).
+        let orphaned = || matches!(&*node.state.read(), NodeState::File(f) if f.aliases.is_empty());
         if node.open_files.load(std::sync::atomic::Ordering::Acquire) == 0
+            && orphaned()
             && let NodeState::File(f) = &mut *node.state.write()
         {
             super::mutate::empty_orphan(&node, f);
