@@ -274,13 +274,16 @@ fn a_removed_file_reopened_through_an_o_path_descriptor() {
         use std::os::fd::AsRawFd;
         fs::read(format!("/proc/self/fd/{}", fd.as_raw_fd()))
     };
+    let hold = |name: &str| {
+        open(
+            lm.join(name),
+            OFlags::PATH | OFlags::NOFOLLOW,
+            Mode::empty(),
+        )
+        .unwrap()
+    };
 
-    let held = open(
-        lm.join("closed"),
-        OFlags::PATH | OFlags::NOFOLLOW,
-        Mode::empty(),
-    )
-    .unwrap();
+    let held = hold("closed");
     fs::remove_file(lm.join("closed")).unwrap();
     let r = reopen(&held);
     assert_eq!(
@@ -290,12 +293,7 @@ fn a_removed_file_reopened_through_an_o_path_descriptor() {
     );
 
     let reader = fs::File::open(lm.join("open")).unwrap();
-    let held = open(
-        lm.join("open"),
-        OFlags::PATH | OFlags::NOFOLLOW,
-        Mode::empty(),
-    )
-    .unwrap();
+    let held = hold("open");
     fs::remove_file(lm.join("open")).unwrap();
     assert_eq!(
         reopen(&held).unwrap(),

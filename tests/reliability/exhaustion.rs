@@ -9,7 +9,6 @@ use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{FileExt, MetadataExt};
-use std::path::Path;
 use std::time::Duration;
 
 use rustix::fs::{SeekFrom, seek};
@@ -20,7 +19,6 @@ use support::mounts::*;
 use support::procs::*;
 use support::report::*;
 use support::rng::*;
-use support::shell::*;
 use support::stack::*;
 use support::watchdog::*;
 
@@ -36,19 +34,7 @@ fn upper_on_a_full_filesystem() {
     let mut r = Report::new("exhaustion", "enospc");
     let t = tempfile::tempdir().unwrap();
     let small = t.path().join("small");
-    fs::create_dir_all(&small).unwrap();
-    let o = sh(&format!(
-        "mount -t tmpfs -o size=8m,nr_inodes=400 tmpfs {}",
-        q(&small)
-    ));
-    assert!(o.status.success(), "{}", out_str(&o));
-    struct Unmount<'a>(&'a Path);
-    impl Drop for Unmount<'_> {
-        fn drop(&mut self) {
-            clean_mount(self.0);
-        }
-    }
-    let _u = Unmount(&small);
+    let _u = Tmpfs::mount(&small, "size=8m,nr_inodes=400");
     let lower = t.path().join("lower");
     let big: Vec<u8> = Rng::new(5).bytes(16 << 20);
     write(&lower.join("big"), &big);
@@ -193,19 +179,7 @@ fn removing_a_file_frees_its_data_at_once() {
     let mut r = Report::new("exhaustion", "free-on-unlink");
     let t = tempfile::tempdir().unwrap();
     let upper_fs = t.path().join("fs");
-    fs::create_dir_all(&upper_fs).unwrap();
-    let o = sh(&format!(
-        "mount -t tmpfs -o size=64m tmpfs {}",
-        q(&upper_fs)
-    ));
-    assert!(o.status.success(), "{}", out_str(&o));
-    struct Unmount<'a>(&'a Path);
-    impl Drop for Unmount<'_> {
-        fn drop(&mut self) {
-            clean_mount(self.0);
-        }
-    }
-    let _u = Unmount(&upper_fs);
+    let _u = Tmpfs::mount(&upper_fs, "size=64m");
     let lower = t.path().join("lower");
     write(&lower.join("lower-file"), b"lower");
     fs::create_dir_all(upper_fs.join("upper/d")).unwrap();

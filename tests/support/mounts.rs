@@ -125,6 +125,34 @@ pub fn clean_mount(mnt: &Path) {
     unmount_at(mnt, Duration::ZERO);
 }
 
+/// A tmpfs mounted at a directory (made if missing) with the given `-o` options, and
+/// unmounted (with whatever is mounted below it) when this goes, also on failure.
+pub struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    pub fn mount(dir: &Path, options: &str) -> Tmpfs {
+        fs::create_dir_all(dir).unwrap();
+        let o = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", options, "tmpfs"])
+            .arg(dir)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "mount -t tmpfs -o {options} {}: {}",
+            dir.display(),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        Tmpfs(dir.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        clean_mount(&self.0);
+    }
+}
+
 /// The one unmount loop: until no mount `select` picks is left, unmount each (deepest
 /// first); once `patience` is over, detach those that stay busy; give up 10 s later.
 fn unmount_until_gone(select: impl Fn(&Path) -> bool, patience: Duration) {
