@@ -6,7 +6,7 @@
 //! mutations of one directory never run here at once; copy-up has its own per-node lock.
 
 use std::ffi::{OsStr, OsString};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 
@@ -771,7 +771,7 @@ pub(super) fn empty_orphan(node: &Node, f: &mut FileState) {
 /// Free the data of an upper file that has no name left: truncate it, if it is a
 /// regular file that no other link names (`st_nlink` 0) and that holds blocks. Returns
 /// whether it did.
-fn free_unlinked_data(orphan: std::os::fd::BorrowedFd<'_>) -> bool {
+fn free_unlinked_data(orphan: BorrowedFd<'_>) -> bool {
     match sys::stat_fd(orphan) {
         Ok(st)
             if st.st_nlink == 0

@@ -418,11 +418,7 @@ pub fn start_writeback(fd: BorrowedFd<'_>, off: u64, len: u64) -> SysResult<()> 
         )
     };
     if r < 0 {
-        return Err(Errno::from_raw_os_error(
-            std::io::Error::last_os_error()
-                .raw_os_error()
-                .unwrap_or(libc::EIO),
-        ));
+        return Err(last_errno());
     }
     Ok(())
 }

@@ -483,6 +483,16 @@ impl Dispatcher {
         })
     }
 
+    /// `FOPEN_DIRECT_IO` for a handle opened with `flags` that does not pass through,
+    /// when `direct_writes` asks for it (`FuseOptions::direct_io`); else nothing.
+    fn direct_flag(&self, flags: i32) -> u32 {
+        if self.opts.direct_io(flags) {
+            wire::FOPEN_DIRECT_IO
+        } else {
+            0
+        }
+    }
+
     fn open(&self, ctx: Ctx, ino: u64, flags: i32, out: &mut Vec<u8>) -> Answer {
         let o = match self.fs.open(ctx, ino, flags) {
             Ok(o) => o,
@@ -490,11 +500,7 @@ impl Dispatcher {
         };
         let acc = flags & libc::O_ACCMODE;
         let writes = acc != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
-        let direct = if self.opts.direct_io(flags) {
-            wire::FOPEN_DIRECT_IO
-        } else {
-            0
-        };
+        let direct = self.direct_flag(flags);
         match self
             .passthrough
             .attach(&self.fs, ino, o.fh, writes, |f| self.backing(f))
@@ -529,11 +535,12 @@ impl Dispatcher {
             Err(e) => return e.into(),
         };
         let ttl = self.opts.ttl;
-        if self.opts.direct_io(flags) && !self.passthrough.passes_new_files() {
+        let direct = self.direct_flag(flags);
+        if direct != 0 && !self.passthrough.passes_new_files() {
             // As in the adapter: a new write-only file without passthrough is written
             // through the daemon, past the mount's page cache.
             wire::entry(out, e.attr.ino, e.generation, ttl, &e.attr);
-            wire::open_out(out, o.fh, wire::FOPEN_NOFLUSH | wire::FOPEN_DIRECT_IO, 0);
+            wire::open_out(out, o.fh, wire::FOPEN_NOFLUSH | direct, 0);
             return Answer::Ok;
         }
         match self
@@ -546,11 +553,6 @@ impl Dispatcher {
             }
             Ok(Attach::Cached) => {
                 // Passthrough refused (no backing file): written as without it.
-                let direct = if self.opts.direct_io(flags) {
-                    wire::FOPEN_DIRECT_IO
-                } else {
-                    0
-                };
                 wire::entry(out, e.attr.ino, e.generation, ttl, &e.attr);
                 open_answer(out, o.fh, None, direct)
             }
