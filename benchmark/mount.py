@@ -35,6 +35,7 @@ import statistics
 import stat as statmod
 import subprocess
 import sys
+import tempfile
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -49,7 +50,7 @@ BACKEND_NAMES = {
 }
 ALL_BACKENDS = ["kernel", "layerfs", "layerfs-b", "fo2", "fo1"]
 ALL_WORKLOADS = ["find", "du", "readdir", "seqread", "randread", "randwarm", "pagecache", "copyup", "untar",
-                 "write", "rm", "tarc", "depth", "rss"]
+                 "write", "rm", "tarc", "depth", "pwalk", "rss"]
 # randwarm (random reads from the FUSE page cache) matters where reads go through the daemon:
 # in the default list only with --rootless.
 DEFAULT_WORKLOADS = [w for w in ALL_WORKLOADS if w != "randwarm"]
@@ -57,6 +58,13 @@ DEFAULT_WORKLOADS = [w for w in ALL_WORKLOADS if w != "randwarm"]
 # none there, but layerfs should beat fuse-overlayfs on every row.
 ROOTLESS_TARGETS = {"seqread_warm": 0.8, "randread_warm": 0.5, "write": 1.5, "untar": 3.0}
 DEPTHS = [1, 8, 32, 100]
+# The layer sets other than the rootfs, and the workloads that need each (built only then).
+DATASET_USERS = {
+    "big": {"seqread", "randread", "randwarm", "pagecache", "copyup"},
+    "dir10k": {"readdir"},
+    "depth": {"depth"},
+    "tree100k": {"rss"},
+}
 ENABLE_URING = "/sys/module/fuse/parameters/enable_uring"
 DATASET_VERSION = "2"
 
@@ -83,6 +91,32 @@ def drop_caches():
     os.sync()
     with open("/proc/sys/vm/drop_caches", "w") as f:
         f.write("3\n")
+
+
+def make_skeleton(src, out):
+    """`src` as a gzip tar of its metadata: the same names, types, owners, modes, times,
+    links and sizes, every regular file sparse (a few MiB for a rootfs). The metadata
+    workloads (find, du, pwalk, rm) see the same tree; reads see zeros."""
+    if not os.path.isdir(src):
+        raise SystemExit(f"--make-skeleton: no rootfs at {src} (run scripts/make-test-rootfs)")
+    out = os.path.abspath(out)
+    tmp = tempfile.mkdtemp(prefix=".skeleton.", dir=os.path.dirname(out))
+    try:
+        root = os.path.join(tmp, "rootfs")
+        os.mkdir(root)
+        sh(["cp", "-a", "--attributes-only", src + "/.", root])
+        for dirpath, _, files in os.walk(src):
+            for n in files:
+                st = os.lstat(os.path.join(dirpath, n))
+                if statmod.S_ISREG(st.st_mode) and st.st_size:
+                    q = os.path.join(root, os.path.relpath(dirpath, src), n)
+                    os.truncate(q, st.st_size)
+                    os.utime(q, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
+        sh(["tar", "-czSf", out + ".tmp", "-C", root, "."])
+        os.rename(out + ".tmp", out)
+    finally:
+        rm_tree(tmp)
+    log(f"wrote {out} ({os.path.getsize(out) / MiB:.1f} MiB)")
 
 
 # ---------------------------------------------------------------------------------------
@@ -161,6 +195,38 @@ def child_main(argv):
         os.close(dfd)
         out["first_us"] = (t1 - t0) / n * 1e6
         out["warm_us"] = (t2 - t1) / n * 1e6
+    elif op == "pwalk":
+        # `n` walks of one tree at once (find + lstat of every entry). Each `find` is
+        # started first and waits on a shared pipe; one write releases them all, and the
+        # time runs from that write to the last exit, so process start-up is not timed.
+        root, n = a[0], int(a[1])
+        rfd, wfd = os.pipe()
+        procs, outs = [], []
+        try:
+            for _ in range(n):
+                f = tempfile.TemporaryFile()
+                outs.append(f)
+                procs.append(subprocess.Popen(
+                    ["sh", "-c", 'read go && exec find "$0" -printf "%s %m\\n"', root],
+                    stdin=rfd, stdout=f))
+            os.close(rfd)
+            rfd = -1
+            time.sleep(0.2)
+            t0 = time.perf_counter()
+            os.write(wfd, b"\n" * n)
+            codes = [p.wait() for p in procs]
+            out["seconds"] = time.perf_counter() - t0
+        finally:
+            os.close(wfd)
+            if rfd >= 0:
+                os.close(rfd)
+        if any(codes):
+            raise SystemExit(f"a walk failed: exit codes {codes}")
+        counts = []
+        for f in outs:
+            f.seek(0)
+            counts.append(f.read().count(b"\n"))
+        out["counts"] = counts
     else:
         raise SystemExit(f"unknown child op {op}")
     print(json.dumps(out))
@@ -323,6 +389,12 @@ class Bench:
         self.layers_dir = os.path.join(self.workdir, "layers")
         self.quick = args.quick
         self.reps = args.reps or (2 if self.quick else 5)
+        try:
+            self.walkers = sorted({int(x) for x in args.walkers.split(",") if x.strip()})
+        except ValueError:
+            raise SystemExit(f"--walkers {args.walkers!r}: want a comma list of counts")
+        if not self.walkers or min(self.walkers) < 1:
+            raise SystemExit(f"--walkers {args.walkers!r}: want counts of at least 1")
         self.big_mib = 256 if self.quick else 1024
         self.copyup_mib = 64 if self.quick else 256
         self.write_mib = 256 if self.quick else 1024
@@ -357,7 +429,19 @@ class Bench:
                 raise SystemExit(f"unknown backend {k!r} (have {', '.join(ALL_BACKENDS)})")
         if self.args.no_fo2 and "fo2" in keys:
             keys.remove("fo2")
-        self.install_packages()
+        if self.args.offline:
+            # A machine without package registry or Rust toolchain: use what is given.
+            if not self.args.layerfs_bin and {"layerfs", "layerfs-b"} & set(keys):
+                raise SystemExit("benchmark/run mount --offline: give --layerfs-bin")
+            if not os.path.isdir(os.environ.get("LAYERFS_TEST_ROOTFS", "")):
+                raise SystemExit("benchmark/run mount --offline: LAYERFS_TEST_ROOTFS must name a rootfs "
+                                 "tree (--make-skeleton writes one to carry)")
+            for k, ok in (("fo2", self.args.fo2_bin), ("fo1", os.path.exists(self.fo1_path()))):
+                if k in keys and not ok:
+                    log(f"--offline: {BACKEND_NAMES[k]} is not here; leaving it out")
+                    keys.remove(k)
+        else:
+            self.install_packages()
         if not os.path.exists("/dev/fuse"):
             subprocess.run(["modprobe", "fuse"], check=False)
         wl = self.args.workloads or ",".join(ALL_WORKLOADS if self.rootless else DEFAULT_WORKLOADS)
@@ -376,11 +460,12 @@ class Bench:
         fo2 = self.start_fo2_install() if "fo2" in keys else None
         layerfs = self.build_layerfs() if {"layerfs", "layerfs-b"} & set(keys) else None
         self.rootfs_src = os.environ.get("LAYERFS_TEST_ROOTFS", "/var/cache/layerfs-test/bookworm")
-        sh([os.path.join(REPO, "scripts", "make-test-rootfs"), self.rootfs_src], timeout=3600)
+        if not self.args.offline:
+            sh([os.path.join(REPO, "scripts", "make-test-rootfs"), self.rootfs_src], timeout=3600)
         self.build_datasets()
         if fo2 is not None:
             fo2 = self.finish_fo2_install(fo2)
-        fo1 = "/usr/bin/fuse-overlayfs"
+        fo1 = self.fo1_path()
         if self.rootless:
             self.open_dev_fuse()
             if self.args.uring_left_on:
@@ -450,6 +535,9 @@ class Bench:
         if p.returncode != 0:
             raise SystemExit("benchmark/run mount: building layerfs failed")
         return os.path.join(REPO, "target", "release", "layerfs")
+
+    def fo1_path(self):
+        return os.path.abspath(self.args.fo1_bin) if self.args.fo1_bin else "/usr/bin/fuse-overlayfs"
 
     def fo2_path(self):
         if self.args.fo2_bin:
@@ -573,13 +661,14 @@ class Bench:
         def moved(path):
             return os.path.join(root, os.path.relpath(path, self.layers_dir))
 
-        for name in ("rootfs", os.path.basename(self.big), "dir10k", "depth", "tree100k"):
+        built = [self.big, self.dir10k, self.depth_layers and os.path.dirname(self.depth_layers[0]),
+                 self.tree100k]
+        for name in ["rootfs"] + [os.path.basename(d) for d in built if d]:
             copy(name)
         self.rootfs_layers = [moved(p) for p in self.rootfs_layers]
-        self.big = moved(self.big)
-        self.dir10k = moved(self.dir10k)
+        self.big, self.dir10k, self.tree100k = (moved(p) if p else None
+                                                for p in (self.big, self.dir10k, self.tree100k))
         self.depth_layers = [moved(p) for p in self.depth_layers]
-        self.tree100k = moved(self.tree100k)
         self.mount_base = root
         # A user cannot create device nodes: the untar workload extracts the rootfs tar
         # without them (for every backend).
@@ -752,11 +841,18 @@ class Bench:
         self.rootfs_tar = os.path.join(self.layers_dir, "rootfs.tar")
         self.rootfs_entries = int(open(os.path.join(self.layers_dir, "rootfs", "entries")).read())
         self.untar_src, self.untar_entries = self.rootfs_tar, self.rootfs_entries
-        self.big = self.dataset(f"big-{self.big_mib}", self.make_big)
-        self.dir10k = self.dataset("dir10k", self.make_dir10k)
-        depth = self.dataset("depth", self.make_depth)
-        self.depth_layers = [os.path.join(depth, f"{i:03d}") for i in range(100)]
-        self.tree100k = self.dataset("tree100k", self.make_tree100k)
+        wanted = {name for name, users in DATASET_USERS.items() if users & set(self.workloads)}
+        self.big = self.dir10k = self.tree100k = None
+        self.depth_layers = []
+        if "big" in wanted:
+            self.big = self.dataset(f"big-{self.big_mib}", self.make_big)
+        if "dir10k" in wanted:
+            self.dir10k = self.dataset("dir10k", self.make_dir10k)
+        if "depth" in wanted:
+            depth = self.dataset("depth", self.make_depth)
+            self.depth_layers = [os.path.join(depth, f"{i:03d}") for i in range(100)]
+        if "tree100k" in wanted:
+            self.tree100k = self.dataset("tree100k", self.make_tree100k)
 
     def dataset(self, name, maker):
         # The marker sits beside the set, not in it: a layer must hold only its own files.
@@ -937,6 +1033,28 @@ class Bench:
                     "find_warm": statistics.median(walks[2:])}
         self.each("find+stat", fn, reps=2 * self.reps,
                   metrics=("find_cold", "find_second", "find_warm"))
+
+    def wl_pwalk(self):
+        """For each count in `--walkers`: that many walks of the rootfs at once on a fresh
+        mount, the layers in the host's caches (a second container of an image; what the
+        daemon does with many callers, not the disk), then again on the same mount."""
+        def fn(b):
+            vals = {}
+            for n in self.walkers:
+                for layer in self.rootfs_layers:
+                    sh(["find", layer, "-printf", ""])
+                with self.mount(b, self.rootfs_layers) as m:
+                    first = self.child(m, "pwalk", m.mnt, n)
+                    warm = self.child(m, "pwalk", m.mnt, n)
+                for r in (first, warm):
+                    bad = [c for c in r["counts"] if c != self.rootfs_entries]
+                    if bad:
+                        raise BenchError(f"a walk saw {bad[0]} entries, expected {self.rootfs_entries}")
+                vals[f"pwalk_first_{n}"] = first["seconds"]
+                vals[f"pwalk_warm_{n}"] = warm["seconds"]
+            return vals
+        metrics = [f"pwalk_{k}_{n}" for n in self.walkers for k in ("first", "warm")]
+        self.each("walks at once, fresh mount", fn, metrics=metrics)
 
     def wl_du(self):
         def fn(b):
@@ -1272,6 +1390,11 @@ def table_rows(b):
         ("rm", "rm -rf usr/share (lower tree)", "s", "time", 1.5),
         ("tarc", "tar c of the whole mount", "s", "time", 1.2),
     ]
+    for n in b.walkers:
+        what = "1 find+stat walk" if n == 1 else f"{n} find+stat walks at once"
+        rows.append((f"pwalk_first_{n}", f"{what}, fresh mount, layers in the host's caches", "s", "time",
+                     2.0 if n == 16 else None))
+        rows.append((f"pwalk_warm_{n}", f"{what}, again on that mount", "s", "time", None))
     for d in b.depths:
         rows.append((f"stat_first_{d}", f"stat, first lookup, {d} layer{'s' if d > 1 else ''}", "µs/op",
                      "time", 2.0 if d == 1 else None))
@@ -1579,6 +1702,8 @@ def main():
     ap.add_argument("--workloads", default="",
                     help="comma list of " + ", ".join(ALL_WORKLOADS) + " (default: all but randwarm; "
                          "all with --rootless)")
+    ap.add_argument("--walkers", default="1,16",
+                    help="walks at once in the pwalk workload, a comma list (default 1,16)")
     ap.add_argument("--layerfs-opts", default="", help="extra -o options for layerfs, e.g. passthrough=on")
     ap.add_argument("--layerfs-b-opts", default="",
                     help="-o options of the second layerfs backend (layerfs-b), to compare two settings in one run")
@@ -1587,6 +1712,13 @@ def main():
                     "two builds (e.g. before and after a change) in one run; default: the same as layerfs")
     ap.add_argument("--fo2-bin", help="fuse-overlayfs 2.x binary (default ~/.cargo/bin/fuse-overlayfs)")
     ap.add_argument("--no-fo2", action="store_true", help="skip fuse-overlayfs 2.x (no cargo install)")
+    ap.add_argument("--fo1-bin", help="fuse-overlayfs 1.10 binary (default /usr/bin/fuse-overlayfs)")
+    ap.add_argument("--offline", action="store_true",
+                    help="install and build nothing (a machine without registries): needs --layerfs-bin "
+                         "and LAYERFS_TEST_ROOTFS; fuse-overlayfs only where given or installed")
+    ap.add_argument("--make-skeleton", metavar="OUT",
+                    help="write the test rootfs as a tar.gz of its metadata (every file sparse, of its "
+                         "own size) to carry to such a machine, and exit")
     ap.add_argument("--rootless", action="store_true",
                     help="run the FUSE daemons (layerfs, fuse-overlayfs) as an ordinary user, mounting "
                          "through fusermount3 (no passthrough), and every workload as that user; the "
@@ -1605,6 +1737,10 @@ def main():
     ap.add_argument("--readme", action="store_true", help="put the table into README.md between the bench markers")
     ap.add_argument("--readme-tag", default="", help="use the markers <!-- bench:TAG:start --> and <!-- bench:TAG:end -->")
     args = ap.parse_args()
+    if args.make_skeleton:
+        make_skeleton(os.environ.get("LAYERFS_TEST_ROOTFS", "/var/cache/layerfs-test/bookworm"),
+                      args.make_skeleton)
+        return
 
     def on_signal(sig, frame):
         raise KeyboardInterrupt
