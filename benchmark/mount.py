@@ -1040,10 +1040,10 @@ class Bench:
         daemon does with many callers, not the disk), then again on the same mount."""
         def fn(b):
             vals = {}
+            for layer in self.rootfs_layers:
+                # Every entry stat'ed: the layers' dentries and inodes in the host's caches.
+                sh(["find", layer, "-printf", "%s %m\n"])
             for n in self.walkers:
-                for layer in self.rootfs_layers:
-                    # Every entry stat'ed: the layers' dentries and inodes in the host's caches.
-                    sh(["find", layer, "-printf", "%s %m\n"])
                 with self.mount(b, self.rootfs_layers) as m:
                     first = self.child(m, "pwalk", m.mnt, n)
                     warm = self.child(m, "pwalk", m.mnt, n)

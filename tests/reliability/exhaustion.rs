@@ -9,6 +9,7 @@ use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::Path;
 use std::time::Duration;
 
 use rustix::fs::{SeekFrom, seek};
@@ -26,6 +27,18 @@ fn errno_of(r: &std::io::Result<impl Sized>) -> Option<i32> {
     r.as_ref().err().and_then(|e| e.raw_os_error())
 }
 
+/// A stack over `lower` whose upper and work dirs are made in `fs_dir` (a small tmpfs).
+fn stack_on(fs_dir: &Path, lower: &Path) -> Stack {
+    fs::create_dir_all(fs_dir.join("upper")).unwrap();
+    fs::create_dir_all(fs_dir.join("work")).unwrap();
+    Stack {
+        data: Vec::new(),
+        lowers: vec![lower.to_path_buf()],
+        upper: Some(fs_dir.join("upper")),
+        work: Some(fs_dir.join("work")),
+    }
+}
+
 #[test]
 fn upper_on_a_full_filesystem() {
     if support::skip_unless_root() {
@@ -39,14 +52,7 @@ fn upper_on_a_full_filesystem() {
     let big: Vec<u8> = Rng::new(5).bytes(16 << 20);
     write(&lower.join("big"), &big);
     write(&lower.join("small"), b"small lower file");
-    fs::create_dir_all(small.join("upper")).unwrap();
-    fs::create_dir_all(small.join("work")).unwrap();
-    let stack = Stack {
-        data: Vec::new(),
-        lowers: vec![lower.clone()],
-        upper: Some(small.join("upper")),
-        work: Some(small.join("work")),
-    };
+    let stack = stack_on(&small, &lower);
     let mnt = t.path().join("m");
     let mut d = Daemon::start(&stack, &mnt, &[]).unwrap();
     let wd = Watchdog::new("enospc", 180, vec![mnt.clone()]);
@@ -182,20 +188,14 @@ fn removing_a_file_frees_its_data_at_once() {
     let _u = Tmpfs::mount(&upper_fs, "size=64m");
     let lower = t.path().join("lower");
     write(&lower.join("lower-file"), b"lower");
+    let stack = stack_on(&upper_fs, &lower);
     fs::create_dir_all(upper_fs.join("upper/d")).unwrap();
-    fs::create_dir_all(upper_fs.join("work")).unwrap();
     // Upper files no handle of this mount ever opens: nothing can delay their freeing
     // but the daemon (a close's RELEASE reaches it after the close returns).
     let big: Vec<u8> = Rng::new(9).bytes(16 << 20);
     for n in ["a", "d/b", "c"] {
         write(&upper_fs.join("upper").join(n), &big);
     }
-    let stack = Stack {
-        data: Vec::new(),
-        lowers: vec![lower.clone()],
-        upper: Some(upper_fs.join("upper")),
-        work: Some(upper_fs.join("work")),
-    };
     let mnt = t.path().join("m");
     let _d = Daemon::start(&stack, &mnt, &[]).unwrap();
     let wd = Watchdog::new("free-on-unlink", 120, vec![mnt.clone()]);
