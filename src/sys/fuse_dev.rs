@@ -175,7 +175,7 @@ struct Header([u8; HEADER_LEN]);
 struct Entry {
     qid: u16,
     header: Box<Header>,
-    payload: Vec<u8>,
+    payload: super::ZeroedBuf,
     iov: Box<[libc::iovec; 2]>,
 }
 
@@ -213,7 +213,7 @@ impl<'d> FuseRing<'d> {
             .iter()
             .map(|&qid| {
                 let mut header = Box::new(Header([0; HEADER_LEN]));
-                let mut payload = vec![0u8; payload_len];
+                let mut payload = super::ZeroedBuf::new(payload_len)?;
                 let iov = Box::new([
                     libc::iovec {
                         iov_base: header.0.as_mut_ptr().cast(),
@@ -224,14 +224,14 @@ impl<'d> FuseRing<'d> {
                         iov_len: payload_len,
                     },
                 ]);
-                Entry {
+                Ok(Entry {
                     qid,
                     header,
                     payload,
                     iov,
-                }
+                })
             })
-            .collect();
+            .collect::<io::Result<Vec<_>>>()?;
         let mut r = FuseRing {
             dev,
             ring,

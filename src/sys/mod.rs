@@ -8,6 +8,7 @@
 mod fs;
 pub mod fuse_dev;
 mod lock;
+mod mem;
 mod process;
 pub mod sched;
 mod terminal;
@@ -16,6 +17,7 @@ mod xattr;
 
 pub use fs::*;
 pub use lock::*;
+pub use mem::*;
 pub use process::*;
 pub use terminal::*;
 pub use userns::*;

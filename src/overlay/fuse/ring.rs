@@ -27,7 +27,7 @@ use super::wire::{self, Args, InHeader};
 use crate::error::{Error, Result};
 use crate::overlay::fs::OverlayFs;
 use crate::sys::fuse_dev::{self, FuseRing, UringSwitch};
-use crate::sys::sched;
+use crate::sys::{self, sched};
 
 /// Largest WRITE the kernel sends (and READ it asks for): as the fuser session.
 const MAX_WRITE: u32 = 1 << 20;
@@ -223,7 +223,7 @@ const FORGET_GATHER: std::time::Duration = std::time::Duration::from_millis(1);
 fn serve_dev(d: &Dispatcher, dev: &OwnedFd, beside_ring: bool) -> io::Result<()> {
     // Starved FORGETs cost nobody anything; a thread that could not come back never goes.
     let mut waits_idle = beside_ring && idle::reversible() && idle::set(true);
-    let mut buf = vec![0u8; DEV_BUF];
+    let mut buf = sys::ZeroedBuf::new(DEV_BUF)?;
     let mut out = Vec::new();
     while let Some(n) = read_request(dev, &mut buf)? {
         let Some((h, arg, payload)) = split(&buf[..n]) else {
@@ -397,7 +397,7 @@ fn start(
     // Mounted: a failure from here on must not leave the mount behind.
     let init = || -> Result<(Arc<Dispatcher>, bool)> {
         let d = Arc::new(Dispatcher::new(fs.clone(), a.fuse_options(), dev.clone()));
-        let mut buf = vec![0u8; DEV_BUF];
+        let mut buf = sys::ZeroedBuf::new(DEV_BUF).map_err(|e| failed("reading INIT", e))?;
         let n = read_request(&dev, &mut buf)
             .map_err(|e| failed("reading INIT", e))?
             .ok_or_else(|| Error::new("cannot mount over io_uring: the kernel sent no INIT"))?;
@@ -602,6 +602,7 @@ pub fn serve(
         }
     }
     ready(Ok(()));
+    super::session::started();
     let mut first_error = None;
     for t in threads {
         match t {
