@@ -153,18 +153,9 @@ Anonymous:             0 kB
         );
     }
 
-    fn rss_file_kib() -> u64 {
-        let status = std::fs::read_to_string("/proc/self/status").unwrap();
-        let line = status.lines().find(|l| l.starts_with("RssFile:")).unwrap();
-        line.split_ascii_whitespace()
-            .nth(1)
-            .unwrap()
-            .parse()
-            .unwrap()
-    }
-
     #[test]
     fn releasing_unmaps_file_pages_and_code_still_runs() {
+        let rss_file_kib = || crate::sys::self_status("RssFile");
         let before = rss_file_kib();
         assert!(release_clean_file_pages() > 0);
         let after = rss_file_kib();

@@ -33,6 +33,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 pub use rustix::fs::{AtFlags, FileType as RawFileType, Mode, OFlags, Stat, StatFs, Timespec};
 pub use rustix::io::Errno;
 
+/// A number field of `/proc/self/status` (`FDSize`, `RssFile` in KiB, ...), for tests.
+#[cfg(test)]
+pub(crate) fn self_status(field: &str) -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'));
+    line.and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap()
+}
+
 /// Result of a syscall: the value or the errno it failed with.
 pub type SysResult<T> = Result<T, Errno>;
 

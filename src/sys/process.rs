@@ -337,9 +337,7 @@ mod tests {
     use super::*;
 
     fn fd_table_size() -> u32 {
-        let status = std::fs::read_to_string("/proc/self/status").unwrap();
-        let line = status.lines().find(|l| l.starts_with("FDSize:")).unwrap();
-        line["FDSize:".len()..].trim().parse().unwrap()
+        crate::sys::self_status("FDSize") as u32
     }
 
     #[test]
