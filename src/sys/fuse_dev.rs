@@ -120,16 +120,22 @@ pub fn enable_uring() -> Option<bool> {
         .map(|v| v.trim() == "Y")
 }
 
-/// Turn the ring off for a connection that cannot have an entry on every queue (a thread
-/// could not make its ring): a registration the kernel refuses does that, and it then
-/// sends every request through `/dev/fuse`.
+/// Turn the ring off for a connection that is not to have an entry on every queue: a
+/// registration the kernel refuses withdraws the grant, and requests that waited for the
+/// ring go through `/dev/fuse`. Only while some queue has no entry: once every queue has
+/// had one, the kernel sends requests to the ring for good.
 pub fn refuse_ring(dev: BorrowedFd<'_>) {
     let _ = FuseRing::register(dev, &[u16::MAX], 8192);
 }
 
-/// Held while a mount's INIT has the switch on: layerfs mounts that start together take
-/// turns, so none puts the parameter back while another's INIT still needs it.
+/// The turn of layerfs mounts at the `enable_uring` switch: root's mounts hold it
+/// exclusively while their INIT has the switch on; an ordinary user's mount holds it
+/// shared from before its mount until its INIT is answered (`SwitchHold`).
 const SWITCH_LOCK: &str = "/run/layerfs-enable-uring.lock";
+
+/// How long a mount waits for its turn at the switch before it goes on without it (a
+/// turn lasts milliseconds; only a process that keeps the lock would make it wait).
+const TURN_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The `enable_uring` module parameter turned on for as long as this lives (a mount's
 /// INIT), and put back as it was.
@@ -140,16 +146,27 @@ pub struct UringSwitch {
 
 impl UringSwitch {
     pub fn on() -> io::Result<UringSwitch> {
-        // Root's alone (the daemon runs with umask 0): nobody else can hold the turn.
+        // Root's to write; others read it to take the shared turn.
         let turn = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
-            .mode(0o600)
+            .mode(0o644)
             .custom_flags(libc::O_NOFOLLOW)
             .open(SWITCH_LOCK)
             .ok()
-            .filter(|f| super::flock_exclusive(f.as_fd(), true).is_ok());
+            .filter(|f| {
+                // A lock file made before users took turns was 0600.
+                let _ = rustix::fs::fchmod(f, rustix::fs::Mode::from_raw_mode(0o644));
+                let got = super::flock_within(f.as_fd(), false, TURN_WAIT);
+                if !got {
+                    log::warn!(
+                        "{SWITCH_LOCK} held for over {} s: switching enable_uring without a turn",
+                        TURN_WAIT.as_secs()
+                    );
+                }
+                got
+            });
         let old = std::fs::read_to_string(ENABLE_URING)?.trim().to_string();
         if old != "Y" {
             std::fs::write(ENABLE_URING, "Y")?;
@@ -165,6 +182,41 @@ impl Drop for UringSwitch {
         {
             log::warn!("cannot put {ENABLE_URING} back to {}: {e}", self.old);
         }
+    }
+}
+
+/// A shared turn at the switch, for a mount that cannot set `enable_uring` (an ordinary
+/// user's, where root left it on): while it lives no layerfs mount of root's switches the
+/// parameter. The kernel grants the ring in INIT's answer only if the parameter is on at
+/// that moment; a connection it was not granted to still takes ring entries while the
+/// parameter is on, and once every queue has one its requests go to the ring — where
+/// each answer is refused while the parameter is off, and the caller waits for ever. So
+/// the parameter is read, the mount made and INIT answered within one turn.
+#[derive(Default)]
+pub struct SwitchHold {
+    _turn: Option<std::fs::File>,
+}
+
+impl SwitchHold {
+    /// The shared turn; none where no mount of root's has made the lock file (none of
+    /// them switches the parameter then) or where it is out of reach.
+    pub fn take() -> SwitchHold {
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(SWITCH_LOCK)
+            .ok();
+        let turn = f.filter(|f| {
+            let got = super::flock_within(f.as_fd(), true, TURN_WAIT);
+            if !got {
+                log::info!(
+                    "{SWITCH_LOCK} held for over {} s: going on without a turn",
+                    TURN_WAIT.as_secs()
+                );
+            }
+            got
+        });
+        SwitchHold { _turn: turn }
     }
 }
 
@@ -261,15 +313,18 @@ impl<'d> FuseRing<'d> {
                 continue;
             }
             self.live -= 1;
-            // EOPNOTSUPP: the ring refused at registration (the caller says why).
-            if !matches!(
-                -res,
-                libc::ENOTCONN
-                    | libc::ECANCELED
-                    | libc::ECONNABORTED
-                    | libc::ENODEV
-                    | libc::EOPNOTSUPP
-            ) {
+            // EOPNOTSUPP: the ring refused at registration (the caller says why); the
+            // queue `refuse_ring` names does not exist (its EINVAL is what it is for).
+            if self.entries[i].qid != u16::MAX
+                && !matches!(
+                    -res,
+                    libc::ENOTCONN
+                        | libc::ECANCELED
+                        | libc::ECONNABORTED
+                        | libc::ENODEV
+                        | libc::EOPNOTSUPP
+                )
+            {
                 log::warn!(
                     "io_uring entry {i} (queue {}): {}",
                     self.entries[i].qid,

@@ -13,6 +13,28 @@ pub fn flock_exclusive(fd: BorrowedFd<'_>, wait: bool) -> SysResult<()> {
     rustix::fs::flock(fd, op)
 }
 
+/// Take an `flock` on `fd` (shared or exclusive), trying every millisecond for up to
+/// `limit`; `false` if another process held it that long.
+pub fn flock_within(fd: BorrowedFd<'_>, shared: bool, limit: std::time::Duration) -> bool {
+    let op = if shared {
+        rustix::fs::FlockOperation::NonBlockingLockShared
+    } else {
+        rustix::fs::FlockOperation::NonBlockingLockExclusive
+    };
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        match rustix::fs::flock(fd, op) {
+            Ok(()) => return true,
+            Err(e)
+                if e == rustix::io::Errno::WOULDBLOCK && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            Err(_) => return false,
+        }
+    }
+}
+
 /// Write back every dirty page of the filesystem holding `fd`.
 pub fn syncfs(fd: BorrowedFd<'_>) -> SysResult<()> {
     rustix::fs::syncfs(fd)

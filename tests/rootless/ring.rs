@@ -19,33 +19,48 @@ use crate::{NOBODY, User};
 
 const ENABLE_URING: &str = "/sys/module/fuse/parameters/enable_uring";
 
-/// `enable_uring` set to a value for as long as this lives, holding the lock layerfs
-/// mounts take turns with (so no root mount's INIT puts it back meanwhile).
+/// The lock layerfs mounts take turns at the switch with: root's mounts exclusively
+/// while they have it on, an ordinary user's shared from before its mount until its INIT
+/// is answered.
+fn turn(exclusive: bool) -> fs::File {
+    use std::os::unix::fs::OpenOptionsExt;
+    let lock = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o644)
+        .open("/run/layerfs-enable-uring.lock")
+        .unwrap();
+    let op = if exclusive {
+        rustix::fs::FlockOperation::LockExclusive
+    } else {
+        rustix::fs::FlockOperation::LockShared
+    };
+    rustix::fs::flock(lock.as_fd(), op).unwrap();
+    lock
+}
+
+/// `enable_uring` set to a value (within a turn, as root's mounts set it) for as long as
+/// this lives. A root mount that starts meanwhile finds it on and leaves it so.
 struct Switch {
     old: String,
-    _lock: fs::File,
 }
 
 impl Switch {
     fn set(value: &str) -> Switch {
-        let lock = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open("/run/layerfs-enable-uring.lock")
-            .unwrap();
-        rustix::fs::flock(lock.as_fd(), rustix::fs::FlockOperation::LockExclusive).unwrap();
+        let _turn = turn(true);
         let old = fs::read_to_string(ENABLE_URING)
             .expect("this kernel has FUSE over io_uring (fuse module parameter enable_uring)")
             .trim()
             .to_string();
         fs::write(ENABLE_URING, value).unwrap();
-        Switch { old, _lock: lock }
+        Switch { old }
     }
 }
 
 impl Drop for Switch {
     fn drop(&mut self) {
+        let _turn = turn(true);
         let _ = fs::write(ENABLE_URING, &self.old);
     }
 }
@@ -138,6 +153,62 @@ fn a_users_mount_takes_the_ring_root_left_on() {
     assert_eq!(ring_threads(pid), vec![], "a ring without enable_uring");
     let shown = user.sh_ok(&format!("cd '{}' && cat f && ls d", mnt.display()));
     assert_eq!(shown, "lower\nupper\nmoved\n");
+    user.sh_ok(&format!("fusermount3 -u '{}'", mnt.display()));
+    wait_gone(pid);
+}
+
+/// Root's mounts turn `enable_uring` on for their INIT and put it back. A user's mount
+/// that saw it on then could be granted no ring and still fill every queue with entries
+/// while it was on, and from then on the kernel sends its requests to the ring and
+/// refuses each answer while the switch is off: the caller waits for ever (seen once in
+/// 300–400 user mounts beside a switch flipped every few milliseconds). So a user's
+/// mount reads the switch, mounts and answers INIT within a shared turn that root's
+/// mounts take exclusively: it waits out a root mount's moment of `on`, and then sees
+/// the switch as that mount left it.
+#[test]
+fn a_users_mount_waits_out_a_root_mounts_turn_at_the_switch() {
+    if skip_unless_root() {
+        return;
+    }
+    let Some(user) = User::new() else { return };
+    let h = user.home();
+    user.sh_ok(&format!(
+        "cd '{}' && mkdir -p l u w m && echo lower > l/f",
+        h.display()
+    ));
+    let mnt: PathBuf = h.join("m");
+    let mounted = || {
+        fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .lines()
+            .any(|l| l.split(' ').nth(4) == Some(mnt.to_str().unwrap()))
+    };
+    let _off = Switch::set("N");
+    // A root mount's turn: the switch on until its INIT is answered.
+    let root_turn = turn(true);
+    fs::write(ENABLE_URING, "Y").unwrap();
+    let pid = std::thread::scope(|s| {
+        let m = s.spawn(|| mount(&user, &h, &mnt));
+        std::thread::sleep(std::time::Duration::from_millis(700));
+        let early = mounted();
+        fs::write(ENABLE_URING, "N").unwrap();
+        drop(root_turn);
+        let pid = m.join().unwrap();
+        assert!(!early, "the user's mount went ahead within root's turn");
+        pid
+    });
+    assert_eq!(
+        ring_threads(pid),
+        vec![],
+        "a ring on the strength of root's moment of on"
+    );
+    for cpu in online_cpus() {
+        let shown = user.sh_ok(&format!(
+            "cd '{}' && timeout 20 taskset -c {cpu} cat f",
+            mnt.display()
+        ));
+        assert_eq!(shown, "lower\n", "read on CPU {cpu}");
+    }
     user.sh_ok(&format!("fusermount3 -u '{}'", mnt.display()));
     wait_gone(pid);
 }

@@ -26,7 +26,7 @@ use super::request::{FuseOptions, MountPlan, MountRequest};
 use super::wire::{self, Args, InHeader};
 use crate::error::{Error, Result};
 use crate::overlay::fs::OverlayFs;
-use crate::sys::fuse_dev::{self, FuseRing, UringSwitch};
+use crate::sys::fuse_dev::{self, FuseRing, SwitchHold, UringSwitch};
 use crate::sys::{self, sched};
 
 /// Largest WRITE the kernel sends (and READ it asks for): as the fuser session.
@@ -84,6 +84,9 @@ pub enum Connection {
     Mounted {
         dev: OwnedFd,
         unmounter: Option<u32>,
+        /// A shared turn at the switch, taken before `enable_uring` was read and the
+        /// connection mounted; it goes once INIT is answered.
+        turn: SwitchHold,
     },
 }
 
@@ -290,22 +293,32 @@ fn may_take_long(opcode: u32, arg: &[u8]) -> bool {
 }
 
 /// Serve the ring entries of `queues` from the calling thread until the connection ends.
-/// `registered` hears once the entries are registered (or why not).
+/// A `gate` says when to register them (`false`: not at all); `registered` hears once
+/// they are registered (or why not).
 fn serve_ring(
     d: &Dispatcher,
     dev: &OwnedFd,
     queues: &[u16],
+    gate: Option<mpsc::Receiver<bool>>,
     registered: mpsc::Sender<io::Result<()>>,
 ) -> io::Result<()> {
+    if let Some(gate) = gate
+        && gate.recv() != Ok(true)
+    {
+        // The session falls back to /dev/fuse before this queue was to be registered.
+        return Ok(());
+    }
     let payload = (MAX_WRITE as usize).max(8192);
     // Before the session hears of the registration: it is usable from then on.
     let mut scheduling = Scheduling::for_this_thread();
     let mut ring = match FuseRing::register(dev.as_fd(), queues, payload) {
         Ok(r) => {
+            log::debug!("ring entries of queues {queues:?} registered");
             let _ = registered.send(Ok(()));
             r
         }
         Err(e) => {
+            log::debug!("ring entries of queues {queues:?} refused: {e}");
             // The session falls back to /dev/fuse; nothing for this thread to do.
             let _ = registered.send(Err(e));
             return Ok(());
@@ -385,13 +398,17 @@ fn start(
             crate::error::describe(&e)
         ))
     };
-    let (dev, switch, unmounter) = match conn {
+    let (dev, switch, turn, unmounter) = match conn {
         Connection::Own(switch) => {
             let dev = own_mount(plan, a, fs.is_writable(), kernel_checks)
                 .map_err(|(w, e)| failed(w, e))?;
-            (dev, Some(switch), None)
+            (dev, Some(switch), None, None)
         }
-        Connection::Mounted { dev, unmounter } => (dev, None, unmounter),
+        Connection::Mounted {
+            dev,
+            unmounter,
+            turn,
+        } => (dev, None, Some(turn), unmounter),
     };
     let dev = Arc::new(dev);
     // Mounted: a failure from here on must not leave the mount behind.
@@ -414,7 +431,18 @@ fn start(
             d.enable_passthrough();
         }
         reply(&dev, h.unique, 0, &answer).map_err(|e| failed("answering INIT", e))?;
+        // The kernel granted the ring if the parameter was on as it took the answer. It
+        // was when read before the mount (another's) or set (ours), and within the turn
+        // only someone other than layerfs can have switched it since: if it is off now,
+        // that happened, perhaps before the answer.
+        let granted = fuse_dev::enable_uring() == Some(true);
+        if ring && !granted {
+            // Withdrawn, in case it was granted after all: requests go to /dev/fuse.
+            fuse_dev::refuse_ring(dev.as_fd());
+        }
+        let ring = ring && granted;
         drop(switch);
+        drop(turn);
         let n = FuseNotifier::new(DevNotifier(dev.clone()))
             .map_err(|e| Error::new(format!("cannot start the notification thread: {e}")))?;
         fs.set_kernel_cache(Box::new(n));
@@ -526,6 +554,14 @@ pub fn serve(
             Box::new(move || serve_dev(&d, &dev, ring)),
         ));
     }
+    // The kernel sends requests to the ring once every queue has had an entry, for good;
+    // a refused registration withdraws the grant, and from then on the kernel refuses
+    // each answer while `enable_uring` is off (the caller then waits for ever). So the
+    // ring is made whole only when the rest is in place: every thread registers at once
+    // except those of the last CPU's queue, which go one after another once all the
+    // others have.
+    let mut gates = Vec::new();
+    let mut spawned_first = 0;
     if ring {
         let offline: Vec<u16> = fuse_dev::possible_cpus()
             .into_iter()
@@ -533,22 +569,32 @@ pub fn serve(
             .map(|c| c as u16)
             .collect();
         for (n, &cpu) in online.iter().enumerate() {
+            let last = n + 1 == online.len();
             for t in 0..THREADS_PER_CPU {
                 let mut queues = vec![cpu as u16];
                 // The queues of CPUs that are offline now still need an entry each.
                 if n == 0 && t == 0 {
                     queues.extend(&offline);
                 }
+                let gate = last.then(|| {
+                    let (go, gate) = mpsc::channel();
+                    gates.push(go);
+                    gate
+                });
                 let (d, dev, registered) = (d.clone(), dev.clone(), registered.clone());
-                threads.push(spawn(
+                let t = spawn(
                     format!("fuse-ring-{cpu}-{t}"),
                     Box::new(move || {
                         if let Err(e) = sched::pin_thread_to(cpu) {
                             log::debug!("pinning to CPU {cpu}: {e}");
                         }
-                        serve_ring(&d, &dev, &queues, registered)
+                        serve_ring(&d, &dev, &queues, gate, registered)
                     }),
-                ));
+                );
+                if !last && t.is_ok() {
+                    spawned_first += 1;
+                }
+                threads.push(t);
             }
         }
     }
@@ -557,28 +603,47 @@ pub fn serve(
         // A queue or the reader has no thread: end the connection rather than hang.
         unmount(&plan.mountpoint, unmounter);
     }
-    // Usable once every ring thread has its entries in the kernel's queues (a refused
-    // registration turns the ring off: the kernel sends everything to /dev/fuse then).
-    let ring_threads = threads[readers..].iter().filter(|t| t.is_ok()).count();
-    let mut refused = None;
-    for _ in 0..ring_threads {
-        match registrations.recv_timeout(std::time::Duration::from_secs(10)) {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                refused.get_or_insert(e);
+    let wait = |n: usize| -> Option<io::Error> {
+        let mut refused = None;
+        for _ in 0..n {
+            match registrations.recv_timeout(std::time::Duration::from_secs(10)) {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    refused.get_or_insert(e);
+                }
+                Err(_) => {
+                    refused.get_or_insert(io::Error::other(
+                        "a ring thread did not register its entries",
+                    ));
+                    break;
+                }
             }
-            Err(_) => {
-                refused.get_or_insert(io::Error::other(
-                    "a ring thread did not register its entries",
-                ));
-                break;
-            }
+        }
+        refused
+    };
+    let mut refused = if ring { wait(spawned_first) } else { None };
+    let mut whole = false;
+    for go in gates {
+        if refused.is_some() || go.send(true).is_err() {
+            // The last queue stays empty: the kernel never sends a request to the ring.
+            continue;
+        }
+        match wait(1) {
+            None => whole = true,
+            // The ring is whole already: its requests are answered by the threads that
+            // registered (the kernel refuses a registration only for want of memory
+            // once the grant was checked).
+            Some(e) if whole => log::warn!(
+                "{}: a ring thread's registration was refused ({e}); the others serve its queue",
+                plan.mountpoint.display()
+            ),
+            Some(e) => refused = Some(e),
         }
     }
     if let Some(e) = refused {
         match e.raw_os_error() {
-            // Root's layerfs mounts turn `enable_uring` on for their INIT only: one of
-            // them put it back between this connection's INIT and its registration.
+            // Root's layerfs mounts turn `enable_uring` on for their INIT only: it was off
+            // when this connection's INIT was answered (outside a turn at the switch).
             Some(libc::EOPNOTSUPP) => log::info!(
                 "{}: FUSE over io_uring was switched off while the mount started: requests come through /dev/fuse",
                 plan.mountpoint.display()
@@ -589,9 +654,9 @@ pub fn serve(
                 plan.mountpoint.display()
             ),
         }
-        // The kernel turned the ring off for this connection (a refused registration
-        // does; one that never came is made to): serve /dev/fuse as a mount without the
-        // ring would.
+        // Some queue has no entry. A refused registration withdrew the grant; one that
+        // never came is made to: requests that wait for the ring go through /dev/fuse,
+        // served as on a mount without the ring.
         fuse_dev::refuse_ring(dev.as_fd());
         for i in readers..readers + dev_threads {
             let (d, dev) = (d.clone(), dev.clone());

@@ -150,7 +150,10 @@ pub fn serve_on(
         // user's mount (through fusermount3, here or outside our user namespace) gets the
         // ring where root has left it on, and so does root of a user namespace (rootless
         // podman's mount program) where it may mount FUSE itself.
-        let conn = if sys::is_privileged() && outside.is_none() {
+        let privileged = sys::is_privileged() && outside.is_none();
+        // Others take a turn at root's switch first (see `SwitchHold`).
+        let turn = (!privileged).then(sys::fuse_dev::SwitchHold::take);
+        let conn = if privileged {
             ring::switch_on().map(ring::Connection::Own)
         } else if !ring::left_on() {
             None
@@ -158,12 +161,14 @@ pub fn serve_on(
             Some(ring::Connection::Mounted {
                 dev: o.dev,
                 unmounter: Some(o.unmounter),
+                turn: turn.unwrap_or_default(),
             })
         } else if sys::is_namespace_root() {
             match ring::own_mount(&plan, a, writable, checks) {
                 Ok(dev) => Some(ring::Connection::Mounted {
                     dev,
                     unmounter: None,
+                    turn: turn.unwrap_or_default(),
                 }),
                 Err((what, e)) => {
                     log::info!("no ring: {what}: {e}; mounting as fuser does");
@@ -171,7 +176,7 @@ pub fn serve_on(
                 }
             }
         } else {
-            match mount_through_fusermount(&plan, a, writable, checks) {
+            match mount_through_fusermount(&plan, a, writable, checks, turn.unwrap_or_default()) {
                 Ok(c) => Some(c),
                 Err(e) => {
                     ready(Err(&e));
@@ -255,6 +260,7 @@ fn mount_through_fusermount(
     a: &MountRequest,
     writable: bool,
     kernel_checks: bool,
+    turn: sys::fuse_dev::SwitchHold,
 ) -> Result<ring::Connection> {
     let mut opts = fusermount_options(a, writable);
     if kernel_checks {
@@ -264,6 +270,7 @@ fn mount_through_fusermount(
         Ok(dev) => Ok(ring::Connection::Mounted {
             dev,
             unmounter: None,
+            turn,
         }),
         Err(e) => Err(Error::new(format!(
             "cannot mount {}: {}",
