@@ -158,14 +158,7 @@ impl UringSwitch {
             .filter(|f| {
                 // A lock file made before users took turns was 0600.
                 let _ = rustix::fs::fchmod(f, rustix::fs::Mode::from_raw_mode(0o644));
-                let got = super::flock_within(f.as_fd(), false, TURN_WAIT);
-                if !got {
-                    log::warn!(
-                        "{SWITCH_LOCK} held for over {} s: switching enable_uring without a turn",
-                        TURN_WAIT.as_secs()
-                    );
-                }
-                got
+                take_turn(f, false)
             });
         let old = std::fs::read_to_string(ENABLE_URING)?.trim().to_string();
         if old != "Y" {
@@ -206,18 +199,23 @@ impl SwitchHold {
             .custom_flags(libc::O_NOFOLLOW)
             .open(SWITCH_LOCK)
             .ok();
-        let turn = f.filter(|f| {
-            let got = super::flock_within(f.as_fd(), true, TURN_WAIT);
-            if !got {
-                log::info!(
-                    "{SWITCH_LOCK} held for over {} s: going on without a turn",
-                    TURN_WAIT.as_secs()
-                );
-            }
-            got
-        });
-        SwitchHold { _turn: turn }
+        SwitchHold {
+            _turn: f.filter(|f| take_turn(f, true)),
+        }
     }
+}
+
+/// Wait for a turn at the switch (shared or exclusive); `false`, said once, if another
+/// process kept it for `TURN_WAIT`.
+fn take_turn(lock: &std::fs::File, shared: bool) -> bool {
+    let got = super::flock_within(lock.as_fd(), shared, TURN_WAIT);
+    if !got {
+        log::warn!(
+            "{SWITCH_LOCK} held for over {} s: going on without a turn at enable_uring",
+            TURN_WAIT.as_secs()
+        );
+    }
+    got
 }
 
 /// `struct fuse_uring_req_header`, 64-byte aligned as the kernel's cache lines like.

@@ -41,20 +41,25 @@ fn turn(exclusive: bool) -> fs::File {
 }
 
 /// `enable_uring` set to a value (within a turn, as root's mounts set it) for as long as
-/// this lives. A root mount that starts meanwhile finds it on and leaves it so.
+/// this lives. A root mount that starts meanwhile finds it on and leaves it so; the
+/// tests of this binary that set it take turns for the whole of their setting.
 struct Switch {
     old: String,
+    _one: std::sync::MutexGuard<'static, ()>,
 }
+
+static SWITCHED: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 impl Switch {
     fn set(value: &str) -> Switch {
+        let one = SWITCHED.lock().unwrap_or_else(|e| e.into_inner());
         let _turn = turn(true);
         let old = fs::read_to_string(ENABLE_URING)
             .expect("this kernel has FUSE over io_uring (fuse module parameter enable_uring)")
             .trim()
             .to_string();
         fs::write(ENABLE_URING, value).unwrap();
-        Switch { old }
+        Switch { old, _one: one }
     }
 }
 
