@@ -19,10 +19,10 @@ use crate::{NOBODY, User};
 
 const ENABLE_URING: &str = "/sys/module/fuse/parameters/enable_uring";
 
-/// The lock layerfs mounts take turns at the switch with: root's mounts exclusively
-/// while they have it on, an ordinary user's shared from before its mount until its INIT
-/// is answered.
-fn turn(exclusive: bool) -> fs::File {
+/// Root's turn at the switch: the lock layerfs mounts take turns with, exclusively as
+/// root's mounts take it while they have the switch on (an ordinary user's mount takes it
+/// shared from before its mount until its INIT is answered).
+fn root_turn() -> fs::File {
     use std::os::unix::fs::OpenOptionsExt;
     let lock = fs::OpenOptions::new()
         .create(true)
@@ -31,12 +31,7 @@ fn turn(exclusive: bool) -> fs::File {
         .mode(0o644)
         .open("/run/layerfs-enable-uring.lock")
         .unwrap();
-    let op = if exclusive {
-        rustix::fs::FlockOperation::LockExclusive
-    } else {
-        rustix::fs::FlockOperation::LockShared
-    };
-    rustix::fs::flock(lock.as_fd(), op).unwrap();
+    rustix::fs::flock(lock.as_fd(), rustix::fs::FlockOperation::LockExclusive).unwrap();
     lock
 }
 
@@ -53,7 +48,7 @@ static SWITCHED: std::sync::Mutex<()> = std::sync::Mutex::new(());
 impl Switch {
     fn set(value: &str) -> Switch {
         let one = SWITCHED.lock().unwrap_or_else(|e| e.into_inner());
-        let _turn = turn(true);
+        let _turn = root_turn();
         let old = fs::read_to_string(ENABLE_URING)
             .expect("this kernel has FUSE over io_uring (fuse module parameter enable_uring)")
             .trim()
@@ -65,7 +60,7 @@ impl Switch {
 
 impl Drop for Switch {
     fn drop(&mut self) {
-        let _turn = turn(true);
+        let _turn = root_turn();
         let _ = fs::write(ENABLE_URING, &self.old);
     }
 }
@@ -190,14 +185,14 @@ fn a_users_mount_waits_out_a_root_mounts_turn_at_the_switch() {
     };
     let _off = Switch::set("N");
     // A root mount's turn: the switch on until its INIT is answered.
-    let root_turn = turn(true);
+    let held = root_turn();
     fs::write(ENABLE_URING, "Y").unwrap();
     let pid = std::thread::scope(|s| {
         let m = s.spawn(|| mount(&user, &h, &mnt));
         std::thread::sleep(std::time::Duration::from_millis(700));
         let early = mounted();
         fs::write(ENABLE_URING, "N").unwrap();
-        drop(root_turn);
+        drop(held);
         let pid = m.join().unwrap();
         assert!(!early, "the user's mount went ahead within root's turn");
         pid

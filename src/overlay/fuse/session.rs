@@ -152,7 +152,11 @@ pub fn serve_on(
         // podman's mount program) where it may mount FUSE itself.
         let privileged = sys::is_privileged() && outside.is_none();
         // Others take a turn at root's switch first (see `SwitchHold`).
-        let turn = (!privileged).then(sys::fuse_dev::SwitchHold::take);
+        let turn = if privileged {
+            sys::fuse_dev::SwitchHold::default()
+        } else {
+            sys::fuse_dev::SwitchHold::take()
+        };
         let conn = if privileged {
             ring::switch_on().map(ring::Connection::Own)
         } else if !ring::left_on() {
@@ -161,14 +165,14 @@ pub fn serve_on(
             Some(ring::Connection::Mounted {
                 dev: o.dev,
                 unmounter: Some(o.unmounter),
-                turn: turn.unwrap_or_default(),
+                turn,
             })
         } else if sys::is_namespace_root() {
             match ring::own_mount(&plan, a, writable, checks) {
                 Ok(dev) => Some(ring::Connection::Mounted {
                     dev,
                     unmounter: None,
-                    turn: turn.unwrap_or_default(),
+                    turn,
                 }),
                 Err((what, e)) => {
                     log::info!("no ring: {what}: {e}; mounting as fuser does");
@@ -176,7 +180,7 @@ pub fn serve_on(
                 }
             }
         } else {
-            match mount_through_fusermount(&plan, a, writable, checks, turn.unwrap_or_default()) {
+            match mount_through_fusermount(&plan, a, writable, checks, turn) {
                 Ok(c) => Some(c),
                 Err(e) => {
                     ready(Err(&e));
