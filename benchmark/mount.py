@@ -481,6 +481,12 @@ class Bench:
             layerfs_b = os.path.abspath(self.args.layerfs_b_bin)
             if self.rootless:
                 layerfs_b = self.user_binary(layerfs_b, "layerfs-b")
+        for b in {layerfs, layerfs_b} - {None}:
+            # A stale list of the daemon's functions (link/hot-functions.txt) shows as a
+            # larger peak RSS, not as an error: say so beside the figures.
+            p = subprocess.run([os.path.join(REPO, "scripts", "hot-functions"), "--check", "--bin", b],
+                               cwd=REPO, capture_output=True, text=True)
+            log((p.stdout or p.stderr).strip())
         for k in keys:
             if k == "kernel":
                 self.backends.append(Backend("kernel"))
