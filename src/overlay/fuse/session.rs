@@ -68,8 +68,18 @@ fn mount_config(a: &MountRequest, writable: bool, kernel_checks: bool) -> Config
             .clamp(2, 16)
     });
     c.n_threads = Some(threads);
-    c.clone_fd = threads > 1;
+    // A descriptor of its own per thread means opening /dev/fuse again once the
+    // session runs, after the mount was reported ready. Root always can; an ordinary
+    // user whose /dev/fuse was opened to users only for the mount (a test, a CI job
+    // that restores its mode) could not, and the session would end and take the mount
+    // with it. Users' threads share the descriptor fusermount3 handed over.
+    c.clone_fd = clone_fds(threads, sys::geteuid());
     c
+}
+
+/// Whether each of a session's `threads` opens its own descriptor of the connection.
+fn clone_fds(threads: usize, euid: u32) -> bool {
+    threads > 1 && euid == 0
 }
 
 /// The `-o` of `fusermount3` for a mount whose connection is served from elsewhere (a
@@ -233,16 +243,24 @@ pub fn serve_on(
             return Err(err);
         }
     }
-    ready(Ok(()));
-    watch_signals(plan.mountpoint.clone(), unmounter)?;
+    if let Err(e) = watch_signals(plan.mountpoint.clone(), unmounter) {
+        ready(Err(&e));
+        return Err(e);
+    }
     // Serve in fuser's background thread and wait for it here, so that the end of the
     // session does not drop fuser's mount handle: that drop unmounts the mount point by
     // path, and fuser 0.18 does so even after the filesystem was unmounted from outside
     // (its "still mounted" check is inverted). By then a new mount may sit at the same
     // path (unmount, then mount again at once), and it would be the one unmounted.
-    let mut bg = session
-        .spawn()
-        .map_err(|e| Error::new(format!("cannot start the session: {e}")))?;
+    let mut bg = match session.spawn() {
+        Ok(bg) => bg,
+        Err(e) => {
+            let err = Error::new(format!("cannot start the session: {e}"));
+            ready(Err(&err));
+            return Err(err);
+        }
+    };
+    ready(Ok(()));
     started();
     let worker = std::mem::replace(&mut bg.guard, std::thread::spawn(|| Ok(())));
     match worker.join() {
@@ -337,4 +355,18 @@ fn why_not_mounted(otherwise: String) -> String {
         }
     }
     otherwise
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_roots_session_threads_open_dev_fuse_again() {
+        assert!(clone_fds(4, 0));
+        assert!(!clone_fds(1, 0));
+        // An ordinary user's threads share fusermount3's descriptor: reopening
+        // /dev/fuse after the mount was reported ready can fail for them.
+        assert!(!clone_fds(4, 65534));
+    }
 }
