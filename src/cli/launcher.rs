@@ -71,12 +71,6 @@ fn serve(
     }
 }
 
-/// Tell `ready` why not, and return that.
-fn refuse(ready: impl FnOnce(Verdict<'_>), e: Error) -> Result<()> {
-    ready(Err(&e));
-    Err(e)
-}
-
 /// `subids`: mount here through `fusermount3` (set-uid root works only outside a user
 /// namespace), then serve the connection from a child in a user namespace over the
 /// user's subordinate ids, whose maps this process writes: as root of that namespace
@@ -97,7 +91,7 @@ fn serve_in_userns(
         Ok(dev) => dev,
         Err(e) => {
             let e = Error::new(format!("cannot mount {}: {e}", mnt.display()));
-            return refuse(ready, e);
+            return session::refuse(ready, e);
         }
     };
     // Signals wait until the mount is served, then take it down (below). The child
@@ -114,7 +108,7 @@ fn serve_in_userns(
         Ok(f) => f,
         Err(e) => {
             let _ = sys::umount_detach(&mnt);
-            return refuse(ready, e);
+            return session::refuse(ready, e);
         }
     };
     let Some(child) = child else {
@@ -137,7 +131,7 @@ fn serve_in_userns(
         // Nothing serves the mount: take it down (the child cannot, from inside).
         let _ = sys::umount_detach(&mnt);
         let _ = sys::wait_child(child);
-        return refuse(ready, e);
+        return session::refuse(ready, e);
     }
     ready(Ok(()));
     std::thread::Builder::new()

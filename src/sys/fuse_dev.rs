@@ -120,12 +120,15 @@ pub fn enable_uring() -> Option<bool> {
         .map(|v| v.trim() == "Y")
 }
 
+/// A queue no kernel has: `refuse_ring` registers an entry for it to be refused.
+const REFUSED_QUEUE: u16 = u16::MAX;
+
 /// Turn the ring off for a connection that is not to have an entry on every queue: a
 /// registration the kernel refuses withdraws the grant, and requests that waited for the
 /// ring go through `/dev/fuse`. Only while some queue has no entry: once every queue has
 /// had one, the kernel sends requests to the ring for good.
 pub fn refuse_ring(dev: BorrowedFd<'_>) {
-    let _ = FuseRing::register(dev, &[u16::MAX], 8192);
+    let _ = FuseRing::register(dev, &[REFUSED_QUEUE], 8192);
 }
 
 /// The turn of layerfs mounts at the `enable_uring` switch: root's mounts hold it
@@ -313,7 +316,7 @@ impl<'d> FuseRing<'d> {
             self.live -= 1;
             // EOPNOTSUPP: the ring refused at registration (the caller says why); the
             // queue `refuse_ring` names does not exist (its EINVAL is what it is for).
-            if self.entries[i].qid != u16::MAX
+            if self.entries[i].qid != REFUSED_QUEUE
                 && !matches!(
                     -res,
                     libc::ENOTCONN

@@ -16,4 +16,4 @@ pub mod session;
 pub mod wire;
 
 pub use request::{MountPlan, MountRequest, PassthroughMode, plan};
-pub use session::{FromOutside, STOP_SIGNALS, fusermount_options, serve, serve_on};
+pub use session::{FromOutside, STOP_SIGNALS, fusermount_options, refuse, serve, serve_on};

@@ -532,10 +532,7 @@ pub fn serve(
         unmounter,
     } = match start(plan, a, &fs, kernel_checks, conn) {
         Ok(s) => s,
-        Err(e) => {
-            ready(Err(&e));
-            return Err(e);
-        }
+        Err(e) => return super::session::refuse(ready, e),
     };
     let online = fuse_dev::online_cpus();
     let mut threads = Vec::new();

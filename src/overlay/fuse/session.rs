@@ -106,6 +106,12 @@ pub fn serve(
     serve_on(plan, a, None, ready)
 }
 
+/// Tell `ready` why the mount is not usable, and return that.
+pub fn refuse(ready: impl FnOnce(std::result::Result<(), &Error>), e: Error) -> Result<()> {
+    ready(Err(&e));
+    Err(e)
+}
+
 /// Descriptor slots reserved at start (the kernel's table: 8 bytes a slot).
 const FD_TABLE_SLOTS: u32 = 8192;
 
@@ -145,11 +151,7 @@ pub fn serve_on(
     opts.real_owners = a.subids;
     let fs = match OverlayFs::new(opts) {
         Ok(fs) => Arc::new(fs),
-        Err(e) => {
-            let err = e;
-            ready(Err(&err));
-            return Err(err);
-        }
+        Err(e) => return refuse(ready, e),
     };
     let writable = fs.is_writable();
     let checks = !fs.owner_is_root();
@@ -192,10 +194,7 @@ pub fn serve_on(
         } else {
             match mount_through_fusermount(&plan, a, writable, checks, turn) {
                 Ok(c) => Some(c),
-                Err(e) => {
-                    ready(Err(&e));
-                    return Err(e);
-                }
+                Err(e) => return refuse(ready, e),
             }
         };
         if let Some(conn) = conn {
@@ -226,26 +225,20 @@ pub fn serve_on(
     let session = match session {
         Ok(s) => s,
         Err(e) => {
-            let err = Error::new(format!(
-                "cannot mount {}: {}",
-                plan.mountpoint.display(),
-                why_not_mounted(describe(&e))
-            ));
-            ready(Err(&err));
-            return Err(err);
+            let why = why_not_mounted(describe(&e));
+            let e = Error::new(format!("cannot mount {}: {why}", plan.mountpoint.display()));
+            return refuse(ready, e);
         }
     };
     match FuseNotifier::new(session.notifier()) {
         Ok(n) => fs.set_kernel_cache(Box::new(n)),
         Err(e) => {
-            let err = Error::new(format!("cannot start the notification thread: {e}"));
-            ready(Err(&err));
-            return Err(err);
+            let e = Error::new(format!("cannot start the notification thread: {e}"));
+            return refuse(ready, e);
         }
     }
     if let Err(e) = watch_signals(plan.mountpoint.clone(), unmounter) {
-        ready(Err(&e));
-        return Err(e);
+        return refuse(ready, e);
     }
     // Serve in fuser's background thread and wait for it here, so that the end of the
     // session does not drop fuser's mount handle: that drop unmounts the mount point by
@@ -254,11 +247,7 @@ pub fn serve_on(
     // path (unmount, then mount again at once), and it would be the one unmounted.
     let mut bg = match session.spawn() {
         Ok(bg) => bg,
-        Err(e) => {
-            let err = Error::new(format!("cannot start the session: {e}"));
-            ready(Err(&err));
-            return Err(err);
-        }
+        Err(e) => return refuse(ready, Error::new(format!("cannot start the session: {e}"))),
     };
     ready(Ok(()));
     started();
