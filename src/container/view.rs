@@ -3,8 +3,11 @@
 //! layer, as podman does for diff and commit). Used by `diff` (what the image has at a
 //! path), `commit` (the merged contents of a renamed directory) and `export`.
 //!
-//! Reading the upper dir as a lower layer never writes to it and never touches the work
-//! dir, so a view can be taken while the container is mounted.
+//! Reading the upper dir as a lower layer never writes to it, so a view can be taken
+//! while the container is mounted. Before a container's view is opened, copy-ups left
+//! unsynced by a daemon that died are settled (`overlay::settle_copy_ups`: a copy from
+//! before a restart is removed, one from this boot synced), which is safe beside a live
+//! daemon too.
 
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
@@ -48,8 +51,9 @@ impl View {
         View::open(cs.layer_dirs(c)?, vec![cs.store().objects_dir()])
     }
 
-    /// A container's merged tree.
+    /// A container's merged tree. Copies a daemon left unsynced are settled first.
     pub(crate) fn container(cs: &Containers<'_>, c: &Container) -> Result<View> {
+        crate::overlay::settle_copy_ups(&cs.upper(c), &cs.work(c))?;
         let mut lowers = vec![cs.upper(c)];
         lowers.extend(cs.layer_dirs(c)?);
         View::open(lowers, vec![cs.store().objects_dir()])

@@ -10,10 +10,11 @@
 //! half-way, so the names never come apart.
 
 use std::ffi::{OsStr, OsString};
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 
+use super::copy_sync;
 use super::fs::OverlayFs;
 use super::inode_table::{Alias, Kind, Node, NodeState};
 use super::layers::{LayerId, RealDir, UPPER};
@@ -146,18 +147,37 @@ impl OverlayFs {
         );
         let work = self.work()?;
         let tmp = self.tmp_name();
-        if let Err(e) = self.build_copy(
+        // A regular file with one name and data enough to be worth it: its copy shows
+        // before it is on disk, recorded (`copy_sync`); anything else is synced before
+        // it shows.
+        let copied = data_len.map_or(st.st_size as u64, |l| l.min(st.st_size as u64));
+        let defer = (self.syncs.available()
+            && st.st_nlink == 1
+            && sys::mode_type(st.st_mode) == libc::S_IFREG
+            && copied >= copy_sync::DEFER_MIN)
+            .then(|| copy_sync::join(&self.dir_path(&primary.parent), &primary.name));
+        let built = match self.build_copy(
             (primary.real.layer, primary.real.fd()),
             &primary.name,
             &st,
-            work,
-            &tmp,
+            (work, &tmp),
             node,
             data_len,
+            defer.as_deref(),
         ) {
-            let _ = sys::unlink_at(work, &tmp);
-            return Err(e);
-        }
+            Ok(b) => b,
+            Err(e) => {
+                let _ = sys::unlink_at(work, &tmp);
+                return Err(e);
+            }
+        };
+        let deferred = built.inspect(|_| self.syncs.begin(node.ino));
+        let give_up = |deferred: Option<(OwnedFd, OsString)>| {
+            if let Some((_, record)) = deferred {
+                let _ = sys::unlink_at(work, &record);
+                self.syncs.abandon(node.ino);
+            }
+        };
         // A file with several names: a second link in the work dir journals the copy
         // until every visible name links to it, so a daemon that dies in between
         // leaves a record the next mount finishes from (`finish_linked_copy_ups`).
@@ -166,12 +186,20 @@ impl OverlayFs {
             && let Err(e) = sys::link_at(work, &tmp, work, j)
         {
             let _ = sys::unlink_at(work, &tmp);
+            give_up(deferred);
             return Err(e);
         }
         // The parent is marked before the copy lands in it, so that no moment shows
         // the copy with another number than the lower file's.
         self.mark_impure(&primary.parent, &parent_upper);
-        let saved = SavedTimes::capture(&parent_upper)?;
+        let saved = match SavedTimes::capture(&parent_upper) {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = sys::unlink_at(work, &tmp);
+                give_up(deferred);
+                return Err(e);
+            }
+        };
         if let Err(e) = sys::rename_at(
             work,
             &tmp,
@@ -183,9 +211,13 @@ impl OverlayFs {
             if let Some(j) = &journal {
                 let _ = sys::unlink_at(work, j);
             }
+            give_up(deferred);
             return Err(e);
         }
         saved.restore(&parent_upper);
+        if let Some((file, record)) = deferred {
+            self.syncs.push(node.ino, file, record);
+        }
 
         let mut first = primary.clone();
         first.real = parent_upper.clone();
@@ -431,17 +463,59 @@ impl OverlayFs {
     }
 
     /// Build the copy of one non-directory in the work dir under `tmp`.
+    /// With `defer` (the copy's path in the upper layer, for a regular file), its data is
+    /// not synced here: its record is made before the data is copied, and the copy and
+    /// the record's name are returned for `copy_sync` to finish.
     #[allow(clippy::too_many_arguments)]
     fn build_copy(
         &self,
         (src_layer, srcdir): (LayerId, BorrowedFd<'_>),
         name: &OsStr,
         st: &Stat,
-        work: BorrowedFd<'_>,
-        tmp: &OsStr,
+        (work, tmp): (BorrowedFd<'_>, &OsStr),
         node: &Node,
         data_len: Option<u64>,
-    ) -> SysResult<()> {
+        defer: Option<&[u8]>,
+    ) -> SysResult<Option<(OwnedFd, OsString)>> {
+        let mut record = None;
+        let r = self.build_copy_in(
+            (src_layer, srcdir),
+            name,
+            st,
+            (work, tmp),
+            node,
+            data_len,
+            defer,
+            &mut record,
+        );
+        match (r, record) {
+            (Ok(Some(file)), Some(rec)) => Ok(Some((file, rec))),
+            (Ok(_), None) => Ok(None),
+            (Ok(None), Some(rec)) => {
+                let _ = sys::unlink_at(work, &rec);
+                Ok(None)
+            }
+            (Err(e), rec) => {
+                if let Some(rec) = rec {
+                    let _ = sys::unlink_at(work, &rec);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn build_copy_in(
+        &self,
+        (src_layer, srcdir): (LayerId, BorrowedFd<'_>),
+        name: &OsStr,
+        st: &Stat,
+        (work, tmp): (BorrowedFd<'_>, &OsStr),
+        node: &Node,
+        data_len: Option<u64>,
+        defer: Option<&[u8]>,
+        record: &mut Option<OsString>,
+    ) -> SysResult<Option<OwnedFd>> {
         let shown = self.recorded(src_layer, srcdir, Some(name), st);
         let upper_records = self.layers().ovl(UPPER).is_some();
         let kind = Kind::from_mode(st.st_mode);
@@ -476,8 +550,17 @@ impl OverlayFs {
                     OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY,
                     0o600,
                 )?;
+                if let Some(path) = defer {
+                    let disk_ino = sys::stat_fd(dst.as_fd())?.st_ino;
+                    *record = Some(copy_sync::write_record(work, node.ino, disk_ino, path)?);
+                }
                 let len = data_len.map_or(st.st_size as u64, |l| l.min(st.st_size as u64));
-                copy_data(src.as_fd(), dst.as_fd(), len, self.opts.fsync)?;
+                copy_data(
+                    src.as_fd(),
+                    dst.as_fd(),
+                    len,
+                    self.opts.fsync && record.is_none(),
+                )?;
                 file = Some(dst);
             }
             Kind::Symlink => {
@@ -501,12 +584,34 @@ impl OverlayFs {
             TimeSpec::Set(st.st_atime, st.st_atime_nsec as i64),
             TimeSpec::Set(st.st_mtime, st.st_mtime_nsec as i64),
         )?;
-        if let Some(f) = file
-            && self.opts.fsync
-        {
-            sys::fsync(f.as_fd())?;
+        match file {
+            Some(f) if record.is_some() => return Ok(Some(f)),
+            Some(f) if self.opts.fsync => sys::fsync(f.as_fd())?,
+            _ => {}
         }
-        Ok(())
+        Ok(None)
+    }
+
+    /// The path of a directory as the mount shows it (relative, empty for the root): an
+    /// upper directory lives at that path in the upper layer.
+    fn dir_path(&self, node: &Arc<Node>) -> Vec<u8> {
+        let mut names = Vec::new();
+        let mut cur = node.clone();
+        loop {
+            let up = match &*cur.state.read() {
+                NodeState::Dir(d) => d.parent.clone().map(|p| (p, d.name.clone())),
+                NodeState::File(_) => None,
+            };
+            let Some((parent, name)) = up else {
+                break;
+            };
+            names.push(name);
+            cur = parent;
+        }
+        names
+            .iter()
+            .rev()
+            .fold(Vec::new(), |p, n| copy_sync::join(&p, n))
     }
 
     /// What a lower object is: its record in a rootless layer, else its disk stat.

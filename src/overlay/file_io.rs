@@ -76,6 +76,10 @@ impl OverlayFs {
                 return Err(Errno::ROFS);
             }
             self.copy_up(&node)?;
+            if flags & (libc::O_SYNC | libc::O_DSYNC) != 0 {
+                // Its writes are durable as they return: so must the copy be.
+                self.syncs.wait(node.ino);
+            }
         }
         // O_TRUNC (negotiated to come with the OPEN) truncates the copy as it opens,
         // whatever the access mode: the kernel checked write permission already.
@@ -213,6 +217,8 @@ impl OverlayFs {
         if !self.opts.fsync {
             return Ok(());
         }
+        // A copy still being synced: its record goes first, or a crash could drop it.
+        self.syncs.wait(h.node.ino);
         let file = h.file();
         if datasync {
             sys::fdatasync(file.as_fd())

@@ -88,9 +88,30 @@ pub struct OverlayFs {
     pub(crate) root: Arc<Node>,
     /// Present when there is an upper layer.
     pub(crate) writer: Option<UpperWriter>,
+    /// Copies shown before their data is on disk (`copy_sync`).
+    pub(crate) syncs: super::copy_sync::CopySyncs,
     pub(crate) opts: Options,
     /// Where to report changes the kernel did not ask for (set once mounted).
     kernel: std::sync::OnceLock<Box<dyn KernelCache>>,
+}
+
+/// Settle the copy-ups a daemon over upper layer `upper` and work dir `workdir` left
+/// unsynced (`copy_sync`), for a command that reads the upper layer without mounting it.
+pub fn settle_copy_ups(
+    upper: &std::path::Path,
+    workdir: &std::path::Path,
+) -> crate::error::Result<()> {
+    let work = workdir.join("work");
+    let dirs = sys::open_root_dir(upper).and_then(|u| Ok((u, sys::open_root_dir(&work)?)));
+    let (u, w) = match dirs {
+        Ok(d) => d,
+        // Never mounted (no work dir yet), or gone: nothing to settle.
+        Err(Errno::NOENT) => return Ok(()),
+        Err(e) => return Err(at(&work, e)),
+    };
+    super::copy_sync::settle(u.as_fd(), w.as_fd())
+        .map(|_| ())
+        .map_err(|e| at(&work, e))
 }
 
 /// An error about `path`: "PATH: reason".
@@ -105,6 +126,14 @@ impl OverlayFs {
     /// removed first.
     pub fn new(opts: Options) -> crate::error::Result<Self> {
         let mut fs = Self::open_layers(opts.clone())?;
+        if let (Some(w), Some(u)) = (&fs.writer, &fs.layers().upper) {
+            super::copy_sync::settle(u.root.fd(), w.work()).map_err(|errno| {
+                at(
+                    &fs.opts.work.clone().unwrap_or_default().join("work"),
+                    errno,
+                )
+            })?;
+        }
         if fs.finish_linked_copy_ups() {
             // Its nodes saw the names before the links were placed: start afresh.
             drop(fs);
@@ -181,6 +210,12 @@ impl OverlayFs {
             links: super::hardlinks::LinkMaps::new(opts.lowers.len()),
             prefetch: super::prefetch::Prefetcher::with_data(data),
             root,
+            syncs: super::copy_sync::CopySyncs::new(
+                writer
+                    .as_ref()
+                    .filter(|_| opts.fsync)
+                    .and_then(|w| w.work().try_clone_to_owned().ok()),
+            ),
             writer,
             opts,
             kernel: std::sync::OnceLock::new(),

@@ -3,12 +3,14 @@
 //!
 //! The core: `fs` (the `OverlayFs` object, lookup, attributes, listings), `lookup`
 //! (resolving a name through the layers), `readdir` (merged listings), `file_io` (open
-//! files), `mutate` (names and metadata), `rename`, `copy_up`, `upper_writer` (whiteouts,
-//! the work dir) over `marker_writer`, `inode_table` (nodes and kernel lookup counts),
-//! `hardlinks`, `handles`, `layers`, `cache`, `idmap`, `kernel_cache` (what the core
-//! tells the kernel), `types`.
+//! files), `mutate` (names and metadata), `rename`, `copy_up`, `copy_sync` (copies
+//! synced in the background under a record), `upper_writer` (whiteouts, the work dir)
+//! over `marker_writer`, `inode_table` (nodes and kernel lookup counts), `hardlinks`,
+//! `handles`, `layers`, `cache`, `idmap`, `kernel_cache` (what the core tells the
+//! kernel), `types`.
 
 pub mod cache;
+pub mod copy_sync;
 pub mod copy_up;
 pub mod file_io;
 pub mod fs;
@@ -29,5 +31,5 @@ pub mod rename;
 pub mod types;
 pub mod upper_writer;
 
-pub use fs::{Options, OverlayFs, ROOT_INO};
+pub use fs::{Options, OverlayFs, ROOT_INO, settle_copy_ups};
 pub use types::{Attr, Ctx, Entry, SetAttr};

@@ -396,6 +396,8 @@ impl OverlayFs {
             return Err(Errno::PERM);
         }
         self.copy_up(&node)?;
+        // A second name for a copy still being synced would outlive its removal.
+        self.syncs.wait(node.ino);
         let new_parent = self.node(newparent)?;
         let parent_upper = self.upper_dir(&new_parent)?;
         let slot = self.slot(&parent_upper, newname)?;
@@ -434,6 +436,7 @@ impl OverlayFs {
 
     /// At the end of the session: the work dir is left empty.
     pub fn finish(&self) {
+        self.syncs.wait_all();
         if let Some(w) = &self.writer {
             w.finish();
         }
@@ -469,6 +472,8 @@ impl OverlayFs {
         }
         let parent_upper = self.upper_dir(&parent_node)?;
         self.copy_up_if_linked(&node)?;
+        // Its record names it by inode: the inode must not be freed (and reused) first.
+        self.syncs.wait(node.ino);
         let in_upper = self.file_layer(&node) == UPPER;
         if in_upper {
             self.keep_orphan_if_last(&node, &parent_node, &parent_upper, name);

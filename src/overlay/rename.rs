@@ -98,6 +98,12 @@ impl OverlayFs {
         if noreplace && dst.is_some() {
             return Err(Errno::EXIST);
         }
+        // A copy still being synced keeps its name (its record names it) and its inode.
+        for n in std::iter::once(&src).chain(dst.as_ref()) {
+            if !n.is_dir() {
+                self.syncs.wait(n.ino);
+            }
+        }
         if exchange && dst.is_none() {
             return Err(Errno::NOENT);
         }

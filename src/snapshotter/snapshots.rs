@@ -389,6 +389,10 @@ impl Core {
         };
         // Written through the union mount: it goes first, so the tree is complete.
         mounts::release(n, &self.cfg.mount_dir.join(n.to_string()))?;
+        // Copies the daemon showed before they were on disk: settled before their
+        // records go with the work dir.
+        let own = self.own_dir(n);
+        crate::overlay::settle_copy_ups(&own.join("fs"), &own.join("work"))?;
         let now = Stamp::now();
         let committed = Record {
             kind: Kind::Committed,

@@ -5,6 +5,7 @@
 //! root (a normal user's `cargo test` skips them, saying so).
 
 mod basic;
+mod copy_sync;
 mod crash;
 mod inodes;
 mod lifecycle;
