@@ -112,6 +112,51 @@ fn fsync_waits_for_the_copy_to_be_on_disk() {
     drop(g2);
 }
 
+/// Every operation that must not race a copy's sync waits for it: an `O_SYNC` open
+/// that copies up, and a rename, link or unlink of a copy still being synced.
+#[test]
+fn sync_opens_renames_links_and_unlinks_wait_for_the_copy() {
+    if support::skip_unless_root() {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let l = big_lower(t.path());
+    let ops: [(&str, fn(&Path)); 4] = [
+        ("O_SYNC open", |m| {
+            fs::OpenOptions::new()
+                .append(true)
+                .custom_flags(libc::O_SYNC | libc::O_NOFOLLOW)
+                .open(m.join("dir/big"))
+                .map(drop)
+                .unwrap()
+        }),
+        ("rename", |m| {
+            append(m, false);
+            fs::rename(m.join("dir/big"), m.join("dir/moved")).unwrap()
+        }),
+        ("link", |m| {
+            append(m, false);
+            fs::hard_link(m.join("dir/big"), m.join("dir/second")).unwrap()
+        }),
+        ("unlink", |m| {
+            append(m, false);
+            fs::remove_file(m.join("dir/big")).unwrap()
+        }),
+    ];
+    let m = t.path().join("m");
+    for (i, (what, op)) in ops.iter().enumerate() {
+        let s = rw_stack(t.path(), std::slice::from_ref(&l), &format!("u{i}"));
+        let g = mount_layerfs(&s, &m, &[]);
+        op(&m);
+        assert_eq!(
+            records(s.work.as_ref().unwrap()),
+            Vec::<String>::new(),
+            "{what} returned before the copy's sync"
+        );
+        drop(g);
+    }
+}
+
 /// The daemon dies right after a copy-up (its sync not done): the next mount, in the
 /// same boot, keeps the copy, syncs it and drops the record.
 #[test]
