@@ -37,6 +37,8 @@ pub fn run_overlay(req: &MountRequest, foreground: bool) -> Result<()> {
         }
         None => {
             drop(rd);
+            // The caller's other pipes, locks and sockets stay with the caller.
+            sys::close_inherited_fds();
             sys::setsid();
             let _ = std::env::set_current_dir("/");
             let wr: OwnedFd = wr;

@@ -229,6 +229,8 @@ pub fn main() -> ExitCode {
         Some(Ok(false)) => return ExitCode::from(1),
         Some(Err(e)) => return fail(format!("cannot enter a user namespace: {e}")),
     }
+    // Before anything of ours is open (the namespace's handshake pipes are closed).
+    crate::sys::note_inherited_fds();
     // Behave like other Unix tools when output goes to a closed pipe (`| head`).
     crate::sys::default_sigpipe();
     // Mounts and in-process views of lazily pulled images fetch what they lack.

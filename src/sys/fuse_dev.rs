@@ -211,14 +211,20 @@ impl SwitchHold {
 /// Wait for a turn at the switch (shared or exclusive); `false`, said once, if another
 /// process kept it for `TURN_WAIT`.
 fn take_turn(lock: &std::fs::File, shared: bool) -> bool {
-    let got = super::flock_within(lock.as_fd(), shared, TURN_WAIT);
-    if !got {
-        log::warn!(
-            "{SWITCH_LOCK} held for over {} s: going on without a turn at enable_uring",
-            TURN_WAIT.as_secs()
-        );
+    match super::flock_within(lock.as_fd(), shared, TURN_WAIT) {
+        Ok(true) => true,
+        Ok(false) => {
+            log::warn!(
+                "{SWITCH_LOCK} held for over {} s: going on without a turn at enable_uring",
+                TURN_WAIT.as_secs()
+            );
+            false
+        }
+        Err(e) => {
+            log::warn!("{SWITCH_LOCK}: cannot lock ({e}): going on without a turn at enable_uring");
+            false
+        }
     }
-    got
 }
 
 /// `struct fuse_uring_req_header`, 64-byte aligned as the kernel's cache lines like.

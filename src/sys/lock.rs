@@ -14,8 +14,13 @@ pub fn flock_exclusive(fd: BorrowedFd<'_>, wait: bool) -> SysResult<()> {
 }
 
 /// Take an `flock` on `fd` (shared or exclusive), trying every millisecond for up to
-/// `limit`; `false` if another process held it that long.
-pub fn flock_within(fd: BorrowedFd<'_>, shared: bool, limit: std::time::Duration) -> bool {
+/// `limit`: `Ok(false)` if another process held it that long, `Err` if it cannot be
+/// taken at all (say, a filesystem without `flock`).
+pub fn flock_within(
+    fd: BorrowedFd<'_>,
+    shared: bool,
+    limit: std::time::Duration,
+) -> SysResult<bool> {
     let op = if shared {
         rustix::fs::FlockOperation::NonBlockingLockShared
     } else {
@@ -24,13 +29,13 @@ pub fn flock_within(fd: BorrowedFd<'_>, shared: bool, limit: std::time::Duration
     let deadline = std::time::Instant::now() + limit;
     loop {
         match rustix::fs::flock(fd, op) {
-            Ok(()) => return true,
-            Err(e)
-                if e == rustix::io::Errno::WOULDBLOCK && std::time::Instant::now() < deadline =>
-            {
+            Ok(()) => return Ok(true),
+            Err(Errno::WOULDBLOCK) if std::time::Instant::now() < deadline => {
                 std::thread::sleep(std::time::Duration::from_millis(1));
             }
-            Err(_) => return false,
+            Err(Errno::WOULDBLOCK) => return Ok(false),
+            Err(Errno::INTR) => {}
+            Err(e) => return Err(e),
         }
     }
 }

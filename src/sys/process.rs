@@ -177,6 +177,42 @@ pub fn wait_child(pid: u32) -> SysResult<i32> {
     }
 }
 
+/// The descriptors above stderr this process was started with (`note_inherited_fds`).
+static INHERITED: std::sync::OnceLock<Vec<i32>> = std::sync::OnceLock::new();
+
+/// Note which descriptors above stderr the process was started with, before it opens
+/// any of its own: a daemon closes them (`close_inherited_fds`).
+pub fn note_inherited_fds() {
+    let listed: Vec<i32> = match std::fs::read_dir("/proc/self/fd") {
+        Ok(rd) => rd
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .filter(|&fd| fd > 2)
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    // The listing's own descriptor is in the list, and closed by now.
+    let open = listed
+        .into_iter()
+        .filter(|&fd| {
+            // SAFETY: F_GETFD only reads the flags of a descriptor number, open or not.
+            unsafe { libc::fcntl(fd, libc::F_GETFD) >= 0 }
+        })
+        .collect();
+    let _ = INHERITED.set(open);
+}
+
+/// Close what `note_inherited_fds` found: a daemon must not keep its caller's pipes,
+/// locks or sockets open for as long as the mount lives.
+pub fn close_inherited_fds() {
+    for &fd in INHERITED.get().map(Vec::as_slice).unwrap_or_default() {
+        // SAFETY: these numbers were open at start and nothing in the process owns them
+        // (no `OwnedFd` was made from them), so closing cannot pull one from under us.
+        unsafe {
+            libc::close(fd);
+        }
+    }
+}
+
 pub fn setsid() {
     let _ = rustix::process::setsid();
 }

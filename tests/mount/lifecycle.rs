@@ -1,6 +1,6 @@
 //! Mount life cycle: a daemon exits after an unmount and never touches a newer mount at
 //! the same path; SIGTERM unmounts; the daemon's descriptor table is grown before it
-//! serves.
+//! serves; the daemon keeps none of its caller's descriptors.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -160,4 +160,38 @@ fn an_unprivileged_mount_says_what_is_missing() {
             "nothing mounted"
         );
     }
+}
+
+/// The daemon keeps none of its caller's descriptors: a pipe (or lock, or socket) the
+/// caller handed down without close-on-exec is closed once the mount command returns,
+/// so whoever waits for the pipe's end sees it.
+#[test]
+fn the_daemon_keeps_no_descriptor_of_its_caller() {
+    if support::skip_unless_root() {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let (s, m) = one_file_stack(t.path());
+    fs::create_dir_all(&m).unwrap();
+    // Both ends without close-on-exec: the child inherits the writing end.
+    let (rd, wr) = rustix::pipe::pipe().unwrap();
+    let st = std::process::Command::new(support::cli::layerfs_bin())
+        .arg("-o")
+        .arg(s.layerfs_options(&[]))
+        .arg(&m)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let g = MountGuard::new(&m);
+    drop(wr);
+    rustix::fs::fcntl_setfl(&rd, rustix::fs::OFlags::NONBLOCK).unwrap();
+    let mut b = [0u8; 1];
+    let r = rustix::io::read(&rd, &mut b);
+    assert_eq!(
+        r,
+        Ok(0),
+        "the daemon still holds the caller's pipe (EAGAIN: a writer is left)"
+    );
+    assert_eq!(fs::read(m.join("f")).unwrap(), b"x");
+    drop(g);
 }
