@@ -121,7 +121,8 @@ fn sync_opens_renames_links_and_unlinks_wait_for_the_copy() {
     }
     let t = tempfile::tempdir().unwrap();
     let l = big_lower(t.path());
-    let ops: [(&str, fn(&Path)); 4] = [
+    type Op = (&'static str, fn(&Path));
+    let ops: [Op; 4] = [
         ("O_SYNC open", |m| {
             fs::OpenOptions::new()
                 .append(true)
