@@ -156,7 +156,8 @@ impl OverlayFs {
             && sys::mode_type(st.st_mode) == libc::S_IFREG
             && copied >= copy_sync::DEFER_MIN)
             .then(|| copy_sync::join(&self.dir_path(&primary.parent), &primary.name));
-        let built = match self.build_copy(
+        let mut record = None;
+        let built = self.build_copy(
             (primary.real.layer, primary.real.fd()),
             &primary.name,
             &st,
@@ -164,14 +165,24 @@ impl OverlayFs {
             node,
             data_len,
             defer.as_deref(),
-        ) {
-            Ok(b) => b,
-            Err(e) => {
+            &mut record,
+        );
+        let deferred = match (built, record) {
+            (Ok(Some(file)), Some(r)) => Some((file, r)),
+            (Ok(_), None) => None,
+            (Ok(None), Some(r)) => {
+                let _ = sys::unlink_at(work, &r);
+                None
+            }
+            (Err(e), record) => {
                 let _ = sys::unlink_at(work, &tmp);
+                if let Some(r) = record {
+                    let _ = sys::unlink_at(work, &r);
+                }
                 return Err(e);
             }
         };
-        let deferred = built.inspect(|_| self.syncs.begin(node.ino));
+        let deferred = deferred.inspect(|_| self.syncs.begin(node.ino));
         let give_up = |deferred: Option<(OwnedFd, OsString)>| {
             if let Some((_, record)) = deferred {
                 let _ = sys::unlink_at(work, &record);
@@ -462,50 +473,13 @@ impl OverlayFs {
         (r.ino == ino).then(|| (cur, last.to_os_string()))
     }
 
-    /// Build the copy of one non-directory in the work dir under `tmp`.
-    /// With `defer` (the copy's path in the upper layer, for a regular file), its data is
-    /// not synced here: its record is made before the data is copied, and the copy and
-    /// the record's name are returned for `copy_sync` to finish.
+    /// Build the copy of one non-directory in the work dir under `tmp`. With `defer`
+    /// (the copy's path in the upper layer, for a regular file) its data is not synced
+    /// here: its record is made (named in `record`) before the data is copied, and the
+    /// copy is returned for `copy_sync` to finish. On failure the caller removes `tmp`
+    /// and the record.
     #[allow(clippy::too_many_arguments)]
     fn build_copy(
-        &self,
-        (src_layer, srcdir): (LayerId, BorrowedFd<'_>),
-        name: &OsStr,
-        st: &Stat,
-        (work, tmp): (BorrowedFd<'_>, &OsStr),
-        node: &Node,
-        data_len: Option<u64>,
-        defer: Option<&[u8]>,
-    ) -> SysResult<Option<(OwnedFd, OsString)>> {
-        let mut record = None;
-        let r = self.build_copy_in(
-            (src_layer, srcdir),
-            name,
-            st,
-            (work, tmp),
-            node,
-            data_len,
-            defer,
-            &mut record,
-        );
-        match (r, record) {
-            (Ok(Some(file)), Some(rec)) => Ok(Some((file, rec))),
-            (Ok(_), None) => Ok(None),
-            (Ok(None), Some(rec)) => {
-                let _ = sys::unlink_at(work, &rec);
-                Ok(None)
-            }
-            (Err(e), rec) => {
-                if let Some(rec) = rec {
-                    let _ = sys::unlink_at(work, &rec);
-                }
-                Err(e)
-            }
-        }
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn build_copy_in(
         &self,
         (src_layer, srcdir): (LayerId, BorrowedFd<'_>),
         name: &OsStr,

@@ -178,3 +178,17 @@ pub fn mount_kernel(stack: &Stack, mnt: &Path) -> MountGuard {
     );
     MountGuard::new(mnt)
 }
+
+/// The kernel's overlayfs, mounted at `km` over `stack`, shows the tree `ours` (link
+/// counts of lower hard links aside: `accept_visible_link_counts`).
+pub fn assert_kernel_shows(stack: &Stack, km: &Path, ours: &crate::tree::Tree, what: &str) {
+    use crate::tree::*;
+    let g = mount_kernel(stack, km);
+    let k = snapshot(km, &SnapOpts::default().kernel());
+    drop(g);
+    assert_same_tree(
+        &k,
+        &accept_visible_link_counts(&k, ours, &stack.lowers),
+        what,
+    );
+}
