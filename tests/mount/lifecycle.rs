@@ -3,6 +3,7 @@
 //! serves; the daemon keeps none of its caller's descriptors.
 
 use std::fs;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -173,20 +174,33 @@ fn the_daemon_keeps_no_descriptor_of_its_caller() {
     let t = tempfile::tempdir().unwrap();
     let (s, m) = one_file_stack(t.path());
     fs::create_dir_all(&m).unwrap();
-    // Both ends without close-on-exec: the child inherits the writing end.
-    let (rd, wr) = rustix::pipe::pipe().unwrap();
-    let st = std::process::Command::new(support::cli::layerfs_bin())
-        .arg("-o")
+    // A FIFO whose writing end only the mount command's shell opens (as fd 3, without
+    // close-on-exec): no other test's process can inherit it.
+    let fifo = t.path().join("fifo");
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let rd = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&fifo)
+        .unwrap();
+    let st = std::process::Command::new("sh")
+        .args(["-c", "exec 3>\"$1\"; exec \"$2\" -o \"$3\" \"$4\"", "sh"])
+        .arg(&fifo)
+        .arg(support::cli::layerfs_bin())
         .arg(s.layerfs_options(&[]))
         .arg(&m)
         .status()
         .unwrap();
     assert!(st.success());
     let g = MountGuard::new(&m);
-    drop(wr);
-    rustix::fs::fcntl_setfl(&rd, rustix::fs::OFlags::NONBLOCK).unwrap();
     let mut b = [0u8; 1];
-    let r = rustix::io::read(&rd, &mut b);
+    let r = std::io::Read::read(&mut &rd, &mut b).map_err(|e| e.raw_os_error());
     assert_eq!(
         r,
         Ok(0),
