@@ -110,10 +110,15 @@ impl<B> PassthroughTable<B> {
         let Some(h) = fs.handle_file(fh) else {
             return Err(Errno::BADF);
         };
+        // The file and its layer from one moment: a copy-up may move the handle to the
+        // upper copy meanwhile (`retarget_handles`), and a backing registered from the
+        // lower file but labelled upper would be shared with writers (a write into the
+        // lower layer; seen once in readers_and_writers_at_once_never_see_an_error).
+        let (file, layer) = h.file_and_layer();
         let want_pt = self.on.load(Ordering::Relaxed)
             && match self.mode {
                 PassthroughMode::Off => false,
-                PassthroughMode::Upper => h.layer() == UPPER,
+                PassthroughMode::Upper => layer == UPPER,
                 PassthroughMode::All => true,
             };
         let idx = (ino as usize) % IO_SHARDS;
@@ -124,13 +129,13 @@ impl<B> PassthroughTable<B> {
         let deadline = std::time::Instant::now() + RELEASE_GRACE;
         while shard
             .get(&ino)
-            .is_some_and(|st| st.passthrough > 0 && st.backing_layer != h.layer())
+            .is_some_and(|st| st.passthrough > 0 && st.backing_layer != layer)
             && !self.released[idx]
                 .wait_until(&mut shard, deadline)
                 .timed_out()
         {}
         let st = shard.entry(ino).or_default();
-        if st.passthrough > 0 && st.backing_layer != h.layer() {
+        if st.passthrough > 0 && st.backing_layer != layer {
             if st.backing_layer == UPPER {
                 // Opened on the lower file just before a copy-up finished: opened
                 // again, it gets the upper file.
@@ -148,10 +153,10 @@ impl<B> PassthroughTable<B> {
             return Ok(Attach::Cached);
         }
         if st.backing.is_none() {
-            match open_backing(h.file().as_fd()) {
+            match open_backing(file.as_fd()) {
                 Ok(id) => {
                     st.backing = Some(Arc::new(id));
-                    st.backing_layer = h.layer();
+                    st.backing_layer = layer;
                 }
                 Err(e) => {
                     log::debug!("passthrough unavailable for inode {ino}: {e}");
