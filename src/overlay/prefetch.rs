@@ -24,7 +24,8 @@
 //!
 //! The same threads run chores that requests leave behind, before any warming: reading
 //! ahead in a listing (`readdir_stream`; a request that needs the batch being read
-//! waits for it) and freeing a large listing read to its end.
+//! waits for it) and freeing a large listing read to its end. A thread that reads ahead
+//! for a request keeps off that request's CPU from then on ([`keep_off_cpu`]).
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
@@ -304,6 +305,32 @@ impl Drop for Prefetcher {
 enum Work {
     Chore(Chore),
     Warm(Task),
+}
+
+/// Keep the calling background thread off CPU `cpu` from now on: the CPU of the request
+/// that queued its work, where that request's reader waits for the reply and runs on.
+/// Reading a large listing ahead takes milliseconds of CPU; woken onto the reader's CPU
+/// (a ring thread waiting in `SCHED_IDLE` makes it look idle to the scheduler) it ran
+/// there, in turn with the reader, while the other CPU stood idle: a first listing of
+/// 10,000 names took 5.1 ms instead of 3.5 ms in about half of the tries on 2 CPUs.
+pub fn keep_off_cpu(cpu: usize) {
+    thread_local! {
+        /// The CPUs the thread was allowed at its first call (`None`: unknown).
+        static CPUS: Option<rustix::thread::CpuSet> = sys::sched::thread_cpus().ok();
+        /// The CPU it keeps off now.
+        static OFF: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+    }
+    if OFF.get() == Some(cpu) {
+        return;
+    }
+    CPUS.with(|cpus| {
+        let Some(cpus) = cpus else { return };
+        match sys::sched::keep_thread_off(cpus, cpu) {
+            Ok(true) => OFF.set(Some(cpu)),
+            Ok(false) => {}
+            Err(e) => log::debug!("background thread's CPUs: {e}"),
+        }
+    });
 }
 
 fn run(shared: &Shared) {
@@ -592,5 +619,32 @@ mod tests {
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
         panic!("the prefetch thread did not stop");
+    }
+
+    #[test]
+    fn a_thread_kept_off_a_cpu_runs_elsewhere_where_there_is_elsewhere() {
+        std::thread::spawn(|| {
+            let before = sys::sched::thread_cpus().unwrap();
+            let here = sys::sched::current_cpu();
+            keep_off_cpu(here);
+            let after = sys::sched::thread_cpus().unwrap();
+            if before.count() > 1 {
+                assert!(!after.is_set(here), "still allowed on CPU {here}");
+                assert_eq!(after.count(), before.count() - 1);
+                assert_ne!(sys::sched::current_cpu(), here);
+                // Kept off another CPU instead: the one before is allowed again.
+                let other = (0..rustix::thread::CpuSet::MAX_CPU)
+                    .find(|&c| c != here && before.is_set(c))
+                    .unwrap();
+                keep_off_cpu(other);
+                let again = sys::sched::thread_cpus().unwrap();
+                assert!(again.is_set(here) && !again.is_set(other));
+            } else {
+                // One CPU: nothing to move to, nothing changed.
+                assert_eq!(after, before);
+            }
+        })
+        .join()
+        .unwrap();
     }
 }

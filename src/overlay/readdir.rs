@@ -53,7 +53,7 @@ impl Resolver {
                     hidden.insert(t.to_vec());
                     continue;
                 }
-                let dtype = match real_type(up, &e) {
+                let dtype = match real_type(up, &e.name, e.dtype) {
                     RealType::Is(t) => t,
                     RealType::Whiteout => {
                         hidden.insert(name.to_vec());
@@ -154,15 +154,14 @@ enum RealType {
     Gone,
 }
 
-fn real_type(dir: &RealDir, e: &sys::RawEntry) -> RealType {
-    let dtype = e.dtype;
+fn real_type(dir: &RealDir, name: &OsStr, dtype: u8) -> RealType {
     if dtype != libc::DT_CHR
         && dtype != libc::DT_UNKNOWN
         && !(dtype == libc::DT_REG && dir.xattr_whiteouts)
     {
         return RealType::Is(dtype);
     }
-    let Ok(st) = sys::stat_at(dir.fd(), &e.name) else {
+    let Ok(st) = sys::stat_at(dir.fd(), name) else {
         return RealType::Gone;
     };
     let dtype = sys::dtype_of_mode(st.st_mode);
@@ -170,7 +169,7 @@ fn real_type(dir: &RealDir, e: &sys::RawEntry) -> RealType {
         || (dir.xattr_whiteouts
             && dtype == libc::DT_REG
             && st.st_size == 0
-            && markers::is_xattr_whiteout(dir.fd(), &e.name))
+            && markers::is_xattr_whiteout(dir.fd(), name))
     {
         RealType::Whiteout
     } else {
@@ -181,18 +180,32 @@ fn real_type(dir: &RealDir, e: &sys::RawEntry) -> RealType {
 /// An entry of the only lower directory of a listing as listed: `None` for the layer's
 /// own markers (whiteouts, opaque markers), which hide nothing there.
 pub fn lower_entry(layers: &Layers, l: &RealDir, dev: u64, e: sys::RawEntry) -> Option<ListEntry> {
-    if markers::is_marker_name(e.name.as_bytes()) {
-        return None;
-    }
-    let RealType::Is(dtype) = real_type(l, &e) else {
-        return None;
-    };
+    let (ino, dtype) = lower_listed(layers, l, dev, &e.name, e.ino, e.dtype)?;
     Some(ListEntry {
-        ino: layers.map_ino(dev, e.ino),
+        ino,
         name: e.name,
         dtype,
         needs_resolve: false,
     })
+}
+
+/// The inode number and type an entry of the only lower directory of a listing is
+/// listed with (its name, inode number and `d_type` as read); `None` for a marker.
+pub fn lower_listed(
+    layers: &Layers,
+    l: &RealDir,
+    dev: u64,
+    name: &OsStr,
+    ino: u64,
+    dtype: u8,
+) -> Option<(u64, u8)> {
+    if markers::is_marker_name(name.as_bytes()) {
+        return None;
+    }
+    let RealType::Is(dtype) = real_type(l, name, dtype) else {
+        return None;
+    };
+    Some((layers.map_ino(dev, ino), dtype))
 }
 
 /// Entries the first READDIRPLUS reply of a large listing carries at most (`.` and `..`
@@ -213,20 +226,41 @@ pub const BIG_LISTING: usize = 1024;
 /// A reply buffer for a listing (READDIR).
 pub trait DirReply {
     /// Add one entry; `true` when the buffer is full and the entry was not added.
-    fn add(&mut self, e: &DirEntryOut) -> bool;
+    fn add(&mut self, e: DirEntryRef<'_>) -> bool;
 }
 
 /// A reply buffer for a listing with attributes (READDIRPLUS): `entry` is `None` for
 /// `.` and `..`.
 pub trait DirPlusReply {
     /// Add one entry; `true` when the buffer is full and the entry was not added.
-    fn add(&mut self, e: &DirEntryOut, entry: Option<&Entry>) -> bool;
+    fn add(&mut self, e: DirEntryRef<'_>, entry: Option<&Entry>) -> bool;
 }
 
 /// One entry of a directory listing, as served: `off` continues after it.
 #[derive(Debug, Clone)]
 pub struct DirEntryOut {
     pub name: OsString,
+    pub ino: u64,
+    pub dtype: u8,
+    pub off: u64,
+}
+
+impl DirEntryOut {
+    pub fn as_ref(&self) -> DirEntryRef<'_> {
+        DirEntryRef {
+            name: &self.name,
+            ino: self.ino,
+            dtype: self.dtype,
+            off: self.off,
+        }
+    }
+}
+
+/// An entry of a listing as it goes into a reply, its name borrowed from wherever the
+/// listing keeps it.
+#[derive(Debug, Clone, Copy)]
+pub struct DirEntryRef<'a> {
+    pub name: &'a OsStr,
     pub ino: u64,
     pub dtype: u8,
     pub off: u64,
@@ -463,7 +497,7 @@ impl OverlayFs {
         &self,
         ino: u64,
         offset: u64,
-        mut add: impl FnMut(&DirEntryOut, bool) -> bool,
+        mut add: impl FnMut(DirEntryRef<'_>, bool) -> bool,
     ) -> SysResult<()> {
         let node = self.node(ino)?;
         if let Some(s) = self.stream_at(&node, offset)? {
@@ -481,7 +515,7 @@ impl OverlayFs {
             self.listings.done(node.serial, &list);
         }
         for e in &list.entries[start..] {
-            if add(e, big) {
+            if add(e.as_ref(), big) {
                 break;
             }
         }
@@ -503,11 +537,11 @@ impl OverlayFs {
 
     /// Add one entry of directory `ino` with its attributes; `true` when the reply is
     /// full (and the entry not in it).
-    fn add_plus(&self, ino: u64, e: &DirEntryOut, out: &mut impl DirPlusReply) -> bool {
+    fn add_plus(&self, ino: u64, e: DirEntryRef<'_>, out: &mut impl DirPlusReply) -> bool {
         if e.name == "." || e.name == ".." {
             return out.add(e, None);
         }
-        match self.lookup(ino, &e.name) {
+        match self.lookup(ino, e.name) {
             Ok(ent) => {
                 let full = out.add(e, Some(&ent));
                 if full {
@@ -561,12 +595,12 @@ mod tests {
     }
 
     impl DirPlusReply for Buf {
-        fn add(&mut self, e: &DirEntryOut, entry: Option<&Entry>) -> bool {
+        fn add(&mut self, e: DirEntryRef<'_>, entry: Option<&Entry>) -> bool {
             if self.got.len() == self.cap {
                 return true;
             }
             self.got
-                .push((e.name.clone(), e.off, entry.map(|x| x.attr.ino)));
+                .push((e.name.to_os_string(), e.off, entry.map(|x| x.attr.ino)));
             false
         }
     }

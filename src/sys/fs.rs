@@ -159,25 +159,42 @@ impl DirReader {
     /// (without `.` and `..`), and whether the directory has more. An empty batch with
     /// `true` is possible (only `.` and `..` in it).
     pub fn next_batch(&mut self, bytes: usize) -> SysResult<(Vec<RawEntry>, bool)> {
-        let n = bytes.clamp(1024, Self::CHUNK);
         // An entry takes at least 24 bytes; a small directory needs no more room.
-        let mut out = Vec::with_capacity((n / 24).min(256));
+        let mut out = Vec::with_capacity((bytes.clamp(1024, Self::CHUNK) / 24).min(256));
+        let more = self.next_batch_each(bytes, |name, ino, dtype| {
+            out.push(RawEntry {
+                name: name.to_os_string(),
+                ino,
+                dtype,
+            })
+        })?;
+        Ok((out, more))
+    }
+
+    /// The same, each entry handed to `visit` (name, inode number, `DT_*` value) as it
+    /// is read, without a copy of its name; returns whether the directory has more.
+    pub fn next_batch_each(
+        &mut self,
+        bytes: usize,
+        mut visit: impl FnMut(&OsStr, u64, u8),
+    ) -> SysResult<bool> {
+        let n = bytes.clamp(1024, Self::CHUNK);
         let mut iter = rustix::fs::RawDir::new(&self.fd, &mut self.buf[..n]);
         loop {
             let Some(entry) = iter.next() else {
-                return Ok((out, false));
+                return Ok(false);
             };
             let entry = entry?;
             let name = entry.file_name().to_bytes();
             if name != b"." && name != b".." {
-                out.push(RawEntry {
-                    name: OsString::from_vec(name.to_vec()),
-                    ino: entry.ino(),
-                    dtype: dtype_of(entry.file_type()),
-                });
+                visit(
+                    OsStr::from_bytes(name),
+                    entry.ino(),
+                    dtype_of(entry.file_type()),
+                );
             }
             if iter.is_buffer_empty() {
-                return Ok((out, true));
+                return Ok(true);
             }
         }
     }

@@ -50,6 +50,28 @@ pub fn pin_thread_to(cpu: usize) -> io::Result<()> {
     rustix::thread::sched_setaffinity(None, &set).map_err(io::Error::from)
 }
 
+/// The CPU the calling thread runs on now.
+pub fn current_cpu() -> usize {
+    rustix::thread::sched_getcpu()
+}
+
+/// The CPUs the calling thread may run on.
+pub fn thread_cpus() -> io::Result<rustix::thread::CpuSet> {
+    rustix::thread::sched_getaffinity(None).map_err(io::Error::from)
+}
+
+/// Run the calling thread on the CPUs of `cpus` but `cpu`; `false` (and nothing
+/// changed) where that leaves none.
+pub fn keep_thread_off(cpus: &rustix::thread::CpuSet, cpu: usize) -> io::Result<bool> {
+    let mut set = *cpus;
+    set.unset(cpu);
+    if set.count() == 0 {
+        return Ok(false);
+    }
+    rustix::thread::sched_setaffinity(None, &set).map_err(io::Error::from)?;
+    Ok(true)
+}
+
 /// The time the thread that opened it has spent runnable but waiting for a CPU, from
 /// `/proc/thread-self/schedstat` (its second field, in nanoseconds): one `pread` a look.
 pub struct RunDelay(std::fs::File);

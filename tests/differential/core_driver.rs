@@ -20,7 +20,7 @@ use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::path::Path;
 
-use layerfs::overlay::readdir::{DirEntryOut, DirReply};
+use layerfs::overlay::readdir::{DirEntryRef, DirReply};
 use layerfs::overlay::{Ctx, Options, OverlayFs, ROOT_INO};
 use proptest::prelude::*;
 use rustix::io::Errno;
@@ -185,11 +185,11 @@ struct Buf {
 }
 
 impl DirReply for Buf {
-    fn add(&mut self, e: &DirEntryOut) -> bool {
+    fn add(&mut self, e: DirEntryRef<'_>) -> bool {
         if self.got.len() == self.cap {
             return true;
         }
-        self.got.push((e.name.clone(), e.off));
+        self.got.push((e.name.to_os_string(), e.off));
         false
     }
 }

@@ -195,7 +195,19 @@ impl Fs {
                 0
             }
             OPENDIR => {
-                push(out, &OpenOut::default());
+                // PROBE_CACHE_DIR set: the kernel keeps the listing, as layerfs has it do.
+                let open_flags = if std::env::var_os("PROBE_CACHE_DIR").is_some() {
+                    FOPEN_CACHE_DIR | FOPEN_KEEP_CACHE
+                } else {
+                    0
+                };
+                push(
+                    out,
+                    &OpenOut {
+                        open_flags,
+                        ..Default::default()
+                    },
+                );
                 0
             }
             UNLINK => self.unlink(h.nodeid, name(payload)),

@@ -16,6 +16,8 @@ pub const MKNOD: u32 = 8;
 pub const MKDIR: u32 = 9;
 pub const UNLINK: u32 = 10;
 /// `fuse_open_out.open_flags`: no FLUSH when the file is closed.
+pub const FOPEN_KEEP_CACHE: u32 = 1 << 1;
+pub const FOPEN_CACHE_DIR: u32 = 1 << 3;
 pub const FOPEN_NOFLUSH: u32 = 1 << 5;
 pub const RMDIR: u32 = 11;
 pub const RENAME: u32 = 12;

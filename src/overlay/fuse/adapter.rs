@@ -18,7 +18,7 @@ use super::convert::{dtype_to_file_type, err, time_spec, to_fuse_attr};
 use super::passthrough::{Attach, PassthroughMode, PassthroughTable};
 use super::request::FuseOptions;
 use crate::overlay::fs::OverlayFs;
-use crate::overlay::readdir::{DirEntryOut, DirPlusReply, DirReply};
+use crate::overlay::readdir::{DirEntryRef, DirPlusReply, DirReply};
 use crate::overlay::types::{Attr, Ctx, Entry, SetAttr, Time, XattrList};
 use crate::sys::Errno;
 
@@ -691,9 +691,9 @@ impl fuser::Filesystem for FuseAdapter {
 struct PlainReply<'a>(&'a mut ReplyDirectory);
 
 impl DirReply for PlainReply<'_> {
-    fn add(&mut self, e: &DirEntryOut) -> bool {
+    fn add(&mut self, e: DirEntryRef<'_>) -> bool {
         self.0
-            .add(INodeNo(e.ino), e.off, dtype_to_file_type(e.dtype), &e.name)
+            .add(INodeNo(e.ino), e.off, dtype_to_file_type(e.dtype), e.name)
     }
 }
 
@@ -704,12 +704,12 @@ struct PlusReply<'a> {
 }
 
 impl DirPlusReply for PlusReply<'_> {
-    fn add(&mut self, e: &DirEntryOut, entry: Option<&Entry>) -> bool {
+    fn add(&mut self, e: DirEntryRef<'_>, entry: Option<&Entry>) -> bool {
         match entry {
             Some(ent) => self.reply.add(
                 INodeNo(ent.attr.ino),
                 e.off,
-                &e.name,
+                e.name,
                 &self.adapter.ttl_for(ent.immutable),
                 &to_fuse_attr(&ent.attr),
                 Generation(ent.generation),
@@ -725,7 +725,7 @@ impl DirPlusReply for PlusReply<'_> {
                 self.reply.add(
                     INodeNo(e.ino),
                     e.off,
-                    &e.name,
+                    e.name,
                     &Duration::ZERO,
                     &attr,
                     Generation(0),

@@ -11,7 +11,7 @@ use super::passthrough::{Attach, PassthroughTable};
 use super::request::FuseOptions;
 use super::wire::{self, Args, InHeader};
 use crate::overlay::fs::OverlayFs;
-use crate::overlay::readdir::{DirEntryOut, DirPlusReply, DirReply};
+use crate::overlay::readdir::{DirEntryRef, DirPlusReply, DirReply};
 use crate::overlay::types::{Attr, Ctx, Entry, SetAttr, XattrList};
 use crate::sys::fuse_dev;
 use crate::sys::{Errno, TimeSpec};
@@ -600,8 +600,8 @@ struct PlainOut<'a> {
 }
 
 impl DirReply for PlainOut<'_> {
-    fn add(&mut self, e: &DirEntryOut) -> bool {
-        !wire::dirent(self.out, self.max, e.ino, e.off, e.dtype, &e.name)
+    fn add(&mut self, e: DirEntryRef<'_>) -> bool {
+        !wire::dirent(self.out, self.max, e.ino, e.off, e.dtype, e.name)
     }
 }
 
@@ -613,7 +613,7 @@ struct PlusOut<'a> {
 }
 
 impl DirPlusReply for PlusOut<'_> {
-    fn add(&mut self, e: &DirEntryOut, entry: Option<&Entry>) -> bool {
+    fn add(&mut self, e: DirEntryRef<'_>, entry: Option<&Entry>) -> bool {
         let fits = match entry {
             Some(ent) => wire::direntplus(
                 self.out,
@@ -624,7 +624,7 @@ impl DirPlusReply for PlusOut<'_> {
                 &ent.attr,
                 e.off,
                 e.dtype,
-                &e.name,
+                e.name,
             ),
             None => {
                 // `.` and `..`: node id 0, so the kernel makes no dentry for them.
@@ -643,7 +643,7 @@ impl DirPlusReply for PlusOut<'_> {
                     &attr,
                     e.off,
                     e.dtype,
-                    &e.name,
+                    e.name,
                 )
             }
         };
