@@ -33,6 +33,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
+use super::copy_up::SavedTimes;
 use crate::markers;
 use crate::sys::{self, Errno, OFlags, SysResult};
 
@@ -104,8 +105,7 @@ pub(crate) fn write_record(
 
 /// fsync a directory given as any descriptor (an `O_PATH` one cannot be synced).
 fn sync_dir(dir: BorrowedFd<'_>) -> SysResult<()> {
-    let d = sys::open_at(dir, OsStr::new("."), OFlags::RDONLY | OFlags::DIRECTORY, 0)?;
-    sys::fsync(d.as_fd())
+    sys::fsync(sys::open_dir_read(dir)?.as_fd())
 }
 
 /// How long after a copy shows its sync starts, unless someone waits for it: the write
@@ -371,14 +371,9 @@ fn settle_copy(
             Err(e) => Err(e),
         }
     } else {
-        let times = sys::stat_fd(dir.as_fd())?;
+        let times = SavedTimes::of(&sys::stat_fd(dir.as_fd())?);
         sys::unlink_at(dir.as_fd(), &name)?;
-        let _ = sys::utimens_at(
-            dir.as_fd(),
-            None,
-            sys::TimeSpec::Set(times.st_atime, times.st_atime_nsec as i64),
-            sys::TimeSpec::Set(times.st_mtime, times.st_mtime_nsec as i64),
-        );
+        times.restore_at(dir.as_fd());
         log::warn!(
             "copy-up of {:?} interrupted by a restart: the lower file shows again",
             String::from_utf8_lossy(path)

@@ -14,7 +14,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::sync::Arc;
 
-use super::copy_sync;
+use super::copy_sync::{self, join};
 use super::fs::OverlayFs;
 use super::inode_table::{Alias, Kind, Node, NodeState};
 use super::layers::{LayerId, RealDir, UPPER};
@@ -41,7 +41,11 @@ impl SavedTimes {
     }
 
     pub(crate) fn restore(&self, dir: &RealDir) {
-        let _ = sys::utimens_at(dir.fd(), None, self.atime, self.mtime);
+        self.restore_at(dir.fd());
+    }
+
+    pub(crate) fn restore_at(&self, dir: BorrowedFd<'_>) {
+        let _ = sys::utimens_at(dir, None, self.atime, self.mtime);
     }
 }
 
@@ -420,14 +424,6 @@ impl OverlayFs {
         let Ok(root) = sys::open_dir_path(up.root.fd(), OsStr::new(".")) else {
             return out;
         };
-        let join = |base: &[u8], name: &[u8]| {
-            let mut p = base.to_vec();
-            if !p.is_empty() {
-                p.push(b'/');
-            }
-            p.extend_from_slice(name);
-            p
-        };
         let mut stack = vec![(root, Vec::new(), Vec::new())];
         while let Some((dir, merged, lower)) = stack.pop() {
             let Ok(entries) = sys::read_dir_all(dir.as_fd()) else {
@@ -440,12 +436,12 @@ impl OverlayFs {
                 let Ok(fd) = sys::open_dir_path(dir.as_fd(), &e.name) else {
                     continue;
                 };
-                let child_merged = join(&merged, e.name.as_bytes());
+                let child_merged = join(&merged, &e.name);
                 let child_lower = match markers::read_markers(fd.as_fd(), None).map(|m| m.redirect)
                 {
                     Ok(Some(r)) if r.first() == Some(&b'/') => r[1..].to_vec(),
-                    Ok(Some(r)) => join(&lower, &r),
-                    _ => join(&lower, e.name.as_bytes()),
+                    Ok(Some(r)) => join(&lower, OsStr::from_bytes(&r)),
+                    _ => join(&lower, &e.name),
                 };
                 if child_lower != child_merged {
                     out.push((child_lower.clone(), child_merged.clone()));
