@@ -159,7 +159,7 @@ impl OverlayFs {
             && st.st_nlink == 1
             && sys::mode_type(st.st_mode) == libc::S_IFREG
             && copied >= copy_sync::DEFER_MIN)
-            .then(|| copy_sync::join(&self.dir_path(&primary.parent), &primary.name));
+            .then(|| join(&self.dir_path(&primary.parent), &primary.name));
         let mut record = None;
         let built = self.build_copy(
             (primary.real.layer, primary.real.fd()),
@@ -578,10 +578,7 @@ impl OverlayFs {
             names.push(name);
             cur = parent;
         }
-        names
-            .iter()
-            .rev()
-            .fold(Vec::new(), |p, n| copy_sync::join(&p, n))
+        names.iter().rev().fold(Vec::new(), |p, n| join(&p, n))
     }
 
     /// What a lower object is: its record in a rootless layer, else its disk stat.

@@ -72,7 +72,7 @@ pub struct DirStream {
 /// Entries of one `getdents64` batch as listed: their names in one buffer, one
 /// allocation per batch rather than per name (a 10,000-entry directory is read by a
 /// background thread while the reader waits for its next reply; a name apiece was
-/// about a tenth of that thread's time, in `malloc` and in page faults).
+/// about a fifth of that thread's time, in `malloc`, `free` and page faults).
 struct Batch {
     /// The position of its first entry in the listing.
     start: usize,
@@ -134,10 +134,8 @@ enum Reader {
 }
 
 struct State {
-    /// Batches as read; `.` and `..` are the first.
+    /// Batches as read, in order; `.` and `..` are the first.
     batches: Vec<Arc<Batch>>,
-    /// The index of each batch's first entry.
-    starts: Vec<usize>,
     reader: Reader,
     /// A background read is queued.
     ahead_queued: bool,
@@ -179,7 +177,6 @@ impl DirStream {
             len: AtomicUsize::new(2),
             state: Mutex::new(State {
                 batches: vec![Arc::new(dots)],
-                starts: vec![0],
                 reader: Reader::Idle(reader),
                 ahead_queued: false,
             }),
@@ -200,8 +197,8 @@ impl DirStream {
                 return Ok(None);
             }
         }
-        let b = st.starts.partition_point(|&s| s <= i) - 1;
-        Ok(Some((st.batches[b].clone(), i - st.starts[b])))
+        let b = &st.batches[st.batches.partition_point(|b| b.start <= i) - 1];
+        Ok(Some((b.clone(), i - b.start)))
     }
 
     /// Read one `getdents64` batch and append what it lists, or (`wait`) wait for the
@@ -251,9 +248,8 @@ impl DirStream {
         } else {
             Reader::Done
         };
-        if batch.len() > 0 {
+        if !batch.entries.is_empty() {
             let len = start + batch.len();
-            st.starts.push(start);
             st.batches.push(Arc::new(batch));
             self.len.store(len, Ordering::Relaxed);
         }
@@ -270,7 +266,8 @@ impl DirStream {
         bytes: usize,
         subdirs: &mut Vec<OsString>,
     ) -> SysResult<(Batch, bool)> {
-        // Sized for a full 32 KiB read of short names: one allocation each, mostly.
+        // Sized for a full 32 KiB read of short names (one allocation each, mostly), and
+        // shrunk to what was read: a small directory's listing stays small while cached.
         let mut batch = Batch::with_capacity(start, 1024, 16 * 1024);
         let more = reader.next_batch_each(bytes, |name, ino, dtype| {
             let Some((ino, dtype)) =
@@ -288,6 +285,8 @@ impl DirStream {
             };
             batch.push(name, ino, dtype);
         })?;
+        batch.names.shrink_to_fit();
+        batch.entries.shrink_to_fit();
         Ok((batch, more))
     }
 
