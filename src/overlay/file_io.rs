@@ -95,6 +95,7 @@ impl OverlayFs {
         // it: an unlink meanwhile must not free the data of a file being opened
         // (`drop_alias`).
         let opening = OpeningGuard::new(&node);
+        Self::wait_for_offer(&node);
         let (file, layer) = self.open_real_in(&node, real)?;
         let keep_cache = layer != UPPER;
         let exec = flags & FMODE_EXEC != 0;

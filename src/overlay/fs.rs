@@ -253,6 +253,11 @@ impl OverlayFs {
         let _ = self.kernel.set(k);
     }
 
+    /// The channel to the kernel's caches, once a mount installed it.
+    pub(crate) fn kernel_cache(&self) -> Option<&dyn KernelCache> {
+        self.kernel.get().map(|k| k.as_ref())
+    }
+
     /// The attributes of `ino` changed without a request about it.
     pub(crate) fn attr_changed(&self, ino: u64) {
         if let Some(k) = self.kernel.get() {

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
 use parking_lot::{Mutex, RwLock};
@@ -152,6 +152,9 @@ pub struct Node {
     /// Of those, the ones an `execve` opened (the kernel denies writes to the file
     /// while they live).
     pub exec_opens: AtomicU32,
+    /// Whether the file's data went to the kernel's page cache with an open
+    /// (`page_offer`).
+    pub pages: AtomicU8,
     /// For a metacopy stub in a lower layer: the blocks its data holds, once asked
     /// (`NO_BLOCKS` until then).
     pub data_blocks: AtomicU64,
@@ -419,6 +422,7 @@ impl InodeTable {
             version: AtomicU64::new(0),
             open_files: AtomicU32::new(0),
             exec_opens: AtomicU32::new(0),
+            pages: AtomicU8::new(0),
             data_blocks: AtomicU64::new(NO_BLOCKS),
             successor: Mutex::new(None),
             listed: AtomicBool::new(false),

@@ -24,6 +24,7 @@ pub mod layers;
 pub mod lookup;
 pub mod marker_writer;
 pub mod mutate;
+pub mod page_offer;
 pub mod prefetch;
 pub mod readdir;
 mod readdir_stream;

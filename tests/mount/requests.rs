@@ -95,3 +95,73 @@ fn fuse_requests_counts_one_mounts_requests_and_puts_tracing_back() {
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.contains("not a mount point"), "{err}");
 }
+
+#[test]
+fn small_lower_files_come_with_their_open_and_read_without_a_read_request() {
+    if skip_unless_root() {
+        return;
+    }
+    if !Path::new(TRACING)
+        .join("events/fuse/fuse_request_send")
+        .exists()
+    {
+        eprintln!("skipped: this kernel has no fuse request tracepoints");
+        return;
+    }
+    const LIMIT: usize = 128 * 1024;
+    let t = tempfile::tempdir().unwrap();
+    let l = t.path().join("l");
+    fs::create_dir_all(&l).unwrap();
+    let sizes = [1, 4095, 4096, 4097, 70_000, LIMIT, LIMIT + 1];
+    let data = |n: usize| (0..n).map(|i| (i * 7 % 253) as u8).collect::<Vec<u8>>();
+    for n in sizes {
+        write(&l.join(format!("f{n}")), &data(n));
+    }
+    // Without passthrough, as every mount of an ordinary user; over the ring (where the
+    // kernel has it) and over /dev/fuse.
+    for (k, opts) in [
+        ["passthrough=off", "uring=on"],
+        ["passthrough=off", "uring=off"],
+    ]
+    .iter()
+    .enumerate()
+    {
+        let s = rw_stack(t.path(), std::slice::from_ref(&l), &format!("u{k}"));
+        let m = t.path().join(format!("m{k}"));
+        let _g = mount_layerfs(&s, &m, opts);
+        for n in sizes {
+            let f = m.join(format!("f{n}")).display().to_string();
+            // Read, then `stat` as `tar c` does after each file.
+            let script = r#"cat "$0" >/dev/null && stat "$0" >/dev/null"#;
+            let out = fuse_requests(&m, &["--", "sh", "-c", script, &f]);
+            let report = String::from_utf8_lossy(&out.stdout).into_owned();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let what = format!("{opts:?}, {n} bytes: {report}");
+            assert_eq!(count(&report, "FUSE_OPEN"), 1, "{what}");
+            if n <= LIMIT {
+                // The data went with the open; no READ, so no stale atime to ask for.
+                assert_eq!(count(&report, "FUSE_READ"), 0, "{what}");
+                assert_eq!(count(&report, "FUSE_GETATTR"), 0, "{what}");
+            } else {
+                assert!(count(&report, "FUSE_READ") > 0, "{what}");
+            }
+            assert_eq!(
+                fs::read(m.join(format!("f{n}"))).unwrap(),
+                data(n),
+                "{what}"
+            );
+        }
+        // Written through the mount (copied up), the file reads back as written.
+        fs::write(m.join("f4097"), b"new").unwrap();
+        assert_eq!(fs::read(m.join("f4097")).unwrap(), b"new");
+    }
+    assert_eq!(
+        fs::read(l.join("f4097")).unwrap(),
+        data(4097),
+        "the lower file is untouched"
+    );
+}

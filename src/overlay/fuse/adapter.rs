@@ -329,6 +329,9 @@ impl fuser::Filesystem for FuseAdapter {
                 reply.opened_passthrough(FileHandle(o.fh), FopenFlags::FOPEN_NOFLUSH, &id)
             }
             Ok(Attach::Cached) => {
+                if !writes {
+                    self.fs.offer_pages(o.fh);
+                }
                 // Every write goes through us, so cached pages stay valid across opens.
                 reply.opened(
                     FileHandle(o.fh),

@@ -506,7 +506,12 @@ impl Dispatcher {
             .attach(&self.fs, ino, o.fh, writes, |f| self.backing(f))
         {
             Ok(Attach::Passthrough(b)) => open_answer(out, o.fh, Some(b), 0),
-            Ok(Attach::Cached) => open_answer(out, o.fh, None, direct),
+            Ok(Attach::Cached) => {
+                if !writes {
+                    self.fs.offer_pages(o.fh);
+                }
+                open_answer(out, o.fh, None, direct)
+            }
             Ok(Attach::Supersede) => {
                 self.fs.release(o.fh);
                 match self.fs.supersede(ino) {

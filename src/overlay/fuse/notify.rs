@@ -22,6 +22,8 @@ pub trait Notify: Clone + Send + Sync + 'static {
     fn inval_inode(&self, ino: u64, offset: i64, len: i64) -> io::Result<()>;
     /// `FUSE_NOTIFY_INVAL_ENTRY`.
     fn inval_entry(&self, parent: u64, name: &OsStr) -> io::Result<()>;
+    /// `FUSE_NOTIFY_STORE` at offset 0.
+    fn store(&self, ino: u64, data: &[u8]) -> io::Result<()>;
 }
 
 impl Notify for fuser::Notifier {
@@ -31,6 +33,10 @@ impl Notify for fuser::Notifier {
 
     fn inval_entry(&self, parent: u64, name: &OsStr) -> io::Result<()> {
         fuser::Notifier::inval_entry(self, INodeNo(parent), name)
+    }
+
+    fn store(&self, ino: u64, data: &[u8]) -> io::Result<()> {
+        fuser::Notifier::store(self, INodeNo(ino), 0, data)
     }
 }
 
@@ -82,5 +88,16 @@ impl<N: Notify> KernelCache for FuseNotifier<N> {
 
     fn name_moved(&self, parent: u64, name: &std::ffi::OsStr) {
         let _ = self.entries.lock().send((parent, name.to_os_string()));
+    }
+
+    fn store_pages(&self, ino: u64, data: &[u8]) -> bool {
+        // Page locks only: no READ of the file is in flight (see the trait).
+        match self.notifier.store(ino, data) {
+            Ok(()) => true,
+            Err(e) => {
+                log::debug!("page store of inode {ino}: {e}");
+                false
+            }
+        }
     }
 }

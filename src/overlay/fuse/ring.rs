@@ -71,6 +71,15 @@ impl Notify for DevNotifier {
         b.extend_from_slice(&0u32.to_ne_bytes());
         self.send(wire::NOTIFY_INVAL_ENTRY, &[&b, name.as_bytes(), b"\0"])
     }
+
+    fn store(&self, ino: u64, data: &[u8]) -> io::Result<()> {
+        let mut b = Vec::with_capacity(24);
+        b.extend_from_slice(&ino.to_ne_bytes());
+        b.extend_from_slice(&0u64.to_ne_bytes());
+        b.extend_from_slice(&(data.len() as u32).to_ne_bytes());
+        b.extend_from_slice(&0u32.to_ne_bytes());
+        self.send(wire::NOTIFY_STORE, &[&b, data])
+    }
 }
 
 /// How a ring session gets its connection.

@@ -89,6 +89,7 @@ pub const FSYNC_FDATASYNC: u32 = 1 << 0;
 
 pub const NOTIFY_INVAL_INODE: i32 = 2;
 pub const NOTIFY_INVAL_ENTRY: i32 = 3;
+pub const NOTIFY_STORE: i32 = 4;
 
 /// `sizeof(struct fuse_in_header)`.
 pub const IN_HEADER_LEN: usize = 40;
