@@ -23,6 +23,14 @@ fn count(report: &str, opcode: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// The kernel's tracing is one for the whole machine: one test at a time uses it.
+static TRACING_TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// This test's turn at the tracing, for as long as it holds the guard.
+fn tracing_turn() -> std::sync::MutexGuard<'static, ()> {
+    TRACING_TURN.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Run `scripts/fuse-requests --mount MNT ARGS...`.
 fn fuse_requests(mnt: &Path, args: &[&str]) -> Output {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/fuse-requests");
@@ -46,6 +54,7 @@ fn fuse_requests_counts_one_mounts_requests_and_puts_tracing_back() {
         eprintln!("skipped: this kernel has no fuse request tracepoints");
         return;
     }
+    let _turn = tracing_turn();
     let enable = Path::new(TRACING).join("events/fuse/fuse_request_send/enable");
     let before = fs::read_to_string(&enable).unwrap();
     let t = tempfile::tempdir().unwrap();
@@ -108,6 +117,7 @@ fn small_lower_files_come_with_their_open_and_read_without_a_read_request() {
         eprintln!("skipped: this kernel has no fuse request tracepoints");
         return;
     }
+    let _turn = tracing_turn();
     const LIMIT: usize = 128 * 1024;
     let t = tempfile::tempdir().unwrap();
     let l = t.path().join("l");
