@@ -26,9 +26,20 @@ fn count(report: &str, opcode: &str) -> u64 {
 /// The kernel's tracing is one for the whole machine: one test at a time uses it.
 static TRACING_TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-/// This test's turn at the tracing, for as long as it holds the guard.
-fn tracing_turn() -> std::sync::MutexGuard<'static, ()> {
-    TRACING_TURN.lock().unwrap_or_else(|e| e.into_inner())
+/// This test's turn at the tracing, for as long as it holds the guard; `None` (and the
+/// reason printed) where the test cannot count requests here.
+fn tracing_turn() -> Option<std::sync::MutexGuard<'static, ()>> {
+    if skip_unless_root() {
+        return None;
+    }
+    if !Path::new(TRACING)
+        .join("events/fuse/fuse_request_send")
+        .exists()
+    {
+        eprintln!("skipped: this kernel has no fuse request tracepoints");
+        return None;
+    }
+    Some(TRACING_TURN.lock().unwrap_or_else(|e| e.into_inner()))
 }
 
 /// Run `scripts/fuse-requests --mount MNT ARGS...`.
@@ -44,17 +55,9 @@ fn fuse_requests(mnt: &Path, args: &[&str]) -> Output {
 
 #[test]
 fn fuse_requests_counts_one_mounts_requests_and_puts_tracing_back() {
-    if skip_unless_root() {
+    let Some(_turn) = tracing_turn() else {
         return;
-    }
-    if !Path::new(TRACING)
-        .join("events/fuse/fuse_request_send")
-        .exists()
-    {
-        eprintln!("skipped: this kernel has no fuse request tracepoints");
-        return;
-    }
-    let _turn = tracing_turn();
+    };
     let enable = Path::new(TRACING).join("events/fuse/fuse_request_send/enable");
     let before = fs::read_to_string(&enable).unwrap();
     let t = tempfile::tempdir().unwrap();
@@ -107,17 +110,9 @@ fn fuse_requests_counts_one_mounts_requests_and_puts_tracing_back() {
 
 #[test]
 fn small_lower_files_come_with_their_open_and_read_without_a_read_request() {
-    if skip_unless_root() {
+    let Some(_turn) = tracing_turn() else {
         return;
-    }
-    if !Path::new(TRACING)
-        .join("events/fuse/fuse_request_send")
-        .exists()
-    {
-        eprintln!("skipped: this kernel has no fuse request tracepoints");
-        return;
-    }
-    let _turn = tracing_turn();
+    };
     const LIMIT: usize = 128 * 1024;
     let t = tempfile::tempdir().unwrap();
     let l = t.path().join("l");
