@@ -23,11 +23,10 @@ pub trait KernelCache: Send + Sync {
     fn listing_changed(&self, ino: u64);
 
     /// Put `data` in the kernel's page cache of file `ino` from offset 0, as answers to
-    /// READs would have; whether it was sent. Called from request threads, before the
+    /// READs would have (a failure only costs those READs). Called from request threads, before the
     /// answer to an OPEN of the file, and only where no READ of it can be in flight (the
     /// kernel locks a page while a READ fills it, and the store waits for that lock).
-    fn store_pages(&self, ino: u64, data: &[u8]) -> bool {
+    fn store_pages(&self, ino: u64, data: &[u8]) {
         let _ = (ino, data);
-        false
     }
 }

@@ -15,14 +15,13 @@
 //! thread could wait behind a store that waits for it. An open that comes while the data
 //! is offered waits for the offer first (microseconds).
 
-use std::cell::RefCell;
 use std::os::fd::AsFd;
 use std::sync::atomic::{Ordering, fence};
 
 use super::fs::OverlayFs;
 use super::inode_table::Node;
 use super::layers::UPPER;
-use crate::sys::{self, Errno};
+use crate::sys;
 
 /// Files up to this size are offered whole.
 pub const LIMIT: usize = 128 * 1024;
@@ -35,9 +34,13 @@ const OFFERING: u8 = 1;
 const SETTLED: u8 = 2;
 
 impl OverlayFs {
-    /// Before answering the read-only open `fh` (not passed through): hand the file's
+    /// Before answering the open `fh` with `flags` (not passed through): hand the file's
     /// data to the kernel's page cache where that is safe and pays (see the module).
-    pub fn offer_pages(&self, fh: u64) {
+    pub fn offer_pages(&self, fh: u64, flags: i32) {
+        // O_DIRECT reads skip the page cache; writers change the file.
+        if flags & (libc::O_DIRECT | libc::O_TRUNC) != 0 {
+            return;
+        }
         let Some(kernel) = self.kernel_cache() else {
             return;
         };
@@ -45,7 +48,7 @@ impl OverlayFs {
             return;
         };
         let node = &h.node;
-        if h.writable || h.layer() == UPPER || node.pages.load(Ordering::Acquire) != NOT_YET {
+        if h.writable || h.layer() == UPPER {
             return;
         }
         if node
@@ -61,13 +64,12 @@ impl OverlayFs {
             node.pages.store(NOT_YET, Ordering::SeqCst);
             return;
         }
-        let file = h.file();
-        let settled = match sys::stat_fd(file.as_fd()) {
+        let settled = match sys::stat_fd(h.file().as_fd()) {
             Ok(st) if st.st_size > 0 && st.st_size as usize <= LIMIT => {
                 let size = st.st_size as usize;
-                with_buffer(|buf| match read_whole(file.as_fd(), &mut buf[..size]) {
-                    Ok(n) if n == size => {
-                        kernel.store_pages(node.ino, &buf[..n]);
+                self.read_with(fh, 0, size, |r| match r {
+                    Ok(data) if data.len() == size => {
+                        kernel.store_pages(node.ino, data);
                         true
                     }
                     // Shorter than its size (or unreadable): leave it to READs.
@@ -91,34 +93,6 @@ impl OverlayFs {
     }
 }
 
-thread_local! {
-    static BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
-}
-
-fn with_buffer<R>(f: impl FnOnce(&mut [u8]) -> R) -> R {
-    BUF.with(|b| {
-        let mut b = b.borrow_mut();
-        if b.len() < LIMIT {
-            b.resize(LIMIT, 0);
-        }
-        f(&mut b)
-    })
-}
-
-/// Read `buf.len()` bytes from offset 0 (fewer at the end of the file).
-fn read_whole(fd: std::os::fd::BorrowedFd<'_>, buf: &mut [u8]) -> Result<usize, Errno> {
-    let mut done = 0;
-    while done < buf.len() {
-        match sys::pread(fd, &mut buf[done..], done as u64) {
-            Ok(0) => break,
-            Ok(n) => done += n,
-            Err(Errno::INTR) => continue,
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(done)
-}
-
 #[cfg(test)]
 mod tests {
     use std::ffi::OsStr;
@@ -139,9 +113,8 @@ mod tests {
         fn attr_changed(&self, _: u64) {}
         fn name_moved(&self, _: u64, _: &OsStr) {}
         fn listing_changed(&self, _: u64) {}
-        fn store_pages(&self, ino: u64, data: &[u8]) -> bool {
+        fn store_pages(&self, ino: u64, data: &[u8]) {
             self.0.lock().unwrap().push((ino, data.to_vec()));
-            true
         }
     }
 
@@ -186,19 +159,19 @@ mod tests {
         // The whole file, as the lower layer has it, with the first read-only open.
         let s = ino("small");
         let fh = open(s, libc::O_RDONLY);
-        fs.offer_pages(fh);
+        fs.offer_pages(fh, libc::O_RDONLY);
         assert_eq!(taken(), vec![(s, small.clone())]);
         fs.release(fh);
         // Not again: the kernel keeps it across opens.
         let fh = open(s, libc::O_RDONLY);
-        fs.offer_pages(fh);
+        fs.offer_pages(fh, libc::O_RDONLY);
         assert!(taken().is_empty());
         fs.release(fh);
 
         // Too big, or nothing in it: left to READs.
         for n in ["big", "empty"] {
             let fh = open(ino(n), libc::O_RDONLY);
-            fs.offer_pages(fh);
+            fs.offer_pages(fh, libc::O_RDONLY);
             assert!(taken().is_empty(), "{n}");
             fs.release(fh);
         }
@@ -207,10 +180,10 @@ mod tests {
         let p = ino("pair");
         let first = open(p, libc::O_RDONLY);
         let second = open(p, libc::O_RDONLY);
-        fs.offer_pages(second);
+        fs.offer_pages(second, libc::O_RDONLY);
         assert!(taken().is_empty());
         fs.release(first);
-        fs.offer_pages(second);
+        fs.offer_pages(second, libc::O_RDONLY);
         assert_eq!(taken(), vec![(p, b"two opens".to_vec())]);
         fs.release(second);
 
@@ -218,10 +191,10 @@ mod tests {
         // kernel's cache follows the writes, nothing is offered.
         let e = ino("edited");
         let w = open(e, libc::O_WRONLY);
-        fs.offer_pages(w);
+        fs.offer_pages(w, libc::O_WRONLY);
         fs.release(w);
         let r = open(e, libc::O_RDONLY);
-        fs.offer_pages(r);
+        fs.offer_pages(r, libc::O_RDONLY);
         assert!(taken().is_empty());
         fs.release(r);
     }

@@ -320,9 +320,6 @@ impl fuser::Filesystem for FuseAdapter {
         // buffers no writes; with the writeback cache the kernel still flushes its own).
         let acc = flags.0 & libc::O_ACCMODE;
         let writes = acc != libc::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
-        // A small file's data goes with a read-only open that reads through the page
-        // cache (`page_offer`; O_DIRECT reads skip it).
-        let offer = !writes && flags.0 & libc::O_DIRECT == 0;
         let direct = self.direct_io(flags.0);
         match self
             .passthrough
@@ -332,9 +329,7 @@ impl fuser::Filesystem for FuseAdapter {
                 reply.opened_passthrough(FileHandle(o.fh), FopenFlags::FOPEN_NOFLUSH, &id)
             }
             Ok(Attach::Cached) => {
-                if offer {
-                    self.fs.offer_pages(o.fh);
-                }
+                self.fs.offer_pages(o.fh, flags.0);
                 // Every write goes through us, so cached pages stay valid across opens.
                 reply.opened(
                     FileHandle(o.fh),

@@ -500,9 +500,6 @@ impl Dispatcher {
         };
         let acc = flags & libc::O_ACCMODE;
         let writes = acc != libc::O_RDONLY || flags & libc::O_TRUNC != 0;
-        // A small file's data goes with a read-only open that reads through the page
-        // cache (`page_offer`; O_DIRECT reads skip it).
-        let offer = !writes && flags & libc::O_DIRECT == 0;
         let direct = self.direct_flag(flags);
         match self
             .passthrough
@@ -510,9 +507,7 @@ impl Dispatcher {
         {
             Ok(Attach::Passthrough(b)) => open_answer(out, o.fh, Some(b), 0),
             Ok(Attach::Cached) => {
-                if offer {
-                    self.fs.offer_pages(o.fh);
-                }
+                self.fs.offer_pages(o.fh, flags);
                 open_answer(out, o.fh, None, direct)
             }
             Ok(Attach::Supersede) => {

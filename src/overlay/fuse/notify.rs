@@ -90,14 +90,10 @@ impl<N: Notify> KernelCache for FuseNotifier<N> {
         let _ = self.entries.lock().send((parent, name.to_os_string()));
     }
 
-    fn store_pages(&self, ino: u64, data: &[u8]) -> bool {
+    fn store_pages(&self, ino: u64, data: &[u8]) {
         // Page locks only: no READ of the file is in flight (see the trait).
-        match self.notifier.store(ino, data) {
-            Ok(()) => true,
-            Err(e) => {
-                log::debug!("page store of inode {ino}: {e}");
-                false
-            }
+        if let Err(e) = self.notifier.store(ino, data) {
+            log::debug!("page store of inode {ino}: {e}");
         }
     }
 }
